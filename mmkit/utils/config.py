@@ -1,0 +1,71 @@
+"""Typed, nested dataclass configs with strict overrides.
+
+``replace_config(cfg, {"image": {"num_layers": 2}, "projection_dim": 64})`` returns a
+new config; an unknown key raises ``ValueError`` naming the key and the nearest
+valid one, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown config key '{where}{key}'{hint} (valid keys: {', '.join(sorted(valid))})")
+
+
+def replace_config(cfg: T, overrides: Mapping[str, Any] | None = None, *, _where: str = "", **kwargs: Any) -> T:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` (and ``kwargs``) applied.
+
+    Nested dataclass fields accept a mapping (merged recursively) or an instance
+    of their type (used as is). Keys may also be dotted (``"image.num_layers"``).
+
+    Raises:
+        ValueError: on an unknown key, naming it and the nearest valid key.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"replace_config needs a dataclass instance, got {type(cfg).__name__}")
+    merged: dict[str, Any] = {}
+    for key, value in {**(overrides or {}), **kwargs}.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            value = {rest: value}
+            if isinstance(merged.get(head), dict):
+                merged[head] = {**merged[head], **value}
+                continue
+        merged[head] = value
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key not in fields:
+            raise _unknown_key_error(key, list(fields), _where)
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = replace_config(current, value, _where=f"{_where}{key}.")
+        changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a dataclass config (tuples become lists), for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build ``cls`` (a dataclass with all-default fields) from a nested dict, strictly."""
+    return replace_config(cls(), data)
