@@ -1,0 +1,159 @@
+"""Pre-norm transformer layer and encoder.
+
+A layer computes ``h = h + Attn(LN1(h)); h = h + MLP(LN2(h))`` (the ViT / FLAVA
+block). The encoder stacks layers and ends with a final LayerNorm. It returns
+the hidden states both *before* and *after* that norm, because FLAVA's fusion
+encoder consumes the former and its contrastive / masked-prediction heads the
+latter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmkit.layers.attention import AttentionBackend, MultiHeadSelfAttention
+from mmkit.layers.mlp import MLP
+
+
+@dataclass
+class EncoderOutput:
+    """What every mmkit encoder returns.
+
+    Attributes:
+        last_hidden_state: ``(B, N, D)``, after the final LayerNorm.
+        pre_norm_hidden_state: ``(B, N, D)``, the last layer's output before the final LayerNorm.
+        pooler_output: ``(B, D)`` when the encoder has a pooler, else ``None``.
+        hidden_states: when requested, the input of the first layer followed by each
+            layer's output (``num_layers + 1`` tensors of ``(B, N, D)``, none normalised).
+        attention_mask: ``(B, N)`` bool, True = real token, for the sequence in
+            ``last_hidden_state`` (``None`` when every token is real).
+    """
+
+    last_hidden_state: Tensor
+    pre_norm_hidden_state: Tensor
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attention_mask: Tensor | None = None
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm block, composed from the sub-modules it is given.
+
+    Args:
+        attention: maps ``(B, N, D)`` and an optional ``(B, N)`` keep-mask to ``(B, N, D)``.
+        mlp: maps ``(B, N, D)`` to ``(B, N, D)``.
+        norm1: applied before attention.
+        norm2: applied before the MLP.
+
+    Shapes: ``(B, N, D) -> (B, N, D)``.
+    """
+
+    def __init__(self, attention: nn.Module, mlp: nn.Module, norm1: nn.Module, norm2: nn.Module) -> None:
+        super().__init__()
+        self.norm1 = norm1
+        self.attn = attention
+        self.norm2 = norm2
+        self.mlp = mlp
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), attention_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of layers followed by a final norm.
+
+    Args:
+        layers: the blocks, applied in order.
+        norm: the final normalisation.
+
+    Call :meth:`set_grad_checkpointing` to recompute each layer's activations in
+    the backward pass instead of storing them (less memory, about one extra
+    forward of compute).
+    """
+
+    def __init__(self, layers: list[nn.Module], norm: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn per-layer activation checkpointing on or off."""
+        self.grad_checkpointing = enable
+
+    def forward(
+        self, x: Tensor, attention_mask: Tensor | None = None, *, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Run the stack.
+
+        Args:
+            x: ``(B, N, D)``.
+            attention_mask: optional ``(B, N)``, True/1 = real token, False/0 = padding.
+            output_hidden_states: also return every layer's input/output (costs memory).
+
+        Returns:
+            :class:`EncoderOutput` with ``pooler_output=None``.
+        """
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(torch.bool)
+        all_states: list[Tensor] | None = [x] if output_hidden_states else None
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if use_ckpt:
+                x = checkpoint(layer, x, attention_mask, use_reentrant=False)
+            else:
+                x = layer(x, attention_mask)
+            if all_states is not None:
+                all_states.append(x)
+        return EncoderOutput(
+            last_hidden_state=self.norm(x),
+            pre_norm_hidden_state=x,
+            hidden_states=tuple(all_states) if all_states is not None else None,
+            attention_mask=attention_mask,
+        )
+
+
+def transformer_encoder(
+    *,
+    dim: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    activation: str = "gelu",
+    norm_eps: float = 1e-12,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    qkv_bias: bool = True,
+    attention_backend: AttentionBackend = "sdpa",
+) -> TransformerEncoder:
+    """Build a pre-norm :class:`TransformerEncoder` of ``num_layers`` identical blocks.
+
+    Args:
+        dim: width ``D``. num_layers: depth. num_heads: attention heads.
+        mlp_dim: MLP inner width. activation: MLP activation name.
+        norm_eps: LayerNorm epsilon for every norm (FLAVA uses 1e-12).
+        dropout: residual-branch dropout. attention_dropout: dropout on attention probabilities.
+        qkv_bias: bias on the QKV projection. attention_backend: see :mod:`mmkit.layers.attention`.
+    """
+    layers = [
+        TransformerLayer(
+            attention=MultiHeadSelfAttention(
+                dim,
+                num_heads,
+                qkv_bias=qkv_bias,
+                attention_dropout=attention_dropout,
+                proj_dropout=dropout,
+                backend=attention_backend,
+            ),
+            mlp=MLP(dim, mlp_dim, activation=activation, dropout=dropout),
+            norm1=nn.LayerNorm(dim, eps=norm_eps),
+            norm2=nn.LayerNorm(dim, eps=norm_eps),
+        )
+        for _ in range(num_layers)
+    ]
+    return TransformerEncoder(layers, nn.LayerNorm(dim, eps=norm_eps))

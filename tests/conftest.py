@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny transformers FLAVA oracles with random (non-trivial) weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmkit.layers.attention import xformers_available
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def hf_tiny_config(**top):
+    """A transformers ``FlavaConfig`` at test sizes (32-wide, 2 layers, 32² images in 8² patches)."""
+    from transformers import FlavaConfig
+
+    return FlavaConfig(
+        image_config=dict(TINY, image_size=32, patch_size=8),
+        text_config=dict(TINY, vocab_size=120, max_position_embeddings=40),
+        multimodal_config=dict(TINY, num_hidden_layers=1),
+        image_codebook_config=dict(hidden_size=8, vocab_size=64),
+        projection_dim=24,
+        hidden_size=32,
+        **top,
+    )
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values (transformers zero-inits tokens and positions,
+    which would hide wiring mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.2
+            is_norm_scale = "norm" in name.lower() and name.endswith("weight")
+            p.copy_(1.0 + noise if is_norm_scale else noise)
+    return module
+
+
+def available_backends() -> list[str]:
+    """Attention backends that can run here (xformers only with CUDA)."""
+    return ["math", "sdpa"] + (["xformers"] if xformers_available() else [])
+
+
+@pytest.fixture
+def hf_flava():
+    from transformers import FlavaModel
+
+    torch.manual_seed(0)
+    return randomize_(FlavaModel(hf_tiny_config())).eval()
+
+
+@pytest.fixture
+def text_batch():
+    """(input_ids, attention_mask): 3 sequences of 9 tokens, the last two padded."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 120, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.fixture
+def images():
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
