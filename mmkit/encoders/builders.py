@@ -1,0 +1,129 @@
+"""Builders for the FLAVA encoders (Singh et al., CVPR 2022, arXiv 2112.04482, Table A.1).
+
+Each builder takes an optional config and keyword overrides of its fields, e.g.
+``flava_image_encoder(num_layers=4, hidden_size=256, num_heads=4, mlp_dim=1024)``;
+with no arguments it returns the released size. Unknown keywords raise, naming the
+nearest valid field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmkit.encoders.configs import ImageEncoderConfig, MultimodalEncoderConfig, TextEncoderConfig, TransformerConfig
+from mmkit.encoders.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
+from mmkit.layers.attention import AttentionBackend
+from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
+from mmkit.layers.init import init_weights
+from mmkit.layers.pooler import Pooler
+from mmkit.layers.transformer import TransformerEncoder, transformer_encoder
+from mmkit.utils.config import replace_config
+
+
+def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend) -> TransformerEncoder:
+    return transformer_encoder(
+        dim=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        mlp_dim=cfg.mlp_dim,
+        activation=cfg.activation,
+        norm_eps=cfg.norm_eps,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        qkv_bias=cfg.qkv_bias,
+        attention_backend=attention_backend,
+    )
+
+
+def _finish(module, init_std: float):
+    # Our own tokens/position tables were initialised by their modules; init_weights
+    # covers linears, convs, embeddings and norms.
+    module.apply(lambda m: init_weights(m, std=init_std))
+    return module
+
+
+def flava_image_encoder(
+    config: ImageEncoderConfig | None = None,
+    *,
+    with_pooler: bool = True,
+    attention_backend: AttentionBackend = "sdpa",
+    init_std: float = 0.02,
+    **overrides: Any,
+) -> ImageEncoder:
+    """FLAVA's ViT image encoder (ViT-B/16 at 224² by default; 86.4M parameters with pooler).
+
+    Args:
+        config: sizes; defaults to :class:`ImageEncoderConfig` (the released sizes).
+        with_pooler: add the ``tanh(dense(CLS))`` pooler.
+        attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
+        init_std: std of the truncated-normal weight initialisation.
+        **overrides: any :class:`ImageEncoderConfig` field.
+    """
+    cfg = replace_config(config or ImageEncoderConfig(), overrides)
+    embeddings = PatchEmbedding(
+        cfg.image_size,
+        cfg.patch_size,
+        cfg.num_channels,
+        cfg.hidden_size,
+        use_cls_token=True,
+        use_mask_token=cfg.use_mask_token,
+        dropout=cfg.dropout,
+    )
+    pooler = Pooler(cfg.hidden_size) if with_pooler else None
+    return _finish(ImageEncoder(embeddings, _stack(cfg, attention_backend), pooler), init_std)
+
+
+def flava_text_encoder(
+    config: TextEncoderConfig | None = None,
+    *,
+    with_pooler: bool = True,
+    attention_backend: AttentionBackend = "sdpa",
+    init_std: float = 0.02,
+    **overrides: Any,
+) -> TextEncoder:
+    """FLAVA's text encoder: a *pre-norm* 12-layer transformer over the BERT uncased vocabulary.
+
+    Args:
+        config: sizes; defaults to :class:`TextEncoderConfig` (the released sizes).
+        with_pooler: add the ``tanh(dense(CLS))`` pooler.
+        attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
+        init_std: std of the weight initialisation.
+        **overrides: any :class:`TextEncoderConfig` field.
+    """
+    cfg = replace_config(config or TextEncoderConfig(), overrides)
+    embeddings = TextEmbedding(
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.max_positions,
+        cfg.type_vocab_size,
+        cfg.pad_token_id,
+        norm_eps=cfg.norm_eps,
+        dropout=cfg.dropout,
+    )
+    pooler = Pooler(cfg.hidden_size) if with_pooler else None
+    return _finish(TextEncoder(embeddings, _stack(cfg, attention_backend), pooler), init_std)
+
+
+def flava_multimodal_encoder(
+    config: MultimodalEncoderConfig | None = None,
+    *,
+    with_pooler: bool = True,
+    use_cls_token: bool = True,
+    attention_backend: AttentionBackend = "sdpa",
+    init_std: float = 0.02,
+    **overrides: Any,
+) -> MultimodalEncoder:
+    """FLAVA's fusion encoder: 6 pre-norm layers with a learned ``CLS_M`` token.
+
+    Args:
+        config: sizes; defaults to :class:`MultimodalEncoderConfig` (the released sizes).
+        with_pooler: add the ``tanh(dense(CLS))`` pooler.
+        use_cls_token: prepend the learned ``CLS_M``.
+        attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
+        init_std: std of the weight initialisation.
+        **overrides: any :class:`MultimodalEncoderConfig` field.
+    """
+    cfg = replace_config(config or MultimodalEncoderConfig(), overrides)
+    pooler = Pooler(cfg.hidden_size) if with_pooler else None
+    encoder = MultimodalEncoder(_stack(cfg, attention_backend), pooler, use_cls_token=use_cls_token)
+    return _finish(encoder, init_std)

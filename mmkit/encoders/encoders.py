@@ -1,0 +1,160 @@
+"""Image, text and multimodal (fusion) encoders, usable alone in other models.
+
+Every encoder shares one interface:
+
+* ``forward(...) -> EncoderOutput`` with ``last_hidden_state`` (after the final
+  norm), ``pre_norm_hidden_state``, ``pooler_output`` and, on request, every
+  layer's hidden states;
+* ``width``: the output feature size;
+* ``set_grad_checkpointing(enable)``: per-layer activation checkpointing;
+* ``no_weight_decay()``: parameter names that should take no weight decay.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
+from mmkit.layers.init import no_weight_decay_names
+from mmkit.layers.transformer import EncoderOutput, TransformerEncoder
+
+
+class _Encoder(nn.Module):
+    """Common plumbing: the transformer stack lives in ``self.encoder``."""
+
+    encoder: TransformerEncoder
+
+    @property
+    def width(self) -> int:
+        return self.encoder.norm.normalized_shape[0]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in backward instead of storing them."""
+        self.encoder.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that take no weight decay (biases, norms, embeddings, tokens)."""
+        return no_weight_decay_names(self)
+
+    def _pool(self, out: EncoderOutput) -> EncoderOutput:
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(out.last_hidden_state)
+        return out
+
+
+class ImageEncoder(_Encoder):
+    """ViT: patch embedding, pre-norm transformer, final norm, optional pooler.
+
+    Args:
+        embeddings: a :class:`~mmkit.layers.PatchEmbedding`.
+        encoder: a :class:`~mmkit.layers.TransformerEncoder` of the same width.
+        pooler: optional module ``(B, N, D) -> (B, D)``.
+    """
+
+    def __init__(self, embeddings: PatchEmbedding, encoder: TransformerEncoder, pooler: nn.Module | None) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.pooler = pooler
+
+    def forward(
+        self, pixel_values: Tensor, patch_mask: Tensor | None = None, *, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Encode images.
+
+        Args:
+            pixel_values: ``(B, C, H, W)`` float, normalised; other resolutions than the
+                configured one interpolate the position embeddings.
+            patch_mask: optional bool ``(B, Np)`` or ``(B, Gh, Gw)``, True = masked patch.
+            output_hidden_states: also return every layer's hidden states.
+
+        Returns:
+            :class:`~mmkit.layers.EncoderOutput` over ``1 + Np`` tokens (CLS first);
+            ``pooler_output`` is ``(B, D)``.
+        """
+        x = self.embeddings(pixel_values, patch_mask)
+        return self._pool(self.encoder(x, output_hidden_states=output_hidden_states))
+
+
+class TextEncoder(_Encoder):
+    """Text transformer: BERT-style embeddings, pre-norm transformer, final norm, optional pooler.
+
+    Args:
+        embeddings: a :class:`~mmkit.layers.TextEmbedding`.
+        encoder: a :class:`~mmkit.layers.TransformerEncoder` of the same width.
+        pooler: optional module ``(B, N, D) -> (B, D)``.
+    """
+
+    def __init__(self, embeddings: TextEmbedding, encoder: TransformerEncoder, pooler: nn.Module | None) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.pooler = pooler
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Encode token ids.
+
+        Args:
+            input_ids: ``(B, L)`` int64.
+            attention_mask: optional ``(B, L)``, True/1 = real token, False/0 = padding.
+            token_type_ids: optional ``(B, L)`` segment ids. position_ids: optional ``(B, L)``.
+            output_hidden_states: also return every layer's hidden states.
+
+        Returns:
+            :class:`~mmkit.layers.EncoderOutput` over ``L`` tokens; ``pooler_output`` is
+            ``(B, D)`` from token 0 (``[CLS]``).
+        """
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        return self._pool(self.encoder(x, attention_mask, output_hidden_states=output_hidden_states))
+
+
+class MultimodalEncoder(_Encoder):
+    """Fusion transformer over already-projected image and text tokens, with its own CLS.
+
+    Args:
+        encoder: a :class:`~mmkit.layers.TransformerEncoder`.
+        pooler: optional module ``(B, N, D) -> (B, D)``.
+        use_cls_token: prepend a learned ``CLS_M`` token.
+    """
+
+    def __init__(self, encoder: TransformerEncoder, pooler: nn.Module | None, use_cls_token: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooler = pooler
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.width)) if use_cls_token else None
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, *, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Fuse a token sequence.
+
+        Args:
+            hidden_states: ``(B, N, D)``, e.g. ``cat([image tokens, text tokens], 1)``.
+            attention_mask: optional ``(B, N)``, True/1 = real token; the CLS token is
+                always kept.
+            output_hidden_states: also return every layer's hidden states.
+
+        Returns:
+            :class:`~mmkit.layers.EncoderOutput` over ``1 + N`` tokens (``CLS_M`` first).
+        """
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.width:
+            raise ValueError(f"hidden_states must be (B, N, {self.width}), got {tuple(hidden_states.shape)}")
+        b = hidden_states.shape[0]
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(b, -1, -1).to(hidden_states.dtype)
+            hidden_states = torch.cat([cls, hidden_states], dim=1)
+            if attention_mask is not None:
+                keep_cls = torch.ones(b, 1, dtype=torch.bool, device=attention_mask.device)
+                attention_mask = torch.cat([keep_cls, attention_mask.to(torch.bool)], dim=1)
+        return self._pool(self.encoder(hidden_states, attention_mask, output_hidden_states=output_hidden_states))

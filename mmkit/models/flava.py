@@ -1,0 +1,299 @@
+"""FLAVA: a foundational language and vision alignment model.
+
+Singh et al., "FLAVA: A Foundational Language And Vision Alignment Model",
+CVPR 2022 (arXiv 2112.04482). Sizes and the wiring below follow the paper and
+the released checkpoint's configuration (see ``shared/FLAVA.md``):
+
+* image encoder: ViT-B/16; text encoder: the same pre-norm transformer over BERT
+  WordPiece ids; multimodal encoder: 6 layers over
+  ``[CLS_M, proj(image states), proj(text states)]``;
+* the fusion encoder reads each unimodal encoder's hidden states *before* its
+  final LayerNorm, the contrastive embeddings use the states *after* it;
+* contrastive embeddings are L2-normalised linear projections (768 -> 768) of
+  ``CLS_I`` and ``CLS_T``; ``logit_scale`` starts at ln(1/0.07) = 2.6592 and is
+  clamped to [0, ln 100] by the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmkit.encoders import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    MultimodalEncoder,
+    MultimodalEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    flava_image_encoder,
+    flava_multimodal_encoder,
+    flava_text_encoder,
+)
+from mmkit.layers.attention import AttentionBackend, set_attention_backend
+from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.layers.transformer import EncoderOutput
+from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
+
+
+@dataclass
+class FLAVAConfig:
+    """Every size and switch of a FLAVA model. Defaults = the released FLAVA.
+
+    Attributes:
+        image: image encoder sizes (ViT-B/16 at 224²).
+        text: text encoder sizes (12 layers, BERT uncased vocabulary).
+        multimodal: fusion encoder sizes (6 layers).
+        projection_dim: width of the contrastive embeddings (768 in the release;
+            the supplement's 512 is not what was released).
+        logit_scale_init: initial ``log(1/temperature)``.
+        logit_scale_max: upper clamp of ``logit_scale`` (ln 100).
+        attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
+        init_std: std of the weight initialisation.
+    """
+
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    multimodal: MultimodalEncoderConfig = field(default_factory=MultimodalEncoderConfig)
+    projection_dim: int = 768
+    logit_scale_init: float = 2.6592
+    logit_scale_max: float = math.log(100.0)
+    attention_backend: str = "sdpa"
+    init_std: float = 0.02
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> FLAVAConfig:
+        """A ~1M-parameter FLAVA (mostly the word-embedding table) for tests and CPU demos.
+
+        Width 32, 2 heads, 2 image/text layers and 1 fusion layer, 32² images in
+        8² patches (16 patches), 30522-word vocabulary (so a BERT tokenizer works),
+        64 text positions.
+        """
+        small = dict(hidden_size=32, num_heads=2, mlp_dim=64)
+        cfg = cls(
+            image=ImageEncoderConfig(**small, num_layers=2, image_size=32, patch_size=8),
+            text=TextEncoderConfig(**small, num_layers=2, max_positions=64),
+            multimodal=MultimodalEncoderConfig(**small, num_layers=1),
+            projection_dim=32,
+        )
+        return replace_config(cfg, overrides)
+
+    def replace(self, **overrides: Any) -> FLAVAConfig:
+        """A copy with overrides; nested fields take dicts (``image={"num_layers": 2}``) or dotted keys."""
+        return replace_config(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FLAVAConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        return config_from_dict(cls, data)
+
+
+@dataclass
+class FLAVAOutput:
+    """What :meth:`FLAVAModel.forward` returns; a field is ``None`` when its input was not given.
+
+    Attributes:
+        image: image encoder output over ``1 + Np`` tokens.
+        text: text encoder output over ``L`` tokens.
+        multimodal: fusion encoder output over ``1 + (1 + Np) + L`` tokens.
+        image_embedding: ``(B, P)`` L2-normalised contrastive embedding of ``CLS_I``.
+        text_embedding: ``(B, P)`` L2-normalised contrastive embedding of ``CLS_T``.
+    """
+
+    image: EncoderOutput | None = None
+    text: EncoderOutput | None = None
+    multimodal: EncoderOutput | None = None
+    image_embedding: Tensor | None = None
+    text_embedding: Tensor | None = None
+
+
+class FLAVAModel(nn.Module):
+    """The FLAVA encoders, fusion and contrastive projections (no pretraining heads).
+
+    Args:
+        image_encoder, text_encoder, multimodal_encoder: the three encoders.
+        projection_dim: contrastive embedding width ``P``.
+        logit_scale_init: initial value of the learnable ``logit_scale``.
+        logit_scale_max: the clamp's upper bound, kept for the training loop.
+
+    Build it with :func:`flava_model`.
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder,
+        multimodal_encoder: MultimodalEncoder,
+        projection_dim: int = 768,
+        logit_scale_init: float = 2.6592,
+        logit_scale_max: float = math.log(100.0),
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.multimodal_encoder = multimodal_encoder
+        di, dt, dm = image_encoder.width, text_encoder.width, multimodal_encoder.width
+        self.image_projection = nn.Linear(di, projection_dim)
+        self.text_projection = nn.Linear(dt, projection_dim)
+        self.image_to_mm_projection = nn.Linear(di, dm)
+        self.text_to_mm_projection = nn.Linear(dt, dm)
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.logit_scale_max = logit_scale_max
+
+    # -- unimodal -----------------------------------------------------------------
+    def encode_image(
+        self, pixel_values: Tensor, patch_mask: Tensor | None = None, *, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Image encoder alone. ``pixel_values`` ``(B, C, H, W)``; ``patch_mask`` optional bool
+        ``(B, Np)``, True = masked. Returns an :class:`EncoderOutput` over ``1 + Np`` tokens."""
+        return self.image_encoder(pixel_values, patch_mask, output_hidden_states=output_hidden_states)
+
+    def encode_text(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Text encoder alone. ``input_ids`` ``(B, L)``; ``attention_mask`` ``(B, L)``, True/1 =
+        real token. Returns an :class:`EncoderOutput` over ``L`` tokens."""
+        return self.text_encoder(
+            input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states
+        )
+
+    def embed_image(self, image: EncoderOutput) -> Tensor:
+        """``(B, P)`` L2-normalised contrastive embedding from an image encoder output."""
+        return F.normalize(self.image_projection(image.last_hidden_state[:, 0]), dim=-1)
+
+    def embed_text(self, text: EncoderOutput) -> Tensor:
+        """``(B, P)`` L2-normalised contrastive embedding from a text encoder output."""
+        return F.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1)
+
+    # -- fusion -------------------------------------------------------------------
+    def encode_multimodal(
+        self, image: EncoderOutput, text: EncoderOutput, *, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Fuse an image and a text encoder output (same batch).
+
+        Projects both encoders' *pre-norm* states to the fusion width, concatenates
+        ``[image tokens, text tokens]`` and runs the fusion encoder, which prepends
+        ``CLS_M``. Text padding (``text.attention_mask``) stays masked.
+
+        Returns:
+            :class:`EncoderOutput` over ``1 + (1 + Np) + L`` tokens.
+        """
+        img = self.image_to_mm_projection(image.pre_norm_hidden_state)
+        txt = self.text_to_mm_projection(text.pre_norm_hidden_state)
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"image batch ({img.shape[0]}) and text batch ({txt.shape[0]}) differ")
+        mask = None
+        if text.attention_mask is not None:
+            keep_img = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
+            mask = torch.cat([keep_img, text.attention_mask], dim=1)
+        return self.multimodal_encoder(torch.cat([img, txt], dim=1), mask, output_hidden_states=output_hidden_states)
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        patch_mask: Tensor | None = None,
+        *,
+        skip_multimodal: bool = False,
+        output_hidden_states: bool = False,
+    ) -> FLAVAOutput:
+        """Encode whatever is given: images, text, or both (then also fused).
+
+        Args:
+            pixel_values: optional ``(B, C, H, W)``.
+            input_ids: optional ``(B, L)``.
+            attention_mask: optional ``(B, L)`` text mask, True/1 = real token.
+            token_type_ids, position_ids: optional ``(B, L)``.
+            patch_mask: optional bool ``(B, Np)``, True = patch replaced by the mask token.
+            skip_multimodal: do not run the fusion encoder even with both inputs.
+            output_hidden_states: keep every layer's hidden states.
+
+        Returns:
+            :class:`FLAVAOutput`.
+        """
+        if pixel_values is None and input_ids is None:
+            raise ValueError("FLAVAModel needs pixel_values, input_ids or both")
+        out = FLAVAOutput()
+        if pixel_values is not None:
+            out.image = self.encode_image(pixel_values, patch_mask, output_hidden_states=output_hidden_states)
+            out.image_embedding = self.embed_image(out.image)
+        if input_ids is not None:
+            out.text = self.encode_text(
+                input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states
+            )
+            out.text_embedding = self.embed_text(out.text)
+        if out.image is not None and out.text is not None and not skip_multimodal:
+            out.multimodal = self.encode_multimodal(out.image, out.text, output_hidden_states=output_hidden_states)
+        return out
+
+    # -- training conveniences ---------------------------------------------------------
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Clamp ``logit_scale`` to ``[0, logit_scale_max]``; call after each optimiser step."""
+        self.logit_scale.clamp_(0.0, self.logit_scale_max)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-layer activation checkpointing in all three encoders."""
+        for enc in (self.image_encoder, self.text_encoder, self.multimodal_encoder):
+            enc.set_grad_checkpointing(enable)
+
+    def set_attention_backend(self, backend: AttentionBackend) -> None:
+        """Switch every attention layer to ``backend``."""
+        set_attention_backend(self, backend)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay (biases, norms, embeddings, tokens, ``logit_scale``)."""
+        return no_weight_decay_names(self)
+
+
+def flava_model(config: FLAVAConfig | None = None, **overrides: Any) -> FLAVAModel:
+    """Build FLAVA (Singh et al., CVPR 2022). With no arguments: the released sizes (≈241.4M parameters).
+
+    Args:
+        config: a :class:`FLAVAConfig`; default ``FLAVAConfig()``.
+        **overrides: fields of :class:`FLAVAConfig`; nested ones as dicts or dotted
+            keys, e.g. ``flava_model(FLAVAConfig.tiny(), attention_backend="math",
+            image={"num_layers": 4})``.
+
+    Example::
+
+        model = flava_model(FLAVAConfig.tiny())
+        out = model(pixel_values=torch.randn(2, 3, 32, 32), input_ids=torch.randint(1, 100, (2, 7)))
+        out.multimodal.last_hidden_state.shape  # (2, 1 + 17 + 7, 32)
+    """
+    cfg = replace_config(config or FLAVAConfig(), overrides)
+    backend = cfg.attention_backend
+    model = FLAVAModel(
+        flava_image_encoder(cfg.image, attention_backend=backend, init_std=cfg.init_std),
+        flava_text_encoder(cfg.text, attention_backend=backend, init_std=cfg.init_std),
+        flava_multimodal_encoder(cfg.multimodal, attention_backend=backend, init_std=cfg.init_std),
+        projection_dim=cfg.projection_dim,
+        logit_scale_init=cfg.logit_scale_init,
+        logit_scale_max=cfg.logit_scale_max,
+    )
+    for proj in (
+        model.image_projection,
+        model.text_projection,
+        model.image_to_mm_projection,
+        model.text_to_mm_projection,
+    ):
+        init_weights(proj, std=cfg.init_std)
+    model.config = cfg
+    return model
