@@ -1,0 +1,477 @@
+"""Convert between mmkit FLAVA and Hugging Face transformers' FLAVA checkpoints.
+
+The mapping is declarative: :data:`KEY_MAP` lists ``(mmkit key, transformers
+key(s))`` templates, where ``{i}`` stands for a layer index and ``{p}`` for
+``weight``/``bias``. A rule with three transformers keys is a fused projection:
+mmkit's ``qkv`` is the row-wise concatenation ``[query; key; value]``.
+
+Key names of the transformers format come from ``FlavaModel`` /
+``FlavaForPreTraining`` (transformers 4.x-5.x); ``FlavaForPreTraining``
+checkpoints hold the same keys under the prefix ``flava.``.
+
+Functions:
+    flava_from_hf / flava_to_hf: state-dict conversion, both directions.
+    config_from_hf / config_to_hf: ``FlavaConfig`` dict <-> :class:`FLAVAConfig`.
+    load_hf_checkpoint: read ``config.json`` + weights from a local directory.
+    flava_model_from_hf: build a :class:`FLAVAModel` from such a directory.
+    save_hf_checkpoint: write a directory transformers' ``FlavaModel.from_pretrained`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+
+logger = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------
+# The key map
+# ------------------------------------------------------------------------------------------
+_ENCODERS = (
+    ("image_encoder", "image_model"),
+    ("text_encoder", "text_model"),
+    ("multimodal_encoder", "multimodal_model"),
+)
+_LAYER = (
+    ("norm1.{p}", ("layernorm_before.{p}",)),
+    ("norm2.{p}", ("layernorm_after.{p}",)),
+    ("attn.qkv.{p}", ("attention.attention.query.{p}", "attention.attention.key.{p}", "attention.attention.value.{p}")),
+    ("attn.out_proj.{p}", ("attention.output.dense.{p}",)),
+    ("mlp.fc1.{p}", ("intermediate.dense.{p}",)),
+    ("mlp.fc2.{p}", ("output.dense.{p}",)),
+)
+
+
+def _base_rules() -> list[tuple[str, tuple[str, ...]]]:
+    rules: list[tuple[str, tuple[str, ...]]] = []
+    for ours, hf in _ENCODERS:
+        rules += [
+            (f"{ours}.encoder.layers.{{i}}.{a}", tuple(f"{hf}.encoder.layer.{{i}}.{x}" for x in b)) for a, b in _LAYER
+        ]
+        rules += [
+            (f"{ours}.encoder.norm.{{p}}", (f"{hf}.layernorm.{{p}}",)),
+            (f"{ours}.pooler.dense.{{p}}", (f"{hf}.pooler.dense.{{p}}",)),
+        ]
+    rules += [
+        ("image_encoder.embeddings.cls_token", ("image_model.embeddings.cls_token",)),
+        ("image_encoder.embeddings.mask_token", ("image_model.embeddings.mask_token",)),
+        ("image_encoder.embeddings.position_embeddings", ("image_model.embeddings.position_embeddings",)),
+        ("image_encoder.embeddings.proj.{p}", ("image_model.embeddings.patch_embeddings.projection.{p}",)),
+        ("text_encoder.embeddings.word_embeddings.weight", ("text_model.embeddings.word_embeddings.weight",)),
+        ("text_encoder.embeddings.position_embeddings.weight", ("text_model.embeddings.position_embeddings.weight",)),
+        (
+            "text_encoder.embeddings.token_type_embeddings.weight",
+            ("text_model.embeddings.token_type_embeddings.weight",),
+        ),
+        ("text_encoder.embeddings.norm.{p}", ("text_model.embeddings.LayerNorm.{p}",)),
+        ("multimodal_encoder.cls_token", ("multimodal_model.cls_token",)),
+        ("logit_scale", ("logit_scale",)),
+    ]
+    rules += [
+        (f"{n}.{{p}}", (f"{n}.{{p}}",))
+        for n in ("image_projection", "text_projection", "image_to_mm_projection", "text_to_mm_projection")
+    ]
+    return rules
+
+
+KEY_MAP: list[tuple[str, tuple[str, ...]]] = _base_rules()
+"""``(mmkit template, transformers template(s))`` pairs for :class:`FLAVAModel`."""
+
+#: transformers buffers that older checkpoints saved; derived, never learned: dropped on import.
+IGNORED_HF_KEYS = re.compile(r"^(flava\.)?text_model\.embeddings\.(position_ids|token_type_ids)$")
+#: prefixes of ``FlavaForPreTraining`` parts that are not in :class:`FLAVAModel`.
+HF_PRETRAINING_PREFIXES = (
+    "mim_head.",
+    "mlm_head.",
+    "itm_head.",
+    "mmm_image_head.",
+    "mmm_text_head.",
+    "image_codebook.",
+)
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(f"^{pattern}$")
+
+
+_OURS_MATCHERS = [(_compile(o), h) for o, h in KEY_MAP]
+_HF_MATCHERS = [(_compile(t), (o, h)) for o, h in KEY_MAP for t in h]
+
+
+def _fill(template: str, groups: dict[str, str]) -> str:
+    return template.replace("{i}", groups.get("i") or "").replace("{p}", groups.get("p") or "")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys do not match what the converter or model expects."""
+
+
+def _format_keys(title: str, keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = "\n    ".join(keys[:limit])
+    more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"  {title} ({len(keys)}):\n    {shown}{more}"
+
+
+@dataclass
+class _Split:
+    model: dict[str, Tensor]
+    pretraining: dict[str, Tensor]
+    ignored: list[str]
+
+
+def _split_hf(hf_state_dict: Mapping[str, Tensor]) -> _Split:
+    """Strip the ``flava.`` prefix and set aside pretraining heads and ignorable buffers."""
+    out = _Split({}, {}, [])
+    for key, value in hf_state_dict.items():
+        if IGNORED_HF_KEYS.match(key):
+            out.ignored.append(key)
+        elif key.startswith(HF_PRETRAINING_PREFIXES):
+            out.pretraining[key] = value
+        else:
+            out.model[key.removeprefix("flava.")] = value
+    return out
+
+
+def flava_from_hf(hf_state_dict: Mapping[str, Tensor], config: FLAVAConfig | None = None) -> dict[str, Tensor]:
+    """Convert a transformers ``FlavaModel`` (or the ``flava.*`` part of a
+    ``FlavaForPreTraining``) state dict to :class:`FLAVAModel` keys.
+
+    Args:
+        hf_state_dict: transformers tensors by name.
+        config: when given, the result is also checked against the keys a
+            :class:`FLAVAModel` of this config has.
+
+    Returns:
+        mmkit tensors by name (Q/K/V fused into ``qkv``).
+
+    Raises:
+        CheckpointMismatchError: listing unknown keys, incomplete Q/K/V groups and,
+            with ``config``, missing keys. Pretraining-head keys (``mim_head.*``, ...,
+            ``image_codebook.*``) are reported as belonging to the pretraining model.
+    """
+    split = _split_hf(hf_state_dict)
+    if split.pretraining:
+        raise CheckpointMismatchError(
+            "the state dict holds FlavaForPreTraining heads/codebook, which FLAVAModel has no place for:\n"
+            + _format_keys("pretraining keys", split.pretraining)
+            + "\nDrop them first (see flava_model_from_hf, which reports and skips them)."
+        )
+    src = split.model
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    unknown: list[str] = []
+    incomplete: list[str] = []
+    for key in src:
+        if key in used:
+            continue
+        match = next(((m, rule) for rx, rule in _HF_MATCHERS if (m := rx.match(key))), None)
+        if match is None:
+            unknown.append(key)
+            continue
+        m, (ours_t, hf_ts) = match
+        groups = m.groupdict()
+        hf_keys = [_fill(t, groups) for t in hf_ts]
+        used.update(k for k in hf_keys if k in src)
+        missing = [k for k in hf_keys if k not in src]
+        if missing:
+            incomplete += missing
+            continue
+        tensors = [src[k] for k in hf_keys]
+        out[_fill(ours_t, groups)] = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+    problems = []
+    if unknown:
+        problems.append(_format_keys("unknown transformers keys", unknown))
+    if incomplete:
+        problems.append(_format_keys("missing members of fused query/key/value groups", incomplete))
+    if config is not None:
+        expected = set(_expected_keys(config))
+        if expected - out.keys():
+            problems.append(
+                _format_keys("keys the model needs but the checkpoint lacks", _to_hf_names(expected - out.keys()))
+            )
+        if out.keys() - expected:
+            problems.append(
+                _format_keys("checkpoint keys the model does not have", _to_hf_names(out.keys() - expected))
+            )
+    if problems:
+        raise CheckpointMismatchError("cannot convert transformers FLAVA state dict:\n" + "\n".join(problems))
+    return out
+
+
+def flava_to_hf(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Convert :class:`FLAVAModel` tensors to transformers ``FlavaModel`` names.
+
+    Args:
+        state_dict: mmkit tensors by name.
+        prefix: prepended to every key; ``"flava."`` gives the ``FlavaForPreTraining`` layout.
+
+    Raises:
+        CheckpointMismatchError: listing keys the map does not know.
+    """
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        for ours_re, hf_ts in _OURS_MATCHERS:
+            m = ours_re.match(key)
+            if m is None:
+                continue
+            groups = m.groupdict()
+            parts = [value] if len(hf_ts) == 1 else list(value.chunk(len(hf_ts), dim=0))
+            for t, part in zip(hf_ts, parts, strict=True):
+                out[prefix + _fill(t, groups)] = part.contiguous()
+            break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(
+            "cannot convert mmkit FLAVA state dict:\n" + _format_keys("keys with no transformers name", unknown)
+        )
+    return out
+
+
+def _to_hf_names(keys: Iterable[str]) -> list[str]:
+    names = []
+    for key in keys:
+        for ours_re, hf_ts in _OURS_MATCHERS:
+            m = ours_re.match(key)
+            if m:
+                names.append(" / ".join(_fill(t, m.groupdict()) for t in hf_ts))
+                break
+        else:
+            names.append(key)
+    return names
+
+
+def _expected_keys(config: FLAVAConfig) -> list[str]:
+    with torch.device("meta"):
+        return list(flava_model(config).state_dict().keys())
+
+
+# ------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------
+_ACT_FROM_HF = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+_COMMON = {  # mmkit field -> transformers field, in every sub-config
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "mlp_dim": "intermediate_size",
+    "norm_eps": "layer_norm_eps",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "qkv_bias": "qkv_bias",
+}
+_SPECIFIC = {
+    "image": {
+        "image_size": "image_size",
+        "patch_size": "patch_size",
+        "num_channels": "num_channels",
+        "use_mask_token": "mask_token",
+    },
+    "text": {
+        "vocab_size": "vocab_size",
+        "max_positions": "max_position_embeddings",
+        "type_vocab_size": "type_vocab_size",
+        "pad_token_id": "pad_token_id",
+    },
+    "multimodal": {},
+}
+
+
+def _sub_config(hf: Mapping[str, Any], name: str) -> dict[str, Any]:
+    # transformers <4.25 stored "<name>_config_dict"; when both exist, transformers prefers it.
+    merged = dict(hf.get(f"{name}_config") or {})
+    merged.update(hf.get(f"{name}_config_dict") or {})
+    return merged
+
+
+def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
+    """Build a :class:`FLAVAConfig` from a transformers ``FlavaConfig`` dict (``config.json``).
+
+    Missing fields take transformers' defaults (which equal ours). An activation
+    mmkit does not implement, or a fusion encoder without CLS token, raises.
+    """
+    sections: dict[str, dict[str, Any]] = {}
+    for name in ("image", "text", "multimodal"):
+        hf = _sub_config(hf_config, name)
+        section = {ours: hf[theirs] for ours, theirs in {**_COMMON, **_SPECIFIC[name]}.items() if theirs in hf}
+        if "hidden_act" in hf:
+            act = hf["hidden_act"]
+            if act not in _ACT_FROM_HF:
+                raise ValueError(
+                    f"{name}_config.hidden_act={act!r} is not supported; "
+                    f"mmkit implements {', '.join(sorted(_ACT_FROM_HF))}"
+                )
+            section["activation"] = _ACT_FROM_HF[act]
+        if isinstance(section.get("image_size"), list | tuple):
+            section["image_size"] = tuple(section["image_size"])
+        if isinstance(section.get("patch_size"), list | tuple):
+            section["patch_size"] = tuple(section["patch_size"])
+        if name == "multimodal" and hf.get("use_cls_token", True) is False:
+            raise ValueError("multimodal_config.use_cls_token=False is not supported (FLAVA uses CLS_M)")
+        sections[name] = section
+    top = {}
+    if "projection_dim" in hf_config:
+        top["projection_dim"] = hf_config["projection_dim"]
+    if "logit_scale_init_value" in hf_config:
+        top["logit_scale_init"] = hf_config["logit_scale_init_value"]
+    if "initializer_range" in hf_config:
+        top["init_std"] = hf_config["initializer_range"]
+    return FLAVAConfig().replace(**sections, **top)
+
+
+def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
+    """The transformers ``FlavaConfig`` dict (``config.json``) of a :class:`FLAVAConfig`."""
+    act_to_hf = {
+        "gelu": "gelu",
+        "gelu_tanh": "gelu_pytorch_tanh",
+        "quick_gelu": "quick_gelu",
+        "relu": "relu",
+        "silu": "silu",
+    }
+    out: dict[str, Any] = {
+        "model_type": "flava",
+        "architectures": ["FlavaModel"],
+        "projection_dim": config.projection_dim,
+        "logit_scale_init_value": config.logit_scale_init,
+        "initializer_range": config.init_std,
+    }
+    for name in ("image", "text", "multimodal"):
+        sub = getattr(config, name)
+        d = {theirs: getattr(sub, ours) for ours, theirs in {**_COMMON, **_SPECIFIC[name]}.items()}
+        d["hidden_act"] = act_to_hf[sub.activation]
+        for k in ("image_size", "patch_size"):
+            if isinstance(d.get(k), tuple):
+                d[k] = list(d[k])
+        if name == "multimodal":
+            d["use_cls_token"] = True
+        out[f"{name}_config"] = d
+    out["hidden_size"] = config.multimodal.hidden_size
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Directories
+# ------------------------------------------------------------------------------------------
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    st, bin_, index = path / "model.safetensors", path / "pytorch_model.bin", path / "model.safetensors.index.json"
+    if st.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    if index.exists():
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, Tensor] = {}
+        for shard in shards:
+            if not (path / shard).exists():
+                raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing from {path}")
+            out.update(load_file(str(path / shard)))
+        return out
+    if bin_.exists():
+        return torch.load(bin_, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]]:
+    """Read a local transformers FLAVA checkpoint directory.
+
+    Args:
+        path: a directory with ``config.json`` and ``model.safetensors`` (or a
+            sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``).
+
+    Returns:
+        ``(config, hf_state_dict)``, the state dict still in transformers names.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist (or is not a directory)")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
+    return config_from_hf(json.loads(cfg_file.read_text())), _read_weights(path)
+
+
+def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
+    """Build a :class:`FLAVAModel` from a transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory.
+
+    Pretraining heads and the codebook of a ``FlavaForPreTraining`` checkpoint are
+    not part of :class:`FLAVAModel`: they are skipped and named in a log warning.
+
+    Args:
+        path: checkpoint directory (see :func:`load_hf_checkpoint`).
+        **overrides: :class:`FLAVAConfig` fields that do not change shapes
+            (e.g. ``attention_backend="math"``, dropout).
+    """
+    config, hf_sd = load_hf_checkpoint(path)
+    config = config.replace(**overrides)
+    split = _split_hf(hf_sd)
+    if split.pretraining:
+        groups = sorted({k.split(".")[0] for k in split.pretraining})
+        logger.warning(
+            "skipping %d FlavaForPreTraining tensors not used by FLAVAModel (%s)",
+            len(split.pretraining),
+            ", ".join(groups),
+        )
+    state = flava_from_hf(split.model, config)
+    model = flava_model(config)
+    _load_exact(model, state, source=str(path))
+    return model
+
+
+def _load_exact(model: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    own = model.state_dict()
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if bad:
+        raise CheckpointMismatchError(f"shape mismatch loading {source}:\n" + _format_keys("tensors", bad))
+    model.load_state_dict(state, strict=True)
+
+
+def save_hf_checkpoint(model: FLAVAModel, path: str | Path, config: FLAVAConfig | None = None) -> Path:
+    """Write ``model`` as a transformers ``FlavaModel`` directory (``config.json`` + ``model.safetensors``).
+
+    Args:
+        model: the model to export (its ``config`` attribute is used unless ``config`` is given).
+        path: output directory (created).
+
+    Returns:
+        The directory, loadable by ``transformers.FlavaModel.from_pretrained``.
+    """
+    from safetensors.torch import save_file
+
+    config = config or getattr(model, "config", None)
+    if config is None:
+        raise ValueError("save_hf_checkpoint needs the model's FLAVAConfig (model.config or config=...)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu() for k, v in flava_to_hf(model.state_dict()).items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    return path
