@@ -1,0 +1,67 @@
+"""FLAVA's pretraining loss: a weighted sum of its six objectives (paper §3.2-3.3, all weights 1.0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: objective names, in the order losses are reported
+OBJECTIVES = ("global_contrastive", "itm", "mmm_image", "mmm_text", "mim", "mlm")
+
+
+@dataclass
+class FLAVALossWeights:
+    """Weight of each objective in the total; 0 switches an objective off (it is not computed)."""
+
+    global_contrastive: float = 1.0
+    itm: float = 1.0
+    mmm_image: float = 1.0
+    mmm_text: float = 1.0
+    mim: float = 1.0
+    mlm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in OBJECTIVES:
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss weight {name}={getattr(self, name)} must be non-negative")
+
+    def active(self, name: str) -> bool:
+        return getattr(self, name) > 0
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over already-selected masked positions.
+
+    Args:
+        logits: ``(M, V)``; labels: ``(M,)``.
+
+    Returns:
+        Scalar. With ``M == 0`` (nothing masked in this batch) it is 0 and still connected
+        to the graph, instead of the NaN a plain mean would give.
+    """
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels)
+
+
+class FLAVAPretrainingLoss(nn.Module):
+    """Combine per-objective losses into the weighted total. No parameters.
+
+    Args:
+        weights: :class:`FLAVALossWeights`.
+    """
+
+    def __init__(self, weights: FLAVALossWeights | None = None) -> None:
+        super().__init__()
+        self.weights = weights or FLAVALossWeights()
+
+    def forward(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum_k w_k * losses[k]`` over the objectives present; unknown names raise."""
+        unknown = set(losses) - set(OBJECTIVES)
+        if unknown:
+            raise ValueError(f"unknown objectives {sorted(unknown)}; expected some of {OBJECTIVES}")
+        if not losses:
+            raise ValueError("no objective was computed for this batch (all weights 0 for its kind?)")
+        return sum(getattr(self.weights, k) * v for k, v in losses.items())  # type: ignore[return-value]

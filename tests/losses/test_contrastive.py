@@ -1,0 +1,110 @@
+"""Contrastive loss: hand computation, and 2-process (gloo) runs equal to one process on the whole batch."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from mmkit.encoders import flava_image_encoder, flava_text_encoder
+from mmkit.losses import ContrastiveLoss, gather_batches
+
+
+def test_matches_hand_computation_and_row_mask():
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    scale = torch.tensor(2.0)
+    out = ContrastiveLoss()(img, txt, scale)
+    logits = img @ txt.T * scale.exp()
+    labels = torch.arange(5)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(out.loss, expected)
+    keep = torch.tensor([True, False, True, True, False])
+    out = ContrastiveLoss()(img, txt, scale, row_mask=keep)
+    assert out.logits_per_image.shape == (3, 5) and out.labels.tolist() == [0, 2, 3]
+    expected = (F.cross_entropy(logits[keep], labels[keep]) + F.cross_entropy(logits.T[keep], labels[keep])) / 2
+    torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match=r"must both be \(n, P\)"):
+        ContrastiveLoss()(img, txt[:3], scale)
+
+
+class _DualEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        size = dict(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, with_pooler=False)
+        self.image = flava_image_encoder(**size, image_size=16, patch_size=8, use_mask_token=False)
+        self.text = flava_text_encoder(**size, vocab_size=40, max_positions=8)
+        self.proj_i, self.proj_t = nn.Linear(16, 8), nn.Linear(16, 8)
+        self.logit_scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, pixels, ids):
+        i = F.normalize(self.proj_i(self.image(pixels).last_hidden_state[:, 0]), dim=-1)
+        t = F.normalize(self.proj_t(self.text(ids).last_hidden_state[:, 0]), dim=-1)
+        return i, t
+
+
+def _data(n=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(1, 40, (n, 6), generator=g)
+
+
+def _worker(rank, world, init_file, out_dir, sizes, with_grad):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        pixels, ids = _data(sum(sizes))
+        start = sum(sizes[:rank])
+        sl = slice(start, start + sizes[rank])
+        model = _DualEncoder()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        i, t = ddp(pixels[sl], ids[sl])
+        out = ContrastiveLoss(gather_with_grad=with_grad)(i, t, model.logit_scale)
+        # sum over this rank's rows, so that summing ranks gives the whole batch's sum for any split
+        (out.loss * sizes[rank] * world / sum(sizes)).backward()  # DDP averages: x world / N -> mean
+        loss = out.loss.detach() * sizes[rank]
+        dist.all_reduce(loss)
+        if rank == 0:
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            torch.save({"loss": loss / sum(sizes), "grads": grads}, os.path.join(out_dir, "dist.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _single_process(n):
+    pixels, ids = _data(n)
+    model = _DualEncoder()
+    i, t = model(pixels, ids)
+    out = ContrastiveLoss()(i, t, model.logit_scale)
+    out.loss.backward()
+    return out.loss.detach(), {n_: p.grad for n_, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (3, 5)], ids=["equal", "unequal"])
+def test_two_processes_equal_one_process(tmp_path, sizes):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sizes, True), nprocs=2, join=True)
+    result = torch.load(tmp_path / "dist.pt")
+    loss, grads = _single_process(sum(sizes))
+    torch.testing.assert_close(result["loss"], loss, atol=1e-5, rtol=1e-5)
+    assert {n for n in grads if n.startswith("image.")} and {n for n in grads if n.startswith("text.")}
+    for name, g in grads.items():
+        torch.testing.assert_close(result["grads"][name], g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_local_only_gradients_differ(tmp_path):
+    """Without gradient through the gather, the encoders' gradients are not the whole batch's."""
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), (4, 4), False), nprocs=2, join=True)
+    result = torch.load(tmp_path / "dist.pt")
+    _, grads = _single_process(8)
+    name = "image.embeddings.proj.weight"
+    assert not torch.allclose(result["grads"][name], grads[name], atol=1e-5)
+
+
+def test_gather_outside_a_process_group_is_identity():
+    x = torch.randn(3, 4)
+    gathered, offset = gather_batches(x)
+    assert gathered is x and offset == 0
