@@ -15,7 +15,7 @@ def hf_tiny_config(**top):
     from transformers import FlavaConfig
 
     return FlavaConfig(
-        image_config=dict(TINY, image_size=32, patch_size=8),
+        image_config=dict(TINY, image_size=32, patch_size=8, vocab_size=64),
         text_config=dict(TINY, vocab_size=120, max_position_embeddings=40),
         multimodal_config=dict(TINY, num_hidden_layers=1),
         image_codebook_config=dict(hidden_size=8, vocab_size=64),

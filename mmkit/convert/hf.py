@@ -14,7 +14,10 @@ Functions:
     config_from_hf / config_to_hf: ``FlavaConfig`` dict <-> :class:`FLAVAConfig`.
     load_hf_checkpoint: read ``config.json`` + weights from a local directory.
     flava_model_from_hf: build a :class:`FLAVAModel` from such a directory.
-    save_hf_checkpoint: write a directory transformers' ``FlavaModel.from_pretrained`` reads.
+    flava_pretraining_from_hf / flava_pretraining_to_hf: the same for ``FlavaForPreTraining``
+        (heads, ``logit_scale`` and the image codebook included).
+    flava_model_for_pretraining_from_hf: build a :class:`FLAVAForPreTraining` from a directory.
+    save_hf_checkpoint: write a directory transformers' ``from_pretrained`` reads.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import torch
 from torch import Tensor
 
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+from mmkit.models.flava_pretraining import FLAVAForPreTraining, flava_model_for_pretraining
+from mmkit.tokenizers.dalle import dalle_from_hf, dalle_to_hf
+from mmkit.utils.io import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -84,29 +90,9 @@ def _base_rules() -> list[tuple[str, tuple[str, ...]]]:
     return rules
 
 
-KEY_MAP: list[tuple[str, tuple[str, ...]]] = _base_rules()
-"""``(mmkit template, transformers template(s))`` pairs for :class:`FLAVAModel`."""
-
-#: transformers buffers that older checkpoints saved; derived, never learned: dropped on import.
-IGNORED_HF_KEYS = re.compile(r"^(flava\.)?text_model\.embeddings\.(position_ids|token_type_ids)$")
-#: prefixes of ``FlavaForPreTraining`` parts that are not in :class:`FLAVAModel`.
-HF_PRETRAINING_PREFIXES = (
-    "mim_head.",
-    "mlm_head.",
-    "itm_head.",
-    "mmm_image_head.",
-    "mmm_text_head.",
-    "image_codebook.",
-)
-
-
 def _compile(template: str) -> re.Pattern[str]:
     pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
     return re.compile(f"^{pattern}$")
-
-
-_OURS_MATCHERS = [(_compile(o), h) for o, h in KEY_MAP]
-_HF_MATCHERS = [(_compile(t), (o, h)) for o, h in KEY_MAP for t in h]
 
 
 def _fill(template: str, groups: dict[str, str]) -> str:
@@ -122,6 +108,100 @@ def _format_keys(title: str, keys: Iterable[str], limit: int = 20) -> str:
     shown = "\n    ".join(keys[:limit])
     more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
     return f"  {title} ({len(keys)}):\n    {shown}{more}"
+
+
+class KeyMap:
+    """A declarative two-way key map.
+
+    Args:
+        rules: ``(mmkit template, transformers template(s))``; ``{i}`` matches a layer index,
+            ``{p}`` ``weight``/``bias``. Several transformers templates = one fused mmkit
+            tensor, their row-wise concatenation.
+    """
+
+    def __init__(self, rules: list[tuple[str, tuple[str, ...]]]) -> None:
+        self.rules = rules
+        self._ours = [(_compile(o), h) for o, h in rules]
+        self._theirs = [(_compile(t), (o, h)) for o, h in rules for t in h]
+
+    def from_hf(self, src: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str], list[str]]:
+        """Returns ``(converted, unknown transformers keys, missing members of fused groups)``."""
+        out: dict[str, Tensor] = {}
+        used: set[str] = set()
+        unknown: list[str] = []
+        incomplete: list[str] = []
+        for key in src:
+            if key in used:
+                continue
+            match = next(((m, rule) for rx, rule in self._theirs if (m := rx.match(key))), None)
+            if match is None:
+                unknown.append(key)
+                continue
+            m, (ours_t, hf_ts) = match
+            groups = m.groupdict()
+            hf_keys = [_fill(t, groups) for t in hf_ts]
+            used.update(k for k in hf_keys if k in src)
+            missing = [k for k in hf_keys if k not in src]
+            if missing:
+                incomplete += missing
+                continue
+            tensors = [src[k] for k in hf_keys]
+            out[_fill(ours_t, groups)] = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        return out, unknown, incomplete
+
+    def to_hf(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> tuple[dict[str, Tensor], list[str]]:
+        """Returns ``(converted with prefix, mmkit keys with no rule)``; fused tensors are split."""
+        out: dict[str, Tensor] = {}
+        unknown = []
+        for key, value in state_dict.items():
+            for ours_re, hf_ts in self._ours:
+                if m := ours_re.match(key):
+                    groups = m.groupdict()
+                    parts = [value] if len(hf_ts) == 1 else list(value.chunk(len(hf_ts), dim=0))
+                    for t, part in zip(hf_ts, parts, strict=True):
+                        out[prefix + _fill(t, groups)] = part.contiguous()
+                    break
+            else:
+                unknown.append(key)
+        return out, unknown
+
+    def hf_names(self, keys: Iterable[str]) -> list[str]:
+        """The transformers name(s) of mmkit keys, for error messages."""
+        names = []
+        for key in keys:
+            for ours_re, hf_ts in self._ours:
+                if m := ours_re.match(key):
+                    names.append(" / ".join(_fill(t, m.groupdict()) for t in hf_ts))
+                    break
+            else:
+                names.append(key)
+        return names
+
+
+KEY_MAP: list[tuple[str, tuple[str, ...]]] = _base_rules()
+"""``(mmkit template, transformers template(s))`` pairs for :class:`FLAVAModel`."""
+FLAVA_KEYS = KeyMap(KEY_MAP)
+
+_MASKED_HEADS = ("mim_head", "mlm_head", "mmm_image_head", "mmm_text_head")
+HEAD_KEY_MAP: list[tuple[str, tuple[str, ...]]] = [
+    rule
+    for h in _MASKED_HEADS
+    for rule in (
+        (f"{h}.transform.dense.{{p}}", (f"{h}.transform.dense.{{p}}",)),
+        (f"{h}.transform.norm.{{p}}", (f"{h}.transform.LayerNorm.{{p}}",)),
+        (f"{h}.decoder.{{p}}", (f"{h}.decoder.{{p}}",)),
+    )
+] + [
+    ("itm_head.pooler.dense.{p}", ("itm_head.pooler.dense.{p}",)),
+    ("itm_head.classifier.{p}", ("itm_head.seq_relationship.{p}",)),
+]
+"""Pretraining heads; transformers also keeps ``<head>.bias``, tied to ``<head>.decoder.bias``."""
+HEAD_KEYS = KeyMap(HEAD_KEY_MAP)
+
+#: transformers buffers that older checkpoints saved; derived, never learned: dropped on import.
+IGNORED_HF_KEYS = re.compile(r"^(flava\.)?text_model\.embeddings\.(position_ids|token_type_ids)$")
+#: prefixes of ``FlavaForPreTraining`` parts that are not in :class:`FLAVAModel`.
+HF_PRETRAINING_PREFIXES = (*(f"{h}." for h in _MASKED_HEADS), "itm_head.", "image_codebook.")
 
 
 @dataclass
@@ -142,6 +222,22 @@ def _split_hf(hf_state_dict: Mapping[str, Tensor]) -> _Split:
         else:
             out.model[key.removeprefix("flava.")] = value
     return out
+
+
+def _raise_if(problems: list[str], what: str) -> None:
+    if problems:
+        raise CheckpointMismatchError(f"cannot convert {what}:\n" + "\n".join(problems))
+
+
+def _check_expected(out: Mapping[str, Tensor], expected: set[str], keymap: KeyMap) -> list[str]:
+    problems = []
+    if expected - out.keys():
+        problems.append(
+            _format_keys("keys the model needs but the checkpoint lacks", keymap.hf_names(expected - out.keys()))
+        )
+    if out.keys() - expected:
+        problems.append(_format_keys("checkpoint keys the model does not have", keymap.hf_names(out.keys() - expected)))
+    return problems
 
 
 def flava_from_hf(hf_state_dict: Mapping[str, Tensor], config: FLAVAConfig | None = None) -> dict[str, Tensor]:
@@ -166,47 +262,17 @@ def flava_from_hf(hf_state_dict: Mapping[str, Tensor], config: FLAVAConfig | Non
         raise CheckpointMismatchError(
             "the state dict holds FlavaForPreTraining heads/codebook, which FLAVAModel has no place for:\n"
             + _format_keys("pretraining keys", split.pretraining)
-            + "\nDrop them first (see flava_model_from_hf, which reports and skips them)."
+            + "\nUse flava_pretraining_from_hf, or flava_model_from_hf (which reports and skips them)."
         )
-    src = split.model
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    unknown: list[str] = []
-    incomplete: list[str] = []
-    for key in src:
-        if key in used:
-            continue
-        match = next(((m, rule) for rx, rule in _HF_MATCHERS if (m := rx.match(key))), None)
-        if match is None:
-            unknown.append(key)
-            continue
-        m, (ours_t, hf_ts) = match
-        groups = m.groupdict()
-        hf_keys = [_fill(t, groups) for t in hf_ts]
-        used.update(k for k in hf_keys if k in src)
-        missing = [k for k in hf_keys if k not in src]
-        if missing:
-            incomplete += missing
-            continue
-        tensors = [src[k] for k in hf_keys]
-        out[_fill(ours_t, groups)] = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+    out, unknown, incomplete = FLAVA_KEYS.from_hf(split.model)
     problems = []
     if unknown:
         problems.append(_format_keys("unknown transformers keys", unknown))
     if incomplete:
         problems.append(_format_keys("missing members of fused query/key/value groups", incomplete))
     if config is not None:
-        expected = set(_expected_keys(config))
-        if expected - out.keys():
-            problems.append(
-                _format_keys("keys the model needs but the checkpoint lacks", _to_hf_names(expected - out.keys()))
-            )
-        if out.keys() - expected:
-            problems.append(
-                _format_keys("checkpoint keys the model does not have", _to_hf_names(out.keys() - expected))
-            )
-    if problems:
-        raise CheckpointMismatchError("cannot convert transformers FLAVA state dict:\n" + "\n".join(problems))
+        problems += _check_expected(out, set(_expected_keys(config)), FLAVA_KEYS)
+    _raise_if(problems, "transformers FLAVA state dict")
     return out
 
 
@@ -220,43 +286,90 @@ def flava_to_hf(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str,
     Raises:
         CheckpointMismatchError: listing keys the map does not know.
     """
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        for ours_re, hf_ts in _OURS_MATCHERS:
-            m = ours_re.match(key)
-            if m is None:
-                continue
-            groups = m.groupdict()
-            parts = [value] if len(hf_ts) == 1 else list(value.chunk(len(hf_ts), dim=0))
-            for t, part in zip(hf_ts, parts, strict=True):
-                out[prefix + _fill(t, groups)] = part.contiguous()
-            break
-        else:
-            unknown.append(key)
+    out, unknown = FLAVA_KEYS.to_hf(state_dict, prefix)
     if unknown:
-        raise CheckpointMismatchError(
-            "cannot convert mmkit FLAVA state dict:\n" + _format_keys("keys with no transformers name", unknown)
-        )
+        _raise_if([_format_keys("keys with no transformers name", unknown)], "mmkit FLAVA state dict")
     return out
-
-
-def _to_hf_names(keys: Iterable[str]) -> list[str]:
-    names = []
-    for key in keys:
-        for ours_re, hf_ts in _OURS_MATCHERS:
-            m = ours_re.match(key)
-            if m:
-                names.append(" / ".join(_fill(t, m.groupdict()) for t in hf_ts))
-                break
-        else:
-            names.append(key)
-    return names
 
 
 def _expected_keys(config: FLAVAConfig) -> list[str]:
     with torch.device("meta"):
         return list(flava_model(config).state_dict().keys())
+
+
+def flava_pretraining_from_hf(
+    hf_state_dict: Mapping[str, Tensor], config: FLAVAConfig | None = None
+) -> dict[str, Tensor]:
+    """Convert a transformers ``FlavaForPreTraining`` state dict to :class:`FLAVAForPreTraining` keys.
+
+    ``flava.*`` becomes ``model.*`` (see :func:`flava_from_hf`), the heads keep their names
+    (``itm_head.seq_relationship`` -> ``itm_head.classifier``, ``transform.LayerNorm`` ->
+    ``transform.norm``; the tied ``<head>.bias`` and ``<head>.decoder.bias`` must agree),
+    ``image_codebook.*`` becomes ``image_tokenizer.encoder.*``.
+
+    Args:
+        hf_state_dict: transformers tensors by name.
+        config: when given, the result is checked against a model of this config.
+
+    Raises:
+        CheckpointMismatchError: listing unknown, missing or inconsistent keys.
+    """
+    base: dict[str, Tensor] = {}
+    heads: dict[str, Tensor] = {}
+    codebook: dict[str, Tensor] = {}
+    tied_bias: dict[str, Tensor] = {}
+    problems: list[str] = []
+    for key, value in hf_state_dict.items():
+        if key.startswith("image_codebook."):
+            codebook[key] = value
+        elif key.startswith(HF_PRETRAINING_PREFIXES):
+            head = key.split(".")[0]
+            if key == f"{head}.bias" and head in _MASKED_HEADS:
+                tied_bias[head] = value
+            else:
+                heads[key] = value
+        else:
+            base[key] = value
+    for head, bias in tied_bias.items():
+        dec = heads.get(f"{head}.decoder.bias")
+        if dec is None:
+            heads[f"{head}.decoder.bias"] = bias
+        elif not torch.equal(dec, bias):
+            problems.append(f"  {head}.bias and {head}.decoder.bias are tied in transformers but differ here")
+    out = {f"model.{k}": v for k, v in flava_from_hf(base).items()}
+    converted, unknown, _ = HEAD_KEYS.from_hf(heads)
+    out.update(converted)
+    if unknown:
+        problems.append(_format_keys("unknown transformers head keys", unknown))
+    out.update({f"image_tokenizer.encoder.{k}": v for k, v in dalle_from_hf(codebook).items()})
+    if config is not None:
+        with torch.device("meta"):
+            expected = set(flava_model_for_pretraining(config).state_dict())
+        problems += _check_expected(out, expected, KeyMap([]))
+    _raise_if(problems, "transformers FlavaForPreTraining state dict")
+    return out
+
+
+def flava_pretraining_to_hf(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Convert :class:`FLAVAForPreTraining` tensors to transformers ``FlavaForPreTraining`` names
+    (writing both tied names of each decoder bias)."""
+    base = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    codebook = {
+        k.removeprefix("image_tokenizer.encoder."): v
+        for k, v in state_dict.items()
+        if k.startswith("image_tokenizer.encoder.")
+    }
+    rest = {k: v for k, v in state_dict.items() if not k.startswith(("model.", "image_tokenizer."))}
+    out = flava_to_hf(base, prefix="flava.")
+    heads, unknown = HEAD_KEYS.to_hf(rest)
+    if unknown:
+        _raise_if([_format_keys("keys with no transformers name", unknown)], "mmkit FLAVA pretraining state dict")
+    out.update(heads)
+    for h in _MASKED_HEADS:
+        if f"{h}.decoder.bias" in heads:
+            out[f"{h}.bias"] = heads[f"{h}.decoder.bias"]
+    out.update({k: v.contiguous() for k, v in dalle_to_hf(codebook, prefix="image_codebook.").items()})
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,7 +450,52 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
         top["logit_scale_init"] = hf_config["logit_scale_init_value"]
     if "initializer_range" in hf_config:
         top["init_std"] = hf_config["initializer_range"]
-    return FLAVAConfig().replace(**sections, **top)
+    codebook = {ours: theirs for ours, theirs in _codebook_from_hf(hf_config).items()}
+    image_vocab = _sub_config(hf_config, "image").get("vocab_size")
+    if image_vocab is not None and image_vocab != codebook.get("vocab_size", image_vocab):
+        raise ValueError(
+            f"image_config.vocab_size={image_vocab} differs from image_codebook_config.vocab_size="
+            f"{codebook['vocab_size']}: the MIM heads must predict the codebook's ids"
+        )
+    if image_vocab is not None:
+        codebook["vocab_size"] = image_vocab
+    # transformers does not store the tokenizer's input size: it is one token per ViT patch.
+    image_size = sections["image"].get("image_size", 224)
+    patch_size = sections["image"].get("patch_size", 16)
+    grid = (image_size[0] if isinstance(image_size, tuple) else image_size) // (
+        patch_size[0] if isinstance(patch_size, tuple) else patch_size
+    )
+    codebook["image_size"] = grid * 2 ** (codebook.get("num_groups", 4) - 1)
+    weights = {ours: hf_config[theirs] for ours, theirs in _WEIGHTS.items() if theirs in hf_config}
+    pretraining: dict[str, Any] = {"weights": weights}
+    if "global_backprop_contrastive" in hf_config:
+        pretraining["contrastive_gather_with_grad"] = bool(hf_config["global_backprop_contrastive"])
+    if "ce_ignore_index" in hf_config:
+        pretraining["ignore_index"] = hf_config["ce_ignore_index"]
+    return FLAVAConfig().replace(**sections, **top, codebook=codebook, pretraining=pretraining)
+
+
+_WEIGHTS = {  # mmkit loss-weight field -> transformers FlavaConfig field
+    "global_contrastive": "global_contrastive_weight",
+    "itm": "itm_weight",
+    "mmm_image": "mmm_image_weight",
+    "mmm_text": "mmm_text_weight",
+    "mim": "mim_weight",
+    "mlm": "mlm_weight",
+}
+_CODEBOOK = {  # mmkit CodebookConfig field -> transformers FlavaImageCodebookConfig field
+    "hidden_size": "hidden_size",
+    "vocab_size": "vocab_size",
+    "num_groups": "num_groups",
+    "blocks_per_group": "num_blocks_per_group",
+}
+
+
+def _codebook_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    hf = _sub_config(hf_config, "image_codebook")
+    if hf.get("input_channels", 3) != 3:
+        raise ValueError("image_codebook_config.input_channels must be 3")
+    return {ours: hf[theirs] for ours, theirs in _CODEBOOK.items() if theirs in hf}
 
 
 def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
@@ -367,35 +525,18 @@ def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
             d["use_cls_token"] = True
         out[f"{name}_config"] = d
     out["hidden_size"] = config.multimodal.hidden_size
+    out["image_config"]["vocab_size"] = config.codebook.vocab_size
+    out["image_codebook_config"] = {theirs: getattr(config.codebook, ours) for ours, theirs in _CODEBOOK.items()}
+    out["image_codebook_config"]["input_channels"] = 3
+    out.update({theirs: getattr(config.pretraining.weights, ours) for ours, theirs in _WEIGHTS.items()})
+    out["global_backprop_contrastive"] = config.pretraining.contrastive_gather_with_grad
+    out["ce_ignore_index"] = config.pretraining.ignore_index
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # Directories
 # ------------------------------------------------------------------------------------------
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    st, bin_, index = path / "model.safetensors", path / "pytorch_model.bin", path / "model.safetensors.index.json"
-    if st.exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    if index.exists():
-        from safetensors.torch import load_file
-
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[str, Tensor] = {}
-        for shard in shards:
-            if not (path / shard).exists():
-                raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing from {path}")
-            out.update(load_file(str(path / shard)))
-        return out
-    if bin_.exists():
-        return torch.load(bin_, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
-        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
-
-
 def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]]:
     """Read a local transformers FLAVA checkpoint directory.
 
@@ -412,7 +553,7 @@ def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
-    return config_from_hf(json.loads(cfg_file.read_text())), _read_weights(path)
+    return config_from_hf(json.loads(cfg_file.read_text())), read_weights(path)
 
 
 def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
@@ -442,6 +583,23 @@ def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
     return model
 
 
+def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> FLAVAForPreTraining:
+    """Build a :class:`FLAVAForPreTraining` from a transformers ``FlavaForPreTraining`` directory
+    (encoders, heads and codebook). A ``FlavaModel`` directory (no heads) raises, listing
+    what is missing.
+
+    Args:
+        path: checkpoint directory (see :func:`load_hf_checkpoint`).
+        **overrides: :class:`FLAVAConfig` fields that do not change shapes.
+    """
+    config, hf_sd = load_hf_checkpoint(path)
+    config = config.replace(**overrides)
+    state = flava_pretraining_from_hf(hf_sd, config)
+    model = flava_model_for_pretraining(config)
+    _load_exact(model, state, source=str(path))
+    return model
+
+
 def _load_exact(model: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     own = model.state_dict()
     bad = [
@@ -454,15 +612,19 @@ def _load_exact(model: torch.nn.Module, state: Mapping[str, Tensor], source: str
     model.load_state_dict(state, strict=True)
 
 
-def save_hf_checkpoint(model: FLAVAModel, path: str | Path, config: FLAVAConfig | None = None) -> Path:
-    """Write ``model`` as a transformers ``FlavaModel`` directory (``config.json`` + ``model.safetensors``).
+def save_hf_checkpoint(
+    model: FLAVAModel | FLAVAForPreTraining, path: str | Path, config: FLAVAConfig | None = None
+) -> Path:
+    """Write ``model`` as a transformers checkpoint directory (``config.json`` + ``model.safetensors``).
 
     Args:
-        model: the model to export (its ``config`` attribute is used unless ``config`` is given).
+        model: a :class:`FLAVAModel` (written as ``FlavaModel``) or a
+            :class:`FLAVAForPreTraining` (written as ``FlavaForPreTraining``, heads and codebook included).
         path: output directory (created).
+        config: defaults to ``model.config``.
 
     Returns:
-        The directory, loadable by ``transformers.FlavaModel.from_pretrained``.
+        The directory, loadable by transformers' ``from_pretrained``.
     """
     from safetensors.torch import save_file
 
@@ -471,7 +633,14 @@ def save_hf_checkpoint(model: FLAVAModel, path: str | Path, config: FLAVAConfig 
         raise ValueError("save_hf_checkpoint needs the model's FLAVAConfig (model.config or config=...)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu() for k, v in flava_to_hf(model.state_dict()).items()}
+    pretraining = isinstance(model, FLAVAForPreTraining)
+    convert = flava_pretraining_to_hf if pretraining else flava_to_hf
+    tensors = {k: v.detach().cpu().contiguous() for k, v in convert(model.state_dict()).items()}
+    hf_config = config_to_hf(config)
+    if pretraining:
+        hf_config["architectures"] = ["FlavaForPreTraining"]
+        # tied decoder biases: write the tensor once under each name
+        tensors = {k: v.clone() for k, v in tensors.items()}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     return path

@@ -38,7 +38,55 @@ from mmkit.encoders import (
 from mmkit.layers.attention import AttentionBackend, set_attention_backend
 from mmkit.layers.init import init_weights, no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
+from mmkit.losses.flava import FLAVALossWeights
 from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
+
+
+@dataclass
+class CodebookConfig:
+    """The dVAE image tokenizer that makes MIM targets (DALL-E encoder sizes by default).
+
+    Attributes:
+        hidden_size, vocab_size, num_groups, blocks_per_group: :class:`~mmkit.tokenizers.DalleEncoder` sizes.
+        image_size: side of the tokenizer's input (112 for FLAVA: ``image_size / 8`` must equal
+            the ViT's patch grid).
+        checkpoint: optional path to tokenizer weights (see
+            :func:`~mmkit.tokenizers.dalle_encoder_from_checkpoint`); None keeps a random init.
+        enabled: build the tokenizer into the pretraining model. Off: batches must carry
+            precomputed ``image_token_ids``.
+        channels_last: run the tokenizer's convolutions in channels-last layout.
+    """
+
+    hidden_size: int = 256
+    vocab_size: int = 8192
+    num_groups: int = 4
+    blocks_per_group: int = 2
+    image_size: int = 112
+    checkpoint: str | None = None
+    enabled: bool = True
+    channels_last: bool = True
+
+
+@dataclass
+class PretrainingConfig:
+    """Objective weights and options of :class:`~mmkit.models.FLAVAForPreTraining`.
+
+    Attributes:
+        weights: per-objective loss weights (all 1.0 in FLAVA; 0 skips an objective).
+        unimodal_losses_on_pairs: also compute MIM and MLM on paired batches (from the masked
+            image and text passes the paired step runs anyway).
+        contrastive_gather_with_grad: back-propagate through the cross-rank gather.
+        contrastive_matched_only: with ITM negatives in a batch, drop the mismatched pairs'
+            embeddings from the contrastive *columns* too. Off (the reference behaviour): only
+            their rows are dropped, so a swapped caption can sit in the columns twice.
+        ignore_index: label value of positions that are not predicted.
+    """
+
+    weights: FLAVALossWeights = field(default_factory=FLAVALossWeights)
+    unimodal_losses_on_pairs: bool = False
+    contrastive_gather_with_grad: bool = True
+    contrastive_matched_only: bool = False
+    ignore_index: int = -100
 
 
 @dataclass
@@ -55,6 +103,8 @@ class FLAVAConfig:
         logit_scale_max: upper clamp of ``logit_scale`` (ln 100).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
         init_std: std of the weight initialisation.
+        codebook: the image tokenizer (pretraining only).
+        pretraining: objective weights and options (pretraining only).
     """
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -65,6 +115,8 @@ class FLAVAConfig:
     logit_scale_max: float = math.log(100.0)
     attention_backend: str = "sdpa"
     init_std: float = 0.02
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    pretraining: PretrainingConfig = field(default_factory=PretrainingConfig)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> FLAVAConfig:
@@ -72,7 +124,7 @@ class FLAVAConfig:
 
         Width 32, 2 heads, 2 image/text layers and 1 fusion layer, 32² images in
         8² patches (16 patches), 30522-word vocabulary (so a BERT tokenizer works),
-        64 text positions.
+        64 text positions; a 16-wide, 512-code tokenizer on 32² inputs (4 x 4 tokens).
         """
         small = dict(hidden_size=32, num_heads=2, mlp_dim=64)
         cfg = cls(
@@ -80,6 +132,7 @@ class FLAVAConfig:
             text=TextEncoderConfig(**small, num_layers=2, max_positions=64),
             multimodal=MultimodalEncoderConfig(**small, num_layers=1),
             projection_dim=32,
+            codebook=CodebookConfig(hidden_size=16, vocab_size=512, image_size=32),
         )
         return replace_config(cfg, overrides)
 

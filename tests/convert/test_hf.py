@@ -156,3 +156,61 @@ def test_directory_errors_name_the_problem(tmp_path, hf_flava):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match=r"word_embeddings.weight: checkpoint \(120, 32\) vs model \(99"):
         flava_model_from_hf(tmp_path)
+
+
+# -- FlavaForPreTraining: heads, logit_scale, codebook ------------------------------------------
+
+
+@pytest.fixture
+def hf_pretraining():
+    from transformers import FlavaForPreTraining
+
+    torch.manual_seed(0)
+    return randomize_(FlavaForPreTraining(hf_tiny_config())).eval()
+
+
+def test_pretraining_round_trip_and_tied_biases(hf_pretraining):
+    from mmkit.convert import flava_pretraining_from_hf, flava_pretraining_to_hf
+
+    sd = hf_pretraining.state_dict()
+    ours = flava_pretraining_from_hf(sd, config_from_hf(hf_pretraining.config.to_dict()))
+    assert "itm_head.classifier.weight" in ours and "model.logit_scale" in ours
+    assert "image_tokenizer.encoder.group_1.block_1.res_path.conv_1.weight" in ours
+    back = flava_pretraining_to_hf(ours)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+    # a checkpoint that saved only one name of a tied bias still loads; a disagreeing pair raises
+    only_bias = {k: v for k, v in sd.items() if k != "mlm_head.decoder.bias"}
+    assert torch.equal(flava_pretraining_from_hf(only_bias)["mlm_head.decoder.bias"], sd["mlm_head.bias"])
+    bad = dict(sd)
+    bad["mim_head.bias"] = sd["mim_head.bias"] + 1
+    with pytest.raises(CheckpointMismatchError, match="mim_head.bias and mim_head.decoder.bias are tied"):
+        flava_pretraining_from_hf(bad)
+
+
+def test_pretraining_directory_and_export(tmp_path, hf_pretraining):
+    from transformers import FlavaForPreTraining
+
+    from mmkit.convert import flava_model_for_pretraining_from_hf
+
+    hf_pretraining.save_pretrained(tmp_path / "hf")
+    ours = flava_model_for_pretraining_from_hf(tmp_path / "hf").eval()
+    assert ours.config.codebook.vocab_size == 64 and ours.config.codebook.image_size == 32
+    save_hf_checkpoint(ours, tmp_path / "export")
+    back = FlavaForPreTraining.from_pretrained(tmp_path / "export").eval()
+    for k, v in hf_pretraining.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    with pytest.raises(CheckpointMismatchError, match="lacks"):
+        hf_pretraining.flava.save_pretrained(tmp_path / "base_only")
+        flava_model_for_pretraining_from_hf(tmp_path / "base_only")
+
+
+def test_config_carries_codebook_and_loss_weights():
+    hf = hf_tiny_config(mim_weight=0.5, global_backprop_contrastive=False).to_dict()
+    cfg = config_from_hf(hf)
+    assert cfg.pretraining.weights.mim == 0.5 and not cfg.pretraining.contrastive_gather_with_grad
+    assert (cfg.codebook.hidden_size, cfg.codebook.vocab_size, cfg.codebook.image_size) == (8, 64, 32)
+    hf["image_config"]["vocab_size"] = 100
+    with pytest.raises(ValueError, match="image_config.vocab_size=100 differs from image_codebook_config"):
+        config_from_hf(hf)

@@ -1,0 +1,240 @@
+"""Collators: lists of transformed samples -> the batches :class:`~mmkit.models.FLAVAForPreTraining` takes.
+
+A *sample* is a dict of tensors made by the data transforms:
+
+==================  =====================  ==================================================
+key                 shape / dtype          meaning
+==================  =====================  ==================================================
+``image``           ``(3, H, W)`` float    encoder pixels, normalised
+``codebook_image``  ``(3, h, w)`` float    tokenizer input (``0.8 x + 0.1`` of [0,1] pixels)
+``image_tokens``    ``(Np,)`` int64        precomputed tokenizer ids (instead of ``codebook_image``)
+``input_ids``       ``(L_i,)`` int64       WordPiece ids with ``[CLS]``/``[SEP]``, unpadded
+``word_ids``        ``(L_i,)`` int64       optional: word index per token (whole-word masking)
+==================  =====================  ==================================================
+
+Each collator owns a seeded :class:`torch.Generator` for its masks and negatives, and
+``state_dict`` / ``load_state_dict`` so a resumed run draws the same masks. Inside a
+``DataLoader`` worker the stream is re-seeded once per worker (``seed + 1000 * worker_id``) so
+workers do not repeat each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmkit.masking import BlockMaskGenerator, TokenMasker, itm_negatives
+
+Sample = dict[str, Tensor]
+
+
+@dataclass
+class FLAVABatch:
+    """One batch of any kind; unused fields are None. See :meth:`FLAVAForPreTraining.forward` for shapes."""
+
+    pixel_values: Tensor | None = None
+    codebook_pixel_values: Tensor | None = None
+    image_token_ids: Tensor | None = None
+    patch_mask: Tensor | None = None
+    input_ids: Tensor | None = None
+    attention_mask: Tensor | None = None
+    masked_input_ids: Tensor | None = None
+    mlm_labels: Tensor | None = None
+    itm_labels: Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"pair"``, ``"image"`` or ``"text"``."""
+        if self.pixel_values is not None:
+            return "pair" if self.input_ids is not None else "image"
+        return "text"
+
+    def __len__(self) -> int:
+        first = self.pixel_values if self.pixel_values is not None else self.input_ids
+        return 0 if first is None else first.shape[0]
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """The non-None fields, as keyword arguments for the model."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FLAVABatch:
+        """A copy with every tensor on ``device``."""
+        return FLAVABatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.model_inputs().items()})
+
+    def pin_memory(self) -> FLAVABatch:
+        return FLAVABatch(**{k: v.pin_memory() for k, v in self.model_inputs().items()})
+
+
+class _Seeded:
+    """A per-collator random stream with checkpointable state."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self._worker: int | None = None
+
+    @property
+    def generator(self) -> torch.Generator:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != info.id:
+            self._worker = info.id
+            self._generator.manual_seed(self.seed + 1000 * info.id)
+        return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "rng": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"collator state was saved with seed {state['seed']}, this collator has {self.seed}")
+        self._generator.set_state(state["rng"])
+
+
+def _stack(samples: Sequence[Sample], key: str, what: str) -> Tensor:
+    missing = [i for i, s in enumerate(samples) if key not in s]
+    if missing:
+        raise KeyError(f"{what}: samples {missing[:5]} have no {key!r}")
+    tensors = [s[key] for s in samples]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"{what}: {key!r} has different shapes in one batch: {sorted(shapes)}; resize/crop first")
+    return torch.stack(tensors)
+
+
+def pad_sequences(sequences: Sequence[Tensor], pad_value: int, max_length: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad 1-D int sequences.
+
+    Args:
+        sequences: ``B`` tensors ``(L_i,)``.
+        pad_value: fill value.
+        max_length: pad to this length (default: the longest sequence). A longer sequence
+            raises: truncate in the tokenizer.
+
+    Returns:
+        ``(ids (B, L), attention_mask (B, L))``, mask 1 = real token.
+    """
+    longest = max(len(s) for s in sequences)
+    length = longest if max_length is None else max_length
+    if longest > length:
+        raise ValueError(
+            f"a sequence has {longest} tokens, more than max_length={length}; truncate it in the tokenizer"
+        )
+    ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class _ImagePart:
+    def __init__(self, block_masker: BlockMaskGenerator) -> None:
+        self.block_masker = block_masker
+
+    def collate_images(self, samples: Sequence[Sample], g: torch.Generator, what: str) -> dict[str, Tensor]:
+        out = {"pixel_values": _stack(samples, "image", what)}
+        if all("image_tokens" in s for s in samples):
+            out["image_token_ids"] = _stack(samples, "image_tokens", what).long()
+        elif all("codebook_image" in s for s in samples):
+            out["codebook_pixel_values"] = _stack(samples, "codebook_image", what)
+        else:
+            raise KeyError(f"{what}: every sample needs 'codebook_image' (tokenizer input) or 'image_tokens'")
+        out["patch_mask"] = self.block_masker.batch(len(samples), generator=g)
+        return out
+
+
+class _TextPart:
+    def __init__(self, token_masker: TokenMasker, max_length: int | None, whole_word: bool) -> None:
+        self.token_masker = token_masker
+        self.max_length = max_length
+        self.whole_word = whole_word
+
+    def collate_text(self, texts: Sequence[Sample], g: torch.Generator) -> dict[str, Tensor]:
+        pad = self.token_masker.pad_token_id
+        ids, mask = pad_sequences([s["input_ids"] for s in texts], pad, self.max_length)
+        word_ids = None
+        if self.whole_word:
+            if not all("word_ids" in s for s in texts):
+                raise KeyError("whole-word masking needs 'word_ids' in every text sample")
+            word_ids, _ = pad_sequences([s["word_ids"] for s in texts], 0, ids.shape[1])
+        masked, labels = self.token_masker(ids, mask, word_ids, generator=g)
+        return {"input_ids": ids, "attention_mask": mask, "masked_input_ids": masked, "mlm_labels": labels}
+
+
+class PairCollator(_Seeded, _ImagePart, _TextPart):
+    """Image-text pairs -> a paired :class:`FLAVABatch` (contrastive, ITM, MMM).
+
+    Order of work: choose ITM negatives (swap captions), block-mask every image, MLM-mask
+    every caption (the swapped ones too: the model masks their MMM labels out).
+
+    Args:
+        block_masker: image masks. token_masker: text masks.
+        itm_negative_prob: probability that a sample gets another sample's caption
+            (0.1 in Meta's FLAVA pipeline; see ``shared/FLAVA.md``).
+        max_length: pad captions to this length (default: longest in batch).
+        whole_word: whole-word masking (samples need ``word_ids``).
+        seed: seed of the collator's random stream.
+    """
+
+    def __init__(
+        self,
+        block_masker: BlockMaskGenerator,
+        token_masker: TokenMasker,
+        itm_negative_prob: float = 0.1,
+        max_length: int | None = None,
+        whole_word: bool = False,
+        seed: int = 0,
+    ) -> None:
+        _Seeded.__init__(self, seed)
+        _ImagePart.__init__(self, block_masker)
+        _TextPart.__init__(self, token_masker, max_length, whole_word)
+        self.itm_negative_prob = itm_negative_prob
+
+    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        g = self.generator
+        caption_index, itm_labels = itm_negatives(len(samples), self.itm_negative_prob, generator=g)
+        texts = [samples[int(j)] for j in caption_index]
+        return FLAVABatch(
+            **self.collate_images(samples, g, "pair batch"),
+            **self.collate_text(texts, g),
+            itm_labels=itm_labels,
+        )
+
+
+class ImageCollator(_Seeded, _ImagePart):
+    """Images -> an image-only :class:`FLAVABatch` (MIM). Args: block_masker, seed."""
+
+    def __init__(self, block_masker: BlockMaskGenerator, seed: int = 0) -> None:
+        _Seeded.__init__(self, seed)
+        _ImagePart.__init__(self, block_masker)
+
+    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        return FLAVABatch(**self.collate_images(samples, self.generator, "image batch"))
+
+
+class TextCollator(_Seeded, _TextPart):
+    """Texts -> a text-only :class:`FLAVABatch` (MLM). Args: token_masker, max_length, whole_word, seed."""
+
+    def __init__(
+        self, token_masker: TokenMasker, max_length: int | None = None, whole_word: bool = False, seed: int = 0
+    ) -> None:
+        _Seeded.__init__(self, seed)
+        _TextPart.__init__(self, token_masker, max_length, whole_word)
+
+    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        text = self.collate_text(samples, self.generator)
+        return FLAVABatch(
+            attention_mask=text["attention_mask"],
+            masked_input_ids=text["masked_input_ids"],
+            mlm_labels=text["mlm_labels"],
+        )

@@ -1,0 +1,337 @@
+"""FLAVA with its pretraining heads, image tokenizer and objectives.
+
+One call takes a batch of any of FLAVA's three kinds (paper §3.2-3.5) and returns every
+loss of that kind:
+
+* **paired** (``pixel_values`` and ``input_ids``): global contrastive on the *unmasked*
+  image and text, then one *masked* pass (block-masked image, MLM-masked text) through
+  the fusion encoder for ITM (all pairs) and MMM image / MMM text (matched pairs only);
+  optionally MIM and MLM from the same masked unimodal passes;
+* **image** (``pixel_values`` only): MIM on the masked image;
+* **text** (``input_ids`` only): MLM on the masked text.
+
+Compared with transformers' ``FlavaForPreTraining`` it never runs an encoder whose output
+no objective reads (transformers runs the unmasked pass for image-only and text-only
+batches too), projects only masked positions through the vocabulary decoders, and can take
+precomputed tokenizer ids instead of running the dVAE in the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.heads import ITMHead, MaskedPredictionHead, masked_labels, select_masked
+from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
+from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
+from mmkit.utils.config import replace_config
+
+
+@dataclass
+class FLAVAPretrainingOutput:
+    """What :meth:`FLAVAForPreTraining.forward` returns.
+
+    Attributes:
+        loss: scalar, the weighted sum of ``losses``.
+        losses: each computed objective's (unweighted) loss, by name: ``global_contrastive``,
+            ``itm``, ``mmm_image``, ``mmm_text``, ``mim``, ``mlm``.
+        logits: ``mim`` / ``mmm_image`` ``(M_img, V_img)`` and ``mlm`` / ``mmm_text``
+            ``(M_txt, V_txt)`` at masked positions only; ``itm`` ``(B, 2)``;
+            ``contrastive_image`` / ``contrastive_text`` ``(n, N)`` scaled similarities.
+        labels: the target of each ``logits`` entry (same keys; ``(M,)`` or ``(B,)``/``(n,)``).
+        kind: ``"pair"``, ``"image"`` or ``"text"``.
+        image_embedding, text_embedding: ``(B, P)`` contrastive embeddings of a paired batch.
+    """
+
+    loss: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    logits: dict[str, Tensor] = field(default_factory=dict)
+    labels: dict[str, Tensor] = field(default_factory=dict)
+    kind: str = "pair"
+    image_embedding: Tensor | None = None
+    text_embedding: Tensor | None = None
+
+
+class FLAVAForPreTraining(nn.Module):
+    """:class:`FLAVAModel` plus the MIM / MLM / MMM / ITM heads, the frozen image tokenizer
+    and the parameter-free losses. Build it with :func:`flava_model_for_pretraining`.
+
+    Args:
+        model: the encoders and projections.
+        mim_head, mlm_head: on the image / text encoder outputs (after final norm).
+        mmm_image_head, mmm_text_head: on the fusion encoder's image / text tokens.
+        itm_head: on the fusion encoder's ``CLS_M``.
+        image_tokenizer: frozen dVAE making MIM targets, or None (then batches carry ``image_token_ids``).
+        config: the :class:`FLAVAConfig` (its ``pretraining`` section sets weights and options).
+    """
+
+    def __init__(
+        self,
+        model: FLAVAModel,
+        mim_head: MaskedPredictionHead,
+        mlm_head: MaskedPredictionHead,
+        mmm_image_head: MaskedPredictionHead,
+        mmm_text_head: MaskedPredictionHead,
+        itm_head: ITMHead,
+        image_tokenizer: ImageTokenizer | None,
+        config: FLAVAConfig,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.mim_head = mim_head
+        self.mlm_head = mlm_head
+        self.mmm_image_head = mmm_image_head
+        self.mmm_text_head = mmm_text_head
+        self.itm_head = itm_head
+        self.image_tokenizer = image_tokenizer
+        self.config = config
+        opts = config.pretraining
+        self.weights = opts.weights
+        self.ignore_index = opts.ignore_index
+        self.contrastive = ContrastiveLoss(gather_with_grad=opts.contrastive_gather_with_grad)
+        self.loss_fn = FLAVAPretrainingLoss(opts.weights)
+
+    # -- helpers --------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay (biases, norms, embeddings, tokens, ``logit_scale``)."""
+        return no_weight_decay_names(self)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters the optimiser should see (the frozen tokenizer excluded)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def image_targets(
+        self, codebook_pixel_values: Tensor | None, image_token_ids: Tensor | None, num_patches: int
+    ) -> Tensor:
+        """Tokenizer ids ``(B, Np)``: the precomputed ones, or the tokenizer run on ``codebook_pixel_values``."""
+        if image_token_ids is None:
+            if codebook_pixel_values is None:
+                raise ValueError(
+                    "masked image objectives need targets: pass codebook_pixel_values (dVAE input, "
+                    "0.8x+0.1 of [0,1] pixels) or precomputed image_token_ids"
+                )
+            if self.image_tokenizer is None:
+                raise ValueError(
+                    "this model has no image tokenizer (config.codebook.enabled=False): pass image_token_ids"
+                )
+            image_token_ids = self.image_tokenizer(codebook_pixel_values)
+        image_token_ids = image_token_ids.reshape(image_token_ids.shape[0], -1)
+        if image_token_ids.shape[1] != num_patches:
+            raise ValueError(
+                f"image targets have {image_token_ids.shape[1]} tokens per image but the ViT has {num_patches} "
+                "patches; the tokenizer grid (codebook image_size / 8) must equal the patch grid"
+            )
+        return image_token_ids
+
+    def _masked_prediction(
+        self, head: nn.Module, hidden: Tensor, labels: Tensor, name: str, out: FLAVAPretrainingOutput
+    ) -> None:
+        h, y = select_masked(hidden, labels, self.ignore_index)
+        logits = head(h)
+        out.logits[name], out.labels[name] = logits, y
+        out.losses[name] = masked_cross_entropy(logits, y)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        patch_mask: Tensor | None = None,
+        masked_input_ids: Tensor | None = None,
+        mlm_labels: Tensor | None = None,
+        codebook_pixel_values: Tensor | None = None,
+        image_token_ids: Tensor | None = None,
+        itm_labels: Tensor | None = None,
+    ) -> FLAVAPretrainingOutput:
+        """Compute the objectives of one batch; which ones depends on the inputs given.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` encoder pixels (normalised).
+            input_ids: ``(B, L)`` unmasked text (paired batches: captions after ITM swaps).
+            attention_mask: ``(B, L)``, 1 = real token.
+            token_type_ids: optional ``(B, L)``.
+            patch_mask: bool ``(B, Np)``, True = masked patch (MIM / MMM image).
+            masked_input_ids: ``(B, L)`` text after MLM masking.
+            mlm_labels: ``(B, L)`` original ids at masked tokens, ``ignore_index`` elsewhere.
+            codebook_pixel_values: ``(B, 3, h, w)`` tokenizer input (``h = 8 * grid``), or
+            image_token_ids: ``(B, Np)`` precomputed tokenizer ids.
+            itm_labels: ``(B,)`` 1 = matched pair, 0 = swapped caption. None = all matched, no ITM loss.
+
+        Returns:
+            :class:`FLAVAPretrainingOutput`.
+        """
+        if pixel_values is not None and input_ids is not None:
+            out = self._paired(
+                pixel_values, input_ids, attention_mask, token_type_ids, patch_mask, masked_input_ids,
+                mlm_labels, codebook_pixel_values, image_token_ids, itm_labels,
+            )  # fmt: skip
+        elif pixel_values is not None:
+            out = self._image_only(pixel_values, patch_mask, codebook_pixel_values, image_token_ids)
+        elif input_ids is not None or masked_input_ids is not None:
+            out = self._text_only(masked_input_ids, mlm_labels, attention_mask, token_type_ids)
+        else:
+            raise ValueError("a pretraining batch needs pixel_values, input_ids or both")
+        out.loss = self.loss_fn(out.losses)
+        return out
+
+    def _require_mask(self, patch_mask: Tensor | None, what: str) -> Tensor:
+        if patch_mask is None:
+            raise ValueError(f"{what} needs patch_mask (bool (B, Np), True = masked); the collators make it")
+        return patch_mask.reshape(patch_mask.shape[0], -1).bool()
+
+    def _image_only(self, pixel_values, patch_mask, codebook_pixel_values, image_token_ids):
+        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="image")
+        if not self.weights.active("mim"):
+            raise ValueError("an image-only batch trains only MIM, whose weight is 0")
+        patch_mask = self._require_mask(patch_mask, "MIM")
+        image = self.model.encode_image(pixel_values, patch_mask)
+        num_patches = image.last_hidden_state.shape[1] - 1
+        targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
+        labels = masked_labels(targets, patch_mask, self.ignore_index)
+        self._masked_prediction(self.mim_head, image.last_hidden_state[:, 1:], labels, "mim", out)
+        return out
+
+    def _text_only(self, masked_input_ids, mlm_labels, attention_mask, token_type_ids):
+        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="text")
+        if not self.weights.active("mlm"):
+            raise ValueError("a text-only batch trains only MLM, whose weight is 0")
+        if masked_input_ids is None or mlm_labels is None:
+            raise ValueError(
+                "a text-only batch (MLM) needs masked_input_ids and mlm_labels; the text collator makes them"
+            )
+        text = self.model.encode_text(masked_input_ids, attention_mask, token_type_ids)
+        self._masked_prediction(self.mlm_head, text.last_hidden_state, mlm_labels, "mlm", out)
+        return out
+
+    def _paired(
+        self, pixel_values, input_ids, attention_mask, token_type_ids, patch_mask, masked_input_ids, mlm_labels,
+        codebook_pixel_values, image_token_ids, itm_labels,
+    ):  # fmt: skip
+        w = self.weights
+        opts = self.config.pretraining
+        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="pair")
+        if itm_labels is not None:
+            itm_labels = itm_labels.reshape(-1).long()
+            matched = itm_labels != 0
+            matched = matched | ~matched.any()  # no matched pair at all: use every pair
+        else:
+            matched = None
+
+        # 1. Global contrastive on unmasked inputs.
+        if w.active("global_contrastive"):
+            image_u = self.model.encode_image(pixel_values)
+            text_u = self.model.encode_text(input_ids, attention_mask, token_type_ids)
+            img_emb, txt_emb = self.model.embed_image(image_u), self.model.embed_text(text_u)
+            out.image_embedding, out.text_embedding = img_emb, txt_emb
+            row_mask = matched
+            if opts.contrastive_matched_only and matched is not None:
+                img_emb, txt_emb, row_mask = img_emb[matched], txt_emb[matched], None
+            c = self.contrastive(img_emb, txt_emb, self.model.logit_scale, row_mask)
+            out.losses["global_contrastive"] = c.loss
+            out.logits["contrastive_image"], out.logits["contrastive_text"] = c.logits_per_image, c.logits_per_text
+            out.labels["contrastive_image"] = out.labels["contrastive_text"] = c.labels
+
+        need_fusion = w.active("itm") or w.active("mmm_image") or w.active("mmm_text")
+        need_mim = opts.unimodal_losses_on_pairs and w.active("mim")
+        need_mlm = opts.unimodal_losses_on_pairs and w.active("mlm")
+        if not (need_fusion or need_mim or need_mlm):
+            return out
+
+        # 2. One masked pass feeds ITM, MMM and (optionally) MIM / MLM.
+        masks_image = w.active("mmm_image") or need_mim
+        masks_text = w.active("mmm_text") or need_mlm
+        if masks_image:
+            patch_mask = self._require_mask(patch_mask, "MMM image / MIM")
+        if masks_text and (masked_input_ids is None or mlm_labels is None):
+            raise ValueError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
+        image_m = self.model.encode_image(pixel_values, patch_mask if masks_image else None)
+        text_ids = masked_input_ids if masked_input_ids is not None else input_ids
+        text_m = self.model.encode_text(text_ids, attention_mask, token_type_ids)
+
+        image_labels = None
+        if masks_image:
+            num_patches = image_m.last_hidden_state.shape[1] - 1
+            targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
+            image_labels = masked_labels(targets, patch_mask, self.ignore_index)
+        if need_mim:
+            self._masked_prediction(self.mim_head, image_m.last_hidden_state[:, 1:], image_labels, "mim", out)
+        if need_mlm:
+            self._masked_prediction(self.mlm_head, text_m.last_hidden_state, mlm_labels, "mlm", out)
+        if not need_fusion:
+            return out
+
+        fused = self.model.encode_multimodal(image_m, text_m).last_hidden_state  # [CLS_M, CLS_I, patches, text]
+        if w.active("itm") and itm_labels is not None:
+            logits = self.itm_head(fused)
+            out.logits["itm"], out.labels["itm"] = logits, itm_labels
+            out.losses["itm"] = torch.nn.functional.cross_entropy(logits, itm_labels)
+
+        def only_matched(labels: Tensor) -> Tensor:
+            if matched is None:
+                return labels
+            return torch.where(matched[:, None], labels, torch.full_like(labels, self.ignore_index))
+
+        if w.active("mmm_image"):
+            n_img = image_m.last_hidden_state.shape[1]  # 1 + Np
+            hidden = fused[:, 2 : 1 + n_img]
+            self._masked_prediction(self.mmm_image_head, hidden, only_matched(image_labels), "mmm_image", out)
+        if w.active("mmm_text"):
+            hidden = fused[:, fused.shape[1] - text_m.last_hidden_state.shape[1] :]
+            self._masked_prediction(self.mmm_text_head, hidden, only_matched(mlm_labels), "mmm_text", out)
+        return out
+
+
+def flava_model_for_pretraining(
+    config: FLAVAConfig | None = None, *, image_tokenizer: ImageTokenizer | None = None, **overrides: Any
+) -> FLAVAForPreTraining:
+    """Build FLAVA for pretraining (Singh et al., CVPR 2022): model, heads, frozen dVAE tokenizer.
+
+    With the released sizes this is ≈357.6M parameters, 53.8M of them the frozen codebook.
+
+    Args:
+        config: a :class:`FLAVAConfig`; default ``FLAVAConfig()``.
+        image_tokenizer: use this tokenizer instead of building one from ``config.codebook``.
+        **overrides: :class:`FLAVAConfig` fields, e.g. ``pretraining={"weights": {"itm": 0.0}}``
+            or ``**{"codebook.enabled": False}``.
+    """
+    cfg = replace_config(config or FLAVAConfig(), overrides)
+    grid = cfg.image.image_size // cfg.image.patch_size
+    model = flava_model(cfg)
+    cb = cfg.codebook
+    if image_tokenizer is None and cb.enabled:
+        if cb.checkpoint:
+            encoder = dalle_encoder_from_checkpoint(cb.checkpoint)
+        else:
+            encoder = DalleEncoder(cb.hidden_size, cb.vocab_size, cb.num_groups, cb.blocks_per_group)
+        image_tokenizer = ImageTokenizer(encoder, channels_last=cb.channels_last)
+    if image_tokenizer is not None:
+        vocab = image_tokenizer.vocab_size
+        token_grid = cb.image_size // image_tokenizer.encoder.downsample
+        if token_grid != grid:
+            raise ValueError(
+                f"tokenizer grid {token_grid} (codebook.image_size {cb.image_size} / "
+                f"{image_tokenizer.encoder.downsample}) differs from the ViT patch grid {grid} "
+                f"(image_size {cfg.image.image_size} / patch_size {cfg.image.patch_size})"
+            )
+        if vocab != cb.vocab_size:
+            cfg = replace_config(cfg, {"codebook.vocab_size": vocab})
+    img, txt, mm = cfg.image, cfg.text, cfg.multimodal
+    v_img = cfg.codebook.vocab_size
+    heads = dict(
+        mim_head=MaskedPredictionHead(img.hidden_size, v_img, img.activation, img.norm_eps),
+        mlm_head=MaskedPredictionHead(txt.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),
+        mmm_image_head=MaskedPredictionHead(mm.hidden_size, v_img, img.activation, img.norm_eps),
+        mmm_text_head=MaskedPredictionHead(mm.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),
+        itm_head=ITMHead(mm.hidden_size),
+    )
+    for head in heads.values():
+        head.apply(lambda m: init_weights(m, std=cfg.init_std))
+    model.config = cfg
+    return FLAVAForPreTraining(model, **heads, image_tokenizer=image_tokenizer, config=cfg)
