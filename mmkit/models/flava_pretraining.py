@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mmkit.heads import ITMHead, MaskedPredictionHead, masked_labels, select_masked
 from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
@@ -181,6 +182,39 @@ class FLAVAForPreTraining(nn.Module):
         out.loss = self.loss_fn(out.losses)
         return out
 
+    def _clean_and_masked_image(
+        self, pixel_values: Tensor, patch_mask: Tensor | None, need_clean: bool, need_masked: bool
+    ) -> tuple[EncoderOutput | None, EncoderOutput | None]:
+        """Image encoder outputs without and with the patch mask (the same pass when there is no mask)."""
+        enc = self.model.encode_image
+        if patch_mask is None or not (need_clean and need_masked):
+            out = enc(pixel_values, patch_mask) if (need_clean or need_masked) else None
+            return (out if need_clean else None), (out if need_masked else None)
+        both = enc(torch.cat([pixel_values, pixel_values]), torch.cat([torch.zeros_like(patch_mask), patch_mask]))
+        return _split_batch(both, pixel_values.shape[0])
+
+    def _clean_and_masked_text(
+        self,
+        input_ids: Tensor,
+        masked_input_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        need_clean: bool,
+        need_masked: bool,
+    ) -> tuple[EncoderOutput | None, EncoderOutput | None]:
+        """Text encoder outputs on the clean and the MLM-masked ids (the same pass without masked ids)."""
+        enc = self.model.encode_text
+        if masked_input_ids is None or not (need_clean and need_masked):
+            ids = masked_input_ids if (masked_input_ids is not None and need_masked) else input_ids
+            out = enc(ids, attention_mask, token_type_ids) if (need_clean or need_masked) else None
+            return (out if need_clean else None), (out if need_masked else None)
+
+        def twice(t: Tensor | None) -> Tensor | None:
+            return None if t is None else torch.cat([t, t])
+
+        both = enc(torch.cat([input_ids, masked_input_ids]), twice(attention_mask), twice(token_type_ids))
+        return _split_batch(both, input_ids.shape[0])
+
     def _require_mask(self, patch_mask: Tensor | None, what: str) -> Tensor:
         if patch_mask is None:
             raise ValueError(f"{what} needs patch_mask (bool (B, Np), True = masked); the collators make it")
@@ -224,10 +258,29 @@ class FLAVAForPreTraining(nn.Module):
         else:
             matched = None
 
-        # 1. Global contrastive on unmasked inputs.
-        if w.active("global_contrastive"):
-            image_u = self.model.encode_image(pixel_values)
-            text_u = self.model.encode_text(input_ids, attention_mask, token_type_ids)
+        need_contrastive = w.active("global_contrastive")
+        need_fusion = w.active("itm") or w.active("mmm_image") or w.active("mmm_text")
+        need_mim = opts.unimodal_losses_on_pairs and w.active("mim")
+        need_mlm = opts.unimodal_losses_on_pairs and w.active("mlm")
+        need_masked = need_fusion or need_mim or need_mlm
+        masks_image = need_masked and (w.active("mmm_image") or need_mim)
+        masks_text = need_masked and (w.active("mmm_text") or need_mlm)
+        if masks_image:
+            patch_mask = self._require_mask(patch_mask, "MMM image / MIM")
+        if masks_text and (masked_input_ids is None or mlm_labels is None):
+            raise ValueError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
+
+        # Contrastive reads the unmasked encoders, the fusion objectives the masked ones. When
+        # both are needed, each encoder runs once on the two versions stacked along the batch.
+        image_u, image_m = self._clean_and_masked_image(
+            pixel_values, patch_mask if masks_image else None, need_contrastive, need_masked
+        )
+        text_u, text_m = self._clean_and_masked_text(
+            input_ids, masked_input_ids if masks_text else None, attention_mask, token_type_ids,
+            need_contrastive, need_masked,
+        )  # fmt: skip
+
+        if need_contrastive:
             img_emb, txt_emb = self.model.embed_image(image_u), self.model.embed_text(text_u)
             out.image_embedding, out.text_embedding = img_emb, txt_emb
             row_mask = matched
@@ -237,23 +290,8 @@ class FLAVAForPreTraining(nn.Module):
             out.losses["global_contrastive"] = c.loss
             out.logits["contrastive_image"], out.logits["contrastive_text"] = c.logits_per_image, c.logits_per_text
             out.labels["contrastive_image"] = out.labels["contrastive_text"] = c.labels
-
-        need_fusion = w.active("itm") or w.active("mmm_image") or w.active("mmm_text")
-        need_mim = opts.unimodal_losses_on_pairs and w.active("mim")
-        need_mlm = opts.unimodal_losses_on_pairs and w.active("mlm")
-        if not (need_fusion or need_mim or need_mlm):
+        if not need_masked:
             return out
-
-        # 2. One masked pass feeds ITM, MMM and (optionally) MIM / MLM.
-        masks_image = w.active("mmm_image") or need_mim
-        masks_text = w.active("mmm_text") or need_mlm
-        if masks_image:
-            patch_mask = self._require_mask(patch_mask, "MMM image / MIM")
-        if masks_text and (masked_input_ids is None or mlm_labels is None):
-            raise ValueError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
-        image_m = self.model.encode_image(pixel_values, patch_mask if masks_image else None)
-        text_ids = masked_input_ids if masked_input_ids is not None else input_ids
-        text_m = self.model.encode_text(text_ids, attention_mask, token_type_ids)
 
         image_labels = None
         if masks_image:
@@ -286,6 +324,23 @@ class FLAVAForPreTraining(nn.Module):
             hidden = fused[:, fused.shape[1] - text_m.last_hidden_state.shape[1] :]
             self._masked_prediction(self.mmm_text_head, hidden, only_matched(mlm_labels), "mmm_text", out)
         return out
+
+
+def _split_batch(out: EncoderOutput, n: int) -> tuple[EncoderOutput, EncoderOutput]:
+    """Split an encoder output over a batch of ``2n`` into its two halves."""
+
+    def half(t: Tensor | None, i: int) -> Tensor | None:
+        return None if t is None else t[i * n : (i + 1) * n]
+
+    return tuple(  # type: ignore[return-value]
+        EncoderOutput(
+            last_hidden_state=half(out.last_hidden_state, i),
+            pre_norm_hidden_state=half(out.pre_norm_hidden_state, i),
+            pooler_output=half(out.pooler_output, i),
+            attention_mask=half(out.attention_mask, i),
+        )
+        for i in (0, 1)
+    )
 
 
 def flava_model_for_pretraining(
