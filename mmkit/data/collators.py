@@ -12,10 +12,11 @@ key                 shape / dtype          meaning
 ``word_ids``        ``(L_i,)`` int64       optional: word index per token (whole-word masking)
 ==================  =====================  ==================================================
 
-Each collator owns a seeded :class:`torch.Generator` for its masks and negatives, and
-``state_dict`` / ``load_state_dict`` so a resumed run draws the same masks. Inside a
-``DataLoader`` worker the stream is re-seeded once per worker (``seed + 1000 * worker_id``) so
-workers do not repeat each other.
+Each collator owns a seeded :class:`torch.Generator` for its masks and negatives, with
+``state_dict`` / ``load_state_dict``; inside a ``DataLoader`` worker that stream is re-seeded
+once per worker (``seed + 1000 * worker_id``). The data loaders of :mod:`mmkit.data.loader`
+instead pass a generator seeded per batch (``generator=``), which makes every batch
+independent of which worker builds it and exactly reproducible after a resume.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FLAVABatch:
     masked_input_ids: Tensor | None = None
     mlm_labels: Tensor | None = None
     itm_labels: Tensor | None = None
+    source: str | None = None  # the data source it came from (set by MixedBatches)
 
     @property
     def kind(self) -> str:
@@ -58,15 +60,16 @@ class FLAVABatch:
         return 0 if first is None else first.shape[0]
 
     def model_inputs(self) -> dict[str, Tensor]:
-        """The non-None fields, as keyword arguments for the model."""
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        """The tensor fields that are set, as keyword arguments for the model."""
+        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> FLAVABatch:
         """A copy with every tensor on ``device``."""
-        return FLAVABatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.model_inputs().items()})
+        moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self.model_inputs().items()}
+        return FLAVABatch(**moved, source=self.source)
 
     def pin_memory(self) -> FLAVABatch:
-        return FLAVABatch(**{k: v.pin_memory() for k, v in self.model_inputs().items()})
+        return FLAVABatch(**{k: v.pin_memory() for k, v in self.model_inputs().items()}, source=self.source)
 
 
 class _Seeded:
@@ -194,10 +197,11 @@ class PairCollator(_Seeded, _ImagePart, _TextPart):
         _TextPart.__init__(self, token_masker, max_length, whole_word)
         self.itm_negative_prob = itm_negative_prob
 
-    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+        """Collate; ``generator`` overrides the collator's own random stream for this batch."""
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        g = self.generator
+        g = generator or self.generator
         caption_index, itm_labels = itm_negatives(len(samples), self.itm_negative_prob, generator=g)
         texts = [samples[int(j)] for j in caption_index]
         return FLAVABatch(
@@ -214,10 +218,10 @@ class ImageCollator(_Seeded, _ImagePart):
         _Seeded.__init__(self, seed)
         _ImagePart.__init__(self, block_masker)
 
-    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        return FLAVABatch(**self.collate_images(samples, self.generator, "image batch"))
+        return FLAVABatch(**self.collate_images(samples, generator or self.generator, "image batch"))
 
 
 class TextCollator(_Seeded, _TextPart):
@@ -229,10 +233,10 @@ class TextCollator(_Seeded, _TextPart):
         _Seeded.__init__(self, seed)
         _TextPart.__init__(self, token_masker, max_length, whole_word)
 
-    def __call__(self, samples: Sequence[Sample]) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        text = self.collate_text(samples, self.generator)
+        text = self.collate_text(samples, generator or self.generator)
         return FLAVABatch(
             attention_mask=text["attention_mask"],
             masked_input_ids=text["masked_input_ids"],

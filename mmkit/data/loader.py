@@ -1,0 +1,358 @@
+"""From sources to FLAVA batches: datasets, deterministic sharded order, source mixing, exact resume.
+
+* :class:`FLAVADataset` turns a :class:`~mmkit.data.sources.Source` into samples of one kind
+  (``"pair"``, ``"image"`` or ``"text"``); a record that cannot be decoded becomes a
+  :class:`Skipped` marker that names it, never an exception in a worker.
+* :class:`ShardedBatchSampler` walks a seeded permutation per epoch, gives each rank every
+  ``world``-th index (padding by wrapping so ranks stay in step), groups them into batches and
+  keeps going epoch after epoch. Its iterator's ``state_dict`` is (epoch, batch), so
+  ``torchdata``'s ``StatefulDataLoader`` restores the position without touching the data.
+* Randomness in a batch (crops, masks, ITM negatives) is seeded by ``(seed, source, epoch,
+  batch index)``, not by a stream in a worker process: the same batch comes out whichever
+  worker builds it, before or after a resume.
+* :class:`MixedBatches` draws each step's source with fixed probabilities from a generator
+  seeded identically on every rank (so all ranks run the same batch kind in a step), counts
+  skipped records per source and stops the run past ``max_bad_fraction``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mmkit.data.collators import FLAVABatch
+from mmkit.data.sources import Record, Source, decode_image, decode_text
+from mmkit.data.transforms import FLAVAImageTransform
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("pair", "image", "text")
+
+
+@dataclass
+class Skipped:
+    """A record that could not be used: which source, which key, why."""
+
+    source: str
+    key: str
+    reason: str
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64-style), stable across processes and runs."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def _source_id(name: str) -> int:
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
+
+
+class FLAVADataset(Dataset):
+    """Samples of one kind from a source.
+
+    Args:
+        source: where records come from.
+        kind: ``"pair"`` (image + caption), ``"image"`` or ``"text"``.
+        image_transform: for ``pair`` / ``image`` (default :class:`FLAVAImageTransform`).
+        tokenizer: a :class:`~mmkit.tokenizers.TextTokenizer`, for ``pair`` / ``text``.
+        seed: base seed of the per-sample randomness (random crops).
+
+    Indexed by the ``(epoch, batch, index)`` triples :class:`ShardedBatchSampler` yields; returns a
+    sample dict (``image``, ``codebook_image``, ``input_ids``, ``word_ids``, ``label``) or a :class:`Skipped`.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        kind: str,
+        image_transform: Callable | None = None,
+        tokenizer=None,
+        seed: int = 0,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind in ("pair", "text") and tokenizer is None:
+            raise ValueError(f"a {kind!r} dataset needs a tokenizer")
+        self.source, self.kind, self.tokenizer, self.seed = source, kind, tokenizer, seed
+        self.image_transform = image_transform or FLAVAImageTransform()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int, int] | int) -> dict[str, Any] | Skipped:
+        epoch, batch, index = item if isinstance(item, tuple) else (0, 0, int(item))
+        record: Record | None = None
+        try:
+            record = self.source[index]
+            sample: dict[str, Any] = {"__batch__": (epoch, batch)}
+            if self.kind in ("pair", "image"):
+                g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
+                sample.update(self.image_transform(decode_image(record), g))
+                if record.label is not None:
+                    sample["label"] = torch.tensor(record.label)
+            if self.kind in ("pair", "text"):
+                enc = self.tokenizer.encode(decode_text(record))
+                sample["input_ids"], sample["word_ids"] = enc.input_ids, enc.word_ids
+            return sample
+        except (ValueError, OSError) as e:
+            key = record.key if record is not None else f"#{index}"
+            return Skipped(self.source.name, key, str(e))
+
+    # StatefulDataLoader: a stateful dataset is never "fast-forwarded" by re-reading data;
+    # all position state lives in the sampler.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class _BatchIterator:
+    def __init__(self, sampler: ShardedBatchSampler) -> None:
+        self.sampler, self.epoch, self.batch = sampler, 0, 0
+        self._order: list[int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch, self._order = state["epoch"], state["batch"], None
+
+    def __iter__(self) -> _BatchIterator:
+        return self
+
+    def __next__(self) -> list[tuple[int, int, int]]:
+        s = self.sampler
+        if self._order is None:
+            self._order = s.rank_order(self.epoch)
+        if self.batch >= s.batches_per_epoch:
+            if not s.repeat:
+                raise StopIteration
+            self.epoch, self.batch, self._order = self.epoch + 1, 0, s.rank_order(self.epoch + 1)
+        start = self.batch * s.batch_size
+        out = [(self.epoch, self.batch, i) for i in self._order[start : start + s.batch_size]]
+        self.batch += 1
+        return out
+
+
+class ShardedBatchSampler:
+    """Deterministic, rank-sharded, endless batches of ``(epoch, batch, index)``.
+
+    Args:
+        num_samples: size of the source.
+        batch_size: samples per batch on this rank.
+        rank, world_size: this process's share: indices ``perm[rank::world_size]``.
+        seed: permutation seed (epoch ``e`` uses ``seed + e``).
+        shuffle: permute each epoch (False: source order).
+        repeat: go on to the next epoch (True) or stop after one.
+        drop_last: drop the last incomplete batch of an epoch.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        repeat: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("cannot sample from an empty source")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle, self.repeat, self.drop_last = shuffle, repeat, drop_last
+        per_rank = -(-num_samples // world_size)
+        self.per_rank = per_rank
+        self.batches_per_epoch = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"a rank's share ({per_rank} samples of {num_samples}) is smaller than one batch of {batch_size}; "
+                "lower the batch size or set drop_last=False"
+            )
+
+    def rank_order(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            perm = torch.arange(self.num_samples)
+        total = self.per_rank * self.world_size
+        if total > self.num_samples:  # wrap so every rank has the same number of samples
+            perm = torch.cat([perm, perm[: total - self.num_samples]])
+        return perm[self.rank :: self.world_size].tolist()
+
+    def __iter__(self) -> _BatchIterator:
+        return _BatchIterator(self)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+
+class CollateWithSkips:
+    """Drop :class:`Skipped` markers, seed the collator per batch, return ``(batch | None, skipped)``.
+
+    Args:
+        collator: a :mod:`mmkit.data.collators` collator (called with ``generator=``).
+        seed: base seed; with the source name, epoch and batch index it seeds the batch.
+        source_name: the source's name.
+    """
+
+    def __init__(self, collator: Callable, seed: int, source_name: str) -> None:
+        self.collator, self.seed, self.source_name = collator, seed, source_name
+
+    def __call__(self, samples: Sequence[dict[str, Any] | Skipped]) -> tuple[FLAVABatch | None, list[Skipped]]:
+        skipped = [s for s in samples if isinstance(s, Skipped)]
+        good = [s for s in samples if not isinstance(s, Skipped)]
+        if not good:
+            return None, skipped
+        epoch, batch = good[0]["__batch__"]
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source_name), epoch, batch, 1))
+        return self.collator(good, generator=g), skipped
+
+
+def make_loader(
+    dataset: FLAVADataset,
+    collator: Callable,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+):
+    """A ``torchdata`` ``StatefulDataLoader`` over ``dataset`` yielding ``(FLAVABatch | None, skipped)``.
+
+    Its ``state_dict()`` holds the position (epoch, batch); load it into a loader built the
+    same way to continue exactly where it stopped.
+    """
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    sampler = ShardedBatchSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, repeat, drop_last)
+    return StatefulDataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=CollateWithSkips(collator, seed, dataset.source.name),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers else None,
+        persistent_workers=False,
+    )
+
+
+class DataQualityError(RuntimeError):
+    """Too many records of a source could not be used."""
+
+
+class MixedBatches:
+    """An endless stream of FLAVA batches, each drawn from one source.
+
+    Args:
+        loaders: ``{name: (loader, probability)}`` from :func:`make_loader`; probabilities are
+            normalised (FLAVA: pairs 0.70, images 0.15, text 0.15).
+        seed: seed of the source draw, the same on every rank.
+        max_bad_fraction: stop with :class:`DataQualityError` when a source's skipped / seen
+            exceeds this (checked once it has seen ``min_samples``).
+
+    Yields :class:`~mmkit.data.collators.FLAVABatch` with ``batch.source`` set. ``stats()`` gives
+    per-source counts and recent skipped keys; ``state_dict()`` / ``load_state_dict()`` cover
+    the draw generator, every loader's position and the counts.
+    """
+
+    def __init__(
+        self,
+        loaders: dict[str, tuple[Any, float]],
+        seed: int = 0,
+        max_bad_fraction: float = 0.01,
+        min_samples: int = 200,
+    ) -> None:
+        if not loaders:
+            raise ValueError("MixedBatches needs at least one loader")
+        probs = torch.tensor([float(p) for _, p in loaders.values()], dtype=torch.float64)
+        if (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"source probabilities must be non-negative and not all 0, got {probs.tolist()}")
+        self.names = list(loaders)
+        self.loaders = {name: loader for name, (loader, _) in loaders.items()}
+        self.probs = probs / probs.sum()
+        self.seed = seed
+        self.max_bad_fraction, self.min_samples = max_bad_fraction, min_samples
+        self._generator = torch.Generator().manual_seed(seed)
+        self._iters: dict[str, Iterator] = {}
+        self.seen = dict.fromkeys(self.names, 0)
+        self.skipped = dict.fromkeys(self.names, 0)
+        self.examples: dict[str, list[str]] = {n: [] for n in self.names}
+
+    def __iter__(self) -> MixedBatches:
+        return self
+
+    def _next_from(self, name: str) -> tuple[FLAVABatch | None, list[Skipped]]:
+        if name not in self._iters:
+            self._iters[name] = iter(self.loaders[name])
+        return next(self._iters[name])
+
+    def __next__(self) -> FLAVABatch:
+        name = self.names[int(torch.multinomial(self.probs, 1, generator=self._generator))]
+        while True:
+            batch, skipped = self._next_from(name)
+            self._account(name, batch, skipped)
+            if batch is not None:
+                batch.source = name
+                return batch
+
+    def _account(self, name: str, batch: FLAVABatch | None, skipped: list[Skipped]) -> None:
+        self.seen[name] += (0 if batch is None else len(batch)) + len(skipped)
+        if not skipped:
+            return
+        self.skipped[name] += len(skipped)
+        for s in skipped:
+            logger.warning("skipped %s record %s: %s", s.source, s.key, s.reason)
+        self.examples[name] = (self.examples[name] + [f"{s.key} ({s.reason})" for s in skipped])[-10:]
+        seen, bad = self.seen[name], self.skipped[name]
+        if seen >= self.min_samples and bad / seen > self.max_bad_fraction:
+            raise DataQualityError(
+                f"source {name!r}: {bad} of {seen} records could not be used "
+                f"({bad / seen:.1%} > max_bad_fraction {self.max_bad_fraction:.1%}); "
+                f"latest: {'; '.join(self.examples[name][-3:])}"
+            )
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per source: records seen, skipped and the latest skipped keys with reasons."""
+        return {n: {"seen": self.seen[n], "skipped": self.skipped[n], "examples": self.examples[n]} for n in self.names}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "generator": self._generator.get_state(),
+            "loaders": {n: loader.state_dict() for n, loader in self.loaders.items()},
+            "seen": dict(self.seen),
+            "skipped": dict(self.skipped),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["loaders"]) != set(self.names):
+            raise ValueError(f"data state has sources {sorted(state['loaders'])}, this run has {sorted(self.names)}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
+        self._generator.set_state(state["generator"])
+        for n, loader in self.loaders.items():
+            loader.load_state_dict(state["loaders"][n])
+        self._iters = {}
+        self.seen, self.skipped = dict(state["seen"]), dict(state["skipped"])

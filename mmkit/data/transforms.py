@@ -1,0 +1,104 @@
+"""FLAVA's input transforms: one decode gives the encoder pixels and the dVAE pixels of the same crop.
+
+Image (released FLAVA processor, see ``shared/FLAVA.md``): resize the shorter side and centre-
+crop (or, with ``random_crop``, a random resized crop), then
+* encoder input: ``image_size`` (224) bicubic, scaled to [0,1], normalised with CLIP's mean/std;
+* tokenizer input: the same crop at ``codebook_image_size`` (112) with Lanczos, scaled to
+  [0,1], then ``0.8 x + 0.1``.
+Every random choice comes from a ``torch.Generator`` the caller seeds per sample, so a
+resumed run crops exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmkit.tokenizers.dalle import dalle_preprocess
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ImageTransformConfig:
+    """Attributes:
+    image_size: encoder input side (224 for FLAVA).
+    codebook_image_size: tokenizer input side (112), or 0 to skip the tokenizer input.
+    random_crop: random resized crop (``scale``, ``ratio``) instead of resize + centre crop.
+    mean, std: encoder normalisation (CLIP's).
+    """
+
+    image_size: int = 224
+    codebook_image_size: int = 112
+    random_crop: bool = False
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], g: torch.Generator
+) -> tuple[int, int, int, int]:
+    """Box ``(left, top, right, bottom)`` of a crop with area fraction ~ U(scale) and log-uniform
+    aspect ratio in ``ratio`` (10 tries, then the largest centred crop of an allowed ratio)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(u[2] * (width - w + 1))
+            top = int(u[3] * (height - h + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def center_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred square."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+class FLAVAImageTransform:
+    """PIL image -> ``{"image": (3, S, S) normalised, "codebook_image": (3, s, s) in [0.1, 0.9]}``."""
+
+    def __init__(self, config: ImageTransformConfig | None = None) -> None:
+        self.config = config or ImageTransformConfig()
+        self._mean = torch.tensor(self.config.mean).view(3, 1, 1)
+        self._std = torch.tensor(self.config.std).view(3, 1, 1)
+
+    def __call__(self, image, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        cfg = self.config
+        w, h = image.size
+        if cfg.random_crop:
+            box = random_resized_crop_box(w, h, cfg.scale, cfg.ratio, generator or torch.Generator())
+        else:
+            box = center_crop_box(w, h)
+        size = (cfg.image_size, cfg.image_size)
+        pixels = pil_to_tensor(image.resize(size, Image.Resampling.BICUBIC, box=box)).float().div_(255)
+        out = {"image": (pixels - self._mean) / self._std}
+        if cfg.codebook_image_size:
+            cb = (cfg.codebook_image_size, cfg.codebook_image_size)
+            small = pil_to_tensor(image.resize(cb, Image.Resampling.LANCZOS, box=box)).float().div_(255)
+            out["codebook_image"] = dalle_preprocess(small)
+        return out

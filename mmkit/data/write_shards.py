@@ -1,0 +1,129 @@
+"""Write WebDataset-layout tar shards from an image folder or a manifest, or inspect a shard.
+
+    python -m mmkit.data.write_shards --manifest pairs.jsonl --out 'shards/pairs-{:06d}.tar' --per-shard 1000
+    python -m mmkit.data.write_shards --folder images/ --out 'shards/images-{:06d}.tar'
+    python -m mmkit.data.write_shards --inspect shards/pairs-000000.tar
+
+Each sample becomes ``<key>.<image extension>`` (bytes copied, not re-encoded) and, for
+manifests, ``<key>.txt`` with the caption. Shards are written under a temporary name and
+renamed when complete. Records that cannot be read are reported and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+from mmkit.data.sources import ImageFolder, Manifest, Source, TarShards, decode_image
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    source: Source, out_pattern: str, per_shard: int = 1000, verify: bool = True
+) -> tuple[list[Path], list[str]]:
+    """Copy ``source`` into tar shards named ``out_pattern.format(shard_index)``.
+
+    Returns:
+        ``(shard paths, problems)``: every record left out, with the reason.
+    """
+    if "{" not in out_pattern:
+        raise ValueError(
+            f"out pattern {out_pattern!r} needs a '{{...}}' field for the shard number, e.g. 'pairs-{{:06d}}.tar'"
+        )
+    paths: list[Path] = []
+    problems: list[str] = []
+    tar = None
+    written = 0
+    tmp: Path | None = None
+
+    def close() -> None:
+        if tar is not None:
+            tar.close()
+            os.replace(tmp, paths[-1])
+
+    for i in range(len(source)):
+        record = source[i]
+        if record.image is None:
+            problems.append(f"{record.key}: {record.meta.get('error', 'no image')}")
+            continue
+        if verify:
+            try:
+                decode_image(record)
+            except ValueError as e:
+                problems.append(f"{record.key}: {e}")
+                continue
+        if tar is None or written == per_shard:
+            close()
+            path = Path(out_pattern.format(len(paths)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            paths.append(path)
+            tmp = path.with_name(path.name + ".tmp")
+            tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+            written = 0
+        key = f"{i:09d}"
+        ext = Path(record.key).suffix.lower() or ".png"
+        if ext not in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
+            ext = ".png"
+        _add(tar, key + ext, record.image)
+        if record.text is not None:
+            _add(tar, key + ".txt", record.text.encode("utf-8"))
+        if record.label is not None:
+            _add(tar, key + ".cls", str(record.label).encode())
+        written += 1
+    close()
+    return paths, problems
+
+
+def inspect(path: str | Path, show: int = 5) -> str:
+    """A short report of a shard: sample count, member kinds, incomplete samples, the first captions."""
+    src = TarShards(path, require_text=False, name=Path(path).name)
+    lines = [f"{path}: {len(src)} samples, {len(src.incomplete)} incomplete"]
+    for i in range(min(show, len(src))):
+        rec = src[i]
+        caption = ""
+        if "text_bytes" in rec.meta:
+            caption = rec.meta["text_bytes"].decode("utf-8", "replace")[:80]
+        lines.append(f"  {rec.key}  image {len(rec.image or b'')} bytes  {caption!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--manifest", help="JSONL or CSV with image path and caption columns")
+    group.add_argument("--folder", help="image folder (class subfolders with --labels)")
+    group.add_argument("--inspect", help="print a summary of this shard")
+    parser.add_argument("--out", help="output pattern with a format field, e.g. 'out/pairs-{:06d}.tar'")
+    parser.add_argument("--per-shard", type=int, default=1000)
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--caption-column", default="caption")
+    parser.add_argument("--labels", action="store_true", help="first-level subfolders are classes")
+    args = parser.parse_args(argv)
+    if args.inspect:
+        print(inspect(args.inspect))
+        return 0
+    if not args.out:
+        parser.error("--out is required when writing shards")
+    if args.manifest:
+        source: Source = Manifest(args.manifest, args.image_column, args.caption_column)
+    else:
+        source = ImageFolder(args.folder, labels=args.labels)
+    paths, problems = write_shards(source, args.out, args.per_shard)
+    for p in problems:
+        print(f"left out {p}", file=sys.stderr)
+    print(f"wrote {len(source) - len(problems)} samples into {len(paths)} shard(s); left out {len(problems)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

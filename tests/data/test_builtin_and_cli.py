@@ -1,0 +1,81 @@
+import hashlib
+import json
+import random
+
+import torch
+from torchvision.transforms.functional import pil_to_tensor
+
+from mmkit.data import FLAVADataset, TarShards, TextLines, shapes_dataset
+from mmkit.data.builtin import COLORS, make_example
+from mmkit.data.sources import decode_image, decode_text
+from mmkit.data.write_shards import main as write_main
+from tests.data.conftest import png_bytes
+
+
+def _digest(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_generation_is_deterministic_and_complete(tmp_path):
+    kw = dict(num_train=30, num_val=10, num_images=12, num_text=20, per_shard=16)
+    a = shapes_dataset(tmp_path / "a", **kw)
+    b = shapes_dataset(tmp_path / "b", **kw)
+    assert [p.name for p in a.train_pairs] == ["train-pairs-0000.tar", "train-pairs-0001.tar"]
+    for part in ("train_pairs", "val_pairs", "images", "text"):
+        assert _digest(getattr(a, part)) == _digest(getattr(b, part)), part
+    assert len(TarShards(a.train_pairs)) == 30 and len(TarShards(a.val_pairs)) == 10
+    assert len(TarShards(a.images, require_text=False)) == 12 and len(TextLines(a.text)) == 20
+    # train and held-out splits do not repeat each other
+    train = {decode_text(r) for r in map(TarShards(a.train_pairs).__getitem__, range(30))}
+    val = [decode_text(r) for r in map(TarShards(a.val_pairs).__getitem__, range(10))]
+    assert sum(v in train for v in val) < 5
+    # a second call reuses the files
+    mtime = a.train_pairs[0].stat().st_mtime_ns
+    assert shapes_dataset(tmp_path / "a", **kw).train_pairs[0].stat().st_mtime_ns == mtime
+
+
+def test_captions_describe_the_pictures():
+    """The colour words of a single-group caption are the colours in the picture."""
+    rng = random.Random(3)
+    checked = 0
+    for _ in range(60):
+        image, caption = make_example(rng)
+        if " of " in caption or " above " in caption:
+            continue
+        color = next(c for c in COLORS if c in caption)
+        pixels = pil_to_tensor(image).flatten(1).T.float()
+        target = torch.tensor(COLORS[color], dtype=torch.float)
+        close = ((pixels - target).abs().sum(1) < 30).sum().item()
+        assert close > 20, caption
+        others = [c for c in COLORS if c != color]
+        for other in others:
+            t = torch.tensor(COLORS[other], dtype=torch.float)
+            assert ((pixels - t).abs().sum(1) < 30).sum().item() < 5, (caption, other)
+        checked += 1
+    assert checked > 15
+
+
+def test_write_shards_from_manifest_and_inspect(tmp_path, capsys, tokenizer):
+    rows = []
+    for i in range(5):
+        data, caption = png_bytes(i)
+        (tmp_path / f"{i}.png").write_bytes(data)
+        rows.append({"image": f"{i}.png", "caption": caption})
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    rows.append({"image": "bad.png", "caption": "broken"})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    out = str(tmp_path / "out" / "pairs-{:03d}.tar")
+    assert write_main(["--manifest", str(manifest), "--out", out, "--per-shard", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 5 samples into 3 shard(s); left out 1" in captured.out and "bad.png" in captured.err
+    src = TarShards(str(tmp_path / "out" / "pairs-{000..002}.tar"))
+    assert len(src) == 5
+    ds = FLAVADataset(src, "pair", tokenizer=tokenizer)
+    assert tokenizer.decode(ds[(0, 0, 0)]["input_ids"].tolist()) == rows[0]["caption"]
+    assert decode_image(src[4]).size == (64, 64)
+    assert write_main(["--inspect", str(tmp_path / "out" / "pairs-000.tar")]) == 0
+    assert "2 samples, 0 incomplete" in capsys.readouterr().out
