@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ from mmkit.data.sources import Record, Source, decode_image, decode_text
 from mmkit.data.transforms import FLAVAImageTransform
 
 logger = logging.getLogger(__name__)
+# torchdata 0.11's StatefulDataLoader calls torch.set_vital, which newer torch deprecates on every
+# iterator start; it is not actionable for users, so it is silenced here and only here.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 KINDS = ("pair", "image", "text")
 
