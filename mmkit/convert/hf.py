@@ -273,6 +273,8 @@ def flava_from_hf(hf_state_dict: Mapping[str, Tensor], config: FLAVAConfig | Non
     if config is not None:
         problems += _check_expected(out, set(_expected_keys(config)), FLAVA_KEYS)
     _raise_if(problems, "transformers FLAVA state dict")
+    if "logit_scale" in out:  # transformers: a scalar; mmkit: shape (1,) so that FSDP2 can shard it
+        out["logit_scale"] = out["logit_scale"].reshape(1)
     return out
 
 
@@ -289,6 +291,8 @@ def flava_to_hf(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str,
     out, unknown = FLAVA_KEYS.to_hf(state_dict, prefix)
     if unknown:
         _raise_if([_format_keys("keys with no transformers name", unknown)], "mmkit FLAVA state dict")
+    if prefix + "logit_scale" in out:
+        out[prefix + "logit_scale"] = out[prefix + "logit_scale"].reshape(())
     return out
 
 

@@ -93,6 +93,7 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, gather_with_grad: bool = True) -> None:
         super().__init__()
         self.gather_with_grad = gather_with_grad
+        self.gather = True  # False: this rank's batch only (e.g. evaluation on identical data per rank)
 
     def forward(
         self, image_embedding: Tensor, text_embedding: Tensor, logit_scale: Tensor, row_mask: Tensor | None = None
@@ -109,8 +110,11 @@ class ContrastiveLoss(nn.Module):
                 f"image and text embeddings must both be (n, P); got {tuple(image_embedding.shape)} "
                 f"and {tuple(text_embedding.shape)}"
             )
-        all_images, offset = gather_batches(image_embedding, self.gather_with_grad)
-        all_texts, _ = gather_batches(text_embedding, self.gather_with_grad)
+        if self.gather:
+            all_images, offset = gather_batches(image_embedding, self.gather_with_grad)
+            all_texts, _ = gather_batches(text_embedding, self.gather_with_grad)
+        else:
+            all_images, all_texts, offset = image_embedding, text_embedding, 0
         scale = logit_scale.exp()
         logits_per_image = image_embedding @ all_texts.T * scale
         logits_per_text = text_embedding @ all_images.T * scale

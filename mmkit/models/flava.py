@@ -198,7 +198,8 @@ class FLAVAModel(nn.Module):
         self.text_projection = nn.Linear(dt, projection_dim)
         self.image_to_mm_projection = nn.Linear(di, dm)
         self.text_to_mm_projection = nn.Linear(dt, dm)
-        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        # shape (1,) rather than a scalar: FSDP2 cannot shard 0-d parameters (transformers stores a scalar)
+        self.logit_scale = nn.Parameter(torch.full((1,), float(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
 
     # -- unimodal -----------------------------------------------------------------
