@@ -1,0 +1,48 @@
+"""Optimisation pieces the recipes share: AdamW parameter groups and the warmup-cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float, no_decay: set[str] | None = None) -> list[dict]:
+    """Two AdamW groups: decayed weights, and the rest (biases, norms, embeddings, tokens, ``logit_scale``).
+
+    Frozen parameters (``requires_grad=False``, e.g. the image tokenizer) are left out entirely,
+    so they have no optimiser state either.
+
+    Args:
+        model: the (possibly wrapped) model; names are matched after stripping wrapper prefixes.
+        weight_decay: decay of the first group.
+        no_decay: names without decay (default: ``model.no_weight_decay()``).
+    """
+    inner = getattr(model, "module", model)
+    if no_decay is None:
+        no_decay = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else set()
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        clean = name.removeprefix("module.").replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
+        (rest if clean in no_decay or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` over :func:`warmup_cosine` (its ``state_dict`` is the step count)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_ratio)
+    )
