@@ -100,7 +100,9 @@ class FLAVADataset(Dataset):
             record = self.source[index]
             sample: dict[str, Any] = {"__batch__": (epoch, batch)}
             if self.kind in ("pair", "image"):
-                g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
+                g = None
+                if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
+                    g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
                 sample.update(self.image_transform(decode_image(record), g))
                 if record.label is not None:
                     sample["label"] = torch.tensor(record.label)

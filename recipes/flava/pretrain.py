@@ -382,7 +382,10 @@ class FLAVAPretrainRecipe:
         if self.info.is_main and cfg.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=o.total_steps, initial=self.step, desc="pretrain", dynamic_ncols=True)
+            # in a log file (not a terminal) redraw rarely, so logs stay readable
+            interval = 0.1 if sys.stderr.isatty() else 30.0
+            progress = tqdm(total=o.total_steps, initial=self.step, desc="pretrain", dynamic_ncols=True,
+                            mininterval=interval)  # fmt: skip
         window: dict[str, list[float]] = {}
         samples_in_window, t_window = 0, time.perf_counter()
         self.model.train()
@@ -452,10 +455,12 @@ class FLAVAPretrainRecipe:
                 )
                 self.metrics.log(self.step, rec)
                 window, samples_in_window, t_window = {}, 0, time.perf_counter()
+            t_pause = time.perf_counter()  # evaluation and checkpoints do not count against samples/s
             if self.step % cfg.eval_every == 0 and self.step < o.total_steps:
                 self.metrics.log(self.step, self.evaluate(), split="eval")
             if self.step % cfg.checkpoint.every == 0 or self.step == o.total_steps:
                 self.save_checkpoint()
+            t_window += time.perf_counter() - t_pause
             if os.environ.get("MMKIT_FAULT_KILL_AT_STEP") == str(self.step):  # fault injection for tests
                 os.kill(os.getpid(), signal.SIGKILL)
             if self._stop_everywhere():
