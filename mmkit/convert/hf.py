@@ -454,7 +454,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
         top["logit_scale_init"] = hf_config["logit_scale_init_value"]
     if "initializer_range" in hf_config:
         top["init_std"] = hf_config["initializer_range"]
-    codebook = {ours: theirs for ours, theirs in _codebook_from_hf(hf_config).items()}
+    codebook = _codebook_from_hf(hf_config)
     image_vocab = _sub_config(hf_config, "image").get("vocab_size")
     if image_vocab is not None and image_vocab != codebook.get("vocab_size", image_vocab):
         raise ValueError(

@@ -213,7 +213,6 @@ class Manifest(Source):
         try:
             data = path.read_bytes()
         except OSError as e:
-            data = None
             return Record(key=image_path, image=None, text=caption, meta={"error": f"cannot read image: {e}"})
         return Record(key=image_path, image=data, text=None if caption is None else str(caption))
 
