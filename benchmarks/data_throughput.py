@@ -35,8 +35,7 @@ from mmkit.tokenizers import TextTokenizer, train_wordpiece
 
 def pipeline(paths, tokenizer: TextTokenizer, size: int, codebook_size: int, batch_size: int, workers: int):
     grid = size // (16 if size >= 224 else 8)
-    n_mask = round(0.38 * grid * grid)  # FLAVA: 75 of 196
-    blocks = BlockMaskGenerator(grid, num_masking_patches=n_mask, min_block=max(1, grid * grid // 12))
+    blocks = BlockMaskGenerator.flava(grid)
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
     transform = FLAVAImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=codebook_size))
     ds = FLAVADataset(TarShards(paths), "pair", image_transform=transform, tokenizer=tokenizer)

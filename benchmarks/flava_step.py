@@ -82,8 +82,7 @@ def make_batches(cfg: FLAVAConfig, batch: int, text_len: int, seed: int = 0) -> 
     """Paired, image-only and text-only batches, as mmkit's collators would make them."""
     g = torch.Generator().manual_seed(seed)
     grid = cfg.image.image_size // cfg.image.patch_size
-    n_mask = round(0.38 * grid * grid)  # FLAVA: 75 of 196
-    blocks = BlockMaskGenerator(grid, num_masking_patches=n_mask, min_block=max(1, grid * grid // 12))
+    blocks = BlockMaskGenerator.flava(grid)
     tokens = TokenMasker(cfg.text.vocab_size, mask_token_id=103, special_token_ids=[101, 102])
 
     def text():
@@ -256,6 +255,10 @@ def run(
     return result
 
 
+def _num(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.3g}"
+
+
 def report(size: str, batch: int, text_len: int, result: dict) -> str:
     rate = result.pop("_matmul_gflops")["value"]
     ref = result["transformers"]
@@ -270,7 +273,7 @@ def report(size: str, batch: int, text_len: int, result: dict) -> str:
     for name, r in result.items():
         speedup = r["samples_per_s"] / ref["samples_per_s"]
         lines.append(
-            f"| {name} | {r['step_s']:.3f} | {r['samples_per_s']:.3g} | {speedup:.2f} | {r['peak_mib']:.0f} "
+            f"| {name} | {r['step_s']:.3f} | {_num(r['samples_per_s'])} | {speedup:.2f} | {r['peak_mib']:.0f} "
             f"| {r['gflop']:.1f} | {r['gflop'] / r['step_s']:.1f} | {r['matmul_fraction']:.0%} |"
         )
     return "\n".join(lines)

@@ -80,6 +80,14 @@ class BlockMaskGenerator:
     def from_config(cls, cfg: BlockMaskConfig) -> BlockMaskGenerator:
         return cls(**vars(cfg))
 
+    @classmethod
+    def flava(cls, grid_size: int | tuple[int, int] = 14) -> BlockMaskGenerator:
+        """FLAVA's law scaled to any grid: 75/196 of the patches masked, blocks of at least 16/196
+        of them (exactly the released defaults on the 14 x 14 grid)."""
+        h, w = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        n = h * w
+        return cls((h, w), num_masking_patches=round(75 / 196 * n), min_block=max(1, round(16 / 196 * n)))
+
     @property
     def num_patches(self) -> int:
         return self.height * self.width

@@ -263,8 +263,7 @@ class FLAVAPretrainRecipe:
                 random_crop=d.random_crop,
             )
         )
-        n_mask = round(0.38 * grid * grid)  # 75 of 196 in FLAVA
-        self.block_masker = BlockMaskGenerator(grid, n_mask, min_block=max(1, round(16 / 196 * grid * grid)))
+        self.block_masker = BlockMaskGenerator.flava(grid)
         tok = self.tokenizer
         self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
         self.transform = transform

@@ -84,3 +84,12 @@ def test_every_parameter_is_honoured():
     assert int(BlockMaskGenerator(num_masking_patches=0)().sum()) == 0
     with pytest.raises(ValueError, match="must lie in"):
         BlockMaskGenerator(grid_size=4, num_masking_patches=17)
+
+
+def test_flava_preset_scales_the_released_law():
+    default = BlockMaskGenerator()
+    preset = BlockMaskGenerator.flava(14)
+    assert (preset.num_masking_patches, preset.min_block, preset.max_block) == (75, 16, 75)
+    assert vars(preset) == vars(default)
+    small = BlockMaskGenerator.flava(4)
+    assert (small.num_masking_patches, small.min_block) == (6, 1)
