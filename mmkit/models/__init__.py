@@ -4,16 +4,28 @@
 """
 
 from mmkit.models.flava import CodebookConfig, FLAVAConfig, FLAVAModel, FLAVAOutput, PretrainingConfig, flava_model
+from mmkit.models.flava_classification import (
+    ClassificationHead,
+    ClassificationOutput,
+    FLAVAForClassification,
+    LoadReport,
+    flava_model_for_classification,
+)
 from mmkit.models.flava_pretraining import FLAVAForPreTraining, FLAVAPretrainingOutput, flava_model_for_pretraining
 
 __all__ = [
+    "ClassificationHead",
+    "ClassificationOutput",
     "CodebookConfig",
     "FLAVAConfig",
+    "FLAVAForClassification",
     "FLAVAForPreTraining",
     "FLAVAModel",
     "FLAVAOutput",
     "FLAVAPretrainingOutput",
+    "LoadReport",
     "PretrainingConfig",
     "flava_model",
+    "flava_model_for_classification",
     "flava_model_for_pretraining",
 ]

@@ -1,0 +1,230 @@
+"""FLAVA with a classification head, for finetuning on vision, language or multimodal tasks.
+
+The paper (§4, supplement B) finetunes a two-layer head (hidden 1536) on ``CLS_I`` (vision),
+``CLS_T`` (language) or ``CLS_M`` (multimodal) — the token-0 states after each encoder's
+final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entropy),
+``multi_label`` (binary cross-entropy on soft targets, e.g. VQA answer scores) or
+``regression`` (mean squared error, one output, e.g. STS-B).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmkit.layers.init import init_weights
+from mmkit.layers.mlp import get_activation
+from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "text", "multimodal")
+PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+
+
+class ClassificationHead(nn.Module):
+    """``Linear(D, hidden) -> act -> dropout -> Linear(hidden, C)``. Shapes: ``(B, D) -> (B, C)``."""
+
+    def __init__(
+        self, dim: int, num_outputs: int, hidden_dim: int = 1536, activation: str = "gelu", dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_dim, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+@dataclass
+class ClassificationOutput:
+    """``logits`` ``(B, C)`` (``(B,)`` for regression), ``loss`` when labels were given, ``features`` ``(B, D)``."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    features: Tensor | None = None
+
+
+@dataclass
+class LoadReport:
+    """Which weights came from the checkpoint and which are new (randomly initialised)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"from {self.source}: {len(self.loaded)} tensors loaded; new (randomly initialised): "
+            f"{', '.join(self.new) or 'none'}; not used: {len(self.unused)} tensors"
+            + (f" ({', '.join(sorted({k.split('.')[0] for k in self.unused}))})" if self.unused else "")
+        )
+
+
+class FLAVAForClassification(nn.Module):
+    """A :class:`FLAVAModel` and a :class:`ClassificationHead` on one modality's CLS state.
+
+    Args:
+        model: the FLAVA encoders. head: the classifier.
+        modality: ``"image"`` (CLS_I), ``"text"`` (CLS_T) or ``"multimodal"`` (CLS_M).
+        problem_type: ``"single_label"``, ``"multi_label"`` or ``"regression"``.
+    """
+
+    def __init__(self, model: FLAVAModel, head: ClassificationHead, modality: str, problem_type: str) -> None:
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+        self.model = model
+        self.head = head
+        self.modality = modality
+        self.problem_type = problem_type
+        self.load_report: LoadReport | None = None
+
+    def features(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """``(B, D)``: the CLS state of the head's modality, after its encoder's final LayerNorm."""
+        m = self.model
+        if self.modality == "image":
+            if pixel_values is None:
+                raise ValueError("an image classifier needs pixel_values")
+            return m.encode_image(pixel_values).last_hidden_state[:, 0]
+        if input_ids is None:
+            raise ValueError(f"a {self.modality} classifier needs input_ids")
+        text = m.encode_text(input_ids, attention_mask, token_type_ids)
+        if self.modality == "text":
+            return text.last_hidden_state[:, 0]
+        if pixel_values is None:
+            raise ValueError("a multimodal classifier needs pixel_values and input_ids")
+        return m.encode_multimodal(m.encode_image(pixel_values), text).last_hidden_state[:, 0]
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> ClassificationOutput:
+        """Classify.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` (image and multimodal heads; other resolutions interpolate
+                the position embeddings). input_ids, attention_mask, token_type_ids: ``(B, L)``.
+            labels: ``(B,)`` class ids (single_label), ``(B, C)`` soft targets in [0, 1]
+                (multi_label) or ``(B,)`` floats (regression).
+        """
+        feats = self.features(pixel_values, input_ids, attention_mask, token_type_ids)
+        logits = self.head(feats)
+        if self.problem_type == "regression":
+            logits = logits.squeeze(-1)
+        loss = None
+        if labels is not None:
+            if self.problem_type == "single_label":
+                loss = F.cross_entropy(logits, labels.long())
+            elif self.problem_type == "multi_label":
+                # the VQA convention: BCE summed over answers, averaged over questions
+                loss = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum") / len(labels)
+            else:
+                loss = F.mse_loss(logits, labels.float())
+        return ClassificationOutput(logits=logits, loss=loss, features=feats)
+
+
+def _checkpoint_state(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str]:
+    """FLAVAModel weights (mmkit names) from an mmkit or transformers checkpoint."""
+    from mmkit.convert.hf import _split_hf, config_from_hf, flava_from_hf
+    from mmkit.utils.io import read_weights
+
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").exists():
+        import json
+
+        cfg_json = json.loads((path / "config.json").read_text())
+        weights = read_weights(path)
+        if any(k.startswith(("flava.", "text_model.", "image_model.")) for k in weights):  # transformers layout
+            split = _split_hf(weights)
+            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers"
+        config = FLAVAConfig.from_dict(cfg_json)
+        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
+        return state, config, "mmkit"
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
+        return state, None, "mmkit"
+    raise FileNotFoundError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
+
+
+def flava_model_for_classification(
+    num_classes: int,
+    modality: str = "image",
+    config: FLAVAConfig | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    problem_type: str = "single_label",
+    hidden_dim: int = 1536,
+    dropout: float = 0.0,
+    **overrides: Any,
+) -> FLAVAForClassification:
+    """Build a FLAVA classifier, optionally initialised from a pretraining checkpoint.
+
+    Args:
+        num_classes: outputs of the head (1 for regression).
+        modality: ``"image"``, ``"text"`` or ``"multimodal"``.
+        config: model sizes; taken from the checkpoint when it has one.
+        checkpoint: an mmkit pretraining export (``final/`` dir or ``model.safetensors``) or a
+            transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory.
+        problem_type, hidden_dim, dropout: see :class:`FLAVAForClassification` / :class:`ClassificationHead`.
+        **overrides: :class:`FLAVAConfig` fields.
+
+    The returned model's ``load_report`` names loaded, new and unused tensors; it is logged too.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    state, ckpt_config, kind = (None, None, "")
+    if checkpoint is not None:
+        state, ckpt_config, kind = _checkpoint_state(checkpoint)
+    cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
+    base = flava_model(cfg)
+    width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
+    head = ClassificationHead(width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim,
+                              dropout=dropout)  # fmt: skip
+    head.apply(lambda m: init_weights(m, std=cfg.init_std))
+    model = FLAVAForClassification(base, head, modality, problem_type)
+    if state is not None:
+        own = base.state_dict()
+        usable = {k: v for k, v in state.items() if k in own}
+        bad = [k for k, v in usable.items() if v.shape != own[k].shape]
+        if bad:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not fit this config: "
+                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
+            )
+        missing = sorted(set(own) - set(usable))
+        if missing:
+            raise ValueError(f"checkpoint {checkpoint} lacks encoder weights: {missing[:10]}")
+        base.load_state_dict(usable)
+        model.load_report = LoadReport(
+            source=f"{checkpoint} ({kind})",
+            loaded=sorted(usable),
+            new=sorted(f"head.{k}" for k in head.state_dict()),
+            unused=sorted(set(state) - set(usable)),
+        )
+        logger.warning("%s", model.load_report)
+    return model
