@@ -17,11 +17,13 @@ fraction of a large fp32 matmul timed in the same run.
 
     python benchmarks/flava_step.py --size tiny
     python benchmarks/flava_step.py --size full --batch 2 --steps 3
+    python benchmarks/flava_step.py --size full --batch 32 --steps 10 --device cuda --dtype bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
@@ -134,13 +136,21 @@ def hf_inputs(kind: str, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def matmul_flops_per_s(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops_per_s(n: int = 2048, reps: int = 5, device=None, dtype=torch.float32) -> float:
+    """FLOP/s of an ``n x n`` matmul (8192 on a GPU) in ``dtype`` on ``device``: the reference rate."""
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        n = 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     times = []
     for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t = time.perf_counter()
         a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
 
@@ -174,14 +184,29 @@ def profile_table(step: Callable[[], None], rows: int = 12) -> str:
 
 
 def run(
-    size: str, batch: int, text_len: int, steps: int, warmup: int, profile: bool = False
+    size: str,
+    batch: int,
+    text_len: int,
+    steps: int,
+    warmup: int,
+    profile: bool = False,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ) -> dict[str, dict[str, float]]:
     cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
     hf, ours = build(cfg)
-    batches = make_batches(cfg, batch, text_len)
+    dev = torch.device(device)
+    hf, ours = hf.to(dev), ours.to(dev)
+    batches = {k: {n: t.to(dev) for n, t in b.items()} for k, b in make_batches(cfg, batch, text_len).items()}
     cached = copy.deepcopy(batches)
     for kind in ("pair", "image"):
         cached[kind]["image_token_ids"] = ours.image_tokenizer(cached[kind].pop("codebook_pixel_values"))
+    cuda = dev.type == "cuda"
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
 
     def optimizer(model):
         # fused: one kernel over all parameters (both models get the same optimiser)
@@ -193,16 +218,22 @@ def run(
 
     def step_hf():
         for kind, b in batches.items():
-            hf(**hf_inputs(kind, b)).loss.backward()
+            with autocast:
+                loss = hf(**hf_inputs(kind, b)).loss
+            loss.backward()
         opt_hf.step()
         opt_hf.zero_grad(set_to_none=True)
+        sync()
 
     def step_ours(data):
         def step():
             for b in data.values():
-                ours(**b).loss.backward()
+                with autocast:
+                    loss = ours(**b).loss
+                loss.backward()
             opt_ours.step()
             opt_ours.zero_grad(set_to_none=True)
+            sync()
 
         return step
 
@@ -223,10 +254,16 @@ def run(
     # Memory in its own passes: every allocation over 64 KiB is mmap-ed, so freed tensors leave
     # the resident set at once and RSS follows live tensors rather than the allocator's cache.
     peaks: dict[str, list[float]] = {k: [] for k in variants}
-    if _LIBC is not None:
+    if _LIBC is not None and not cuda:
         _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     for _ in range(2):
         for name, step in variants.items():
+            if cuda:  # the allocator's own peak above what is resident before the step
+                torch.cuda.reset_peak_memory_stats(dev)
+                base = torch.cuda.memory_allocated(dev)
+                step()
+                peaks[name].append((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
+                continue
             with PeakRSS() as mem:
                 step()
             peaks[name].append(mem.delta_mib)
@@ -239,7 +276,7 @@ def run(
         for name in ("transformers", "mmkit"):
             print(f"\nprofile of one {name} step ({size}):")
             print(profile_table(variants[name]))
-    peak_rate = matmul_flops_per_s()
+    peak_rate = matmul_flops_per_s(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     samples = 3 * batch
     result = {}
     for name in variants:
@@ -264,7 +301,7 @@ def report(size: str, batch: int, text_len: int, result: dict) -> str:
     ref = result["transformers"]
     lines = [
         f"## {size}: batch {batch} per source (3 x {batch} samples per step), text length {text_len}",
-        f"fp32 matmul reference in this run: {rate:.1f} GFLOP/s",
+        f"matmul reference in this run (same device and dtype): {rate:.1f} GFLOP/s",
         "",
         "| model | step (s, median) | samples/s | x transformers | peak step memory (MiB) | GFLOP/step "
         "| achieved GFLOP/s | of matmul |",
@@ -287,6 +324,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="measured steps per model (default: tiny 20, full 3)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="also print the top operators of one step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast for both models")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
@@ -297,7 +336,7 @@ def main() -> None:
         batch = args.batch or (2 if full else 32)
         text_len = args.text_len or (40 if full else 32)
         steps = args.steps or (3 if full else 20)
-        result = run(size, batch, text_len, steps, args.warmup, args.profile)
+        result = run(size, batch, text_len, steps, args.warmup, args.profile, args.device, args.dtype)
         print()
         print(report(size, batch, text_len, result))
 
