@@ -1,6 +1,6 @@
 """FLAVA pretraining (Singh et al., CVPR 2022), single process or distributed.
 
-    torchrun --nproc_per_node=2 recipes/flava/pretrain.py --config recipes/flava/configs/demo.yaml
+    torchrun --standalone --nproc_per_node=2 recipes/flava/pretrain.py --config recipes/flava/configs/demo.yaml
     python recipes/flava/pretrain.py --config recipes/flava/configs/demo.yaml optim.total_steps=100
     python recipes/flava/pretrain.py --plot runs/demo        # plot + summary of a finished run
 

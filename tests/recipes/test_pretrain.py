@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
 
 def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True):
     env = {**os.environ, "MMKIT_DATA": str(data_dir), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(RECIPE),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
            "--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run_dir}",
            f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
            "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8", "data.num_workers=0",
