@@ -53,6 +53,27 @@ def replace_config(cfg: T, overrides: Mapping[str, Any] | None = None, *, _where
     return dataclasses.replace(cfg, **changes)
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``: the value is read as YAML, and numbers YAML 1.1
+    leaves as strings (``3e-4``, ``1e5``) become floats.
+
+    Raises:
+        ValueError: when ``item`` has no ``=``.
+    """
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass config (tuples become lists), for YAML/JSON."""
 

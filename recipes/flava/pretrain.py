@@ -82,7 +82,7 @@ from mmkit.train import (
     teardown_distributed,
     warmup_cosine_scheduler,
 )
-from mmkit.utils import config_to_dict, replace_config
+from mmkit.utils import config_to_dict, parse_override, replace_config
 
 
 @dataclass
@@ -156,10 +156,7 @@ def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
         data = yaml.safe_load(p.read_text()) or {}
     cfg = replace_config(PretrainConfig(), data)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
-        key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value)
+        key, parsed = parse_override(item)
         if key.startswith("model."):
             cfg.model = {**cfg.model, key.removeprefix("model."): parsed}
         else:

@@ -41,3 +41,14 @@ def test_dict_round_trip():
     assert data == {"inner": {"width": 9, "sizes": [1, 2]}, "name": "x"}
     back = config_from_dict(Outer, data)
     assert back.inner.width == 9 and list(back.inner.sizes) == [1, 2]
+
+
+def test_override_values_are_typed():
+    from mmkit.utils import parse_override
+
+    assert parse_override("optim.lr=3e-4") == ("optim.lr", 3e-4)  # YAML 1.1 alone would keep a string
+    assert parse_override("data.batch_size=16") == ("data.batch_size", 16)
+    assert parse_override("checkpoint.resume=auto") == ("checkpoint.resume", "auto")
+    assert parse_override("betas=[0.9, 0.95]") == ("betas", [0.9, 0.95])
+    with pytest.raises(ValueError, match="must look like key=value"):
+        parse_override("optim.lr")
