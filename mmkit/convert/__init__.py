@@ -10,6 +10,7 @@ from mmkit.convert.hf import (
     flava_pretraining_from_hf,
     flava_pretraining_to_hf,
     flava_to_hf,
+    load_flava_weights,
     load_hf_checkpoint,
     save_hf_checkpoint,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "flava_pretraining_from_hf",
     "flava_pretraining_to_hf",
     "flava_to_hf",
+    "load_flava_weights",
     "load_hf_checkpoint",
     "save_hf_checkpoint",
 ]

@@ -648,3 +648,30 @@ def save_hf_checkpoint(
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     return path
+
+
+def load_flava_weights(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str]:
+    """:class:`FLAVAModel` weights (mmkit names) from any FLAVA checkpoint.
+
+    Accepts an mmkit pretraining export (a directory with ``config.json`` + ``model.safetensors``,
+    or the safetensors file alone) or a transformers ``FlavaModel`` / ``FlavaForPreTraining``
+    directory. Returns ``(state, config or None, "mmkit" | "transformers")``; heads and the
+    codebook of pretraining checkpoints are left out of ``state``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").exists():
+        cfg_json = json.loads((path / "config.json").read_text())
+        weights = read_weights(path)
+        if any(k.startswith(("flava.", "text_model.", "image_model.")) for k in weights):  # transformers layout
+            split = _split_hf(weights)
+            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers"
+        config = FLAVAConfig.from_dict(cfg_json)
+        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
+        return state, config, "mmkit"
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
+        return state, None, "mmkit"
+    raise FileNotFoundError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")

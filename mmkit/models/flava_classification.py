@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -145,32 +144,6 @@ class FLAVAForClassification(nn.Module):
         return ClassificationOutput(logits=logits, loss=loss, features=feats)
 
 
-def _checkpoint_state(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str]:
-    """FLAVAModel weights (mmkit names) from an mmkit or transformers checkpoint."""
-    from mmkit.convert.hf import _split_hf, config_from_hf, flava_from_hf
-    from mmkit.utils.io import read_weights
-
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        import json
-
-        cfg_json = json.loads((path / "config.json").read_text())
-        weights = read_weights(path)
-        if any(k.startswith(("flava.", "text_model.", "image_model.")) for k in weights):  # transformers layout
-            split = _split_hf(weights)
-            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers"
-        config = FLAVAConfig.from_dict(cfg_json)
-        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
-        return state, config, "mmkit"
-    if path.is_file():
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
-        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
-        return state, None, "mmkit"
-    raise FileNotFoundError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
-
-
 def flava_model_for_classification(
     num_classes: int,
     modality: str = "image",
@@ -199,7 +172,9 @@ def flava_model_for_classification(
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     state, ckpt_config, kind = (None, None, "")
     if checkpoint is not None:
-        state, ckpt_config, kind = _checkpoint_state(checkpoint)
+        from mmkit.convert.hf import load_flava_weights  # convert builds on models: import at call time
+
+        state, ckpt_config, kind = load_flava_weights(checkpoint)
     cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
     base = flava_model(cfg)
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
