@@ -74,6 +74,43 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def load_config(
+    cls: type[T], path: str | None, overrides: list[str] = (), dict_fields: tuple[str, ...] = ("model",)
+) -> T:
+    """A recipe config: dataclass defaults, then a YAML file, then ``key=value`` overrides.
+
+    Args:
+        cls: the recipe's config dataclass.
+        path: YAML file or None.
+        overrides: ``key=value`` strings (see :func:`parse_override`); unknown keys raise.
+        dict_fields: fields that are free-form dicts (e.g. ``model``, checked later by their
+            own config): ``model.image.num_layers=4`` merges into them instead of being
+            looked up as a dataclass field.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist. ValueError: an unknown key.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+    cfg = replace_config(cls(), data)
+    for item in overrides:
+        key, value = parse_override(item)
+        head, _, rest = key.partition(".")
+        if head in dict_fields and rest:
+            setattr(cfg, head, {**getattr(cfg, head), rest: value})
+        else:
+            cfg = replace_config(cfg, {key: value})
+    return cfg
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass config (tuples become lists), for YAML/JSON."""
 

@@ -48,7 +48,8 @@ from mmkit.train import (
     teardown_distributed,
     warmup_cosine_scheduler,
 )
-from mmkit.utils import config_to_dict, parse_override, replace_config
+from mmkit.utils import config_to_dict
+from mmkit.utils import load_config as load_recipe_config
 
 METRICS = ("accuracy", "f1", "mcc", "auroc", "pearson", "spearman")
 
@@ -84,14 +85,8 @@ class FinetuneConfig:
 
 
 def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    cfg = replace_config(FinetuneConfig(), data or {})
-    for item in overrides:
-        key, parsed = parse_override(item)
-        if key.startswith("model."):
-            cfg.model = {**cfg.model, key.removeprefix("model."): parsed}
-        else:
-            cfg = replace_config(cfg, {key: parsed})
+    """YAML file, then ``key=value`` overrides; unknown keys raise."""
+    cfg = load_recipe_config(FinetuneConfig, path, overrides)
     if cfg.metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
     return cfg

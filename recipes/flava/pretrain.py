@@ -82,7 +82,8 @@ from mmkit.train import (
     teardown_distributed,
     warmup_cosine_scheduler,
 )
-from mmkit.utils import config_to_dict, parse_override, replace_config
+from mmkit.utils import config_to_dict
+from mmkit.utils import load_config as load_recipe_config
 
 
 @dataclass
@@ -148,19 +149,7 @@ class PretrainConfig:
 
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides (values parsed as YAML); unknown keys raise."""
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-    cfg = replace_config(PretrainConfig(), data)
-    for item in overrides:
-        key, parsed = parse_override(item)
-        if key.startswith("model."):
-            cfg.model = {**cfg.model, key.removeprefix("model."): parsed}
-        else:
-            cfg = replace_config(cfg, {key: parsed})
+    cfg = load_recipe_config(PretrainConfig, path, overrides)
     if cfg.preset not in ("tiny", "full"):
         raise ValueError(f"preset must be 'tiny' or 'full', got {cfg.preset!r}")
     if cfg.precision not in ("fp32", "bf16", "fp16"):

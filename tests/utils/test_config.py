@@ -52,3 +52,22 @@ def test_override_values_are_typed():
     assert parse_override("betas=[0.9, 0.95]") == ("betas", [0.9, 0.95])
     with pytest.raises(ValueError, match="must look like key=value"):
         parse_override("optim.lr")
+
+
+def test_load_config_file_overrides_and_free_dicts(tmp_path):
+    from mmkit.utils import load_config
+
+    @dataclass
+    class Recipe:
+        lr: float = 1.0
+        inner: Inner = field(default_factory=Inner)
+        model: dict = field(default_factory=dict)
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.5\ninner: {width: 7}\nmodel: {a: 1}\n")
+    cfg = load_config(Recipe, str(path), ["lr=3e-4", "model.b.c=2", "inner.width=9"])
+    assert cfg.lr == 3e-4 and cfg.inner.width == 9 and cfg.model == {"a": 1, "b.c": 2}
+    with pytest.raises(ValueError, match="unknown config key 'lrr'; did you mean 'lr'"):
+        load_config(Recipe, None, ["lrr=1"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(Recipe, str(tmp_path / "missing.yaml"))
