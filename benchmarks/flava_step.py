@@ -192,6 +192,7 @@ def run(
     profile: bool = False,
     device: str = "cpu",
     dtype: str = "fp32",
+    backends: tuple[str, ...] = (),
 ) -> dict[str, dict[str, float]]:
     cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
     hf, ours = build(cfg)
@@ -215,6 +216,15 @@ def run(
         )
 
     opt_hf, opt_ours = optimizer(hf), optimizer(ours)
+    others = {}  # the same weights under another attention backend, each with its own optimiser
+    for backend in backends:
+        model = copy.deepcopy(ours)
+        try:
+            model.model.set_attention_backend(backend)
+        except RuntimeError as exc:  # e.g. xformers installed for another PyTorch: say so, time the rest
+            print(f"skipping the {backend} variant: {exc}")
+            continue
+        others[backend] = (model, optimizer(model))
 
     def step_hf():
         for kind, b in batches.items():
@@ -225,14 +235,14 @@ def run(
         opt_hf.zero_grad(set_to_none=True)
         sync()
 
-    def step_ours(data):
+    def step_ours(data, model=ours, opt=opt_ours):
         def step():
             for b in data.values():
                 with autocast:
-                    loss = ours(**b).loss
+                    loss = model(**b).loss
                 loss.backward()
-            opt_ours.step()
-            opt_ours.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
             sync()
 
         return step
@@ -242,6 +252,8 @@ def run(
         "mmkit": step_ours(batches),
         "mmkit (cached ids)": step_ours(cached),
     }
+    for backend, (model, opt) in others.items():
+        variants[f"mmkit ({backend} attention)"] = step_ours(batches, model, opt)
     for _ in range(warmup):
         for step in variants.values():
             step()
@@ -269,9 +281,12 @@ def run(
             peaks[name].append(mem.delta_mib)
 
     # FLOPs: attention counted in its matmul form (mmkit's math backend = transformers' eager).
-    ours.model.set_attention_backend("math")
+    for model in [ours] + [m for m, _ in others.values()]:
+        model.model.set_attention_backend("math")
     flops = {name: count_flops(step) for name, step in variants.items()}
     ours.model.set_attention_backend(cfg.attention_backend)
+    for backend, (model, _) in others.items():
+        model.model.set_attention_backend(backend)
     if profile:
         for name in ("transformers", "mmkit"):
             print(f"\nprofile of one {name} step ({size}):")
@@ -326,17 +341,25 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print the top operators of one step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast for both models")
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="comma-separated extra attention backends to time for mmkit beside sdpa, e.g. xformers (CUDA only)",
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs"
     )
+    if args.device.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name(args.device)}")
     for size in ("tiny", "full") if args.size == "both" else (args.size,):
         full = size == "full"
         batch = args.batch or (2 if full else 32)
         text_len = args.text_len or (40 if full else 32)
         steps = args.steps or (3 if full else 20)
-        result = run(size, batch, text_len, steps, args.warmup, args.profile, args.device, args.dtype)
+        backends = tuple(b for b in args.backends.split(",") if b)
+        result = run(size, batch, text_len, steps, args.warmup, args.profile, args.device, args.dtype, backends)
         print()
         print(report(size, batch, text_len, result))
 

@@ -7,7 +7,9 @@ Three backends compute the same function:
     FlashAttention / memory-efficient / fused CPU kernels where the inputs allow.
 ``"xformers"``
     ``xformers.ops.memory_efficient_attention``; only where its compiled kernel
-    runs (CUDA tensors, xformers installed with ``pip install mmkit[xformers]``).
+    runs (CUDA tensors, xformers installed with ``pip install mmkit[xformers]``
+    *for this PyTorch build*: availability is decided by running the kernel once,
+    not by the import, see :func:`xformers_available`).
 ``"math"``
     a plain ``softmax(QK^T / sqrt(d)) V`` written out in PyTorch ops: the
     reference the fused paths are tested against. (To look at attention maps,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Literal
 
 import torch
@@ -40,18 +43,38 @@ BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 
 @functools.cache
 def _xformers_import_error() -> str | None:
-    """Return why xformers cannot be used, or ``None`` when its kernels load."""
+    """Return why xformers cannot be used, or ``None`` when its kernels actually run.
+
+    Importing ``xformers.ops`` is not enough: a wheel built for another PyTorch/CUDA
+    imports fine, prints a warning and then has no operator for any input. So the
+    check runs the kernel once on a tiny CUDA problem in each dtype mmkit uses
+    (fp32 with a padding bias: the cutlass kernel; bf16: the flash kernels) and
+    reports the first failure. The result is cached for the process.
+    """
     try:
-        import xformers.ops  # noqa: F401
+        import xformers.ops as xops
     except Exception as exc:  # ImportError, or a failing compiled-op load
         return f"xformers could not be imported ({type(exc).__name__}: {exc})"
     if not torch.cuda.is_available():
         return "xformers kernels need a CUDA device and none is available"
+    for dtype in (torch.float32, torch.bfloat16):
+        try:
+            q = torch.zeros(1, 8, 2, 32, device="cuda", dtype=dtype)  # (B, N, H, Dh)
+            bias = torch.zeros(1, 2, 8, 8, device="cuda", dtype=dtype)
+            xops.memory_efficient_attention(q, q, q, attn_bias=bias if dtype == torch.float32 else None)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return (
+                f"xformers {getattr(sys.modules.get('xformers'), '__version__', '?')} is installed but its "
+                f"kernel does not run in {dtype} on this machine ({type(exc).__name__}: {first}); "
+                "usually its compiled ops were built for another PyTorch/CUDA version "
+                "(`python -m xformers.info` shows which ops were built)"
+            )
     return None
 
 
 def xformers_available() -> bool:
-    """Whether the xformers backend can run on this machine (installed and CUDA present)."""
+    """Whether the xformers backend can run here: installed, a CUDA device present and its kernel runs."""
     return _xformers_import_error() is None
 
 

@@ -142,3 +142,36 @@ def test_fused_backends_low_precision_on_cuda(dtype):
     for backend in [b for b in available_backends() if b != "math"]:
         fast = _attn(backend).cuda().to(dtype)
         torch.testing.assert_close(fast(x, keep)[keep], ref(x, keep)[keep], atol=2e-2, rtol=2e-2)
+
+
+def test_xformers_that_imports_but_cannot_run_is_not_used(monkeypatch):
+    """A wheel built for another PyTorch imports and then has no operator: seen on an H200 with
+    xformers 0.0.35 (built for torch 2.10) beside torch 2.11. It must count as unavailable."""
+    import sys
+    import types
+
+    from mmkit.layers import attention
+
+    def no_operator(*args, **kwargs):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs:")
+
+    fake = types.ModuleType("xformers")
+    fake.__version__ = "0.0.0-test"
+    fake.ops = types.ModuleType("xformers.ops")
+    fake.ops.memory_efficient_attention = no_operator
+    monkeypatch.setitem(sys.modules, "xformers", fake)
+    monkeypatch.setitem(sys.modules, "xformers.ops", fake.ops)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: torch.empty(0))  # no CUDA here: fake the probe tensors
+    attention._xformers_import_error.cache_clear()
+    try:
+        assert not attention.xformers_available()
+        assert resolve_attention_backend("auto") == "sdpa"
+        with pytest.raises(
+            RuntimeError,
+            match=r"xformers 0.0.0-test is installed but its kernel does not run.*"
+            r"No operator found.*use attention_backend='sdpa'",
+        ):
+            resolve_attention_backend("xformers")
+    finally:
+        attention._xformers_import_error.cache_clear()
