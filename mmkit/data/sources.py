@@ -30,13 +30,45 @@ TEXT_EXTENSIONS = (".txt", ".json", ".cls")
 
 @dataclass
 class Record:
-    """One raw sample. ``image`` is encoded bytes, ``text`` a caption / sentence, ``label`` a class id."""
+    """One raw sample. ``image`` is encoded bytes, ``text`` a caption / sentence, ``label`` a class id
+    (a float for regression, a soft-score list for VQA-style targets)."""
 
     key: str
     image: bytes | None = None
     text: str | None = None
-    label: int | None = None
+    label: int | float | list[float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a ``.csv`` (header row) or ``.jsonl`` (one JSON object per line) file, as dicts.
+
+    Args:
+        path: the file. required: columns every row must have (``None`` entries are ignored).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a line that is not JSON (named by number).
+        KeyError: a required column is missing (the message lists the columns there are).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from e
+    for n, row in enumerate(rows, 1):
+        for col in required:
+            if col is not None and col not in row:
+                raise KeyError(f"{path} row {n} has no column {col!r} (columns: {', '.join(row)})")
+    return rows
 
 
 def expand_paths(patterns: str | Path | list[str | Path]) -> list[Path]:
@@ -185,22 +217,9 @@ class Manifest(Source):
         if not self.path.is_file():
             raise FileNotFoundError(f"manifest {self.path} does not exist")
         self.root = Path(root) if root is not None else self.path.parent
-        rows: list[dict[str, Any]]
-        if self.path.suffix.lower() == ".csv":
-            with open(self.path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            rows = []
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{self.path}:{n} is not valid JSON: {e}") from e
-        if rows:
-            for col in (image_column, caption_column):
-                if col not in rows[0]:
-                    raise KeyError(f"{self.path} has no column {col!r} (columns: {', '.join(rows[0])})")
+        rows = read_table(self.path, required=(image_column,))
+        if rows and caption_column not in rows[0]:  # later rows may lack it: skipped as bad records
+            raise KeyError(f"{self.path} has no column {caption_column!r} (columns: {', '.join(rows[0])})")
         self._rows = [(str(r[image_column]), r.get(caption_column)) for r in rows]
         self._check_not_empty(str(self.path))
 

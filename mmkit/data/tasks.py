@@ -14,8 +14,6 @@ caption of the first group of objects:
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch.utils.data import Dataset
 
 from mmkit.data.builtin import COLORS, COUNT_WORDS, SHAPES
 from mmkit.data.collators import pad_sequences
-from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text
+from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text, read_table
 
 COLOR_NAMES = tuple(COLORS)
 TASKS = {"color": COLOR_NAMES, "count": ("1", "2", "3"), "shape": SHAPES, "entailment": ("no", "yes")}
@@ -77,13 +75,94 @@ class ShapesTask(Source):
         return Record(key=rec.key, image=rec.image, text=caption, label=label)
 
 
+def parse_labels(
+    raw: Sequence[Any], labels: Sequence[str] | None = None, regression: bool = False, where: str = "data"
+) -> tuple[list[Any], tuple[str, ...] | None]:
+    """Turn a label column into targets.
+
+    Args:
+        raw: the column's values. labels: class names in id order (e.g. the training split's, for
+            the validation split); None: ints stay class ids, other values become classes in sorted order.
+        regression: parse floats instead. where: names the data in errors.
+
+    Returns:
+        ``(targets, classes)``; ``classes`` is None for integer ids and regression.
+    """
+    if regression:
+        try:
+            return [float(r) for r in raw], None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: regression labels must be numbers ({e})") from None
+    if labels is None:
+        try:
+            return [int(str(r)) for r in raw], None
+        except ValueError:
+            labels = tuple(sorted({str(r) for r in raw}))
+    index = {str(name): i for i, name in enumerate(labels)}
+    unknown = sorted({str(r) for r in raw} - set(index))
+    if unknown:
+        raise ValueError(f"{where}: labels {unknown[:5]} are not among the classes {list(labels)[:20]}")
+    return [index[str(r)] for r in raw], tuple(str(c) for c in labels)
+
+
+def normalize_answer(answer: str) -> str:
+    """Lower-case, trim and collapse spaces (a simplified form of the VQA evaluation's normalisation,
+    which also rewrites number words and strips articles and punctuation)."""
+    return " ".join(str(answer).lower().strip().split())
+
+
+def vqa_soft_scores(answers: Any, vocab: Sequence[str]) -> list[float]:
+    """Soft targets over an answer vocabulary.
+
+    Args:
+        answers: the human answers to one question (a list of strings; VQA v2 has 10), or a dict
+            ``{answer: score}`` of precomputed scores.
+        vocab: the answer classes.
+
+    Returns:
+        ``len(vocab)`` floats: ``min(1, 0.3 * count)`` per answer, which equals the official VQA
+        accuracy (``min(1, matches / 3)`` averaged over the 10 leave-one-out subsets of annotators);
+        answers outside the vocabulary are dropped.
+    """
+    index = {a: i for i, a in enumerate(vocab)}
+    scores = [0.0] * len(vocab)
+    if isinstance(answers, dict):
+        for a, v in answers.items():
+            if normalize_answer(a) in index:
+                scores[index[normalize_answer(a)]] = float(v)
+        return scores
+    if isinstance(answers, str):
+        answers = [answers]
+    for a in answers:
+        i = index.get(normalize_answer(a))
+        if i is not None:
+            scores[i] = min(1.0, scores[i] + 0.3)
+    return scores
+
+
+def build_answer_vocab(rows: Sequence[dict[str, Any]], answers_column: str, size: int = 3129) -> tuple[str, ...]:
+    """The ``size`` most frequent answers in ``rows`` (ties broken by name) — 3129 is the usual VQA v2
+    vocabulary (answers given at least 9 times in train+val)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        answers = row[answers_column]
+        for a in answers if isinstance(answers, list | dict) else [answers]:
+            a = normalize_answer(a)
+            counts[a] = counts.get(a, 0) + 1
+    return tuple(sorted(counts, key=lambda a: (-counts[a], a))[:size])
+
+
 class LabeledText(Source):
     """Text classification / regression / sentence pairs from CSV or JSONL.
 
     Args:
         path: ``.csv`` (header row) or ``.jsonl``.
         text_column, text_pair_column (optional, GLUE-style pairs), label_column.
-        labels: class names in id order; None: labels are ints (classification) or floats (regression).
+        labels: class names in id order (pass the training split's ``classes`` to the validation
+            split); None: integer labels are class ids, other labels become sorted classes.
+        regression: float targets (STS-B style).
+
+    Attributes: ``classes`` (class names, or None for integer ids and regression).
     """
 
     def __init__(
@@ -93,25 +172,16 @@ class LabeledText(Source):
         label_column: str = "label",
         text_pair_column: str | None = None,
         labels: Sequence[str] | None = None,
+        regression: bool = False,
         name: str = "text",
     ) -> None:
         self.name, self.path = name, Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"data file {self.path} does not exist")
-        if self.path.suffix.lower() == ".csv":
-            with open(self.path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        for col in filter(None, (text_column, label_column, text_pair_column)):
-            if rows and col not in rows[0]:
-                raise KeyError(f"{self.path} has no column {col!r} (columns: {', '.join(rows[0])})")
-        index = {n: i for i, n in enumerate(labels)} if labels else None
-        self._rows: list[tuple[str, str | None, Any]] = []
-        for r in rows:
-            raw = r[label_column]
-            label = index[str(raw)] if index is not None else (float(raw) if "." in str(raw) else int(raw))
-            self._rows.append((r[text_column], r.get(text_pair_column) if text_pair_column else None, label))
+        rows = read_table(self.path, required=(text_column, label_column, text_pair_column))
+        targets, self.classes = parse_labels([r[label_column] for r in rows], labels, regression, str(self.path))
+        self._rows = [
+            (str(r[text_column]), str(r[text_pair_column]) if text_pair_column else None, y)
+            for r, y in zip(rows, targets, strict=True)
+        ]
         self._check_not_empty(str(self.path))
 
     def __len__(self) -> int:
@@ -120,6 +190,63 @@ class LabeledText(Source):
     def __getitem__(self, i: int) -> Record:
         text, pair, label = self._rows[i]
         return Record(key=f"{self.path.name}:{i}", text=text, label=label, meta={"text_pair": pair})
+
+
+class LabeledPairs(Source):
+    """Image + text + label from a JSONL/CSV manifest: multimodal classification (entailment,
+    hateful-memes-style binary) or VQA as classification over a fixed answer vocabulary.
+
+    Args:
+        path: the manifest; image paths resolve against ``root`` (default: the manifest's folder).
+        image_column, text_column: the image path and the text (caption, hypothesis or question).
+        label_column: the class (as in :class:`LabeledText`); ignored when ``answers_column`` is set.
+        labels: class names in id order, or None (see :func:`parse_labels`).
+        answers_column: VQA mode: a list of human answers (or an ``{answer: score}`` dict) per row;
+            the target is a soft-score vector over ``answer_vocab`` (:func:`vqa_soft_scores`).
+        answer_vocab: the answer classes; None: the ``answer_vocab_size`` most frequent answers here.
+
+    Attributes: ``classes`` (class names / answers, or None for integer ids).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_column: str = "image",
+        text_column: str = "text",
+        label_column: str = "label",
+        labels: Sequence[str] | None = None,
+        answers_column: str | None = None,
+        answer_vocab: Sequence[str] | None = None,
+        answer_vocab_size: int = 3129,
+        root: str | Path | None = None,
+        name: str = "labeled-pairs",
+    ) -> None:
+        self.name, self.path = name, Path(path)
+        self.root = Path(root) if root is not None else self.path.parent
+        label_col = answers_column or label_column
+        rows = read_table(self.path, required=(image_column, text_column, label_col))
+        if answers_column:
+            self.classes = (
+                tuple(answer_vocab) if answer_vocab else build_answer_vocab(rows, answers_column, answer_vocab_size)
+            )
+            targets = [vqa_soft_scores(r[answers_column], self.classes) for r in rows]
+            self.unanswerable = sum(1 for t in targets if not any(t))  # no answer in the vocabulary
+        else:
+            targets, self.classes = parse_labels([r[label_column] for r in rows], labels, where=str(self.path))
+        self._rows = [(str(r[image_column]), str(r[text_column]), y) for r, y in zip(rows, targets, strict=True)]
+        self._check_not_empty(str(self.path))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> Record:
+        image_path, text, label = self._rows[i]
+        path = Path(image_path) if Path(image_path).is_absolute() else self.root / image_path
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"{self.path} row {i + 1}: cannot read image {path}: {e}") from None
+        return Record(key=image_path, image=data, text=text, label=label)
 
 
 class ClassificationDataset(Dataset):
@@ -140,7 +267,8 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.source[i]
-        out: dict[str, Any] = {"label": torch.tensor(rec.label)}
+        label = rec.label
+        out: dict[str, Any] = {"label": torch.tensor(label, dtype=torch.float32 if isinstance(label, list) else None)}
         if self.modality in ("image", "multimodal"):
             out["image"] = self.image_transform(decode_image(rec))["image"]
         if self.modality in ("text", "multimodal"):

@@ -10,6 +10,7 @@ final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entrop
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,14 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
             f"from {self.source}: {len(self.loaded)} tensors loaded; new (randomly initialised): "
             f"{', '.join(self.new) or 'none'}; not used: {len(self.unused)} tensors"
             + (f" ({', '.join(sorted({k.split('.')[0] for k in self.unused}))})" if self.unused else "")
+            + "".join(f"; {note}" for note in self.notes)
         )
 
 
@@ -144,6 +147,17 @@ class FLAVAForClassification(nn.Module):
         return ClassificationOutput(logits=logits, loss=loss, features=feats)
 
 
+def _checkpoint_image_size(state: dict[str, Tensor], cfg: FLAVAConfig) -> int | None:
+    """The (square) image size the checkpoint's position embeddings were trained at, or None."""
+    pos = state.get("image_encoder.embeddings.position_embeddings")
+    if pos is None:
+        return None
+    n = pos.shape[1] - 1
+    side = math.isqrt(n)
+    patch = cfg.image.patch_size if isinstance(cfg.image.patch_size, int) else cfg.image.patch_size[0]
+    return side * patch if side * side == n else None
+
+
 def flava_model_for_classification(
     num_classes: int,
     modality: str = "image",
@@ -164,7 +178,9 @@ def flava_model_for_classification(
         checkpoint: an mmkit pretraining export (``final/`` dir or ``model.safetensors``) or a
             transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory.
         problem_type, hidden_dim, dropout: see :class:`FLAVAForClassification` / :class:`ClassificationHead`.
-        **overrides: :class:`FLAVAConfig` fields.
+        **overrides: :class:`FLAVAConfig` fields. An ``image.image_size`` other than the checkpoint's
+            (e.g. 480 for VQA from a 224 checkpoint) resamples the checkpoint's position embeddings
+            once, bicubically, to the new grid; they are then finetuned at that size.
 
     The returned model's ``load_report`` names loaded, new and unused tensors; it is logged too.
     """
@@ -176,7 +192,14 @@ def flava_model_for_classification(
 
         state, ckpt_config, kind = load_flava_weights(checkpoint)
     cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
-    base = flava_model(cfg)
+    notes = []
+    ckpt_size = _checkpoint_image_size(state, cfg) if state is not None else None
+    if ckpt_size is not None and ckpt_size != cfg.image.image_size:
+        # build at the checkpoint's resolution, load, then resample the position embeddings once
+        base = flava_model(cfg.replace(**{"image.image_size": ckpt_size}))
+        old_grid = base.image_encoder.embeddings.grid_size
+    else:
+        base = flava_model(cfg)
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
     head = ClassificationHead(width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim,
                               dropout=dropout)  # fmt: skip
@@ -195,11 +218,20 @@ def flava_model_for_classification(
         if missing:
             raise ValueError(f"checkpoint {checkpoint} lacks encoder weights: {missing[:10]}")
         base.load_state_dict(usable)
+        if base.config.image.image_size != cfg.image.image_size:
+            base.image_encoder.embeddings.resize_position_embeddings(cfg.image.image_size)
+            base.config = cfg
+            new_grid = base.image_encoder.embeddings.grid_size
+            notes.append(
+                f"image position embeddings resampled from {old_grid[0]}x{old_grid[1]} to "
+                f"{new_grid[0]}x{new_grid[1]} patches (image size {cfg.image.image_size})"
+            )
         model.load_report = LoadReport(
             source=f"{checkpoint} ({kind})",
             loaded=sorted(usable),
             new=sorted(f"head.{k}" for k in head.state_dict()),
             unused=sorted(set(state) - set(usable)),
+            notes=notes,
         )
         logger.warning("%s", model.load_report)
     return model

@@ -78,3 +78,27 @@ def test_loads_an_mmkit_pretraining_export(tmp_path):
     ids = torch.randint(5, 100, (2, 6))
     with torch.no_grad():
         torch.testing.assert_close(model.features(input_ids=ids), pre.model.encode_text(ids).last_hidden_state[:, 0])
+
+
+def test_higher_resolution_resamples_the_checkpoint_position_embeddings_once(tmp_path):
+    """VQA-style finetuning at a larger image (the paper: 480² from 224²; here 48² from 32²): the
+    classifier's position table is the checkpoint's, resampled to the new grid, so its features equal
+    the checkpoint model's own on-the-fly interpolation at that size — and transformers' too."""
+    from transformers import FlavaForPreTraining
+
+    torch.manual_seed(0)
+    hf = randomize_(FlavaForPreTraining(hf_tiny_config())).eval()
+    hf.save_pretrained(tmp_path)
+    native = flava_model_for_classification(3, "image", checkpoint=tmp_path, hidden_dim=8).eval()
+    big = flava_model_for_classification(3, "image", checkpoint=tmp_path, hidden_dim=8, **{"image.image_size": 48})
+    big.eval()
+    emb = big.model.image_encoder.embeddings
+    assert emb.grid_size == (6, 6) and emb.position_embeddings.shape == (1, 1 + 36, 32)
+    assert big.model.config.image.image_size == 48
+    assert "resampled from 4x4 to 6x6" in str(big.load_report)
+    px = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ours = big.features(pixel_values=px)
+        torch.testing.assert_close(ours, native.features(pixel_values=px), atol=1e-5, rtol=0)
+        hf_states = hf.flava.image_model(pixel_values=px, interpolate_pos_encoding=True).last_hidden_state
+        torch.testing.assert_close(ours, hf_states[:, 0], atol=1e-5, rtol=0)
