@@ -10,6 +10,7 @@ from mmkit.models.flava_classification import (
     FLAVAForClassification,
     LoadReport,
     flava_model_for_classification,
+    load_classifier,
 )
 from mmkit.models.flava_pretraining import FLAVAForPreTraining, FLAVAPretrainingOutput, flava_model_for_pretraining
 
@@ -28,4 +29,5 @@ __all__ = [
     "flava_model",
     "flava_model_for_classification",
     "flava_model_for_pretraining",
+    "load_classifier",
 ]

@@ -92,6 +92,7 @@ class FLAVAForClassification(nn.Module):
         self.modality = modality
         self.problem_type = problem_type
         self.load_report: LoadReport | None = None
+        self.classes: tuple[str, ...] = ()  # class names, when known (set by load_classifier)
 
     def features(
         self,
@@ -235,3 +236,31 @@ def flava_model_for_classification(
         )
         logger.warning("%s", model.load_report)
     return model
+
+
+def load_classifier(path: str | Path) -> FLAVAForClassification:
+    """Load a finetuned classifier exported by ``recipes/flava/finetune.py`` (its ``best/`` folder:
+    ``model.safetensors``, ``config.json``, ``classifier.json``), in eval mode.
+
+    The class names are in ``model.classes``; a text or multimodal classifier's tokenizer is in
+    ``<path>/tokenizer`` (load it with :meth:`mmkit.tokenizers.TextTokenizer.from_pretrained`).
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in ("model.safetensors", "config.json", "classifier.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} does not exist: expected a finetune export (<run_dir>/best)")
+    info = json.loads((path / "classifier.json").read_text())
+    cfg = FLAVAConfig.from_dict(json.loads((path / "config.json").read_text()))
+    model = flava_model_for_classification(
+        info["num_classes"], info["modality"], cfg, problem_type=info["problem_type"], hidden_dim=info["hidden_dim"]
+    )
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.classes = tuple(info.get("classes", ()))
+    return model.eval()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,3 +51,196 @@ def test_metric_dispatch():
     labels = torch.tensor([0, 1, 1])
     assert recipe.compute_metric("accuracy", logits, labels) == pytest.approx(2 / 3)
     assert recipe.compute_metric("auroc", logits, labels) == pytest.approx(1.0)
+
+
+# -- every task kind end to end, on data the tests make -----------------------------------------------
+COLORS = ("red", "blue", "green", "yellow")
+
+
+def _train_and_check_best(recipe, run, overrides):
+    """Train, then reload the exported best classifier and check it reproduces the best metric."""
+    from mmkit.models import load_classifier
+    from mmkit.train import teardown_distributed
+
+    small = [f"run_dir={run}", "steps=4", "eval_every=2", "batch_size=4", "head_hidden=8", "warmup_steps=1"]
+    r = recipe.FinetuneRecipe(recipe.load_config(None, [*small, *overrides]))
+    try:
+        r.setup()
+        results = r.train()
+        r.raw_model = load_classifier(Path(r.cfg.run_dir) / "best")
+        assert r.evaluate() == pytest.approx(results["best"], abs=1e-6)
+    finally:
+        teardown_distributed()
+    assert results["best"] == max(v for _, v in results["history"])
+    return r, results
+
+
+def test_sentence_pair_classification_glue_style(tmp_path):
+    import csv
+    import random
+
+    rng = random.Random(0)
+    for split, n in (("train", 16), ("val", 8)):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["premise", "hypothesis", "gold"])
+            for _ in range(n):
+                a, b = rng.choice(COLORS), rng.choice(COLORS)
+                w.writerow([f"the ball is {a}", f"a {b} ball", "entailment" if a == b else "contradiction"])
+    recipe = _recipe()
+    r, _ = _train_and_check_best(recipe, tmp_path / "run", [
+        "task=text", "modality=text", f"train_path={tmp_path / 'train.csv'}", f"val_path={tmp_path / 'val.csv'}",
+        "text_column=premise", "text_pair_column=hypothesis", "label_column=gold", "metric=mcc"])  # fmt: skip
+    assert r.classifier_info["classes"] == ["contradiction", "entailment"]  # string labels: sorted classes
+    sample = r.train_ds[0]
+    assert set(sample["token_type_ids"].tolist()) == {0, 1}  # [CLS] a [SEP] = 0, b [SEP] = 1
+    assert (tmp_path / "run" / "best" / "tokenizer").is_dir()
+
+
+def test_regression_sts_style(tmp_path):
+    import random
+
+    rng = random.Random(1)
+    for split, n in (("train", 16), ("val", 8)):
+        rows = []
+        for _ in range(n):
+            k = rng.randint(1, 5)
+            rows.append({"sentence": " ".join(["big"] * k) + " box", "score": f"{k / 2:.1f}"})
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
+    recipe = _recipe()
+    r, results = _train_and_check_best(recipe, tmp_path / "run", [
+        "task=text", "modality=text", "problem_type=regression", "metric=spearman", "text_column=sentence",
+        "label_column=score", f"train_path={tmp_path / 'train.jsonl'}",
+        f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    assert r.raw_model.head.fc2.out_features == 1 and results["metric"] == "spearman"
+    with pytest.raises(ValueError, match="does not fit problem_type"):
+        recipe.load_config(None, ["problem_type=regression", "metric=accuracy"])
+
+
+def _pair_manifest(tmp_path, n_train=12, n_val=6):
+    """Pictures of coloured shapes with a question, 10 human answers and a yes/no label per row."""
+    from tests.data.conftest import png_bytes
+
+    (tmp_path / "img").mkdir()
+    for split, n, offset in (("train", n_train, 0), ("val", n_val, 500)):
+        rows = []
+        for i in range(n):
+            data, caption = png_bytes(offset + i)
+            (tmp_path / "img" / f"{split}{i}.png").write_bytes(data)
+            color = caption.split()[2]
+            answers = [color] * 7 + ["purple"] * 3 if i % 2 else [color] * 2 + ["blue"] * 8
+            rows.append({"img": f"img/{split}{i}.png", "question": "what colour is the first shape?",
+                         "answers": answers, "label": "match" if i % 3 else "nomatch"})  # fmt: skip
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
+
+
+def test_vqa_soft_scores_from_a_checkpoint_at_a_higher_resolution(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmkit.models import FLAVAConfig, flava_model_for_pretraining
+    from mmkit.tokenizers import train_wordpiece
+
+    _pair_manifest(tmp_path)
+    ckpt = tmp_path / "ckpt"  # an mmkit pretraining export: model.safetensors, config.json, tokenizer/
+    ckpt.mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("what colour is the first shape?\n" * 3)
+    tok = train_wordpiece([corpus], 200, min_frequency=1)
+    tok.save(ckpt / "tokenizer")
+    cfg = FLAVAConfig.tiny(text={"vocab_size": tok.vocab_size})
+    pre = flava_model_for_pretraining(cfg)
+    save_file({k: v.contiguous() for k, v in pre.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict()))
+    vocab = tmp_path / "answers.txt"
+    vocab.write_text("red\nblue\ngreen\nyellow\npurple\n")
+    recipe = _recipe()
+    r, _ = _train_and_check_best(recipe, tmp_path / "run", [
+        "task=pairs", "modality=multimodal", "problem_type=multi_label", "metric=vqa_accuracy",
+        f"checkpoint={ckpt}", "image_size=48", "image_column=img", "text_column=question",
+        "answers_column=answers", f"answer_vocab={vocab}", f"train_path={tmp_path / 'train.jsonl'}",
+        f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    assert r.classifier_info["classes"] == ["red", "blue", "green", "yellow", "purple"]
+    assert r.raw_model.model.image_encoder.embeddings.grid_size == (6, 6)
+    assert "resampled from 4x4 to 6x6" in (tmp_path / "run" / "load_report.txt").read_text()
+    label = r.train_ds[1]["label"]  # 7 x its colour, 3 x purple -> 1.0 and 0.9
+    assert label.dtype == torch.float32 and sorted(label.tolist())[-2:] == pytest.approx([0.9, 1.0])
+    assert r.train_ds[0]["image"].shape == (3, 48, 48)
+    with pytest.raises(ValueError, match="VQA needs answers_column"):
+        recipe.load_config(None, ["metric=vqa_accuracy"])
+
+
+def test_multimodal_binary_classification_hateful_memes_style(tmp_path):
+    _pair_manifest(tmp_path)
+    recipe = _recipe()
+    r, results = _train_and_check_best(recipe, tmp_path / "run", [
+        "task=pairs", "modality=multimodal", "metric=auroc", "image_column=img", "text_column=question",
+        f"train_path={tmp_path / 'train.jsonl'}", f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    assert r.classifier_info["classes"] == ["match", "nomatch"] and results["metric"] == "auroc"
+
+
+# -- resume and DDP -------------------------------------------------------------------------------------
+RECIPE = REPO / "recipes" / "flava" / "finetune.py"
+
+
+def _image_folder(root):
+    from tests.data.conftest import png_bytes
+
+    for split, n in (("train", 16), ("val", 6)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n // 2):
+                (root / split / cls / f"{i}.png").write_bytes(png_bytes(i + (100 if cls == "b" else 0))[0])
+
+
+def _launch(root, run, nproc, batch, steps, env=None, check=True, *extra):
+    import os
+    import subprocess
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, str(RECIPE), f"run_dir={run}", "task=folder", f"train_path={root / 'train'}",
+           f"val_path={root / 'val'}", f"steps={steps}", f"batch_size={batch}", "head_hidden=8",
+           "warmup_steps=1", "lr=1e-3", *extra]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(run / "best" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    _image_folder(tmp_path)
+    args = ("eval_every=2", "checkpoint_every=3")
+    _launch(tmp_path, tmp_path / "ref", 1, 4, 7, None, True, *args)
+    crashed = _launch(tmp_path, tmp_path / "res", 1, 4, 7, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, False, *args)
+    assert crashed.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "res" / "checkpoints").iterdir()) == ["step_00000003"]
+    resumed = _launch(tmp_path, tmp_path / "res", 1, 4, 7, None, True, *args)
+    assert "resumed from" in resumed.stdout
+    ref, res = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "res"))
+    assert [s for s, _ in res["history"]] == [2, 4, 6, 7]
+    for (_, a), (_, b) in zip(ref["history"], res["history"], strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    wa, wb = _weights(tmp_path / "ref"), _weights(tmp_path / "res")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_on_the_same_global_batch(tmp_path):
+    """DistributedSampler gives rank r the samples perm[r::2]; two ranks of 4 see the same 8 samples per
+    step as one rank of 8, and DDP averages their gradients: the weights must agree."""
+    _image_folder(tmp_path)
+    _launch(tmp_path, tmp_path / "one", 1, 8, 4, None, True, "eval_every=4")
+    _launch(tmp_path, tmp_path / "two", 2, 4, 4, None, True, "eval_every=4")
+    _launch(tmp_path, tmp_path / "half", 1, 4, 4, None, True, "eval_every=4")  # another global batch
+    wa, wb, wc = (_weights(tmp_path / d) for d in ("one", "two", "half"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4, msg=k)
+    assert not torch.allclose(wa["head.fc2.weight"], wc["head.fc2.weight"], atol=1e-4)  # the test can fail
