@@ -65,3 +65,29 @@ def text_batch():
 @pytest.fixture
 def images():
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+def make_mmkit_export(directory, texts: list[str], seed: int = 0):
+    """What ``recipes/flava/pretrain.py`` exports (``model.safetensors``, ``config.json``,
+    ``tokenizer/``), for a randomly initialised tiny model whose WordPiece is learned on ``texts``."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mmkit.models import FLAVAConfig, flava_model_for_pretraining
+    from mmkit.tokenizers import train_wordpiece
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(texts))
+    tokenizer = train_wordpiece([corpus], 200, min_frequency=1)
+    corpus.unlink()
+    tokenizer.save(directory / "tokenizer")
+    cfg = FLAVAConfig.tiny(text={"vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(seed)
+    model = randomize_(flava_model_for_pretraining(cfg), seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return directory

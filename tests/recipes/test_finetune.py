@@ -135,22 +135,10 @@ def _pair_manifest(tmp_path, n_train=12, n_val=6):
 
 
 def test_vqa_soft_scores_from_a_checkpoint_at_a_higher_resolution(tmp_path):
-    from safetensors.torch import save_file
-
-    from mmkit.models import FLAVAConfig, flava_model_for_pretraining
-    from mmkit.tokenizers import train_wordpiece
+    from tests.conftest import make_mmkit_export
 
     _pair_manifest(tmp_path)
-    ckpt = tmp_path / "ckpt"  # an mmkit pretraining export: model.safetensors, config.json, tokenizer/
-    ckpt.mkdir()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("what colour is the first shape?\n" * 3)
-    tok = train_wordpiece([corpus], 200, min_frequency=1)
-    tok.save(ckpt / "tokenizer")
-    cfg = FLAVAConfig.tiny(text={"vocab_size": tok.vocab_size})
-    pre = flava_model_for_pretraining(cfg)
-    save_file({k: v.contiguous() for k, v in pre.state_dict().items()}, str(ckpt / "model.safetensors"))
-    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict()))
+    ckpt = make_mmkit_export(tmp_path / "ckpt", ["what colour is the first shape?"] * 3)
     vocab = tmp_path / "answers.txt"
     vocab.write_text("red\nblue\ngreen\nyellow\npurple\n")
     recipe = _recipe()
@@ -244,3 +232,12 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(tmp_path):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4, msg=k)
     assert not torch.allclose(wa["head.fc2.weight"], wc["head.fc2.weight"], atol=1e-4)  # the test can fail
+
+
+def test_every_shipped_finetune_config_loads():
+    recipe = _recipe()
+    configs = sorted((REPO / "recipes/flava/configs").glob("finetune_*.yaml"))
+    assert len(configs) >= 4
+    kinds = {(c.modality, c.problem_type) for c in (recipe.load_config(str(p), []) for p in configs)}
+    assert {("image", "single_label"), ("text", "single_label"), ("multimodal", "single_label"),
+            ("image", "regression")} <= kinds  # fmt: skip
