@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="pretraining export dir (with tokenizer/) or transformers dir; "
                                              "omit for a randomly initialised tiny model")  # fmt: skip
+    parser.add_argument("--config", help="without --checkpoint: config.json of the randomly initialised model "
+                                         "(default: the tiny preset)")  # fmt: skip
     parser.add_argument("--tokenizer", help="tokenizer dir/file (default: <checkpoint>/tokenizer)")
     parser.add_argument("--tasks", default="zero_shot:color,retrieval,linear_probe:count",
                         help="comma-separated: zero_shot[:<task>], retrieval, linear_probe[:<task>]")  # fmt: skip
@@ -80,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write results as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    base = None if args.checkpoint else FLAVAConfig.tiny()
+    if args.checkpoint and args.config:
+        raise ValueError("--config is for a randomly initialised model; a checkpoint brings its own")
+    base = None
+    if not args.checkpoint:
+        base = FLAVAConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else FLAVAConfig.tiny()
     model = flava_model_for_classification(2, "image", base, checkpoint=args.checkpoint, hidden_dim=8).eval()
     tok_path = args.tokenizer or (Path(args.checkpoint) / "tokenizer" if args.checkpoint else None)
     tokenizer = TextTokenizer.from_pretrained(tok_path) if tok_path and Path(tok_path).exists() else None
