@@ -12,7 +12,12 @@ from mmkit.models.flava_classification import (
     flava_model_for_classification,
     load_classifier,
 )
-from mmkit.models.flava_pretraining import FLAVAForPreTraining, FLAVAPretrainingOutput, flava_model_for_pretraining
+from mmkit.models.flava_pretraining import (
+    FLAVAForPreTraining,
+    FLAVAPretrainingOutput,
+    flava_model_for_pretraining,
+    resolve_codebook_config,
+)
 
 __all__ = [
     "ClassificationHead",
@@ -30,4 +35,5 @@ __all__ = [
     "flava_model_for_classification",
     "flava_model_for_pretraining",
     "load_classifier",
+    "resolve_codebook_config",
 ]

@@ -343,6 +343,30 @@ def _split_batch(out: EncoderOutput, n: int) -> tuple[EncoderOutput, EncoderOutp
     )
 
 
+def resolve_codebook_config(cfg: FLAVAConfig, encoder: DalleEncoder | None = None) -> FLAVAConfig:
+    """Make ``cfg.codebook`` follow its tokenizer checkpoint (a trained dVAE or a released DALL-E encoder).
+
+    With ``codebook.checkpoint`` set, the sizes and the vocabulary are read from the checkpoint and
+    ``codebook.image_size`` becomes the ViT patch grid times the tokenizer's downsampling, so that
+    the token grid equals the patch grid. Without a checkpoint ``cfg`` is returned unchanged.
+    """
+    cb = cfg.codebook
+    if not (cb.enabled and cb.checkpoint):
+        return cfg
+    encoder = encoder or dalle_encoder_from_checkpoint(cb.checkpoint)
+    grid = cfg.image.image_size // cfg.image.patch_size
+    return replace_config(
+        cfg,
+        {
+            "codebook.hidden_size": encoder.hidden_size,
+            "codebook.vocab_size": encoder.vocab_size,
+            "codebook.num_groups": encoder.num_groups,
+            "codebook.blocks_per_group": encoder.blocks_per_group,
+            "codebook.image_size": grid * encoder.downsample,
+        },
+    )
+
+
 def flava_model_for_pretraining(
     config: FLAVAConfig | None = None, *, image_tokenizer: ImageTokenizer | None = None, **overrides: Any
 ) -> FLAVAForPreTraining:
@@ -352,7 +376,10 @@ def flava_model_for_pretraining(
 
     Args:
         config: a :class:`FLAVAConfig`; default ``FLAVAConfig()``.
-        image_tokenizer: use this tokenizer instead of building one from ``config.codebook``.
+        image_tokenizer: use this tokenizer instead of building one from ``config.codebook``. With
+            ``codebook.checkpoint`` (a dVAE trained by ``recipes/dalle/train_tokenizer.py`` or a
+            released DALL-E encoder) the codebook sizes, vocabulary and input size follow the
+            checkpoint (:func:`resolve_codebook_config`).
         **overrides: :class:`FLAVAConfig` fields, e.g. ``pretraining={"weights": {"itm": 0.0}}``
             or ``**{"codebook.enabled": False}``.
     """
@@ -363,6 +390,8 @@ def flava_model_for_pretraining(
     if image_tokenizer is None and cb.enabled:
         if cb.checkpoint:
             encoder = dalle_encoder_from_checkpoint(cb.checkpoint)
+            cfg = resolve_codebook_config(cfg, encoder)
+            cb = cfg.codebook
         else:
             encoder = DalleEncoder(cb.hidden_size, cb.vocab_size, cb.num_groups, cb.blocks_per_group)
         image_tokenizer = ImageTokenizer(encoder, channels_last=cb.channels_last)

@@ -225,6 +225,18 @@ def dalle_from_openai(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def tokenizer_fingerprint(encoder: nn.Module) -> str:
+    """A short hash of the tokenizer's weights (sha256 over names and float32 values, 16 hex digits):
+    cached token ids record it, and pretraining checks it against the configured tokenizer."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _infer_sizes(state: dict[str, Tensor]) -> dict[str, Any]:
     try:
         hidden, in_ch = state["input.weight"].shape[:2]
@@ -254,12 +266,15 @@ def load_dalle_encoder(state: dict[str, Tensor], **sizes: Any) -> DalleEncoder:
 def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
     """Load a DALL-E encoder from a local file or directory.
 
-    Accepts: a transformers ``FlavaImageCodebook`` or ``FlavaForPreTraining`` directory
+    Accepts: a dVAE folder written by ``recipes/dalle/train_tokenizer.py`` (``dvae_config.json`` +
+    ``encoder.safetensors``), a transformers ``FlavaImageCodebook`` or ``FlavaForPreTraining`` directory
     (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``), or a ``.pt`` /
     ``.pth`` / ``.bin`` / ``.safetensors`` file holding a state dict in original DALL-E
     names (``blocks.group_1.block_1.res_path.conv_1.w``), transformers names or ours.
     """
     path = Path(path)
+    if path.is_dir() and (path / "dvae_config.json").is_file():  # trained by recipes/dalle/train_tokenizer.py
+        path = path / "encoder.safetensors"
     if path.is_dir():
         raw = read_weights(path)
         cfg_file = path / "config.json"
