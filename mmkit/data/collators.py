@@ -144,8 +144,10 @@ class _ImagePart:
             out["image_token_ids"] = _stack(samples, "image_tokens", what).long()
         elif all("codebook_image" in s for s in samples):
             out["codebook_pixel_values"] = _stack(samples, "codebook_image", what)
-        else:
-            raise KeyError(f"{what}: every sample needs 'codebook_image' (tokenizer input) or 'image_tokens'")
+        elif any("codebook_image" in s or "image_tokens" in s for s in samples):
+            raise KeyError(f"{what}: some samples have tokenizer inputs or ids and some do not; every sample needs "
+                           "the same: 'codebook_image' (tokenizer input) or 'image_tokens'")  # fmt: skip
+        # neither: pixel-regression MIM (the targets are the encoder pixels themselves)
         out["patch_mask"] = self.block_masker.batch(len(samples), generator=g)
         return out
 

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from mmkit.data.collators import FLAVABatch
 from mmkit.data.sources import Record, Source, decode_image, decode_text
 from mmkit.data.transforms import FLAVAImageTransform
+from mmkit.tokenizers.cache import read_token_ids
 
 logger = logging.getLogger(__name__)
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, which newer torch deprecates on every
@@ -70,6 +71,8 @@ class FLAVADataset(Dataset):
         image_transform: for ``pair`` / ``image`` (default :class:`FLAVAImageTransform`).
         tokenizer: a :class:`~mmkit.tokenizers.TextTokenizer`, for ``pair`` / ``text``.
         seed: base seed of the per-sample randomness (random crops).
+        image_tokens: read the cached tokenizer ids of each image (``python -m mmkit.tokenizers.cache``)
+            into ``image_tokens`` instead of making the tokenizer input; a sample without them is skipped.
 
     Indexed by the ``(epoch, batch, index)`` triples :class:`ShardedBatchSampler` yields; returns a
     sample dict (``image``, ``codebook_image``, ``input_ids``, ``word_ids``, ``label``) or a :class:`Skipped`.
@@ -82,12 +85,14 @@ class FLAVADataset(Dataset):
         image_transform: Callable | None = None,
         tokenizer=None,
         seed: int = 0,
+        image_tokens: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if kind in ("pair", "text") and tokenizer is None:
             raise ValueError(f"a {kind!r} dataset needs a tokenizer")
         self.source, self.kind, self.tokenizer, self.seed = source, kind, tokenizer, seed
+        self.image_tokens = image_tokens
         self.image_transform = image_transform or FLAVAImageTransform()
 
     def __len__(self) -> int:
@@ -104,6 +109,10 @@ class FLAVADataset(Dataset):
                 if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
                     g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
                 sample.update(self.image_transform(decode_image(record), g))
+                if self.image_tokens:
+                    if "tokens_bytes" not in record.meta:
+                        raise ValueError("no cached image tokens (run python -m mmkit.tokenizers.cache)")
+                    sample["image_tokens"] = read_token_ids(record.meta["tokens_bytes"])
                 if record.label is not None:
                     sample["label"] = torch.tensor(record.label)
             if self.kind in ("pair", "text"):

@@ -134,6 +134,11 @@ class TarShards(Source):
     (``caption_field`` of a JSON object). Samples whose image *or* caption member is
     missing are left out and counted in ``incomplete``.
 
+    Shards written by ``python -m mmkit.tokenizers.cache`` also hold ``key.tokens.npy`` (the image's
+    dVAE token ids, returned in ``record.meta["tokens_bytes"]``) and a ``__tokenizer__.json`` that
+    says which tokenizer made them; ``token_info`` is that record when every shard has the same
+    one and every sample its ids, else None.
+
     Args:
         paths: shard paths, brace patterns or globs.
         caption_field: JSON field holding the caption.
@@ -152,9 +157,11 @@ class TarShards(Source):
         self.paths = expand_paths(paths)
         self.caption_field = caption_field
         self.require_text = require_text
-        self._index: list[tuple[int, str, tuple[int, int], tuple[int, int, str] | None]] = []
+        self._index: list[tuple[int, str, tuple[int, int], tuple[int, int, str] | None, tuple[int, int] | None]] = []
         self.incomplete: list[str] = []
+        metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
+            meta = None
             try:
                 with tarfile.open(path, "r:") as tar:
                     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -162,6 +169,9 @@ class TarShards(Source):
                         if not m.isfile():
                             continue
                         base = m.name.rsplit("/", 1)[-1]
+                        if base == "__tokenizer__.json":
+                            meta = json.load(tar.extractfile(m))
+                            continue
                         key, dot, ext = base.partition(".")
                         prefix = m.name[: len(m.name) - len(base)]
                         groups.setdefault(prefix + key, {})[dot + ext.lower()] = m
@@ -174,7 +184,13 @@ class TarShards(Source):
                     self.incomplete.append(f"{path.name}:{key}")
                     continue
                 text_loc = None if text is None else (text[0].offset_data, text[0].size, text[1])
-                self._index.append((shard_id, key, (image.offset_data, image.size), text_loc))
+                tokens = members.get(".tokens.npy")
+                tokens_loc = None if tokens is None else (tokens.offset_data, tokens.size)
+                self._index.append((shard_id, key, (image.offset_data, image.size), text_loc, tokens_loc))
+            metas.append(meta)
+        all_tokens = bool(self._index) and all(entry[4] is not None for entry in self._index)
+        same = all(m is not None and m == metas[0] for m in metas)
+        self.token_info: dict | None = metas[0] if (all_tokens and same) else None
         self._files = _FileCache()
         self._check_not_empty(", ".join(str(p) for p in self.paths[:3]))
 
@@ -182,9 +198,11 @@ class TarShards(Source):
         return len(self._index)
 
     def __getitem__(self, i: int) -> Record:
-        shard_id, key, (off, size), text_loc = self._index[i]
+        shard_id, key, (off, size), text_loc, tokens_loc = self._index[i]
         path = self.paths[shard_id]
         record = Record(key=f"{path.name}:{key}", image=self._files.read(path, off, size))
+        if tokens_loc is not None:
+            record.meta["tokens_bytes"] = self._files.read(path, *tokens_loc)
         if text_loc is not None:
             t_off, t_size, ext = text_loc
             raw = self._files.read(path, t_off, t_size)

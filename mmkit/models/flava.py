@@ -80,6 +80,11 @@ class PretrainingConfig:
             embeddings from the contrastive *columns* too. Off (the reference behaviour): only
             their rows are dropped, so a swapped caption can sit in the columns twice.
         ignore_index: label value of positions that are not predicted.
+        mim_target: what the masked-image objectives (MIM and MMM image) predict: ``"tokens"`` (the
+            dVAE codebook ids, FLAVA) or ``"pixels"`` (the masked patches' pixels, regressed with a
+            mean squared error as in MAE, He et al. 2022: no tokenizer at all).
+        pixel_norm: with ``"pixels"``, normalise each target patch by its own mean and variance (MAE's
+            better-performing variant).
     """
 
     weights: FLAVALossWeights = field(default_factory=FLAVALossWeights)
@@ -87,6 +92,12 @@ class PretrainingConfig:
     contrastive_gather_with_grad: bool = True
     contrastive_matched_only: bool = False
     ignore_index: int = -100
+    mim_target: str = "tokens"
+    pixel_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mim_target not in ("tokens", "pixels"):
+            raise ValueError(f"pretraining.mim_target must be 'tokens' or 'pixels', got {self.mim_target!r}")
 
 
 @dataclass

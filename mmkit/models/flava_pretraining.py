@@ -94,6 +94,7 @@ class FLAVAForPreTraining(nn.Module):
         opts = config.pretraining
         self.weights = opts.weights
         self.ignore_index = opts.ignore_index
+        self.mim_target, self.pixel_norm = opts.mim_target, opts.pixel_norm
         self.contrastive = ContrastiveLoss(gather_with_grad=opts.contrastive_gather_with_grad)
         self.loss_fn = FLAVAPretrainingLoss(opts.weights)
 
@@ -128,6 +129,20 @@ class FLAVAForPreTraining(nn.Module):
                 "patches; the tokenizer grid (codebook image_size / 8) must equal the patch grid"
             )
         return image_token_ids
+
+    def _pixel_targets(self, pixel_values: Tensor) -> Tensor:
+        patch = self.model.image_encoder.embeddings.patch_size
+        return patchify(pixel_values.float(), patch[0] if isinstance(patch, tuple) else patch, self.pixel_norm)
+
+    def _masked_regression(
+        self, head: nn.Module, hidden: Tensor, targets: Tensor, mask: Tensor, name: str, out: FLAVAPretrainingOutput
+    ) -> None:
+        """Pixel MIM: predict the (normalised) pixels of masked patches only; mean squared error."""
+        mask = mask.bool()
+        pred = head(hidden[mask])
+        y = targets[mask]
+        out.logits[name], out.labels[name] = pred, y
+        out.losses[name] = torch.nn.functional.mse_loss(pred.float(), y) if len(y) else pred.sum() * 0.0
 
     def _masked_prediction(
         self, head: nn.Module, hidden: Tensor, labels: Tensor, name: str, out: FLAVAPretrainingOutput
@@ -226,6 +241,10 @@ class FLAVAForPreTraining(nn.Module):
             raise ValueError("an image-only batch trains only MIM, whose weight is 0")
         patch_mask = self._require_mask(patch_mask, "MIM")
         image = self.model.encode_image(pixel_values, patch_mask)
+        if self.mim_target == "pixels":
+            targets = self._pixel_targets(pixel_values)
+            self._masked_regression(self.mim_head, image.last_hidden_state[:, 1:], targets, patch_mask, "mim", out)
+            return out
         num_patches = image.last_hidden_state.shape[1] - 1
         targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
         labels = masked_labels(targets, patch_mask, self.ignore_index)
@@ -293,12 +312,18 @@ class FLAVAForPreTraining(nn.Module):
         if not need_masked:
             return out
 
-        image_labels = None
-        if masks_image:
+        image_labels = pixel_targets = None
+        pixels = self.mim_target == "pixels"
+        if masks_image and pixels:
+            pixel_targets = self._pixel_targets(pixel_values)
+        elif masks_image:
             num_patches = image_m.last_hidden_state.shape[1] - 1
             targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
             image_labels = masked_labels(targets, patch_mask, self.ignore_index)
-        if need_mim:
+        if need_mim and pixels:
+            hidden = image_m.last_hidden_state[:, 1:]
+            self._masked_regression(self.mim_head, hidden, pixel_targets, patch_mask, "mim", out)
+        elif need_mim:
             self._masked_prediction(self.mim_head, image_m.last_hidden_state[:, 1:], image_labels, "mim", out)
         if need_mlm:
             self._masked_prediction(self.mlm_head, text_m.last_hidden_state, mlm_labels, "mlm", out)
@@ -319,11 +344,29 @@ class FLAVAForPreTraining(nn.Module):
         if w.active("mmm_image"):
             n_img = image_m.last_hidden_state.shape[1]  # 1 + Np
             hidden = fused[:, 2 : 1 + n_img]
-            self._masked_prediction(self.mmm_image_head, hidden, only_matched(image_labels), "mmm_image", out)
+            if pixels:
+                mask = patch_mask if matched is None else patch_mask & matched[:, None]
+                self._masked_regression(self.mmm_image_head, hidden, pixel_targets, mask, "mmm_image", out)
+            else:
+                self._masked_prediction(self.mmm_image_head, hidden, only_matched(image_labels), "mmm_image", out)
         if w.active("mmm_text"):
             hidden = fused[:, fused.shape[1] - text_m.last_hidden_state.shape[1] :]
             self._masked_prediction(self.mmm_text_head, hidden, only_matched(mlm_labels), "mmm_text", out)
         return out
+
+
+def patchify(pixels: Tensor, patch_size: int, normalize: bool = True) -> Tensor:
+    """Pixel targets for MIM: ``(B, C, H, W) -> (B, Np, p * p * C)`` in the ViT's patch order (row-major
+    over the grid); with ``normalize`` each patch minus its mean over its own std (MAE, eps 1e-6)."""
+    b, c, h, w = pixels.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image {h}x{w} is not a whole number of {p}x{p} patches")
+    x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+    if normalize:
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+        x = (x - mean) / (var + 1e-6).sqrt()
+    return x
 
 
 def _split_batch(out: EncoderOutput, n: int) -> tuple[EncoderOutput, EncoderOutput]:
@@ -387,7 +430,8 @@ def flava_model_for_pretraining(
     grid = cfg.image.image_size // cfg.image.patch_size
     model = flava_model(cfg)
     cb = cfg.codebook
-    if image_tokenizer is None and cb.enabled:
+    pixels = cfg.pretraining.mim_target == "pixels"
+    if image_tokenizer is None and cb.enabled and not pixels:
         if cb.checkpoint:
             encoder = dalle_encoder_from_checkpoint(cb.checkpoint)
             cfg = resolve_codebook_config(cfg, encoder)
@@ -407,7 +451,8 @@ def flava_model_for_pretraining(
         if vocab != cb.vocab_size:
             cfg = replace_config(cfg, {"codebook.vocab_size": vocab})
     img, txt, mm = cfg.image, cfg.text, cfg.multimodal
-    v_img = cfg.codebook.vocab_size
+    # MIM / MMM-image outputs: a codebook id distribution, or the pixels of one patch
+    v_img = img.patch_size**2 * img.num_channels if pixels else cfg.codebook.vocab_size
     heads = dict(
         mim_head=MaskedPredictionHead(img.hidden_size, v_img, img.activation, img.norm_eps),
         mlm_head=MaskedPredictionHead(txt.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),

@@ -104,7 +104,7 @@ def load_config(
     for item in overrides:
         key, value = parse_override(item)
         head, _, rest = key.partition(".")
-        if head in dict_fields and rest:
+        if head in dict_fields and rest and isinstance(getattr(cfg, head, None), dict):
             setattr(cfg, head, {**getattr(cfg, head), rest: value})
         else:
             cfg = replace_config(cfg, {key: value})

@@ -20,6 +20,11 @@ Features and the config keys that control them:
   tokens and ``logit_scale`` — ``betas``), linear warmup then cosine (``optim.warmup_steps``,
   ``optim.total_steps``), ``optim.grad_accum``, ``optim.max_grad_norm``; the image tokenizer is
   frozen and not in the optimiser.
+* image tokenizer (MIM targets): ``model.codebook.checkpoint`` = a dVAE trained with
+  ``recipes/dalle/train_tokenizer.py`` (its vocabulary and input size then set the codebook's) or a
+  DALL-E encoder; shards with cached ids (``python -m mmkit.tokenizers.cache``) are used
+  automatically (``data.cached_tokens``), checked against the configured tokenizer, size and crop;
+  ``model.pretraining.mim_target`` = ``tokens`` | ``pixels`` (normalised-pixel regression, no tokenizer).
 * checkpoints: DCP every ``checkpoint.every`` steps, atomic, last ``checkpoint.keep`` kept,
   ``checkpoint.resume`` = ``auto`` | ``none`` | a path; final weights exported as safetensors and
   in transformers' FLAVA layout (``<run_dir>/final``).
@@ -43,7 +48,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +72,8 @@ from mmkit.data import (
 )
 from mmkit.eval import retrieval_recall
 from mmkit.masking import BlockMaskGenerator, TokenMasker
-from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining
-from mmkit.tokenizers import TextTokenizer, train_wordpiece
+from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining, resolve_codebook_config
+from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, train_wordpiece
 from mmkit.train import (
     CheckpointManager,
     MetricsLogger,
@@ -104,6 +109,7 @@ class DataConfig:
     itm_negative_prob: float = 0.1
     random_crop: bool = False
     max_bad_fraction: float = 0.01
+    cached_tokens: bool = True  # use tokenizer ids cached in the shards when every sample has them
 
 
 @dataclass
@@ -163,7 +169,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> FLAVACon
     out = base.replace(**cfg.model)
     if vocab_size is not None:
         out = out.replace(**{"text.vocab_size": vocab_size})
-    return out
+    return resolve_codebook_config(out)  # a trained tokenizer sets the codebook sizes and input size
 
 
 class FLAVAPretrainRecipe:
@@ -191,6 +197,7 @@ class FLAVAPretrainRecipe:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         model = flava_model_for_pretraining(self.model_cfg).to(self.info.device)
         self.raw_model: FLAVAForPreTraining = model
+        self._check_cached_tokens(model)
         self.model = parallelize(
             model,
             self.info,
@@ -209,6 +216,32 @@ class FLAVAPretrainRecipe:
         self.metrics = MetricsLogger(self.run_dir, enabled=self.info.is_main)
         self._maybe_resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _check_cached_tokens(self, model: FLAVAForPreTraining) -> None:
+        """Cached ids must come from this run's tokenizer, input size and patch grid."""
+        if not self.cached_tokens:
+            return
+        if model.image_tokenizer is None:
+            raise ValueError("cached token ids need the tokenizer they came from: set model.codebook.checkpoint")
+        cb, img = self.model_cfg.codebook, self.model_cfg.image
+        grid = img.image_size // img.patch_size
+        mine = tokenizer_fingerprint(model.image_tokenizer.encoder)
+        for name, info in self.cached_tokens.items():
+            problems = []
+            if info.get("fingerprint") != mine:
+                problems.append(f"tokenizer {info.get('fingerprint')} != configured {mine} "
+                                f"(model.codebook.checkpoint={cb.checkpoint})")  # fmt: skip
+            if info.get("image_size") != cb.image_size:
+                problems.append(f"input size {info.get('image_size')} != codebook.image_size {cb.image_size}")
+            if list(info.get("grid", [])) != [grid, grid]:
+                problems.append(f"token grid {info.get('grid')} != patch grid {[grid, grid]}")
+            if problems:
+                raise ValueError(
+                    f"the cached token ids in {name} do not fit this run: {'; '.join(problems)}. Re-run "
+                    "python -m mmkit.tokenizers.cache with the configured tokenizer, or set data.cached_tokens=false"
+                )
+        if self.info.is_main:
+            print(f"cached tokenizer ids in {', '.join(self.cached_tokens)}: the codebook is skipped there", flush=True)
 
     def _barrier(self) -> None:
         if self.info.world_size > 1:
@@ -245,10 +278,29 @@ class FLAVAPretrainRecipe:
         transform = FLAVAImageTransform(
             ImageTransformConfig(
                 image_size=mcfg.image.image_size,
-                codebook_image_size=mcfg.codebook.image_size,
+                # pixel-regression MIM needs no tokenizer input
+                codebook_image_size=0 if mcfg.pretraining.mim_target == "pixels" else mcfg.codebook.image_size,
                 random_crop=d.random_crop,
             )
         )
+        # Shards with cached tokenizer ids (python -m mmkit.tokenizers.cache) skip the codebook: the
+        # encoder image then needs no tokenizer input, and the ids are checked once the model exists.
+        no_codebook = FLAVAImageTransform(replace(transform.config, codebook_image_size=0))
+        self.cached_tokens: dict[str, dict] = {}
+
+        def image_dataset(source: TarShards, kind: str) -> FLAVADataset:
+            cached = source.token_info is not None and d.cached_tokens and mcfg.pretraining.mim_target == "tokens"
+            if cached:
+                if d.random_crop:
+                    raise ValueError(
+                        f"{source.name}: cached token ids were made from a centre crop; with data.random_crop=true "
+                        "the encoder image would show another crop than its targets. Set data.random_crop=false "
+                        "or data.cached_tokens=false (tokenize in the loop)"
+                    )
+                self.cached_tokens[source.name] = source.token_info
+            return FLAVADataset(source, kind, no_codebook if cached else transform, tok if kind == "pair" else None,
+                                seed=cfg.seed, image_tokens=cached)  # fmt: skip
+
         self.block_masker = BlockMaskGenerator.flava(grid)
         tok = self.tokenizer
         self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
@@ -256,11 +308,11 @@ class FLAVAPretrainRecipe:
         info = self.info
         common = dict(rank=info.rank, world_size=info.world_size, seed=cfg.seed, num_workers=d.num_workers)
         loaders = {}
-        pair_ds = FLAVADataset(TarShards(train_pairs, name="pairs"), "pair", transform, tok, seed=cfg.seed)
+        pair_ds = image_dataset(TarShards(train_pairs, name="pairs"), "pair")
         pair_collate = PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob)
         loaders["pairs"] = (make_loader(pair_ds, pair_collate, d.batch_size, **common), d.pair_prob)
         if images and d.image_prob > 0:
-            ds = FLAVADataset(TarShards(images, require_text=False, name="images"), "image", transform, seed=cfg.seed)
+            ds = image_dataset(TarShards(images, require_text=False, name="images"), "image")
             loaders["images"] = (
                 make_loader(ds, ImageCollator(self.block_masker), d.batch_size, **common),
                 d.image_prob,

@@ -210,3 +210,40 @@ def test_a_few_steps_lower_every_loss(batch):
         first = first or {k: v.item() for k, v in out.losses.items()}
     last = {k: v.item() for k, v in out.losses.items()}
     assert all(last[k] < first[k] for k in first), (first, last)
+
+
+# -- pixel-regression MIM (MAE-style target, no tokenizer) ---------------------------------------------
+def test_patchify_matches_unfold_and_normalises_each_patch():
+    from mmkit.models.flava_pretraining import patchify
+
+    x = torch.randn(2, 3, 8, 12)
+    ours = patchify(x, 4, normalize=False)
+    # oracle: unfold gives (B, C*p*p, L) in (C, p, p) order; ours is (p, p, C), row-major patches
+    ref = torch.nn.functional.unfold(x, 4, stride=4).transpose(1, 2).reshape(2, 6, 3, 4, 4)
+    torch.testing.assert_close(ours, ref.permute(0, 1, 3, 4, 2).reshape(2, 6, 48))
+    norm = patchify(x, 4)
+    torch.testing.assert_close(norm.mean(-1), torch.zeros(2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(norm.var(-1, unbiased=False), torch.ones(2, 6), atol=1e-3, rtol=0)
+
+
+def test_pixel_mim_needs_no_tokenizer_and_regresses_masked_patches(batch):
+    from mmkit.models.flava_pretraining import patchify
+
+    torch.manual_seed(0)
+    model = flava_model_for_pretraining(
+        FLAVAConfig.tiny(text={"vocab_size": 120}), **{"pretraining.mim_target": "pixels"}
+    )
+    assert model.image_tokenizer is None and model.mim_head.decoder.out_features == 8 * 8 * 3
+    targets = patchify(batch["pixel_values"], 8)
+    mask = batch["patch_mask"]
+    out = model(pixel_values=batch["pixel_values"], patch_mask=mask)  # image-only: MIM
+    image = model.model.encode_image(batch["pixel_values"], mask).last_hidden_state[:, 1:]
+    expected = ((model.mim_head(image[mask]) - targets[mask]) ** 2).mean()
+    torch.testing.assert_close(out.losses["mim"], expected)
+    paired = {k: v for k, v in batch.items() if k != "codebook_pixel_values"}
+    out = model(**paired)  # MMM image only on matched pairs' masked patches
+    matched = batch["itm_labels"] == 1
+    assert out.labels["mmm_image"].shape[0] == int((mask & matched[:, None]).sum())
+    assert set(out.losses) == {"global_contrastive", "itm", "mmm_image", "mmm_text"}
+    with pytest.raises(ValueError, match="mim_target must be 'tokens' or 'pixels'"):
+        FLAVAConfig.tiny(pretraining={"mim_target": "patches"})

@@ -1,0 +1,179 @@
+"""Pay for image tokenization once: write each sample's dVAE token ids into its shard.
+
+    python -m mmkit.tokenizers.cache --shards 'data/pairs-{000000..000099}.tar' \\
+        --tokenizer runs/dvae-shapes/final --out data/pairs-tokens/
+
+Each output shard holds every member of its input shard, in order, plus ``<key>.tokens.npy`` (the
+``(h, w)`` int16/int32 token grid of the sample's image, centre crop, at the tokenizer's input
+size) and, first, ``__tokenizer__.json``: the tokenizer's fingerprint, input size, grid,
+vocabulary and crop. Pretraining reads the ids instead of running the codebook when every shard
+has them (``mmkit.data.TarShards.token_info``), and refuses ids from another tokenizer, size or crop.
+
+Shards are written to a temporary name and renamed when complete, so an interrupted run leaves
+no half-written shard; shards already complete in ``--out`` for the same tokenizer are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+from mmkit.tokenizers.dalle import ImageTokenizer, dalle_encoder_from_checkpoint, tokenizer_fingerprint
+
+logger = logging.getLogger(__name__)
+
+TOKENS_EXT = ".tokens.npy"
+META_NAME = "__tokenizer__.json"
+CROP = "center"
+
+
+def _npy_bytes(ids: torch.Tensor) -> bytes:
+    import numpy as np
+
+    dtype = np.int16 if int(ids.max()) < 2**15 else np.int32
+    buf = io.BytesIO()
+    np.save(buf, ids.cpu().numpy().astype(dtype), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_token_ids(data: bytes) -> torch.Tensor:
+    """``<key>.tokens.npy`` bytes -> ``(h * w,)`` int64 ids, row-major (the ViT's patch order)."""
+    import numpy as np
+
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()
+
+
+def tokenizer_meta(tokenizer: ImageTokenizer, image_size: int) -> dict:
+    """What ``__tokenizer__.json`` records (and pretraining compares)."""
+    grid = image_size // tokenizer.encoder.downsample
+    return {
+        "fingerprint": tokenizer_fingerprint(tokenizer.encoder),
+        "image_size": image_size,
+        "grid": [grid, grid],
+        "vocab_size": tokenizer.vocab_size,
+        "crop": CROP,
+    }
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@torch.no_grad()
+def cache_shard(
+    src: Path, dst: Path, tokenizer: ImageTokenizer, image_size: int, batch_size: int = 256, progress=None
+) -> dict[str, int]:
+    """Write ``dst``: ``src`` plus the token ids of every sample's image. Returns counts
+    (``samples``, ``tokenized``, ``unreadable``); unreadable images are logged and get no ids."""
+    from mmkit.data.sources import IMAGE_EXTENSIONS, Record, decode_image
+    from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
+
+    transform = FLAVAImageTransform(ImageTransformConfig(image_size=image_size, codebook_image_size=image_size))
+    device = next(tokenizer.parameters()).device
+    with tarfile.open(src, "r:") as tar:
+        members = [m for m in tar if m.isfile()]
+        data = {m.name: tar.extractfile(m).read() for m in members}
+    groups: dict[str, list[tarfile.TarInfo]] = {}
+    for m in members:
+        base = m.name.rsplit("/", 1)[-1]
+        if base.startswith("__") or m.name.endswith(TOKENS_EXT):  # an older cache's entries: replaced
+            continue
+        groups.setdefault(m.name[: len(m.name) - len(base)] + base.split(".", 1)[0], []).append(m)
+    ids: dict[str, torch.Tensor] = {}
+    keys = [k for k, ms in groups.items() if any(m.name.lower().endswith(IMAGE_EXTENSIONS) for m in ms)]
+    unreadable = 0
+    for start in range(0, len(keys), batch_size):
+        chunk, pixels = [], []
+        for key in keys[start : start + batch_size]:
+            image_member = next(m for m in groups[key] if m.name.lower().endswith(IMAGE_EXTENSIONS))
+            try:
+                pixels.append(transform(decode_image(Record(key=key, image=data[image_member.name])))["codebook_image"])
+                chunk.append(key)
+            except ValueError as e:
+                unreadable += 1
+                logger.warning("%s:%s: no tokens, the image cannot be decoded (%s)", src.name, key, e)
+        if pixels:
+            out = tokenizer(torch.stack(pixels).to(device)).cpu()
+            grid = image_size // tokenizer.encoder.downsample
+            for key, row in zip(chunk, out, strict=True):
+                ids[key] = row.view(grid, grid)
+        if progress is not None:
+            progress.update(len(keys[start : start + batch_size]))
+    tmp = dst.with_name(dst.name + ".tmp")
+    with tarfile.open(tmp, "w") as out_tar:
+        _add(out_tar, META_NAME, json.dumps(tokenizer_meta(tokenizer, image_size)).encode())
+        for key, ms in groups.items():
+            for m in ms:
+                _add(out_tar, m.name, data[m.name])
+            if key in ids:
+                _add(out_tar, key + TOKENS_EXT, _npy_bytes(ids[key]))
+    os.replace(tmp, dst)
+    return {"samples": len(groups), "tokenized": len(ids), "unreadable": unreadable}
+
+
+def _complete_for(path: Path, meta: dict) -> bool:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            first = tar.next()
+            return first is not None and first.name == META_NAME and json.load(tar.extractfile(first)) == meta
+    except (tarfile.TarError, OSError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    from mmkit.data.sources import expand_paths
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", nargs="+", required=True, help="tar shards: paths, brace patterns or globs")
+    parser.add_argument("--tokenizer", required=True, help="a dVAE folder (train_tokenizer.py) or DALL-E encoder")
+    parser.add_argument("--out", required=True, help="folder for the output shards (not the input's folder)")
+    parser.add_argument("--image-size", type=int, help="tokenizer input side (default: the dVAE's dvae_config.json)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    shards = expand_paths(args.shards)
+    out = Path(args.out)
+    if any(s.parent.resolve() == out.resolve() for s in shards):
+        raise ValueError(f"--out {out} holds input shards: choose another folder (inputs are never overwritten)")
+    image_size = args.image_size
+    cfg_file = Path(args.tokenizer) / "dvae_config.json"
+    if image_size is None:
+        if not cfg_file.is_file():
+            raise ValueError("--image-size is needed for a tokenizer without dvae_config.json (112 for DALL-E)")
+        image_size = json.loads(cfg_file.read_text())["image_size"]
+    tokenizer = ImageTokenizer(dalle_encoder_from_checkpoint(args.tokenizer)).to(args.device)
+    if image_size % tokenizer.encoder.downsample:
+        raise ValueError(
+            f"--image-size {image_size} is not a multiple of the downsampling {tokenizer.encoder.downsample}"
+        )
+    meta = tokenizer_meta(tokenizer, image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    totals = {"samples": 0, "tokenized": 0, "unreadable": 0, "skipped_shards": 0}
+    with tqdm(desc="tokenizing", unit="img") as bar:
+        for shard in shards:
+            dst = out / shard.name
+            if _complete_for(dst, meta):
+                totals["skipped_shards"] += 1
+                continue
+            for k, v in cache_shard(shard, dst, tokenizer, image_size, args.batch_size, bar).items():
+                totals[k] += v
+    print(f"{len(shards)} shards -> {out}: {json.dumps(totals)}; tokenizer {meta['fingerprint']}, "
+          f"{image_size}px -> {meta['grid'][0]}x{meta['grid'][1]} tokens")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
