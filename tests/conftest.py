@@ -91,3 +91,19 @@ def make_mmkit_export(directory, texts: list[str], seed: int = 0):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
     return directory
+
+
+def load_recipe(relative_path: str):
+    """Import a recipe script (``recipes/...py``) as a module; it is registered in ``sys.modules``
+    because dataclasses resolve their annotations through it."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative_path
+    name = "recipe_" + relative_path.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

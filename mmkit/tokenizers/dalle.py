@@ -44,29 +44,27 @@ def dalle_preprocess(images: Tensor) -> Tensor:
 
 
 class _ResPath(nn.Sequential):
-    def __init__(self, n_in: int, n_out: int) -> None:
+    """ReLU-conv x4, widths ``out/4, out/4, out/4, out``; ``kernels`` per conv (encoder 3,3,3,1;
+    the dVAE decoder 1,3,3,3)."""
+
+    def __init__(self, n_in: int, n_out: int, kernels: tuple[int, int, int, int] = (3, 3, 3, 1)) -> None:
         hid = n_out // 4
-        super().__init__(
-            OrderedDict(
-                relu_1=nn.ReLU(),
-                conv_1=nn.Conv2d(n_in, hid, 3, padding=1),
-                relu_2=nn.ReLU(),
-                conv_2=nn.Conv2d(hid, hid, 3, padding=1),
-                relu_3=nn.ReLU(),
-                conv_3=nn.Conv2d(hid, hid, 3, padding=1),
-                relu_4=nn.ReLU(),
-                conv_4=nn.Conv2d(hid, n_out, 1),
-            )
-        )
+        widths = (n_in, hid, hid, hid, n_out)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for i, k in enumerate(kernels, 1):
+            layers[f"relu_{i}"] = nn.ReLU()
+            layers[f"conv_{i}"] = nn.Conv2d(widths[i - 1], widths[i], k, padding=k // 2)
+        super().__init__(layers)
 
 
 class DalleBlock(nn.Module):
-    """Residual block ``id_path(x) + post_gain * res_path(x)``; ``(B, n_in, H, W) -> (B, n_out, H, W)``."""
+    """Residual block ``id_path(x) + post_gain * res_path(x)``; ``(B, n_in, H, W) -> (B, n_out, H, W)``.
+    ``kernels``: the residual path's conv sizes (see :class:`_ResPath`)."""
 
-    def __init__(self, n_in: int, n_out: int, n_layers: int) -> None:
+    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, int, int, int] = (3, 3, 3, 1)) -> None:
         super().__init__()
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = _ResPath(n_in, n_out)
+        self.res_path = _ResPath(n_in, n_out, kernels)
         self.post_gain = 1.0 / n_layers**2
 
     def forward(self, x: Tensor) -> Tensor:

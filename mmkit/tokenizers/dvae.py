@@ -30,37 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.tokenizers.dalle import DALLE_EPS, DalleEncoder
+from mmkit.tokenizers.dalle import DALLE_EPS, DalleBlock, DalleEncoder
 
-
-class _DecoderResPath(nn.Sequential):
-    def __init__(self, n_in: int, n_out: int) -> None:
-        hid = n_out // 4
-        super().__init__(
-            OrderedDict(
-                relu_1=nn.ReLU(),
-                conv_1=nn.Conv2d(n_in, hid, 1),
-                relu_2=nn.ReLU(),
-                conv_2=nn.Conv2d(hid, hid, 3, padding=1),
-                relu_3=nn.ReLU(),
-                conv_3=nn.Conv2d(hid, hid, 3, padding=1),
-                relu_4=nn.ReLU(),
-                conv_4=nn.Conv2d(hid, n_out, 3, padding=1),
-            )
-        )
-
-
-class DalleDecoderBlock(nn.Module):
-    """``id_path(x) + post_gain * res_path(x)``; ``(B, n_in, H, W) -> (B, n_out, H, W)``."""
-
-    def __init__(self, n_in: int, n_out: int, n_layers: int) -> None:
-        super().__init__()
-        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = _DecoderResPath(n_in, n_out)
-        self.post_gain = 1.0 / n_layers**2
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+DECODER_KERNELS = (1, 3, 3, 3)  # the encoder's residual path reversed
 
 
 class DalleDecoder(nn.Module):
@@ -94,7 +66,7 @@ class DalleDecoder(nn.Module):
             out = hidden_size * 2 ** (num_groups - g)
             blocks: OrderedDict[str, nn.Module] = OrderedDict()
             for b in range(1, blocks_per_group + 1):
-                blocks[f"block_{b}"] = DalleDecoderBlock(width if b == 1 else out, out, n_layers)
+                blocks[f"block_{b}"] = DalleBlock(width if b == 1 else out, out, n_layers, DECODER_KERNELS)
             if g < num_groups:
                 blocks["upsample"] = nn.Upsample(scale_factor=2, mode="nearest")
             self.add_module(f"group_{g}", nn.Sequential(blocks))
@@ -171,7 +143,14 @@ class DiscreteVAE(nn.Module):
         return self.encoder.vocab_size
 
     def forward(
-        self, pixels: Tensor, temperature: float = 1.0, kl_weight: float = 0.0, generator: torch.Generator | None = None
+        self,
+        pixels: Tensor,
+        temperature: float = 1.0,
+        kl_weight: float = 0.0,
+        generator: torch.Generator | None = None,
+        straight_through: bool = False,
+        recon_loss: str = "logit_laplace",
+        pixel_sigma: float = 0.1,
     ) -> DVAEOutput:
         """One training step's losses.
 
@@ -180,14 +159,31 @@ class DiscreteVAE(nn.Module):
             temperature: Gumbel-softmax temperature tau.
             kl_weight: beta.
             generator: for the Gumbel noise (None: the global RNG).
+            straight_through: decode the one-hot argmax of the relaxed sample (gradients through the
+                relaxation), so training decodes the same hard codes as tokenization does. DALL-E
+                decodes the relaxed sample itself (False).
+            recon_loss: ``"logit_laplace"`` (DALL-E's likelihood) or ``"gaussian"``: a fixed-variance
+                Gaussian on the reconstructed ``[0, 1]`` pixels, i.e. squared error / (2 pixel_sigma²)
+                (the simpler choice, which trains much faster at small scale: benchmarks/RESULTS.md).
         """
         logits = self.encoder(pixels)
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
         gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))  # Gumbel(0, 1) noise
-        soft = F.softmax((logits.float() + gumbel) / temperature, dim=1).to(logits.dtype)
-        params = self.decoder(soft)
+        soft = F.softmax((logits.float() + gumbel) / temperature, dim=1)
+        if straight_through:
+            hard = F.one_hot(soft.argmax(1), soft.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+            soft = hard + soft - soft.detach()
+        params = self.decoder(soft.to(logits.dtype))
         subpixels = pixels[0].numel()
-        nll = logit_laplace_nll(params, pixels).flatten(1).sum(1)
+        if recon_loss == "logit_laplace":
+            nll = logit_laplace_nll(params, pixels).flatten(1).sum(1)
+        elif recon_loss == "gaussian":
+            target = ((pixels.float() - DALLE_EPS) / (1 - 2 * DALLE_EPS)).clamp(0, 1)
+            mean = (torch.sigmoid(params[:, : pixels.shape[1]].float()) - DALLE_EPS) / (1 - 2 * DALLE_EPS)
+            err = mean - target  # unclamped, so the gradient never vanishes at the range's ends
+            nll = (err**2).flatten(1).sum(1) / (2 * pixel_sigma**2)
+        else:
+            raise ValueError(f"recon_loss must be 'logit_laplace' or 'gaussian', got {recon_loss!r}")
         log_q = F.log_softmax(logits.float(), dim=1)
         kl = (log_q.exp() * log_q).sum(1).flatten(1).sum(1) + math.log(self.vocab_size) * logits[0, 0].numel()
         loss = ((nll + kl_weight * kl) / subpixels).mean()

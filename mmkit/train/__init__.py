@@ -1,11 +1,12 @@
 """Training pieces the recipes share: distributed setup and wrapping, optimisation, checkpoints, metrics."""
 
-from mmkit.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from mmkit.train.checkpoint import CheckpointConfig, CheckpointManager, rng_state, run_recipe, set_rng_state
 from mmkit.train.distributed import DistInfo, parallelize, setup_distributed, teardown_distributed
 from mmkit.train.metrics import MetricsLogger, plot_run, read_metrics, summarize_run
 from mmkit.train.optim import adamw_param_groups, warmup_cosine, warmup_cosine_scheduler
 
 __all__ = [
+    "CheckpointConfig",
     "CheckpointManager",
     "DistInfo",
     "MetricsLogger",
@@ -14,6 +15,7 @@ __all__ = [
     "plot_run",
     "read_metrics",
     "rng_state",
+    "run_recipe",
     "set_rng_state",
     "setup_distributed",
     "summarize_run",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class CheckpointConfig:
+    """The ``checkpoint`` section every recipe shares: save ``every`` steps, keep the last ``keep``,
+    ``resume`` = ``"auto"`` (the latest complete checkpoint, if any) | ``"none"`` | a checkpoint path."""
+
+    every: int = 1000
+    keep: int = 3
+    resume: str = "auto"
+
+
+def run_recipe(recipe_cls: type, load_config, doc: str | None, argv: list[str] | None = None) -> int:
+    """The command line every recipe shares: ``--config FILE key=value ...`` -> ``setup()``, ``train()``,
+    and the process group torn down whatever happens."""
+    import argparse
+
+    from mmkit.train.distributed import teardown_distributed
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    args = parser.parse_args(argv)
+    recipe = recipe_cls(load_config(args.config, args.overrides))
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        teardown_distributed()
+    return 0
 
 
 class CheckpointManager:

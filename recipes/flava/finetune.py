@@ -29,7 +29,6 @@ Features and their config keys:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -65,9 +64,9 @@ from mmkit.train import (
     adamw_param_groups,
     parallelize,
     rng_state,
+    run_recipe,
     set_rng_state,
     setup_distributed,
-    teardown_distributed,
     warmup_cosine_scheduler,
 )
 from mmkit.utils import config_to_dict
@@ -383,17 +382,7 @@ class ResumableDistributedSampler(torch.utils.data.DistributedSampler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    recipe = FinetuneRecipe(load_config(args.config, args.overrides))
-    try:
-        recipe.setup()
-        recipe.train()
-    finally:
-        teardown_distributed()
-    return 0
+    return run_recipe(FinetuneRecipe, load_config, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ from mmkit.masking import BlockMaskGenerator, TokenMasker
 from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining, resolve_codebook_config
 from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, train_wordpiece
 from mmkit.train import (
+    CheckpointConfig,
     CheckpointManager,
     MetricsLogger,
     adamw_param_groups,
@@ -123,13 +124,6 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
-
-
-@dataclass
-class CheckpointConfig:
-    every: int = 1000
-    keep: int = 3
-    resume: str = "auto"  # "auto" | "none" | path
 
 
 @dataclass

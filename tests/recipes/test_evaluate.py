@@ -1,26 +1,20 @@
 """The evaluation recipe on the user's own data: zero-shot, retrieval and linear probe, checked against
 the same numbers computed directly from the library functions."""
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import make_mmkit_export
+from tests.conftest import load_recipe, make_mmkit_export
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("recipes/flava/evaluate.py")
 
 
 def _png(rgb, seed):

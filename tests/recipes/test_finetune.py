@@ -1,6 +1,5 @@
 """The finetuning recipe runs end to end and keeps its best checkpoint."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -8,15 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import load_recipe
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("flava_finetune_recipe", REPO / "recipes/flava/finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("recipes/flava/finetune.py")
 
 
 def test_image_classification_on_a_folder(tmp_path, monkeypatch):

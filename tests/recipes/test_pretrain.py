@@ -1,6 +1,5 @@
 """The pretraining recipe: config handling, atomic checkpoints, exact resume after SIGKILL (DDP and FSDP2)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,17 +11,14 @@ import torch
 
 from mmkit.models import FLAVAConfig, flava_model_for_pretraining
 from mmkit.train import CheckpointManager
+from tests.conftest import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "flava" / "pretrain.py"
 
 
 def _recipe_module():
-    spec = importlib.util.spec_from_file_location("flava_pretrain_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("recipes/flava/pretrain.py")
 
 
 def test_config_keys_are_checked(tmp_path):

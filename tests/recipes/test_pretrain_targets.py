@@ -1,22 +1,18 @@
 """Pretraining with a trained tokenizer, with cached token ids, and with pixel targets (single process)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import load_recipe
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("flava_pretrain_recipe_t", REPO / "recipes/flava/pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("recipes/flava/pretrain.py")
 
 
 @pytest.fixture(scope="module")

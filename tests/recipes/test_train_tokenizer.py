@@ -1,7 +1,6 @@
 """The tokenizer training recipe: it learns (held-out reconstruction error falls, codes get used), writes
 its grids and export, and resumes exactly after SIGKILL."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,20 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import load_recipe
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "dalle" / "train_tokenizer.py"
 TINY = ["model.hidden_size=8", "model.vocab_size=64", "model.num_groups=3", "model.init_size=16",
-        "data.image_size=16", "data.batch_size=16", "data.num_workers=0", "optim.warmup_steps=5", "optim.lr=3e-3",
-        "schedule.temperature_steps=60", "schedule.kl_warmup_steps=20", "log_every=10", "eval_samples=64",
+        "data.image_size=16", "data.batch_size=16", "data.num_workers=0", "optim.warmup_steps=5",
+        "optim.lr=3e-3", "objective.recon_loss=gaussian",
+        "objective.temperature_steps=60", "objective.kl_warmup_steps=20", "log_every=10", "eval_samples=64",
         "progress=false"]  # fmt: skip
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("dalle_train_tokenizer_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("recipes/dalle/train_tokenizer.py")
 
 
 def _run(run_dir, data_dir, steps, *extra, env=None, check=True):
@@ -47,8 +45,10 @@ def test_config_errors():
         recipe.load_config(None, ["data.image_size=20"])
     with pytest.raises(ValueError, match="needs data.images"):
         recipe.load_config(None, ["data.dataset=files"])
-    with pytest.raises(ValueError, match="unknown config key 'schedule.kl_wieght'"):
-        recipe.load_config(None, ["schedule.kl_wieght=1"])
+    with pytest.raises(ValueError, match="recon_loss must be 'logit_laplace' or 'gaussian'"):
+        recipe.load_config(None, ["objective.recon_loss=l1"])
+    with pytest.raises(ValueError, match="unknown config key 'objective.kl_wieght'"):
+        recipe.load_config(None, ["objective.kl_wieght=1"])
     recipe.load_config(str(REPO / "recipes/dalle/configs/shapes.yaml"), [])
 
 

@@ -122,3 +122,27 @@ def test_gumbel_relaxation_is_a_distribution_and_sharpens_with_temperature():
     freq = wins / wins.sum()  # 3200 draws
     torch.testing.assert_close(freq[:3], torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0)
     assert codes.max(1).values.mean() > 0.9  # nearly one-hot at tau = 1/16
+
+
+def test_straight_through_decodes_hard_codes_and_still_trains_the_encoder():
+    model = _dvae()
+    seen = {}
+    model.decoder.register_forward_pre_hook(lambda m, inputs: seen.update(codes=inputs[0]))
+    x = dalle_preprocess(torch.rand(2, 3, 16, 16))
+    out = model(x, temperature=1.0, straight_through=True)
+    codes = seen["codes"].detach()
+    one_hot = torch.nn.functional.one_hot(codes.argmax(1), 16).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(codes, one_hot, atol=1e-6, rtol=0)  # hard in the forward pass (up to rounding)
+    out.loss.backward()
+    assert model.encoder.output.conv.weight.grad.abs().sum() > 0
+
+
+def test_gaussian_reconstruction_loss_is_scaled_squared_error():
+    model = _dvae()
+    x = dalle_preprocess(torch.rand(2, 3, 16, 16))
+    out = model(x, recon_loss="gaussian", pixel_sigma=0.5, generator=torch.Generator().manual_seed(0))
+    mean = (torch.sigmoid(out.params[:, :3]) - 0.1) / 0.8
+    expected = ((mean - (x - 0.1) / 0.8) ** 2).flatten(1).sum(1).mean() / (2 * 0.25)
+    torch.testing.assert_close(out.nll, expected)
+    with pytest.raises(ValueError, match="recon_loss must be"):
+        model(x, recon_loss="l1")
