@@ -315,7 +315,7 @@ class TokenizerRecipe:
             self.window += torch.bincount(out.ids.flatten().cpu(), minlength=self.window.numel())
             if self.step % cfg.log_every == 0:
                 self._log_train(out, x, tau, beta, float(grad_norm))
-                progress.set_postfix(loss=f"{out.loss.item():.4f}")
+                progress.set_postfix(loss=f"{out.loss.item():.4f}", refresh=False)
             if self.step % cfg.eval_every == 0 and self.step < o.total_steps:
                 self.metrics.log(self.step, self.evaluate(), split="eval")
             if self.step % cfg.image_every == 0 and self.step < o.total_steps:

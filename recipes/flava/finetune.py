@@ -308,7 +308,7 @@ class FinetuneRecipe:
                     value = self.evaluate()
                     history.append((step, value))
                     self.metrics.log(step, {cfg.metric: value}, split="eval")
-                    progress.set_postfix({cfg.metric: f"{value:.4f}"})
+                    progress.set_postfix({cfg.metric: f"{value:.4f}"}, refresh=False)
                     if best is None or value > best[1]:
                         best = (step, value)
                         self._save_best()

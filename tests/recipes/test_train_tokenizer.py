@@ -64,7 +64,11 @@ def test_learns_exports_and_resumes_exactly(tmp_path):
     assert ev[60]["loss/recon_mse"] < 0.6 * ev[0]["loss/recon_mse"], ev  # learned to reconstruct
     assert ev[60]["usage/perplexity"] > ev[0]["usage/perplexity"]
     train = _records(tmp_path / "ref", "train")
-    assert train[60]["temperature"] == pytest.approx(1 / 16) and train[60]["kl_weight"] == pytest.approx(6.6)
+    from mmkit.tokenizers import gumbel_temperature
+
+    # the 60th update (step index 59) used the schedules' values at 59: annealed and warmed up
+    assert train[60]["temperature"] == pytest.approx(gumbel_temperature(59, 1.0, 1 / 16, 60))
+    assert train[60]["kl_weight"] == pytest.approx(6.6)
     assert {"usage/perplexity", "usage/dead", "usage/used", "loss/kl_per_token"} <= set(train[10])
     assert sorted(p.name for p in (tmp_path / "ref").glob("recon_step*.png")) == [
         "recon_step00000000.png", "recon_step00000030.png", "recon_step00000060.png"]  # fmt: skip
