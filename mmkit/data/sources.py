@@ -16,6 +16,7 @@ the standard library's ``tarfile``; brace patterns are expanded with ``braceexpa
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -80,7 +81,8 @@ def expand_paths(patterns: str | Path | list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for pattern in patterns:
         for item in braceexpand(str(pattern)):
-            matches = sorted(Path().glob(item)) if any(c in item for c in "*?[") else [Path(item)]
+            # glob.glob, not Path.glob: absolute patterns (/data/pairs-*.tar) must work too
+            matches = sorted(map(Path, glob.glob(item))) if any(c in item for c in "*?[") else [Path(item)]
             if not matches:
                 raise FileNotFoundError(f"no file matches {item!r}")
             out.extend(matches)

@@ -39,8 +39,8 @@ def zero_shot_logits(image_embeddings: Tensor, class_embeds: Tensor) -> Tensor:
 
 
 def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, wd: float, max_iter: int) -> tuple[Tensor, Tensor]:
-    w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
+    w = torch.zeros(num_classes, x.shape[1], device=x.device, dtype=x.dtype, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:

@@ -56,12 +56,14 @@ COUNT_WORDS = {"1": "one", "2": "two", "3": "three"}
 
 @torch.no_grad()
 def image_features(model, source, n: int, transform, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen image CLS features ``(n, D)`` (after the final LayerNorm) and labels ``(n,)``, on the model's device."""
+    device = next(model.parameters()).device
     ds = ClassificationDataset(source, "image", transform)
     feats, labels = [], []
     for s in tqdm(range(0, min(n, len(ds)), batch), desc="image features", leave=False, disable=None):
         b = collate_classification([ds[i] for i in range(s, min(n, len(ds), s + batch))])
-        feats.append(model.model.encode_image(b["pixel_values"]).last_hidden_state[:, 0])
-        labels.append(b["labels"])
+        feats.append(model.model.encode_image(b["pixel_values"].to(device)).last_hidden_state[:, 0].float())
+        labels.append(b["labels"].to(device))
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", help="zero-shot prompt templates, one per line with {} for the class")
     parser.add_argument("--samples", type=int, default=1000, help="evaluation images per task (at most)")
     parser.add_argument("--out", help="write results as JSON here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.checkpoint and args.config:
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint:
         base = FLAVAConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else FLAVAConfig.tiny()
     model = flava_model_for_classification(2, "image", base, checkpoint=args.checkpoint, hidden_dim=8).eval()
+    device = torch.device(args.device)
+    model = model.to(device)
     tok_path = args.tokenizer or (Path(args.checkpoint) / "tokenizer" if args.checkpoint else None)
     tokenizer = TextTokenizer.from_pretrained(tok_path) if tok_path and Path(tok_path).exists() else None
     cfg = model.model.config
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if tokenizer is None:
             raise ValueError("text tasks need a tokenizer: pass --tokenizer or a checkpoint exported with one")
         ids, mask = pad_sequences([tokenizer.encode(t).input_ids for t in texts], tokenizer.pad_token_id)
-        return flava.embed_text(flava.encode_text(ids, mask))
+        return flava.embed_text(flava.encode_text(ids.to(device), mask.to(device))).float()
 
     def labelled_images(path: str | None, flag: str) -> tuple[ImageFolder, list[str]]:
         if not path:
@@ -142,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         captions.append(decode_text(rec))
                     except ValueError as e:
                         raise ValueError(f"pair {rec.key!r} of {args.pairs or 'the shapes pairs'}: {e}") from None
-                feats = torch.cat([flava.encode_image(torch.stack(pixels[s : s + 128])).last_hidden_state[:, 0]
-                                   for s in range(0, n, 128)])  # fmt: skip
+                chunks = [torch.stack(pixels[s : s + 128]).to(device) for s in range(0, n, 128)]
+                feats = torch.cat([flava.encode_image(c).last_hidden_state[:, 0] for c in chunks])
                 img = torch.nn.functional.normalize(flava.image_projection(feats), dim=-1)
                 txt = torch.cat([embed_texts(captions[s : s + 256]) for s in range(0, n, 256)])
                 results.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt).items()})
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise ValueError(f"train classes {train_names} differ from evaluation classes {test_names}")
                     x, y = image_features(model, train, len(train), transform)
                 cut = int(len(x) * 2 / 3)
-                order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+                order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(x.device)
                 x, y = x[order], y[order]
                 probe = linear_probe(x[:cut], y[:cut], x[cut:], y[cut:])
                 xt, yt = image_features(model, test, args.samples, transform)

@@ -15,6 +15,7 @@ def _resolve(dataset):
 def test_tar_shards_brace_patterns_and_bad_records(shards, tokenizer):
     pattern = str(shards[0].parent / "pairs-{000..001}.tar")
     assert expand_paths(pattern) == shards
+    assert expand_paths(str(shards[0].parent / "pairs-*.tar")) == shards  # an absolute glob
     src = TarShards(pattern)
     assert len(src) == 11 and src.incomplete == ["pairs-001.tar:1004"]
     out = _resolve(FLAVADataset(src, "pair", tokenizer=tokenizer))
