@@ -163,10 +163,18 @@ class ImageTokenizer(nn.Module):
 
     @torch.no_grad()
     def logits(self, pixels: Tensor) -> Tensor:
-        """``(B, 3, h, w)`` dVAE pixels -> ``(B, V, h/8, w/8)`` float logits."""
+        """``(B, 3, h, w)`` dVAE pixels -> ``(B, V, h/8, w/8)`` float logits.
+
+        Always computed in the tokenizer's own dtype with autocast off: the ids are training
+        targets, and a bf16 pass under the training loop's autocast could flip near-tied argmaxes,
+        so in-loop ids would differ from ids cached by ``python -m mmkit.tokenizers.cache``.
+        """
+        dtype = next(self.encoder.parameters()).dtype
+        pixels = pixels.to(dtype)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return self.encoder(pixels).contiguous()
+        with torch.autocast(pixels.device.type, enabled=False):
+            return self.encoder(pixels).contiguous()
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:

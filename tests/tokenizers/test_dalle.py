@@ -110,3 +110,16 @@ def test_bad_input_errors(tmp_path):
         dalle_encoder_from_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"pixels must be \(B, 3, H, W\)"):
         DalleEncoder(hidden_size=8, vocab_size=16)(torch.zeros(1, 1, 16, 16))
+
+
+def test_tokenizer_ignores_the_training_loops_autocast():
+    """Ids are targets: under bf16 autocast they must equal the fp32 ids (what the cache CLI writes)."""
+    from mmkit.tokenizers import DalleEncoder, ImageTokenizer
+
+    torch.manual_seed(0)
+    tok = ImageTokenizer(DalleEncoder(hidden_size=8, vocab_size=64, num_groups=3, blocks_per_group=1))
+    x = torch.rand(4, 3, 16, 16) * 0.8 + 0.1
+    ref = tok(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tok.logits(x).dtype == torch.float32
+        assert torch.equal(tok(x), ref)
