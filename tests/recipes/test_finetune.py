@@ -40,14 +40,22 @@ def test_image_classification_on_a_folder(tmp_path, monkeypatch):
         r._sources()
 
 
-def test_metric_dispatch():
-    import torch
-
+def test_metric_dispatch_against_hand_computations():
+    """Each task kind's metric on a fixed prediction set, computed by hand (see the comments)."""
     recipe = _recipe()
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    labels = torch.tensor([0, 1, 1])
-    assert recipe.compute_metric("accuracy", logits, labels) == pytest.approx(2 / 3)
-    assert recipe.compute_metric("auroc", logits, labels) == pytest.approx(1.0)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])  # predictions 0, 1, 0, 1
+    labels = torch.tensor([0, 1, 1, 1])
+    assert recipe.compute_metric("accuracy", logits, labels) == pytest.approx(3 / 4)
+    # TP 2, FP 0, FN 1, TN 1: precision 1, recall 2/3 -> F1 0.8; MCC (2*1 - 0*1) / sqrt(2*3*1*2)
+    assert recipe.compute_metric("f1", logits, labels) == pytest.approx(0.8)
+    assert recipe.compute_metric("mcc", logits, labels) == pytest.approx(2 / 12**0.5)
+    assert recipe.compute_metric("auroc", logits, labels) == pytest.approx(1.0)  # every positive above the negative
+    x, y = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 4.0, 5.0, 4.0])
+    assert recipe.compute_metric("pearson", x, y) == pytest.approx(3.5 / 23.75**0.5)
+    assert recipe.compute_metric("spearman", x, y) == pytest.approx(3.0 / 22.5**0.5)  # y ranks 1, 2.5, 4, 2.5
+    soft = torch.tensor([[0.0, 0.6, 1.0], [0.3, 0.0, 0.9]])
+    vqa_logits = torch.tensor([[0.1, 0.9, 0.0], [2.0, 0.0, 1.0]])  # predicted answers 1 and 0
+    assert recipe.compute_metric("vqa_accuracy", vqa_logits, soft) == pytest.approx((0.6 + 0.3) / 2)
 
 
 # -- every task kind end to end, on data the tests make -----------------------------------------------
