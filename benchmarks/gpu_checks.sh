@@ -5,15 +5,7 @@
 # That machine has no network: carry the wheels it lacks (xformers, torchdata, braceexpand) in .whl/
 # (CONTRIBUTING.md) and this script installs them first; without xformers its tests skip and say why.
 set -uo pipefail
-OUT="${OUT:-gpu_out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-export MMKIT_DATA=/tmp/mmkit-data
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"

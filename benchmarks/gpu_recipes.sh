@@ -3,15 +3,7 @@
 # tokenizer training, token caching, pretraining with cached ids vs the tokenizer in the loop,
 # finetuning and evaluation. Everything it prints and writes goes to $OUT (or ./gpu_out).
 set -uo pipefail
-OUT="${OUT:-gpu_out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-export MMKIT_DATA=/tmp/mmkit-data
+source benchmarks/gpu_env.sh
 TOK_STEPS=${TOK_STEPS:-600}; PRE_STEPS=${PRE_STEPS:-300}; FT_STEPS=${FT_STEPS:-300}  # smaller for a CPU dry run
 quiet() { tr '\r' '\n' | grep -v -e "it/s" -e "s/it" -e Warning -e "return func" ; }
 python3 -c "import torch; print(torch.cuda.get_device_name())" | tee "$OUT/recipes.txt"

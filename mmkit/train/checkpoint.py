@@ -73,24 +73,34 @@ class CheckpointConfig:
     resume: str = "auto"
 
 
-def run_recipe(recipe_cls: type, load_config, doc: str | None, argv: list[str] | None = None) -> int:
-    """The command line every recipe shares: ``--config FILE key=value ...`` -> ``setup()``, ``train()``,
-    and the process group torn down whatever happens."""
+def recipe_arg_parser(doc: str | None):
+    """The command line every recipe shares: ``--config FILE`` and ``key=value`` overrides."""
     import argparse
-
-    from mmkit.train.distributed import teardown_distributed
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
-    args = parser.parse_args(argv)
-    recipe = recipe_cls(load_config(args.config, args.overrides))
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. optim.lr=3e-4")
+    return parser
+
+
+def run_training(recipe) -> int:
+    """``setup()`` then ``train()``, the process group torn down whatever happens; with several
+    processes on one machine each takes its share of the CPU threads."""
+    from mmkit.train.distributed import teardown_distributed
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     try:
         recipe.setup()
         recipe.train()
     finally:
         teardown_distributed()
     return 0
+
+
+def run_recipe(recipe_cls: type, load_config, doc: str | None, argv: list[str] | None = None) -> int:
+    """Parse ``--config FILE key=value ...``, build ``recipe_cls(load_config(...))`` and run it."""
+    args = recipe_arg_parser(doc).parse_args(argv)
+    return run_training(recipe_cls(load_config(args.config, args.overrides)))
 
 
 class CheckpointManager:

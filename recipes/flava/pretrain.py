@@ -39,7 +39,6 @@ Features and the config keys that control them:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -81,11 +80,12 @@ from mmkit.train import (
     adamw_param_groups,
     parallelize,
     plot_run,
+    recipe_arg_parser,
     rng_state,
+    run_training,
     set_rng_state,
     setup_distributed,
     summarize_run,
-    teardown_distributed,
     warmup_cosine_scheduler,
 )
 from mmkit.utils import config_to_dict
@@ -545,24 +545,14 @@ def _memory_mib(device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (recipes/flava/configs/*.yaml)")
+    parser = recipe_arg_parser(__doc__)
     parser.add_argument("--plot", metavar="RUN_DIR", help="plot and summarise a finished run, then exit")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 data.batch_size=16")
     args = parser.parse_args(argv)
     if args.plot:
         print(f"wrote {plot_run(args.plot)}")
         print(summarize_run(args.plot))
         return 0
-    cfg = load_config(args.config, args.overrides)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    recipe = FLAVAPretrainRecipe(cfg)
-    try:
-        recipe.setup()
-        recipe.train()
-    finally:
-        teardown_distributed()
-    return 0
+    return run_training(FLAVAPretrainRecipe(load_config(args.config, args.overrides)))
 
 
 if __name__ == "__main__":
