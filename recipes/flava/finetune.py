@@ -22,7 +22,7 @@ Features and their config keys:
   become classes in sorted order, the same for both splits. ``image_size`` other than the
   checkpoint's resamples its position embeddings once (VQA used 480² from 224²).
 * optimisation: AdamW (``lr``, ``weight_decay`` 0.01), ``warmup_steps`` then cosine, ``batch_size``
-  per rank, ``steps``; DDP across ranks.
+  per rank, ``steps``; DDP across ranks; ``precision`` = ``fp32`` | ``bf16`` (autocast).
 * evaluation: ``metric`` (accuracy, f1, mcc, auroc, pearson, spearman, vqa_accuracy) on the validation split every
   ``eval_every`` steps; the best model is kept in ``<run_dir>/best``; ``results.json`` at the end.
 """
@@ -108,6 +108,7 @@ class FinetuneConfig:
     log_every: int = 20
     metric: str = "accuracy"
     num_workers: int = 0
+    precision: str = "fp32"  # or "bf16": autocast for the forward passes (LayerNorm/softmax stay fp32)
     checkpoint_every: int = 500  # resumable DCP checkpoints under <run_dir>/checkpoints
     checkpoint_keep: int = 2
     resume: str = "auto"  # auto: continue from the latest complete checkpoint; none: start over
@@ -118,6 +119,8 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
     if cfg.metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     regression_metric = cfg.metric in ("pearson", "spearman")
     if regression_metric != (cfg.problem_type == "regression"):
         raise ValueError(
@@ -266,7 +269,8 @@ class FinetuneRecipe:
         for batch in self.val_loader:
             batch = {k: v.to(self.info.device) for k, v in batch.items()}
             y = batch.pop("labels")
-            logits.append(model(**batch).logits.float().cpu())
+            with self._autocast():
+                logits.append(model(**batch).logits.float().cpu())
             labels.append(y.cpu())
         model.train()
         return compute_metric(self.cfg.metric, torch.cat(logits), torch.cat(labels))
@@ -294,7 +298,8 @@ class FinetuneRecipe:
             self.sampler.skip = skip * cfg.batch_size  # resume mid-epoch on the very next batch
             for batch in self.train_loader:
                 batch = {k: v.to(self.info.device) for k, v in batch.items()}
-                out = self.model(**batch)
+                with self._autocast():
+                    out = self.model(**batch)
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad], 1.0)
                 self.optimizer.step()
@@ -327,6 +332,10 @@ class FinetuneRecipe:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)
         return results
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _resume(self) -> dict[str, Any]:
         """Restore the latest complete checkpoint (``resume=auto``) or start fresh."""

@@ -167,8 +167,13 @@ def test_multimodal_binary_classification_hateful_memes_style(tmp_path):
     recipe = _recipe()
     r, results = _train_and_check_best(recipe, tmp_path / "run", [
         "task=pairs", "modality=multimodal", "metric=auroc", "image_column=img", "text_column=question",
+        "precision=bf16",
         f"train_path={tmp_path / 'train.jsonl'}", f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
     assert r.classifier_info["classes"] == ["match", "nomatch"] and results["metric"] == "auroc"
+    with r._autocast():  # precision=bf16: the forward passes ran in bf16
+        assert r.raw_model.head.fc1(torch.zeros(1, 32)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        recipe.load_config(None, ["precision=fp16"])
 
 
 # -- resume and DDP -------------------------------------------------------------------------------------
