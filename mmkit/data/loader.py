@@ -27,9 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmkit.data.collators import FLAVABatch
-from mmkit.data.sources import Record, Source, decode_image, decode_text
+from mmkit.data.sources import Record, Source, decode_image, decode_text, read_token_ids
 from mmkit.data.transforms import FLAVAImageTransform
-from mmkit.tokenizers.cache import read_token_ids
 
 logger = logging.getLogger(__name__)
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, which newer torch deprecates on every

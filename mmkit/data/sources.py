@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TEXT_EXTENSIONS = (".txt", ".json", ".cls")
 
@@ -318,6 +320,14 @@ class TextLines(Source):
             key=f"{path.name}:{offset}",
             meta={"text_bytes": raw, "text_format": fmt, "caption_field": self.text_field},
         )
+
+
+def read_token_ids(data: bytes) -> torch.Tensor:
+    """``<key>.tokens.npy`` bytes (written by ``python -m mmkit.tokenizers.cache``) -> ``(h * w,)``
+    int64 ids, row-major (the ViT's patch order)."""
+    import numpy as np
+
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()
 
 
 def decode_text(record: Record) -> str:

@@ -44,13 +44,6 @@ def _npy_bytes(ids: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def read_token_ids(data: bytes) -> torch.Tensor:
-    """``<key>.tokens.npy`` bytes -> ``(h * w,)`` int64 ids, row-major (the ViT's patch order)."""
-    import numpy as np
-
-    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()
-
-
 def tokenizer_meta(tokenizer: ImageTokenizer, image_size: int) -> dict:
     """What ``__tokenizer__.json`` records (and pretraining compares)."""
     grid = image_size // tokenizer.encoder.downsample
