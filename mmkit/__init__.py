@@ -8,6 +8,16 @@ The package is layered so that lower floors never import higher ones::
 reusable image / text / fusion encoders from those layers, ``mmkit.models``
 composes encoders into FLAVA, and ``mmkit.convert`` maps checkpoints of other
 projects onto ours.
+
+The imports between subpackages form a DAG (``tests/test_layering.py``), an arrow
+meaning "imports"::
+
+    encoders -> layers        heads -> layers        data -> masking
+    tokenizers -> data        models -> encoders, layers, heads, losses, tokenizers
+    convert -> models         (utils imports no other mmkit package)
+
+The external facts the code relies on (paper, released configuration, reference
+implementations) are collected, with their sources, in ``docs/FLAVA.md``.
 """
 
 __version__ = "0.1.0"

@@ -9,8 +9,9 @@ counted instead of crashing the run.
 Why an index instead of a sequential ``webdataset`` pipeline: exact resume. With an index,
 the loader's position is one integer per source (restored by ``StatefulDataLoader``), the
 order is a seeded permutation, and ranks / workers take deterministic disjoint slices of it.
-The tar files are in WebDataset layout (``key.jpg|png|webp`` + ``key.txt|json``), read with
-the standard library's ``tarfile``; brace patterns are expanded with ``braceexpand``.
+The tar files are in WebDataset layout (``key.jpg|png|webp`` + ``key.txt|json``; the rules are in
+:mod:`mmkit.data.formats`), read with the standard library's ``tarfile``; brace patterns are
+expanded with ``braceexpand``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from mmkit.data.formats import IMAGE_EXTENSIONS, TOKENIZER_META, TOKENS_EXT, image_member, split_member_name
+from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TEXT_EXTENSIONS = (".txt", ".json", ".cls")
 
 
@@ -133,15 +134,16 @@ class _FileCache:
 class TarShards(Source):
     """Image-text pairs (or images) in WebDataset-layout tar shards.
 
-    A sample is the group of members sharing a key (the file name up to its first dot):
-    ``key.jpg|jpeg|png|webp`` for the image and ``key.txt`` (the caption) or ``key.json``
-    (``caption_field`` of a JSON object). Samples whose image *or* caption member is
-    missing are left out and counted in ``incomplete``.
+    A sample is the group of members sharing a key (the file name up to its first dot, see
+    :func:`~mmkit.data.formats.split_member_name`): ``key.jpg|jpeg|png|webp`` for the image and
+    ``key.txt`` (the caption) or ``key.json`` (``caption_field`` of a JSON object). Samples whose
+    image *or* caption member is missing are left out and counted in ``incomplete``.
 
     Shards written by ``python -m mmkit.tokenizers.cache`` also hold ``key.tokens.npy`` (the image's
-    dVAE token ids, returned in ``record.meta["tokens_bytes"]``) and a ``__tokenizer__.json`` that
-    says which tokenizer made them; ``token_info`` is that record when every shard has the same
-    one and every sample its ids, else None.
+    dVAE token ids, returned in ``record.meta["tokens_bytes"]``; decode them with
+    :func:`~mmkit.data.formats.read_token_ids`) and a ``__tokenizer__.json`` that says which
+    tokenizer made them; ``token_info`` is that record when every shard has the same one and every
+    sample its ids, else None.
 
     Args:
         paths: shard paths, brace patterns or globs.
@@ -172,23 +174,21 @@ class TarShards(Source):
                     for m in tar:
                         if not m.isfile():
                             continue
-                        base = m.name.rsplit("/", 1)[-1]
-                        if base == "__tokenizer__.json":
+                        if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
                             meta = json.load(tar.extractfile(m))
                             continue
-                        key, dot, ext = base.partition(".")
-                        prefix = m.name[: len(m.name) - len(base)]
-                        groups.setdefault(prefix + key, {})[dot + ext.lower()] = m
+                        key, ext = split_member_name(m.name)
+                        groups.setdefault(key, {})[ext] = m
             except tarfile.TarError as e:
                 raise ValueError(f"{path} is not a readable tar shard: {e}") from e
             for key, members in groups.items():
-                image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+                image = image_member(members)
                 text = next(((members[e], e) for e in (".txt", ".json") if e in members), None)
                 if image is None or (self.require_text and text is None):
                     self.incomplete.append(f"{path.name}:{key}")
                     continue
                 text_loc = None if text is None else (text[0].offset_data, text[0].size, text[1])
-                tokens = members.get(".tokens.npy")
+                tokens = members.get(TOKENS_EXT)
                 tokens_loc = None if tokens is None else (tokens.offset_data, tokens.size)
                 self._index.append((shard_id, key, (image.offset_data, image.size), text_loc, tokens_loc))
             metas.append(meta)
@@ -320,14 +320,6 @@ class TextLines(Source):
             key=f"{path.name}:{offset}",
             meta={"text_bytes": raw, "text_format": fmt, "caption_field": self.text_field},
         )
-
-
-def read_token_ids(data: bytes) -> torch.Tensor:
-    """``<key>.tokens.npy`` bytes (written by ``python -m mmkit.tokenizers.cache``) -> ``(h * w,)``
-    int64 ids, row-major (the ViT's patch order)."""
-    import numpy as np
-
-    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()
 
 
 def decode_text(record: Record) -> str:

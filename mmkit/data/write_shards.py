@@ -18,6 +18,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from mmkit.data.formats import IMAGE_EXTENSIONS
 from mmkit.data.sources import ImageFolder, Manifest, Source, TarShards, decode_image
 
 
@@ -72,7 +73,7 @@ def write_shards(
             written = 0
         key = f"{i:09d}"
         ext = Path(record.key).suffix.lower() or ".png"
-        if ext not in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
+        if ext not in IMAGE_EXTENSIONS:
             ext = ".png"
         _add(tar, key + ext, record.image)
         if record.text is not None:

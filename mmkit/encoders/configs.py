@@ -1,7 +1,7 @@
 """Size/shape configs of the three FLAVA encoders.
 
 Defaults are the released FLAVA sizes (paper Table A.1 and the published
-``FlavaConfig``; see ``shared/FLAVA.md``): ViT-B/16 image encoder, 12-layer
+``FlavaConfig``; see ``docs/FLAVA.md``): ViT-B/16 image encoder, 12-layer
 pre-norm text encoder over the BERT uncased vocabulary, 6-layer fusion encoder;
 width 768, 12 heads, MLP 3072, exact GELU, LayerNorm eps 1e-12, no dropout.
 """

@@ -1,4 +1,11 @@
-"""FLAVA's pretraining loss: a weighted sum of its six objectives (paper §3.2-3.3, all weights 1.0)."""
+"""FLAVA's pretraining loss: a weighted sum of its six objectives (paper §3.2-3.3, all weights 1.0).
+
+:class:`FLAVALossWeights` lives here, beside :data:`OBJECTIVES` and the loss that consumes it,
+although :class:`~mmkit.models.FLAVAConfig` holds one (``pretraining.weights``): ``mmkit.losses``
+imports nothing from mmkit, so ``mmkit.models`` may build on it, while moving the weights up to
+the model config would make this module import ``mmkit.models`` (a cycle) or repeat the
+objective names.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """BEiT-style block masking of the image patch grid.
 
 The law (Bao et al., 2021, "BEiT", Algorithm 1; FLAVA's released processor defaults, see
-``shared/FLAVA.md``): starting from an empty grid, repeatedly try to add one rectangular
+``docs/FLAVA.md``): starting from an empty grid, repeatedly try to add one rectangular
 block until ``num_masking_patches`` patches are masked or a round adds nothing. Each
 round makes up to ``max_attempts`` tries: draw a target area ``s ~ U(min_block, m)``
 where ``m = min(max_block, patches still to mask)``, an aspect ratio ``r`` log-uniform in

@@ -2,7 +2,7 @@
 
 Singh et al., "FLAVA: A Foundational Language And Vision Alignment Model",
 CVPR 2022 (arXiv 2112.04482). Sizes and the wiring below follow the paper and
-the released checkpoint's configuration (see ``shared/FLAVA.md``):
+the released checkpoint's configuration (see ``docs/FLAVA.md``):
 
 * image encoder: ViT-B/16; text encoder: the same pre-norm transformer over BERT
   WordPiece ids; multimodal encoder: 6 layers over

@@ -5,6 +5,11 @@ The paper (§4, supplement B) finetunes a two-layer head (hidden 1536) on ``CLS_
 final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entropy),
 ``multi_label`` (binary cross-entropy on soft targets, e.g. VQA answer scores) or
 ``regression`` (mean squared error, one output, e.g. STS-B).
+
+``checkpoint=`` reads an mmkit pretraining export or a transformers FLAVA directory with
+:func:`mmkit.models.flava_hf.load_flava_weights`. That reader and the transformers key map it needs
+live in ``mmkit.models`` (not ``mmkit.convert``, which builds on the models and re-exports them), so
+this package never imports ``mmkit.convert``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 from mmkit.layers.init import init_weights
 from mmkit.layers.mlp import get_activation
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+from mmkit.models.flava_hf import load_flava_weights
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +195,6 @@ def flava_model_for_classification(
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     state, ckpt_config, kind = (None, None, "")
     if checkpoint is not None:
-        from mmkit.convert.hf import load_flava_weights  # convert builds on models: import at call time
-
         state, ckpt_config, kind = load_flava_weights(checkpoint)
     cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
     notes = []

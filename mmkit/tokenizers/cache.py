@@ -8,6 +8,8 @@ Each output shard holds every member of its input shard, in order, plus ``<key>.
 size) and, first, ``__tokenizer__.json``: the tokenizer's fingerprint, input size, grid,
 vocabulary and crop. Pretraining reads the ids instead of running the codebook when every shard
 has them (``mmkit.data.TarShards.token_info``), and refuses ids from another tokenizer, size or crop.
+The format (member names, the WebDataset key rule, the ``.npy`` encoding, the record) is defined
+once, in :mod:`mmkit.data.formats`, which the reader (``TarShards``) shares.
 
 Shards are written to a temporary name and renamed when complete, so an interrupted run leaves
 no half-written shard; shards already complete in ``--out`` for the same tokenizer are skipped.
@@ -26,34 +28,25 @@ from pathlib import Path
 
 import torch
 
+from mmkit.data.formats import (
+    TOKENIZER_META,
+    TOKENS_EXT,
+    image_member,
+    split_member_name,
+    token_cache_meta,
+    token_ids_to_bytes,
+)
+from mmkit.data.sources import Record, decode_image, expand_paths
+from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
 from mmkit.tokenizers.dalle import ImageTokenizer, dalle_encoder_from_checkpoint, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
-TOKENS_EXT = ".tokens.npy"
-META_NAME = "__tokenizer__.json"
-CROP = "center"
-
-
-def _npy_bytes(ids: torch.Tensor) -> bytes:
-    import numpy as np
-
-    dtype = np.int16 if int(ids.max()) < 2**15 else np.int32
-    buf = io.BytesIO()
-    np.save(buf, ids.cpu().numpy().astype(dtype), allow_pickle=False)
-    return buf.getvalue()
-
 
 def tokenizer_meta(tokenizer: ImageTokenizer, image_size: int) -> dict:
-    """What ``__tokenizer__.json`` records (and pretraining compares)."""
+    """What ``__tokenizer__.json`` records (and pretraining compares), for this tokenizer at this input size."""
     grid = image_size // tokenizer.encoder.downsample
-    return {
-        "fingerprint": tokenizer_fingerprint(tokenizer.encoder),
-        "image_size": image_size,
-        "grid": [grid, grid],
-        "vocab_size": tokenizer.vocab_size,
-        "crop": CROP,
-    }
+    return token_cache_meta(tokenizer_fingerprint(tokenizer.encoder), image_size, grid, tokenizer.vocab_size)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -68,29 +61,30 @@ def cache_shard(
 ) -> dict[str, int]:
     """Write ``dst``: ``src`` plus the token ids of every sample's image. Returns counts
     (``samples``, ``tokenized``, ``unreadable``); unreadable images are logged and get no ids."""
-    from mmkit.data.sources import IMAGE_EXTENSIONS, Record, decode_image
-    from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
-
     transform = FLAVAImageTransform(ImageTransformConfig(image_size=image_size, codebook_image_size=image_size))
     device = next(tokenizer.parameters()).device
     with tarfile.open(src, "r:") as tar:
         members = [m for m in tar if m.isfile()]
         data = {m.name: tar.extractfile(m).read() for m in members}
     groups: dict[str, list[tarfile.TarInfo]] = {}
+    images: dict[str, tarfile.TarInfo] = {}  # the member TarShards reads as each sample's image
     for m in members:
-        base = m.name.rsplit("/", 1)[-1]
-        if base.startswith("__") or m.name.endswith(TOKENS_EXT):  # an older cache's entries: replaced
+        key, ext = split_member_name(m.name)
+        if key.rsplit("/", 1)[-1].startswith("__") or ext == TOKENS_EXT:  # an older cache's entries: replaced
             continue
-        groups.setdefault(m.name[: len(m.name) - len(base)] + base.split(".", 1)[0], []).append(m)
+        groups.setdefault(key, []).append(m)
+    for key, ms in groups.items():
+        image = image_member({split_member_name(m.name)[1]: m for m in ms})
+        if image is not None:
+            images[key] = image
     ids: dict[str, torch.Tensor] = {}
-    keys = [k for k, ms in groups.items() if any(m.name.lower().endswith(IMAGE_EXTENSIONS) for m in ms)]
+    keys = list(images)
     unreadable = 0
     for start in range(0, len(keys), batch_size):
         chunk, pixels = [], []
         for key in keys[start : start + batch_size]:
-            image_member = next(m for m in groups[key] if m.name.lower().endswith(IMAGE_EXTENSIONS))
             try:
-                pixels.append(transform(decode_image(Record(key=key, image=data[image_member.name])))["codebook_image"])
+                pixels.append(transform(decode_image(Record(key=key, image=data[images[key].name])))["codebook_image"])
                 chunk.append(key)
             except ValueError as e:
                 unreadable += 1
@@ -104,12 +98,12 @@ def cache_shard(
             progress.update(len(keys[start : start + batch_size]))
     tmp = dst.with_name(dst.name + ".tmp")
     with tarfile.open(tmp, "w") as out_tar:
-        _add(out_tar, META_NAME, json.dumps(tokenizer_meta(tokenizer, image_size)).encode())
+        _add(out_tar, TOKENIZER_META, json.dumps(tokenizer_meta(tokenizer, image_size)).encode())
         for key, ms in groups.items():
             for m in ms:
                 _add(out_tar, m.name, data[m.name])
             if key in ids:
-                _add(out_tar, key + TOKENS_EXT, _npy_bytes(ids[key]))
+                _add(out_tar, key + TOKENS_EXT, token_ids_to_bytes(ids[key]))
     os.replace(tmp, dst)
     return {"samples": len(groups), "tokenized": len(ids), "unreadable": unreadable}
 
@@ -118,15 +112,13 @@ def _complete_for(path: Path, meta: dict) -> bool:
     try:
         with tarfile.open(path, "r:") as tar:
             first = tar.next()
-            return first is not None and first.name == META_NAME and json.load(tar.extractfile(first)) == meta
+            return first is not None and first.name == TOKENIZER_META and json.load(tar.extractfile(first)) == meta
     except (tarfile.TarError, OSError, ValueError):
         return False
 
 
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
-
-    from mmkit.data.sources import expand_paths
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", nargs="+", required=True, help="tar shards: paths, brace patterns or globs")

@@ -1,7 +1,7 @@
 """The DALL-E dVAE encoder: the image tokenizer behind FLAVA's masked-image-modelling targets.
 
 Architecture (Ramesh et al., 2021, "Zero-Shot Text-to-Image Generation"; as used by FLAVA,
-see ``shared/FLAVA.md``): a 7x7 input conv to ``hidden`` channels, four groups of two
+see ``docs/FLAVA.md``): a 7x7 input conv to ``hidden`` channels, four groups of two
 residual blocks with widths ``1, 2, 4, 8 x hidden`` and a 2x max-pool after groups 1-3
 (112 -> 56 -> 28 -> 14), then ReLU and a 1x1 conv to ``vocab_size`` logits. A block is
 ``id_path(x) + (1 / n_layers**2) * res_path(x)`` with ``n_layers = groups x blocks = 8``;
@@ -9,10 +9,14 @@ residual blocks with widths ``1, 2, 4, 8 x hidden`` and a 2x max-pool after grou
 ``id_path`` a 1x1 conv only where the width changes.
 
 Input pixels are in the dVAE's own space: the image resized to 112² (Lanczos in the data
-pipeline), scaled to [0, 1], then mapped by :func:`dalle_preprocess` (``0.8 x + 0.1``).
+pipeline), scaled to [0, 1], then mapped by :func:`dalle_preprocess` (``0.8 x + 0.1``). That map
+and ``DALLE_EPS`` live in :mod:`mmkit.data.transforms`, which makes the tokenizer's input, and are
+re-exported here: ``mmkit.data`` never imports ``mmkit.tokenizers``.
 
 Module names follow the DALL-E release (``input``, ``group_k.block_j.res_path.conv_i``,
-``output.conv``), so original checkpoints map onto this module with only ``.w/.b`` renamed.
+``output.conv``), so original checkpoints map onto this module with only ``.w/.b`` renamed. The key
+maps of the original and the transformers layouts are in :mod:`mmkit.tokenizers.dalle_keys`;
+:func:`dalle_encoder_from_checkpoint` reads either.
 """
 
 from __future__ import annotations
@@ -26,21 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmkit.data.transforms import DALLE_EPS as DALLE_EPS
+from mmkit.data.transforms import dalle_preprocess as dalle_preprocess
+from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_from_openai
+from mmkit.tokenizers.dalle_keys import dalle_to_hf as dalle_to_hf
 from mmkit.utils.io import read_weights
 
 logger = logging.getLogger(__name__)
-
-#: the DALL-E "logit-Laplace" epsilon: pixels are mapped into [eps, 1 - eps].
-DALLE_EPS = 0.1
-
-
-def dalle_preprocess(images: Tensor) -> Tensor:
-    """Map ``[0, 1]`` pixels into the dVAE's input range: ``(1 - 2 eps) x + eps = 0.8 x + 0.1``.
-
-    Args:
-        images: ``(B, 3, H, W)`` float in ``[0, 1]`` (already resized, 112² for FLAVA).
-    """
-    return (1 - 2 * DALLE_EPS) * images + DALLE_EPS
 
 
 class _ResPath(nn.Sequential):
@@ -193,44 +189,6 @@ class ImageTokenizer(nn.Module):
 # ------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------
-def _dalle_key_from_hf(key: str) -> str:
-    # transformers: blocks.group_1.group.block_1.res_path.path.conv_1.weight
-    key = key.removeprefix("image_codebook.").removeprefix("blocks.")
-    return key.replace(".group.", ".").replace(".path.", ".")
-
-
-def _dalle_key_to_hf(key: str) -> str:
-    parts = key.split(".")
-    if parts[0].startswith("group_"):
-        parts.insert(1, "group")
-        if "res_path" in parts:
-            parts.insert(parts.index("res_path") + 1, "path")
-    return "blocks." + ".".join(parts)
-
-
-def dalle_from_hf(hf_state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """transformers ``FlavaImageCodebook`` (or ``image_codebook.*`` of ``FlavaForPreTraining``) -> ours."""
-    return {_dalle_key_from_hf(k): v for k, v in hf_state_dict.items()}
-
-
-def dalle_to_hf(state_dict: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """Ours -> transformers ``FlavaImageCodebook`` names (``prefix="image_codebook."`` for pretraining)."""
-    return {prefix + _dalle_key_to_hf(k): v for k, v in state_dict.items()}
-
-
-def dalle_from_openai(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Original DALL-E encoder names (``blocks.group_1.block_1.res_path.conv_1.w``) -> ours."""
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("blocks.")
-        if key.endswith(".w"):
-            key = key[:-2] + ".weight"
-        elif key.endswith(".b"):
-            key = key[:-2] + ".bias"
-        out[key] = value
-    return out
-
-
 def tokenizer_fingerprint(encoder: nn.Module) -> str:
     """A short hash of the tokenizer's weights (sha256 over names and float32 values, 16 hex digits):
     cached token ids record it, and pretraining checks it against the configured tokenizer."""

@@ -9,6 +9,7 @@ from mmkit.tokenizers import (
     dalle_preprocess,
     dalle_to_hf,
 )
+from mmkit.utils.keymap import CheckpointMismatchError
 from tests.conftest import hf_tiny_config, randomize_
 
 
@@ -46,6 +47,14 @@ def test_key_maps_round_trip(hf_codebook):
     sd = hf_codebook.state_dict()
     back = dalle_to_hf(dalle_from_hf(sd))
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    # FlavaForPreTraining keeps the codebook under image_codebook.
+    ours = dalle_from_hf(sd)
+    prefixed = dalle_to_hf(ours, prefix="image_codebook.")
+    assert all(k.startswith("image_codebook.blocks.") for k in prefixed)
+    assert dalle_from_hf(prefixed).keys() == ours.keys()
+    assert dalle_from_hf(ours).keys() == ours.keys()  # our names pass through
+    with pytest.raises(CheckpointMismatchError, match="not_a_conv.weight"):
+        dalle_to_hf({**ours, "not_a_conv.weight": torch.zeros(1)})
 
 
 def test_frozen_and_stays_in_eval():

@@ -1,0 +1,82 @@
+"""The on-disk formats of the tar shards: one home for each rule, shared by readers and writers.
+
+* **WebDataset layout.** A member ``<dir>/<key>.<ext>`` belongs to sample ``<dir>/<key>``: the
+  key ends at the first dot of the file name, and everything after it (lower-cased, with its dot)
+  is the member's extension, so ``abc.tokens.npy`` is the ``.tokens.npy`` member of ``abc``
+  (:func:`split_member_name`). A sample's image is its member with the first extension of
+  :data:`IMAGE_EXTENSIONS` present (:func:`image_member`).
+* **Token cache.** ``python -m mmkit.tokenizers.cache`` adds to each sample a ``<key>.tokens.npy``
+  member (the ``(h, w)`` token grid of its image as a ``.npy`` array, int16 when the ids fit, else
+  int32; :func:`token_ids_to_bytes` / :func:`read_token_ids`) and puts first in the shard a
+  ``__tokenizer__.json`` member (:data:`TOKENIZER_META`) recording which tokenizer, input size,
+  grid, vocabulary and crop made them (:func:`token_cache_meta`). :class:`~mmkit.data.TarShards`
+  reads both; the CLI writes them.
+
+They live in ``mmkit.data``, the lower package: ``mmkit.tokenizers`` (the CLI that writes the
+cache) imports them from here, never the other way round.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+#: image member extensions, in order of preference when a sample has several
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+#: extension of a sample's cached token ids
+TOKENS_EXT = ".tokens.npy"
+#: name of the member that says which tokenizer made a shard's token ids (the shard's first member)
+TOKENIZER_META = "__tokenizer__.json"
+#: the crop cached ids are made from (the encoder image must show the same one)
+TOKENS_CROP = "center"
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """A tar member's sample key and extension: ``"d/abc.Tokens.npy" -> ("d/abc", ".tokens.npy")``.
+
+    The key keeps the member's folder and ends at the first dot of its file name; the extension is
+    the rest of the file name, lower-cased, with its leading dot (``""`` when there is no dot).
+    """
+    base = name.rsplit("/", 1)[-1]
+    stem, dot, ext = base.partition(".")
+    return name[: len(name) - len(base)] + stem, dot + ext.lower()
+
+
+def image_member(members: Mapping[str, T]) -> T | None:
+    """A sample's image among its members by extension (``{".jpg": member, ...}``), or None."""
+    return next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+
+
+def token_cache_meta(fingerprint: str, image_size: int, grid: int, vocab_size: int) -> dict[str, Any]:
+    """The ``__tokenizer__.json`` record of cached ids: the tokenizer's fingerprint, its input side,
+    the ``grid x grid`` token grid, its vocabulary size and the crop."""
+    return {
+        "fingerprint": fingerprint,
+        "image_size": image_size,
+        "grid": [grid, grid],
+        "vocab_size": vocab_size,
+        "crop": TOKENS_CROP,
+    }
+
+
+def token_ids_to_bytes(ids: torch.Tensor) -> bytes:
+    """An ``(h, w)`` token grid -> ``<key>.tokens.npy`` bytes (int16 when every id fits, else int32)."""
+    import numpy as np
+
+    dtype = np.int16 if int(ids.max()) < 2**15 else np.int32
+    buf = io.BytesIO()
+    np.save(buf, ids.cpu().numpy().astype(dtype), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_token_ids(data: bytes) -> torch.Tensor:
+    """``<key>.tokens.npy`` bytes -> ``(h * w,)`` int64 ids, row-major (the ViT's patch order)."""
+    import numpy as np
+
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()

@@ -1,0 +1,154 @@
+"""The package layering: imports between mmkit's top-level subpackages form a DAG.
+
+Every ``import mmkit.x`` / ``from mmkit.x import ...`` counts, wherever it is written (module level,
+inside a function, under ``TYPE_CHECKING``), and so do relative imports and
+``importlib.import_module("mmkit.x")`` with a literal name: an import deferred to call time is
+still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "mmkit"
+PACKAGES = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+
+# Directions decided on purpose (each reverse edge exists); see the docstrings of
+# mmkit/data/formats.py, mmkit/models/flava_hf.py, mmkit/tokenizers/dalle_keys.py, mmkit/losses/flava.py.
+FORBIDDEN = [
+    ("data", "tokenizers"),  # tokenizers -> data: dalle_preprocess and the token-cache format live in data
+    ("models", "convert"),  # convert -> models: convert builds and exports models
+    ("tokenizers", "convert"),  # models -> tokenizers and convert -> models
+    ("tokenizers", "models"),
+    ("losses", "models"),  # models -> losses: a pretraining model composes parameter-free losses
+    ("losses", "heads"),
+]
+
+
+def _imported_modules(tree: ast.AST, module: str) -> list[tuple[str, int]]:
+    """``(imported module, line)`` for every import in ``tree``; ``module`` is the dotted name of the
+    file (``mmkit.data.sources``), used to resolve relative imports."""
+    package = module.split(".")[:-1]  # what "." means: the file's package (for __init__.py, the package itself)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "mmkit":  # from mmkit import data
+                found += [(f"mmkit.{alias.name}", node.lineno) for alias in node.names]
+            else:
+                found.append((target, node.lineno))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.args[0].value, node.lineno))
+    return found
+
+
+def _edges(sources: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+    """Package -> package import edges, with the ``file:line`` of each import, from
+    ``{relative path under mmkit/: source text}``."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for rel, text in sources.items():
+        parts = rel.removesuffix(".py").split("/")
+        if len(parts) < 2:  # mmkit/__init__.py
+            continue
+        src = parts[0]
+        for target, line in _imported_modules(ast.parse(text), ".".join(["mmkit", *parts])):
+            names = target.split(".")
+            if names[0] == "mmkit" and len(names) > 1 and names[1] != src:
+                edges.setdefault((src, names[1]), []).append(f"mmkit/{rel}:{line}")
+    return edges
+
+
+def _package_edges() -> dict[tuple[str, str], list[str]]:
+    return _edges({p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8") for p in sorted(ROOT.rglob("*.py"))})
+
+
+def _cycles(nodes: list[str], edges: set[tuple[str, str]]) -> list[list[str]]:
+    """Strongly connected components with more than one package (Tarjan)."""
+    graph = {n: sorted(b for a, b in edges if a == n) for n in nodes}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, []):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for n in nodes:
+        if n not in index:
+            visit(n)
+    return out
+
+
+def test_the_scanner_sees_every_kind_of_import():
+    sources = {
+        "data/a.py": "import mmkit.tokenizers.text\n",
+        "data/b.py": "def f():\n    from mmkit.models import x\n",
+        "data/c.py": "from mmkit import convert\n",
+        "data/d.py": "import importlib\nimportlib.import_module('mmkit.eval.metrics')\n",
+        "data/e.py": "from ..losses import flava\nfrom . import sources\n",
+        "data/__init__.py": "from ..heads import heads\n",
+    }
+    assert sorted(_edges(sources)) == [
+        ("data", "convert"),
+        ("data", "eval"),
+        ("data", "heads"),
+        ("data", "losses"),
+        ("data", "models"),
+        ("data", "tokenizers"),
+    ]
+    assert _cycles(["a", "b", "c", "d"], {("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [["a", "b", "c"]]
+
+
+def test_packages_are_found():
+    expected = {"convert", "data", "encoders", "eval", "heads", "layers", "losses", "masking", "models"}
+    assert expected | {"tokenizers", "train", "utils"} <= set(PACKAGES)
+
+
+def test_no_import_cycle_between_packages():
+    edges = _package_edges()
+    cycles = _cycles(PACKAGES, set(edges))
+    if cycles:
+        lines = []
+        for component in cycles:
+            lines.append(" <-> ".join(component))
+            for (a, b), sites in sorted(edges.items()):
+                if a in component and b in component:
+                    lines.append(f"  {a} -> {b}: {', '.join(sites)}")
+        pytest.fail("import cycles between mmkit packages:\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize(("src", "dst"), FORBIDDEN, ids=[f"{a}-not-{b}" for a, b in FORBIDDEN])
+def test_decided_directions(src, dst):
+    sites = _package_edges().get((src, dst))
+    assert not sites, f"mmkit.{src} must not import mmkit.{dst}: {', '.join(sites)}"
