@@ -59,10 +59,10 @@ def main() -> None:
         for init in ("pretrained", "random"):
             for lr in args.lrs.split(","):
                 run = out / f"{task.split()[0].replace(':', '-')}-{'reg-' if 'regression' in task else ''}{init}-{lr}"
-                overrides = [*extra, f"run_dir={run}", f"steps={args.steps}", f"lr={lr}", "resume=none",
-                             "checkpoint_every=100000"]  # fmt: skip
-                if init == "pretrained":  # the configs say checkpoint: null, i.e. random init
-                    overrides.append(f"checkpoint={args.checkpoint}")
+                overrides = [*extra, f"run_dir={run}", f"optim.total_steps={args.steps}", f"optim.lr={lr}",
+                             "checkpoint.resume=none", "checkpoint.every=100000"]  # fmt: skip
+                if init == "pretrained":  # the configs say init_from: null, i.e. random init
+                    overrides.append(f"init_from={args.checkpoint}")
                 cfg = finetune.load_config(str(REPO / "recipes/flava/configs" / config), overrides)
                 recipe = finetune.FinetuneRecipe(cfg)
                 with contextlib.redirect_stdout(io.StringIO()):

@@ -56,8 +56,10 @@ class FLAVABatch:
         return "text"
 
     def __len__(self) -> int:
-        first = self.pixel_values if self.pixel_values is not None else self.input_ids
-        return 0 if first is None else first.shape[0]
+        for t in (self.pixel_values, self.input_ids, self.masked_input_ids, self.image_token_ids):
+            if t is not None:
+                return t.shape[0]
+        return 0
 
     def model_inputs(self) -> dict[str, Tensor]:
         """The tensor fields that are set, as keyword arguments for the model."""
@@ -179,7 +181,7 @@ class PairCollator(_Seeded, _ImagePart, _TextPart):
     Args:
         block_masker: image masks. token_masker: text masks.
         itm_negative_prob: probability that a sample gets another sample's caption
-            (0.1 in Meta's FLAVA pipeline; see ``shared/FLAVA.md``).
+            (0.1 in Meta's FLAVA pipeline; see ``docs/FLAVA.md``).
         max_length: pad captions to this length (default: longest in batch).
         whole_word: whole-word masking (samples need ``word_ids``).
         seed: seed of the collator's random stream.

@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmkit.data.collators import FLAVABatch
-from mmkit.data.sources import Record, Source, decode_image, decode_text, read_token_ids
+from mmkit.data.formats import read_token_ids
+from mmkit.data.sources import Record, Source, decode_image, decode_text
 from mmkit.data.transforms import FLAVAImageTransform
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,9 @@ def make_loader(
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers else None,
         persistent_workers=False,
+        # its own generator: starting an iterator draws the workers' base seed from it, never from the
+        # global RNG, so a resumed run's model randomness (e.g. Gumbel noise) is not shifted by it
+        generator=torch.Generator().manual_seed(_mix_seed(seed, rank, 7)),
     )
 
 
@@ -328,7 +332,8 @@ class MixedBatches:
             batch, skipped = self._next_from(name)
             self._account(name, batch, skipped)
             if batch is not None:
-                batch.source = name
+                if isinstance(batch, FLAVABatch):
+                    batch.source = name
                 return batch
 
     def _account(self, name: str, batch: FLAVABatch | None, skipped: list[Skipped]) -> None:

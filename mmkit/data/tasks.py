@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from mmkit.data.builtin import COLORS, COUNT_WORDS, SHAPES
 from mmkit.data.collators import pad_sequences
+from mmkit.data.loader import Skipped
 from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text, read_table
 
 COLOR_NAMES = tuple(COLORS)
@@ -265,8 +266,16 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rec = self.source[i]
+    def __getitem__(self, item: int | tuple[int, int, int]) -> dict[str, Any] | Skipped:
+        """A sample; indexed by ``i`` (raises on an unreadable record) or by the ``(epoch, batch, i)``
+        triples of :func:`~mmkit.data.make_loader` (an unreadable record becomes a :class:`Skipped`)."""
+        if isinstance(item, tuple):
+            epoch, batch, i = item
+            try:
+                return {**self[i], "__batch__": (epoch, batch)}
+            except (ValueError, OSError) as e:
+                return Skipped(getattr(self.source, "name", "data"), f"#{i}", str(e))
+        rec = self.source[item]
         label = rec.label
         out: dict[str, Any] = {"label": torch.tensor(label, dtype=torch.float32 if isinstance(label, list) else None)}
         if self.modality in ("image", "multimodal"):
@@ -280,6 +289,19 @@ class ClassificationDataset(Dataset):
             else:
                 out["input_ids"] = self.tokenizer.encode(decode_text(rec)).input_ids
         return out
+
+
+class ClassificationCollator:
+    """:func:`collate_classification` in the collator form :func:`~mmkit.data.make_loader` calls
+    (``collator(samples, generator=...)``; classification batches use no randomness)."""
+
+    def __init__(self, pad_token_id: int = 0) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(
+        self, samples: Sequence[dict[str, Any]], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        return collate_classification(samples, self.pad_token_id)
 
 
 def collate_classification(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Tensor]:

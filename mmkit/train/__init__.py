@@ -1,35 +1,94 @@
-"""Training pieces the recipes share: distributed setup and wrapping, optimisation, checkpoints, metrics."""
+"""The training runtime every recipe shares.
+
+* :mod:`~mmkit.train.context`: :func:`start_run` -> :class:`RunContext` (process group, device,
+  run directory, resolved config, SIGTERM, fault hooks).
+* :mod:`~mmkit.train.collectives`: :class:`Collectives`, the only way training code talks to
+  other ranks (tensors on the process group's device).
+* :mod:`~mmkit.train.step`: :class:`TrainStep` (accumulation, autocast, GradScaler, clipping, the
+  agreed non-finite skip).
+* :mod:`~mmkit.train.loop`: :class:`TrainState` (checkpointed components), :func:`train_loop`.
+* :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.
+* :mod:`~mmkit.train.distributed` (setup, DDP/FSDP2 wrapping), :mod:`~mmkit.train.optim` (AdamW
+  groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, plots),
+  :mod:`~mmkit.train.cli` (the shared command line).
+"""
 
 from mmkit.train.checkpoint import (
     CheckpointConfig,
+    CheckpointError,
     CheckpointManager,
-    recipe_arg_parser,
+    CheckpointSaveError,
+    RNGState,
     rng_state,
-    run_recipe,
-    run_training,
     set_rng_state,
 )
+from mmkit.train.cli import recipe_arg_parser, run_cli, run_recipe, run_training
+from mmkit.train.collectives import Collectives
+from mmkit.train.context import RunContext, start_run
 from mmkit.train.distributed import DistInfo, parallelize, setup_distributed, teardown_distributed
+from mmkit.train.loop import (
+    Counters,
+    LogWindow,
+    NonFiniteError,
+    TrainState,
+    memory_mib,
+    read_scalar,
+    train_loop,
+    unwrap,
+)
 from mmkit.train.metrics import MetricsLogger, plot_run, read_metrics, summarize_run
-from mmkit.train.optim import adamw_param_groups, warmup_cosine, warmup_cosine_scheduler
+from mmkit.train.optim import (
+    OptimConfig,
+    adamw_param_groups,
+    build_optimizer,
+    warmup_cosine,
+    warmup_cosine_scheduler,
+)
+from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
+from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler
 
 __all__ = [
+    "PRECISIONS",
     "CheckpointConfig",
+    "CheckpointError",
     "CheckpointManager",
+    "CheckpointSaveError",
+    "Collectives",
+    "Counters",
     "DistInfo",
+    "LogWindow",
     "MetricsLogger",
+    "NonFiniteError",
+    "OptimConfig",
+    "RNGState",
+    "ResumeError",
+    "RunContext",
+    "SchedulerState",
+    "StepOutcome",
+    "TrainState",
+    "TrainStep",
     "adamw_param_groups",
+    "autocast",
+    "build_optimizer",
+    "check_resume_config",
+    "make_grad_scaler",
+    "memory_mib",
     "parallelize",
     "plot_run",
     "read_metrics",
+    "read_scalar",
     "recipe_arg_parser",
     "rng_state",
+    "run_cli",
     "run_recipe",
     "run_training",
     "set_rng_state",
     "setup_distributed",
+    "start_run",
     "summarize_run",
     "teardown_distributed",
+    "train_loop",
+    "unwrap",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]

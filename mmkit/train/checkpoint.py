@@ -2,31 +2,44 @@
 
 Layout of ``<dir>/step_00001234/``:
 
-* DCP files for ``{"model", "optim"}``, taken with ``torch.distributed.checkpoint.state_dict``
-  (works for plain, DDP and FSDP2 models; sharded tensors are written by every rank);
-* ``rank<r>.pt``: what is per rank (data-loader position, RNG states) plus the scheduler and
-  the step;
+* DCP files for ``{"model", "optim"}`` taken with ``torch.distributed.checkpoint.state_dict``
+  (plain, DDP and FSDP2 models; sharded tensors are written by every rank);
+* ``rank<r>.pt``: this rank's checkpointed components (data position, RNG, scheduler, grad scaler,
+  counters: whatever the recipe registers), plain tensors and containers only, read back with
+  ``torch.load(weights_only=True)`` so a planted pickle payload cannot run;
+* ``meta.json``: step, world size and the run's resolved config (JSON: no code);
 * ``COMPLETE``: written last.
 
-A checkpoint is written under ``step_N.tmp`` and renamed to ``step_N`` by rank 0 after every
-rank finished, so a crash while saving leaves the previous checkpoint intact and the partial
-one invisible. ``latest()`` only considers complete directories; older ones beyond ``keep``
-are deleted after a successful save.
+A checkpoint is written under ``step_N.tmp``, every file is fsynced, and rank 0 renames it to
+``step_N`` after every rank has finished, so a crash while saving leaves the previous checkpoint
+intact and the partial one invisible. Older checkpoints beyond ``keep`` are removed only after
+the new one is complete on disk.
+
+Lineage: resuming from step ``s`` (explicitly, or ``resume=none`` = from step 0) sets every
+later checkpoint aside as ``step_N.abandoned`` so that ``resume=auto`` can never continue the
+abandoned branch; they are deleted at the next successful save.
+
+Trust: DCP's own ``.metadata`` file is unpickled by torch when a checkpoint is loaded. Only resume
+from checkpoint directories you (or your cluster) wrote.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
+import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -35,21 +48,32 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from mmkit.train.collectives import Collectives, local_collectives
+from mmkit.utils import at_least, positive
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+logger = logging.getLogger(__name__)
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+FORMAT_VERSION = 2
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+class Stateful(Protocol):
+    """What a checkpointed component provides (torch optimisers, schedulers and scalers already do)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _barrier() -> None:
-    if _world() > 1:
-        dist.barrier()
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read (missing, truncated, unsafe or corrupt files)."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message names the path and the cause."""
 
 
 def rng_state() -> dict[str, Any]:
+    """torch CPU (and CUDA) and Python ``random`` generator states."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -58,124 +82,232 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState:
+    """The process's random generators as a checkpointed component."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
 
 
 @dataclass
 class CheckpointConfig:
     """The ``checkpoint`` section every recipe shares: save ``every`` steps, keep the last ``keep``,
-    ``resume`` = ``"auto"`` (the latest complete checkpoint, if any) | ``"none"`` | a checkpoint path."""
+    ``resume`` = ``"auto"`` (the latest complete checkpoint, if any) | ``"none"`` (start over; earlier
+    checkpoints in the run directory are set aside) | a checkpoint path."""
 
-    every: int = 1000
-    keep: int = 3
+    every: int = positive(1000)
+    keep: int = at_least(1, 3)
     resume: str = "auto"
 
 
-def recipe_arg_parser(doc: str | None):
-    """The command line every recipe shares: ``--config FILE`` and ``key=value`` overrides."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. optim.lr=3e-4")
-    return parser
-
-
-def run_training(recipe) -> int:
-    """``setup()`` then ``train()``, the process group torn down whatever happens; with several
-    processes on one machine each takes its share of the CPU threads."""
-    from mmkit.train.distributed import teardown_distributed
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        recipe.setup()
-        recipe.train()
+        os.fsync(fd)
     finally:
-        teardown_distributed()
-    return 0
+        os.close(fd)
 
 
-def run_recipe(recipe_cls: type, load_config, doc: str | None, argv: list[str] | None = None) -> int:
-    """Parse ``--config FILE key=value ...``, build ``recipe_cls(load_config(...))`` and run it."""
-    args = recipe_arg_parser(doc).parse_args(argv)
-    return run_training(recipe_cls(load_config(args.config, args.overrides)))
+def _describe_os_error(err: BaseException, path: Path) -> str:
+    """A readable cause; torch reports a full disk as 'unexpected pos ...'."""
+    text = str(err)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    if "unexpected pos" in text or getattr(err, "errno", None) == 28 or (free is not None and free < 2**20):
+        text = f"no space left on device ({free / 2**20:.1f} MiB free)" if free is not None else "no space left"
+    return text
 
 
 class CheckpointManager:
-    """Save / find / load training checkpoints in ``directory``.
+    """Save, find, load and rotate training checkpoints in ``directory``.
 
     Args:
         directory: where ``step_*`` folders go.
-        keep: how many complete checkpoints to keep (older ones are deleted).
+        keep: how many complete checkpoints to keep (older ones are deleted after a save).
+        comm: the run's collectives (default: the current process group's).
     """
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, comm: Collectives | None = None) -> None:
         self.directory = Path(directory)
         self.keep = keep
-        if _rank() == 0:
+        self.comm = comm or local_collectives()
+        self.rank = torch.distributed.get_rank() if self.comm.distributed else 0
+        if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
+            for old in self.directory.glob("step_*.old"):  # a crash in the middle of a re-save
+                final = old.with_suffix("")
+                if not final.exists() and (old / "COMPLETE").exists():
+                    os.replace(old, final)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
             for stale in self.directory.glob("step_*.tmp"):  # a save that never finished
                 shutil.rmtree(stale, ignore_errors=True)
-        _barrier()
+        self.comm.barrier()
+
+    # -- finding ------------------------------------------------------------------------------
+    @staticmethod
+    def step_of(path: str | Path) -> int:
+        m = _STEP_DIR.match(Path(path).name)
+        if not m:
+            raise ValueError(f"{path} is not a checkpoint directory (expected a name like step_00001234)")
+        return int(m.group(1))
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        found = [p for p in self.directory.glob("step_*") if p.is_dir() and (p / "COMPLETE").exists()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        found = [p for p in self.directory.glob("step_*") if _STEP_DIR.match(p.name) and (p / "COMPLETE").exists()]
+        return sorted(found, key=self.step_of)
 
     def latest(self) -> Path | None:
         done = self.complete()
         return done[-1] if done else None
 
+    def retire_after(self, step: int) -> list[Path]:
+        """Set every complete checkpoint after ``step`` aside (``.abandoned``), so the lineage being
+        resumed is the only one ``resume=auto`` can find; returns what was set aside."""
+        later = [p for p in self.complete() if self.step_of(p) > step]
+        if self.rank == 0:
+            for p in later:
+                os.replace(p, p.with_name(p.name + ".abandoned"))
+        self.comm.barrier()
+        return later
+
+    # -- saving -------------------------------------------------------------------------------
     def save(
         self,
         step: int,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        extra: dict[str, Any] | None = None,
+        components: Mapping[str, Stateful] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write a checkpoint of ``step``; ``extra`` (per rank) holds scheduler, data and RNG state."""
-        final = self.directory / f"step_{step:08d}"
-        tmp = self.directory / f"step_{step:08d}.tmp"
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        _barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save({"step": step, **(extra or {})}, tmp / f"rank{_rank()}.pt")
-        _barrier()
-        if _rank() == 0:
-            (tmp / "COMPLETE").write_text(f"step {step}, world size {_world()}\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in self.complete()[: -self.keep] if self.keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier()
-        return final
-
-    def load(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Restore model and optimiser in place; returns this rank's ``extra`` dict (with ``step``).
+        """Write the checkpoint of ``step``: model and optimiser (DCP), every component's
+        ``state_dict()`` (per rank) and ``meta`` (JSON, rank 0).
 
         Raises:
-            FileNotFoundError: if the checkpoint is incomplete or missing.
-            ValueError: if it was written by a different number of ranks (data positions are per rank).
+            CheckpointSaveError: naming the path and the cause (e.g. no space left on device); the
+                previous checkpoints are untouched.
+        """
+        final = self.directory / f"step_{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.comm.barrier()
+        error: BaseException | None = None
+        try:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            per_rank = {name: c.state_dict() for name, c in (components or {}).items()}
+            torch.save(per_rank, tmp / f"rank{self.rank}.pt")
+            for f in tmp.iterdir():
+                _fsync(f)
+        except (OSError, RuntimeError) as e:
+            error = e
+        if self.comm.any(error is not None)[0]:
+            if error is None:
+                raise CheckpointSaveError(f"could not write checkpoint {tmp}: another rank failed (see its log)")
+            raise CheckpointSaveError(f"could not write checkpoint {tmp}: {_describe_os_error(error, tmp)}") from error
+        if self.rank == 0:
+            self._publish(step, tmp, final, meta or {})
+        self.comm.barrier()
+        return final
+
+    def _publish(self, step: int, tmp: Path, final: Path, meta: Mapping[str, Any]) -> None:
+        try:
+            record = {"format": FORMAT_VERSION, "step": step, "world_size": self.comm.world_size, **meta}
+            (tmp / "meta.json").write_text(json.dumps(record, indent=1, default=str))
+            (tmp / "COMPLETE").write_text(f"step {step}, world size {self.comm.world_size}\n")
+            _fsync(tmp / "meta.json")
+            _fsync(tmp / "COMPLETE")
+            old = final.with_name(final.name + ".old")
+            if final.exists():  # re-saving a step: the previous copy stays until the new one is in place
+                os.replace(final, old)
+            os.replace(tmp, final)
+            _fsync(self.directory)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            raise CheckpointSaveError(f"could not write checkpoint {final}: {_describe_os_error(e, final)}") from e
+        for abandoned in self.directory.glob("step_*.abandoned"):
+            shutil.rmtree(abandoned, ignore_errors=True)
+        for old_ckpt in self.complete()[: -self.keep]:
+            shutil.rmtree(old_ckpt, ignore_errors=True)
+
+    # -- loading ------------------------------------------------------------------------------
+    @staticmethod
+    def read_meta(path: str | Path) -> dict[str, Any]:
+        """``meta.json`` of a complete checkpoint.
+
+        Raises:
+            FileNotFoundError: not a complete checkpoint. CheckpointError: unreadable metadata.
         """
         path = Path(path)
         if not (path / "COMPLETE").exists():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
-        ranks = sorted(path.glob("rank*.pt"))
-        if len(ranks) != _world():
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}/meta.json cannot be read ({e})") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by another mmkit checkpoint format ({meta.get('format')!r})")
+        return meta
+
+    def load(
+        self,
+        path: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        components: Mapping[str, Stateful] | None = None,
+    ) -> dict[str, Any]:
+        """Restore model, optimiser and components in place; returns the checkpoint's meta.
+
+        The optimiser's hyperparameters (lr, betas, weight decay, ...) stay as configured: a changed
+        ``optim.lr`` takes effect on resume (the scheduler component re-derives the current lr).
+
+        Raises:
+            FileNotFoundError: not a complete checkpoint.
+            ValueError: written by another number of ranks (data positions are per rank).
+            CheckpointError: a file is missing, truncated, unsafe or does not fit the model.
+        """
+        path = Path(path)
+        meta = self.read_meta(path)
+        if meta["world_size"] != self.comm.world_size:
             raise ValueError(
-                f"{path} was written by {len(ranks)} rank(s) but this run has {_world()}: "
+                f"{path} was written by {meta['world_size']} rank(s) but this run has {self.comm.world_size}: "
                 "resume with the same number of processes"
             )
+        try:
+            per_rank = torch.load(path / f"rank{self.rank}.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}/rank{self.rank}.pt cannot be read safely: {e}") from e
+        missing = sorted(set(components or {}) - set(per_rank))
+        if missing:
+            raise CheckpointError(f"{path}/rank{self.rank}.pt has no state for {missing}")
+        hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        try:
+            self._load_model_and_optimizer(path, model, optimizer)
+        except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+            raise CheckpointError(f"{path}: model/optimizer state cannot be loaded: {e}") from e
+        for group, configured in zip(optimizer.param_groups, hparams, strict=True):
+            group.update(configured)
+        for name, component in (components or {}).items():
+            component.load_state_dict(per_rank[name])
+        return meta
+
+    @staticmethod
+    def _load_model_and_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        # Weights strictly: every one must be in the checkpoint.
-        model_state = {"model": model_sd}
+        model_state = {"model": model_sd}  # weights strictly: every one must be in the checkpoint
         dcp.load(model_state, checkpoint_id=str(path))
         set_model_state_dict(model, model_state["model"])
         # Optimiser state partially: a parameter that never had a gradient before the save (an
@@ -185,9 +317,8 @@ class CheckpointManager:
         set_optimizer_state_dict(model, optimizer, optim_state["optim"], options=StateDictOptions(strict=False))
         # get_state_dict gave every parameter a fresh state; those without a saved one must have
         # none, or Adam's step count (and so its bias correction) would differ from the original run.
-        meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        saved = {k.removeprefix("optim.state.").rsplit(".", 1)[0] for k in meta if k.startswith("optim.state.")}
+        stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        saved = {k.removeprefix("optim.state.").rsplit(".", 1)[0] for k in stored if k.startswith("optim.state.")}
         for name, p in model.named_parameters():
             if name.removeprefix("module.") not in saved:
                 optimizer.state.pop(p, None)
-        return torch.load(path / f"rank{_rank()}.pt", weights_only=False)

@@ -1,11 +1,15 @@
-"""Optimisation pieces the recipes share: AdamW parameter groups and the warmup-cosine schedule."""
+"""Optimisation pieces the recipes share: the ``optim`` config section, AdamW parameter groups and the
+warmup-cosine schedule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from mmkit.utils import at_least, fraction, positive
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float, no_decay: set[str] | None = None) -> list[dict]:
@@ -46,3 +50,25 @@ def warmup_cosine_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_ratio)
     )
+
+
+@dataclass
+class OptimConfig:
+    """The ``optim`` section every recipe shares (each recipe sets its own defaults)."""
+
+    lr: float = positive(1e-3)
+    weight_decay: float = at_least(0, 0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = positive(1e-8)
+    warmup_steps: int = at_least(0, 100)
+    total_steps: int = at_least(1, 1000)
+    min_lr_ratio: float = fraction(0.0)
+    grad_accum: int = at_least(1, 1)
+    max_grad_norm: float | None = positive(1.0)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over :func:`adamw_param_groups` and the warmup-cosine schedule of ``cfg``."""
+    groups = adamw_param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return optimizer, warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)

@@ -1,16 +1,16 @@
 """Finetune FLAVA on a classification or regression task (paper §4, supplement B).
 
     python recipes/flava/finetune.py --config recipes/flava/configs/finetune_shapes_color.yaml \
-        checkpoint=runs/demo/final
+        init_from=runs/demo/final
     torchrun --standalone --nproc_per_node=2 recipes/flava/finetune.py --config ... key=value
 
 Features and their config keys:
 
-* model: ``checkpoint`` (an mmkit pretraining export ``<run>/final``, a transformers FLAVA
+* model: ``init_from`` (an mmkit pretraining export ``<run>/final``, a transformers FLAVA
   directory, or empty for random initialisation — the load report names the new head weights),
-  ``preset`` + ``model.*`` when there is no checkpoint; ``modality`` (``image`` CLS_I, ``text``
-  CLS_T, ``multimodal`` CLS_M); ``problem_type`` (``single_label``, ``multi_label``,
-  ``regression``); the paper's 2-layer head, ``head_hidden`` 1536.
+  ``preset`` + ``model.*`` when there is none; ``modality`` (``image`` CLS_I, ``text`` CLS_T,
+  ``multimodal`` CLS_M); ``problem_type`` (``single_label``, ``multi_label``, ``regression``); the
+  paper's 2-layer head, ``head_hidden`` 1536.
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,
   ``shapes:entailment``), ``folder`` (image classes in subfolders: ``train_path``/``val_path``),
   ``text`` (CSV/JSONL: ``text_column``, ``text_pair_column`` for GLUE-style sentence pairs,
@@ -20,11 +20,16 @@ Features and their config keys:
   human answers per question), ``problem_type=multi_label`` and a fixed ``answer_vocab`` file, one
   answer per line, or the ``answer_vocab_size`` most frequent training answers). String labels
   become classes in sorted order, the same for both splits. ``image_size`` other than the
-  checkpoint's resamples its position embeddings once (VQA used 480² from 224²).
-* optimisation: AdamW (``lr``, ``weight_decay`` 0.01), ``warmup_steps`` then cosine, ``batch_size``
-  per rank, ``steps``; DDP across ranks; ``precision`` = ``fp32`` | ``bf16`` (autocast).
-* evaluation: ``metric`` (accuracy, f1, mcc, auroc, pearson, spearman, vqa_accuracy) on the validation split every
-  ``eval_every`` steps; the best model is kept in ``<run_dir>/best``; ``results.json`` at the end.
+  checkpoint's resamples its position embeddings once (VQA used 480² from 224²). Read through
+  ``mmkit.data``'s loaders: ``batch_size`` per rank, ``num_workers``, unreadable records skipped,
+  counted and bounded by ``max_bad_fraction``; the position is checkpointed (exact resume).
+* runtime (``mmkit.train``, shared with pretraining): ``optim.*`` (AdamW, warmup then cosine,
+  ``optim.total_steps``, ``optim.grad_accum``, clipping), ``precision`` = ``fp32`` | ``bf16`` |
+  ``fp16``, ``distributed`` = ``ddp`` | ``fsdp`` | ``none``, ``checkpoint.every/keep/resume``,
+  non-finite steps skipped and bounded by ``max_nonfinite``, SIGTERM saves and exits.
+* evaluation: ``metric`` (accuracy, f1, mcc, auroc, pearson, spearman, vqa_accuracy) on the
+  validation split every ``eval_every`` steps; the best model is exported to ``<run_dir>/best``
+  (a gathered full state dict under FSDP2); ``results.json`` at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -40,36 +44,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import yaml
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from mmkit.data import FLAVAImageTransform, ImageFolder, ImageTransformConfig, shapes_dataset
+from mmkit.data import FLAVAImageTransform, ImageFolder, ImageTransformConfig, MixedBatches, make_loader, shapes_dataset
 from mmkit.data.sources import read_table
-from mmkit.data.tasks import (
-    TASKS,
-    ClassificationDataset,
-    LabeledPairs,
-    LabeledText,
-    ShapesTask,
-    collate_classification,
-)
+from mmkit.data.tasks import TASKS, ClassificationCollator, ClassificationDataset, LabeledPairs, LabeledText, ShapesTask
 from mmkit.eval import accuracy, auroc, f1_score, matthews_corrcoef, pearson, spearman, vqa_soft_accuracy
 from mmkit.models import FLAVAConfig, flava_model_for_classification
 from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.train import (
-    CheckpointManager,
+    PRECISIONS,
+    CheckpointConfig,
     MetricsLogger,
-    adamw_param_groups,
+    OptimConfig,
+    RNGState,
+    SchedulerState,
+    TrainState,
+    TrainStep,
+    autocast,
+    build_optimizer,
+    make_grad_scaler,
     parallelize,
-    rng_state,
     run_recipe,
-    set_rng_state,
-    setup_distributed,
-    warmup_cosine_scheduler,
+    start_run,
+    train_loop,
+    unwrap,
 )
-from mmkit.utils import config_to_dict
+from mmkit.utils import at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 METRICS = ("accuracy", "f1", "mcc", "auroc", "pearson", "spearman", "vqa_accuracy")
@@ -79,13 +79,13 @@ METRICS = ("accuracy", "f1", "mcc", "auroc", "pearson", "spearman", "vqa_accurac
 class FinetuneConfig:
     run_dir: str = "runs/finetune"
     seed: int = 0
-    checkpoint: str | None = None
-    preset: str = "tiny"
+    init_from: str | None = None  # pretraining export or transformers directory; None: random init
+    preset: str = choice("tiny", "full")
     model: dict[str, Any] = field(default_factory=dict)
-    modality: str = "image"
-    problem_type: str = "single_label"
-    num_classes: int | None = None  # None: from the task
-    head_hidden: int = 1536
+    modality: str = choice("image", "text", "multimodal")
+    problem_type: str = choice("single_label", "multi_label", "regression")
+    num_classes: int | None = at_least(1, None)  # None: from the task
+    head_hidden: int = at_least(1, 1536)
     task: str = "shapes:color"
     train_path: str | None = None
     val_path: str | None = None
@@ -95,34 +95,36 @@ class FinetuneConfig:
     image_column: str = "image"
     answers_column: str | None = None  # VQA: the human answers of each question
     answer_vocab: str | None = None  # VQA: file with one answer per line; None: most frequent in train
-    answer_vocab_size: int = 3129
-    tokenizer: str | None = None  # None: the checkpoint's (mmkit export) or trained on the shapes text
-    image_size: int | None = None  # None: the model's
-    max_length: int = 32
-    batch_size: int = 32
-    steps: int = 300
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 30
-    eval_every: int = 100
-    log_every: int = 20
-    metric: str = "accuracy"
-    num_workers: int = 0
-    precision: str = "fp32"  # or "bf16": autocast for the forward passes (LayerNorm/softmax stay fp32)
-    checkpoint_every: int = 500  # resumable DCP checkpoints under <run_dir>/checkpoints
-    checkpoint_keep: int = 2
-    resume: str = "auto"  # auto: continue from the latest complete checkpoint; none: start over
+    answer_vocab_size: int = at_least(1, 3129)
+    tokenizer: str | None = None  # None: the checkpoint's (mmkit export) or trained on the training text
+    image_size: int | None = at_least(1, None)  # None: the model's
+    max_length: int = at_least(1, 32)
+    batch_size: int = at_least(1, 32)  # per rank
+    num_workers: int = at_least(0, 0)
+    max_bad_fraction: float = fraction(0.01)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=30, total_steps=300)
+    )
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=500, keep=2))
+    distributed: str = choice("ddp", "fsdp", "none")
+    precision: str = choice(*PRECISIONS)
+    eval_every: int = at_least(1, 100)
+    log_every: int = at_least(1, 20)
+    metric: str = choice(*METRICS)
+    max_nonfinite: int = at_least(1, 5)
+    progress: bool = True
+
+
+FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "num_classes", "head_hidden", "task",
+          "train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
+          "answers_column", "answer_vocab", "answer_vocab_size", "tokenizer", "image_size", "max_length",
+          "batch_size", "num_workers", "optim.grad_accum", "metric")  # fmt: skip
 
 
 def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
-    """YAML file, then ``key=value`` overrides; unknown keys raise."""
+    """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
-    if cfg.metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-    regression_metric = cfg.metric in ("pearson", "spearman")
-    if regression_metric != (cfg.problem_type == "regression"):
+    if (cfg.metric in ("pearson", "spearman")) != (cfg.problem_type == "regression"):
         raise ValueError(
             f"metric {cfg.metric!r} does not fit problem_type {cfg.problem_type!r}: regression takes "
             "pearson or spearman, classification the others"
@@ -149,65 +151,93 @@ def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> flo
     return auroc(logits.softmax(-1)[:, 1], labels)
 
 
+@dataclass
+class Progress:
+    """Validation history, best ``(step, value)`` and the value before training (checkpointed)."""
+
+    history: list = field(default_factory=list)
+    best: list | None = None
+    start: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [tuple(h) for h in state["history"]]
+        self.best, self.start = state["best"], state["start"]
+
+
 class FinetuneRecipe:
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.progress = Progress()
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.info = setup_distributed()
-        torch.manual_seed(cfg.seed)
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
+        self.run_dir = ctx.run_dir
         self.tokenizer = self._tokenizer() if cfg.modality != "image" else None
+        train, val, classes = self._sources()
+        self.raw_model = self._model(cfg.num_classes or len(classes)).to(ctx.device)
+        self._setup_data(train, val)
+        self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
+        self.optimizer, self.scheduler = build_optimizer(self.raw_model, cfg.optim)
+        scaler = make_grad_scaler(cfg.precision, ctx.device)
+        self.step = TrainStep(ctx, self.model, self.optimizer, self.scheduler, params=self.raw_model.parameters(),
+                              precision=cfg.precision, grad_accum=cfg.optim.grad_accum,
+                              max_grad_norm=cfg.optim.max_grad_norm, scaler=scaler)  # fmt: skip
+        components = {"scheduler": SchedulerState(self.scheduler), "data": self.stream, "rng": RNGState(),
+                      "progress": self.progress, **({"grad_scaler": scaler} if scaler else {})}  # fmt: skip
+        self.state = TrainState(ctx, cfg.checkpoint, self.model, self.optimizer, components, FROZEN)
+        self.state.resume()
+        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False)
+        self.classifier_info = {"num_classes": cfg.num_classes or len(classes), "modality": cfg.modality,
+                                "problem_type": cfg.problem_type, "hidden_dim": cfg.head_hidden,
+                                "classes": [str(c) for c in classes], "metric": cfg.metric}  # fmt: skip
+
+    def _model(self, num_classes: int):
+        cfg = self.cfg
         overrides = dict(cfg.model)
-        if self.tokenizer is not None and not cfg.checkpoint:
+        if self.tokenizer is not None and not cfg.init_from:
             overrides["text.vocab_size"] = self.tokenizer.vocab_size
         if cfg.image_size:  # with a checkpoint: its position table is resampled once to this size
             overrides["image.image_size"] = cfg.image_size
-        base = None if cfg.checkpoint else (FLAVAConfig.tiny() if cfg.preset == "tiny" else FLAVAConfig())
-        train, val, classes = self._sources()
-        num = cfg.num_classes or len(classes)
-        model = flava_model_for_classification(
-            num, cfg.modality, base, checkpoint=cfg.checkpoint, problem_type=cfg.problem_type,
-            hidden_dim=cfg.head_hidden, **overrides,
-        )  # fmt: skip
-        if self.info.is_main and model.load_report is not None:
+        base = None if cfg.init_from else (FLAVAConfig.tiny() if cfg.preset == "tiny" else FLAVAConfig())
+        torch.manual_seed(cfg.seed)  # the same new head on every rank
+        model = flava_model_for_classification(num_classes, cfg.modality, base, checkpoint=cfg.init_from,
+                                               problem_type=cfg.problem_type, hidden_dim=cfg.head_hidden,
+                                               **overrides)  # fmt: skip
+        if self.ctx.is_main and model.load_report is not None:
             (self.run_dir / "load_report.txt").write_text(str(model.load_report) + "\n")
-        size = model.model.config.image.image_size
+        return model
+
+    def _setup_data(self, train, val) -> None:
+        cfg, info = self.cfg, self.ctx.info
+        size = self.raw_model.model.config.image.image_size
         transform = FLAVAImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=0))
-        pad = self.tokenizer.pad_token_id if self.tokenizer else 0
-        collate = lambda s: collate_classification(s, pad)  # noqa: E731
+        collate = ClassificationCollator(self.tokenizer.pad_token_id if self.tokenizer else 0)
         self.train_ds = ClassificationDataset(train, cfg.modality, transform, self.tokenizer)
         self.val_ds = ClassificationDataset(val, cfg.modality, transform, self.tokenizer)
-        sampler = ResumableDistributedSampler(
-            self.train_ds, self.info.world_size, self.info.rank, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-        self.sampler = sampler
-        self.train_loader = DataLoader(self.train_ds, cfg.batch_size, sampler=sampler, collate_fn=collate,
-                                       num_workers=cfg.num_workers, drop_last=True)  # fmt: skip
-        self.val_loader = DataLoader(self.val_ds, cfg.batch_size, collate_fn=collate, num_workers=cfg.num_workers)
-        self.raw_model = model.to(self.info.device)
-        self.model = parallelize(model, self.info, "ddp")
-        self.optimizer = torch.optim.AdamW(adamw_param_groups(self.raw_model, cfg.weight_decay), lr=cfg.lr)
-        self.scheduler = warmup_cosine_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps)
-        self.metrics = MetricsLogger(self.run_dir, enabled=self.info.is_main, tensorboard=False)
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint_keep)
-        self.classifier_info = {"num_classes": num, "modality": cfg.modality, "problem_type": cfg.problem_type,
-                                "hidden_dim": cfg.head_hidden, "classes": [str(c) for c in classes],
-                                "metric": cfg.metric}  # fmt: skip
+        if len(self.train_ds) < cfg.batch_size * info.world_size:
+            raise ValueError(
+                f"the training split has fewer samples ({len(self.train_ds)}) than one batch per rank "
+                f"({cfg.batch_size} x {info.world_size} ranks): lower batch_size"
+            )
+        loader = make_loader(self.train_ds, collate, cfg.batch_size, rank=info.rank, world_size=info.world_size,
+                             seed=cfg.seed, num_workers=cfg.num_workers)  # fmt: skip
+        self.stream = MixedBatches({"train": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction)
+        self.val_loader = make_loader(self.val_ds, collate, cfg.batch_size, shuffle=False, repeat=False,
+                                      drop_last=False, num_workers=cfg.num_workers)  # fmt: skip
 
     def _tokenizer(self) -> TextTokenizer:
         cfg = self.cfg
         if cfg.tokenizer:
             return TextTokenizer.from_pretrained(cfg.tokenizer, max_length=cfg.max_length)
-        if cfg.checkpoint and (Path(cfg.checkpoint) / "tokenizer").exists():
-            return TextTokenizer.from_pretrained(Path(cfg.checkpoint) / "tokenizer", max_length=cfg.max_length)
-        if cfg.checkpoint:  # the checkpoint's text embeddings only fit the tokenizer it was trained with
+        if cfg.init_from and (Path(cfg.init_from) / "tokenizer").exists():
+            return TextTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer", max_length=cfg.max_length)
+        if cfg.init_from:  # the checkpoint's text embeddings only fit the tokenizer it was trained with
             raise ValueError(
-                f"checkpoint {cfg.checkpoint} has no tokenizer/ folder: set `tokenizer` to the vocab.txt or "
+                f"init_from {cfg.init_from} has no tokenizer/ folder: set `tokenizer` to the vocab.txt or "
                 "tokenizer.json it was trained with"
             )
         # random initialisation: any vocabulary will do; learn one from the training text (saved in the run)
@@ -220,7 +250,7 @@ class FinetuneRecipe:
                 corpus = Path(tmp) / "train.txt"
                 corpus.write_text("\n".join(str(r[c]) for r in rows for c in columns), encoding="utf-8")
                 tokenizer = train_wordpiece([corpus], 1000, min_frequency=1, max_length=cfg.max_length)
-        if self.info.is_main:
+        if self.ctx.is_main:
             tokenizer.save(self.run_dir / "tokenizer")
         return tokenizer
 
@@ -239,155 +269,113 @@ class FinetuneRecipe:
             if train.classes != val.classes:
                 raise ValueError(f"train classes {train.classes} differ from val classes {val.classes}")
             return train, val, train.classes
-        regression = cfg.problem_type == "regression"
+        train, val = self._labeled_sources()
+        if cfg.problem_type == "regression":
+            return train, val, [0]
+        if train.classes is not None:
+            return train, val, train.classes
+        return train, val, list(range(max(int(train[i].label) for i in range(len(train))) + 1))  # integer class ids
+
+    def _labeled_sources(self):
+        cfg, regression = self.cfg, self.cfg.problem_type == "regression"
         if cfg.task == "text":
             kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, text_pair_column=cfg.text_pair_column,
                       regression=regression)  # fmt: skip
             train = LabeledText(cfg.train_path, **kw)
-            val = LabeledText(cfg.val_path, labels=train.classes, **kw)
-        elif cfg.task == "pairs":
-            vocab = None
-            if cfg.answer_vocab:
-                vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
-            kw = dict(image_column=cfg.image_column, text_column=cfg.text_column, label_column=cfg.label_column,
-                      answers_column=cfg.answers_column, answer_vocab_size=cfg.answer_vocab_size)  # fmt: skip
-            train = LabeledPairs(cfg.train_path, answer_vocab=vocab, **kw)
-            val = LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes, **kw)
-        else:
+            return train, LabeledText(cfg.val_path, labels=train.classes, **kw)
+        if cfg.task != "pairs":
             raise ValueError(f"task must be 'shapes:<name>', 'folder', 'text' or 'pairs', got {cfg.task!r}")
-        if regression:
-            return train, val, [0]
-        if train.classes is not None:
-            return train, val, train.classes
-        return train, val, list(range(max(int(r[-1]) for r in train._rows) + 1))  # integer class ids
+        vocab = None
+        if cfg.answer_vocab:
+            vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
+        kw = dict(image_column=cfg.image_column, text_column=cfg.text_column, label_column=cfg.label_column,
+                  answers_column=cfg.answers_column, answer_vocab_size=cfg.answer_vocab_size)  # fmt: skip
+        train = LabeledPairs(cfg.train_path, answer_vocab=vocab, **kw)
+        return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes, **kw)
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        model = self.raw_model
+        """The metric on the whole validation split (every rank evaluates it: FSDP2 needs them all)."""
+        model = unwrap(self.model)
         model.eval()
-        logits, labels = [], []
-        for batch in self.val_loader:
-            batch = {k: v.to(self.info.device) for k, v in batch.items()}
-            y = batch.pop("labels")
-            with self._autocast():
+        logits, labels, skipped = [], [], 0
+        for batch, bad in self.val_loader:
+            skipped += len(bad)
+            if batch is None:
+                continue
+            batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
+            labels.append(batch.pop("labels").cpu())
+            with autocast(self.cfg.precision, self.ctx.device):
                 logits.append(model(**batch).logits.float().cpu())
-            labels.append(y.cpu())
         model.train()
+        if not logits:
+            raise ValueError(f"none of the {len(self.val_ds)} validation records could be read ({skipped} skipped)")
         return compute_metric(self.cfg.metric, torch.cat(logits), torch.cat(labels))
 
     def train(self) -> dict[str, Any]:
-        """Train for ``steps`` steps, evaluating every ``eval_every``; resumable from ``checkpoints/``."""
-        cfg = self.cfg
-        state = self._resume()
-        step, history, best = state["step"], state["history"], state["best"]
-        if state["start"] is None:
-            state["start"] = self.evaluate()
-            self.metrics.log(0, {cfg.metric: state["start"]}, split="eval")
-        self.model.train()
-        per_epoch = len(self.train_loader)
-        if per_epoch == 0:
-            raise ValueError(
-                f"the training split has fewer samples ({len(self.train_ds)}) than one batch per rank "
-                f"({cfg.batch_size} x {self.info.world_size} ranks): lower batch_size"
-            )
-        progress = tqdm(total=cfg.steps, initial=step, desc="finetune", disable=not self.info.is_main,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0)  # fmt: skip
-        while step < cfg.steps:
-            epoch, skip = divmod(step, per_epoch)
-            self.sampler.set_epoch(epoch)
-            self.sampler.skip = skip * cfg.batch_size  # resume mid-epoch on the very next batch
-            for batch in self.train_loader:
-                batch = {k: v.to(self.info.device) for k, v in batch.items()}
-                with self._autocast():
-                    out = self.model(**batch)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad], 1.0)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                step += 1
-                progress.update(1)
-                if step % cfg.log_every == 0:
-                    self.metrics.log(step, {"loss": float(out.loss.detach()), "lr": self.scheduler.get_last_lr()[0]})
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    value = self.evaluate()
-                    history.append((step, value))
-                    self.metrics.log(step, {cfg.metric: value}, split="eval")
-                    progress.set_postfix({cfg.metric: f"{value:.4f}"}, refresh=False)
-                    if best is None or value > best[1]:
-                        best = (step, value)
-                        self._save_best()
-                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    self.ckpt.save(step, self.model, self.optimizer, {
-                        "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                        "history": history, "best": best, "start": state["start"]})  # fmt: skip
-                if os.environ.get("MMKIT_FAULT_KILL_AT_STEP") == str(step):  # fault injection for tests
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if step >= cfg.steps:
-                    break
-        progress.close()
-        results = {"metric": cfg.metric, "start": state["start"], "best_step": best[0], "best": best[1],
-                   "final": history[-1][1], "history": history, "checkpoint": cfg.checkpoint}  # fmt: skip
-        if self.info.is_main:
+        """Train for ``optim.total_steps`` steps, evaluating every ``eval_every``; resumable."""
+        cfg, p = self.cfg, self.progress
+        if p.start is None:
+            p.start = self.evaluate()
+            self.metrics.log(0, {cfg.metric: p.start}, split="eval")
+        device = self.ctx.device
+        next_batch = lambda: {k: v.to(device) for k, v in next(self.stream).items()}  # noqa: E731
+        done = train_loop(
+            self.ctx, self.state, lambda step: self.step(next_batch, _forward, step),
+            total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every, max_nonfinite=cfg.max_nonfinite,
+            log_every=cfg.log_every, on_log=self._log, eval_every=cfg.eval_every, on_eval=self._on_eval,
+            progress=cfg.progress, desc="finetune",
+        )  # fmt: skip
+        if not done:
+            return {}
+        if not p.history or p.history[-1][0] != self.state.step:
+            self._on_eval(self.state.step)
+        results = {"metric": cfg.metric, "start": p.start, "best_step": p.best[0], "best": p.best[1],
+                   "final": p.history[-1][1], "history": p.history, "init_from": cfg.init_from}  # fmt: skip
+        if self.ctx.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)
         return results
 
-    def _autocast(self):
-        enabled = self.cfg.precision == "bf16"
-        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=enabled)
+    def _log(self, step: int, record: dict[str, float], outcome) -> None:
+        self.metrics.log(step, {"loss": record["loss/total"], "lr": self.scheduler.get_last_lr()[0],
+                                "samples_per_s": record["samples_per_s"]})  # fmt: skip
 
-    def _resume(self) -> dict[str, Any]:
-        """Restore the latest complete checkpoint (``resume=auto``) or start fresh."""
-        fresh = {"step": 0, "history": [], "best": None, "start": None}
-        if self.cfg.resume != "auto" or (path := self.ckpt.latest()) is None:
-            return fresh
-        extra = self.ckpt.load(path, self.model, self.optimizer)
-        self.scheduler.load_state_dict(extra["scheduler"])
-        set_rng_state(extra["rng"])
-        if self.info.is_main:
-            print(f"resumed from {path} (step {extra['step']})", flush=True)
-        best = tuple(extra["best"]) if extra["best"] is not None else None
-        return {"step": extra["step"], "history": [tuple(h) for h in extra["history"]], "best": best,
-                "start": extra["start"]}  # fmt: skip
+    def _on_eval(self, step: int) -> None:
+        value, p = self.evaluate(), self.progress
+        p.history.append((step, value))
+        self.metrics.log(step, {self.cfg.metric: value}, split="eval")
+        if p.best is None or value > p.best[1]:
+            p.best = [step, value]
+            self._save_best()
 
     def _save_best(self) -> None:
-        """Export the current model to ``<run_dir>/best`` atomically (a crash leaves the previous best)."""
-        if self.info.is_main:
-            from safetensors.torch import save_file
+        """Export the current model to ``<run_dir>/best`` atomically (a crash leaves the previous best);
+        under FSDP2 the full state dict is gathered first."""
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            out, tmp = self.run_dir / "best", self.run_dir / "best.tmp"
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.ctx.is_main:
+            out, tmp, old = self.run_dir / "best", self.run_dir / "best.tmp", self.run_dir / "best.old"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.raw_model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"))
+            save_file({k: v.detach().contiguous().cpu() for k, v in full.items()}, str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(self.raw_model.model.config.to_dict()))
             (tmp / "classifier.json").write_text(json.dumps(self.classifier_info, indent=2))
             if self.tokenizer is not None:
                 self.tokenizer.save(tmp / "tokenizer")
-            old = self.run_dir / "best.old"
             shutil.rmtree(old, ignore_errors=True)
             if out.exists():
                 os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
-        if self.info.world_size > 1:
-            dist.barrier()
+        self.ctx.comm.barrier()
 
 
-class ResumableDistributedSampler(torch.utils.data.DistributedSampler):
-    """:class:`~torch.utils.data.DistributedSampler` that can start an epoch ``skip`` samples in (per
-    rank), so a resumed run sees exactly the batches the interrupted one had not reached yet."""
-
-    skip: int = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.skip :]
-        self.skip = 0
-        return iter(indices)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
+def _forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = model(**batch)
+    return out.loss, {}
 
 
 def main(argv: list[str] | None = None) -> int:

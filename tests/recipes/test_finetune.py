@@ -27,13 +27,14 @@ def test_image_classification_on_a_folder(tmp_path, monkeypatch):
     recipe = _recipe()
     run = tmp_path / "run"
     recipe.main(["--config", str(REPO / "recipes/flava/configs/finetune_shapes_color.yaml"), f"run_dir={run}",
-                 "task=folder", f"train_path={tmp_path / 'train'}", f"val_path={tmp_path / 'val'}", "steps=4",
-                 "eval_every=2", "batch_size=4", "head_hidden=8", "warmup_steps=1"])  # fmt: skip
+                 "task=folder", f"train_path={tmp_path / 'train'}", f"val_path={tmp_path / 'val'}",
+                 "optim.total_steps=4", "eval_every=2", "batch_size=4", "head_hidden=8",
+                 "optim.warmup_steps=1"])  # fmt: skip
     results = json.loads((run / "results.json").read_text())
     assert results["metric"] == "accuracy" and [s for s, _ in results["history"]] == [2, 4]
     assert results["best"] == max(v for _, v in results["history"])
     assert (run / "best" / "model.safetensors").exists()
-    with pytest.raises(ValueError, match="metric must be one of"):
+    with pytest.raises(ValueError, match="metric: must be one of"):
         recipe.load_config(None, ["metric=bleu"])
     with pytest.raises(ValueError, match="needs train_path and val_path"):
         r = recipe.FinetuneRecipe(recipe.load_config(None, ["task=folder"]))
@@ -67,7 +68,14 @@ def _train_and_check_best(recipe, run, overrides):
     from mmkit.models import load_classifier
     from mmkit.train import teardown_distributed
 
-    small = [f"run_dir={run}", "steps=4", "eval_every=2", "batch_size=4", "head_hidden=8", "warmup_steps=1"]
+    small = [
+        f"run_dir={run}",
+        "optim.total_steps=4",
+        "eval_every=2",
+        "batch_size=4",
+        "head_hidden=8",
+        "optim.warmup_steps=1",
+    ]
     r = recipe.FinetuneRecipe(recipe.load_config(None, [*small, *overrides]))
     try:
         r.setup()
@@ -149,7 +157,7 @@ def test_vqa_soft_scores_from_a_checkpoint_at_a_higher_resolution(tmp_path):
     recipe = _recipe()
     r, _ = _train_and_check_best(recipe, tmp_path / "run", [
         "task=pairs", "modality=multimodal", "problem_type=multi_label", "metric=vqa_accuracy",
-        f"checkpoint={ckpt}", "image_size=48", "image_column=img", "text_column=question",
+        f"init_from={ckpt}", "image_size=48", "image_column=img", "text_column=question",
         "answers_column=answers", f"answer_vocab={vocab}", f"train_path={tmp_path / 'train.jsonl'}",
         f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
     assert r.classifier_info["classes"] == ["red", "blue", "green", "yellow", "purple"]
@@ -170,10 +178,12 @@ def test_multimodal_binary_classification_hateful_memes_style(tmp_path):
         "precision=bf16",
         f"train_path={tmp_path / 'train.jsonl'}", f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
     assert r.classifier_info["classes"] == ["match", "nomatch"] and results["metric"] == "auroc"
-    with r._autocast():  # precision=bf16: the forward passes ran in bf16
+    from mmkit.train import autocast
+
+    with autocast(r.cfg.precision, r.ctx.device):  # precision=bf16: the forward passes ran in bf16
         assert r.raw_model.head.fc1(torch.zeros(1, 32)).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
-        recipe.load_config(None, ["precision=fp16"])
+    with pytest.raises(ValueError, match="precision: must be one of 'fp32', 'bf16', 'fp16', got 'fp64'"):
+        recipe.load_config(None, ["precision=fp64"])
 
 
 # -- resume and DDP -------------------------------------------------------------------------------------
@@ -196,8 +206,8 @@ def _launch(root, run, nproc, batch, steps, env=None, check=True, *extra):
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, str(RECIPE), f"run_dir={run}", "task=folder", f"train_path={root / 'train'}",
-           f"val_path={root / 'val'}", f"steps={steps}", f"batch_size={batch}", "head_hidden=8",
-           "warmup_steps=1", "lr=1e-3", *extra]  # fmt: skip
+           f"val_path={root / 'val'}", f"optim.total_steps={steps}", f"batch_size={batch}", "head_hidden=8",
+           "optim.warmup_steps=1", "optim.lr=1e-3", *extra]  # fmt: skip
     out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                          timeout=300, check=False)  # fmt: skip
     if check:
@@ -214,7 +224,7 @@ def _weights(run):
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     _image_folder(tmp_path)
-    args = ("eval_every=2", "checkpoint_every=3")
+    args = ("eval_every=2", "checkpoint.every=3")
     _launch(tmp_path, tmp_path / "ref", 1, 4, 7, None, True, *args)
     crashed = _launch(tmp_path, tmp_path / "res", 1, 4, 7, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, False, *args)
     assert crashed.returncode != 0

@@ -45,7 +45,7 @@ def test_config_errors():
         recipe.load_config(None, ["data.image_size=20"])
     with pytest.raises(ValueError, match="needs data.images"):
         recipe.load_config(None, ["data.dataset=files"])
-    with pytest.raises(ValueError, match="recon_loss must be 'logit_laplace' or 'gaussian'"):
+    with pytest.raises(ValueError, match="objective.recon_loss: must be one of 'logit_laplace', 'gaussian', got 'l1'"):
         recipe.load_config(None, ["objective.recon_loss=l1"])
     with pytest.raises(ValueError, match="unknown config key 'objective.kl_wieght'"):
         recipe.load_config(None, ["objective.kl_wieght=1"])

@@ -1,0 +1,253 @@
+"""The training loop's bookkeeping, shared by every recipe (library pieces, not a base class).
+
+* :class:`Counters`: step, non-finite total and current streak, checkpointed.
+* :class:`TrainState`: model + optimiser (DCP) and the recipe's named components (per rank),
+  saved and resumed under the resume rules of :mod:`mmkit.train.resume`.
+* :class:`LogWindow`: device-side sums of losses and gradient norms between log steps, read on the
+  host once per log step; samples/s excludes time spent in evaluation and checkpoints.
+* :func:`train_loop`: steps until ``total_steps`` with logging, evaluation, checkpoints (never
+  during a non-finite streak: a due checkpoint waits for the next finite step), the streak bound,
+  the SIGTERM stop every rank agrees on, and the kill fault of the resume tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.train.checkpoint import CheckpointConfig, CheckpointManager, Stateful
+from mmkit.train.context import RunContext
+from mmkit.train.resume import resume
+from mmkit.train.step import StepOutcome
+from mmkit.utils import config_to_dict
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclass
+class Counters:
+    """Step and non-finite counters (a checkpointed component)."""
+
+    step: int = 0
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+
+    def record(self, finite: bool) -> None:
+        self.step += 1
+        self.nonfinite_streak = 0 if finite else self.nonfinite_streak + 1
+        self.nonfinite_total += 0 if finite else 1
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.step, self.nonfinite_total = int(state["step"]), int(state["nonfinite_total"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])
+
+
+class TrainState:
+    """Everything a run checkpoints, and the resume rules that guard it.
+
+    Args:
+        ctx: the run context (its config is stored in every checkpoint and compared on resume).
+        config: the recipe's ``checkpoint`` section.
+        model, optimizer: saved through DCP (DDP and FSDP2 alike).
+        components: ``{name: stateful}`` saved per rank (scheduler, scaler, data, RNG, ...);
+            :attr:`counters` is added as ``"counters"``.
+        frozen: config fields that must not change on resume (dotted prefixes).
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        config: CheckpointConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        components: Mapping[str, Stateful],
+        frozen: Sequence[str],
+    ) -> None:
+        self.ctx, self.config, self.model, self.optimizer = ctx, config, model, optimizer
+        self.counters = Counters()
+        self.components: dict[str, Stateful] = {**components, "counters": self.counters}
+        self.frozen = tuple(frozen)
+        self.manager = CheckpointManager(ctx.run_dir / "checkpoints", keep=config.keep, comm=ctx.comm)
+
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+    def save(self) -> Path:
+        meta = {"config": config_to_dict(self.ctx.config)}
+        return self.manager.save(self.step, self.model, self.optimizer, self.components, meta)
+
+    def resume(self) -> bool:
+        """Apply ``checkpoint.resume``; True when a checkpoint was loaded. Writes ``config.yaml``."""
+        meta = resume(self.manager, self.config.resume, self.model, self.optimizer, self.components,
+                      self.ctx.config, self.frozen, log=self.ctx.print)  # fmt: skip
+        self.ctx.write_config()
+        return meta is not None
+
+    def latest(self) -> Path | None:
+        return self.manager.latest()
+
+
+class LogWindow:
+    """Per-key means of device tensors over the steps since the last read, and samples/s."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.samples, self.paused = 0, 0.0
+        self.start = time.perf_counter()
+        self.grad_norm: Tensor | None = None
+
+    def add(self, outcome: StepOutcome) -> None:
+        for k, v in outcome.losses.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.samples += outcome.samples
+        self.grad_norm = outcome.grad_norm
+
+    @contextmanager
+    def pause(self):
+        """Time spent inside does not count against samples/s."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t
+
+    def read(self, world_size: int = 1) -> dict[str, float]:
+        """``loss/<k>`` means, the last ``grad_norm`` and ``samples_per_s`` (all ranks); resets."""
+        keys = list(self.sums)
+        tensors = [self.sums[k] / self.counts[k] for k in keys]
+        if self.grad_norm is not None:
+            tensors.append(self.grad_norm)
+        values = torch.stack(tensors).tolist() if tensors else []  # the one host read of the window
+        out = {f"loss/{k}": v for k, v in zip(keys, values, strict=False)}
+        if self.grad_norm is not None:
+            out["grad_norm"] = values[-1]
+        elapsed = max(time.perf_counter() - self.start - self.paused, 1e-9)
+        out["samples_per_s"] = self.samples * world_size / elapsed
+        self._reset()
+        return out
+
+
+def progress_bar(ctx: RunContext, total: int, initial: int, desc: str, enabled: bool = True):
+    """tqdm on rank 0 (redrawn rarely when stderr is a log file, so logs stay readable); else None."""
+    if not (enabled and ctx.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
+
+
+def train_loop(
+    ctx: RunContext,
+    state: TrainState,
+    step_fn: Callable[[int], StepOutcome],
+    *,
+    total_steps: int,
+    checkpoint_every: int,
+    max_nonfinite: int,
+    log_every: int,
+    on_log: Callable[[int, dict[str, float], StepOutcome], None],
+    eval_every: int | None = None,
+    on_eval: Callable[[int], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> bool:
+    """Run steps ``state.step + 1 .. total_steps``; returns True when all ran, False after a stop.
+
+    Order after each step: count it, check the streak bound, log (every ``log_every`` and the last),
+    evaluate (every ``eval_every`` before the last), checkpoint (every ``checkpoint_every`` and the
+    last, deferred while non-finite), the kill fault, then the agreed stop (which saves first).
+
+    Raises:
+        NonFiniteError: ``max_nonfinite`` non-finite steps in a row.
+    """
+    bar = progress_bar(ctx, total_steps, state.step, desc, progress)
+    window, pending = LogWindow(), False
+    try:
+        while state.step < total_steps:
+            outcome = step_fn(state.step + 1)
+            state.counters.record(outcome.finite)
+            step = state.step
+            window.add(outcome)
+            _check_streak(ctx, state, max_nonfinite, outcome.finite)
+            if bar is not None:
+                bar.update(1)
+            if step % log_every == 0 or step == total_steps:
+                on_log(step, window.read(ctx.info.world_size), outcome)
+            with window.pause():
+                if on_eval is not None and eval_every and step % eval_every == 0 and step < total_steps:
+                    on_eval(step)
+                pending = pending or step % checkpoint_every == 0 or step == total_steps
+                if pending and state.counters.nonfinite_streak == 0:
+                    state.save()
+                    pending = False
+            ctx.after_step(step)
+            if outcome.stop:
+                return _stop(ctx, state)
+        return True
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_streak(ctx: RunContext, state: TrainState, max_nonfinite: int, finite: bool) -> None:
+    c = state.counters
+    if finite:
+        return
+    if ctx.is_main:
+        print(f"step {c.step}: non-finite loss or gradient, update skipped", file=sys.stderr, flush=True)
+    if c.nonfinite_streak >= max_nonfinite:
+        raise NonFiniteError(
+            f"{c.nonfinite_streak} non-finite steps in a row (last at step {c.step}); stopping. The last good "
+            f"checkpoint is {state.latest()}. Lower optim.lr or check the data."
+        )
+
+
+def _stop(ctx: RunContext, state: TrainState) -> bool:
+    latest = state.latest()
+    saved_now = latest is not None and CheckpointManager.step_of(latest) == state.step
+    if state.counters.nonfinite_streak == 0 and not saved_now:
+        state.save()
+        ctx.print(f"SIGTERM: checkpoint saved at step {state.step}, exiting")
+    elif not saved_now:
+        ctx.print(f"SIGTERM during a non-finite streak: not saved; the last good checkpoint is {latest}")
+    return False
+
+
+def read_scalar(t: Any) -> float:
+    """A parameter or tensor as a float (gathers an FSDP2 DTensor)."""
+    t = t.detach()
+    return float(t.full_tensor() if hasattr(t, "full_tensor") else t)
+
+
+def memory_mib(device: torch.device) -> float:
+    """Peak CUDA memory, or this process's peak resident set size, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (FSDP2 and plain models are returned as they are)."""
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,167 @@
+"""One optimiser step, the same for every recipe.
+
+:class:`TrainStep` runs ``grad_accum`` micro-batches (gradient synchronisation skipped on all but
+the last: DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``), under autocast for ``bf16`` /
+``fp16``, with a ``GradScaler`` for ``fp16``; unscales, clips, and decides on the device whether
+the step is finite. That decision and the stop request (SIGTERM) are combined in ONE all-reduce
+(MAX) so every rank skips or applies the same updates and stops at the same step; it is the only
+host read of a normal step. Losses and the gradient norm stay on the device (:class:`StepOutcome`)
+until a log step reads them.
+
+GradScaler done right: ``unscale_`` every step, and ``update`` every step — on a skipped step the
+scale is backed off explicitly (so ranks whose own gradients were finite back off too) — and the
+scaler's state is a checkpointed component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.train.context import RunContext
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ForwardFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]  # (model, batch) -> (loss, {name: loss})
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision`` (``fp32``: none). LayerNorm and softmax stay fp32 under
+    autocast's own rules."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A ``GradScaler`` for ``fp16`` (on CUDA, or torch's CPU scaler), else None."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def _sync_gradients(model: nn.Module, sync: bool):
+    """Context for a micro-batch: with ``sync=False`` gradients are accumulated locally only."""
+    if hasattr(model, "no_sync"):  # DDP
+        return nullcontext() if sync else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    return nullcontext()
+
+
+@dataclass
+class StepOutcome:
+    """What a step leaves behind: device tensors (read them at log steps) and host decisions."""
+
+    finite: bool
+    stop: bool
+    losses: dict[str, Tensor] = field(default_factory=dict)  # per objective, mean over micro-batches
+    grad_norm: Tensor | None = None
+    samples: int = 0
+    last_batch: Any = None
+
+
+class TrainStep:
+    """Gradient accumulation, autocast, gradient scaling, clipping and the agreed non-finite skip.
+
+    Args:
+        ctx: the run context (collectives, stop request, fault hooks).
+        model: the (wrapped) model the forward runs on.
+        optimizer, scheduler: stepped once per call (the scheduler also on skipped steps).
+        params: parameters to clip (default: the model's trainable ones).
+        precision: ``fp32`` | ``bf16`` | ``fp16``.
+        grad_accum: micro-batches per step (>= 1).
+        max_grad_norm: clip threshold (None: no clipping, the norm is still measured).
+        scaler: the ``GradScaler`` (``fp16``; see :func:`make_grad_scaler`).
+        after_update: called after each applied update (e.g. clamping ``logit_scale``).
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        params: Iterable[nn.Parameter] | None = None,
+        precision: str = "fp32",
+        grad_accum: int = 1,
+        max_grad_norm: float | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        after_update: Callable[[], None] | None = None,
+    ) -> None:
+        if grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+        if precision == "fp16" and scaler is None:
+            raise ValueError("precision fp16 needs a GradScaler (make_grad_scaler)")
+        self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
+        self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
+        self.scaler, self.after_update = scaler, after_update
+
+    def __call__(self, next_batch: Callable[[], Any], forward: ForwardFn, step: int) -> StepOutcome:
+        """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``."""
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.ctx.device)
+        samples, batch = 0, None
+        for micro in range(self.grad_accum):
+            batch = next_batch()
+            with _sync_gradients(self.model, micro == self.grad_accum - 1), autocast(self.precision, self.ctx.device):
+                loss, parts = forward(self.model, batch)
+                if micro == 0 and self.ctx.inject_nonfinite(step):
+                    loss = loss * float("nan")
+                loss = loss / self.grad_accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += loss.detach().float()
+            for k, v in parts.items():
+                losses[k] = losses.get(k, 0) + v.detach().float() / self.grad_accum
+            samples += batch_size(batch)
+        losses["total"] = total
+        grad_norm = self._unscale_and_clip()
+        nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
+        bad, stop = self.ctx.comm.any(nonfinite, self.ctx.stop_requested)
+        self._apply(not bad)
+        return StepOutcome(not bad, stop, losses, grad_norm, samples, batch)
+
+    def _unscale_and_clip(self) -> Tensor:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        return norm.detach().float()
+
+    def _apply(self, finite: bool) -> None:
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.after_update is not None:
+                self.after_update()
+        elif self.scaler is not None:
+            backoff(self.scaler)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: ``len`` of a batch object, or the leading size of a dict's first tensor."""
+    if isinstance(batch, dict):
+        return next(int(v.shape[0]) for v in batch.values() if isinstance(v, Tensor))
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    return len(batch)
+
+
+def backoff(scaler: torch.amp.GradScaler) -> None:
+    """What ``GradScaler.update`` does after an overflow, applied whatever this rank's own gradients
+    were: scale times the backoff factor, growth tracker reset, per-step state cleared."""
+    state = scaler.state_dict()
+    scaler.update(state["scale"] * state["backoff_factor"])
+    scaler.load_state_dict({**scaler.state_dict(), "_growth_tracker": 0})

@@ -1,0 +1,170 @@
+"""The shared runtime's pieces on a tiny model: GradScaler handling, checkpoint round trips, safe loading,
+atomic saves with readable errors, resume rules."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from mmkit.train import (
+    CheckpointError,
+    CheckpointManager,
+    CheckpointSaveError,
+    Collectives,
+    DistInfo,
+    ResumeError,
+    RunContext,
+    SchedulerState,
+    TrainState,
+    TrainStep,
+    check_resume_config,
+    warmup_cosine_scheduler,
+)
+from mmkit.train.checkpoint import CheckpointConfig
+
+
+def _ctx(tmp_path, config=None) -> RunContext:
+    return RunContext(DistInfo(), Collectives(torch.device("cpu"), 1), tmp_path, config or CheckpointConfig())
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 4))
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    while True:
+        yield torch.randn(8, 4, generator=g)
+
+
+def _forward(model, x):
+    loss = model(x).float().sum()  # d loss / d output = 1: scaled by 2^20 it overflows fp16
+    return loss, {"sum": loss}
+
+
+def _fp16_step(tmp_path, model, scaler):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = warmup_cosine_scheduler(opt, 0, 100)
+    return TrainStep(_ctx(tmp_path), model, opt, sched, precision="fp16", scaler=scaler, max_grad_norm=1.0), opt
+
+
+def test_fp16_overflow_skips_backs_off_continues_and_the_scale_resumes_exactly(tmp_path):
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, backoff_factor=2.0**-19, growth_interval=1)
+    step, opt = _fp16_step(tmp_path, model, scaler)
+    data = _batches()
+    before = [p.detach().clone() for p in model.parameters()]
+    first = step(lambda: next(data), _forward, 1)
+    assert not first.finite and not torch.isfinite(first.grad_norm)  # a genuine fp16 overflow
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # update skipped
+    assert not opt.state and scaler.get_scale() == 2.0  # scale backed off, Adam untouched
+    second = step(lambda: next(data), _forward, 2)
+    assert second.finite and not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert scaler.get_scale() == 4.0  # growth_interval=1: a finite step grows it
+    # the scale is a checkpointed component: saved and restored exactly
+    state = TrainState(_ctx(tmp_path), CheckpointConfig(every=1, keep=2), model, opt, {"grad_scaler": scaler}, ())
+    state.counters.step = 2
+    state.save()
+    fresh_model = _model()
+    fresh_scaler = torch.amp.GradScaler("cpu", init_scale=7.0)
+    _, fresh_opt = _fp16_step(tmp_path, fresh_model, fresh_scaler)
+    ckpt = CheckpointManager(tmp_path / "checkpoints")
+    ckpt.load(ckpt.latest(), fresh_model, fresh_opt, {"grad_scaler": fresh_scaler, "counters": state.counters})
+    assert fresh_scaler.state_dict() == scaler.state_dict()
+
+
+def _saved(tmp_path, steps=(1, 2, 3), keep=5):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = warmup_cosine_scheduler(opt, 1, 10)
+    ckpt = CheckpointManager(tmp_path / "ck", keep=keep)
+    for s in steps:
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+        ckpt.save(s, model, opt, {"scheduler": SchedulerState(sched)}, {"config": {"optim": {"lr": 1e-3}}})
+    return model, opt, sched, ckpt
+
+
+def test_round_trip_rotation_and_a_resave_keeps_a_complete_copy(tmp_path, monkeypatch):
+    import mmkit.train.checkpoint as mod
+
+    model, opt, sched, ckpt = _saved(tmp_path, keep=2)
+    assert [p.name for p in ckpt.complete()] == ["step_00000002", "step_00000003"]
+    fresh, fresh_opt = _model(), None
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_sched = warmup_cosine_scheduler(fresh_opt, 1, 10)
+    meta = ckpt.load(ckpt.latest(), fresh, fresh_opt, {"scheduler": SchedulerState(fresh_sched)})
+    assert meta["step"] == 3 and fresh_sched.last_epoch == sched.last_epoch
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # re-saving step 3 fails half-way: step 3's complete copy is still there
+    real = mod.dcp.save
+
+    def failing(state, checkpoint_id):
+        real(state, checkpoint_id=checkpoint_id)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod.dcp, "save", failing)
+    with pytest.raises(CheckpointSaveError, match=r"could not write checkpoint .*step_00000003\.tmp: no space left"):
+        ckpt.save(3, model, opt)
+    assert ckpt.latest().name == "step_00000003" and (ckpt.latest() / "COMPLETE").exists()
+
+
+def test_a_pickle_payload_in_any_mmkit_file_never_runs(tmp_path):
+    model, opt, sched, ckpt = _saved(tmp_path, steps=(1, 2))
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    newest = ckpt.latest()
+    (newest / "rank0.pt").write_bytes(pickle.dumps({"scheduler": Payload()}))
+    (newest / "meta.json").write_bytes(pickle.dumps(Payload()))
+    (newest / "COMPLETE").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError):
+        ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+    # the payload in torch.save's own format, with valid metadata beside it: refused by weights_only
+    torch.save({"scheduler": Payload()}, newest / "rank0.pt")
+    (newest / "meta.json").write_text('{"format": 2, "step": 2, "world_size": 1, "config": {}}')
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+    assert not marker.exists()
+
+
+def test_resume_rules_refuse_frozen_fields_and_report_the_rest():
+    saved = {"model": {"text": {"num_layers": 2}}, "data": {"batch_size": 8}, "optim": {"lr": 1e-3}}
+    now = {"model": {"text": {"num_layers": 4}}, "data": {"batch_size": 16}, "optim": {"lr": 1e-3}}
+    with pytest.raises(
+        ResumeError, match=r"data\.batch_size: checkpoint 8, config 16; model\.text\.num_layers: checkpoint 2, config 4"
+    ):
+        check_resume_config(saved, now, ("model", "data.batch_size"))
+    changes = check_resume_config(saved, {**saved, "optim": {"lr": 5e-4}}, ("model", "data.batch_size"))
+    assert changes == ["optim.lr: 0.001 -> 0.0005"]
+
+
+def test_a_changed_lr_takes_effect_on_resume(tmp_path):
+    _, opt, sched, ckpt = _saved(tmp_path, steps=(1, 2, 3))
+    fresh = _model()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=5e-2)  # the new config's lr
+    fresh_sched = warmup_cosine_scheduler(fresh_opt, 1, 10)
+    ckpt.load(ckpt.latest(), fresh, fresh_opt, {"scheduler": SchedulerState(fresh_sched)})
+    assert fresh_sched.last_epoch == 3
+    expected = 5e-2 * fresh_sched.lr_lambdas[0](3)
+    assert fresh_opt.param_groups[0]["lr"] == pytest.approx(expected)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * sched.lr_lambdas[0](3))  # the saved run's
+
+
+def test_collectives_put_tensors_on_their_device_and_are_local_with_one_process():
+    comm = Collectives(torch.device("cpu"), 1)
+    t = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    out = comm.all_reduce(t, "max")
+    assert out.device == comm.device and torch.equal(out, t) and out is not t
+    assert comm.any(False, torch.tensor(1.0), True) == [False, True, True]
+    with pytest.raises(ValueError, match="op must be one of"):
+        comm.all_reduce(t, "prod")
