@@ -80,7 +80,7 @@ def _train_and_check_best(recipe, run, overrides):
     try:
         r.setup()
         results = r.train()
-        r.raw_model = load_classifier(Path(r.cfg.run_dir) / "best")
+        r.model = r.raw_model = load_classifier(Path(r.cfg.run_dir) / "best")
         assert r.evaluate() == pytest.approx(results["best"], abs=1e-6)
     finally:
         teardown_distributed()
