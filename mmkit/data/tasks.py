@@ -188,6 +188,11 @@ class LabeledText(Source):
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def labels(self) -> list[Any]:
+        """Every row's target, in order (no record is read)."""
+        return [row[-1] for row in self._rows]
+
     def __getitem__(self, i: int) -> Record:
         text, pair, label = self._rows[i]
         return Record(key=f"{self.path.name}:{i}", text=text, label=label, meta={"text_pair": pair})
@@ -239,6 +244,11 @@ class LabeledPairs(Source):
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def labels(self) -> list[Any]:
+        """Every row's target, in order (no record is read)."""
+        return [row[-1] for row in self._rows]
 
     def __getitem__(self, i: int) -> Record:
         image_path, text, label = self._rows[i]

@@ -6,7 +6,8 @@
   other ranks (tensors on the process group's device).
 * :mod:`~mmkit.train.step`: :class:`TrainStep` (accumulation, autocast, GradScaler, clipping, the
   agreed non-finite skip).
-* :mod:`~mmkit.train.loop`: :class:`TrainState` (checkpointed components), :func:`train_loop`.
+* :mod:`~mmkit.train.loop`: :func:`prepare_training`, :class:`TrainState` (checkpointed components),
+  :func:`train_loop`.
 * :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.
 * :mod:`~mmkit.train.distributed` (setup, DDP/FSDP2 wrapping), :mod:`~mmkit.train.optim` (AdamW
   groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, plots),
@@ -32,6 +33,7 @@ from mmkit.train.loop import (
     NonFiniteError,
     TrainState,
     memory_mib,
+    prepare_training,
     read_scalar,
     train_loop,
     unwrap,
@@ -75,6 +77,7 @@ __all__ = [
     "memory_mib",
     "parallelize",
     "plot_run",
+    "prepare_training",
     "read_metrics",
     "read_scalar",
     "recipe_arg_parser",

@@ -12,8 +12,6 @@ With one process every method is the identity, so single-process runs need no sp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -56,11 +54,6 @@ class Collectives:
         stacked = torch.stack([p.to(self.device) for p in parts])
         return [bool(v) for v in self.all_reduce(stacked, "max").tolist()]
 
-    def mean(self, values: Sequence[float] | Tensor) -> Tensor:
-        """Element-wise mean over ranks of a vector of numbers."""
-        t = values if isinstance(values, Tensor) else torch.tensor(list(values), dtype=torch.float64)
-        return self.all_reduce(t.to(torch.float64), "sum") / self.world_size
-
     def barrier(self) -> None:
         """Wait for every rank (a no-op with one process)."""
         if not self.distributed:
@@ -69,14 +62,6 @@ class Collectives:
             dist.barrier(device_ids=[self.device.index if self.device.index is not None else 0])
         else:
             dist.barrier()
-
-    def broadcast_object(self, obj: object, src: int = 0) -> object:
-        """``obj`` from rank ``src`` on every rank (small Python objects: paths, decisions)."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=src, device=self.device)
-        return box[0]
 
 
 def local_collectives() -> Collectives:

@@ -5,6 +5,8 @@
   saved and resumed under the resume rules of :mod:`mmkit.train.resume`.
 * :class:`LogWindow`: device-side sums of losses and gradient norms between log steps, read on the
   host once per log step; samples/s excludes time spent in evaluation and checkpoints.
+* :func:`prepare_training`: optimiser, schedule, grad scaler, :class:`~mmkit.train.step.TrainStep`
+  and :class:`TrainState` from a recipe's ``optim`` / ``precision`` / ``checkpoint`` sections.
 * :func:`train_loop`: steps until ``total_steps`` with logging, evaluation, checkpoints (never
   during a non-finite streak: a due checkpoint waits for the next finite step), the streak bound,
   the SIGTERM stop every rank agrees on, and the kill fault of the resume tests.
@@ -23,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.train.checkpoint import CheckpointConfig, CheckpointManager, Stateful
+from mmkit.train.checkpoint import CheckpointConfig, CheckpointManager, RNGState, Stateful
 from mmkit.train.context import RunContext
-from mmkit.train.resume import resume
-from mmkit.train.step import StepOutcome
+from mmkit.train.optim import OptimConfig, build_optimizer
+from mmkit.train.resume import SchedulerState, resume
+from mmkit.train.step import StepOutcome, TrainStep, make_grad_scaler
 from mmkit.utils import config_to_dict
 
 
@@ -99,6 +102,33 @@ class TrainState:
 
     def latest(self) -> Path | None:
         return self.manager.latest()
+
+
+def prepare_training(
+    ctx: RunContext,
+    model: nn.Module,
+    raw_model: nn.Module,
+    *,
+    optim: OptimConfig,
+    precision: str,
+    checkpoint: CheckpointConfig,
+    components: Mapping[str, Stateful],
+    frozen: Sequence[str],
+    after_update: Callable[[], None] | None = None,
+) -> tuple[TrainStep, TrainState]:
+    """What every recipe builds after its model: AdamW + warmup-cosine over ``raw_model``'s trainable
+    parameters, a ``GradScaler`` for fp16, the :class:`TrainStep` on the wrapped ``model``, and the
+    :class:`TrainState` checkpointing it with the recipe's own ``components`` plus the scheduler,
+    the scaler and the RNG states. Call ``state.resume()`` next."""
+    optimizer, scheduler = build_optimizer(raw_model, optim)
+    scaler = make_grad_scaler(precision, ctx.device)
+    step = TrainStep(ctx, model, optimizer, scheduler, params=raw_model.parameters(), precision=precision,
+                     grad_accum=optim.grad_accum, max_grad_norm=optim.max_grad_norm, scaler=scaler,
+                     after_update=after_update)  # fmt: skip
+    everything = {"scheduler": SchedulerState(scheduler), **components, "rng": RNGState()}
+    if scaler is not None:
+        everything["grad_scaler"] = scaler
+    return step, TrainState(ctx, checkpoint, model, optimizer, everything, frozen)
 
 
 class LogWindow:

@@ -62,7 +62,6 @@ class StepOutcome:
     losses: dict[str, Tensor] = field(default_factory=dict)  # per objective, mean over micro-batches
     grad_norm: Tensor | None = None
     samples: int = 0
-    last_batch: Any = None
 
 
 class TrainStep:
@@ -107,7 +106,7 @@ class TrainStep:
         """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``."""
         losses: dict[str, Tensor] = {}
         total = torch.zeros((), device=self.ctx.device)
-        samples, batch = 0, None
+        samples = 0
         for micro in range(self.grad_accum):
             batch = next_batch()
             with _sync_gradients(self.model, micro == self.grad_accum - 1), autocast(self.precision, self.ctx.device):
@@ -125,7 +124,7 @@ class TrainStep:
         nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
         bad, stop = self.ctx.comm.any(nonfinite, self.ctx.stop_requested)
         self._apply(not bad)
-        return StepOutcome(not bad, stop, losses, grad_norm, samples, batch)
+        return StepOutcome(not bad, stop, losses, grad_norm, samples)
 
     def _unscale_and_clip(self) -> Tensor:
         if self.scaler is not None:

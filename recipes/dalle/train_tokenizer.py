@@ -64,14 +64,9 @@ from mmkit.train import (
     CheckpointConfig,
     MetricsLogger,
     OptimConfig,
-    RNGState,
-    SchedulerState,
-    TrainState,
-    TrainStep,
-    build_optimizer,
-    make_grad_scaler,
     parallelize,
     plot_run,
+    prepare_training,
     run_recipe,
     start_run,
     train_loop,
@@ -193,15 +188,11 @@ class TokenizerRecipe:
         self.memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
         self.raw_model = model.to(ctx.device, memory_format=self.memory_format)
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
-        self.optimizer, self.scheduler = build_optimizer(self.raw_model, cfg.optim)
-        scaler = make_grad_scaler(cfg.precision, ctx.device)
-        self.step = TrainStep(ctx, self.model, self.optimizer, self.scheduler, params=self.raw_model.parameters(),
-                              precision=cfg.precision, grad_accum=cfg.optim.grad_accum,
-                              max_grad_norm=cfg.optim.max_grad_norm, scaler=scaler)  # fmt: skip
         self.codes = CodeCounts(torch.zeros(m.vocab_size, dtype=torch.long, device=ctx.device))
-        components = {"scheduler": SchedulerState(self.scheduler), "data": self.stream, "rng": RNGState(),
-                      "codes": self.codes, **({"grad_scaler": scaler} if scaler else {})}  # fmt: skip
-        self.state = TrainState(ctx, cfg.checkpoint, self.model, self.optimizer, components, FROZEN)
+        self.step, self.state = prepare_training(
+            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
+            components={"data": self.stream, "codes": self.codes}, frozen=FROZEN,
+        )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
 
@@ -308,7 +299,8 @@ class TokenizerRecipe:
             mse = ((self.raw_model.decode_ids(ids) - _to_unit(x)) ** 2).mean().item()
         usage = codebook_usage(torch.repeat_interleave(torch.arange(counts.numel()), counts), counts.numel())
         record.update({"loss/recon_mse": mse, "temperature": tau, "kl_weight": beta,
-                       "lr": self.scheduler.get_last_lr()[0], "data/skipped_total": sum(self.stream.skipped.values()),
+                       "lr": self.step.scheduler.get_last_lr()[0],
+                       "data/skipped_total": sum(self.stream.skipped.values()),
                        **{f"usage/{k}": v for k, v in usage.items()}})  # fmt: skip
         self.metrics.log(step, record)
         self.codes.counts.zero_()

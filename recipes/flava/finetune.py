@@ -56,14 +56,9 @@ from mmkit.train import (
     CheckpointConfig,
     MetricsLogger,
     OptimConfig,
-    RNGState,
-    SchedulerState,
-    TrainState,
-    TrainStep,
     autocast,
-    build_optimizer,
-    make_grad_scaler,
     parallelize,
+    prepare_training,
     run_recipe,
     start_run,
     train_loop,
@@ -181,14 +176,10 @@ class FinetuneRecipe:
         self.raw_model = self._model(cfg.num_classes or len(classes)).to(ctx.device)
         self._setup_data(train, val)
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
-        self.optimizer, self.scheduler = build_optimizer(self.raw_model, cfg.optim)
-        scaler = make_grad_scaler(cfg.precision, ctx.device)
-        self.step = TrainStep(ctx, self.model, self.optimizer, self.scheduler, params=self.raw_model.parameters(),
-                              precision=cfg.precision, grad_accum=cfg.optim.grad_accum,
-                              max_grad_norm=cfg.optim.max_grad_norm, scaler=scaler)  # fmt: skip
-        components = {"scheduler": SchedulerState(self.scheduler), "data": self.stream, "rng": RNGState(),
-                      "progress": self.progress, **({"grad_scaler": scaler} if scaler else {})}  # fmt: skip
-        self.state = TrainState(ctx, cfg.checkpoint, self.model, self.optimizer, components, FROZEN)
+        self.step, self.state = prepare_training(
+            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
+            components={"data": self.stream, "progress": self.progress}, frozen=FROZEN,
+        )  # fmt: skip
         self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False)
         self.classifier_info = {"num_classes": cfg.num_classes or len(classes), "modality": cfg.modality,
@@ -274,7 +265,7 @@ class FinetuneRecipe:
             return train, val, [0]
         if train.classes is not None:
             return train, val, train.classes
-        return train, val, list(range(max(int(train[i].label) for i in range(len(train))) + 1))  # integer class ids
+        return train, val, list(range(max(int(y) for y in train.labels) + 1))  # integer class ids
 
     def _labeled_sources(self):
         cfg, regression = self.cfg, self.cfg.problem_type == "regression"
@@ -338,7 +329,7 @@ class FinetuneRecipe:
         return results
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
-        self.metrics.log(step, {"loss": record["loss/total"], "lr": self.scheduler.get_last_lr()[0],
+        self.metrics.log(step, {"loss": record["loss/total"], "lr": self.step.scheduler.get_last_lr()[0],
                                 "samples_per_s": record["samples_per_s"]})  # fmt: skip
 
     def _on_eval(self, step: int) -> None:

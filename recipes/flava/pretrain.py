@@ -68,16 +68,12 @@ from mmkit.train import (
     PRECISIONS,
     CheckpointConfig,
     MetricsLogger,
-    RNGState,
-    SchedulerState,
-    TrainState,
-    TrainStep,
-    adamw_param_groups,
+    OptimConfig,
     autocast,
-    make_grad_scaler,
     memory_mib,
     parallelize,
     plot_run,
+    prepare_training,
     read_scalar,
     recipe_arg_parser,
     run_cli,
@@ -86,10 +82,9 @@ from mmkit.train import (
     summarize_run,
     train_loop,
     unwrap,
-    warmup_cosine_scheduler,
 )
 from mmkit.train.cli import debug_enabled
-from mmkit.utils import at_least, choice, fraction, positive
+from mmkit.utils import at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -115,26 +110,15 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = positive(1e-3)
-    weight_decay: float = at_least(0, 0.1)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = positive(1e-8)
-    warmup_steps: int = at_least(0, 10000)
-    total_steps: int = at_least(1, 150000)
-    min_lr_ratio: float = fraction(0.0)
-    grad_accum: int = at_least(1, 1)
-    max_grad_norm: float | None = positive(1.0)
-
-
-@dataclass
 class PretrainConfig:
     run_dir: str = "runs/flava"
     seed: int = 0
     preset: str = choice("full", "tiny")
     model: dict[str, Any] = field(default_factory=dict)  # FLAVAConfig overrides
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(  # the paper's AdamW: lr 1e-3, wd 0.1, 10k warmup, 150k steps
+        default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=10000, total_steps=150000)
+    )
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: str = choice("ddp", "fsdp", "none")
     precision: str = choice(*PRECISIONS)
@@ -190,18 +174,10 @@ class FLAVAPretrainRecipe:
         bf16_params = cfg.precision == "bf16" and cfg.distributed == "fsdp"
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
                                  cfg.compile, bf16_params=bf16_params)  # fmt: skip
-        o = cfg.optim
-        groups = adamw_param_groups(self.raw_model, o.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        self.scheduler = warmup_cosine_scheduler(self.optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio)
-        scaler = make_grad_scaler(cfg.precision, ctx.device)
-        self.step = TrainStep(ctx, self.model, self.optimizer, self.scheduler, params=self.raw_model.parameters(),
-                              precision=cfg.precision, grad_accum=o.grad_accum, max_grad_norm=o.max_grad_norm,
-                              scaler=scaler, after_update=self.raw_model.model.clamp_logit_scale)  # fmt: skip
-        components = {"scheduler": SchedulerState(self.scheduler), "data": self.stream, "rng": RNGState()}
-        if scaler is not None:
-            components["grad_scaler"] = scaler
-        self.state = TrainState(ctx, cfg.checkpoint, self.model, self.optimizer, components, FROZEN)
+        self.step, self.state = prepare_training(
+            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
+            components={"data": self.stream}, frozen=FROZEN, after_update=self.raw_model.model.clamp_logit_scale,
+        )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
 
@@ -317,8 +293,8 @@ class FLAVAPretrainRecipe:
             self.export()
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
-        record.update(lr=self.scheduler.get_last_lr()[0], logit_scale=read_scalar(self.raw_model.model.logit_scale),
-                      memory_mib=memory_mib(self.ctx.device),
+        record.update(lr=self.step.scheduler.get_last_lr()[0],
+                      logit_scale=read_scalar(self.raw_model.model.logit_scale), memory_mib=memory_mib(self.ctx.device),
                       nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
         self.metrics.log(step, record)
 

@@ -44,7 +44,7 @@ def test_labeled_text_pairs_and_collate(tmp_path, tokenizer):
     src = LabeledText(path, text_column="a", text_pair_column="b", label_column="y", labels=["no", "yes"])
     ds = ClassificationDataset(src, "text", tokenizer=tokenizer)
     batch = collate_classification([ds[0], ds[1]], tokenizer.pad_token_id)
-    assert batch["labels"].tolist() == [1, 0]
+    assert batch["labels"].tolist() == [1, 0] == src.labels  # labels read without decoding records
     assert batch["token_type_ids"][0].max() == 1 and batch["input_ids"].shape == batch["attention_mask"].shape
     with pytest.raises(KeyError, match="has no column 'label'"):
         LabeledText(path, text_column="a")

@@ -95,7 +95,7 @@ def test_round_trip_rotation_and_a_resave_keeps_a_complete_copy(tmp_path, monkey
 
     model, opt, sched, ckpt = _saved(tmp_path, keep=2)
     assert [p.name for p in ckpt.complete()] == ["step_00000002", "step_00000003"]
-    fresh, fresh_opt = _model(), None
+    fresh = _model()
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     fresh_sched = warmup_cosine_scheduler(fresh_opt, 1, 10)
     meta = ckpt.load(ckpt.latest(), fresh, fresh_opt, {"scheduler": SchedulerState(fresh_sched)})
