@@ -21,10 +21,13 @@ a plain-text file for the unimodal objectives, and a held-out split for evaluati
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,15 +199,30 @@ def shapes_dataset(
     if done.exists() and done.read_text() == spec:
         return listing()
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("*.tar"):
-        old.unlink()
-    _write_shards(str(root / "train-pairs-{:04d}.tar"), num_train, per_shard, seed=1, with_text=True)
-    _write_shards(str(root / "val-pairs-{:04d}.tar"), num_val, per_shard, seed=2, with_text=True)
-    _write_shards(str(root / "images-{:04d}.tar"), num_images, per_shard, seed=3, with_text=False)
-    rng = random.Random(4)
-    lines = [make_example(rng)[1] for _ in range(num_text)]
-    tmp = root / "text.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, root / "text.txt")
-    done.write_text(spec)
+    with _exclusive(root / ".lock"):  # every rank of a run may call this at once: one writes, the rest wait
+        if done.exists() and done.read_text() == spec:
+            return listing()
+        done.unlink(missing_ok=True)
+        for old in root.glob("*.tar"):
+            old.unlink()
+        _write_shards(str(root / "train-pairs-{:04d}.tar"), num_train, per_shard, seed=1, with_text=True)
+        _write_shards(str(root / "val-pairs-{:04d}.tar"), num_val, per_shard, seed=2, with_text=True)
+        _write_shards(str(root / "images-{:04d}.tar"), num_images, per_shard, seed=3, with_text=False)
+        rng = random.Random(4)
+        lines = [make_example(rng)[1] for _ in range(num_text)]
+        tmp = root / "text.tmp"
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, root / "text.txt")
+        done.write_text(spec)
     return listing()
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (``flock``), held for the block; released if the process dies."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

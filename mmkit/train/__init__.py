@@ -26,7 +26,14 @@ from mmkit.train.checkpoint import (
 from mmkit.train.cli import recipe_arg_parser, run_cli, run_recipe, run_training
 from mmkit.train.collectives import Collectives
 from mmkit.train.context import RunContext, start_run
-from mmkit.train.distributed import DistInfo, parallelize, setup_distributed, teardown_distributed
+from mmkit.train.distributed import (
+    DistInfo,
+    full_parameters,
+    full_state_dict,
+    parallelize,
+    setup_distributed,
+    teardown_distributed,
+)
 from mmkit.train.loop import (
     Counters,
     LogWindow,
@@ -73,6 +80,8 @@ __all__ = [
     "autocast",
     "build_optimizer",
     "check_resume_config",
+    "full_parameters",
+    "full_state_dict",
     "make_grad_scaler",
     "memory_mib",
     "parallelize",

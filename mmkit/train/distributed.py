@@ -9,6 +9,8 @@ process without a process group.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -56,6 +58,7 @@ def parallelize(
     activation_checkpointing: bool = False,
     compile: bool = False,
     bf16_params: bool = False,
+    find_unused_parameters: bool = True,
 ) -> nn.Module:
     """Wrap ``model`` for training.
 
@@ -65,6 +68,9 @@ def parallelize(
         activation_checkpointing: per-layer, via the encoders' ``set_grad_checkpointing``.
         compile: ``torch.compile`` each transformer layer.
         bf16_params: FSDP2 mixed precision (bf16 compute, fp32 reductions).
+        find_unused_parameters: DDP only. FLAVA needs it (an image batch never touches the text
+            encoder); a model whose every forward uses every parameter (the dVAE) turns it off and
+            saves a traversal of the autograd graph per step.
     """
     if strategy not in ("ddp", "fsdp", "none"):
         raise ValueError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
@@ -78,12 +84,10 @@ def parallelize(
     if info.world_size == 1 or strategy == "none":
         return model
     if strategy == "ddp":
-        # Each FLAVA batch kind uses a different part of the model (an image batch never touches
-        # the text encoder), so DDP must look for unused parameters every step.
         return nn.parallel.DistributedDataParallel(
             model,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=True,
+            find_unused_parameters=find_unused_parameters,
         )
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -96,3 +100,36 @@ def parallelize(
         fully_shard(layer, **kwargs)
     fully_shard(model, ignored_params=frozen or None, **kwargs)
     return model
+
+
+@contextmanager
+def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Make every parameter of ``model`` a whole local tensor for the duration of the block.
+
+    Under FSDP2 the parameters of a ``fully_shard``-ed module are sharded ``DTensor``s between
+    forwards, so calling a submodule directly (``model.encoder(x)`` for evaluation) fails with
+    "mixed torch.Tensor and DTensor". This all-gathers them (``unshard``) and shards them again on
+    exit. Every rank must enter it together (it is a collective). Without FSDP2 it does nothing.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in sharded:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in reversed(sharded):
+            m.reshard()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict as plain CPU tensors (names without wrapper prefixes).
+
+    Under FSDP2 the shards are all-gathered, so every rank must call it; the gathered copy is kept on
+    CPU and only rank 0's result is complete (other ranks may get an empty dict): write it from rank 0.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().contiguous().cpu() for k, v in full.items()}

@@ -64,6 +64,8 @@ from mmkit.train import (
     CheckpointConfig,
     MetricsLogger,
     OptimConfig,
+    full_parameters,
+    full_state_dict,
     parallelize,
     plot_run,
     prepare_training,
@@ -182,12 +184,13 @@ class TokenizerRecipe:
         self.run_dir = ctx.run_dir
         val = self._setup_data()
         self.val_pixels = self._val_pixels(val) if val is not None else None
-        sizes = dict(hidden_size=m.hidden_size, vocab_size=m.vocab_size, num_groups=m.num_groups,
-                     blocks_per_group=m.blocks_per_group)  # fmt: skip
-        model = DiscreteVAE(DalleEncoder(**sizes), DalleDecoder(**sizes, init_size=m.init_size))
+        model = self.new_model()
         self.memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
-        self.raw_model = model.to(ctx.device, memory_format=self.memory_format)
-        self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
+        # FSDP2 shards contiguous parameters only: under it the weights stay contiguous (the
+        # all-gathered copies are contiguous anyway) and only the activations run NHWC.
+        sharded = cfg.distributed == "fsdp" and ctx.info.world_size > 1
+        self.raw_model = model.to(ctx.device, memory_format=torch.contiguous_format if sharded else self.memory_format)
+        self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, find_unused_parameters=False)
         self.codes = CodeCounts(torch.zeros(m.vocab_size, dtype=torch.long, device=ctx.device))
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
@@ -195,6 +198,12 @@ class TokenizerRecipe:
         )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+
+    def new_model(self) -> DiscreteVAE:
+        m = self.cfg.model
+        sizes = dict(hidden_size=m.hidden_size, vocab_size=m.vocab_size, num_groups=m.num_groups,
+                     blocks_per_group=m.blocks_per_group)  # fmt: skip
+        return DiscreteVAE(DalleEncoder(**sizes), DalleDecoder(**sizes, init_size=m.init_size))
 
     def _setup_data(self) -> Source | None:
         """The training stream; returns the held-out source (or None)."""
@@ -226,25 +235,30 @@ class TokenizerRecipe:
         """Held-out reconstruction MSE (``[0, 1]`` pixels, hard codes) and codebook usage."""
         if self.val_pixels is None:
             return {}
-        model = self.raw_model
         mse, ids = 0.0, []
-        for s in range(0, len(self.val_pixels), 256):
-            x = self.val_pixels[s : s + 256].to(self.ctx.device)
-            ids.append(model.encoder(x).argmax(1).cpu())
-            recon = model.decode_ids(ids[-1].to(self.ctx.device))
-            mse += ((recon - _to_unit(x)) ** 2).mean(dim=(1, 2, 3)).sum().item()
+        with full_parameters(self.model):
+            for s in range(0, len(self.val_pixels), 256):
+                x = self.val_pixels[s : s + 256].to(self.ctx.device)
+                ids.append(self.raw_model.encoder(x).argmax(1).cpu())
+                recon = self.raw_model.decode_ids(ids[-1].to(self.ctx.device))
+                mse += ((recon - _to_unit(x)) ** 2).mean(dim=(1, 2, 3)).sum().item()
+        model = self.raw_model
         usage = codebook_usage(torch.cat(ids), model.vocab_size)
         return {"loss/recon_mse": mse / len(self.val_pixels), **{f"usage/{k}": v for k, v in usage.items()}}
 
     @torch.no_grad()
     def save_grid(self, step: int) -> Path | None:
-        """Originals (top row) above their reconstructions from hard codes (bottom row)."""
-        if not self.ctx.is_main or self.val_pixels is None:
+        """Originals (top row) above their reconstructions from hard codes (bottom row); every rank
+        calls it (the weights are gathered under FSDP2), the main one writes."""
+        if self.val_pixels is None:
             return None
         from torchvision.utils import save_image
 
         x = self.val_pixels[:8].to(self.ctx.device)
-        recon = self.raw_model.reconstruct(x)
+        with full_parameters(self.model):
+            recon = self.raw_model.reconstruct(x) if self.ctx.is_main else None
+        if recon is None:
+            return None
         path = self.run_dir / f"recon_step{step:08d}.png"
         save_image(torch.cat([_to_unit(x), recon]).cpu(), str(path), nrow=len(x), padding=2)
         return path
@@ -266,8 +280,11 @@ class TokenizerRecipe:
         final = self.evaluate()
         self.metrics.log(self.state.step, final, split="eval")
         self.save_grid(self.state.step)
+        weights = full_state_dict(self.model)  # every rank: a collective under FSDP2
         if self.ctx.is_main:
-            save_dvae(self.raw_model, self.run_dir / "final", image_size=cfg.data.image_size)
+            export = self.new_model()
+            export.load_state_dict(weights)
+            save_dvae(export, self.run_dir / "final", image_size=cfg.data.image_size)
             plot_run(self.run_dir)
             print(f"final: {final}\nexported {self.run_dir / 'final'}", flush=True)
         self.ctx.comm.barrier()
@@ -295,7 +312,7 @@ class TokenizerRecipe:
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
         x, ids, tau, beta = self.last
         counts = self.ctx.comm.all_reduce(self.codes.counts).cpu()
-        with torch.no_grad():
+        with torch.no_grad(), full_parameters(self.model):
             mse = ((self.raw_model.decode_ids(ids) - _to_unit(x)) ** 2).mean().item()
         usage = codebook_usage(torch.repeat_interleave(torch.arange(counts.numel()), counts), counts.numel())
         record.update({"loss/recon_mse": mse, "temperature": tau, "kl_weight": beta,

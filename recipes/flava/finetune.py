@@ -57,6 +57,7 @@ from mmkit.train import (
     MetricsLogger,
     OptimConfig,
     autocast,
+    full_state_dict,
     parallelize,
     prepare_training,
     run_recipe,
@@ -344,14 +345,13 @@ class FinetuneRecipe:
         """Export the current model to ``<run_dir>/best`` atomically (a crash leaves the previous best);
         under FSDP2 the full state dict is gathered first."""
         from safetensors.torch import save_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = full_state_dict(self.model)
         if self.ctx.is_main:
             out, tmp, old = self.run_dir / "best", self.run_dir / "best.tmp", self.run_dir / "best.old"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in full.items()}, str(tmp / "model.safetensors"))
+            save_file(full, str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(self.raw_model.model.config.to_dict()))
             (tmp / "classifier.json").write_text(json.dumps(self.classifier_info, indent=2))
             if self.tokenizer is not None:

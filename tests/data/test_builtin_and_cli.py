@@ -37,6 +37,35 @@ def test_generation_is_deterministic_and_complete(tmp_path):
     assert shapes_dataset(tmp_path / "a", **kw).train_pairs[0].stat().st_mtime_ns == mtime
 
 
+def test_ranks_generating_at_once_get_one_complete_dataset(tmp_path):
+    """Every rank of a run calls ``shapes_dataset()`` at start: they used to write the same temp file
+    and crash (FileNotFoundError on the rename). Four processes at once must all see the same files."""
+    import multiprocessing
+
+    kw = dict(num_train=300, num_val=10, num_images=12, num_text=20, per_shard=64)
+    mp = multiprocessing.get_context("spawn")
+    start, results = mp.Barrier(4), mp.Queue()
+    procs = [mp.Process(target=_generate, args=(tmp_path / "d", kw, start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    listings = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(isinstance(x, list) for x in listings), listings  # no process failed
+    assert len({tuple(x) for x in listings}) == 1
+    ref = shapes_dataset(tmp_path / "ref", **kw)
+    assert _digest(ref.train_pairs) == _digest(shapes_dataset(tmp_path / "d", **kw).train_pairs)
+    assert not list((tmp_path / "d").glob("*.tmp"))
+
+
+def _generate(root, kw, start, results):
+    start.wait()  # all four call at the same moment
+    try:
+        results.put([str(p) for p in shapes_dataset(root, **kw).train_pairs])
+    except Exception as e:  # reported to the test
+        results.put(repr(e))
+
+
 def test_captions_describe_the_pictures():
     """The colour words of a single-group caption are the colours in the picture."""
     rng = random.Random(3)
