@@ -78,11 +78,11 @@ def main() -> None:
         if not tasks:
             break
         path = out / f"probe-{init}.json"
-        argv = ["--tasks", tasks, "--out", str(path)] + (["--checkpoint", ckpt] if ckpt else [])
+        keys = [f"tasks={tasks}", f"out={path}"] + ([f"checkpoint={ckpt}"] if ckpt else [])
         if ckpt is None:  # the random model must have the checkpoint's sizes
-            argv += ["--config", str(Path(args.checkpoint) / "config.json")]
+            keys.append(f"model_config={Path(args.checkpoint) / 'config.json'}")
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluate.main(argv)
+            evaluate.evaluate(evaluate.load_config(None, keys))
         probes[init] = json.loads(path.read_text())
     print(f"\n## finetuning, {args.steps} steps, best over lr in {{{args.lrs}}}: pretrained vs random init\n")
     print("| task | metric | from the checkpoint (lr) | from random init (lr) | difference |")

@@ -28,6 +28,6 @@ done
 # 4. finetuning and evaluation on CUDA from the in-loop run's export
 timeout 120 python3 recipes/flava/finetune.py --config recipes/flava/configs/finetune_shapes_entailment.yaml \
   init_from=/tmp/pre-loop/final run_dir=/tmp/ft optim.total_steps=$FT_STEPS eval_every=100 2>&1 | quiet | tail -2 | tee -a "$OUT/recipes.txt"
-timeout 120 python3 recipes/flava/evaluate.py --checkpoint /tmp/pre-loop/final \
-  --tasks zero_shot:color,retrieval,linear_probe:count --out "$OUT/eval.json" 2>&1 | quiet | tail -12 | tee -a "$OUT/recipes.txt"
+timeout 120 python3 recipes/flava/evaluate.py checkpoint=/tmp/pre-loop/final \
+  tasks=zero_shot:color,retrieval,linear_probe:count out="$OUT/eval.json" 2>&1 | quiet | tail -12 | tee -a "$OUT/recipes.txt"
 echo "results in $OUT"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mmkit.train import read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,7 +55,7 @@ def main() -> None:
 
     # 1. model only, on batches fetched beforehand (same stream, so the same mixture of kinds)
     batches = [next(recipe.stream) for _ in range(args.steps)]
-    model, opt = recipe.model, recipe.optimizer
+    model, opt = recipe.model, recipe.step.optimizer
     params = [p for p in recipe.raw_model.parameters() if p.requires_grad]
     times = []
     for batch in batches:
@@ -65,28 +67,26 @@ def main() -> None:
         times.append((time.perf_counter() - t, len(batch)))
     model_only = sum(n for _, n in times[10:]) / sum(t for t, _ in times[10:])
 
-    # 2. the recipe loop on the same prefetched batches: what the loop, logging and checks add
-    live_stream = recipe.stream
+    # 2. the recipe loop (mmkit.train.train_loop + TrainStep) on the same prefetched batches: what
+    # the loop, logging and checks add; no evaluation or export at its end
+    live_stream, real = recipe.stream, (recipe.evaluate, recipe.export)
     recipe.stream = iter(batches)
+    recipe.evaluate, recipe.export = (lambda: {}), (lambda: None)
     recipe.cfg.optim.total_steps = args.steps
-    real = recipe.save_checkpoint, recipe.evaluate, recipe.export
-    recipe.save_checkpoint, recipe.evaluate, recipe.export = (lambda: None), (lambda: {}), (lambda: None)
-    recipe.step = 0
-    recipe.cfg.eval_at_start = False
     recipe.train()
-    recipe.save_checkpoint, recipe.evaluate, recipe.export = real
-    rows = [r for r in recipe_mod.read_metrics(run_dir) if r["split"] == "train"]
+    recipe.evaluate, recipe.export = real
+    rows = [r for r in read_metrics(run_dir) if r["split"] == "train"]
     loop_only = statistics.median(r["samples_per_s"] for r in rows[1:])
     n_rows = len(rows)
 
-    # 3. the recipe loop with live data for the same number of steps (data loading included)
+    # 3. the recipe loop with live data for as many steps (data loading included), then its final
+    # evaluation and export
     recipe.stream = live_stream
-    recipe.step = args.steps
     recipe.cfg.optim.total_steps = 2 * args.steps
     t = time.perf_counter()
     recipe.train()
     wall = time.perf_counter() - t
-    rows = [r for r in recipe_mod.read_metrics(run_dir) if r["split"] == "train"][n_rows:]
+    rows = [r for r in read_metrics(run_dir) if r["split"] == "train"][n_rows:]
     in_loop = statistics.median(r["samples_per_s"] for r in rows[1:])
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, demo config, {args.steps} steps each")
     print("| measurement | samples/s |")

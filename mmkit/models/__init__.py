@@ -1,6 +1,7 @@
 """Models composed from mmkit encoders.
 
-``from mmkit.models import flava_model, flava_model_for_pretraining, FLAVAConfig``
+``from mmkit.models import flava_model, flava_model_for_pretraining, FLAVAConfig``; the encoders of any
+FLAVA checkpoint (mmkit export or transformers directory): ``load_flava_model(path)``.
 """
 
 from mmkit.models.flava import CodebookConfig, FLAVAConfig, FLAVAModel, FLAVAOutput, PretrainingConfig, flava_model
@@ -12,6 +13,7 @@ from mmkit.models.flava_classification import (
     flava_model_for_classification,
     load_classifier,
 )
+from mmkit.models.flava_hf import EncoderLoadReport, load_flava_model
 from mmkit.models.flava_pretraining import (
     FLAVAForPreTraining,
     FLAVAPretrainingOutput,
@@ -23,6 +25,7 @@ __all__ = [
     "ClassificationHead",
     "ClassificationOutput",
     "CodebookConfig",
+    "EncoderLoadReport",
     "FLAVAConfig",
     "FLAVAForClassification",
     "FLAVAForPreTraining",
@@ -35,5 +38,6 @@ __all__ = [
     "flava_model_for_classification",
     "flava_model_for_pretraining",
     "load_classifier",
+    "load_flava_model",
     "resolve_codebook_config",
 ]

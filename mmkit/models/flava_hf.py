@@ -23,6 +23,7 @@ Functions:
         (heads, ``logit_scale`` and the image codebook included).
     config_from_hf / config_to_hf: ``FlavaConfig`` dict <-> :class:`FLAVAConfig`.
     load_flava_weights: :class:`FLAVAModel` weights from an mmkit export or a transformers directory.
+    load_flava_model: the :class:`FLAVAModel` itself, strictly loaded, from any of those.
 """
 
 from __future__ import annotations
@@ -466,20 +467,95 @@ def load_flava_weights(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig
     directory. Returns ``(state, config or None, "mmkit" | "transformers")``; heads and the
     codebook of pretraining checkpoints are left out of ``state``.
     """
+    state, config, kind, _ = _read_flava(path)
+    return state, config, kind
+
+
+def _read_flava(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str, list[str]]:
+    """:func:`load_flava_weights`, plus the checkpoint's names of the tensors it left out."""
     path = Path(path)
     if path.is_dir() and (path / "config.json").exists():
         cfg_json = json.loads((path / "config.json").read_text())
         weights = read_weights(path)
         if any(k.startswith(("flava.", "text_model.", "image_model.")) for k in weights):  # transformers layout
             split = _split_hf(weights)
-            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers"
-        config = FLAVAConfig.from_dict(cfg_json)
-        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
-        return state, config, "mmkit"
+            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers", sorted(split.pretraining)
+        state, left = _model_part(weights)
+        return state, FLAVAConfig.from_dict(cfg_json), "mmkit", left
     if path.is_file():
         from safetensors.torch import load_file
 
         weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
-        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")} or weights
-        return state, None, "mmkit"
+        state, left = _model_part(weights)
+        return state, None, "mmkit", left
     raise FileNotFoundError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
+
+
+def _model_part(weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """The ``model.*`` tensors of a pretraining or classifier state dict (prefix removed) and the other
+    names; a bare :class:`FLAVAModel` state dict is returned whole."""
+    if not any(k.startswith("model.") for k in weights):
+        return dict(weights), []
+    state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    return state, sorted(k for k in weights if not k.startswith("model."))
+
+
+@dataclass
+class EncoderLoadReport:
+    """What :func:`load_flava_model` took from a checkpoint: its format and the tensors it did not use
+    (pretraining heads, a classifier's head, the image codebook)."""
+
+    source: str
+    kind: str
+    unused: list[str]
+
+    def __str__(self) -> str:
+        text = f"loaded FLAVAModel from {self.source} ({self.kind})"
+        if self.unused:
+            more = ", ..." if len(self.unused) > 4 else ""
+            text += f"; unused: {len(self.unused)} tensors ({', '.join(self.unused[:4])}{more})"
+        return text
+
+
+def load_flava_model(
+    path: str | Path, config: FLAVAConfig | None = None, device: str | torch.device | None = None
+) -> torch.nn.Module:
+    """The FLAVA encoders (:class:`~mmkit.models.FLAVAModel`) of any FLAVA checkpoint, in eval mode.
+
+    Reads, without running code from them (safetensors, or ``torch.load(weights_only=True)``):
+
+    * an mmkit pretraining export (``<run>/final``: ``model.safetensors`` + ``config.json``);
+    * a finetune export (``<run>/best``): its encoders, the classifier head left out;
+    * a transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory (``config.json`` +
+      ``model.safetensors``, sharded safetensors or ``pytorch_model.bin``);
+    * a lone ``.safetensors`` file of mmkit names, with ``config`` giving the sizes.
+
+    Every encoder tensor must be present with the shape the config gives: a checkpoint that does not
+    fit raises :class:`~mmkit.utils.keymap.CheckpointMismatchError` (a ``ValueError``) naming the
+    tensors, never a model with some layers left random. Tensors the encoders do not use are listed
+    in ``model.load_report`` (an :class:`EncoderLoadReport`).
+
+    Args:
+        path: the checkpoint directory or file.
+        config: sizes, for a lone weights file; for a directory, its ``config.json`` wins unless given.
+        device: where to put the model (default CPU).
+    """
+    state, ckpt_config, kind, left_out = _read_flava(path)
+    cfg = config or ckpt_config
+    if cfg is None:
+        raise ValueError(f"{path} has no config.json: pass config=FLAVAConfig(...) with the model's sizes")
+    model = flava_model(cfg)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or wrong:
+        parts = [f"missing {len(missing)} encoder tensors ({', '.join(missing[:5])})"] if missing else []
+        parts += [f"shape checkpoint vs config: {', '.join(wrong[:5])}"] if wrong else []
+        raise CheckpointMismatchError(f"checkpoint {path} does not fit the FLAVA config: {'; '.join(parts)}")
+    model.load_state_dict({k: state[k] for k in own})
+    model.load_report = EncoderLoadReport(str(path), kind, sorted([*left_out, *(set(state) - set(own))]))
+    return model.to(device or "cpu").eval()

@@ -53,6 +53,12 @@ def run_training(recipe: Any) -> int:
     try:
         recipe.setup()
         recipe.train()
+        # Ranks finish at different moments (rank 0 writes the exports); leaving the group only when
+        # all are done keeps a rank from tearing down gloo/NCCL under a peer still talking to it
+        # (seen as a SIGABRT, "terminate called without an active exception", at exit).
+        ctx = getattr(recipe, "ctx", None)
+        if ctx is not None:
+            ctx.comm.barrier()
     finally:
         teardown_distributed()
     return 0

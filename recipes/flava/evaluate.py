@@ -1,32 +1,43 @@
 """Evaluate a FLAVA checkpoint without finetuning: zero-shot classification, retrieval, linear probe.
 
-    python recipes/flava/evaluate.py --checkpoint runs/demo/final --out runs/demo/eval.json
-    python recipes/flava/evaluate.py --checkpoint runs/demo/final --tasks retrieval,linear_probe:count
+    python recipes/flava/evaluate.py checkpoint=runs/demo/final out=runs/demo/eval.json
+    python recipes/flava/evaluate.py checkpoint=runs/demo/final tasks=retrieval,linear_probe:count
+    python recipes/flava/evaluate.py --config eval.yaml            # the same keys in a YAML file
 
 On your own data:
 
-    python recipes/flava/evaluate.py --checkpoint CKPT --tasks zero_shot --images val/ [--templates t.txt]
-    python recipes/flava/evaluate.py --checkpoint CKPT --tasks retrieval --pairs pairs.jsonl
-    python recipes/flava/evaluate.py --checkpoint CKPT --tasks linear_probe --train-images train/ --images val/
+    python recipes/flava/evaluate.py checkpoint=CKPT tasks=zero_shot images=val/ [templates=t.txt]
+    python recipes/flava/evaluate.py checkpoint=CKPT tasks=retrieval pairs=pairs.jsonl
+    python recipes/flava/evaluate.py checkpoint=CKPT tasks=linear_probe train_images=train/ images=val/
+
+``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads: a pretraining export
+(``<run>/final``), a finetune export (``<run>/best``, its encoders) or a transformers FLAVA directory;
+the encoders are loaded strictly (a checkpoint that does not fit the config is an error). The
+tokenizer is ``tokenizer`` if set, else ``<checkpoint>/tokenizer``, else the checkpoint directory
+itself when it holds ``tokenizer.json`` or ``vocab.txt``. Without ``checkpoint`` the model is
+randomly initialised (``model_config``: a ``config.json``; default the tiny preset): the baseline.
 
 * ``zero_shot``: class prompts through the text encoder (a CLIP-style template ensemble: the
-  default list, or ``--templates`` with one ``{}`` template per line), images through the image
-  encoder, cosine similarity; accuracy. Classes are the subfolders of ``--images`` (``_`` read as a
+  default list, or ``templates`` with one ``{}`` template per line), images through the image
+  encoder, cosine similarity; accuracy. Classes are the subfolders of ``images`` (``_`` read as a
   space), or a built-in task: ``zero_shot:<color|count|shape>``.
-* ``retrieval``: image->text and text->image R@1/5/10 over ``--pairs`` (a JSONL/CSV manifest with
+* ``retrieval``: image->text and text->image R@1/5/10 over ``pairs`` (a JSONL/CSV manifest with
   ``image`` and ``caption`` columns, or WebDataset tar shards), default the built-in held-out pairs.
 * ``linear_probe``: logistic regression on frozen image CLS features (after the final LayerNorm),
-  L2 strength swept on a validation split carved from ``--train-images`` (class subfolders),
-  accuracy on ``--images``; or a built-in task ``linear_probe:<color|count|shape>``.
-Results go to a JSON file (``--out``) and a readable table.
+  L2 strength swept on a validation split carved from ``train_images`` (class subfolders),
+  accuracy on ``images``; or a built-in task ``linear_probe:<color|count|shape>``.
+
+Results go to a JSON file (``out``) and a readable table. A bad key or value, a missing file or a
+checkpoint that does not fit prints one ``error:`` line (``--debug`` for the traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -40,11 +51,15 @@ from mmkit.data import (
     pad_sequences,
     shapes_dataset,
 )
-from mmkit.data.sources import decode_image, decode_text
+from mmkit.data.sources import Source, decode_image, decode_text
 from mmkit.data.tasks import TASKS, ClassificationDataset, ShapesTask, collate_classification
 from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, linear_probe, retrieval_recall, zero_shot_logits
-from mmkit.models import FLAVAConfig, flava_model_for_classification
+from mmkit.models import FLAVAConfig, FLAVAModel, flava_model, load_flava_model
 from mmkit.tokenizers import TextTokenizer
+from mmkit.train import recipe_arg_parser, run_cli
+from mmkit.train.cli import debug_enabled
+from mmkit.utils import at_least, choice
+from mmkit.utils import load_config as load_recipe_config
 
 TEMPLATES = {
     "color": ("a picture of something {}.", "{} shapes", "{}"),
@@ -52,135 +67,193 @@ TEMPLATES = {
     "shape": ("a picture of a {}.", "{}s", "{}"),
 }
 COUNT_WORDS = {"1": "one", "2": "two", "3": "three"}
+KINDS = ("zero_shot", "retrieval", "linear_probe")
 
 
-@torch.no_grad()
-def image_features(model, source, n: int, transform, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen image CLS features ``(n, D)`` (after the final LayerNorm) and labels ``(n,)``, on the model's device."""
-    device = next(model.parameters()).device
-    ds = ClassificationDataset(source, "image", transform)
-    feats, labels = [], []
-    for s in tqdm(range(0, min(n, len(ds)), batch), desc="image features", leave=False, disable=None):
-        b = collate_classification([ds[i] for i in range(s, min(n, len(ds), s + batch))])
-        feats.append(model.model.encode_image(b["pixel_values"].to(device)).last_hidden_state[:, 0].float())
-        labels.append(b["labels"].to(device))
-    return torch.cat(feats), torch.cat(labels)
+@dataclass
+class EvalConfig:
+    checkpoint: str | None = None  # export / transformers dir; None: random init (the baseline)
+    model_config: str | None = None  # without checkpoint: config.json of the random model (default tiny)
+    tokenizer: str | None = None  # default <checkpoint>/tokenizer, or the checkpoint dir itself
+    tasks: str = "zero_shot:color,retrieval,linear_probe:count"  # comma-separated
+    images: str | None = None  # evaluation images in class subfolders (zero_shot, linear_probe)
+    train_images: str | None = None  # training images in class subfolders (linear_probe)
+    pairs: str | None = None  # retrieval pairs: .jsonl/.csv manifest or tar shards
+    templates: str | None = None  # zero-shot prompt templates, one per line with {} for the class
+    samples: int = at_least(1, 1000)  # evaluation images per task (at most)
+    out: str | None = None  # results as JSON
+    device: str = choice("auto", "cpu", "cuda")
+    seed: int = 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="pretraining export dir (with tokenizer/) or transformers dir; "
-                                             "omit for a randomly initialised tiny model")  # fmt: skip
-    parser.add_argument("--config", help="without --checkpoint: config.json of the randomly initialised model "
-                                         "(default: the tiny preset)")  # fmt: skip
-    parser.add_argument("--tokenizer", help="tokenizer dir/file (default: <checkpoint>/tokenizer)")
-    parser.add_argument("--tasks", default="zero_shot:color,retrieval,linear_probe:count",
-                        help="comma-separated: zero_shot[:<task>], retrieval, linear_probe[:<task>]")  # fmt: skip
-    parser.add_argument("--images", help="evaluation images in class subfolders (zero_shot, linear_probe)")
-    parser.add_argument("--train-images", help="training images in class subfolders (linear_probe)")
-    parser.add_argument("--pairs", help="image-caption pairs for retrieval: .jsonl/.csv manifest or tar shards")
-    parser.add_argument("--templates", help="zero-shot prompt templates, one per line with {} for the class")
-    parser.add_argument("--samples", type=int, default=1000, help="evaluation images per task (at most)")
-    parser.add_argument("--out", help="write results as JSON here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    if args.checkpoint and args.config:
-        raise ValueError("--config is for a randomly initialised model; a checkpoint brings its own")
-    base = None
-    if not args.checkpoint:
-        base = FLAVAConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else FLAVAConfig.tiny()
-    model = flava_model_for_classification(2, "image", base, checkpoint=args.checkpoint, hidden_dim=8).eval()
-    device = torch.device(args.device)
-    model = model.to(device)
-    tok_path = args.tokenizer or (Path(args.checkpoint) / "tokenizer" if args.checkpoint else None)
-    tokenizer = TextTokenizer.from_pretrained(tok_path) if tok_path and Path(tok_path).exists() else None
-    cfg = model.model.config
-    transform = FLAVAImageTransform(ImageTransformConfig(cfg.image.image_size, 0))
-    flava = model.model
-    templates = DEFAULT_TEMPLATES
-    if args.templates:
-        templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
+def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
+    """YAML file, then ``key=value`` overrides; unknown keys, bad values and unknown tasks raise."""
+    cfg = load_recipe_config(EvalConfig, path, overrides, dict_fields=())
+    if cfg.checkpoint and cfg.model_config:
+        raise ValueError("model_config is for a randomly initialised model; a checkpoint brings its own")
+    for task in cfg.tasks.split(","):
+        kind, _, name = task.partition(":")
+        if kind not in KINDS:
+            raise ValueError(
+                f"unknown task {task!r} in tasks: use zero_shot[:<name>], retrieval or linear_probe[:<name>]"
+            )
+        if name and (kind == "retrieval" or name not in TEMPLATES):
+            raise ValueError(f"unknown built-in task {name!r} in {task!r}; choose one of {sorted(TEMPLATES)}")
+    return cfg
 
-    def embed_texts(texts: list[str]) -> torch.Tensor:
-        if tokenizer is None:
-            raise ValueError("text tasks need a tokenizer: pass --tokenizer or a checkpoint exported with one")
-        ids, mask = pad_sequences([tokenizer.encode(t).input_ids for t in texts], tokenizer.pad_token_id)
-        return flava.embed_text(flava.encode_text(ids.to(device), mask.to(device))).float()
 
-    def labelled_images(path: str | None, flag: str) -> tuple[ImageFolder, list[str]]:
+def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel, TextTokenizer | None]:
+    """The encoders (strictly loaded, eval mode) and the tokenizer their text embeddings were trained with."""
+    if cfg.checkpoint:
+        model = load_flava_model(cfg.checkpoint, device=device)
+        print(model.load_report, flush=True)
+    else:
+        config = FLAVAConfig.tiny()
+        if cfg.model_config:
+            config = FLAVAConfig.from_dict(json.loads(Path(cfg.model_config).read_text()))
+        model = flava_model(config).to(device).eval()
+    found = find_tokenizer(cfg)
+    return model, TextTokenizer.from_pretrained(found) if found else None
+
+
+def find_tokenizer(cfg: EvalConfig) -> Path | None:
+    """``tokenizer``, else ``<checkpoint>/tokenizer`` (mmkit exports), else the checkpoint directory
+    itself (transformers directories keep ``vocab.txt`` / ``tokenizer.json`` beside the weights)."""
+    if cfg.tokenizer:
+        if not Path(cfg.tokenizer).exists():
+            raise FileNotFoundError(f"tokenizer {cfg.tokenizer} does not exist")
+        return Path(cfg.tokenizer)
+    if not cfg.checkpoint:
+        return None
+    ckpt = Path(cfg.checkpoint)
+    return next(
+        (d for d in (ckpt / "tokenizer", ckpt) if (d / "tokenizer.json").exists() or (d / "vocab.txt").exists()), None
+    )
+
+
+class Evaluation:
+    """The three task kinds on one model; each returns its metrics as a flat dict."""
+
+    def __init__(self, cfg: EvalConfig, model: FLAVAModel, tokenizer: TextTokenizer | None) -> None:
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.device = next(model.parameters()).device
+        self.transform = FLAVAImageTransform(ImageTransformConfig(model.config.image.image_size, 0))
+        self.templates = DEFAULT_TEMPLATES
+        if cfg.templates:
+            self.templates = [t for t in Path(cfg.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
+
+    def run(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        with torch.no_grad():
+            for task in self.cfg.tasks.split(","):
+                kind, _, name = task.partition(":")
+                results.update(getattr(self, kind)(task, name))
+        return results
+
+    # -- features -----------------------------------------------------------------------------
+    def image_features(self, source: Source, n: int, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen image CLS features ``(n, D)`` (after the final LayerNorm) and labels ``(n,)``."""
+        ds = ClassificationDataset(source, "image", self.transform)
+        feats, labels = [], []
+        for s in tqdm(range(0, min(n, len(ds)), batch), desc="image features", leave=False, disable=None):
+            b = collate_classification([ds[i] for i in range(s, min(n, len(ds), s + batch))])
+            feats.append(self.model.encode_image(b["pixel_values"].to(self.device)).last_hidden_state[:, 0].float())
+            labels.append(b["labels"].to(self.device))
+        return torch.cat(feats), torch.cat(labels)
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``(len(texts), projection_dim)``."""
+        if self.tokenizer is None:
+            raise ValueError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
+        tok = self.tokenizer
+        ids, mask = pad_sequences([tok.encode(t).input_ids for t in texts], tok.pad_token_id)
+        return self.model.embed_text(self.model.encode_text(ids.to(self.device), mask.to(self.device))).float()
+
+    def labelled_images(self, path: str | None, key: str) -> tuple[ImageFolder, list[str]]:
         if not path:
-            raise ValueError(f"this task needs {flag} (a folder with one subfolder of images per class)")
+            raise ValueError(f"this task needs {key}= (a folder with one subfolder of images per class)")
         folder = ImageFolder(path, labels=True)
         return folder, [c.replace("_", " ") for c in folder.classes]
 
-    results: dict[str, float] = {}
-    with torch.no_grad():
-        for task in args.tasks.split(","):
-            kind, _, name = task.partition(":")
-            if name and name not in TEMPLATES:
-                raise ValueError(f"unknown built-in task {name!r} in {task!r}; choose one of {sorted(TEMPLATES)}")
-            if kind == "zero_shot":
-                if name:
-                    src = ShapesTask(shapes_dataset().val_pairs, name)
-                    names, prompts = [COUNT_WORDS.get(c, c) for c in TASKS[name]], TEMPLATES[name]
-                else:
-                    src, names = labelled_images(args.images, "--images")
-                    prompts = templates
-                feats, labels = image_features(model, src, args.samples, transform)
-                classes = class_embeddings(names, embed_texts, prompts)
-                img = torch.nn.functional.normalize(flava.image_projection(feats), dim=-1)
-                results[task] = (zero_shot_logits(img, classes).argmax(1) == labels).float().mean().item()
-                results[f"{task}/chance"] = 1 / len(names)
-            elif kind == "retrieval":
-                if args.pairs:
-                    p = args.pairs
-                    src = Manifest(p) if p.endswith((".jsonl", ".csv", ".json")) else TarShards(p)
-                else:
-                    src = TarShards(shapes_dataset().val_pairs)
-                n = min(args.samples, len(src))
-                pixels, captions = [], []
-                for i in range(n):
-                    rec = src[i]
-                    try:
-                        pixels.append(transform(decode_image(rec))["image"])
-                        captions.append(decode_text(rec))
-                    except ValueError as e:
-                        raise ValueError(f"pair {rec.key!r} of {args.pairs or 'the shapes pairs'}: {e}") from None
-                chunks = [torch.stack(pixels[s : s + 128]).to(device) for s in range(0, n, 128)]
-                feats = torch.cat([flava.encode_image(c).last_hidden_state[:, 0] for c in chunks])
-                img = torch.nn.functional.normalize(flava.image_projection(feats), dim=-1)
-                txt = torch.cat([embed_texts(captions[s : s + 256]) for s in range(0, n, 256)])
-                results.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt).items()})
-            elif kind == "linear_probe":
-                if name:
-                    paths = shapes_dataset()
-                    train, test = ShapesTask(paths.train_pairs, name), ShapesTask(paths.val_pairs, name)
-                    x, y = image_features(model, train, 3000, transform)
-                else:
-                    train, train_names = labelled_images(args.train_images, "--train-images")
-                    test, test_names = labelled_images(args.images, "--images")
-                    if train_names != test_names:
-                        raise ValueError(f"train classes {train_names} differ from evaluation classes {test_names}")
-                    x, y = image_features(model, train, len(train), transform)
-                cut = int(len(x) * 2 / 3)
-                order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(x.device)
-                x, y = x[order], y[order]
-                probe = linear_probe(x[:cut], y[:cut], x[cut:], y[cut:])
-                xt, yt = image_features(model, test, args.samples, transform)
-                w, b = probe["weight"], probe["bias"]
-                test_acc = ((((xt - probe["mean"]) / probe["std"]) @ w.T + b).argmax(1) == yt).float().mean().item()
-                results[task] = test_acc
-                results[f"{task}/weight_decay"] = probe["weight_decay"]
-            else:
-                raise ValueError(f"unknown task {task!r}: use zero_shot[:<name>], retrieval or linear_probe[:<name>]")
+    # -- tasks --------------------------------------------------------------------------------
+    def zero_shot(self, task: str, name: str) -> dict[str, float]:
+        if name:
+            src = ShapesTask(shapes_dataset().val_pairs, name)
+            names, prompts = [COUNT_WORDS.get(c, c) for c in TASKS[name]], TEMPLATES[name]
+        else:
+            src, names = self.labelled_images(self.cfg.images, "images")
+            prompts = self.templates
+        feats, labels = self.image_features(src, self.cfg.samples)
+        classes = class_embeddings(names, self.embed_texts, prompts)
+        img = torch.nn.functional.normalize(self.model.image_projection(feats), dim=-1)
+        accuracy = (zero_shot_logits(img, classes).argmax(1) == labels).float().mean().item()
+        return {task: accuracy, f"{task}/chance": 1 / len(names)}
+
+    def retrieval(self, task: str, name: str) -> dict[str, float]:
+        p = self.cfg.pairs
+        src = (Manifest(p) if p.endswith((".jsonl", ".csv", ".json")) else TarShards(p)) if p else None
+        src = src or TarShards(shapes_dataset().val_pairs)
+        n = min(self.cfg.samples, len(src))
+        pixels, captions = [], []
+        for i in range(n):
+            rec = src[i]
+            try:
+                pixels.append(self.transform(decode_image(rec))["image"])
+                captions.append(decode_text(rec))
+            except ValueError as e:
+                raise ValueError(f"pair {rec.key!r} of {p or 'the shapes pairs'}: {e}") from None
+        chunks = [torch.stack(pixels[s : s + 128]).to(self.device) for s in range(0, n, 128)]
+        feats = torch.cat([self.model.encode_image(c).last_hidden_state[:, 0] for c in chunks])
+        img = torch.nn.functional.normalize(self.model.image_projection(feats), dim=-1)
+        txt = torch.cat([self.embed_texts(captions[s : s + 256]) for s in range(0, n, 256)])
+        return {f"retrieval/{k}": v for k, v in retrieval_recall(img, txt).items()}
+
+    def linear_probe(self, task: str, name: str) -> dict[str, float]:
+        if name:
+            paths = shapes_dataset()
+            train, test = ShapesTask(paths.train_pairs, name), ShapesTask(paths.val_pairs, name)
+            x, y = self.image_features(train, 3000)
+        else:
+            train, train_names = self.labelled_images(self.cfg.train_images, "train_images")
+            test, test_names = self.labelled_images(self.cfg.images, "images")
+            if train_names != test_names:
+                raise ValueError(f"train classes {train_names} differ from evaluation classes {test_names}")
+            x, y = self.image_features(train, len(train))
+        cut = int(len(x) * 2 / 3)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.cfg.seed)).to(x.device)
+        x, y = x[order], y[order]
+        probe = linear_probe(x[:cut], y[:cut], x[cut:], y[cut:])
+        xt, yt = self.image_features(test, self.cfg.samples)
+        logits = ((xt - probe["mean"]) / probe["std"]) @ probe["weight"].T + probe["bias"]
+        return {task: (logits.argmax(1) == yt).float().mean().item(), f"{task}/weight_decay": probe["weight_decay"]}
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Load, run every task, print the table and write ``out``; returns the results."""
+    torch.manual_seed(cfg.seed)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    model, tokenizer = load_model(cfg, device)
+    results = Evaluation(cfg, model, tokenizer).run()
     width = max(len(k) for k in results)
-    print(f"checkpoint: {args.checkpoint or 'random init (tiny)'}")
+    print(f"checkpoint: {cfg.checkpoint or 'random init'}")
     for k, v in results.items():
         print(f"  {k:<{width}}  {v:.4f}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, **results}, indent=2))
-    return 0
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps({"checkpoint": cfg.checkpoint, **results}, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = recipe_arg_parser(__doc__).parse_intermixed_args(argv)
+
+    def run() -> int:
+        evaluate(load_config(args.config, args.overrides))
+        return 0
+
+    return run_cli(run, debug_enabled(args))
 
 
 if __name__ == "__main__":

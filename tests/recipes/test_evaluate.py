@@ -3,6 +3,7 @@ the same numbers computed directly from the library functions."""
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,10 @@ def test_user_data_zero_shot_retrieval_and_linear_probe(data, capsys):
     from mmkit.tokenizers import TextTokenizer
 
     out = data / "eval.json"
-    _recipe().main(["--checkpoint", str(data / "ckpt"), "--tasks", "zero_shot,retrieval,linear_probe",
-                    "--images", str(data / "val"), "--train-images", str(data / "train"),
-                    "--pairs", str(data / "pairs.jsonl"), "--templates", str(data / "templates.txt"),
-                    "--out", str(out)])  # fmt: skip
+    (data / "eval.yaml").write_text(f"checkpoint: {data / 'ckpt'}\ntasks: zero_shot,retrieval,linear_probe\n"
+                                    f"images: {data / 'val'}\ntrain_images: {data / 'train'}\n")  # fmt: skip
+    assert _recipe().main(["--config", str(data / "eval.yaml"), f"pairs={data / 'pairs.jsonl'}",
+                           f"templates={data / 'templates.txt'}", f"out={out}"]) == 0  # fmt: skip
     got = json.loads(out.read_text())
     assert "retrieval/image_to_text_r10" in got and "retrieval/text_to_image_r1" in capsys.readouterr().out
 
@@ -89,11 +90,54 @@ def test_user_data_zero_shot_retrieval_and_linear_probe(data, capsys):
     assert got["linear_probe"] >= 0.9  # red vs blue pictures are linearly separable even in random features
 
 
-def test_clear_errors(data):
-    recipe = _recipe()
-    with pytest.raises(ValueError, match="needs --images"):
-        recipe.main(["--checkpoint", str(data / "ckpt"), "--tasks", "zero_shot"])
-    with pytest.raises(ValueError, match="unknown built-in task 'colour'"):
-        recipe.main(["--checkpoint", str(data / "ckpt"), "--tasks", "zero_shot:colour"])
-    with pytest.raises(ValueError, match="unknown task 'probe'"):
-        recipe.main(["--checkpoint", str(data / "ckpt"), "--tasks", "probe"])
+def test_clear_errors(data, capsys):
+    recipe, ckpt = _recipe(), f"checkpoint={data / 'ckpt'}"
+    cases = [
+        ([ckpt, "tasks=zero_shot"], "this task needs images="),
+        ([ckpt, "tasks=zero_shot:colour"], "unknown built-in task 'colour'"),
+        ([ckpt, "tasks=probe"], "unknown task 'probe'"),
+        ([ckpt, "samples=0"], "samples: must be >= 1, got 0"),
+        ([ckpt, "model_config=x.json"], "model_config is for a randomly initialised model"),
+        ([f"checkpoint={data / 'nowhere'}"], "does not exist"),
+        ([ckpt, f"tokenizer={data / 'no-tokenizer'}"], "tokenizer .*no-tokenizer does not exist"),
+        (["tasks=retrieval"], "text tasks need a tokenizer"),  # a random model has none
+    ]
+    for argv, message in cases:
+        assert recipe.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert re.search(message, err[0]), (argv, err[0])
+
+
+def test_a_transformers_directory_with_its_vocabulary_is_evaluated_like_its_conversion(tmp_path):
+    """A transformers FlavaForPreTraining directory (weights, config.json and vocab.txt side by side)
+    gives the same retrieval numbers as its converted mmkit export evaluated with the same vocabulary."""
+    from transformers import FlavaForPreTraining
+
+    from mmkit.convert import flava_model_for_pretraining_from_hf
+    from mmkit.tokenizers import train_wordpiece
+    from tests.conftest import hf_tiny_config, randomize_
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a red circle\ntwo blue squares\nthree green triangles\n")
+    tok = train_wordpiece([corpus], 200, min_frequency=1)
+    config = hf_tiny_config()
+    config.text_config.vocab_size = tok.vocab_size
+    hf = randomize_(FlavaForPreTraining(config)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save(tmp_path / "hf")  # vocab.txt beside the weights, as on the hub
+    converted = flava_model_for_pretraining_from_hf(tmp_path / "hf")
+    export = make_mmkit_export(tmp_path / "mm", ["unused"])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in converted.state_dict().items()}, str(export / "model.safetensors"))
+    (export / "config.json").write_text(json.dumps(converted.config.to_dict()))
+    tok.save(export / "tokenizer")
+    results = {}
+    for name, path in (("hf", tmp_path / "hf"), ("mm", export)):
+        out = tmp_path / f"{name}.json"
+        assert _recipe().main([f"checkpoint={path}", "tasks=retrieval", "samples=40", f"out={out}"]) == 0
+        results[name] = json.loads(out.read_text())
+    for k in results["hf"]:
+        if k.startswith("retrieval/"):
+            assert results["hf"][k] == pytest.approx(results["mm"][k], abs=1e-6), k

@@ -222,20 +222,24 @@ def _weights(run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize(("nproc", "strategy"), [(1, "none"), (2, "ddp"), (2, "fsdp")])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, nproc, strategy):
+    """Killed at step 5, resumed from step 3: the same evaluations and the same best export as the run
+    that was never killed (one process, and two under DDP and FSDP2)."""
     _image_folder(tmp_path)
-    args = ("eval_every=2", "checkpoint.every=3")
-    _launch(tmp_path, tmp_path / "ref", 1, 4, 7, None, True, *args)
-    crashed = _launch(tmp_path, tmp_path / "res", 1, 4, 7, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, False, *args)
+    args = ("eval_every=2", "checkpoint.every=3", f"distributed={strategy}")
+    _launch(tmp_path, tmp_path / "ref", nproc, 4, 7, None, True, *args)
+    crashed = _launch(tmp_path, tmp_path / "res", nproc, 4, 7, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, False, *args)
     assert crashed.returncode != 0
     assert sorted(p.name for p in (tmp_path / "res" / "checkpoints").iterdir()) == ["step_00000003"]
-    resumed = _launch(tmp_path, tmp_path / "res", 1, 4, 7, None, True, *args)
+    resumed = _launch(tmp_path, tmp_path / "res", nproc, 4, 7, None, True, *args)
     assert "resumed from" in resumed.stdout
     ref, res = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "res"))
     assert [s for s, _ in res["history"]] == [2, 4, 6, 7]
     for (_, a), (_, b) in zip(ref["history"], res["history"], strict=True):
         assert a == pytest.approx(b, abs=1e-6)
     wa, wb = _weights(tmp_path / "ref"), _weights(tmp_path / "res")
+    assert wa.keys() == wb.keys() and "head.fc2.weight" in wa  # a gathered, unprefixed export
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
 
