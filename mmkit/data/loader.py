@@ -100,10 +100,19 @@ class FLAVADataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int, int] | int) -> dict[str, Any] | Skipped:
         epoch, batch, index = item if isinstance(item, tuple) else (0, 0, int(item))
-        record: Record | None = None
         try:
             record = self.source[index]
-            sample: dict[str, Any] = {"__batch__": (epoch, batch)}
+        except (ValueError, OSError) as e:
+            return Skipped(self.source.name, f"#{index}", str(e))
+        return self.make_sample(record, (epoch, batch), epoch, index)
+
+    def make_sample(self, record: Record, batch_id: tuple[int, int], epoch: int, index: int) -> dict[str, Any] | Skipped:
+        """Decode and transform one record; its random crop is seeded by ``(seed, source, epoch, index)``
+        and ``batch_id`` seeds its batch's collator. A record that cannot be used is a :class:`Skipped`."""
+        try:
+            if record.meta.get("error"):
+                raise ValueError(record.meta["error"])
+            sample: dict[str, Any] = {"__batch__": batch_id, "__key__": record.key}
             if self.kind in ("pair", "image"):
                 g = None
                 if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
@@ -120,8 +129,7 @@ class FLAVADataset(Dataset):
                 sample["input_ids"], sample["word_ids"] = enc.input_ids, enc.word_ids
             return sample
         except (ValueError, OSError) as e:
-            key = record.key if record is not None else f"#{index}"
-            return Skipped(self.source.name, key, str(e))
+            return Skipped(self.source.name, record.key, str(e))
 
     # StatefulDataLoader: a stateful dataset is never "fast-forwarded" by re-reading data;
     # all position state lives in the sampler.

@@ -1,0 +1,821 @@
+"""Streaming WebDataset shards from local disk, HTTP(S), S3 or GCS: flat memory, exact and elastic resume.
+
+Index mode (:class:`~mmkit.data.sources.TarShards`) reads every tar header at start and keeps a
+Python tuple per sample in every process: minutes and gigabytes at the scale of CC12M or PMD. Here
+start-up costs one listing per shard directory and memory is one shuffle window per data worker,
+whatever the number of samples.
+
+How it reads
+    * :func:`resolve_shards` expands brace patterns and globs (local, or ``s3://`` / ``gs://``
+      through ``fsspec``; ``http(s)://`` patterns are brace-expanded only) and records each shard's
+      size in bytes and, where a sizes file says so, its sample count (webdataset's ``sizes.json``
+      and ``_info.json``, img2dataset's ``<shard>_stats.json``).
+    * The reading unit is a :class:`Piece`: the samples of one shard at positions ``q >= start``
+      with ``q % stride == phase``, minus ``skip``. A sample's position is its ordinal in the shard
+      (the n-th group of members sharing a key), so a piece names its samples without reading them.
+    * Every epoch the pieces are permuted with ``seed + epoch`` and dealt to the *slots* (one slot
+      per data worker of every rank: ``rank * workers + worker``). With fewer shards than slots,
+      each shard is split into ``stride`` interleaved pieces so that every slot has work.
+    * A slot reads its pieces sequentially into a window of ``buffer_size`` samples, permutes the
+      window with a generator seeded by ``(seed, slot, epoch, window)`` and yields it; batches are
+      made in the worker (:class:`~mmkit.data.loader.CollateWithSkips`).
+
+Resume
+    Each batch carries its slot's state after it (a few integers and the window's *spans*: which
+    positions of which piece it holds), and :class:`StreamingLoader` keeps the latest per slot.
+    *Exact*: the same ranks and workers re-read the current window from its first position,
+    permute it with the same seed and skip what was already yielded, so the run sees the batches
+    the uninterrupted run would have seen. *Elastic*: :func:`plan_elastic` turns the states of all
+    old slots into the work that is left of every epoch any slot had begun (each slot's remaining
+    pieces, the yielded part of its window added to ``skip``; whole shares of slots that had not
+    reached that epoch) and deals it to the new slots, splitting pieces by stride where there are
+    fewer pieces than slots. No sample of those epochs is read twice and none is left out;
+    later epochs are dealt to the new slots from scratch. The shard list (URLs, byte sizes) is part
+    of the state: a resume over a changed shard set is an error naming the difference.
+
+Why not ``StatefulDataLoader`` here (index mode uses it): its worker snapshots can only be loaded
+into the same number of workers, and their layout is internal; a state that travels with each
+batch can be redistributed. The workers are a plain ``torch.utils.data.DataLoader``'s, and the
+worker that resumes a slot is chosen so that batches come out in the saved round-robin order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, split_member_name
+from mmkit.data.sources import Record, Source
+
+logger = logging.getLogger(__name__)
+
+REMOTE_PROTOCOLS = ("http", "https", "s3", "gs", "gcs")
+
+
+# ------------------------------------------------------------------------------------------
+# Shards
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    """One tar shard: where it is, its size in bytes and, when a sizes file says, its sample count."""
+
+    url: str
+    nbytes: int | None = None
+    samples: int | None = None
+    version: str | None = None  # modification time (local) or ETag / last-modified (object stores)
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.url.split("://", 1)[-1]).name
+
+
+def _protocol(url: str) -> str | None:
+    head, sep, _ = url.partition("://")
+    return head if sep and head in (*REMOTE_PROTOCOLS, "file") else None
+
+
+def _filesystem(protocol: str, storage_options: dict[str, Any] | None):
+    import fsspec
+
+    try:
+        return fsspec.filesystem(protocol, **(storage_options or {}))
+    except ImportError as e:
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}.get(protocol, protocol)
+        raise ImportError(
+            f"reading {protocol}:// shards needs an extra package: pip install 'mmkit[{extra}]' ({e})"
+        ) from e
+
+
+def resolve_shards(patterns: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
+    """Expand shard patterns into :class:`Shard` s (sorted within each glob), with byte sizes and sample counts.
+
+    Args:
+        patterns: paths or URLs; brace patterns (``pairs-{000000..000099}.tar``) everywhere, globs
+            (``*``, ``?``, ``[...]``) on local disk, S3 and GCS.
+        storage_options: ``fsspec`` options of the remote filesystem (e.g. ``{"endpoint_url": ...}``
+            for an S3-compatible store; credentials come from the usual environment otherwise).
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing, naming it.
+    """
+    from braceexpand import braceexpand
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    urls: list[str] = []
+    for pattern in patterns:
+        for item in braceexpand(str(pattern)):
+            urls.extend(_expand_one(item, storage_options))
+    if not urls:
+        raise FileNotFoundError(f"no shards in {list(patterns)}")
+    return _describe(urls, storage_options)
+
+
+def _expand_one(item: str, storage_options: dict[str, Any] | None) -> list[str]:
+    protocol = _protocol(item)
+    has_glob = any(c in item for c in "*?[")
+    if protocol is None or protocol == "file":
+        import glob
+
+        path = item.removeprefix("file://")
+        matches = sorted(glob.glob(path)) if has_glob else ([path] if os.path.exists(path) else [])
+        if not matches:
+            raise FileNotFoundError(f"no shard matches {item!r}")
+        return matches
+    if not has_glob:
+        return [item]
+    if protocol in ("http", "https"):
+        raise ValueError(f"{item!r}: HTTP has no listing to glob; write the shard names as a brace pattern")
+    fs = _filesystem(protocol, storage_options)
+    matches = sorted(fs.glob(item))
+    if not matches:
+        raise FileNotFoundError(f"no shard matches {item!r}")
+    return [m if "://" in m else f"{protocol}://{m}" for m in matches]
+
+
+def _describe(urls: list[str], storage_options: dict[str, Any] | None) -> list[Shard]:
+    """Byte sizes (one listing per directory, one HEAD where the listing has none) and sample counts."""
+    sizes: dict[str, int | None] = {}
+    versions: dict[str, str | None] = {}
+    counts: dict[str, int] = {}
+    by_dir: dict[str, list[str]] = {}
+    for url in urls:
+        by_dir.setdefault(url.rsplit("/", 1)[0] if "/" in url else ".", []).append(url)
+    for directory, members in by_dir.items():
+        protocol = _protocol(members[0])
+        if protocol is None:
+            for url in members:
+                if not os.path.isfile(url):
+                    raise FileNotFoundError(f"shard {url} does not exist")
+                st = os.stat(url)
+                sizes[url], versions[url] = st.st_size, str(st.st_mtime_ns)
+            counts.update(_sample_counts(directory, members, _local_reader))
+            continue
+        fs = _filesystem(protocol, storage_options)
+        listing: dict[str, dict[str, Any]] = {}
+        if protocol not in ("http", "https"):
+            try:
+                for entry in fs.ls(directory, detail=True):
+                    name = entry["name"]
+                    listing[name if "://" in name else f"{protocol}://{name}"] = entry
+            except (FileNotFoundError, OSError):
+                listing = {}
+        for url in members:
+            entry = listing.get(url)
+            if entry is None or entry.get("size") is None:
+                try:
+                    entry = fs.info(url)
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"shard {url} does not exist") from None
+            sizes[url], versions[url] = entry.get("size"), _version(entry)
+        counts.update(_sample_counts(directory, members, lambda u, fs=fs: _remote_reader(fs, u)))
+    return [Shard(u, sizes[u], counts.get(u), versions.get(u)) for u in urls]
+
+
+def _version(entry: dict[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated", "Last-Modified"):
+        if entry.get(key) is not None:
+            return str(entry[key]).strip('"')
+    return None
+
+
+def _local_reader(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _remote_reader(fs, url: str) -> bytes | None:
+    try:
+        with fs.open(url, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _sample_counts(directory: str, urls: list[str], read: Callable[[str], bytes | None]) -> dict[str, int]:
+    """Sample counts from the sizes files writers leave beside their shards, where there are any:
+    webdataset's ``sizes.json`` (``{shard name: n}``) or ``_info.json`` (``{"shardlist": [{"url",
+    "nsamples"}]}``), or img2dataset's ``<shard stem>_stats.json`` (``{"successes": n}``)."""
+    out: dict[str, int] = {}
+    names = {PurePosixPath(u.split("://", 1)[-1]).name: u for u in urls}
+    sizes = read(f"{directory}/sizes.json")
+    if sizes:
+        for name, n in json.loads(sizes).items():
+            if name in names:
+                out[names[name]] = int(n)
+    info = read(f"{directory}/_info.json") if len(out) < len(urls) else None
+    if info:
+        for entry in json.loads(info).get("shardlist", []):
+            name = PurePosixPath(str(entry.get("url", ""))).name
+            if name in names and "nsamples" in entry:
+                out[names[name]] = int(entry["nsamples"])
+    if len(out) < len(urls):
+        for name, url in names.items():
+            if url in out:
+                continue
+            stem = name.split(".")[0]
+            stats = read(f"{directory}/{stem}_stats.json")
+            if not stats:
+                break  # img2dataset writes one per shard: if the first is absent, none are there
+            out[url] = int(json.loads(stats)["successes"])
+    return out
+
+
+def shards_fingerprint(shards: Sequence[Shard]) -> list[list[Any]]:
+    """What a resume compares: each shard's URL, byte size and version (modification time or ETag), in order."""
+    return [[s.url, s.nbytes, s.version] for s in shards]
+
+
+def check_same_shards(saved: list[list[Any]], shards: Sequence[Shard], name: str) -> None:
+    """Raise ``ValueError`` naming the difference when ``shards`` are not the ones ``saved`` describes."""
+    now = shards_fingerprint(shards)
+    if [list(x) for x in saved] == now:
+        return
+    old_urls, new_urls = [x[0] for x in saved], [x[0] for x in now]
+    problems = []
+    gone, added = [u for u in old_urls if u not in new_urls], [u for u in new_urls if u not in old_urls]
+    if gone:
+        problems.append(f"{len(gone)} shard(s) no longer there ({', '.join(gone[:3])})")
+    if added:
+        problems.append(f"{len(added)} new shard(s) ({', '.join(added[:3])})")
+    old = {x[0]: list(x[1:]) for x in saved}
+    changed = [x[0] for x in now if x[0] in old and old[x[0]] != list(x[1:])]
+    if changed:
+        problems.append(f"{len(changed)} shard(s) changed (size or modification time: {', '.join(changed[:3])})")
+    if not problems:
+        problems.append("the shard order changed")
+    raise ValueError(
+        f"source {name!r}: the shards differ from the checkpoint's: {'; '.join(problems)}. Resume over the "
+        "same shards, or start a new run (checkpoint.resume=none)"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Reading one shard sequentially
+# ------------------------------------------------------------------------------------------
+def open_shard(url: str, storage_options: dict[str, Any] | None = None):
+    """A binary file object on the shard: local files directly, remote ones through ``fsspec``
+    (HTTP as a stream, object stores with read-ahead)."""
+    protocol = _protocol(url)
+    if protocol is None or protocol == "file":
+        return open(url.removeprefix("file://"), "rb")
+    fs = _filesystem(protocol, storage_options)
+    if protocol in ("http", "https"):
+        return fs.open(url, "rb", block_size=0)  # a plain stream: no range requests needed
+    return fs.open(url, "rb", block_size=8 << 20, cache_type="readahead")
+
+
+def iter_samples(
+    fileobj,
+    shard_name: str,
+    caption_field: str = "caption",
+    require_text: bool = True,
+    keep: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, Record]]:
+    """``(position, record)`` of every sample of a WebDataset tar read front to back.
+
+    A sample is a run of consecutive members sharing a key; ``position`` counts samples from 0.
+    With ``keep``, the members of samples it rejects are not read. A sample without an image (or,
+    with ``require_text``, without a caption) comes out as a record with ``meta["error"]`` (a
+    skipped record downstream). A shard that ends mid-way yields a last record whose
+    ``meta["error"]`` says so and whose ``meta["truncated"]`` is True.
+    """
+    position = 0
+    key: str | None = None
+    members: dict[str, bytes | None] = {}
+    stream = _CountingReader(fileobj)
+
+    def emit() -> tuple[int, Record]:
+        return position, _record(shard_name, key, members, caption_field, require_text)
+
+    def lost(at: int, reason: str) -> tuple[int, Record]:
+        return at, Record(
+            key=f"{shard_name}:#{at}",
+            meta={
+                "error": f"shard {shard_name} is truncated or corrupt after {at} samples ({reason})",
+                "truncated": True,
+            },
+        )
+
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for m in tar:
+                if not m.isfile() or m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
+                    continue
+                k, ext = split_member_name(m.name)
+                if k != key:
+                    if key is not None:
+                        if keep is None or keep(position):
+                            yield emit()
+                        position += 1
+                    key, members = k, {}
+                wanted = keep is None or keep(position)
+                members[ext] = tar.extractfile(m).read() if wanted else None
+            end = tar.offset
+    except (tarfile.TarError, EOFError, OSError) as e:
+        yield lost(position, str(e))  # the sample being read is lost too
+        return
+    if key is not None and (keep is None or keep(position)):
+        yield emit()
+    # A tar ends with zero blocks; a file cut at a member boundary just stops, which tarfile's stream
+    # mode takes for the end: without at least one block after the last member, samples were lost.
+    if stream.count < end + tarfile.BLOCKSIZE:
+        yield lost(position + (key is not None), "no end-of-archive marker")
+
+
+class _CountingReader:
+    """A read-only file wrapper that counts the bytes read through it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.count = f, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.count += len(data)
+        return data
+
+
+def _record(shard: str, key: str, members: dict[str, bytes | None], caption_field: str, require_text: bool) -> Record:
+    record = Record(key=f"{shard}:{key}")
+    image_ext = image_member({e: e for e in members})
+    if image_ext is not None:
+        record.image = members[image_ext]
+    else:
+        record.meta["error"] = f"no image member (has {', '.join(sorted(members)) or 'nothing'})"
+    text_ext = next((e for e in (".txt", ".json") if e in members), None)
+    if text_ext is not None:
+        record.meta.update(text_bytes=members[text_ext], text_format=text_ext, caption_field=caption_field)
+    elif require_text and image_ext is not None:
+        record.meta["error"] = "no caption member (.txt or .json)"
+    if TOKENS_EXT in members:
+        record.meta["tokens_bytes"] = members[TOKENS_EXT]
+    return record
+
+
+def read_token_info(shard: Shard, storage_options: dict[str, Any] | None = None) -> dict | None:
+    """The ``__tokenizer__.json`` record a token-cached shard starts with, or None."""
+    with open_shard(shard.url, storage_options) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        first = next(iter(tar), None)
+        if first is not None and first.name.rsplit("/", 1)[-1] == TOKENIZER_META:
+            return json.load(tar.extractfile(first))
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces, epochs and plans
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Piece:
+    """The samples of shard ``shard`` at positions ``q >= start`` with ``q % stride == phase``, except ``skip``."""
+
+    shard: int
+    start: int = 0
+    stride: int = 1
+    phase: int = 0
+    skip: list[int] = field(default_factory=list)
+
+    def holds(self, q: int) -> bool:
+        return q >= self.start and q % self.stride == self.phase and q not in self._skip_set
+
+    @property
+    def _skip_set(self) -> frozenset[int]:
+        cached = self.__dict__.get("_skips")
+        if cached is None or len(cached) != len(self.skip):
+            cached = self.__dict__["_skips"] = frozenset(self.skip)
+        return cached
+
+    def positions(self, first: int, last: int) -> list[int]:
+        """The positions this piece holds in ``[first, last]`` (no reading: shards have no holes)."""
+        q = first + (self.phase - first) % self.stride
+        return [p for p in range(q, last + 1, self.stride) if self.holds(p)]
+
+    def split(self, parts: int) -> list[Piece]:
+        """``parts`` pieces that together hold exactly this one's samples."""
+        return [
+            Piece(self.shard, self.start, self.stride * parts, self.phase + self.stride * i,
+                  [q for q in self.skip if q % (self.stride * parts) == self.phase + self.stride * i])
+            for i in range(parts)
+        ]  # fmt: skip
+
+    def to_list(self) -> list[Any]:
+        return [self.shard, self.start, self.stride, self.phase, list(self.skip)]
+
+    @classmethod
+    def from_list(cls, x: Sequence[Any]) -> Piece:
+        return cls(int(x[0]), int(x[1]), int(x[2]), int(x[3]), [int(q) for q in x[4]])
+
+
+def epoch_shares(num_shards: int, num_slots: int, seed: int, epoch: int) -> list[list[Piece]]:
+    """Each slot's pieces for a fresh epoch: the shards (split by stride when fewer than the slots)
+    in a permutation seeded by ``seed + epoch``, dealt round-robin."""
+    stride = max(1, math.ceil(num_slots / num_shards))
+    units = [Piece(s, 0, stride, j) for s in range(num_shards) for j in range(stride)]
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [[units[i] for i in order[slot::num_slots]] for slot in range(num_slots)]
+
+
+@dataclass
+class SlotState:
+    """Where one slot is. ``queue``: ``[epoch, pieces]`` still to read, in order, the first one
+    from the current window's first position; after it, fresh epochs from ``next_epoch``.
+    ``spans``: the current window as ``[index into queue[0]'s pieces, first, last]``; ``yielded``:
+    how many of its samples have been handed out; ``window``: its number (seeds its permutation);
+    ``batches``: batches made (seeds their randomness)."""
+
+    slot: int
+    num_slots: int
+    next_epoch: int = 0
+    queue: list[list[Any]] = field(default_factory=list)
+    spans: list[list[int]] = field(default_factory=list)
+    yielded: int = 0
+    window: int = 0
+    batches: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "queue": [[e, [p.to_list() for p in ps]] for e, ps in self.queue]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SlotState:
+        state = cls(**{**d, "queue": []})
+        state.queue = [[int(e), [Piece.from_list(p) for p in ps]] for e, ps in d["queue"]]
+        return state
+
+
+def _window_positions(state: SlotState) -> list[tuple[int, int]]:
+    """``(shard, position)`` of every sample in the slot's current window, in reading order."""
+    if not state.queue:
+        return []
+    pieces = state.queue[0][1]
+    return [(pieces[i].shard, q) for i, first, last in state.spans for q in pieces[i].positions(first, last)]
+
+
+def window_permutation(seed: int, state: SlotState, epoch: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(_mix(seed, state.slot, state.num_slots, epoch, state.window))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def remaining_work(states: Sequence[SlotState], num_shards: int, seed: int) -> tuple[dict[int, list[Piece]], int]:
+    """What is left to read of every epoch any slot has begun: ``({epoch: pieces}, first fresh epoch)``.
+
+    A slot contributes, for an epoch in its queue, its pieces from the window start with the part of
+    the window it already handed out added to ``skip``; for a fresh epoch it had not begun, its
+    whole share; nothing for an epoch it finished.
+    """
+    num_slots = states[0].num_slots
+    if sorted(s.slot for s in states) != list(range(num_slots)):
+        raise ValueError(f"elastic resume needs the state of every one of the {num_slots} old slots")
+    fresh = max(s.next_epoch for s in states)
+    first = min([s.next_epoch for s in states] + [e for s in states for e, _ in s.queue])
+    left: dict[int, list[Piece]] = {}
+    for s in sorted(states, key=lambda s: s.slot):
+        queued = {e: ps for e, ps in s.queue}
+        for epoch in range(first, fresh):
+            if epoch in queued:
+                pieces = [Piece.from_list(p.to_list()) for p in queued[epoch]]
+                if s.queue and epoch == s.queue[0][0] and s.yielded:
+                    positions = _window_positions(s)
+                    perm = window_permutation(seed, s, epoch, len(positions))
+                    done = {positions[i] for i in perm[: s.yielded]}
+                    for p in pieces:
+                        p.skip = sorted({*p.skip, *(q for sh, q in done if sh == p.shard and p.holds(q))})
+                left.setdefault(epoch, []).extend(pieces)
+            elif epoch >= s.next_epoch:  # a fresh epoch this slot had not started
+                left.setdefault(epoch, []).extend(epoch_shares(num_shards, num_slots, seed, epoch)[s.slot])
+    return {e: ps for e, ps in left.items() if ps}, fresh
+
+
+def plan_elastic(states: Sequence[SlotState], num_shards: int, seed: int, num_slots: int) -> list[SlotState]:
+    """New slot states for ``num_slots`` slots that read exactly what the old ``states`` left."""
+    left, fresh = remaining_work(states, num_shards, seed)
+    new = [SlotState(slot=i, num_slots=num_slots, next_epoch=fresh) for i in range(num_slots)]
+    for epoch in sorted(left):
+        pieces = left[epoch]
+        if len(pieces) < num_slots:
+            parts = math.ceil(num_slots / len(pieces))
+            pieces = [q for p in pieces for q in p.split(parts)]
+        for i, state in enumerate(new):
+            mine = pieces[i::num_slots]
+            if mine:
+                state.queue.append([epoch, mine])
+    return new
+
+
+def _mix(*parts: int) -> int:
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+# ------------------------------------------------------------------------------------------
+# Reading a slot
+# ------------------------------------------------------------------------------------------
+def _first_held(piece: Piece, q: int) -> int:
+    q += (piece.phase - q) % piece.stride
+    while q in piece._skip_set:
+        q += piece.stride
+    return q
+
+
+class SlotReader:
+    """A slot's endless sample stream: its queued pieces, then fresh epochs, through shuffle windows.
+
+    ``state`` is updated before each sample is yielded, so after any sample it describes exactly
+    what has been handed out; started from a saved state it re-reads the current window and goes
+    on after the last sample handed out.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        state: SlotState,
+        seed: int,
+        buffer_size: int,
+        caption_field: str = "caption",
+        require_text: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.shards, self.state, self.seed, self.buffer_size = shards, state, seed, buffer_size
+        self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
+
+    def _read(self, pieces: list[Piece]) -> Iterator[tuple[int, int, Record]]:
+        """``(piece index, position, record)`` of the pieces' samples, in reading order."""
+        for i, piece in enumerate(pieces):
+            shard = self.shards[piece.shard]
+            with open_shard(shard.url, self.storage_options) as f:
+                for q, record in iter_samples(f, shard.name, self.caption_field, self.require_text, piece.holds):
+                    if record.meta.get("truncated"):
+                        q = _first_held(piece, q)  # the loss is reported at a position this piece holds
+                        held = len(piece.positions(q, shard.samples - 1)) if shard.samples else 1
+                        record.meta["lost"] = max(1, held)
+                        yield i, q, record
+                        break
+                    yield i, q, record
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, Record]]:
+        """``(epoch, shard index, position, record)`` forever."""
+        st, skip_first = self.state, self.state.yielded
+        while True:
+            if not st.queue:
+                epoch = st.next_epoch
+                st.queue.append([epoch, epoch_shares(len(self.shards), st.num_slots, self.seed, epoch)[st.slot]])
+                st.next_epoch = epoch + 1
+            epoch, pieces = st.queue[0]
+            reader, base = self._read(list(pieces)), 0
+            while True:
+                window = [(i - base, q, r) for i, q, r in _take(reader, self.buffer_size)]
+                if not window:
+                    break
+                st.spans = _spans(window)
+                perm = window_permutation(self.seed, st, epoch, len(window))
+                for k in range(skip_first, len(window)):
+                    st.yielded = k + 1
+                    i, q, record = window[perm[k]]
+                    yield epoch, pieces[i].shard, q, record
+                skip_first = 0
+                i_last, q_last, _ = window[-1]  # the next window starts after the last sample read
+                head = pieces[i_last]
+                pieces = [Piece(head.shard, q_last + 1, head.stride, head.phase, [q for q in head.skip if q > q_last]),
+                          *pieces[i_last + 1 :]]  # fmt: skip
+                st.queue[0][1], st.spans, st.yielded, st.window = pieces, [], 0, st.window + 1
+                base += i_last
+            st.queue.pop(0)
+            st.spans, st.yielded = [], 0
+
+
+def _take(it: Iterator, n: int) -> list:
+    out = []
+    for item in it:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out
+
+
+def _spans(window: list[tuple[int, int, Record]]) -> list[list[int]]:
+    spans: dict[int, list[int]] = {}
+    for i, q, _ in window:
+        span = spans.setdefault(i, [i, q, q])
+        span[1], span[2] = min(span[1], q), max(span[2], q)
+    return [spans[i] for i in sorted(spans)]
+
+
+# ------------------------------------------------------------------------------------------
+# Dataset and loader
+# ------------------------------------------------------------------------------------------
+@dataclass
+class StreamBatch:
+    """What a worker sends: the collated batch, its skipped records, the slot and its state after it."""
+
+    batch: Any
+    skipped: list
+    slot: int
+    state: dict[str, Any]
+
+
+class StreamingShards(IterableDataset):
+    """Batches of one kind streamed from tar shards; each worker of each rank reads one slot.
+
+    Args:
+        shards: from :func:`resolve_shards`.
+        samples: a :class:`~mmkit.data.loader.FLAVADataset` whose ``make_sample`` turns records into
+            samples (its ``source`` only names the stream).
+        collate: a :class:`~mmkit.data.loader.CollateWithSkips`.
+        batch_size: samples per batch.
+        rank, world_size, num_workers: the slots: ``world_size * max(1, num_workers)``.
+        seed: shard permutations, windows and per-sample randomness.
+        buffer_size: samples per shuffle window (memory: this many encoded samples per worker).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        samples: Any,
+        collate: Callable,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        buffer_size: int = 1000,
+        caption_field: str = "caption",
+        require_text: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1 or buffer_size < 1:
+            raise ValueError(f"batch_size and buffer_size must be >= 1, got {batch_size} and {buffer_size}")
+        self.shards, self.samples, self.collate, self.batch_size = list(shards), samples, collate, batch_size
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
+        self.seed, self.buffer_size = seed, buffer_size
+        self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
+        self.resume: dict[int, SlotState] = {}
+        self.rotation = 0  # worker w plays local slot (rotation + w) % workers
+
+    @property
+    def num_slots(self) -> int:
+        return self.world_size * self.workers
+
+    def slot_of(self, worker: int) -> int:
+        return self.rank * self.workers + (self.rotation + worker) % self.workers
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        info = get_worker_info()
+        slot = self.slot_of(info.id if info is not None else 0)
+        state = self.resume.get(slot)
+        state = SlotState.from_dict(state.to_dict()) if state is not None else SlotState(slot, self.num_slots)
+        reader = SlotReader(self.shards, state, self.seed, self.buffer_size, self.caption_field, self.require_text,
+                            self.storage_options)  # fmt: skip
+        pending: list = []
+        for epoch, shard, q, record in reader:
+            sample = self.samples.make_sample(record, (epoch, (slot << 32) + state.batches), epoch, (shard << 32) + q)
+            if record.meta.get("lost", 1) > 1 and not isinstance(sample, dict):
+                pending.extend([sample] * (record.meta["lost"] - 1))  # every lost sample counts as skipped
+            pending.append(sample)
+            if len(pending) >= self.batch_size:
+                state.batches += 1
+                batch, skipped = self.collate(pending)
+                pending = []
+                yield StreamBatch(batch, skipped, slot, state.to_dict())
+
+
+class StreamingLoader:
+    """The data loader of a :class:`StreamingShards`: ``(batch | None, skipped)`` per step, with a
+    ``state_dict`` that resumes exactly (:meth:`load_state_dict`) or on other ranks/workers
+    (:meth:`load_elastic`)."""
+
+    def __init__(self, dataset: StreamingShards, num_workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int | None = None) -> None:  # fmt: skip
+        self.dataset, self.num_workers = dataset, num_workers
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.states: dict[int, SlotState] = {}
+        self.next_local = 0
+
+    def __iter__(self) -> Iterator[tuple[Any, list]]:
+        from torch.utils.data import DataLoader
+
+        ds = self.dataset
+        ds.resume, ds.rotation = dict(self.states), self.next_local
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+                            persistent_workers=False)  # fmt: skip
+        for item in loader:
+            self.states[item.slot] = SlotState.from_dict(item.state)
+            self.next_local = (item.slot - ds.rank * ds.workers + 1) % ds.workers
+            yield item.batch, item.skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        ds = self.dataset
+        return {
+            "mode": "streaming",
+            "name": ds.samples.source.name,
+            "shards": shards_fingerprint(ds.shards),
+            "seed": ds.seed,
+            "world_size": ds.world_size,
+            "workers": ds.workers,
+            "rank": ds.rank,
+            "next_local": self.next_local,
+            "slots": {str(k): v.to_dict() for k, v in sorted(self.states.items())},
+        }
+
+    def _check(self, state: dict[str, Any]) -> None:
+        ds = self.dataset
+        if state.get("mode") != "streaming":
+            name = ds.samples.source.name
+            raise ValueError(f"source {name!r}: the checkpoint read it in index mode, this run streams it")
+        check_same_shards(state["shards"], ds.shards, ds.samples.source.name)
+        if state["seed"] != ds.seed:
+            raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {ds.seed}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` (this rank's, same ranks and workers) stopped."""
+        self._check(state)
+        ds = self.dataset
+        if (state["world_size"], state["workers"], state["rank"]) != (ds.world_size, ds.workers, ds.rank):
+            raise ValueError(
+                f"data state of rank {state['rank']} of {state['world_size']} x {state['workers']} workers cannot be "
+                f"loaded exactly into rank {ds.rank} of {ds.world_size} x {ds.workers} workers; use load_elastic "
+                "with the states of every old rank"
+            )
+        self.states = {int(k): SlotState.from_dict(v) for k, v in state["slots"].items()}
+        self.next_local = int(state["next_local"])
+
+    def load_elastic(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continue from the states of *every* rank of a run with other ranks or workers: the rest of
+        each begun epoch is dealt to this run's slots (see :func:`plan_elastic`)."""
+        for s in states:
+            self._check(s)
+        old_world, old_workers = states[0]["world_size"], states[0]["workers"]
+        if sorted(s["rank"] for s in states) != list(range(old_world)):
+            raise ValueError(f"elastic resume needs the data state of all {old_world} old ranks")
+        old = {int(k): SlotState.from_dict(v) for s in states for k, v in s["slots"].items()}
+        n_old = old_world * old_workers
+        full = [old.get(i, SlotState(i, n_old)) for i in range(n_old)]
+        ds = self.dataset
+        plan = plan_elastic(full, len(ds.shards), ds.seed, ds.num_slots)
+        mine = range(ds.rank * ds.workers, (ds.rank + 1) * ds.workers)
+        self.states, self.next_local = {i: plan[i] for i in mine}, 0
+
+
+class StreamName(Source):
+    """The name of a streamed source (what :class:`~mmkit.data.loader.FLAVADataset` reports skips
+    under); streams have no length and no random access."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __len__(self) -> int:
+        raise TypeError(f"streamed source {self.name!r} has no length: it is read front to back")
+
+
+def make_stream_loader(
+    shards: Sequence[Shard] | str | Sequence[str],
+    kind: str,
+    collator: Callable,
+    batch_size: int,
+    *,
+    name: str = "pairs",
+    image_transform: Callable | None = None,
+    tokenizer: Any = None,
+    image_tokens: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    buffer_size: int = 1000,
+    caption_field: str = "caption",
+    storage_options: dict[str, Any] | None = None,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+) -> StreamingLoader:
+    """A :class:`StreamingLoader` of ``kind`` (``pair`` / ``image``) batches from tar shards (or patterns).
+
+    The counterpart of :func:`~mmkit.data.loader.make_loader` for streamed shards; the result plugs
+    into :class:`~mmkit.data.loader.MixedBatches` the same way.
+    """
+    from mmkit.data.loader import CollateWithSkips, FLAVADataset
+
+    if not shards or isinstance(shards, str) or not isinstance(shards[0], Shard):
+        shards = resolve_shards(shards, storage_options)  # type: ignore[arg-type]
+    samples = FLAVADataset(StreamName(name), kind, image_transform, tokenizer, seed=seed, image_tokens=image_tokens)
+    dataset = StreamingShards(
+        shards, samples, CollateWithSkips(collator, seed, name), batch_size, rank=rank, world_size=world_size,
+        num_workers=num_workers, seed=seed, buffer_size=buffer_size, caption_field=caption_field,
+        require_text=kind == "pair", storage_options=storage_options,
+    )  # fmt: skip
+    return StreamingLoader(dataset, num_workers, pin_memory, prefetch_factor)
