@@ -1,0 +1,128 @@
+"""The same shards from local disk, from an HTTP server and from an S3 endpoint, both started here on
+localhost (the standard library's ``http.server``; moto's standalone S3 server through ``s3fs``):
+identical batches, and exact resume over S3."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.data.test_streaming import _take, keys_of, write_shards
+
+pytest.importorskip("aiohttp", reason="HTTP streaming needs aiohttp (pip install -e '.[dev]')")
+s3fs = pytest.importorskip("s3fs", reason="S3 streaming needs s3fs (pip install -e '.[dev]')")
+
+SIZES = [9, 12, 7, 10]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], url: str, cwd=None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return proc
+        except OSError as e:
+            if getattr(e, "code", None):  # the server answered (even with an HTTP error)
+                return proc
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server {cmd} did not come up at {url}")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), SIZES)
+
+
+@pytest.fixture(scope="module")
+def http_root(local):
+    port = _free_port()
+    proc = _serve([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                  f"http://127.0.0.1:{port}/", cwd=local[0].parent)  # fmt: skip
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def s3(local):
+    port = _free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    proc = _serve(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/"
+    )
+    options = {"endpoint_url": f"http://127.0.0.1:{port}"}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("bucket")
+    for path in local:
+        fs.put_file(str(path), f"bucket/cc/{path.name}")
+    fs.pipe_file(
+        "bucket/cc/sizes.json", ("{" + ", ".join(f'"{p.name}": {n}' for p, n in zip(local, SIZES)) + "}").encode()
+    )
+    yield options
+    proc.kill()
+    proc.wait()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _loader(patterns, storage_options=None, rank=0, world=1, workers=2):
+    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data.streaming import make_stream_loader
+
+    return make_stream_loader(patterns, "image", keys_of, 4, seed=3, rank=rank, world_size=world, num_workers=workers,
+                              image_transform=FLAVAImageTransform(ImageTransformConfig(8, 0)), buffer_size=8,
+                              storage_options=storage_options)  # fmt: skip
+
+
+def test_local_http_and_s3_give_identical_batches(local, http_root, s3):
+    from mmkit.data.streaming import resolve_shards
+
+    pattern = "pairs-{0000..0003}.tar"
+    local_batches = _take(iter(_loader(str(local[0].parent / pattern))), 12)
+    http_batches = _take(iter(_loader(f"{http_root}/{pattern}")), 12)
+    s3_batches = _take(iter(_loader("s3://bucket/cc/pairs-*.tar", s3)), 12)
+    keys = lambda batches: [k for b in batches for _, k in b]  # noqa: E731
+    assert keys(local_batches) == keys(http_batches) == keys(s3_batches)
+    assert len(set(keys(local_batches))) == sum(SIZES)  # 12 x 4 = 48 = one epoch, each sample once
+    remote = resolve_shards("s3://bucket/cc/pairs-*.tar", s3)
+    assert [s.samples for s in remote] == SIZES  # from sizes.json beside the shards
+    assert [s.nbytes for s in remote] == [p.stat().st_size for p in local]
+    assert all(s.version for s in remote)  # the ETag: a replaced object is noticed on resume
+
+
+def test_exact_resume_over_s3_two_ranks_two_workers(s3):
+    for rank in range(2):
+        expected = _take(iter(_loader("s3://bucket/cc/pairs-*.tar", s3, rank, 2)), 8)
+        live = _loader("s3://bucket/cc/pairs-*.tar", s3, rank, 2)
+        assert _take(iter(live), 3) == expected[:3]
+        resumed = _loader("s3://bucket/cc/pairs-*.tar", s3, rank, 2)
+        resumed.load_state_dict(live.state_dict())
+        assert _take(iter(resumed), 5) == expected[3:]
+
+
+def test_missing_remote_shards_are_named(http_root, s3):
+    from mmkit.data.streaming import resolve_shards
+
+    with pytest.raises(FileNotFoundError, match="no shard matches 's3://bucket/nothing-"):
+        resolve_shards("s3://bucket/nothing-*.tar", s3)
+    with pytest.raises(FileNotFoundError, match="pairs-0099.tar does not exist"):
+        resolve_shards(f"{http_root}/pairs-{{0000..0001}}.tar,{http_root}/pairs-0099.tar".split(","))
+    with pytest.raises(ValueError, match="HTTP has no listing to glob"):
+        resolve_shards(f"{http_root}/pairs-*.tar")
