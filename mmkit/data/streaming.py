@@ -713,7 +713,10 @@ class StreamingLoader:
         ds.resume, ds.rotation = dict(self.states), self.next_local
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-                            persistent_workers=False)  # fmt: skip
+                            persistent_workers=False,
+                            # its own generator: starting an iterator must not draw from the global RNG
+                            # (a resumed run's model randomness would shift)
+                            generator=torch.Generator().manual_seed(_mix(ds.seed, ds.rank, 7)))  # fmt: skip
         for item in loader:
             self.states[item.slot] = SlotState.from_dict(item.state)
             self.next_local = (item.slot - ds.rank * ds.workers + 1) % ds.workers

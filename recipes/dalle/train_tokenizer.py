@@ -14,7 +14,10 @@ Features and their config keys:
   ``files`` (``data.images``: tar shard patterns or image folders); ``data.image_size`` (the
   tokenizer is convolutional: train at the size it will tokenize, e.g. 112 for FLAVA at 224²);
   ``data.random_crop``; held-out images for evaluation (``data.val_images``, default the shapes
-  held-out pairs). Loading is deterministic and exactly resumable (``mmkit.data.make_loader``).
+  held-out pairs). Tar shards are streamed (``data.streaming``, default; local or ``s3://`` /
+  ``gs://`` / ``http(s)://`` with ``data.storage_options``; a ``data.shuffle_buffer`` window per
+  worker); folders, or ``data.streaming=false``, are indexed. Either way loading is deterministic
+  and exactly resumable.
 * model: ``model.*`` = encoder/decoder sizes (``hidden_size``, ``vocab_size``, ``num_groups``,
   ``blocks_per_group``, ``init_size``).
 * objective (DALL-E, Ramesh et al. 2021): Gumbel-softmax relaxation, temperature cosine-annealed from
@@ -57,6 +60,7 @@ from mmkit.data import (
 )
 from mmkit.data.loader import FLAVADataset
 from mmkit.data.sources import Source, decode_image
+from mmkit.data.streaming import make_stream_loader
 from mmkit.tokenizers import DalleDecoder, DalleEncoder, DiscreteVAE, codebook_usage, save_dvae
 from mmkit.tokenizers.dvae import gumbel_temperature, kl_weight_schedule
 from mmkit.train import (
@@ -87,6 +91,9 @@ class DataConfig:
     batch_size: int = at_least(1, 64)  # per rank
     num_workers: int = at_least(0, 1)
     max_bad_fraction: float = fraction(0.01)
+    streaming: bool = True  # tar shards read front to back (local or s3:// gs:// http(s)://); false: indexed
+    shuffle_buffer: int = at_least(1, 1000)  # streaming: samples per shuffle window per data worker
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
 
 
 @dataclass
@@ -131,7 +138,7 @@ class TokenizerTrainConfig:
 
 
 FROZEN = ("seed", "model", "optim.grad_accum", *(f"data.{k}" for k in ("dataset", "images", "image_size",
-          "random_crop", "batch_size", "num_workers")))  # fmt: skip
+          "random_crop", "batch_size", "num_workers", "streaming", "shuffle_buffer")))  # fmt: skip
 
 
 def load_config(path: str | None, overrides: list[str]) -> TokenizerTrainConfig:
@@ -210,17 +217,20 @@ class TokenizerRecipe:
         cfg, d, info = self.cfg, self.cfg.data, self.ctx.info
         if d.dataset == "shapes":
             paths = shapes_dataset()
-            train, val = (
-                TarShards([*paths.train_pairs, *paths.images], name="images"),
-                TarShards(paths.val_pairs, name="val"),
-            )
+            train, val = [*map(str, paths.train_pairs), *map(str, paths.images)], TarShards(paths.val_pairs, name="val")
         else:
-            train = image_source(d.images, "images")
+            train = d.images
             val = image_source(d.val_images, "val") if d.val_images else None
         tcfg = ImageTransformConfig(d.image_size, d.image_size, random_crop=d.random_crop)
-        dataset = FLAVADataset(train, "image", FLAVAImageTransform(tcfg), seed=cfg.seed)
-        loader = make_loader(dataset, stack_pixels, d.batch_size, rank=info.rank, world_size=info.world_size,
-                             seed=cfg.seed, num_workers=d.num_workers)  # fmt: skip
+        common = dict(rank=info.rank, world_size=info.world_size, seed=cfg.seed, num_workers=d.num_workers)
+        folder = len(train) == 1 and "://" not in train[0] and Path(train[0]).is_dir()
+        if d.streaming and not folder:
+            loader = make_stream_loader(train, "image", stack_pixels, d.batch_size, name="images",
+                                        image_transform=FLAVAImageTransform(tcfg), buffer_size=d.shuffle_buffer,
+                                        storage_options=d.storage_options or None, **common)  # fmt: skip
+        else:
+            dataset = FLAVADataset(image_source(train, "images"), "image", FLAVAImageTransform(tcfg), seed=cfg.seed)
+            loader = make_loader(dataset, stack_pixels, d.batch_size, **common)
         self.stream = MixedBatches({"images": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
         return val
 

@@ -229,3 +229,17 @@ def test_sizes_files_of_webdataset_and_img2dataset(tmp_path):
         (tmp_path / "b" / f"{name}_stats.json").write_text(json.dumps({"successes": n, "failed_to_download": 1}))
     assert [s.samples for s in resolve_shards(str(tmp_path / "b" / "*.tar"))] == [2, 5]
     assert [s.samples for s in resolve_shards(str(tmp_path / "a" / "*.tar"))] == [3, 4]
+
+
+def test_reading_does_not_draw_from_the_global_rng(tmp_path):
+    """A resumed run starts its loader iterators at other points of the model's random stream (e.g.
+    Gumbel noise): the loader must not consume that stream, or the resumed run diverges."""
+    import torch
+
+    paths = write_shards(tmp_path, [6, 6])
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        want = torch.rand(3)
+        torch.manual_seed(0)
+        _take(iter(_loader(paths, workers=workers)), 2)
+        assert torch.equal(torch.rand(3), want), workers
