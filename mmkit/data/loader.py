@@ -106,7 +106,9 @@ class FLAVADataset(Dataset):
             return Skipped(self.source.name, f"#{index}", str(e))
         return self.make_sample(record, (epoch, batch), epoch, index)
 
-    def make_sample(self, record: Record, batch_id: tuple[int, int], epoch: int, index: int) -> dict[str, Any] | Skipped:
+    def make_sample(
+        self, record: Record, batch_id: tuple[int, int], epoch: int, index: int
+    ) -> dict[str, Any] | Skipped:
         """Decode and transform one record; its random crop is seeded by ``(seed, source, epoch, index)``
         and ``batch_id`` seeds its batch's collator. A record that cannot be used is a :class:`Skipped`."""
         try:
@@ -285,7 +287,7 @@ def make_loader(
 
 
 class DataQualityError(RuntimeError):
-    """Too many records of a source could not be used."""
+    """Too many records of a source could not be used, or none at all (see :class:`MixedBatches`)."""
 
 
 class MixedBatches:
@@ -297,6 +299,12 @@ class MixedBatches:
         seed: seed of the source draw, the same on every rank.
         max_bad_fraction: stop with :class:`DataQualityError` when a source's skipped / seen
             exceeds this (checked once it has seen ``min_samples``).
+        min_samples: records a source must have seen before its bad fraction is judged.
+
+    Even with ``max_bad_fraction=1.0`` (tolerate every bad record) a source that yields nothing
+    stops the run with :class:`DataQualityError` instead of looping forever: once every one of its
+    ``min_samples`` or more records seen was skipped, or when more than ``max(min_samples, 10 batches)``
+    records in a row were (a source that went bad, e.g. its disk went away).
 
     Yields :class:`~mmkit.data.collators.FLAVABatch` with ``batch.source`` set. ``stats()`` gives
     per-source counts and recent skipped keys; ``state_dict()`` / ``load_state_dict()`` cover
@@ -336,6 +344,7 @@ class MixedBatches:
 
     def __next__(self) -> FLAVABatch:
         name = self.names[int(torch.multinomial(self.probs, 1, generator=self._generator))]
+        bad_run = 0  # records in a row of this source that could not be used
         while True:
             batch, skipped = self._next_from(name)
             self._account(name, batch, skipped)
@@ -343,6 +352,13 @@ class MixedBatches:
                 if isinstance(batch, FLAVABatch):
                     batch.source = name
                 return batch
+            bad_run += len(skipped)
+            if bad_run > max(self.min_samples, 10 * len(skipped)):
+                raise DataQualityError(
+                    f"source {name!r}: no record could be used: the last {bad_run} records in a row were skipped "
+                    f"({self.skipped[name]} of {self.seen[name]} overall); latest: "
+                    f"{'; '.join(self.examples[name][-3:])}"
+                )
 
     def _account(self, name: str, batch: FLAVABatch | None, skipped: list[Skipped]) -> None:
         self.seen[name] += (0 if batch is None else len(batch)) + len(skipped)
@@ -353,6 +369,11 @@ class MixedBatches:
             logger.warning("skipped %s record %s: %s", s.source, s.key, s.reason)
         self.examples[name] = (self.examples[name] + [f"{s.key} ({s.reason})" for s in skipped])[-10:]
         seen, bad = self.seen[name], self.skipped[name]
+        if seen >= self.min_samples and bad == seen:
+            raise DataQualityError(
+                f"source {name!r}: no record could be used: all {seen} records seen were skipped; "
+                f"latest: {'; '.join(self.examples[name][-3:])}"
+            )
         if seen >= self.min_samples and bad / seen > self.max_bad_fraction:
             raise DataQualityError(
                 f"source {name!r}: {bad} of {seen} records could not be used "

@@ -16,12 +16,15 @@ expanded with ``braceexpand``.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import io
 import json
+import logging
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,18 @@ from typing import Any
 from mmkit.data.formats import IMAGE_EXTENSIONS, TOKENIZER_META, TOKENS_EXT, image_member, split_member_name
 from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
 
+logger = logging.getLogger(__name__)
+
 TEXT_EXTENSIONS = (".txt", ".json", ".cls")
+
+#: The default pixel limit (width x height) of :func:`decode_image`: a larger image is refused before its
+#: pixels are decoded, as a possible decompression bomb (a small file that decodes to gigabytes, e.g. a
+#: 30000x30000 one-colour PNG of a few kilobytes). It is PIL's own default ``PIL.Image.MAX_IMAGE_PIXELS``
+#: (89,478,485 pixels, about 9459x9459; 256 MiB as 24-bit RGB): far above any image a vision-language model
+#: is trained on (they are resized to a few hundred pixels), and the size above which PIL itself warns.
+#: :func:`decode_image` reads it at each call, so assigning it changes the limit of every loader; a limit
+#: above twice PIL's own also needs ``PIL.Image.MAX_IMAGE_PIXELS`` raised, as PIL refuses such images itself.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 @dataclass
@@ -44,25 +58,48 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file's content, decoded as UTF-8; a leading byte-order mark (Excel writes one) is dropped.
+
+    Raises:
+        ValueError: the file is not UTF-8, naming the file, the line and the byte.
+    """
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise ValueError(
+            f"{path}:{line} is not UTF-8 ({e.reason} at byte {at}): "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[dict[str, Any]]:
     """Rows of a ``.csv`` (header row) or ``.jsonl`` (one JSON object per line) file, as dicts.
+
+    The file must be UTF-8; a leading byte-order mark is allowed (so the first CSV column is not named
+    ``"\\ufeff..."``). JSONL lines are separated by ``\\n`` only: JSON strings may hold other line
+    separators (U+2028, ``\\x1c``...) unescaped.
 
     Args:
         path: the file. required: columns every row must have (``None`` entries are ignored).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: a line that is not JSON (named by number).
+        FileNotFoundError: no such file. ValueError: a line that is not JSON, or not UTF-8 (named by number).
         KeyError: a required column is missing (the message lists the columns there are).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
+    text = _read_utf8(path)
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -145,6 +182,12 @@ class TarShards(Source):
     tokenizer made them; ``token_info`` is that record when every shard has the same one and every
     sample its ids, else None.
 
+    A truncated shard (cut in a member's data or header, or ending without the tar end-of-archive
+    blocks, as an interrupted copy or download leaves it) is indexed up to the cut: the samples whose
+    members are whole are used, and ``truncated`` lists ``(shard name, samples indexed before the cut)``
+    with a warning in the log, so the loss is visible. Only when no shard has a usable sample is the
+    source an error.
+
     Args:
         paths: shard paths, brace patterns or globs.
         caption_field: JSON field holding the caption.
@@ -165,22 +208,34 @@ class TarShards(Source):
         self.require_text = require_text
         self._index: list[tuple[int, str, tuple[int, int], tuple[int, int, str] | None, tuple[int, int] | None]] = []
         self.incomplete: list[str] = []
+        self.truncated: list[tuple[str, int]] = []
         metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
             meta = None
+            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+            size = path.stat().st_size
+            cut: str | None = None  # where and how the shard ends early, if it does
             try:
                 with tarfile.open(path, "r:") as tar:
-                    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-                    for m in tar:
-                        if not m.isfile():
-                            continue
-                        if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
-                            meta = json.load(tar.extractfile(m))
-                            continue
-                        key, ext = split_member_name(m.name)
-                        groups.setdefault(key, {})[ext] = m
+                    try:
+                        for m in tar:
+                            if m.offset_data + m.size > size:
+                                cut = f"member {m.name} needs {m.offset_data + m.size} bytes, the file has {size}"
+                                break
+                            if not m.isfile():
+                                continue
+                            if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
+                                meta = json.load(tar.extractfile(m))
+                                continue
+                            key, ext = split_member_name(m.name)
+                            groups.setdefault(key, {})[ext] = m
+                        else:
+                            cut = _tar_end_problem(tar, size)
+                    except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
+                        cut = f"{e} after byte {tar.offset}"
             except tarfile.TarError as e:
                 raise ValueError(f"{path} is not a readable tar shard: {e}") from e
+            indexed_before = len(self._index)
             for key, members in groups.items():
                 image = image_member(members)
                 text = next(((members[e], e) for e in (".txt", ".json") if e in members), None)
@@ -191,12 +246,23 @@ class TarShards(Source):
                 tokens = members.get(TOKENS_EXT)
                 tokens_loc = None if tokens is None else (tokens.offset_data, tokens.size)
                 self._index.append((shard_id, key, (image.offset_data, image.size), text_loc, tokens_loc))
+            if cut is not None:
+                kept = len(self._index) - indexed_before
+                self.truncated.append((path.name, kept))
+                logger.warning(
+                    "%s is truncated (%s): indexed the %d samples before the cut, the rest of the shard is lost; "
+                    "copy or write it again",
+                    path, cut, kept,
+                )  # fmt: skip
             metas.append(meta)
         all_tokens = bool(self._index) and all(entry[4] is not None for entry in self._index)
         same = all(m is not None and m == metas[0] for m in metas)
         self.token_info: dict | None = metas[0] if (all_tokens and same) else None
         self._files = _FileCache()
-        self._check_not_empty(", ".join(str(p) for p in self.paths[:3]))
+        where = ", ".join(str(p) for p in self.paths[:3])
+        if self.truncated:
+            where += f" (truncated: {', '.join(name for name, _ in self.truncated)})"
+        self._check_not_empty(where)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -216,6 +282,21 @@ class TarShards(Source):
         return record
 
 
+def _tar_end_problem(tar: tarfile.TarFile, size: int) -> str | None:
+    """Why a tar whose member list ended without an error is nevertheless cut short, or None.
+
+    ``tarfile`` ends the member list quietly at a header cut in the middle or at the end of the file;
+    a complete archive has a zero block (the end-of-archive marker) there instead.
+    """
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) == tarfile.BLOCKSIZE and block.count(0) == tarfile.BLOCKSIZE:
+        return None
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"the file ends at byte {size} without the end-of-archive blocks"
+    return f"unreadable member header at byte {tar.offset}"
+
+
 class Manifest(Source):
     """Image-text pairs listed in a JSONL or CSV manifest.
 
@@ -223,7 +304,8 @@ class Manifest(Source):
         path: ``.jsonl`` (one JSON object per line) or ``.csv`` (with a header row).
         image_column: column with the image path (relative paths resolve against ``root``,
             default the manifest's folder).
-        caption_column: column with the caption.
+        caption_column: column with the caption. In a JSONL manifest it must hold a string: a null,
+            a number, a list... is a bad record (:func:`decode_text` says which), never its ``str()``.
     """
 
     def __init__(
@@ -242,7 +324,11 @@ class Manifest(Source):
         rows = read_table(self.path, required=(image_column,))
         if rows and caption_column not in rows[0]:  # later rows may lack it: skipped as bad records
             raise KeyError(f"{self.path} has no column {caption_column!r} (columns: {', '.join(rows[0])})")
-        self._rows = [(str(r[image_column]), r.get(caption_column)) for r in rows]
+        self.caption_column = caption_column
+        csv_file = self.path.suffix.lower() == ".csv"  # a short CSV row has None for its missing cells
+        self._rows = [(str(r[image_column]), r.get(caption_column, _MISSING)) for r in rows]
+        if csv_file:
+            self._rows = [(image, _MISSING if caption is None else caption) for image, caption in self._rows]
         self._check_not_empty(str(self.path))
 
     def __len__(self) -> int:
@@ -250,24 +336,55 @@ class Manifest(Source):
 
     def __getitem__(self, i: int) -> Record:
         image_path, caption = self._rows[i]
+        meta: dict[str, Any] = {}
+        if caption is _MISSING:
+            caption, meta["text_error"] = None, f"the row has no {self.caption_column!r} value"
+        elif not isinstance(caption, str):
+            caption, meta["text_error"] = None, _caption_problem(self.caption_column, caption)
         path = Path(image_path) if Path(image_path).is_absolute() else self.root / image_path
         try:
             data = path.read_bytes()
         except OSError as e:
-            return Record(key=image_path, image=None, text=caption, meta={"error": f"cannot read image: {e}"})
-        return Record(key=image_path, image=data, text=None if caption is None else str(caption))
+            meta["error"] = f"cannot read image: {e}"
+            return Record(key=image_path, image=None, text=caption, meta=meta)
+        return Record(key=image_path, image=data, text=caption, meta=meta)
+
+
+def _image_files(root: Path) -> list[Path]:
+    """The image files under ``root``, recursively and sorted, following symlinked folders (as torchvision's
+    ``ImageFolder`` does; ``Path.rglob`` does not follow them before Python 3.13) but never into a folder
+    that is already on the way down from ``root`` (a symlink loop)."""
+    found: list[Path] = []
+    chains = {os.fspath(root): frozenset({os.path.realpath(root)})}  # folder -> real paths on its way down
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        chain = chains.pop(dirpath)
+        keep = []
+        for d in dirnames:
+            sub = os.path.join(dirpath, d)
+            real = os.path.realpath(sub)
+            if real in chain:
+                logger.warning("not following %s: a symlink loop back to %s", sub, real)
+                continue
+            chains[sub] = chain | {real}
+            keep.append(d)
+        dirnames[:] = keep
+        for f in filenames:
+            p = Path(dirpath, f)
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                found.append(p)
+    return sorted(found)
 
 
 class ImageFolder(Source):
-    """Images under a folder (recursively). With ``labels=True`` the first-level subfolders are
-    classes (sorted names -> ids 0..C-1, in ``classes``)."""
+    """Images under a folder (recursively, following symlinked folders). With ``labels=True`` the
+    first-level subfolders (or symlinks to folders) are classes (sorted names -> ids 0..C-1, in ``classes``)."""
 
     def __init__(self, root: str | Path, labels: bool = False, name: str = "images") -> None:
         self.name = name
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = _image_files(self.root)
         self.classes: list[str] = []
         self._labels: list[int | None] = [None] * len(files)
         if labels:
@@ -322,12 +439,27 @@ class TextLines(Source):
         )
 
 
+_MISSING = object()  # a manifest row without the caption column
+
+
+def _caption_problem(field_name: str, value: Any) -> str:
+    """Why a caption value that is not a string cannot be used (``str()`` would make "None" or "3" of it)."""
+    if value is None:
+        return f"caption field {field_name!r} is null"
+    return f"caption field {field_name!r} is not a string (got {type(value).__name__})"
+
+
 def decode_text(record: Record) -> str:
     """The record's text: ``record.text``, or its raw bytes decoded as UTF-8 (``.txt``) or JSON.
 
+    A JSON caption must be a string: null, a number, a bool, a list or an object is an error, not
+    its ``str()``.
+
     Raises:
-        ValueError: not UTF-8, invalid JSON, a missing field, or empty after stripping.
+        ValueError: not UTF-8, invalid JSON, a missing or non-string field, or empty after stripping.
     """
+    if record.text is None and "text_error" in record.meta:
+        raise ValueError(record.meta["text_error"])
     if record.text is None and "text_bytes" in record.meta:
         raw: bytes = record.meta["text_bytes"]
         try:
@@ -342,7 +474,9 @@ def decode_text(record: Record) -> str:
             field_name = record.meta.get("caption_field", "caption")
             if not isinstance(obj, dict) or field_name not in obj:
                 raise ValueError(f"JSON has no {field_name!r} field")
-            text = str(obj[field_name])
+            if not isinstance(obj[field_name], str):
+                raise ValueError(_caption_problem(field_name, obj[field_name]))
+            text = obj[field_name]
         record.text = text
     text = (record.text or "").strip()
     if not text:
@@ -350,15 +484,82 @@ def decode_text(record: Record) -> str:
     return text
 
 
-def decode_image(record: Record):
-    """The record's image as an RGB ``PIL.Image`` (fully decoded, so truncation is caught here)."""
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _to_rgb(im):
+    """A decoded ``PIL.Image`` as 8-bit RGB.
+
+    * 16-bit grayscale (modes ``I;16*``, and ``I``, as which PIL opens 16-bit PNG / TIFF in some versions;
+      values are taken as 0..65535) keeps its top 8 bits (``value >> 8``); a plain ``convert("RGB")`` clips
+      every value above 255 to white.
+    * Transparency (an alpha band, or a transparent palette entry / colour) is composited over white;
+      dropping the alpha would show whatever colour the transparent pixels happen to hold.
+    """
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT_MODES:
+        import numpy as np
+
+        values = np.asarray(im)
+        gray = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, int):  # a 16-bit colour key (PNG tRNS)
+            alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
+            gray = Image.merge("LA", (gray, alpha))
+        im = gray
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(record: Record, max_pixels: int | None = None):
+    """The record's image as an RGB ``PIL.Image`` (fully decoded, so truncation is caught here).
+
+    16-bit grayscale is scaled to 8 bits and transparency composited over white (see :func:`_to_rgb`).
+    An image of more than ``max_pixels`` pixels is refused from its header, before any pixel is
+    decoded: a decompression bomb costs nothing. PIL's own decompression-bomb warning is superseded by
+    this check, and its error (past twice ``PIL.Image.MAX_IMAGE_PIXELS``) becomes the same ValueError.
+
+    Args:
+        record: the record; its ``image`` holds the encoded bytes.
+        max_pixels: the largest width x height accepted; None: :data:`MAX_IMAGE_PIXELS` (read at each call).
+
+    Raises:
+        ValueError: no image, an image that cannot be decoded, or one over the pixel limit (naming its size
+            and the limit). The loader makes each a skipped record with this reason.
+    """
     from PIL import Image
 
     if record.image is None:
         raise ValueError(record.meta.get("error", "no image"))
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(io.BytesIO(record.image)) as im:
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # the size check below replaces PIL's warning (at its MAX_IMAGE_PIXELS, this module's default)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(record.image)) as im:
+                width, height = im.size
+                if width * height > limit:
+                    raise _ImageTooLarge(
+                        f"image is {width}x{height} ({width * height:,} pixels), over the limit of {limit:,} pixels: "
+                        "a possible decompression bomb, refused before decoding (raise "
+                        "mmkit.data.sources.MAX_IMAGE_PIXELS or decode_image's max_pixels to accept it)"
+                    )
+                im.load()
+                return _to_rgb(im)
+    except _ImageTooLarge as e:
+        raise ValueError(str(e)) from None
+    except Image.DecompressionBombError as e:  # PIL's hard limit, checked inside Image.open
+        raise ValueError(
+            f"image refused before decoding as a possible decompression bomb: {e} (PIL's own limit is twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS; the limit here is {limit:,} pixels)"
+        ) from None
     except Exception as e:  # PIL raises many types for bad data
         raise ValueError(f"cannot decode image ({type(e).__name__}: {e})") from None
+
+
+class _ImageTooLarge(Exception):
+    """Raised inside :func:`decode_image` past the pixel limit (kept apart from PIL's decoding errors)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import string
 import sys
 import tarfile
 from pathlib import Path
@@ -29,18 +30,60 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def check_out_pattern(out_pattern: str) -> None:
+    """Check a shard name pattern before anything is written.
+
+    The pattern is a ``str.format`` string whose only field is the shard number: ``{}`` or ``{0}``,
+    optionally with a conversion and a format spec (``{:06d}``); the field may appear more than once
+    (``{0}/pairs-{0}.tar``). Named or other numbered fields (``{shard}``, ``{1}``), attributes and
+    indices (``{.real}``, ``{[0]}``), a spec an integer cannot take (``{:s}``) and a pattern that gives
+    every shard the same name (no field, or only ``{{}}``) are refused: they would fail after the first
+    record was read, or overwrite one shard again and again.
+
+    Raises:
+        ValueError: what is wrong with the pattern, and an example that works.
+    """
+    example = "e.g. 'out/pairs-{:06d}.tar'"
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(out_pattern) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"out pattern {out_pattern!r} is not a valid pattern ({e}); {example}") from None
+    if not fields:
+        raise ValueError(f"out pattern {out_pattern!r} needs a '{{...}}' field for the shard number, {example}")
+    unknown = [name for name, _ in fields if name not in ("", "0")]
+    if unknown:
+        raise ValueError(
+            f"out pattern {out_pattern!r} has unknown field {{{unknown[0]}}}: its only field is the shard number, "
+            f"'{{}}' or '{{0}}' with an optional format such as '{{:06d}}', {example}"
+        )
+    try:
+        first, second = out_pattern.format(0), out_pattern.format(1)
+    except (ValueError, IndexError, KeyError, TypeError) as e:
+        raise ValueError(f"out pattern {out_pattern!r} cannot format a shard number ({e}); {example}") from None
+    if first == second:
+        raise ValueError(f"out pattern {out_pattern!r} gives the same name {first!r} to every shard; {example}")
+
+
 def write_shards(
     source: Source, out_pattern: str, per_shard: int = 1000, verify: bool = True
 ) -> tuple[list[Path], list[str]]:
     """Copy ``source`` into tar shards named ``out_pattern.format(shard_index)``.
 
+    Args:
+        source: the records to copy.
+        out_pattern: shard name pattern (see :func:`check_out_pattern`), e.g. ``'out/pairs-{:06d}.tar'``.
+        per_shard: samples per shard (at least 1).
+        verify: decode every image first and leave out those that cannot be decoded.
+
     Returns:
         ``(shard paths, problems)``: every record left out, with the reason.
+
+    Raises:
+        ValueError: a bad ``out_pattern`` or ``per_shard``, before anything is read or written.
     """
-    if "{" not in out_pattern:
-        raise ValueError(
-            f"out pattern {out_pattern!r} needs a '{{...}}' field for the shard number, e.g. 'pairs-{{:06d}}.tar'"
-        )
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be at least 1, got {per_shard}")
+    check_out_pattern(out_pattern)
     paths: list[Path] = []
     problems: list[str] = []
     tar = None
@@ -105,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--folder", help="image folder (class subfolders with --labels)")
     group.add_argument("--inspect", help="print a summary of this shard")
     parser.add_argument("--out", help="output pattern with a format field, e.g. 'out/pairs-{:06d}.tar'")
-    parser.add_argument("--per-shard", type=int, default=1000)
+    parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard (at least 1)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--labels", action="store_true", help="first-level subfolders are classes")
@@ -115,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required when writing shards")
+    if args.per_shard < 1:
+        parser.error(f"--per-shard must be at least 1, got {args.per_shard}")
+    try:
+        check_out_pattern(args.out)
+    except ValueError as e:
+        parser.error(f"--out: {e}")
     if args.manifest:
         source: Source = Manifest(args.manifest, args.image_column, args.caption_column)
     else:

@@ -12,7 +12,13 @@ The format (member names, the WebDataset key rule, the ``.npy`` encoding, the re
 once, in :mod:`mmkit.data.formats`, which the reader (``TarShards``) shares.
 
 Shards are written to a temporary name and renamed when complete, so an interrupted run leaves
-no half-written shard; shards already complete in ``--out`` for the same tokenizer are skipped.
+no half-written shard. Beside each output shard, ``<shard>.source.json`` records the input it was made
+from (path, size, modification time) and the output's size; a later run skips a shard only when its
+output is complete for the same tokenizer *and* the input's size and modification time (and the
+output's size) are still the recorded ones, so an input shard rewritten since is cached again instead
+of keeping stale ids. (The record is a sidecar, not part of ``__tokenizer__.json``, because that
+member must be identical in every shard of a set; outputs without one, e.g. from an older version,
+are made again.)
 """
 
 from __future__ import annotations
@@ -108,8 +114,39 @@ def cache_shard(
     return {"samples": len(groups), "tokenized": len(ids), "unreadable": unreadable}
 
 
-def _complete_for(path: Path, meta: dict) -> bool:
+#: suffix of the sidecar beside each output shard that records the input it was made from
+SOURCE_SUFFIX = ".source.json"
+
+
+def source_record(src: Path) -> dict:
+    """What the sidecar records of an input shard: its path, size and modification time (taken before reading it)."""
+    st = src.stat()
+    return {"input": str(src.resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
+
+
+def _sidecar(dst: Path) -> Path:
+    return dst.with_name(dst.name + SOURCE_SUFFIX)
+
+
+def _write_sidecar(dst: Path, record: dict) -> None:
+    """Record ``dst``'s input, after ``dst`` is complete (a run cut in between leaves an old record: redone)."""
+    side = _sidecar(dst)
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(json.dumps({**record, "output_size": dst.stat().st_size}, indent=1))
+    os.replace(tmp, side)
+
+
+def _complete_for(path: Path, meta: dict, src: Path) -> bool:
+    """Whether ``path`` is a finished output for this tokenizer record (``meta``) of ``src`` as it is now:
+    same input size and modification time as when it was made, and the output's size unchanged."""
     try:
+        recorded = json.loads(_sidecar(path).read_text())
+        current = source_record(src)
+        if any(recorded.get(k) != current[k] for k in ("input_size", "input_mtime_ns")):
+            logger.info("%s changed since %s was made from it: caching it again", src, path)
+            return False
+        if recorded.get("output_size") != path.stat().st_size:
+            return False
         with tarfile.open(path, "r:") as tar:
             first = tar.next()
             return first is not None and first.name == TOKENIZER_META and json.load(tar.extractfile(first)) == meta
@@ -150,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(desc="tokenizing", unit="img") as bar:
         for shard in shards:
             dst = out / shard.name
-            if _complete_for(dst, meta):
+            if _complete_for(dst, meta, shard):
                 totals["skipped_shards"] += 1
                 continue
+            record = source_record(shard)  # before reading: a change while it is read shows next time
+            _sidecar(dst).unlink(missing_ok=True)
             for k, v in cache_shard(shard, dst, tokenizer, image_size, args.batch_size, bar).items():
                 totals[k] += v
+            _write_sidecar(dst, record)
     print(f"{len(shards)} shards -> {out}: {json.dumps(totals)}; tokenizer {meta['fingerprint']}, "
           f"{image_size}px -> {meta['grid'][0]}x{meta['grid'][1]} tokens")  # fmt: skip
     return 0

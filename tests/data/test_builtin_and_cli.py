@@ -108,3 +108,44 @@ def test_write_shards_from_manifest_and_inspect(tmp_path, capsys, tokenizer):
     assert decode_image(src[4]).size == (64, 64)
     assert write_main(["--inspect", str(tmp_path / "out" / "pairs-000.tar")]) == 0
     assert "2 samples, 0 incomplete" in capsys.readouterr().out
+
+
+def test_write_shards_rejects_bad_shard_sizes_and_name_patterns(tmp_path, capsys):
+    import pytest
+
+    from mmkit.data import ImageFolder
+    from mmkit.data.write_shards import write_shards
+
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").write_bytes(png_bytes(i)[0])
+    folder = str(tmp_path / "images")
+    out = str(tmp_path / "out" / "images-{:06d}.tar")
+    for per_shard in ("0", "-5"):
+        with pytest.raises(SystemExit) as e:
+            write_main(["--folder", folder, "--out", out, "--per-shard", per_shard])
+        assert e.value.code == 2 and f"--per-shard must be at least 1, got {per_shard}" in capsys.readouterr().err
+    bad = {
+        "images-{shard}.tar": "unknown field {shard}",
+        "images-{1}.tar": "unknown field {1}",
+        "images-{:s}.tar": "cannot format a shard number",
+        "images-{{}}.tar": "needs a '{...}' field for the shard number",
+        "images.tar": "needs a '{...}' field for the shard number",
+        "images-{:06d}-{}.tar": "cannot format a shard number",
+        "images-{.real}.tar": "unknown field {.real}",
+        "images-{:06d.tar": "not a valid pattern",
+        "images-{!s:.0}.tar": "images-.tar' to every shard",
+    }
+    for pattern, problem in bad.items():
+        with pytest.raises(SystemExit) as e:
+            write_main(["--folder", folder, "--out", str(tmp_path / "out" / pattern)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and problem in err, (pattern, err)
+        with pytest.raises(ValueError, match="out pattern"):
+            write_shards(ImageFolder(folder), pattern)
+        with pytest.raises(ValueError, match="per_shard must be at least 1"):
+            write_shards(ImageFolder(folder), out, per_shard=0)
+    assert not (tmp_path / "out").exists()  # nothing was written
+    for good in ("images-{}.tar", "images-{0:03d}.tar", "{0}/images-{0}.tar"):
+        paths, problems = write_shards(ImageFolder(folder), str(tmp_path / "ok" / good), per_shard=2)
+        assert len(paths) == 2 and len(set(paths)) == 2 and not problems

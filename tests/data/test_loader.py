@@ -94,3 +94,38 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(shards, tokenizer):
                           max_bad_fraction=0.1, min_samples=1)  # fmt: skip
     with pytest.raises(DataQualityError, match=r"3 of 11 records could not be used .*pairs-001.tar:100"):
         next(strict)
+
+
+def _image_stream(source, batch_size, **kw):
+    from mmkit.data import FLAVADataset, ImageCollator, make_loader
+    from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.masking import BlockMaskGenerator
+
+    ds = FLAVADataset(source, "image", FLAVAImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=0)))
+    loader = make_loader(ds, ImageCollator(BlockMaskGenerator.flava(4)), batch_size=batch_size, shuffle=False)
+    return MixedBatches({"broken": (loader, 1.0)}, max_bad_fraction=1.0, **kw)
+
+
+def test_a_source_where_no_record_can_be_used_stops_even_when_every_bad_record_is_tolerated(tmp_path):
+    from mmkit.data import ImageFolder
+
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    stream = _image_stream(ImageFolder(tmp_path, name="broken"), batch_size=2, min_samples=6)
+    with pytest.raises(DataQualityError, match=r"source 'broken': no record could be used.*6 records.*cannot decode"):
+        next(stream)
+    assert stream.stats()["broken"]["seen"] == 6
+
+
+def test_a_source_that_stops_yielding_usable_records_stops_the_run(tmp_path):
+    from mmkit.data import ImageFolder
+    from tests.data.conftest import png_bytes
+
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(i)[0])
+    stream = _image_stream(ImageFolder(tmp_path, name="broken"), batch_size=2, min_samples=4)
+    assert len(next(stream)) == 2
+    for i in range(4):  # the disk goes away: every read fails from now on
+        (tmp_path / f"{i}.png").unlink()
+    with pytest.raises(DataQualityError, match=r"source 'broken': no record could be used: the last 22 records"):
+        next(stream)

@@ -2,6 +2,7 @@
 every member, interrupted or repeated runs are safe, and the data pipeline reads the ids back."""
 
 import json
+import os
 import tarfile
 
 import pytest
@@ -71,3 +72,36 @@ def test_token_info_is_none_unless_every_shard_agrees(shards, dvae_dir, tmp_path
     assert mixed.token_info is None
     meta = json.loads(tarfile.open(out / shards[0].name).extractfile("__tokenizer__.json").read())
     assert meta["fingerprint"] == json.loads((dvae_dir / "dvae_config.json").read_text())["fingerprint"]
+
+
+def test_a_changed_input_shard_is_cached_again(shards, dvae_dir, tmp_path):  # noqa: F811
+    from tests.data.conftest import add, png_bytes
+
+    out = tmp_path / "cached"
+    args = ["--shards", str(shards[0]), "--tokenizer", str(dvae_dir), "--out", str(out)]
+    cache_main(args)
+    assert len(TarShards(out / shards[0].name)) == 6
+    before = (out / shards[0].name).stat().st_mtime_ns
+    cache_main(args)  # unchanged input: kept
+    assert (out / shards[0].name).stat().st_mtime_ns == before
+    with tarfile.open(shards[0], "w") as tar:  # the input is rewritten with other samples
+        for i in range(3):
+            data, caption = png_bytes(500 + i)
+            add(tar, f"new{i}.png", data)
+            add(tar, f"new{i}.txt", caption.encode())
+    cache_main(args)
+    cached = TarShards(out / shards[0].name)
+    assert sorted(cached[i].key for i in range(len(cached))) == [f"{shards[0].name}:new{i}" for i in range(3)]
+    assert cached.token_info is not None
+    # a rewrite of the same size (another mtime) and another input shard of the same name are noticed too
+    data = bytearray(shards[0].read_bytes())
+    shards[0].write_bytes(bytes(data))
+    os.utime(shards[0], ns=(0, 10**9))
+    before = (out / shards[0].name).stat().st_mtime_ns
+    cache_main(args)
+    assert (out / shards[0].name).stat().st_mtime_ns != before
+    other = tmp_path / "elsewhere" / shards[0].name
+    other.parent.mkdir()
+    other.write_bytes(shards[1].read_bytes())
+    cache_main(["--shards", str(other), "--tokenizer", str(dvae_dir), "--out", str(out)])
+    assert len(TarShards(out / shards[0].name, require_text=False)) == len(TarShards(shards[1], require_text=False))
