@@ -12,7 +12,10 @@ Features and the config keys that control them:
   ``data.val_pairs``, ``data.images``, ``data.text``: tar patterns / text files); tokenizer from
   ``data.tokenizer`` or trained on the text data (``data.vocab_size``); each step draws one
   source with ``data.pair_prob`` / ``image_prob`` / ``text_prob``; ``data.batch_size`` per rank,
-  ``data.num_workers``; bad records skipped up to ``data.max_bad_fraction``.
+  ``data.num_workers``; bad records skipped up to ``data.max_bad_fraction``. Tar shards are
+  streamed (``data.streaming``, default): local paths or ``s3://`` / ``gs://`` / ``http(s)://``
+  URLs (``data.storage_options`` for ``fsspec``), a ``data.shuffle_buffer``-sample window per
+  worker, exact resume; ``data.streaming=false`` indexes them instead (every header read at start).
 * distribution: ``distributed`` = ``ddp`` | ``fsdp`` (FSDP2) | ``none``; gloo on CPU, NCCL on GPU.
 * precision: ``precision`` = ``fp32`` | ``bf16`` (autocast; LayerNorm and softmax stay fp32) |
   ``fp16`` (autocast + gradient scaling, CUDA); ``activation_checkpointing``; ``compile``.
@@ -60,6 +63,7 @@ from mmkit.data import (
     make_loader,
     shapes_dataset,
 )
+from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
 from mmkit.eval import retrieval_recall
 from mmkit.masking import BlockMaskGenerator, TokenMasker
 from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining, resolve_codebook_config
@@ -108,6 +112,11 @@ class DataConfig:
     random_crop: bool = False
     max_bad_fraction: float = fraction(0.01)
     cached_tokens: bool = True  # use tokenizer ids cached in the shards when every sample has them
+    # Tar shards are streamed (read front to back: any size, local or s3:// gs:// http(s)://, memory
+    # of one shuffle window per worker) unless streaming=false (index mode: every header read at start).
+    streaming: bool = True
+    shuffle_buffer: int = at_least(1, 1000)  # streaming: samples per shuffle window per data worker
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
 
 
 @dataclass
@@ -136,7 +145,7 @@ class PretrainConfig:
 # What a checkpoint's run must share with the resuming one (anything else may change, e.g. optim.lr).
 FROZEN_DATA = ("dataset", "train_pairs", "val_pairs", "images", "text", "tokenizer", "vocab_size", "max_length",
                "batch_size", "num_workers", "pair_prob", "image_prob", "text_prob", "itm_negative_prob",
-               "random_crop", "cached_tokens")  # fmt: skip
+               "random_crop", "cached_tokens", "streaming", "shuffle_buffer")  # fmt: skip
 FROZEN = ("seed", "preset", "model", "optim.grad_accum", *(f"data.{k}" for k in FROZEN_DATA))
 
 
@@ -218,35 +227,52 @@ class FLAVAPretrainRecipe:
         self.cached_tokens: dict[str, dict] = {}
         common = dict(rank=info.rank, world_size=info.world_size, seed=cfg.seed, num_workers=d.num_workers)
         pair_collate = PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob)
-        pair_ds = self._image_dataset(TarShards(train_pairs, name="pairs"), "pair")
-        loaders = {"pairs": (make_loader(pair_ds, pair_collate, d.batch_size, **common), d.pair_prob)}
+        loaders = {"pairs": (self._image_loader(train_pairs, "pair", "pairs", pair_collate), d.pair_prob)}
         if images and d.image_prob > 0:
-            ds = self._image_dataset(TarShards(images, require_text=False, name="images"), "image")
-            loaders["images"] = (
-                make_loader(ds, ImageCollator(self.block_masker), d.batch_size, **common),
-                d.image_prob,
-            )
+            loaders["images"] = (self._image_loader(images, "image", "images", ImageCollator(self.block_masker)),
+                                 d.image_prob)  # fmt: skip
         if text and d.text_prob > 0:
             ds = FLAVADataset(TextLines(text, name="text"), "text", tokenizer=tok, seed=cfg.seed)
             loaders["text"] = (make_loader(ds, TextCollator(self.token_masker), d.batch_size, **common), d.text_prob)
         self.stream = MixedBatches(loaders, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
 
-    def _image_dataset(self, source: TarShards, kind: str) -> FLAVADataset:
-        """Shards with cached tokenizer ids (``python -m mmkit.tokenizers.cache``) skip the codebook: the
-        encoder image then needs no tokenizer input; the ids are checked once the model exists."""
+    def _image_loader(self, patterns: list[str], kind: str, name: str, collate):
+        """Streamed (``data.streaming``) or indexed tar shards of ``kind`` batches."""
+        d, info = self.cfg.data, self.ctx.info
+        common = dict(rank=info.rank, world_size=info.world_size, seed=self.cfg.seed, num_workers=d.num_workers)
+        tok = self.tokenizer if kind == "pair" else None
+        if d.streaming:
+            options = d.storage_options or None
+            shards = resolve_shards(patterns, options)
+            wants_ids = d.cached_tokens and self.model_cfg.pretraining.mim_target == "tokens"
+            cached = self._cached_tokens(name, read_token_info(shards[0], options) if wants_ids else None)
+            return make_stream_loader(shards, kind, collate, d.batch_size, name=name, tokenizer=tok,
+                                      image_transform=self._transform(cached), image_tokens=cached,
+                                      buffer_size=d.shuffle_buffer, storage_options=options, **common)  # fmt: skip
+        source = TarShards(patterns, require_text=kind == "pair", name=name)
+        cached = self._cached_tokens(name, source.token_info)
+        dataset = FLAVADataset(source, kind, self._transform(cached), tok, seed=self.cfg.seed, image_tokens=cached)
+        return make_loader(dataset, collate, d.batch_size, **common)
+
+    def _transform(self, cached: bool) -> FLAVAImageTransform:
+        """With cached ids the encoder image needs no tokenizer input."""
+        return FLAVAImageTransform(replace(self.transform.config, codebook_image_size=0)) if cached else self.transform
+
+    def _cached_tokens(self, name: str, token_info: dict | None) -> bool:
+        """Whether ``name``'s shards carry tokenizer ids (``python -m mmkit.tokenizers.cache``) to use instead
+        of the codebook; they are checked against the model once it exists. Streamed shards are judged by
+        their first shard; a later sample without ids is a skipped record."""
         d = self.cfg.data
-        cached = source.token_info is not None and d.cached_tokens and self.model_cfg.pretraining.mim_target == "tokens"
+        cached = token_info is not None and d.cached_tokens and self.model_cfg.pretraining.mim_target == "tokens"
         if cached and d.random_crop:
             raise ValueError(
-                f"{source.name}: cached token ids were made from a centre crop; with data.random_crop=true the "
+                f"{name}: cached token ids were made from a centre crop; with data.random_crop=true the "
                 "encoder image would show another crop than its targets. Set data.random_crop=false or "
                 "data.cached_tokens=false (tokenize in the loop)"
             )
         if cached:
-            self.cached_tokens[source.name] = source.token_info
-        transform = FLAVAImageTransform(replace(self.transform.config, codebook_image_size=0)) if cached else None
-        tok = self.tokenizer if kind == "pair" else None
-        return FLAVADataset(source, kind, transform or self.transform, tok, seed=self.cfg.seed, image_tokens=cached)
+            self.cached_tokens[name] = token_info
+        return cached
 
     def _check_cached_tokens(self, model: FLAVAForPreTraining) -> None:
         """Cached ids must come from this run's tokenizer, input size and patch grid."""
@@ -311,14 +337,18 @@ class FLAVAPretrainRecipe:
 
     def _evaluate(self, model) -> dict[str, float]:
         d = self.cfg.data
-        ds = FLAVADataset(TarShards(self.val_pairs, name="val"), "pair", self.transform, self.tokenizer, seed=1)
+        source = TarShards(self.val_pairs, name="val")
+        ds = FLAVADataset(source, "pair", self.transform, self.tokenizer, seed=1)
         n = min(self.cfg.eval_samples, len(ds))
         collators = (PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, seed=1),
                      ImageCollator(self.block_masker, seed=2), TextCollator(self.token_masker, seed=3))  # fmt: skip
-        sums, counts, img_emb, txt_emb = {}, {}, [], []
+        sums, counts, img_emb, txt_emb, skipped = {}, {}, [], [], []
         for start in range(0, n, d.batch_size):
             samples = [ds[(0, 0, i)] for i in range(start, min(n, start + d.batch_size))]
+            skipped += [s for s in samples if not isinstance(s, dict)]
             samples = [s for s in samples if isinstance(s, dict)]
+            if not samples:  # every pair of this batch is corrupt: nothing to collate
+                continue
             for collate in collators:
                 batch = collate(samples).to(self.ctx.device)
                 with autocast(self.cfg.precision, self.ctx.device):
@@ -331,11 +361,17 @@ class FLAVAPretrainRecipe:
                     img_emb.append(out.image_embedding[matched].float().cpu())
                     txt_emb.append(out.text_embedding[matched].float().cpu())
         if not counts:
-            raise ValueError(f"none of the first {n} held-out pairs could be read: check data.val_pairs")
+            where = ", ".join(str(p) for p in source.paths[:3]) + (" ..." if len(source.paths) > 3 else "")
+            raise ValueError(
+                f"none of the first {n} held-out pairs of source {source.name!r} ({where}) could be read "
+                f"({len(skipped)} skipped): check data.val_pairs; latest: "
+                + "; ".join(f"{s.key} ({s.reason})" for s in skipped[-3:])
+            )
         img, txt = torch.cat(img_emb), torch.cat(txt_emb)
         metrics = {f"loss/{k}": sums[k] / counts[k] for k in sums}
-        metrics.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt, ks=(1, 5)).items()})
-        metrics["retrieval/chance_r1"] = 1.0 / len(img)
+        if len(img):  # retrieval needs matched pairs (every read pair may have drawn an ITM negative)
+            metrics.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt, ks=(1, 5)).items()})
+            metrics["retrieval/chance_r1"] = 1.0 / len(img)
         return metrics
 
     # -- export -------------------------------------------------------------------------------

@@ -123,3 +123,32 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, strategy):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
     assert (tmp_path / "ref" / "losses.png").exists() and (tmp_path / "ref" / "final" / "hf" / "config.json").exists()
+
+
+def test_held_out_pairs_that_are_all_corrupt_are_a_clear_error(tmp_path):
+    import tarfile
+
+    from mmkit.data import shapes_dataset
+    from mmkit.train import teardown_distributed
+    from tests.data.conftest import add
+
+    data = shapes_dataset(tmp_path / "data", num_train=16, num_val=4, num_images=8, num_text=32, per_shard=16)
+    val = tmp_path / "val-000.tar"
+    with tarfile.open(val, "w") as tar:
+        for i in range(5):
+            add(tar, f"{i:03d}.png", b"\x89PNG\r\n\x1a\n not an image")
+            add(tar, f"{i:03d}.txt", b"a red circle")
+    recipe = _recipe_module()
+    train, text = json.dumps([str(p) for p in data.train_pairs]), json.dumps([str(p) for p in data.text])
+    cfg = recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), [
+        f"run_dir={tmp_path / 'run'}", "data.dataset=files", f"data.train_pairs={train}", f"data.text={text}",
+        f"data.val_pairs={json.dumps([str(val)])}", "data.image_prob=0", "data.batch_size=2", "data.num_workers=0",
+        "eval_samples=4", "progress=false", "distributed=none"])  # fmt: skip
+    r = recipe.FLAVAPretrainRecipe(cfg)
+    expected = r"none of the first 4 held-out pairs of source 'val' \(.*val-000.tar\) could be read \(4 skipped\)"
+    try:
+        r.setup()
+        with pytest.raises(ValueError, match=expected + ".*cannot decode image"):
+            r.evaluate()
+    finally:
+        teardown_distributed()
