@@ -404,3 +404,30 @@ class MixedBatches:
             loader.load_state_dict(state["loaders"][n])
         self._iters = {}
         self.seen, self.skipped = dict(state["seen"]), dict(state["skipped"])
+
+    def load_elastic(self, states: Sequence[dict[str, Any]], rank: int, world_size: int) -> None:
+        """Continue from the data states of *every* rank of a run with another number of ranks.
+
+        Each source's loader redistributes the rest of its begun epochs (streamed sources only:
+        :meth:`mmkit.data.streaming.StreamingLoader.load_elastic`); the source draw continues from the
+        saved generator (the same on every rank); the seen/skipped counts are the old ranks' totals
+        shared out evenly, so ``max_bad_fraction`` keeps its meaning.
+        """
+        indexed = [n for n, loader in self.loaders.items() if not hasattr(loader, "load_elastic")]
+        if indexed:
+            raise ValueError(
+                f"source(s) {', '.join(map(repr, indexed))} are read in index mode, whose positions belong to one "
+                f"number of ranks: resume with the checkpoint's {len(states)} ranks, or stream every source "
+                "(data.streaming=true) to change it"
+            )
+        for state in states:
+            if set(state["loaders"]) != set(self.names) or state["seed"] != self.seed:
+                raise ValueError(f"data state has sources {sorted(state['loaders'])} and seed {state['seed']}, this "
+                                 f"run has {sorted(self.names)} and seed {self.seed}")  # fmt: skip
+        self._generator.set_state(states[0]["generator"])
+        for n, loader in self.loaders.items():
+            loader.load_elastic([state["loaders"][n] for state in states])
+        self._iters = {}
+        share = lambda key, n: sum(s[key][n] for s in states) // world_size  # noqa: E731
+        self.seen = {n: share("seen", n) for n in self.names}
+        self.skipped = {n: share("skipped", n) for n in self.names}

@@ -60,6 +60,7 @@ from mmkit.data.sources import Record, Source
 logger = logging.getLogger(__name__)
 
 REMOTE_PROTOCOLS = ("http", "https", "s3", "gs", "gcs")
+FORMATS = ("tar", "lines")  # WebDataset tar shards; text files (one sample per non-blank line)
 
 
 # ------------------------------------------------------------------------------------------
@@ -365,6 +366,30 @@ def _record(shard: str, key: str, members: dict[str, bytes | None], caption_fiel
     return record
 
 
+def iter_lines(
+    fileobj, file_name: str, text_field: str = "text", keep: Callable[[int], bool] | None = None, chunk: int = 1 << 20
+) -> Iterator[tuple[int, Record]]:
+    """``(position, record)`` of every non-blank line of a text file (``.jsonl``: ``text_field`` of
+    each JSON object) read front to back; ``position`` counts non-blank lines from 0. Lines stay
+    bytes here, so one that is not UTF-8 is a skipped record downstream, not a failed file."""
+    fmt = ".json" if file_name.lower().endswith((".jsonl", ".json")) else ".txt"
+    position, offset, rest = 0, 0, b""
+    while True:
+        data = fileobj.read(chunk)
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop() if data else b""
+        for line in lines:
+            start, offset = offset, offset + len(line) + 1
+            if not line.strip():
+                continue
+            if keep is None or keep(position):
+                meta = {"text_bytes": line, "text_format": fmt, "caption_field": text_field}
+                yield position, Record(key=f"{file_name}:{start}", meta=meta)  # the key TextLines gives it
+            position += 1
+        if not data:
+            return
+
+
 def read_token_info(shard: Shard, storage_options: dict[str, Any] | None = None) -> dict | None:
     """The ``__tokenizer__.json`` record a token-cached shard starts with, or None."""
     with open_shard(shard.url, storage_options) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -549,16 +574,24 @@ class SlotReader:
         caption_field: str = "caption",
         require_text: bool = True,
         storage_options: dict[str, Any] | None = None,
+        fmt: str = "tar",
     ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         self.shards, self.state, self.seed, self.buffer_size = shards, state, seed, buffer_size
         self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
+        self.fmt = fmt
 
     def _read(self, pieces: list[Piece]) -> Iterator[tuple[int, int, Record]]:
         """``(piece index, position, record)`` of the pieces' samples, in reading order."""
         for i, piece in enumerate(pieces):
             shard = self.shards[piece.shard]
             with open_shard(shard.url, self.storage_options) as f:
-                for q, record in iter_samples(f, shard.name, self.caption_field, self.require_text, piece.holds):
+                if self.fmt == "lines":
+                    samples = iter_lines(f, shard.name, self.caption_field, piece.holds)
+                else:
+                    samples = iter_samples(f, shard.name, self.caption_field, self.require_text, piece.holds)
+                for q, record in samples:
                     if record.meta.get("truncated"):
                         q = _first_held(piece, q)  # the loss is reported at a position this piece holds
                         held = len(piece.positions(q, shard.samples - 1)) if shard.samples else 1
@@ -657,6 +690,7 @@ class StreamingShards(IterableDataset):
         caption_field: str = "caption",
         require_text: bool = True,
         storage_options: dict[str, Any] | None = None,
+        fmt: str = "tar",
     ) -> None:
         if batch_size < 1 or buffer_size < 1:
             raise ValueError(f"batch_size and buffer_size must be >= 1, got {batch_size} and {buffer_size}")
@@ -664,6 +698,7 @@ class StreamingShards(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
         self.seed, self.buffer_size = seed, buffer_size
         self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
+        self.fmt = fmt
         self.resume: dict[int, SlotState] = {}
         self.rotation = 0  # worker w plays local slot (rotation + w) % workers
 
@@ -680,7 +715,7 @@ class StreamingShards(IterableDataset):
         state = self.resume.get(slot)
         state = SlotState.from_dict(state.to_dict()) if state is not None else SlotState(slot, self.num_slots)
         reader = SlotReader(self.shards, state, self.seed, self.buffer_size, self.caption_field, self.require_text,
-                            self.storage_options)  # fmt: skip
+                            self.storage_options, self.fmt)  # fmt: skip
         pending: list = []
         for epoch, shard, q, record in reader:
             sample = self.samples.make_sample(record, (epoch, (slot << 32) + state.batches), epoch, (shard << 32) + q)
@@ -801,24 +836,27 @@ def make_stream_loader(
     seed: int = 0,
     num_workers: int = 0,
     buffer_size: int = 1000,
-    caption_field: str = "caption",
+    caption_field: str | None = None,
     storage_options: dict[str, Any] | None = None,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
 ) -> StreamingLoader:
-    """A :class:`StreamingLoader` of ``kind`` (``pair`` / ``image``) batches from tar shards (or patterns).
+    """A :class:`StreamingLoader` of ``kind`` batches: ``pair`` / ``image`` from tar shards, ``text`` from
+    text files (one sample per non-blank line; ``.jsonl``: the ``caption_field`` of each object, e.g. "text").
 
     The counterpart of :func:`~mmkit.data.loader.make_loader` for streamed shards; the result plugs
     into :class:`~mmkit.data.loader.MixedBatches` the same way.
     """
     from mmkit.data.loader import CollateWithSkips, FLAVADataset
 
+    if caption_field is None:  # the JSON field holding the text: TextLines' and TarShards' defaults
+        caption_field = "text" if kind == "text" else "caption"
     if not shards or isinstance(shards, str) or not isinstance(shards[0], Shard):
         shards = resolve_shards(shards, storage_options)  # type: ignore[arg-type]
     samples = FLAVADataset(StreamName(name), kind, image_transform, tokenizer, seed=seed, image_tokens=image_tokens)
     dataset = StreamingShards(
         shards, samples, CollateWithSkips(collator, seed, name), batch_size, rank=rank, world_size=world_size,
         num_workers=num_workers, seed=seed, buffer_size=buffer_size, caption_field=caption_field,
-        require_text=kind == "pair", storage_options=storage_options,
+        require_text=kind == "pair", storage_options=storage_options, fmt="lines" if kind == "text" else "tar",
     )  # fmt: skip
     return StreamingLoader(dataset, num_workers, pin_memory, prefetch_factor)

@@ -31,7 +31,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,6 +96,13 @@ class RNGState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_rng_state(state)
+
+    def load_elastic(self, states: Sequence[dict[str, Any]], rank: int, world_size: int) -> None:
+        """On another number of ranks, rank ``r`` continues old rank ``r % old``'s generators, advanced by
+        ``r // old`` seeded draws so that no two ranks share a stream."""
+        set_rng_state(states[rank % len(states)])
+        for _ in range(rank // len(states)):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
 
 @dataclass
@@ -274,25 +281,32 @@ class CheckpointManager:
         The optimiser's hyperparameters (lr, betas, weight decay, ...) stay as configured: a changed
         ``optim.lr`` takes effect on resume (the scheduler component re-derives the current lr).
 
+        Written by another number of ranks, it resumes *elastically* when a component can take the
+        states of every old rank (``load_elastic(states, rank, world_size)``: the data stream and the
+        RNG); the others (scheduler, scaler, counters) are the same on every rank.
+
         Raises:
             FileNotFoundError: not a complete checkpoint.
-            ValueError: written by another number of ranks (data positions are per rank).
+            ValueError: written by another number of ranks and nothing here can redistribute (or a
+                component refuses, e.g. a data source read in index mode).
             CheckpointError: a file is missing, truncated, unsafe or does not fit the model.
         """
         path = Path(path)
         meta = self.read_meta(path)
-        if meta["world_size"] != self.comm.world_size:
+        old_world = int(meta["world_size"])
+        components = components or {}
+        elastic = old_world != self.comm.world_size
+        if elastic and not any(hasattr(c, "load_elastic") for c in components.values()):
             raise ValueError(
-                f"{path} was written by {meta['world_size']} rank(s) but this run has {self.comm.world_size}: "
+                f"{path} was written by {old_world} rank(s) but this run has {self.comm.world_size}: "
                 "resume with the same number of processes"
             )
-        try:
-            per_rank = torch.load(path / f"rank{self.rank}.pt", map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}/rank{self.rank}.pt cannot be read safely: {e}") from e
-        missing = sorted(set(components or {}) - set(per_rank))
-        if missing:
-            raise CheckpointError(f"{path}/rank{self.rank}.pt has no state for {missing}")
+        ranks = range(old_world) if elastic else [self.rank]
+        per_rank = {r: self._read_rank_file(path, r) for r in ranks}
+        for r, state in per_rank.items():
+            missing = sorted(set(components) - set(state))
+            if missing:
+                raise CheckpointError(f"{path}/rank{r}.pt has no state for {missing}")
         hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             self._load_model_and_optimizer(path, model, optimizer)
@@ -300,9 +314,21 @@ class CheckpointManager:
             raise CheckpointError(f"{path}: model/optimizer state cannot be loaded: {e}") from e
         for group, configured in zip(optimizer.param_groups, hparams, strict=True):
             group.update(configured)
-        for name, component in (components or {}).items():
-            component.load_state_dict(per_rank[name])
+        for name, component in components.items():
+            if elastic and hasattr(component, "load_elastic"):
+                component.load_elastic([per_rank[r][name] for r in ranks], self.rank, self.comm.world_size)
+            else:  # the same on every rank (scheduler, scaler, counters)
+                component.load_state_dict(per_rank[min(self.rank, old_world - 1)][name])
+        if elastic:
+            meta = {**meta, "elastic_from": old_world}
         return meta
+
+    @staticmethod
+    def _read_rank_file(path: Path, rank: int) -> dict[str, Any]:
+        try:
+            return torch.load(path / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}/rank{rank}.pt cannot be read safely: {e}") from e
 
     @staticmethod
     def _load_model_and_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -125,7 +125,7 @@ def resume(
         meta = ckpt.read_meta(path)
         changes = check_resume_config(meta.get("config", {}), current, frozen, path)
         try:
-            ckpt.load(path, model, optimizer, components)
+            meta = ckpt.load(path, model, optimizer, components)
             failed = None
         except (CheckpointError, OSError) as e:
             failed = e
@@ -141,6 +141,9 @@ def resume(
             log(f"resumed from an older step: set aside {', '.join(p.name for p in retired)} (*.abandoned)")
         for line in changes:
             log(f"config changed since the checkpoint: {line}")
+        if meta.get("elastic_from"):
+            log(f"elastic resume: the checkpoint was written by {meta['elastic_from']} rank(s), this run has "
+                f"{ckpt.comm.world_size}; the rest of every begun data epoch is dealt to the new ranks")  # fmt: skip
         log(f"resumed from {path} at step {meta['step']}")
         return meta
     if candidates:  # never start "fresh" from weights a failed load may have half-written

@@ -12,8 +12,8 @@ Features and the config keys that control them:
   ``data.val_pairs``, ``data.images``, ``data.text``: tar patterns / text files); tokenizer from
   ``data.tokenizer`` or trained on the text data (``data.vocab_size``); each step draws one
   source with ``data.pair_prob`` / ``image_prob`` / ``text_prob``; ``data.batch_size`` per rank,
-  ``data.num_workers``; bad records skipped up to ``data.max_bad_fraction``. Tar shards are
-  streamed (``data.streaming``, default): local paths or ``s3://`` / ``gs://`` / ``http(s)://``
+  ``data.num_workers``; bad records skipped up to ``data.max_bad_fraction``. Tar shards and text
+  files are streamed (``data.streaming``, default): local paths or ``s3://`` / ``gs://`` / ``http(s)://``
   URLs (``data.storage_options`` for ``fsspec``), a ``data.shuffle_buffer``-sample window per
   worker, exact resume; ``data.streaming=false`` indexes them instead (every header read at start).
 * distribution: ``distributed`` = ``ddp`` | ``fsdp`` (FSDP2) | ``none``; gloo on CPU, NCCL on GPU.
@@ -232,8 +232,15 @@ class FLAVAPretrainRecipe:
             loaders["images"] = (self._image_loader(images, "image", "images", ImageCollator(self.block_masker)),
                                  d.image_prob)  # fmt: skip
         if text and d.text_prob > 0:
-            ds = FLAVADataset(TextLines(text, name="text"), "text", tokenizer=tok, seed=cfg.seed)
-            loaders["text"] = (make_loader(ds, TextCollator(self.token_masker), d.batch_size, **common), d.text_prob)
+            text_collate = TextCollator(self.token_masker)
+            if d.streaming:
+                loader = make_stream_loader(text, "text", text_collate, d.batch_size, name="text", tokenizer=tok,
+                                            buffer_size=d.shuffle_buffer, storage_options=d.storage_options or None,
+                                            **common)  # fmt: skip
+            else:
+                ds = FLAVADataset(TextLines(text, name="text"), "text", tokenizer=tok, seed=cfg.seed)
+                loader = make_loader(ds, text_collate, d.batch_size, **common)
+            loaders["text"] = (loader, d.text_prob)
         self.stream = MixedBatches(loaders, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
 
     def _image_loader(self, patterns: list[str], kind: str, name: str, collate):

@@ -243,3 +243,23 @@ def test_reading_does_not_draw_from_the_global_rng(tmp_path):
         torch.manual_seed(0)
         _take(iter(_loader(paths, workers=workers)), 2)
         assert torch.equal(torch.rand(3), want), workers
+
+
+def test_text_files_stream_one_sample_per_line(tmp_path, tokenizer):
+    """Text for MLM streams like shards: every non-blank line of every file once per epoch (JSONL: its
+    field), the same lines TextLines indexes; a line that is not UTF-8 is a skipped record."""
+    from mmkit.data import TextLines
+
+    (tmp_path / "a.txt").write_bytes(b"two red circles\n\nthree blue squares\nbad \xff line\n" * 3)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"shape number {i}"}) for i in range(7)))
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    loader = make_stream_loader(files, "text", keys_of, 4, name="text", tokenizer=tokenizer, buffer_size=3, seed=2)
+    it = iter(loader)
+    got, skipped = [], []
+    for _ in range(4):  # 16 lines = one epoch
+        batch, bad = next(it)
+        got += [k for e, k in batch or []]
+        skipped += bad
+    indexed = TextLines(files)
+    assert sorted(got + [s.key for s in skipped]) == sorted(indexed[i].key for i in range(len(indexed)))
+    assert len(skipped) == 3 and all("not UTF-8" in s.reason for s in skipped)

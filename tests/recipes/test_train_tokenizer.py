@@ -91,9 +91,9 @@ def test_learns_exports_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
 
 
-def _launch(run_dir, data_dir, strategy, *extra, env=None, check=True):
-    """Two gloo processes under torchrun."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+def _launch(run_dir, data_dir, strategy, *extra, env=None, check=True, nproc=2):
+    """``nproc`` gloo processes under torchrun."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, str(RECIPE), f"run_dir={run_dir}", f"distributed={strategy}", "optim.total_steps=12", *TINY,
            "data.batch_size=8", "log_every=2", "eval_every=6", "image_every=6", "checkpoint.every=4",
            *extra]  # fmt: skip
@@ -130,3 +130,25 @@ def test_sigkill_then_resume_equals_uninterrupted_under_ddp_and_fsdp(tmp_path):
         finals[strategy] = wa
     for k in finals["ddp"]:  # FSDP2 shards the same arithmetic DDP replicates
         torch.testing.assert_close(finals["ddp"][k], finals["fsdp"][k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_resume_on_three_ranks_after_two(tmp_path):
+    """Streamed data resumes elastically on another number of ranks (the data of the begun epoch is
+    dealt to the new ranks: tests/data/test_streaming.py checks it is read exactly once); indexed data
+    refuses, naming the source."""
+    data = tmp_path / "data"
+    for streaming in ("true", "false"):
+        run = tmp_path / streaming
+        args = (f"data.streaming={streaming}",)
+        crashed = _launch(run, data, "ddp", *args, env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False)
+        assert crashed.returncode != 0 and (run / "checkpoints" / "step_00000004").is_dir()
+        resumed = _launch(run, data, "ddp", *args, nproc=3, check=streaming == "true")
+        if streaming == "true":
+            assert "elastic resume: the checkpoint was written by 2 rank(s), this run has 3" in resumed.stdout
+            assert "resumed from" in resumed.stdout and (run / "final" / "encoder.safetensors").exists()
+            steps = sorted(_records(run, "train"))
+            assert steps[-1] == 12
+        else:
+            assert resumed.returncode != 0
+            assert "'images' are read in index mode" in resumed.stderr and "data.streaming=true" in resumed.stderr

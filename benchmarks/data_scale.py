@@ -1,0 +1,156 @@
+"""Index mode vs streaming at growing dataset sizes: time to the first batch and resident memory.
+
+    python benchmarks/data_scale.py                       # 10k, 100k and 1M samples (~1.1 GB of shards)
+    python benchmarks/data_scale.py --sizes 10000,100000  # smaller
+
+The benchmark writes synthetic WebDataset shards (1,000 samples each: a tiny PNG and a caption; the
+same bytes in every sample, so only the *count* grows) under ``--root`` once, then for each size
+and mode starts a fresh Python process that builds the loader over all shards and takes the first
+batch (batch 32, the main process only, so nothing else is measured). Reported side by side:
+
+* ``first batch s``: construction + first batch (index mode reads every tar header first);
+* ``RSS MiB``: the process's peak resident memory minus its memory after the imports.
+
+Then, per mode, samples/s of one process decoding the 2,000-sample set at FLAVA's sizes (224²
+encoder image + 112² tokenizer image; 256² PNGs in the shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+PER_SHARD = 1000
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(root: Path, samples: int, image_side: int = 8) -> list[str]:
+    """``samples // 1000`` shards of PNG + caption pairs under ``root`` (reused when already there)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (image_side, image_side), (120, 40, 200)).save(buf, format="PNG")
+    png = buf.getvalue()
+    paths = []
+    for s in range(samples // PER_SHARD):
+        path = root / f"pairs-{s:06d}.tar"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            with tarfile.open(tmp, "w") as tar:
+                for i in range(PER_SHARD):
+                    key = f"{s:06d}{i:04d}"
+                    _tar_add(tar, f"{key}.png", png)
+                    _tar_add(tar, f"{key}.txt", f"a purple square number {i}".encode())
+            tmp.rename(path)
+        paths.append(str(path))
+    return paths
+
+
+CHILD = r"""
+import json, resource, sys, time
+mode, listing, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import torch
+from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data.streaming import make_stream_loader
+paths = json.load(open(listing))
+collate = lambda samples, generator=None: len(samples)
+transform = FLAVAImageTransform(ImageTransformConfig(8, 0))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+if mode == "index":
+    ds = FLAVADataset(TarShards(paths), "image", transform)
+    loader = make_loader(ds, collate, batch)
+else:
+    loader = make_stream_loader(paths, "image", collate, batch, image_transform=transform)
+n, skipped = next(iter(loader))
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "rss_mib": (peak - base) / 1024, "batch": n}))
+"""
+
+THROUGHPUT = r"""
+import json, os, sys, time
+mode, listing, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import torch
+torch.set_num_threads(1)
+from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data.streaming import make_stream_loader
+paths = json.load(open(listing))
+collate = lambda samples, generator=None: len(samples)
+transform = FLAVAImageTransform(ImageTransformConfig(224, 112))
+if mode == "index":
+    loader = make_loader(FLAVADataset(TarShards(paths), "image", transform), collate, 50)
+else:
+    loader = make_stream_loader(paths, "image", collate, 50, image_transform=transform)
+it = iter(loader)
+next(it)
+start, cpu0, done = time.perf_counter(), time.process_time(), 0
+while done < n:
+    got, skipped = next(it)
+    done += got
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+print(json.dumps({"samples_per_s": done / wall, "cpu_ms_per_sample": 1000 * cpu / done}))
+"""
+
+
+def _child(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--root", default="/tmp/mmkit-data-scale")
+    parser.add_argument("--throughput-samples", type=int, default=1000)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    root = Path(args.root)
+    t = time.perf_counter()
+    all_paths = write_shards(root / "small", max(sizes))
+    print(f"shards ready under {root} ({time.perf_counter() - t:.0f} s)", flush=True)
+    rows = []
+    for n in sizes:
+        listing = root / f"listing-{n}.json"
+        listing.write_text(json.dumps(all_paths[: n // PER_SHARD]))
+        got = {mode: _child(CHILD, mode, str(listing), "32") for mode in ("index", "stream")}
+        rows.append((n, got))
+        print(f"{n:>9,} samples: index {got['index']['seconds']:.2f} s / {got['index']['rss_mib']:.0f} MiB, "
+              f"stream {got['stream']['seconds']:.2f} s / {got['stream']['rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+    big = write_shards(root / "big", 2 * PER_SHARD, image_side=256)
+    listing = root / "listing-big.json"
+    listing.write_text(json.dumps(big))
+    speed = {m: _child(THROUGHPUT, m, str(listing), str(args.throughput_samples)) for m in ("index", "stream")}
+
+    print("\n| samples | index: first batch s | index: RSS MiB | streaming: first batch s | streaming: RSS MiB |")
+    print("|---|---|---|---|---|")
+    for n, got in rows:
+        i, s = got["index"], got["stream"]
+        print(f"| {n:,} | {i['seconds']:.2f} | {i['rss_mib']:.0f} | {s['seconds']:.2f} | {s['rss_mib']:.0f} |")
+    first, last = rows[0][1], rows[-1][1]
+    for mode in ("index", "stream"):
+        print(f"{mode}: first batch x{last[mode]['seconds'] / first[mode]['seconds']:.2f}, "
+              f"RSS x{max(last[mode]['rss_mib'], 1) / max(first[mode]['rss_mib'], 1):.2f} "
+              f"from {rows[0][0]:,} to {rows[-1][0]:,} samples")  # fmt: skip
+    print("\n| one process, 224² + 112² per sample | samples/s | CPU ms per sample |")
+    print("|---|---|---|")
+    for mode, r in speed.items():
+        print(f"| {mode} | {r['samples_per_s']:.0f} | {r['cpu_ms_per_sample']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
