@@ -82,13 +82,13 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
 
 
 def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True):
-    """The demo config, tiny and short, on 2 ranks (DDP: with 2 data workers each)."""
+    """The demo config, tiny and short, streamed, on 2 ranks (DDP: with 2 data workers each)."""
     env = {**os.environ, "MMKIT_DATA": str(data_dir), **(extra_env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
            "--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run_dir}",
            f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
            "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8",
-           f"data.num_workers={2 if strategy == 'ddp' else 0}", "progress=false"]  # fmt: skip
+           f"data.num_workers={2 if strategy == 'ddp' else 0}", "data.streaming=true", "progress=false"]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=check)
 
 
