@@ -572,6 +572,24 @@ def _first_held(piece: Piece, q: int) -> int:
     return q
 
 
+@dataclass
+class ReadOptions:
+    """How slots read their shards: the caption's JSON field, whether a sample needs a caption, the
+    ``fsspec`` options, the format (``tar`` shards or text ``lines``) and how many pieces are read at once."""
+
+    caption_field: str = "caption"
+    require_text: bool = True
+    storage_options: dict[str, Any] | None = None
+    fmt: str = "tar"
+    interleave: int = 4
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        if self.interleave < 1:
+            raise ValueError(f"interleave must be >= 1, got {self.interleave}")
+
+
 class SlotReader:
     """A slot's endless sample stream: its queued pieces, then fresh epochs, through shuffle windows.
 
@@ -581,32 +599,20 @@ class SlotReader:
     """
 
     def __init__(
-        self,
-        shards: Sequence[Shard],
-        state: SlotState,
-        seed: int,
-        buffer_size: int,
-        caption_field: str = "caption",
-        require_text: bool = True,
-        storage_options: dict[str, Any] | None = None,
-        fmt: str = "tar",
-        interleave: int = 4,
+        self, shards: Sequence[Shard], state: SlotState, seed: int, buffer_size: int, options: ReadOptions | None = None
     ) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         self.shards, self.state, self.seed, self.buffer_size = shards, state, seed, buffer_size
-        self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
-        self.fmt, self.interleave = fmt, interleave
-        state.interleave = interleave
+        self.options = options or ReadOptions()
+        state.interleave = self.options.interleave
 
     def _samples(self, piece: Piece) -> Iterator[tuple[int, Record]]:
         """``(position, record)`` of one piece's samples, in file order (the file closes when done)."""
-        shard = self.shards[piece.shard]
-        with open_shard(shard.url, self.storage_options) as f:
-            if self.fmt == "lines":
-                samples = iter_lines(f, shard.name, self.caption_field, piece.holds)
+        shard, o = self.shards[piece.shard], self.options
+        with open_shard(shard.url, o.storage_options) as f:
+            if o.fmt == "lines":
+                samples = iter_lines(f, shard.name, o.caption_field, piece.holds)
             else:
-                samples = iter_samples(f, shard.name, self.caption_field, self.require_text, piece.holds)
+                samples = iter_samples(f, shard.name, o.caption_field, o.require_text, piece.holds)
             for q, record in samples:
                 if record.meta.get("truncated"):
                     q = _first_held(piece, q)  # the loss is reported at a position this piece holds
@@ -635,7 +641,7 @@ class SlotReader:
                 st.next_epoch = epoch + 1
                 st.spans, st.yielded, resume = [], 0, self.first_window(epoch)
             epoch, pieces = st.queue[0]
-            reader = Interleave(pieces, self.interleave, self._samples)
+            reader = Interleave(pieces, self.options.interleave, self._samples)
             size = resume or self.buffer_size
             while True:
                 start = reader.pieces_now()  # the window's first position in every piece
@@ -761,6 +767,7 @@ class StreamingShards(IterableDataset):
         rank, world_size, num_workers: the slots: ``world_size * max(1, num_workers)``.
         seed: shard permutations, windows and per-sample randomness.
         buffer_size: samples per shuffle window (memory: this many encoded samples per worker).
+        options: how shards are read (:class:`ReadOptions`).
     """
 
     def __init__(
@@ -775,19 +782,13 @@ class StreamingShards(IterableDataset):
         num_workers: int = 0,
         seed: int = 0,
         buffer_size: int = 1000,
-        caption_field: str = "caption",
-        require_text: bool = True,
-        storage_options: dict[str, Any] | None = None,
-        fmt: str = "tar",
-        interleave: int = 4,
+        options: ReadOptions | None = None,
     ) -> None:
         if batch_size < 1 or buffer_size < 1:
             raise ValueError(f"batch_size and buffer_size must be >= 1, got {batch_size} and {buffer_size}")
         self.shards, self.samples, self.collate, self.batch_size = list(shards), samples, collate, batch_size
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
-        self.seed, self.buffer_size = seed, buffer_size
-        self.caption_field, self.require_text, self.storage_options = caption_field, require_text, storage_options
-        self.fmt, self.interleave = fmt, interleave
+        self.seed, self.buffer_size, self.options = seed, buffer_size, options or ReadOptions()
         self.resume: dict[int, SlotState] = {}
         self.rotation = 0  # worker w plays local slot (rotation + w) % workers
 
@@ -803,8 +804,7 @@ class StreamingShards(IterableDataset):
         slot = self.slot_of(info.id if info is not None else 0)
         state = self.resume.get(slot)
         state = SlotState.from_dict(state.to_dict()) if state is not None else SlotState(slot, self.num_slots)
-        reader = SlotReader(self.shards, state, self.seed, self.buffer_size, self.caption_field, self.require_text,
-                            self.storage_options, self.fmt, self.interleave)  # fmt: skip
+        reader = SlotReader(self.shards, state, self.seed, self.buffer_size, self.options)
         pending: list = []
         for epoch, shard, q, record in reader:
             sample = self.samples.make_sample(record, (epoch, (slot << 32) + state.batches), epoch, (shard << 32) + q)
@@ -944,10 +944,10 @@ def make_stream_loader(
     if not shards or isinstance(shards, str) or not isinstance(shards[0], Shard):
         shards = resolve_shards(shards, storage_options)  # type: ignore[arg-type]
     samples = FLAVADataset(StreamName(name), kind, image_transform, tokenizer, seed=seed, image_tokens=image_tokens)
-    dataset = StreamingShards(
-        shards, samples, CollateWithSkips(collator, seed, name), batch_size, rank=rank, world_size=world_size,
-        num_workers=num_workers, seed=seed, buffer_size=buffer_size, caption_field=caption_field,
-        require_text=kind == "pair", storage_options=storage_options, fmt="lines" if kind == "text" else "tar",
-        interleave=interleave,
-    )  # fmt: skip
+    options = ReadOptions(
+        caption_field, kind == "pair", storage_options, "lines" if kind == "text" else "tar", interleave
+    )
+    dataset = StreamingShards(shards, samples, CollateWithSkips(collator, seed, name), batch_size, rank=rank,
+                              world_size=world_size, num_workers=num_workers, seed=seed, buffer_size=buffer_size,
+                              options=options)  # fmt: skip
     return StreamingLoader(dataset, num_workers, pin_memory, prefetch_factor)
