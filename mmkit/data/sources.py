@@ -206,7 +206,7 @@ class TarShards(Source):
         self.paths = expand_paths(paths)
         self.caption_field = caption_field
         self.require_text = require_text
-        self._index: list[tuple[int, str, tuple[int, int], tuple[int, int, str] | None, tuple[int, int] | None]] = []
+        self._index = _CompactIndex()
         self.incomplete: list[str] = []
         self.truncated: list[tuple[str, int]] = []
         metas: list[dict | None] = []
@@ -242,10 +242,7 @@ class TarShards(Source):
                 if image is None or (self.require_text and text is None):
                     self.incomplete.append(f"{path.name}:{key}")
                     continue
-                text_loc = None if text is None else (text[0].offset_data, text[0].size, text[1])
-                tokens = members.get(TOKENS_EXT)
-                tokens_loc = None if tokens is None else (tokens.offset_data, tokens.size)
-                self._index.append((shard_id, key, (image.offset_data, image.size), text_loc, tokens_loc))
+                self._index.append(shard_id, key, image, text, members.get(TOKENS_EXT))
             if cut is not None:
                 kept = len(self._index) - indexed_before
                 self.truncated.append((path.name, kept))
@@ -255,7 +252,8 @@ class TarShards(Source):
                     path, cut, kept,
                 )  # fmt: skip
             metas.append(meta)
-        all_tokens = bool(self._index) and all(entry[4] is not None for entry in self._index)
+        self._index.freeze()
+        all_tokens = len(self._index) > 0 and self._index.all_have_tokens()
         same = all(m is not None and m == metas[0] for m in metas)
         self.token_info: dict | None = metas[0] if (all_tokens and same) else None
         self._files = _FileCache()
@@ -267,19 +265,74 @@ class TarShards(Source):
     def __len__(self) -> int:
         return len(self._index)
 
+    def sample_key(self, i: int) -> str:
+        """The key of sample ``i`` in its shard (the member names up to their first dot)."""
+        return self._index.key(i)
+
+    def shard_of(self, i: int) -> int:
+        """The index in ``paths`` of the shard holding sample ``i``."""
+        return int(self._index.shard[i])
+
     def __getitem__(self, i: int) -> Record:
-        shard_id, key, (off, size), text_loc, tokens_loc = self._index[i]
-        path = self.paths[shard_id]
-        record = Record(key=f"{path.name}:{key}", image=self._files.read(path, off, size))
-        if tokens_loc is not None:
-            record.meta["tokens_bytes"] = self._files.read(path, *tokens_loc)
-        if text_loc is not None:
-            t_off, t_size, ext = text_loc
-            raw = self._files.read(path, t_off, t_size)
-            record.meta["text_bytes"] = raw
-            record.meta["text_format"] = ext
+        ix = self._index
+        if not -len(ix) <= i < len(ix):
+            raise IndexError(f"sample {i} of a source of {len(ix)}")
+        i %= len(ix)
+        path = self.paths[int(ix.shard[i])]
+        record = Record(
+            key=f"{path.name}:{ix.key(i)}", image=self._files.read(path, int(ix.image[i, 0]), int(ix.image[i, 1]))
+        )
+        if ix.tokens[i, 1] >= 0:
+            record.meta["tokens_bytes"] = self._files.read(path, int(ix.tokens[i, 0]), int(ix.tokens[i, 1]))
+        if ix.text_ext[i] >= 0:
+            record.meta["text_bytes"] = self._files.read(path, int(ix.text[i, 0]), int(ix.text[i, 1]))
+            record.meta["text_format"] = _TEXT_EXTS[ix.text_ext[i]]
             record.meta["caption_field"] = self.caption_field
         return record
+
+
+_TEXT_EXTS = (".txt", ".json")
+
+
+class _CompactIndex:
+    """Where each sample's members are, in flat integer arrays (about 90 bytes a sample with its key,
+    instead of ~430 for a tuple of tuples): shard id, image (offset, size), text (offset, size) and
+    extension code, token ids (offset, size; -1 when absent), and the keys in one byte string."""
+
+    def __init__(self) -> None:
+        import array
+
+        self._shard, self._ints, self._ext = array.array("i"), array.array("q"), array.array("b")
+        self._keys, self._key_ends = bytearray(), array.array("q")
+
+    def append(self, shard: int, key: str, image, text, tokens) -> None:
+        self._shard.append(shard)
+        t_off, t_size = (text[0].offset_data, text[0].size) if text is not None else (-1, -1)
+        k_off, k_size = (tokens.offset_data, tokens.size) if tokens is not None else (-1, -1)
+        self._ints.extend((image.offset_data, image.size, t_off, t_size, k_off, k_size))
+        self._ext.append(_TEXT_EXTS.index(text[1]) if text is not None else -1)
+        self._keys += key.encode()
+        self._key_ends.append(len(self._keys))
+
+    def freeze(self) -> None:
+        import numpy as np
+
+        ints = np.frombuffer(self._ints, dtype=np.int64).reshape(-1, 6).copy()
+        self.shard = np.frombuffer(self._shard, dtype=np.int32).copy()
+        self.image, self.text, self.tokens = ints[:, 0:2], ints[:, 2:4], ints[:, 4:6]
+        self.text_ext = np.frombuffer(self._ext, dtype=np.int8).copy()
+        self.keys, self.key_ends = bytes(self._keys), np.frombuffer(self._key_ends, dtype=np.int64).copy()
+        del self._shard, self._ints, self._ext, self._keys, self._key_ends
+
+    def key(self, i: int) -> str:
+        start = int(self.key_ends[i - 1]) if i > 0 else 0
+        return self.keys[start : int(self.key_ends[i])].decode()
+
+    def all_have_tokens(self) -> bool:
+        return bool((self.tokens[:, 1] >= 0).all())
+
+    def __len__(self) -> int:
+        return len(self.shard) if hasattr(self, "shard") else len(self._shard)
 
 
 def _tar_end_problem(tar: tarfile.TarFile, size: int) -> str | None:

@@ -32,7 +32,7 @@ def test_tar_shards_brace_patterns_and_bad_records(shards, tokenizer):
     assert 0.1 - 1e-6 <= s["codebook_image"].min() and s["codebook_image"].max() <= 0.9 + 1e-6
     assert s["input_ids"][0] == tokenizer.token_id("[CLS]") and s["input_ids"][-1] == tokenizer.token_id("[SEP]")
     # the JSON caption was read from its field
-    json_sample = src[[r[1] for r in src._index].index("1003")]
+    json_sample = src[[src.sample_key(i) for i in range(len(src))].index("1003")]
     assert decode_text(json_sample) == png_bytes(103)[1]
 
 
@@ -279,7 +279,7 @@ def test_truncated_tar_shards_index_what_is_readable(tmp_path, shards, caplog):
     cut = _truncated_copy(shards[0], tmp_path)
     with caplog.at_level("WARNING", logger="mmkit.data.sources"):
         src = TarShards([cut, shards[1]])
-    kept = [entry[1] for entry in src._index if entry[0] == 0]
+    kept = [src.sample_key(i) for i in range(len(src)) if src.shard_of(i) == 0]
     assert 0 < len(kept) < 6 and src.truncated == [(cut.name, len(kept))]
     assert f"{cut.name} is truncated" in caplog.text
     for i in range(len(kept)):  # every indexed sample of the cut shard is whole
@@ -304,3 +304,18 @@ def test_truncated_tar_shards_index_what_is_readable(tmp_path, shards, caplog):
     tiny.write_bytes(data[:700])
     with pytest.raises(ValueError, match="tiny.tar"):
         TarShards(tiny)
+
+
+def test_the_tar_index_is_flat_arrays_not_objects_per_sample(shards):
+    """Index mode keeps integers in arrays (and the keys in one byte string): a few dozen bytes per
+    sample, where a tuple of tuples per sample cost ~430 bytes in every process."""
+    src = TarShards(shards)
+    ix = src._index
+    per_sample = (
+        ix.shard.nbytes + ix.image.base.nbytes + ix.text_ext.nbytes + len(ix.keys) + ix.key_ends.nbytes
+    ) / len(src)
+    assert per_sample < 100, per_sample
+    assert [src.sample_key(i) for i in range(3)] == ["0000", "0001", "0002"] and src.shard_of(len(src) - 1) == 1
+    assert src[-1].key == src[len(src) - 1].key
+    with pytest.raises(IndexError):
+        src[len(src)]
