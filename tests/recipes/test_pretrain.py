@@ -81,10 +81,10 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
         mgr.load(tmp_path / "ck" / "step_00000009", fresh, fresh_opt)
 
 
-def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True):
-    """The demo config, tiny and short, streamed, on 2 ranks (DDP: with 2 data workers each)."""
+def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2):
+    """The demo config, tiny and short, streamed, on ``nproc`` ranks (DDP: with 2 data workers each)."""
     env = {**os.environ, "MMKIT_DATA": str(data_dir), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(RECIPE),
            "--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run_dir}",
            f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
            "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8",
@@ -162,3 +162,17 @@ def test_the_readme_object_storage_config_loads(tmp_path):
     (tmp_path / "my_s3.yaml").write_text(block)
     cfg = load_recipe("recipes/flava/pretrain.py").load_config(str(tmp_path / "my_s3.yaml"), [])
     assert cfg.data.streaming and cfg.data.train_pairs[0].startswith("s3://") and cfg.preset == "full"
+
+
+@pytest.mark.slow
+def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path):
+    """FSDP2 reshards the model and optimiser through DCP; the streamed data of the begun epoch is dealt
+    to the three new ranks (exactly once: tests/data/test_streaming.py)."""
+    data = tmp_path / "data"
+    crashed = _run(tmp_path / "run", data, "fsdp", 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
+    assert crashed.returncode != 0
+    resumed = _run(tmp_path / "run", data, "fsdp", 8, nproc=3)
+    assert "elastic resume: the checkpoint was written by 2 rank(s), this run has 3" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    assert sorted(_losses(tmp_path / "run")) == list(range(1, 9))  # steps 4-5 again, then on to 8
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
