@@ -263,3 +263,46 @@ def test_text_files_stream_one_sample_per_line(tmp_path, tokenizer):
     indexed = TextLines(files)
     assert sorted(got + [s.key for s in skipped]) == sorted(indexed[i].key for i in range(len(indexed)))
     assert len(skipped) == 3 and all("not UTF-8" in s.reason for s in skipped)
+
+
+def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
+    """img2dataset writes ``00000.tar`` holding ``key.jpg`` + ``key.txt`` + ``key.json`` (url, status,
+    sizes, ...), with ``00000.parquet`` and ``00000_stats.json`` beside it: both modes read the pairs,
+    the caption from the ``.txt``, and streaming takes the sample counts from the stats files."""
+    from PIL import Image
+
+    from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    for shard, n in ((0, 5), (1, 3)):
+        with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            for i in range(n):
+                key = f"{shard:05d}{i:04d}"
+                meta = {"url": f"http://x/{key}.jpg", "caption": f"a green box {key}", "key": key, "status": "success",
+                        "width": 40, "height": 30, "original_width": 400, "original_height": 300}  # fmt: skip
+                add(tar, f"{key}.jpg", buf.getvalue())
+                add(tar, f"{key}.txt", meta["caption"].encode())
+                add(tar, f"{key}.json", json.dumps(meta).encode())
+        (tmp_path / f"{shard:05d}_stats.json").write_text(
+            json.dumps({"count": n + 2, "successes": n, "failed_to_download": 2})
+        )
+        (tmp_path / f"{shard:05d}.parquet").write_bytes(b"PAR1")  # the tool's per-shard metadata table
+    pattern = str(tmp_path / "*.tar")
+    assert [s.samples for s in resolve_shards(pattern)] == [5, 3]
+    transform = FLAVAImageTransform(ImageTransformConfig(8, 0))
+    indexed = FLAVADataset(TarShards(pattern), "image", transform)
+    assert len(indexed) == 8
+    loader = make_stream_loader(pattern, "pair", keys_of, 8, image_transform=transform, tokenizer=_WordCount())
+    batch, skipped = next(iter(loader))
+    assert not skipped and sorted(k for _, k in batch) == sorted(indexed.source[i].key for i in range(8))
+
+
+class _WordCount:
+    """A stand-in tokenizer: one id per word (the test needs text decoded, not a vocabulary)."""
+
+    def encode(self, text):
+        from types import SimpleNamespace
+
+        words = text.split()
+        return SimpleNamespace(input_ids=list(range(len(words))), word_ids=list(range(len(words))))
