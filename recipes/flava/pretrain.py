@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from mmkit.data import (
+    FLAVABatch,
     FLAVADataset,
     FLAVAImageTransform,
     ImageCollator,
@@ -116,6 +117,9 @@ class DataConfig:
     # of one shuffle window per worker) unless streaming=false (index mode: every header read at start).
     streaming: bool = True
     shuffle_buffer: int = at_least(1, 1000)  # streaming: samples per shuffle window per data worker
+    # One resize chain per image and uint8 until the device (ImageTransformConfig.fast): less CPU per
+    # sample in the workers; off by default because the released FLAVA resizes the tokenizer input apart.
+    fast_images: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
 
 
@@ -145,7 +149,7 @@ class PretrainConfig:
 # What a checkpoint's run must share with the resuming one (anything else may change, e.g. optim.lr).
 FROZEN_DATA = ("dataset", "train_pairs", "val_pairs", "images", "text", "tokenizer", "vocab_size", "max_length",
                "batch_size", "num_workers", "pair_prob", "image_prob", "text_prob", "itm_negative_prob",
-               "random_crop", "cached_tokens", "streaming", "shuffle_buffer")  # fmt: skip
+               "random_crop", "cached_tokens", "streaming", "shuffle_buffer", "fast_images")  # fmt: skip
 FROZEN = ("seed", "preset", "model", "optim.grad_accum", *(f"data.{k}" for k in FROZEN_DATA))
 
 
@@ -220,7 +224,8 @@ class FLAVAPretrainRecipe:
         train_pairs, self.val_pairs, images, text = self.paths
         pixels = mcfg.pretraining.mim_target == "pixels"  # pixel-regression MIM needs no tokenizer input
         self.transform = FLAVAImageTransform(ImageTransformConfig(image_size=mcfg.image.image_size,
-            codebook_image_size=0 if pixels else mcfg.codebook.image_size, random_crop=d.random_crop))  # fmt: skip
+            codebook_image_size=0 if pixels else mcfg.codebook.image_size, random_crop=d.random_crop,
+            fast=d.fast_images))  # fmt: skip
         self.block_masker = BlockMaskGenerator.flava(mcfg.image.image_size // mcfg.image.patch_size)
         tok = self.tokenizer
         self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
@@ -311,9 +316,8 @@ class FLAVAPretrainRecipe:
         cfg = self.cfg
         if not self.resumed and cfg.eval_at_start:
             self.metrics.log(0, self.evaluate(), split="eval")
-        device = self.ctx.device
         done = train_loop(
-            self.ctx, self.state, lambda step: self.step(lambda: next(self.stream).to(device), _forward, step),
+            self.ctx, self.state, lambda step: self.step(self._next_batch, _forward, step),
             total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every, max_nonfinite=cfg.max_nonfinite,
             log_every=cfg.log_every, on_log=self._log, eval_every=cfg.eval_every,
             on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"), progress=cfg.progress,
@@ -322,6 +326,10 @@ class FLAVAPretrainRecipe:
         if done:
             self.metrics.log(self.state.step, self.evaluate(), split="eval")
             self.export()
+
+    def _next_batch(self) -> FLAVABatch:
+        """The next batch on the device (``data.fast_images``: normalised there)."""
+        return self.transform.finish(next(self.stream).to(self.ctx.device))
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
         record.update(lr=self.step.scheduler.get_last_lr()[0],
@@ -357,7 +365,7 @@ class FLAVAPretrainRecipe:
             if not samples:  # every pair of this batch is corrupt: nothing to collate
                 continue
             for collate in collators:
-                batch = collate(samples).to(self.ctx.device)
+                batch = self.transform.finish(collate(samples).to(self.ctx.device))
                 with autocast(self.cfg.precision, self.ctx.device):
                     out = model(**batch.model_inputs())
                 for k, v in out.losses.items():

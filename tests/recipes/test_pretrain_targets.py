@@ -1,4 +1,5 @@
-"""Pretraining with a trained tokenizer, with cached token ids, and with pixel targets (single process)."""
+"""Pretraining with a trained tokenizer, with cached token ids, with pixel targets and with the fast
+image path (single process, streamed shards)."""
 
 import json
 from pathlib import Path
@@ -39,7 +40,7 @@ def _run(recipe, run_dir, data, train_pairs, *extra):
             f"data.text={json.dumps([str(p) for p in data.text])}", "data.image_prob=0", "data.text_prob=0.3",
             "data.pair_prob=0.7", "data.batch_size=8", "data.num_workers=0", "optim.total_steps=5",
             "optim.warmup_steps=1", "log_every=1", "eval_samples=16", "checkpoint.every=100", "progress=false",
-            *extra]  # fmt: skip
+            "data.streaming=true", *extra]  # fmt: skip
     r = recipe.FLAVAPretrainRecipe(recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), args))
     try:
         r.setup()
@@ -87,3 +88,17 @@ def test_pixel_targets_train_without_a_tokenizer(setup, tmp_path):
     assert r.raw_model.image_tokenizer is None
     assert any("loss/mmm_image" in v for v in losses.values())
     assert all(torch.isfinite(torch.tensor(list(v.values()))).all() for v in losses.values())
+
+
+@pytest.mark.slow
+def test_fast_images_change_only_the_tokenizer_input(setup, tmp_path):
+    """``data.fast_images``: uint8 in the workers, normalised on the device; the encoder pixels are the
+    default path's, so the first paired step's contrastive and ITM losses agree (the block-reduced
+    tokenizer input is checked in tests/data/test_transforms.py)."""
+    _, data, _ = setup
+    recipe = _recipe()
+    _, slow = _run(recipe, tmp_path / "slow", data, data.train_pairs)
+    _, fast = _run(recipe, tmp_path / "fast", data, data.train_pairs, "data.fast_images=true")
+    first_pair = min(s for s in slow if "loss/global_contrastive" in slow[s])
+    for k in ("loss/global_contrastive", "loss/itm"):
+        assert fast[first_pair][k] == pytest.approx(slow[first_pair][k], abs=1e-5), k
