@@ -19,7 +19,9 @@ cache) imports them from here, never the other way round.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import torch
@@ -80,3 +82,41 @@ def read_token_ids(data: bytes) -> torch.Tensor:
     import numpy as np
 
     return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)).flatten()
+
+
+def sample_counts(directory: str, urls: list[str], read: Callable[[str], bytes | None]) -> dict[str, int]:
+    """Sample counts from the sizes files writers leave beside their shards, where there are any:
+    webdataset's ``sizes.json`` (``{shard name: n}``) or ``_info.json`` (``{"shardlist": [{"url",
+    "nsamples"}]}``), or img2dataset's ``<shard stem>_stats.json`` (``{"successes": n}``)."""
+    out: dict[str, int] = {}
+    names = {PurePosixPath(u.split("://", 1)[-1]).name: u for u in urls}
+    sizes = read(f"{directory}/sizes.json")
+    if sizes:
+        for name, n in json.loads(sizes).items():
+            if name in names:
+                out[names[name]] = int(n)
+    info = read(f"{directory}/_info.json") if len(out) < len(urls) else None
+    if info:
+        for entry in json.loads(info).get("shardlist", []):
+            name = PurePosixPath(str(entry.get("url", ""))).name
+            if name in names and "nsamples" in entry:
+                out[names[name]] = int(entry["nsamples"])
+    if len(out) < len(urls):
+        for name, url in names.items():
+            if url in out:
+                continue
+            stem = name.split(".")[0]
+            stats = read(f"{directory}/{stem}_stats.json")
+            if not stats:
+                break  # img2dataset writes one per shard: if the first is absent, none are there
+            out[url] = int(json.loads(stats)["successes"])
+    return out
+
+
+def read_local(path: str) -> bytes | None:
+    """A local file's bytes, or None when it cannot be read (a sizes file that is not there)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None

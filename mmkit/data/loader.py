@@ -333,6 +333,14 @@ class MixedBatches:
         self.seen = dict.fromkeys(self.names, 0)
         self.skipped = dict.fromkeys(self.names, 0)
         self.examples: dict[str, list[str]] = {n: [] for n in self.names}
+        for name, loader in self.loaders.items():  # samples an indexed source lost to truncated shards
+            source = getattr(getattr(loader, "dataset", None), "source", None)
+            lost = getattr(source, "lost", 0)
+            if lost:
+                self.seen[name] += lost
+                self.skipped[name] += lost
+                shards = ", ".join(f"{n} ({k} indexed)" for n, k in source.truncated)
+                self.examples[name].append(f"{lost} samples lost in truncated shards: {shards}")
 
     def __iter__(self) -> MixedBatches:
         return self
@@ -362,13 +370,16 @@ class MixedBatches:
 
     def _account(self, name: str, batch: FLAVABatch | None, skipped: list[Skipped]) -> None:
         self.seen[name] += (0 if batch is None else len(batch)) + len(skipped)
-        if not skipped:
-            return
-        self.skipped[name] += len(skipped)
-        for s in skipped:
-            logger.warning("skipped %s record %s: %s", s.source, s.key, s.reason)
-        self.examples[name] = (self.examples[name] + [f"{s.key} ({s.reason})" for s in skipped])[-10:]
+        if skipped:
+            self.skipped[name] += len(skipped)
+            for s in skipped:
+                logger.warning("skipped %s record %s: %s", s.source, s.key, s.reason)
+            self.examples[name] = (self.examples[name] + [f"{s.key} ({s.reason})" for s in skipped])[-10:]
         seen, bad = self.seen[name], self.skipped[name]
+        if not bad:
+            return
+        # checked on every batch once there are bad records: skips counted before min_samples (or at
+        # the start, from truncated shards) are judged once enough records have been seen
         if seen >= self.min_samples and bad == seen:
             raise DataQualityError(
                 f"source {name!r}: no record could be used: all {seen} records seen were skipped; "

@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmkit.data.formats import IMAGE_EXTENSIONS, TOKENIZER_META, TOKENS_EXT, image_member, split_member_name
+from mmkit.data.formats import (
+    IMAGE_EXTENSIONS,
+    TOKENIZER_META,
+    TOKENS_EXT,
+    image_member,
+    read_local,
+    sample_counts,
+    split_member_name,
+)
 from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
 
 logger = logging.getLogger(__name__)
@@ -209,6 +217,7 @@ class TarShards(Source):
         self._index = _CompactIndex()
         self.incomplete: list[str] = []
         self.truncated: list[tuple[str, int]] = []
+        self.lost = 0  # samples of truncated shards that could not be indexed (counted as skipped records)
         metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
             meta = None
@@ -246,6 +255,9 @@ class TarShards(Source):
             if cut is not None:
                 kept = len(self._index) - indexed_before
                 self.truncated.append((path.name, kept))
+                # how many were lost: from a sizes file beside the shard when there is one, else at least one
+                known = sample_counts(str(path.parent), [str(path)], read_local).get(str(path))
+                self.lost += max(1, known - kept) if known is not None else 1
                 logger.warning(
                     "%s is truncated (%s): indexed the %d samples before the cut, the rest of the shard is lost; "
                     "copy or write it again",

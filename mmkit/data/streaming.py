@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, split_member_name
+from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, read_local, sample_counts, split_member_name
 from mmkit.data.sources import Record, Source
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _describe(urls: list[str], storage_options: dict[str, Any] | None) -> list[S
                     raise FileNotFoundError(f"shard {url} does not exist")
                 st = os.stat(url)
                 sizes[url], versions[url] = st.st_size, str(st.st_mtime_ns)
-            counts.update(_sample_counts(directory, members, _local_reader))
+            counts.update(sample_counts(directory, members, read_local))
             continue
         fs = _filesystem(protocol, storage_options)
         listing: dict[str, dict[str, Any]] = {}
@@ -184,7 +184,7 @@ def _describe(urls: list[str], storage_options: dict[str, Any] | None) -> list[S
                 except FileNotFoundError:
                     raise FileNotFoundError(f"shard {url} does not exist") from None
             sizes[url], versions[url] = entry.get("size"), _version(entry)
-        counts.update(_sample_counts(directory, members, lambda u, fs=fs: _remote_reader(fs, u)))
+        counts.update(sample_counts(directory, members, lambda u, fs=fs: _remote_reader(fs, u)))
     return [Shard(u, sizes[u], counts.get(u), versions.get(u)) for u in urls]
 
 
@@ -195,49 +195,12 @@ def _version(entry: dict[str, Any]) -> str | None:
     return None
 
 
-def _local_reader(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _remote_reader(fs, url: str) -> bytes | None:
     try:
         with fs.open(url, "rb") as f:
             return f.read()
     except (FileNotFoundError, OSError):
         return None
-
-
-def _sample_counts(directory: str, urls: list[str], read: Callable[[str], bytes | None]) -> dict[str, int]:
-    """Sample counts from the sizes files writers leave beside their shards, where there are any:
-    webdataset's ``sizes.json`` (``{shard name: n}``) or ``_info.json`` (``{"shardlist": [{"url",
-    "nsamples"}]}``), or img2dataset's ``<shard stem>_stats.json`` (``{"successes": n}``)."""
-    out: dict[str, int] = {}
-    names = {PurePosixPath(u.split("://", 1)[-1]).name: u for u in urls}
-    sizes = read(f"{directory}/sizes.json")
-    if sizes:
-        for name, n in json.loads(sizes).items():
-            if name in names:
-                out[names[name]] = int(n)
-    info = read(f"{directory}/_info.json") if len(out) < len(urls) else None
-    if info:
-        for entry in json.loads(info).get("shardlist", []):
-            name = PurePosixPath(str(entry.get("url", ""))).name
-            if name in names and "nsamples" in entry:
-                out[names[name]] = int(entry["nsamples"])
-    if len(out) < len(urls):
-        for name, url in names.items():
-            if url in out:
-                continue
-            stem = name.split(".")[0]
-            stats = read(f"{directory}/{stem}_stats.json")
-            if not stats:
-                break  # img2dataset writes one per shard: if the first is absent, none are there
-            out[url] = int(json.loads(stats)["successes"])
-    return out
 
 
 def shards_fingerprint(shards: Sequence[Shard]) -> list[list[Any]]:

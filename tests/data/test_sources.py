@@ -319,3 +319,36 @@ def test_the_tar_index_is_flat_arrays_not_objects_per_sample(shards):
     assert src[-1].key == src[len(src) - 1].key
     with pytest.raises(IndexError):
         src[len(src)]
+
+
+def test_samples_lost_to_a_truncated_shard_count_against_max_bad_fraction(tmp_path, shards):
+    """Index mode: the samples a truncated shard lost (from a sizes file beside it, else at least one)
+    are skipped records of their source from the start, so ``max_bad_fraction`` bounds them."""
+    import json
+
+    from mmkit.data import (
+        DataQualityError,
+        FLAVADataset,
+        FLAVAImageTransform,
+        ImageTransformConfig,
+        MixedBatches,
+        make_loader,
+    )
+
+    cut = _truncated_copy(shards[0], tmp_path)
+    (tmp_path / "sizes.json").write_text(json.dumps({cut.name: 6}))
+    src = TarShards(cut, require_text=False)
+    assert src.lost == 6 - len(src) > 0
+    (tmp_path / "sizes.json").unlink()
+    assert TarShards(cut, require_text=False).lost == 1  # unknown size: at least one
+
+    def build(max_bad):
+        ds = FLAVADataset(TarShards(cut, require_text=False), "image", FLAVAImageTransform(ImageTransformConfig(8, 0)))
+        loader = make_loader(ds, lambda samples, generator=None: list(samples), 1)
+        return MixedBatches({"images": (loader, 1.0)}, max_bad_fraction=max_bad, min_samples=1)
+
+    mixed = build(0.9)
+    assert mixed.skipped["images"] == 1 and "lost in truncated shards" in mixed.examples["images"][0]
+    next(mixed)
+    with pytest.raises(DataQualityError, match="images"):
+        next(build(0.1))
