@@ -1,7 +1,9 @@
-"""Losses (parameter-free): global contrastive with differentiable gather, masked CE, FLAVA's weighted sum."""
+"""Losses (parameter-free): global contrastive with differentiable gather, SigLIP's sigmoid loss with a
+differentiable ring exchange, masked CE, FLAVA's weighted sum."""
 
 from mmkit.losses.contrastive import ContrastiveLoss, ContrastiveOutput, gather_batches
 from mmkit.losses.flava import OBJECTIVES, FLAVALossWeights, FLAVAPretrainingLoss, masked_cross_entropy
+from mmkit.losses.sigmoid import SigmoidContrastiveLoss
 
 __all__ = [
     "OBJECTIVES",
@@ -9,6 +11,7 @@ __all__ = [
     "ContrastiveOutput",
     "FLAVALossWeights",
     "FLAVAPretrainingLoss",
+    "SigmoidContrastiveLoss",
     "gather_batches",
     "masked_cross_entropy",
 ]
