@@ -70,7 +70,8 @@ def flava_image_encoder(
         dropout=cfg.dropout,
     )
     pooler = Pooler(cfg.hidden_size) if with_pooler else None
-    return _finish(ImageEncoder(embeddings, _stack(cfg, attention_backend), pooler), init_std)
+    encoder = ImageEncoder(embeddings, _stack(cfg, attention_backend), pooler, patch_dropout=cfg.patch_dropout)
+    return _finish(encoder, init_std)
 
 
 def flava_text_encoder(

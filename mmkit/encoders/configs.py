@@ -34,6 +34,9 @@ class ImageEncoderConfig(TransformerConfig):
     patch_size: int = 16
     num_channels: int = 3
     use_mask_token: bool = True
+    # FLIP's patch dropout (Li et al., CVPR 2023): in training, keep a random (1 - p) of each image's
+    # patch tokens (CLS always kept) for a cheaper step; nothing is dropped in eval mode.
+    patch_dropout: float = 0.0
 
 
 @dataclass

@@ -50,13 +50,26 @@ class ImageEncoder(_Encoder):
         embeddings: a :class:`~mmkit.layers.PatchEmbedding`.
         encoder: a :class:`~mmkit.layers.TransformerEncoder` of the same width.
         pooler: optional module ``(B, N, D) -> (B, D)``.
+        patch_dropout: FLIP's patch dropout (Li et al., "Scaling Language-Image Pre-training via
+            Masking", CVPR 2023): in training mode each image keeps a random ``1 - patch_dropout`` of
+            its patch tokens (at least one; CLS always), in their original order; eval mode keeps all.
+            Not combined with ``patch_mask`` (masked modelling needs every position).
     """
 
-    def __init__(self, embeddings: PatchEmbedding, encoder: TransformerEncoder, pooler: nn.Module | None) -> None:
+    def __init__(
+        self,
+        embeddings: PatchEmbedding,
+        encoder: TransformerEncoder,
+        pooler: nn.Module | None,
+        patch_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
         self.embeddings = embeddings
         self.encoder = encoder
         self.pooler = pooler
+        self.patch_dropout = patch_dropout
 
     def forward(
         self, pixel_values: Tensor, patch_mask: Tensor | None = None, *, output_hidden_states: bool = False
@@ -74,7 +87,20 @@ class ImageEncoder(_Encoder):
             ``pooler_output`` is ``(B, D)``.
         """
         x = self.embeddings(pixel_values, patch_mask)
+        if self.training and self.patch_dropout > 0 and patch_mask is None:
+            x = drop_patches(x, self.patch_dropout)
         return self._pool(self.encoder(x, output_hidden_states=output_hidden_states))
+
+
+def drop_patches(tokens: Tensor, fraction: float, generator: torch.Generator | None = None) -> Tensor:
+    """``(B, 1 + Np, D)`` -> ``(B, 1 + k, D)``: the CLS token and a random ``k = max(1, round((1 - fraction)
+    * Np))`` of each row's patch tokens, kept in their original order (each its own random subset)."""
+    b, n, d = tokens.shape
+    keep = max(1, round((1 - fraction) * (n - 1)))
+    scores = torch.rand(b, n - 1, device=tokens.device, generator=generator)
+    kept = scores.topk(keep, dim=1).indices.sort(dim=1).values + 1  # positions after CLS
+    patches = tokens.gather(1, kept.unsqueeze(-1).expand(b, keep, d))
+    return torch.cat([tokens[:, :1], patches], dim=1)
 
 
 class TextEncoder(_Encoder):
