@@ -781,6 +781,13 @@ class StreamingShards(IterableDataset):
                 yield StreamBatch(batch, skipped, slot, state.to_dict())
 
 
+class ElasticRequired(ValueError):
+    """A data state saved with other ranks or workers: it needs :meth:`StreamingLoader.load_elastic` with
+    the states of every old rank (``needs_elastic`` tells a checkpoint loader so without importing this)."""
+
+    needs_elastic = True
+
+
 class StreamingLoader:
     """The data loader of a :class:`StreamingShards`: ``(batch | None, skipped)`` per step, with a
     ``state_dict`` that resumes exactly (:meth:`load_state_dict`) or on other ranks/workers
@@ -837,7 +844,7 @@ class StreamingLoader:
         self._check(state)
         ds = self.dataset
         if (state["world_size"], state["workers"], state["rank"]) != (ds.world_size, ds.workers, ds.rank):
-            raise ValueError(
+            raise ElasticRequired(
                 f"data state of rank {state['rank']} of {state['world_size']} x {state['workers']} workers cannot be "
                 f"loaded exactly into rank {ds.rank} of {ds.world_size} x {ds.workers} workers; use load_elastic "
                 "with the states of every old rank"

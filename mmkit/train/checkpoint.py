@@ -317,8 +317,16 @@ class CheckpointManager:
         for name, component in components.items():
             if elastic and hasattr(component, "load_elastic"):
                 component.load_elastic([per_rank[r][name] for r in ranks], self.rank, self.comm.world_size)
-            else:  # the same on every rank (scheduler, scaler, counters)
+                continue
+            try:  # the same on every rank (scheduler, scaler, counters), or this rank's own
                 component.load_state_dict(per_rank[min(self.rank, old_world - 1)][name])
+            except ValueError as e:
+                # saved with other data workers (every rank finds the same): take every old rank's state
+                if not (getattr(e, "needs_elastic", False) and hasattr(component, "load_elastic")):
+                    raise
+                states = [self._read_rank_file(path, r)[name] for r in range(old_world)]
+                component.load_elastic(states, self.rank, self.comm.world_size)
+                meta = {**meta, "elastic_workers": True}
         if elastic:
             meta = {**meta, "elastic_from": old_world}
         return meta

@@ -141,6 +141,9 @@ def resume(
             log(f"resumed from an older step: set aside {', '.join(p.name for p in retired)} (*.abandoned)")
         for line in changes:
             log(f"config changed since the checkpoint: {line}")
+        if meta.get("elastic_workers") and not meta.get("elastic_from"):
+            log("elastic resume: the data workers changed since the checkpoint; the rest of every begun data "
+                "epoch is dealt to the new workers")  # fmt: skip
         if meta.get("elastic_from"):
             log(f"elastic resume: the checkpoint was written by {meta['elastic_from']} rank(s), this run has "
                 f"{ckpt.comm.world_size}; the rest of every begun data epoch is dealt to the new ranks")  # fmt: skip

@@ -141,6 +141,12 @@ FROZEN = ("seed", "model", "optim.grad_accum", *(f"data.{k}" for k in ("dataset"
           "random_crop", "batch_size", "num_workers", "streaming", "shuffle_buffer")))  # fmt: skip
 
 
+def frozen_fields(cfg) -> tuple[str, ...]:
+    """:data:`FROZEN`, except that streamed data may change its number of workers on resume (the rest
+    of each begun epoch is dealt to the new workers)."""
+    return tuple(f for f in FROZEN if not (cfg.data.streaming and f == "data.num_workers"))
+
+
 def load_config(path: str | None, overrides: list[str]) -> TokenizerTrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(TokenizerTrainConfig, path, overrides, dict_fields=())
@@ -201,7 +207,7 @@ class TokenizerRecipe:
         self.codes = CodeCounts(torch.zeros(m.vocab_size, dtype=torch.long, device=ctx.device))
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
-            components={"data": self.stream, "codes": self.codes}, frozen=FROZEN,
+            components={"data": self.stream, "codes": self.codes}, frozen=frozen_fields(cfg),
         )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)

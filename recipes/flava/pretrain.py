@@ -153,6 +153,12 @@ FROZEN_DATA = ("dataset", "train_pairs", "val_pairs", "images", "text", "tokeniz
 FROZEN = ("seed", "preset", "model", "optim.grad_accum", *(f"data.{k}" for k in FROZEN_DATA))
 
 
+def frozen_fields(cfg) -> tuple[str, ...]:
+    """:data:`FROZEN`, except that streamed data may change its number of workers on resume (the rest
+    of each begun epoch is dealt to the new workers)."""
+    return tuple(f for f in FROZEN if not (cfg.data.streaming and f == "data.num_workers"))
+
+
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(PretrainConfig, path, overrides)
@@ -190,7 +196,8 @@ class FLAVAPretrainRecipe:
                                  cfg.compile, bf16_params=bf16_params)  # fmt: skip
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
-            components={"data": self.stream}, frozen=FROZEN, after_update=self.raw_model.model.clamp_logit_scale,
+            components={"data": self.stream}, frozen=frozen_fields(cfg),
+            after_update=self.raw_model.model.clamp_logit_scale,
         )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)

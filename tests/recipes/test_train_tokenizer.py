@@ -153,3 +153,22 @@ def test_resume_on_three_ranks_after_two(tmp_path):
         else:
             assert resumed.returncode != 0
             assert "'images' are read in index mode" in resumed.stderr and "data.streaming=true" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_streamed_data_resumes_with_another_number_of_workers(tmp_path):
+    """One process killed with 2 data workers resumes with 0 (the main process): the begun epoch's rest
+    is dealt to the new worker layout and the run completes; indexed data keeps the worker count frozen."""
+    data = tmp_path / "data"
+    args = ("optim.total_steps=12", "data.batch_size=8", "log_every=2", "eval_every=6", "image_every=6",
+            "checkpoint.every=4")  # fmt: skip
+    crashed = _run(tmp_path / "run", data, 12, *args, "data.num_workers=2", env={"MMKIT_FAULT_KILL_AT_STEP": "6"},
+                   check=False)  # fmt: skip
+    assert crashed.returncode != 0
+    resumed = _run(tmp_path / "run", data, 12, *args, "data.num_workers=0")
+    assert "elastic resume: the data workers changed since the checkpoint" in resumed.stdout
+    assert "data.num_workers" in resumed.stdout and (tmp_path / "run" / "final" / "encoder.safetensors").exists()
+    _run(tmp_path / "idx", data, 12, *args, "data.streaming=false", "data.num_workers=2",
+         env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False)  # fmt: skip
+    refused = _run(tmp_path / "idx", data, 12, *args, "data.streaming=false", "data.num_workers=0", check=False)
+    assert refused.returncode == 2 and "data.num_workers: checkpoint 2, config 0" in refused.stderr
