@@ -719,7 +719,7 @@ class StreamBatch:
 
 
 class StreamingShards(IterableDataset):
-    """Batches of one kind streamed from tar shards; each worker of each rank reads one slot.
+    """Batches of one kind streamed from tar shards (or text files); each worker of each rank reads one slot.
 
     Args:
         shards: from :func:`resolve_shards`.

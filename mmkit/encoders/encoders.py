@@ -83,8 +83,8 @@ class ImageEncoder(_Encoder):
             output_hidden_states: also return every layer's hidden states.
 
         Returns:
-            :class:`~mmkit.layers.EncoderOutput` over ``1 + Np`` tokens (CLS first);
-            ``pooler_output`` is ``(B, D)``.
+            :class:`~mmkit.layers.EncoderOutput` over ``1 + Np`` tokens (CLS first; with patch dropout in
+            training mode ``1 + max(1, round((1 - patch_dropout) * Np))``); ``pooler_output`` is ``(B, D)``.
         """
         x = self.embeddings(pixel_values, patch_mask)
         if self.training and self.patch_dropout > 0 and patch_mask is None:

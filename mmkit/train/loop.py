@@ -186,6 +186,14 @@ def progress_bar(ctx: RunContext, total: int, initial: int, desc: str, enabled: 
                 mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
 
 
+def loop_options(cfg: Any) -> dict[str, Any]:
+    """:func:`train_loop`'s settings from a recipe config in the shared vocabulary: ``optim.total_steps``,
+    ``checkpoint.every``, ``max_nonfinite``, ``log_every``, ``eval_every``, ``progress``."""
+    return dict(total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every,
+                max_nonfinite=cfg.max_nonfinite, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                progress=cfg.progress)  # fmt: skip
+
+
 def train_loop(
     ctx: RunContext,
     state: TrainState,

@@ -70,6 +70,7 @@ from mmkit.train import (
     OptimConfig,
     full_parameters,
     full_state_dict,
+    loop_options,
     parallelize,
     plot_run,
     prepare_training,
@@ -287,9 +288,7 @@ class TokenizerRecipe:
             self.save_grid(0)
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(self._next_batch, self._forward_at(step - 1), step),
-            total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every, max_nonfinite=cfg.max_nonfinite,
-            log_every=cfg.log_every, on_log=self._log, eval_every=cfg.eval_every, on_eval=self._on_eval,
-            progress=cfg.progress, desc="dvae",
+            on_log=self._log, on_eval=self._on_eval, desc="dvae", **loop_options(cfg),
         )  # fmt: skip
         if not done:
             return {}

@@ -58,6 +58,7 @@ from mmkit.train import (
     OptimConfig,
     autocast,
     full_state_dict,
+    loop_options,
     parallelize,
     prepare_training,
     run_recipe,
@@ -314,9 +315,7 @@ class FinetuneRecipe:
         next_batch = lambda: {k: v.to(device) for k, v in next(self.stream).items()}  # noqa: E731
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(next_batch, _forward, step),
-            total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every, max_nonfinite=cfg.max_nonfinite,
-            log_every=cfg.log_every, on_log=self._log, eval_every=cfg.eval_every, on_eval=self._on_eval,
-            progress=cfg.progress, desc="finetune",
+            on_log=self._log, on_eval=self._on_eval, desc="finetune", **loop_options(cfg),
         )  # fmt: skip
         if not done:
             return {}

@@ -76,6 +76,7 @@ from mmkit.train import (
     OptimConfig,
     autocast,
     full_state_dict,
+    loop_options,
     memory_mib,
     parallelize,
     plot_run,
@@ -325,10 +326,8 @@ class FLAVAPretrainRecipe:
             self.metrics.log(0, self.evaluate(), split="eval")
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(self._next_batch, _forward, step),
-            total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every, max_nonfinite=cfg.max_nonfinite,
-            log_every=cfg.log_every, on_log=self._log, eval_every=cfg.eval_every,
-            on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"), progress=cfg.progress,
-            desc="pretrain",
+            on_log=self._log, on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"),
+            desc="pretrain", **loop_options(cfg),
         )  # fmt: skip
         if done:
             self.metrics.log(self.state.step, self.evaluate(), split="eval")
