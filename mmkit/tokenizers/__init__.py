@@ -24,7 +24,7 @@ from mmkit.tokenizers.dvae import (
     load_dvae,
     save_dvae,
 )
-from mmkit.tokenizers.text import Encoding, TextTokenizer, train_wordpiece
+from mmkit.tokenizers.text import Encoding, TextTokenizer, tokenizer_for_run, train_wordpiece
 
 __all__ = [
     "DVAEOutput",
@@ -46,5 +46,6 @@ __all__ = [
     "load_dvae",
     "save_dvae",
     "tokenizer_fingerprint",
+    "tokenizer_for_run",
     "train_wordpiece",
 ]

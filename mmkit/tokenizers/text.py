@@ -10,7 +10,9 @@ vocabulary from the user's own text files, for a user without a model hub:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,101 @@ class TextTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
+def learn_wordpiece_vocab(
+    word_counts: Mapping[str, int],
+    vocab_size: int,
+    min_frequency: int = 2,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+    prefix: str = "##",
+) -> list[str]:
+    """A WordPiece vocabulary learned by pair merges, deterministically.
+
+    The procedure of ``tokenizers``' ``WordPieceTrainer``: every word starts as its characters (all but
+    the first carrying ``prefix``); the most frequent adjacent pair is merged (``a`` + ``##b`` ->
+    ``ab``, ``##a`` + ``##b`` -> ``##ab``) until ``vocab_size`` tokens or no pair occurs
+    ``min_frequency`` times. Unlike that trainer, ties are broken by the pair's text, so the same
+    input always gives the same vocabulary (``tokenizers`` breaks them by ids assigned in hash-map
+    order, which changes from process to process: huggingface/tokenizers#1794).
+
+    Args:
+        word_counts: ``{word: count}`` after normalisation and pre-tokenisation.
+        vocab_size: target size (the special tokens and every character are kept even beyond it).
+        min_frequency: a merge needs at least this many occurrences.
+        special_tokens: first in the vocabulary, in this order.
+
+    Returns:
+        The tokens in id order: special tokens, characters (most frequent first), then merges in order.
+    """
+    vocab: list[str] = []
+    known: set[str] = set()
+
+    def add(token: str) -> None:
+        if token not in known:
+            known.add(token)
+            vocab.append(token)
+
+    for token in special_tokens:
+        add(token)
+    words: list[list[str]] = []
+    counts: list[int] = []
+    symbol_freq: Counter[str] = Counter()
+    for word, count in sorted(word_counts.items()):
+        if not word:
+            continue
+        symbols = [word[0], *(prefix + ch for ch in word[1:])]
+        words.append(symbols)
+        counts.append(count)
+        for sym in symbols:
+            symbol_freq[sym] += count
+    for sym in sorted(symbol_freq, key=lambda t: (-symbol_freq[t], t)):
+        add(sym)
+
+    pair_count: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:], strict=False):
+            pair_count[pair] += counts[i]
+            where[pair].add(i)
+    heap = [(-c, a, b) for (a, b), c in pair_count.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg, a, b = heapq.heappop(heap)
+        if -neg != pair_count.get((a, b), 0):
+            continue  # stale: the pair's count changed after this entry was pushed
+        if -neg < min_frequency:
+            break
+        merged_token = a + b.removeprefix(prefix)
+        add(merged_token)
+        touched: set[tuple[str, str]] = set()
+        for i in sorted(where.pop((a, b), ())):
+            old, c = words[i], counts[i]
+            new: list[str] = []
+            j = 0
+            while j < len(old):
+                if j + 1 < len(old) and old[j] == a and old[j + 1] == b:
+                    new.append(merged_token)
+                    j += 2
+                else:
+                    new.append(old[j])
+                    j += 1
+            old_pairs, new_pairs = list(zip(old, old[1:], strict=False)), list(zip(new, new[1:], strict=False))
+            for pair in old_pairs:
+                pair_count[pair] -= c
+            for pair in new_pairs:
+                pair_count[pair] += c
+            for pair in set(old_pairs) - set(new_pairs):
+                where[pair].discard(i)
+            for pair in new_pairs:
+                where[pair].add(i)
+            touched.update(old_pairs, new_pairs)
+            words[i] = new
+        pair_count.pop((a, b), None)
+        for pair in sorted(touched - {(a, b)}):
+            if pair_count[pair] > 0:
+                heapq.heappush(heap, (-pair_count[pair], *pair))
+    return vocab
+
+
 def train_wordpiece(
     files: Sequence[str | Path],
     vocab_size: int = 8000,
@@ -162,12 +259,16 @@ def train_wordpiece(
 ) -> TextTokenizer:
     """Learn a WordPiece vocabulary (BERT special tokens first, so ``[PAD]`` is 0) from text files.
 
+    The same files always give the same vocabulary (see :func:`learn_wordpiece_vocab`); text is
+    normalised and split into words by ``tokenizers``' BERT normaliser and pre-tokenizer.
+
     Args:
         files: UTF-8 text files, one document or sentence per line.
         vocab_size: target vocabulary size. min_frequency: drop rarer pieces.
         lowercase: BERT-uncased normalisation.
+        max_length: truncation length of the returned tokenizer.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     paths = [str(Path(f)) for f in files]
     missing = [p for p in paths if not Path(p).is_file()]
@@ -175,11 +276,47 @@ def train_wordpiece(
         raise FileNotFoundError(f"training files do not exist: {missing[:5]}")
     if not paths:
         raise ValueError("train_wordpiece needs at least one text file")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    tok.train(paths, trainer)
-    return TextTokenizer(_bert_pipeline(tok, lowercase), max_length)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                word_counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    vocab = learn_wordpiece_vocab(word_counts, vocab_size, min_frequency)
+    model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix="##")
+    tokenizer = Tokenizer(model)
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # never split, dropped by decode(skip_special_tokens)
+    return TextTokenizer(_bert_pipeline(tokenizer, lowercase), max_length)
+
+
+def tokenizer_for_run(
+    tokenizer: str | Path | None,
+    text_files: Sequence[str | Path],
+    vocab_size: int,
+    max_length: int,
+    run_dir: str | Path,
+    *,
+    is_main: bool = True,
+    barrier: Callable[[], None] | None = None,
+) -> TextTokenizer:
+    """A training run's text tokenizer: the given one, or a WordPiece vocabulary trained on the run's
+    text files once (by the main process, into ``<run_dir>/tokenizer``) and read back by every process.
+
+    Args:
+        tokenizer: a ``vocab.txt`` / ``tokenizer.json`` / directory, or ``None`` to train one.
+        text_files: what to train on when ``tokenizer`` is ``None``.
+        vocab_size: target vocabulary size of a trained tokenizer. max_length: truncation length.
+        run_dir: the run directory. is_main / barrier: the process's role and a barrier over all
+            processes (a resumed run finds the saved vocabulary and does not train again).
+    """
+    if tokenizer:
+        return TextTokenizer.from_pretrained(tokenizer, max_length=max_length)
+    out = Path(run_dir) / "tokenizer"
+    if is_main and not (out / "tokenizer.json").exists():
+        if not text_files:
+            raise ValueError("no tokenizer given and no text files to train one on: set data.tokenizer")
+        train_wordpiece(text_files, vocab_size, min_frequency=1, max_length=max_length).save(out)
+    if barrier is not None:
+        barrier()
+    return TextTokenizer.from_pretrained(out, max_length=max_length)

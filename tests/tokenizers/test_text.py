@@ -55,3 +55,33 @@ def test_errors():
 
     with pytest.raises(ValueError, match=r"lacks the special tokens \['\[MASK\]'\]"):
         TextTokenizer(Tokenizer(models.WordPiece({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}, unk_token="[UNK]")))
+
+
+def test_wordpiece_merges_by_hand():
+    """abab x2, ab x1: (a, ##b) is most frequent (3); then (##a, ##b) and (ab, ##a) tie at 2 and the
+    pair that sorts first wins; then (ab, ##ab)."""
+    from mmkit.tokenizers.text import SPECIAL_TOKENS, learn_wordpiece_vocab
+
+    vocab = learn_wordpiece_vocab({"abab": 2, "ab": 1}, vocab_size=100, min_frequency=2)
+    assert vocab == [*SPECIAL_TOKENS, "##b", "a", "##a", "ab", "##ab", "abab"]
+    assert learn_wordpiece_vocab({"abab": 2, "ab": 1}, vocab_size=len(SPECIAL_TOKENS) + 4)[-1] == "ab"
+
+
+def test_training_is_the_same_in_every_process(tmp_path):
+    """tokenizers' own trainer breaks ties in hash-map order, which changes per process
+    (huggingface/tokenizers#1794): the same files gave different vocabularies run to run."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"{a} {b} squares {c}" for a in ("one", "two", "three") for b in ("red", "blue")
+                                for c in ("left", "right", "above")) * 3)  # fmt: skip
+    code = ("import sys; from mmkit.tokenizers import train_wordpiece; "
+            "train_wordpiece([sys.argv[1]], 60, min_frequency=1).save(sys.argv[2])")  # fmt: skip
+    outs = []
+    for i, seed in enumerate(("1", "2", "3")):
+        out = tmp_path / f"tok{i}"
+        subprocess.run([sys.executable, "-c", code, str(corpus), str(out)], check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})  # fmt: skip
+        outs.append((out / "tokenizer.json").read_text())
+    assert outs[0] == outs[1] == outs[2]
