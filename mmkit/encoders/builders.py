@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from mmkit.encoders.configs import ImageEncoderConfig, MultimodalEncoderConfig, TextEncoderConfig, TransformerConfig
 from mmkit.encoders.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
 from mmkit.layers.attention import AttentionBackend
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
 from mmkit.layers.init import init_weights
-from mmkit.layers.pooler import Pooler
+from mmkit.layers.pooler import AttentionPool, Pooler, TokenPool
 from mmkit.layers.transformer import TransformerEncoder, transformer_encoder
 from mmkit.utils.config import replace_config
 
 
-def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend) -> TransformerEncoder:
+def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend, causal: bool = False) -> TransformerEncoder:
     return transformer_encoder(
         dim=cfg.hidden_size,
         num_layers=cfg.num_layers,
@@ -32,7 +34,20 @@ def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend) -> Trans
         attention_dropout=cfg.attention_dropout,
         qkv_bias=cfg.qkv_bias,
         attention_backend=attention_backend,
+        causal=causal,
+        input_norm=cfg.input_norm,
     )
+
+
+def _pooler(cfg: ImageEncoderConfig | TextEncoderConfig, with_pooler: bool) -> nn.Module | None:
+    kind = cfg.pooler if with_pooler else "none"
+    if kind == "none":
+        return None
+    if kind == "tanh":
+        return Pooler(cfg.hidden_size)
+    if kind == "attention":
+        return AttentionPool(cfg.hidden_size, cfg.num_heads, cfg.mlp_dim, cfg.activation, cfg.norm_eps)
+    return TokenPool(kind, getattr(cfg, "eos_token_id", None))
 
 
 def _finish(module, init_std: float):
@@ -54,7 +69,7 @@ def flava_image_encoder(
 
     Args:
         config: sizes; defaults to :class:`ImageEncoderConfig` (the released sizes).
-        with_pooler: add the ``tanh(dense(CLS))`` pooler.
+        with_pooler: add the pooler ``config.pooler`` names (``tanh(dense(CLS))`` for FLAVA).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
         init_std: std of the truncated-normal weight initialisation.
         **overrides: any :class:`ImageEncoderConfig` field.
@@ -65,11 +80,12 @@ def flava_image_encoder(
         cfg.patch_size,
         cfg.num_channels,
         cfg.hidden_size,
-        use_cls_token=True,
+        use_cls_token=cfg.use_cls_token,
         use_mask_token=cfg.use_mask_token,
         dropout=cfg.dropout,
+        bias=cfg.patch_bias,
     )
-    pooler = Pooler(cfg.hidden_size) if with_pooler else None
+    pooler = _pooler(cfg, with_pooler)
     encoder = ImageEncoder(embeddings, _stack(cfg, attention_backend), pooler, patch_dropout=cfg.patch_dropout)
     return _finish(encoder, init_std)
 
@@ -86,7 +102,7 @@ def flava_text_encoder(
 
     Args:
         config: sizes; defaults to :class:`TextEncoderConfig` (the released sizes).
-        with_pooler: add the ``tanh(dense(CLS))`` pooler.
+        with_pooler: add the pooler ``config.pooler`` names (``tanh(dense([CLS]))`` for FLAVA).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
         init_std: std of the weight initialisation.
         **overrides: any :class:`TextEncoderConfig` field.
@@ -100,9 +116,10 @@ def flava_text_encoder(
         cfg.pad_token_id,
         norm_eps=cfg.norm_eps,
         dropout=cfg.dropout,
+        use_norm=cfg.embedding_norm,
     )
-    pooler = Pooler(cfg.hidden_size) if with_pooler else None
-    return _finish(TextEncoder(embeddings, _stack(cfg, attention_backend), pooler), init_std)
+    stack = _stack(cfg, attention_backend, causal=cfg.causal)
+    return _finish(TextEncoder(embeddings, stack, _pooler(cfg, with_pooler)), init_std)
 
 
 def flava_multimodal_encoder(

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
 from mmkit.layers.init import no_weight_decay_names
+from mmkit.layers.pooler import AttentionPool, TokenPool
 from mmkit.layers.transformer import EncoderOutput, TransformerEncoder
 
 
@@ -37,8 +38,12 @@ class _Encoder(nn.Module):
         """Names of parameters that take no weight decay (biases, norms, embeddings, tokens)."""
         return no_weight_decay_names(self)
 
-    def _pool(self, out: EncoderOutput) -> EncoderOutput:
-        if self.pooler is not None:
+    def _pool(self, out: EncoderOutput, input_ids: Tensor | None = None) -> EncoderOutput:
+        if isinstance(self.pooler, TokenPool):
+            out.pooler_output = self.pooler(out.last_hidden_state, input_ids)
+        elif isinstance(self.pooler, AttentionPool):
+            out.pooler_output = self.pooler(out.last_hidden_state, out.attention_mask)
+        elif self.pooler is not None:
             out.pooler_output = self.pooler(out.last_hidden_state)
         return out
 
@@ -49,7 +54,8 @@ class ImageEncoder(_Encoder):
     Args:
         embeddings: a :class:`~mmkit.layers.PatchEmbedding`.
         encoder: a :class:`~mmkit.layers.TransformerEncoder` of the same width.
-        pooler: optional module ``(B, N, D) -> (B, D)``.
+        pooler: optional module ``(B, N, D) -> (B, D)`` (a :class:`~mmkit.layers.Pooler`,
+            :class:`~mmkit.layers.TokenPool` or :class:`~mmkit.layers.AttentionPool`).
         patch_dropout: FLIP's patch dropout (Li et al., "Scaling Language-Image Pre-training via
             Masking", CVPR 2023): in training mode each image keeps a random ``1 - patch_dropout`` of
             its patch tokens (at least one; CLS always), in their original order; eval mode keeps all.
@@ -83,24 +89,29 @@ class ImageEncoder(_Encoder):
             output_hidden_states: also return every layer's hidden states.
 
         Returns:
-            :class:`~mmkit.layers.EncoderOutput` over ``1 + Np`` tokens (CLS first; with patch dropout in
-            training mode ``1 + max(1, round((1 - patch_dropout) * Np))``); ``pooler_output`` is ``(B, D)``.
+            :class:`~mmkit.layers.EncoderOutput` over ``1 + Np`` tokens (CLS first; ``Np`` without a CLS
+            token; with patch dropout in training mode ``1 + max(1, round((1 - patch_dropout) * Np))``);
+            ``pooler_output`` is ``(B, D)``.
         """
         x = self.embeddings(pixel_values, patch_mask)
         if self.training and self.patch_dropout > 0 and patch_mask is None:
-            x = drop_patches(x, self.patch_dropout)
+            x = drop_patches(x, self.patch_dropout, num_prefix_tokens=self.embeddings.num_prefix_tokens)
         return self._pool(self.encoder(x, output_hidden_states=output_hidden_states))
 
 
-def drop_patches(tokens: Tensor, fraction: float, generator: torch.Generator | None = None) -> Tensor:
-    """``(B, 1 + Np, D)`` -> ``(B, 1 + k, D)``: the CLS token and a random ``k = max(1, round((1 - fraction)
-    * Np))`` of each row's patch tokens, kept in their original order (each its own random subset)."""
+def drop_patches(
+    tokens: Tensor, fraction: float, generator: torch.Generator | None = None, *, num_prefix_tokens: int = 1
+) -> Tensor:
+    """``(B, P + Np, D)`` -> ``(B, P + k, D)``: the ``P = num_prefix_tokens`` prefix tokens (CLS) and a random
+    ``k = max(1, round((1 - fraction) * Np))`` of each row's patch tokens, kept in their original order
+    (each row its own random subset)."""
     b, n, d = tokens.shape
-    keep = max(1, round((1 - fraction) * (n - 1)))
-    scores = torch.rand(b, n - 1, device=tokens.device, generator=generator)
-    kept = scores.topk(keep, dim=1).indices.sort(dim=1).values + 1  # positions after CLS
+    p = num_prefix_tokens
+    keep = max(1, round((1 - fraction) * (n - p)))
+    scores = torch.rand(b, n - p, device=tokens.device, generator=generator)
+    kept = scores.topk(keep, dim=1).indices.sort(dim=1).values + p  # positions after the prefix
     patches = tokens.gather(1, kept.unsqueeze(-1).expand(b, keep, d))
-    return torch.cat([tokens[:, :1], patches], dim=1)
+    return torch.cat([tokens[:, :p], patches], dim=1)
 
 
 class TextEncoder(_Encoder):
@@ -137,10 +148,11 @@ class TextEncoder(_Encoder):
 
         Returns:
             :class:`~mmkit.layers.EncoderOutput` over ``L`` tokens; ``pooler_output`` is
-            ``(B, D)`` from token 0 (``[CLS]``).
+            ``(B, D)``, from token 0 (``[CLS]``) for FLAVA, from the pooler's token otherwise.
         """
         x = self.embeddings(input_ids, token_type_ids, position_ids)
-        return self._pool(self.encoder(x, attention_mask, output_hidden_states=output_hidden_states))
+        out = self.encoder(x, attention_mask, output_hidden_states=output_hidden_states)
+        return self._pool(out, input_ids)
 
 
 class MultimodalEncoder(_Encoder):

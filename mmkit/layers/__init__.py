@@ -11,7 +11,7 @@ from mmkit.layers.attention import (
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding, interpolate_position_embeddings
 from mmkit.layers.init import init_weights, no_weight_decay_names
 from mmkit.layers.mlp import ACTIVATIONS, MLP, get_activation
-from mmkit.layers.pooler import Pooler
+from mmkit.layers.pooler import AttentionPool, Pooler, TokenPool
 from mmkit.layers.transformer import EncoderOutput, TransformerEncoder, TransformerLayer, transformer_encoder
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "Pooler",
+    "TokenPool",
+    "AttentionPool",
     "TextEmbedding",
     "TransformerEncoder",
     "TransformerLayer",

@@ -24,6 +24,9 @@ Mask convention (used throughout mmkit): ``attention_mask`` is ``(B, N)`` with
 ``True``/``1`` for tokens that take part in attention and ``False``/``0`` for
 padding. Padded *keys* are ignored by every query; padded *query* rows are
 still computed (their values are meaningless and callers ignore them).
+
+A layer built with ``causal=True`` (CLIP's text encoder) also hides every key after
+the query's own position; with right padding no query row is left without a key.
 """
 
 from __future__ import annotations
@@ -116,8 +119,26 @@ def _check_mask(attention_mask: Tensor, batch: int, seq: int) -> Tensor:
     return attention_mask.to(torch.bool)
 
 
+def allowed_keys(keep: Tensor | None, n: int, causal: bool, device: torch.device) -> Tensor | None:
+    """The bool mask of keys each query may attend to, or ``None`` when all may.
+
+    Args:
+        keep: optional bool ``(B, N)``, True for real (non-padding) tokens.
+        n: sequence length ``N``.
+        causal: also hide keys after the query position.
+
+    Returns:
+        ``(B, 1, N, N)`` with padding, ``(1, 1, N, N)`` causal without padding, or ``None``.
+    """
+    mask = None if keep is None else keep[:, None, None, :]
+    if causal:
+        tril = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+        mask = tril if mask is None else mask & tril
+    return mask
+
+
 def math_attention(
-    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, dropout_p: float = 0.0, *, causal: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Reference attention.
 
@@ -125,32 +146,38 @@ def math_attention(
         q, k, v: ``(B, H, N, Dh)``.
         keep: optional bool ``(B, N)``, True for keys that may be attended to.
         dropout_p: dropout on the attention probabilities.
+        causal: query ``i`` attends only to keys ``<= i``.
 
     Returns:
         ``(out, probs)``: ``(B, H, N, Dh)`` and ``(B, H, N, N)``.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if keep is not None:
-        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    allowed = allowed_keys(keep, q.shape[-2], causal, q.device)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     return torch.matmul(probs, v), probs
 
 
-def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, dropout_p: float) -> Tensor:
+def _xformers_attention(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, dropout_p: float, causal: bool = False
+) -> Tensor:
     """xformers memory-efficient attention on ``(B, H, N, Dh)`` inputs, returning ``(B, H, N, Dh)``."""
     import xformers.ops as xops
 
     bias = None
-    if keep is not None:
+    if causal and keep is None:
+        bias = xops.LowerTriangularMask()
+    elif keep is not None:
         b, h, n, _ = q.shape
         # xformers wants a (B, H, Nq, Nk) additive bias whose rows start on 8-element
         # boundaries: allocate a padded buffer and slice it.
         n_pad = (n + 7) // 8 * 8
         buf = torch.zeros(b, h, n, n_pad, dtype=q.dtype, device=q.device)
         bias = buf[..., :n]
-        bias.masked_fill_(~keep[:, None, None, :], float("-inf"))
+        bias.masked_fill_(~allowed_keys(keep, n, causal, q.device), float("-inf"))
     out = xops.memory_efficient_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p
     )
@@ -167,6 +194,7 @@ class MultiHeadSelfAttention(nn.Module):
         attention_dropout: dropout on attention probabilities (training only).
         proj_dropout: dropout after the output projection (training only).
         backend: ``"auto" | "sdpa" | "xformers" | "math"``, see module docs.
+        causal: query ``i`` attends only to keys ``<= i`` (CLIP's text encoder).
 
     Parameters: ``qkv`` (``Linear(D, 3D)``; output rows are ``[q; k; v]``, each
     split into ``H`` contiguous blocks of ``D/H``) and ``out_proj``
@@ -182,6 +210,7 @@ class MultiHeadSelfAttention(nn.Module):
         attention_dropout: float = 0.0,
         proj_dropout: float = 0.0,
         backend: AttentionBackend = "sdpa",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -190,6 +219,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attention_dropout = attention_dropout
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.out_proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(proj_dropout)
@@ -201,7 +231,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.backend = resolve_attention_backend(backend)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}"
+        causal = ", causal=True" if self.causal else ""
+        return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}{causal}"
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, d = x.shape
@@ -236,12 +267,15 @@ class MultiHeadSelfAttention(nn.Module):
             backend = "sdpa"
 
         if backend == "sdpa":
-            mask = None if keep is None else keep[:, None, None, :]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            if self.causal and keep is None:  # the kernels' own causal path, no mask tensor
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                mask = allowed_keys(keep, n, self.causal, x.device)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         elif backend == "xformers":
-            out = _xformers_attention(q, k, v, keep, dropout_p)
+            out = _xformers_attention(q, k, v, keep, dropout_p, self.causal)
         else:
-            out, _ = math_attention(q, k, v, keep, dropout_p)
+            out, _ = math_attention(q, k, v, keep, dropout_p, causal=self.causal)
 
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.proj_dropout(self.out_proj(out))
@@ -262,7 +296,7 @@ class MultiHeadSelfAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self._qkv(x)
         keep = None if attention_mask is None else _check_mask(attention_mask, b, n)
-        return math_attention(q, k, v, keep)[1]
+        return math_attention(q, k, v, keep, causal=self.causal)[1]
 
 
 def set_attention_backend(module: nn.Module, backend: AttentionBackend) -> nn.Module:

@@ -49,6 +49,7 @@ class PatchEmbedding(nn.Module):
         use_cls_token: prepend a learned CLS token.
         use_mask_token: create a learned mask token (needed for masked image modelling).
         dropout: dropout on the result (training only).
+        bias: the patch convolution has a bias (CLIP's has none).
 
     Parameters: ``proj`` (conv ``C -> D``, kernel = stride = patch), ``cls_token``
     ``(1, 1, D)``, ``mask_token`` ``(1, 1, D)``, ``position_embeddings`` ``(1, 1 + Np, D)``.
@@ -64,6 +65,7 @@ class PatchEmbedding(nn.Module):
         use_cls_token: bool = True,
         use_mask_token: bool = False,
         dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.image_size = _pair(image_size)
@@ -74,7 +76,7 @@ class PatchEmbedding(nn.Module):
         self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens = int(use_cls_token)
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_cls_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_mask_token else None
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, dim))
@@ -140,14 +142,19 @@ class PatchEmbedding(nn.Module):
 class TextEmbedding(nn.Module):
     """BERT-style token embedding: ``LayerNorm(word + position + token_type)``.
 
+    CLIP and SigLIP use the plain form ``word + position``: ``type_vocab_size=0`` and
+    ``use_norm=False``.
+
     Args:
         vocab_size: number of word ids.
         dim: width ``D``.
         max_positions: longest sequence the position table covers.
-        type_vocab_size: number of segment ids (2 for BERT sentence pairs).
-        pad_token_id: id of the padding token (its embedding gets no gradient).
+        type_vocab_size: number of segment ids (2 for BERT sentence pairs; 0: no segment table).
+        pad_token_id: id of the padding token (its embedding gets no gradient); ``None``: every id
+            is trained (SigLIP pools the last position, which is often padding).
         norm_eps: LayerNorm epsilon.
         dropout: dropout on the result (training only).
+        use_norm: end with a LayerNorm.
     """
 
     def __init__(
@@ -156,16 +163,17 @@ class TextEmbedding(nn.Module):
         dim: int = 768,
         max_positions: int = 512,
         type_vocab_size: int = 2,
-        pad_token_id: int = 0,
+        pad_token_id: int | None = 0,
         *,
         norm_eps: float = 1e-12,
         dropout: float = 0.0,
+        use_norm: bool = True,
     ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
         self.position_embeddings = nn.Embedding(max_positions, dim)
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, dim)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, dim) if type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if use_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.pad_token_id = pad_token_id
         self.max_positions = max_positions
@@ -178,7 +186,7 @@ class TextEmbedding(nn.Module):
 
         Args:
             input_ids: ``(B, L)`` int64.
-            token_type_ids: optional ``(B, L)``, default all 0.
+            token_type_ids: optional ``(B, L)``, default all 0 (an error without a segment table).
             position_ids: optional ``(B, L)`` or ``(1, L)``, default ``0..L-1``.
 
         Returns:
@@ -194,9 +202,13 @@ class TextEmbedding(nn.Module):
             )
         if position_ids is None:
             position_ids = self.position_ids[:, :length]
-        if token_type_ids is None:
-            token_type = self.token_type_embeddings.weight[0]
-        else:
-            token_type = self.token_type_embeddings(token_type_ids)
-        x = self.word_embeddings(input_ids) + token_type + self.position_embeddings(position_ids)
+        words, positions = self.word_embeddings(input_ids), self.position_embeddings(position_ids)
+        if self.token_type_embeddings is None:
+            if token_type_ids is not None:
+                raise ValueError("token_type_ids were given but this embedding has no segment table (type_vocab_size=0)")
+            x = words + positions
+        else:  # summed in BERT's order: word, segment, position
+            seg = self.token_type_embeddings
+            token_type = seg.weight[0] if token_type_ids is None else seg(token_type_ids)
+            x = words + token_type + positions
         return self.dropout(self.norm(x))

@@ -34,7 +34,7 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
 
     That is: every bias and other 1-D or scalar parameter (norm scales, learned
     temperatures), every parameter of a norm or embedding table, and learned
-    tokens / position tables (``*_token``, ``position_embeddings``).
+    tokens / position tables (``*_token``, ``position_embeddings``, an attention pool's ``probe``).
     """
     names: set[str] = set()
     for mod_name, mod in module.named_modules():
@@ -44,7 +44,7 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
                 p.ndim <= 1
                 or isinstance(mod, _NO_DECAY_MODULES)
                 or p_name.endswith("_token")
-                or p_name == "position_embeddings"
+                or p_name in ("position_embeddings", "probe")
             ):
                 names.add(full)
     return names

@@ -70,14 +70,17 @@ class TransformerEncoder(nn.Module):
     Args:
         layers: the blocks, applied in order.
         norm: the final normalisation.
+        input_norm: optional normalisation of the stack's input (CLIP's image encoder has one,
+            ``pre_layrnorm`` in OpenAI's and transformers' names).
 
     Call :meth:`set_grad_checkpointing` to recompute each layer's activations in
     the backward pass instead of storing them (less memory, about one extra
     forward of compute).
     """
 
-    def __init__(self, layers: list[nn.Module], norm: nn.Module) -> None:
+    def __init__(self, layers: list[nn.Module], norm: nn.Module, input_norm: nn.Module | None = None) -> None:
         super().__init__()
+        self.input_norm = input_norm
         self.layers = nn.ModuleList(layers)
         self.norm = norm
         self.grad_checkpointing = False
@@ -94,13 +97,16 @@ class TransformerEncoder(nn.Module):
         Args:
             x: ``(B, N, D)``.
             attention_mask: optional ``(B, N)``, True/1 = real token, False/0 = padding.
-            output_hidden_states: also return every layer's input/output (costs memory).
+            output_hidden_states: also return every layer's input/output (costs memory); the first
+                is the input after ``input_norm``.
 
         Returns:
             :class:`EncoderOutput` with ``pooler_output=None``.
         """
         if attention_mask is not None:
             attention_mask = attention_mask.to(torch.bool)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         all_states: list[Tensor] | None = [x] if output_hidden_states else None
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
@@ -130,6 +136,8 @@ def transformer_encoder(
     attention_dropout: float = 0.0,
     qkv_bias: bool = True,
     attention_backend: AttentionBackend = "sdpa",
+    causal: bool = False,
+    input_norm: bool = False,
 ) -> TransformerEncoder:
     """Build a pre-norm :class:`TransformerEncoder` of ``num_layers`` identical blocks.
 
@@ -139,6 +147,7 @@ def transformer_encoder(
         norm_eps: LayerNorm epsilon for every norm (FLAVA uses 1e-12).
         dropout: residual-branch dropout. attention_dropout: dropout on attention probabilities.
         qkv_bias: bias on the QKV projection. attention_backend: see :mod:`mmkit.layers.attention`.
+        causal: causal self-attention in every layer. input_norm: a LayerNorm before the first layer.
     """
     layers = [
         TransformerLayer(
@@ -149,6 +158,7 @@ def transformer_encoder(
                 attention_dropout=attention_dropout,
                 proj_dropout=dropout,
                 backend=attention_backend,
+                causal=causal,
             ),
             mlp=MLP(dim, mlp_dim, activation=activation, dropout=dropout),
             norm1=nn.LayerNorm(dim, eps=norm_eps),
@@ -156,4 +166,5 @@ def transformer_encoder(
         )
         for _ in range(num_layers)
     ]
-    return TransformerEncoder(layers, nn.LayerNorm(dim, eps=norm_eps))
+    pre = nn.LayerNorm(dim, eps=norm_eps) if input_norm else None
+    return TransformerEncoder(layers, nn.LayerNorm(dim, eps=norm_eps), input_norm=pre)
