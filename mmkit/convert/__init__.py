@@ -1,4 +1,23 @@
-"""Checkpoint converters: one file per foreign format, each a declarative key map."""
+"""Checkpoint converters: one file per foreign format, each a declarative key map.
+
+FLAVA: :mod:`mmkit.convert.hf`. CLIP and SigLIP (transformers ``CLIPModel`` / ``SiglipModel``): the maps
+live beside the model in :mod:`mmkit.models.clip_hf` and are re-exported here.
+"""
+
+from mmkit.models.clip_hf import (
+    clip_config_from_hf,
+    clip_config_to_hf,
+    clip_from_hf,
+    clip_model_from_hf,
+    clip_to_hf,
+    load_dual_encoder,
+    save_dual_encoder_hf,
+    siglip_config_from_hf,
+    siglip_config_to_hf,
+    siglip_from_hf,
+    siglip_model_from_hf,
+    siglip_to_hf,
+)
 
 from mmkit.convert.hf import (
     CheckpointMismatchError,
@@ -16,6 +35,18 @@ from mmkit.convert.hf import (
 )
 
 __all__ = [
+    "clip_config_from_hf",
+    "clip_config_to_hf",
+    "clip_from_hf",
+    "clip_model_from_hf",
+    "clip_to_hf",
+    "load_dual_encoder",
+    "save_dual_encoder_hf",
+    "siglip_config_from_hf",
+    "siglip_config_to_hf",
+    "siglip_from_hf",
+    "siglip_model_from_hf",
+    "siglip_to_hf",
     "CheckpointMismatchError",
     "config_from_hf",
     "config_to_hf",

@@ -2,8 +2,23 @@
 
 ``from mmkit.models import flava_model, flava_model_for_pretraining, FLAVAConfig``; the encoders of any
 FLAVA checkpoint (mmkit export or transformers directory): ``load_flava_model(path)``.
+CLIP and SigLIP, from the same blocks: ``clip_model``, ``siglip_model`` (:class:`DualEncoderModel`);
+any CLIP/SigLIP checkpoint: ``load_dual_encoder(path)``.
 """
 
+from mmkit.models.clip import (
+    CLIPConfig,
+    DualEncoderConfig,
+    DualEncoderForPreTraining,
+    DualEncoderModel,
+    DualEncoderOutput,
+    SigLIPConfig,
+    clip_model,
+    dual_encoder_for_pretraining,
+    dual_encoder_model,
+    siglip_model,
+)
+from mmkit.models.clip_hf import load_dual_encoder
 from mmkit.models.flava import CodebookConfig, FLAVAConfig, FLAVAModel, FLAVAOutput, PretrainingConfig, flava_model
 from mmkit.models.flava_classification import (
     ClassificationHead,
@@ -22,6 +37,17 @@ from mmkit.models.flava_pretraining import (
 )
 
 __all__ = [
+    "CLIPConfig",
+    "DualEncoderConfig",
+    "DualEncoderForPreTraining",
+    "dual_encoder_for_pretraining",
+    "DualEncoderModel",
+    "DualEncoderOutput",
+    "SigLIPConfig",
+    "clip_model",
+    "dual_encoder_model",
+    "load_dual_encoder",
+    "siglip_model",
     "ClassificationHead",
     "ClassificationOutput",
     "CodebookConfig",

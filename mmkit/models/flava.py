@@ -236,13 +236,30 @@ class FLAVAModel(nn.Module):
             input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states
         )
 
+    def image_features(self, image: EncoderOutput) -> Tensor:
+        """``(B, D)`` image feature before the projection: ``CLS_I`` after the final norm (the
+        linear-probe feature)."""
+        return image.last_hidden_state[:, 0]
+
+    def text_features(self, text: EncoderOutput) -> Tensor:
+        """``(B, D)`` text feature before the projection: ``CLS_T`` after the final norm."""
+        return text.last_hidden_state[:, 0]
+
+    def project_image(self, features: Tensor) -> Tensor:
+        """``(B, D)`` image features -> ``(B, P)`` L2-normalised contrastive embeddings."""
+        return F.normalize(self.image_projection(features), dim=-1)
+
+    def project_text(self, features: Tensor) -> Tensor:
+        """``(B, D)`` text features -> ``(B, P)`` L2-normalised contrastive embeddings."""
+        return F.normalize(self.text_projection(features), dim=-1)
+
     def embed_image(self, image: EncoderOutput) -> Tensor:
         """``(B, P)`` L2-normalised contrastive embedding from an image encoder output."""
-        return F.normalize(self.image_projection(image.last_hidden_state[:, 0]), dim=-1)
+        return self.project_image(self.image_features(image))
 
     def embed_text(self, text: EncoderOutput) -> Tensor:
         """``(B, P)`` L2-normalised contrastive embedding from a text encoder output."""
-        return F.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1)
+        return self.project_text(self.text_features(text))
 
     # -- fusion -------------------------------------------------------------------
     def encode_multimodal(
