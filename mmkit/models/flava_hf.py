@@ -420,8 +420,29 @@ def _codebook_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     return {ours: hf[theirs] for ours, theirs in _CODEBOOK.items() if theirs in hf}
 
 
+def hf_unsupported(config: FLAVAConfig) -> list[str]:
+    """The encoder options of ``config`` that transformers' FLAVA cannot express (a FLAVA started from
+    CLIP/SigLIP towers has some); empty when the config converts."""
+    defaults = {"input_norm": False, "patch_bias": True, "use_cls_token": True, "pooler": "tanh", "causal": False,
+                "embedding_norm": True, "pad_token_id": 0}  # fmt: skip
+    found = []
+    for name in ("image", "text", "multimodal"):
+        sub = getattr(config, name)
+        found += [f"{name}.{k}={getattr(sub, k)!r}" for k, v in defaults.items() if getattr(sub, k, v) != v]
+    if config.text.type_vocab_size == 0:
+        found.append("text.type_vocab_size=0")
+    return found
+
+
 def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
-    """The transformers ``FlavaConfig`` dict (``config.json``) of a :class:`FLAVAConfig`."""
+    """The transformers ``FlavaConfig`` dict (``config.json``) of a :class:`FLAVAConfig`.
+
+    Raises:
+        ValueError: for encoder options transformers' FLAVA lacks (see :func:`hf_unsupported`).
+    """
+    unsupported = hf_unsupported(config)
+    if unsupported:
+        raise ValueError(f"transformers' FLAVA cannot express {', '.join(unsupported)}; keep the mmkit export")
     act_to_hf = {
         "gelu": "gelu",
         "gelu_tanh": "gelu_pytorch_tanh",

@@ -8,7 +8,8 @@ Features and their config keys:
 
 * model: ``init_from`` (an mmkit pretraining export ``<run>/final``, a transformers FLAVA
   directory, or empty for random initialisation — the load report names the new head weights),
-  ``preset`` + ``model.*`` when there is none; ``modality`` (``image`` CLS_I, ``text`` CLS_T,
+  ``preset`` + ``model.*`` when there is none (``model.image.init_from`` / ``model.text.init_from``
+  start that encoder from a CLIP or SigLIP checkpoint's tower, named in ``load_report.txt``); ``modality`` (``image`` CLS_I, ``text`` CLS_T,
   ``multimodal`` CLS_M); ``problem_type`` (``single_label``, ``multi_label``, ``regression``); the
   paper's 2-layer head, ``head_hidden`` 1536.
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,
@@ -50,6 +51,7 @@ from mmkit.data.sources import read_table
 from mmkit.data.tasks import TASKS, ClassificationCollator, ClassificationDataset, LabeledPairs, LabeledText, ShapesTask
 from mmkit.eval import accuracy, auroc, f1_score, matthews_corrcoef, pearson, spearman, vqa_soft_accuracy
 from mmkit.models import FLAVAConfig, flava_model_for_classification
+from mmkit.models.towers import init_towers, resolve_tower_configs
 from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.train import (
     PRECISIONS,
@@ -196,12 +198,23 @@ class FinetuneRecipe:
         if cfg.image_size:  # with a checkpoint: its position table is resampled once to this size
             overrides["image.image_size"] = cfg.image_size
         base = None if cfg.init_from else (FLAVAConfig.tiny() if cfg.preset == "tiny" else FLAVAConfig())
+        if base is not None:  # model.image.init_from / model.text.init_from: CLIP/SigLIP towers
+            base, overrides = resolve_tower_configs(base.replace(**overrides)), {}
+            if base.text.init_from and self.tokenizer is not None and base.text.vocab_size != self.tokenizer.vocab_size:
+                raise ValueError(
+                    f"the text tower of {base.text.init_from} has {base.text.vocab_size} ids but the tokenizer has "
+                    f"{self.tokenizer.vocab_size}: set tokenizer= to the tokenizer the tower was trained with"
+                )
         torch.manual_seed(cfg.seed)  # the same new head on every rank
         model = flava_model_for_classification(num_classes, cfg.modality, base, checkpoint=cfg.init_from,
                                                problem_type=cfg.problem_type, hidden_dim=cfg.head_hidden,
                                                **overrides)  # fmt: skip
-        if self.ctx.is_main and model.load_report is not None:
-            (self.run_dir / "load_report.txt").write_text(str(model.load_report) + "\n")
+        reports = [str(r) for r in init_towers(model.model)] if base is not None else []
+        if self.ctx.is_main and (model.load_report is not None or reports):
+            text = "\n".join([str(model.load_report)] * (model.load_report is not None) + reports)
+            (self.run_dir / "load_report.txt").write_text(text + "\n")
+            if reports:
+                print("\n".join(reports), flush=True)
         return model
 
     def _setup_data(self, train, val) -> None:
