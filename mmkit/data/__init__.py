@@ -1,8 +1,15 @@
 """Data: sources in users' formats, FLAVA transforms, collators, deterministic sharded loading,
 source mixing with exact resume, and the built-in "shapes" dataset."""
 
-from mmkit.data.builtin import ShapesPaths, shapes_dataset
-from mmkit.data.collators import FLAVABatch, ImageCollator, PairCollator, TextCollator, pad_sequences
+from mmkit.data.builtin import ShapesPaths, recipe_data_paths, shapes_dataset
+from mmkit.data.collators import (
+    ContrastivePairCollator,
+    FLAVABatch,
+    ImageCollator,
+    PairCollator,
+    TextCollator,
+    pad_sequences,
+)
 from mmkit.data.loader import (
     CollateWithSkips,
     DataQualityError,
@@ -27,6 +34,7 @@ __all__ = [
     "Manifest",
     "MixedBatches",
     "PairCollator",
+    "ContrastivePairCollator",
     "Record",
     "ShapesPaths",
     "ShardedBatchSampler",
@@ -38,5 +46,6 @@ __all__ = [
     "expand_paths",
     "make_loader",
     "pad_sequences",
+    "recipe_data_paths",
     "shapes_dataset",
 ]

@@ -226,3 +226,16 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recipe_data_paths(
+    dataset: str, train_pairs: list[str], val_pairs: list[str], images: list[str], text: list[str]
+) -> tuple[list, list, list, list]:
+    """``(train pairs, val pairs, images, text)`` of a recipe's data config: the built-in set's files for
+    ``dataset="shapes"`` (generated on first use, under a file lock), else the configured patterns."""
+    if dataset == "shapes":
+        p = shapes_dataset()
+        return p.train_pairs, p.val_pairs, p.images, p.text
+    if not train_pairs:
+        raise ValueError("data.dataset=files needs data.train_pairs (tar shard patterns)")
+    return train_pairs, val_pairs, images, text

@@ -246,3 +246,28 @@ class TextCollator(_Seeded, _TextPart):
             masked_input_ids=text["masked_input_ids"],
             mlm_labels=text["mlm_labels"],
         )
+
+
+class ContrastivePairCollator(_Seeded):
+    """Image-text pairs -> a paired :class:`FLAVABatch` with only ``pixel_values``, ``input_ids`` and
+    ``attention_mask``: what CLIP and SigLIP train on (no masks, no ITM negatives).
+
+    Args:
+        pad_token_id: the tokenizer's padding id.
+        max_length: pad every caption to this length (SigLIP pools the last position, so its texts
+            need one fixed length); default the longest in the batch.
+        seed: seed of the collator's random stream (unused by the collation itself; kept so the
+            loaders treat every collator alike).
+    """
+
+    def __init__(self, pad_token_id: int, max_length: int | None = None, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        ids, mask = pad_sequences([s["input_ids"] for s in samples], self.pad_token_id, self.max_length)
+        return FLAVABatch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask)
+

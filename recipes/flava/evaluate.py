@@ -1,4 +1,5 @@
-"""Evaluate a FLAVA checkpoint without finetuning: zero-shot classification, retrieval, linear probe.
+"""Evaluate a FLAVA, CLIP or SigLIP checkpoint without finetuning: zero-shot classification,
+retrieval, linear probe.
 
     python recipes/flava/evaluate.py checkpoint=runs/demo/final out=runs/demo/eval.json
     python recipes/flava/evaluate.py checkpoint=runs/demo/final tasks=retrieval,linear_probe:count
@@ -12,7 +13,9 @@ On your own data:
 
 ``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads: a pretraining export
 (``<run>/final``), a finetune export (``<run>/best``, its encoders) or a transformers FLAVA directory;
-the encoders are loaded strictly (a checkpoint that does not fit the config is an error). The
+or anything :func:`mmkit.models.load_dual_encoder` reads: a CLIP/SigLIP export of
+``recipes/clip/pretrain.py`` or a transformers ``CLIPModel`` / ``SiglipModel`` directory. The
+encoders are loaded strictly (a checkpoint that does not fit the config is an error). The
 tokenizer is ``tokenizer`` if set, else ``<checkpoint>/tokenizer``, else the checkpoint directory
 itself when it holds ``tokenizer.json`` or ``vocab.txt``. Without ``checkpoint`` the model is
 randomly initialised (``model_config``: a ``config.json``; default the tiny preset): the baseline.
@@ -23,7 +26,8 @@ randomly initialised (``model_config``: a ``config.json``; default the tiny pres
   space), or a built-in task: ``zero_shot:<color|count|shape>``.
 * ``retrieval``: image->text and text->image R@1/5/10 over ``pairs`` (a JSONL/CSV manifest with
   ``image`` and ``caption`` columns, or WebDataset tar shards), default the built-in held-out pairs.
-* ``linear_probe``: logistic regression on frozen image CLS features (after the final LayerNorm),
+* ``linear_probe``: logistic regression on frozen image features (the model's pooled feature before
+  the projection: FLAVA's and CLIP's CLS after the final LayerNorm, SigLIP's attention pool),
   L2 strength swept on a validation split carved from ``train_images`` (class subfolders),
   accuracy on ``images``; or a built-in task ``linear_probe:<color|count|shape>``.
 
@@ -54,7 +58,9 @@ from mmkit.data import (
 from mmkit.data.sources import Source, decode_image, decode_text
 from mmkit.data.tasks import TASKS, ClassificationDataset, ShapesTask, collate_classification
 from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, linear_probe, retrieval_recall, zero_shot_logits
-from mmkit.models import FLAVAConfig, FLAVAModel, flava_model, load_flava_model
+from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
+from mmkit.models import DualEncoderModel, FLAVAConfig, FLAVAModel, flava_model, load_dual_encoder, load_flava_model
+from mmkit.models.clip_hf import is_dual_encoder_checkpoint
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import recipe_arg_parser, run_cli
 from mmkit.train.cli import debug_enabled
@@ -102,9 +108,12 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
     return cfg
 
 
-def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel, TextTokenizer | None]:
+def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel | DualEncoderModel, TextTokenizer | None]:
     """The encoders (strictly loaded, eval mode) and the tokenizer their text embeddings were trained with."""
-    if cfg.checkpoint:
+    if cfg.checkpoint and is_dual_encoder_checkpoint(cfg.checkpoint):
+        model = load_dual_encoder(cfg.checkpoint, device=device)
+        print(f"loaded {type(model.config).__name__.removesuffix('Config')} from {cfg.checkpoint}", flush=True)
+    elif cfg.checkpoint:
         model = load_flava_model(cfg.checkpoint, device=device)
         print(model.load_report, flush=True)
     else:
@@ -113,7 +122,8 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel, TextT
             config = FLAVAConfig.from_dict(json.loads(Path(cfg.model_config).read_text()))
         model = flava_model(config).to(device).eval()
     found = find_tokenizer(cfg)
-    return model, TextTokenizer.from_pretrained(found) if found else None
+    length = min(77, model.config.text.max_positions)
+    return model, TextTokenizer.from_pretrained(found, max_length=length) if found else None
 
 
 def find_tokenizer(cfg: EvalConfig) -> Path | None:
@@ -131,13 +141,25 @@ def find_tokenizer(cfg: EvalConfig) -> Path | None:
     )
 
 
+def normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image mean/std a transformers directory's ``preprocessor_config.json`` gives (SigLIP uses
+    0.5/0.5), else CLIP's, which FLAVA and mmkit's recipes use."""
+    pre = Path(checkpoint) / "preprocessor_config.json" if checkpoint else None
+    if pre is not None and pre.is_file():
+        data = json.loads(pre.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return tuple(data["image_mean"]), tuple(data["image_std"])
+    return CLIP_MEAN, CLIP_STD
+
+
 class Evaluation:
     """The three task kinds on one model; each returns its metrics as a flat dict."""
 
-    def __init__(self, cfg: EvalConfig, model: FLAVAModel, tokenizer: TextTokenizer | None) -> None:
+    def __init__(self, cfg: EvalConfig, model: FLAVAModel | DualEncoderModel, tokenizer: TextTokenizer | None) -> None:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.device = next(model.parameters()).device
-        self.transform = FLAVAImageTransform(ImageTransformConfig(model.config.image.image_size, 0))
+        mean, std = normalisation(cfg.checkpoint)
+        self.transform = FLAVAImageTransform(ImageTransformConfig(model.config.image.image_size, 0, mean=mean, std=std))
         self.templates = DEFAULT_TEMPLATES
         if cfg.templates:
             self.templates = [t for t in Path(cfg.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -152,12 +174,13 @@ class Evaluation:
 
     # -- features -----------------------------------------------------------------------------
     def image_features(self, source: Source, n: int, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen image CLS features ``(n, D)`` (after the final LayerNorm) and labels ``(n,)``."""
+        """Frozen pooled image features ``(n, D)`` (before the projection) and labels ``(n,)``."""
         ds = ClassificationDataset(source, "image", self.transform)
         feats, labels = [], []
         for s in tqdm(range(0, min(n, len(ds)), batch), desc="image features", leave=False, disable=None):
             b = collate_classification([ds[i] for i in range(s, min(n, len(ds), s + batch))])
-            feats.append(self.model.encode_image(b["pixel_values"].to(self.device)).last_hidden_state[:, 0].float())
+            out = self.model.encode_image(b["pixel_values"].to(self.device))
+            feats.append(self.model.image_features(out).float())
             labels.append(b["labels"].to(self.device))
         return torch.cat(feats), torch.cat(labels)
 
@@ -165,8 +188,9 @@ class Evaluation:
         """L2-normalised text embeddings ``(len(texts), projection_dim)``."""
         if self.tokenizer is None:
             raise ValueError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
-        tok = self.tokenizer
-        ids, mask = pad_sequences([tok.encode(t).input_ids for t in texts], tok.pad_token_id)
+        tok, text_cfg = self.tokenizer, self.model.config.text
+        pad_to = text_cfg.max_positions if text_cfg.pooler == "last" else None  # SigLIP: the trained length
+        ids, mask = pad_sequences([tok.encode(t).input_ids for t in texts], tok.pad_token_id, pad_to)
         return self.model.embed_text(self.model.encode_text(ids.to(self.device), mask.to(self.device))).float()
 
     def labelled_images(self, path: str | None, key: str) -> tuple[ImageFolder, list[str]]:
@@ -185,7 +209,7 @@ class Evaluation:
             prompts = self.templates
         feats, labels = self.image_features(src, self.cfg.samples)
         classes = class_embeddings(names, self.embed_texts, prompts)
-        img = torch.nn.functional.normalize(self.model.image_projection(feats), dim=-1)
+        img = self.model.project_image(feats)
         accuracy = (zero_shot_logits(img, classes).argmax(1) == labels).float().mean().item()
         return {task: accuracy, f"{task}/chance": 1 / len(names)}
 
@@ -203,8 +227,7 @@ class Evaluation:
             except ValueError as e:
                 raise ValueError(f"pair {rec.key!r} of {p or 'the shapes pairs'}: {e}") from None
         chunks = [torch.stack(pixels[s : s + 128]).to(self.device) for s in range(0, n, 128)]
-        feats = torch.cat([self.model.encode_image(c).last_hidden_state[:, 0] for c in chunks])
-        img = torch.nn.functional.normalize(self.model.image_projection(feats), dim=-1)
+        img = torch.cat([self.model.embed_image(self.model.encode_image(c)) for c in chunks])
         txt = torch.cat([self.embed_texts(captions[s : s + 256]) for s in range(0, n, 256)])
         return {f"retrieval/{k}": v for k, v in retrieval_recall(img, txt).items()}
 

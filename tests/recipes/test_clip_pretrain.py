@@ -1,0 +1,105 @@
+"""The CLIP / SigLIP recipe: its exports read by transformers and by the evaluation recipe, and exact
+resume after SIGKILL on 2 DDP ranks (SigLIP: the ring-passed sigmoid loss inside the runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmkit.data import shapes_dataset
+from mmkit.models import load_dual_encoder
+from tests.conftest import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "clip" / "pretrain.py"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clipdata")
+    return shapes_dataset(root, num_train=96, num_val=32, num_images=8, num_text=64, per_shard=48)
+
+
+def _args(data, run_dir, model_type, steps, *extra):
+    return ["--config", str(REPO / "recipes/clip/configs/demo.yaml"), f"run_dir={run_dir}", f"model_type={model_type}",
+            "data.dataset=files", f"data.train_pairs={[str(p) for p in data.train_pairs]}",
+            f"data.val_pairs={[str(p) for p in data.val_pairs]}", f"data.text={[str(p) for p in data.text]}",
+            "data.vocab_size=300", "data.batch_size=8", f"optim.total_steps={steps}", "optim.warmup_steps=2",
+            "checkpoint.every=3", "log_every=1", "eval_every=1000", "eval_samples=32", "progress=false",
+            *extra]  # fmt: skip
+
+
+def _records(run_dir, split):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_clip_export_is_read_by_transformers_and_the_evaluation_recipe(tmp_path, pairs):
+    transformers = pytest.importorskip("transformers")
+    run = tmp_path / "clip"
+    assert load_recipe("recipes/clip/pretrain.py").main(_args(pairs, run, "clip", 6, "distributed=none")) == 0
+    final = run / "final"
+    ours = load_dual_encoder(final)
+    theirs = transformers.CLIPModel.from_pretrained(final / "hf").eval()
+    tok = json.loads((final / "config.json").read_text())["config"]["text"]
+    ids = torch.tensor([[2, 40, 41, tok["eos_token_id"], 0], [2, 50, tok["eos_token_id"], 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[4], [3]])).long()
+    batch = dict(pixel_values=torch.randn(2, 3, 32, 32), input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        a, b = ours(**batch), theirs(**batch)
+    torch.testing.assert_close(a.image_embedding, b.image_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.text_embedding, b.text_embeds, atol=1e-5, rtol=1e-5)
+    # the evaluation recipe's retrieval over the same held-out pairs as the recipe's last evaluation
+    out = tmp_path / "eval.json"
+    evaluate = load_recipe("recipes/flava/evaluate.py")
+    assert evaluate.main([f"checkpoint={final}", "tasks=retrieval", f"pairs={pairs.val_pairs[0]}", "samples=32",
+                          f"out={out}", "device=cpu"]) == 0  # fmt: skip
+    got = json.loads(out.read_text())
+    last = _records(run, "eval")[-1]
+    for direction in ("image_to_text", "text_to_image"):  # one near-tie may flip between paddings
+        assert abs(got[f"retrieval/{direction}_r1"] - last[f"retrieval/{direction}_r1"]) <= 1 / 32 + 1e-9
+
+
+def _run(data, run_dir, steps, env=None, check=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
+           *_args(data, run_dir, "siglip", steps, "distributed=ddp", "data.num_workers=1")]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=600, check=check)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_siglip_sigkill_then_resume_on_two_ranks_equals_uninterrupted(tmp_path, pairs):
+    from safetensors.torch import load_file
+
+    ref = _run(pairs, tmp_path / "ref", 7)
+    assert "Traceback" not in ref.stderr, ref.stderr[-3000:]
+    crashed = _run(pairs, tmp_path / "res", 7, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
+    assert crashed.returncode != 0
+    _run(pairs, tmp_path / "res", 7)
+    a = {r["step"]: r["loss/contrastive"] for r in _records(tmp_path / "ref", "train")}
+    b = {r["step"]: r["loss/contrastive"] for r in _records(tmp_path / "res", "train")}
+    assert sorted(a) == sorted(b) == list(range(1, 8))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    wa, wb = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("ref", "res"))
+    assert wa.keys() == wb.keys() and "logit_bias" in wa
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
+    # SigLIP's export is a transformers SiglipModel too
+    assert json.loads((tmp_path / "ref" / "final" / "hf" / "config.json").read_text())["model_type"] == "siglip"
+
+
+def test_bad_model_settings_are_one_clear_error(tmp_path):
+    recipe = load_recipe("recipes/clip/pretrain.py")
+    with pytest.raises(ValueError, match="text pooler"):
+        recipe.load_config(None, ["preset=tiny", "model.text.pooler=mean"])
+    with pytest.raises(ValueError, match=r"data.max_length=100 exceeds the text encoder's 64 positions"):
+        recipe.load_config(None, ["preset=tiny", "data.max_length=100"])
+    with pytest.raises(ValueError, match="model_type"):
+        recipe.load_config(None, ["model_type=align"])
