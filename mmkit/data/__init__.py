@@ -4,6 +4,7 @@ source mixing with exact resume, and the built-in "shapes" dataset."""
 from mmkit.data.builtin import ShapesPaths, recipe_data_paths, shapes_dataset
 from mmkit.data.collators import (
     ContrastivePairCollator,
+    EncodedImages,
     FLAVABatch,
     ImageCollator,
     PairCollator,
@@ -25,6 +26,7 @@ from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
 __all__ = [
     "CollateWithSkips",
     "DataQualityError",
+    "EncodedImages",
     "FLAVABatch",
     "FLAVADataset",
     "FLAVAImageTransform",

@@ -34,6 +34,21 @@ Sample = dict[str, Tensor]
 
 
 @dataclass
+class EncodedImages:
+    """JPEG files of some rows of a batch, still encoded: decoded on the training device by
+    :meth:`~mmkit.data.FLAVAImageTransform.finish` (``ImageTransformConfig.decode="device"``).
+
+    Attributes:
+        data: ``k`` uint8 tensors ``(n_bytes,)``, the files. rows: ``(k,)`` int64, their rows in the batch.
+        boxes: ``(k, 4)`` int64 crop boxes ``(left, top, right, bottom)`` in the decoded image.
+    """
+
+    data: list[Tensor]
+    rows: Tensor
+    boxes: Tensor
+
+
+@dataclass
 class FLAVABatch:
     """One batch of any kind; unused fields are None. See :meth:`FLAVAForPreTraining.forward` for shapes."""
 
@@ -47,6 +62,7 @@ class FLAVABatch:
     mlm_labels: Tensor | None = None
     itm_labels: Tensor | None = None
     source: str | None = None  # the data source it came from (set by MixedBatches)
+    encoded_images: EncodedImages | None = None  # JPEGs to decode on the device (their pixel rows are zeros)
 
     @property
     def kind(self) -> str:
@@ -66,12 +82,14 @@ class FLAVABatch:
         return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> FLAVABatch:
-        """A copy with every tensor on ``device``."""
+        """A copy with every tensor on ``device`` (still-encoded JPEGs stay where they are: the decoder
+        reads them from host memory)."""
         moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self.model_inputs().items()}
-        return FLAVABatch(**moved, source=self.source)
+        return FLAVABatch(**moved, source=self.source, encoded_images=self.encoded_images)
 
     def pin_memory(self) -> FLAVABatch:
-        return FLAVABatch(**{k: v.pin_memory() for k, v in self.model_inputs().items()}, source=self.source)
+        pinned = {k: v.pin_memory() for k, v in self.model_inputs().items()}
+        return FLAVABatch(**pinned, source=self.source, encoded_images=self.encoded_images)
 
 
 class _Seeded:
@@ -97,6 +115,15 @@ class _Seeded:
         if state["seed"] != self.seed:
             raise ValueError(f"collator state was saved with seed {state['seed']}, this collator has {self.seed}")
         self._generator.set_state(state["rng"])
+
+
+def _encoded(samples: Sequence[Sample]) -> EncodedImages | None:
+    """The samples that carry a still-encoded JPEG (``"jpeg"``, ``"crop_box"``), if any."""
+    rows = [i for i, s in enumerate(samples) if "jpeg" in s]
+    if not rows:
+        return None
+    return EncodedImages([samples[i]["jpeg"] for i in rows], torch.tensor(rows),
+                         torch.stack([samples[i]["crop_box"] for i in rows]))  # fmt: skip
 
 
 def _stack(samples: Sequence[Sample], key: str, what: str) -> Tensor:
@@ -151,6 +178,7 @@ class _ImagePart:
                            "the same: 'codebook_image' (tokenizer input) or 'image_tokens'")  # fmt: skip
         # neither: pixel-regression MIM (the targets are the encoder pixels themselves)
         out["patch_mask"] = self.block_masker.batch(len(samples), generator=g)
+        out["encoded_images"] = _encoded(samples)
         return out
 
 
@@ -269,5 +297,6 @@ class ContrastivePairCollator(_Seeded):
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         ids, mask = pad_sequences([s["input_ids"] for s in samples], self.pad_token_id, self.max_length)
-        return FLAVABatch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask)
+        return FLAVABatch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask,
+                          encoded_images=_encoded(samples))  # fmt: skip
 

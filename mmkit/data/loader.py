@@ -119,7 +119,10 @@ class FLAVADataset(Dataset):
                 g = None
                 if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
                     g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
-                sample.update(self.image_transform(decode_image(record), g))
+                if hasattr(self.image_transform, "from_record"):  # may keep a JPEG encoded for the device
+                    sample.update(self.image_transform.from_record(record, g))
+                else:
+                    sample.update(self.image_transform(decode_image(record), g))
                 if self.image_tokens:
                     if "tokens_bytes" not in record.meta:
                         raise ValueError("no cached image tokens (run python -m mmkit.tokenizers.cache)")

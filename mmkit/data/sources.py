@@ -580,6 +580,38 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def peek_jpeg(record: Record, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` of a record whose image is a complete baseline/progressive JPEG, read from its
+    header without decoding a pixel; ``None`` for anything else (another format, a missing end-of-image
+    marker: possibly truncated), which the caller decodes with :func:`decode_image` instead.
+
+    Raises:
+        ValueError: a JPEG over the pixel limit (as :func:`decode_image`).
+    """
+    from PIL import Image
+
+    data = record.image
+    if data is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format != "JPEG" or im.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+                    return None
+                width, height = im.size
+    except (OSError, Image.DecompressionBombError, ValueError):
+        return None  # let decode_image produce the reason
+    if width * height > limit:
+        raise ValueError(
+            f"image is {width}x{height} ({width * height:,} pixels), over the limit of {limit:,} pixels: "
+            "a possible decompression bomb, refused before decoding (raise mmkit.data.sources.MAX_IMAGE_PIXELS "
+            "or decode_image's max_pixels to accept it)"
+        )
+    return width, height
+
+
 def decode_image(record: Record, max_pixels: int | None = None):
     """The record's image as an RGB ``PIL.Image`` (fully decoded, so truncation is caught here).
 

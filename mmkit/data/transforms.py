@@ -48,6 +48,11 @@ class ImageTransformConfig:
         encoder image reduced by an integer factor with a box filter, not a second Lanczos resize of
         the original) and ``uint8`` outputs, normalised on the training device by
         :meth:`FLAVAImageTransform.finish`. Off by default: the released FLAVA resizes twice.
+    decode: ``"worker"`` (PIL in the data workers) or ``"device"``: JPEG files travel encoded and
+        :meth:`FLAVAImageTransform.finish` decodes them on the training device
+        (``torchvision.io.decode_jpeg(device="cuda")``, nvJPEG), crops, resizes (bicubic, antialiased)
+        and normalises there; the workers only read the header for the crop box. Other formats and
+        JPEGs without an end-of-image marker are decoded in the workers as with ``fast``. Implies ``fast``.
     """
 
     image_size: int = 224
@@ -58,6 +63,11 @@ class ImageTransformConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    decode: str = "worker"
+
+    def __post_init__(self) -> None:
+        if self.decode not in ("worker", "device"):
+            raise ValueError(f"decode must be 'worker' or 'device', got {self.decode!r}")
 
 
 def random_resized_crop_box(
@@ -95,6 +105,24 @@ def center_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def _decode_jpegs(files: list[Tensor], device: torch.device) -> list[Tensor]:
+    """``uint8 (3, H, W)`` RGB images on ``device`` from encoded JPEG files (host tensors), in one batched
+    call (nvJPEG on CUDA). TorchCodec (``pip install torchcodec``, the decoders that replace torchvision's
+    from torchvision 0.29 on) when installed, else ``torchvision.io.decode_jpeg``."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+
+        return decode_jpeg(files, mode="RGB", device=device)
+    except ImportError:
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still the same kernel
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+
+
 class FLAVAImageTransform:
     """PIL image -> ``{"image": (3, S, S) normalised, "codebook_image": (3, s, s) in [0.1, 0.9]}``."""
 
@@ -106,9 +134,12 @@ class FLAVAImageTransform:
         self._shift = -mean / std
 
     def finish(self, batch):
-        """On the training device: a ``fast`` batch's ``uint8`` pixels -> normalised encoder pixels and
-        ``[0.1, 0.9]`` tokenizer pixels (what the default path makes in the workers). Other batches
-        pass through unchanged. Works on a :class:`~mmkit.data.collators.FLAVABatch` in place."""
+        """On the training device: decode the batch's still-encoded JPEGs (``decode="device"``), then a
+        ``uint8`` batch's pixels -> normalised encoder pixels and ``[0.1, 0.9]`` tokenizer pixels (what the
+        default path makes in the workers). Other batches pass through unchanged. Works on a
+        :class:`~mmkit.data.collators.FLAVABatch` in place."""
+        if getattr(batch, "encoded_images", None) is not None:
+            self._decode(batch)
         px = batch.pixel_values
         if px is not None and px.dtype == torch.uint8:
             shift, scale = self._shift.to(px.device), self._scale.to(px.device)
@@ -117,6 +148,56 @@ class FLAVAImageTransform:
         if cb is not None and cb.dtype == torch.uint8:
             batch.codebook_pixel_values = dalle_preprocess(cb.float().mul_(1 / 255))
         return batch
+
+    def from_record(self, record, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """A :class:`~mmkit.data.sources.Record`'s image -> the sample's image fields. With
+        ``decode="device"`` a complete JPEG is not decoded here: the sample carries the file (``"jpeg"``),
+        its crop box (``"crop_box"``) and all-zero ``uint8`` placeholders for the pixels."""
+        from mmkit.data.sources import decode_image, peek_jpeg
+
+        cfg = self.config
+        size = peek_jpeg(record) if cfg.decode == "device" else None
+        if size is None:
+            return self(decode_image(record), generator)
+        w, h = size
+        if cfg.random_crop:
+            box = random_resized_crop_box(w, h, cfg.scale, cfg.ratio, generator or torch.Generator())
+        else:
+            box = center_crop_box(w, h)
+        out = {
+            "image": torch.zeros(3, cfg.image_size, cfg.image_size, dtype=torch.uint8),
+            "jpeg": torch.frombuffer(bytearray(record.image), dtype=torch.uint8),
+            "crop_box": torch.tensor(box, dtype=torch.int64),
+        }
+        if cfg.codebook_image_size:
+            out["codebook_image"] = torch.zeros(3, cfg.codebook_image_size, cfg.codebook_image_size, dtype=torch.uint8)
+        return out
+
+    def _decode(self, batch) -> None:
+        """Decode ``batch.encoded_images`` where ``batch.pixel_values`` lives, crop, resize into their rows."""
+        import torch.nn.functional as F
+
+        enc, device = batch.encoded_images, batch.pixel_values.device
+        try:
+            images = _decode_jpegs(enc.data, device)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"decoding {len(enc.data)} JPEG files on {device} failed ({e}); "
+                "set data.image_decode=worker to decode (and skip bad files) in the data workers"
+            ) from None
+        s, cb = self.config.image_size, self.config.codebook_image_size
+        for row, image, (left, top, right, bottom) in zip(enc.rows.tolist(), images, enc.boxes.tolist(), strict=True):
+            crop = image[:, top:bottom, left:right].unsqueeze(0).float()
+            big = F.interpolate(crop, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+            big = big.round_().clamp_(0, 255)
+            batch.pixel_values[row] = big[0].to(torch.uint8)
+            if cb and batch.codebook_pixel_values is not None:
+                if s % cb == 0:
+                    small = F.avg_pool2d(big, s // cb)  # the box filter of the fast path
+                else:
+                    small = F.interpolate(big, size=(cb, cb), mode="bicubic", antialias=True, align_corners=False)
+                batch.codebook_pixel_values[row] = small.round_().clamp_(0, 255)[0].to(torch.uint8)
+        batch.encoded_images = None
 
     def __call__(self, image, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         from PIL import Image
@@ -131,7 +212,7 @@ class FLAVAImageTransform:
         size = (cfg.image_size, cfg.image_size)
         resized = image.resize(size, Image.Resampling.BICUBIC, box=box)
         pixels = pil_to_tensor(resized)
-        if cfg.fast:
+        if cfg.fast or cfg.decode == "device":
             return self._fast(resized, pixels)
         # (x / 255 - mean) / std as one multiply-add: this runs per sample in the data workers
         out = {"image": torch.addcmul(self._shift, pixels.float(), self._scale)}

@@ -16,7 +16,8 @@ Features and the config keys that control them:
   ``data.val_pairs``: tar shard patterns, local or ``s3://`` / ``gs://`` / ``http(s)://`` with
   ``data.storage_options``); streamed by default (``data.streaming``, ``data.shuffle_buffer``),
   indexed with ``data.streaming=false``; tokenizer from ``data.tokenizer`` or trained on
-  ``data.text`` (``data.vocab_size``).
+  ``data.text`` (``data.vocab_size``); ``data.image_decode=device`` decodes JPEGs on the training
+  device (nvJPEG on CUDA) instead of in the data workers.
 * runtime (``mmkit.train``, shared with FLAVA): ``distributed`` = ``ddp`` | ``fsdp`` | ``none``,
   ``precision``, ``activation_checkpointing``, ``compile``, AdamW + warmup-cosine (``optim.*``),
   atomic DCP checkpoints with exact resume (``checkpoint.*``; elastic with streamed data), non-finite
@@ -95,6 +96,8 @@ class DataConfig:
     streaming: bool = True
     shuffle_buffer: int = at_least(1, 1000)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # worker: PIL in the data workers; device: JPEGs decoded on the training device (nvJPEG on CUDA)
+    image_decode: str = choice("worker", "device")
 
 
 @dataclass
@@ -122,7 +125,7 @@ class ClipPretrainConfig:
 
 
 FROZEN_DATA = ("dataset", "train_pairs", "val_pairs", "text", "tokenizer", "vocab_size", "max_length",
-               "batch_size", "num_workers", "random_crop", "streaming", "shuffle_buffer")  # fmt: skip
+               "batch_size", "num_workers", "random_crop", "streaming", "shuffle_buffer", "image_decode")  # fmt: skip
 FROZEN = ("seed", "model_type", "preset", "model", "optim.grad_accum", *(f"data.{k}" for k in FROZEN_DATA))
 
 
@@ -174,7 +177,7 @@ class ClipPretrainRecipe:
         pad_to = text_cfg.max_positions if text_cfg.pooler == "last" else None  # SigLIP: one fixed length
         self.collate = ContrastivePairCollator(self.tokenizer.pad_token_id, pad_to)
         self.transform = FLAVAImageTransform(ImageTransformConfig(self.model_cfg.image.image_size, 0,
-                                                                  random_crop=d.random_crop))  # fmt: skip
+                                                                  random_crop=d.random_crop, decode=d.image_decode))  # fmt: skip
         self.stream = MixedBatches({"pairs": (self._loader(), 1.0)}, seed=cfg.seed,
                                    max_bad_fraction=d.max_bad_fraction)  # fmt: skip
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -217,7 +220,8 @@ class ClipPretrainRecipe:
             self.export()
 
     def _next_batch(self) -> FLAVABatch:
-        return next(self.stream).to(self.ctx.device)
+        """The next batch on the device (``data.image_decode=device``: its JPEGs decoded there)."""
+        return self.transform.finish(next(self.stream).to(self.ctx.device))
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
         model = self.raw_model.model
@@ -250,7 +254,7 @@ class ClipPretrainRecipe:
                        if isinstance(s, dict)]  # fmt: skip
             if not samples:
                 continue
-            batch = self.collate(samples).to(self.ctx.device)
+            batch = self.transform.finish(self.collate(samples).to(self.ctx.device))
             with autocast(self.cfg.precision, self.ctx.device):
                 out = model(**batch.model_inputs())
             loss_sum, count = loss_sum + float(out.loss) * len(samples), count + len(samples)
