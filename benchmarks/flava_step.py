@@ -4,20 +4,26 @@ A step is what a FLAVA training update does when every source contributes: a pai
 (contrastive + ITM + MMM), an image-only batch (MIM) and a text-only batch (MLM), each
 forward and backward, then one AdamW update. Both models have the same architecture, the
 same weights (converted), the same batch and the same objectives; they run alternately in
-one process so that machine noise hits both alike. mmkit runs twice: with the dVAE
-tokenizer in the step (the same work as transformers) and with precomputed ("cached")
-tokenizer ids.
+one process so that machine noise hits both alike. mmkit runs with the dVAE tokenizer in the
+step (the same work as transformers) and with precomputed ("cached") tokenizer ids, each eagerly
+(the exact masked positions) and compiled whole (``--compile step``: ``torch.compile(fullgraph=True)``
+of each batch kind's forward, losses and backward, the masked objectives on their static-shape
+budget; its own copy of the weights and optimiser, so both stay in lockstep).
 
 Reported per model: median step time, samples/s (3 x batch samples per step), peak memory
-of a step above the resident model and optimiser (measured in separate passes: RSS sampled
+of a step above the resident model and optimiser (measured in separate passes: on CPU RSS sampled
 every 0.5 ms, with allocations over 64 KiB mmap-ed so that freed tensors leave the resident
-set at once, and memory trimmed back to the OS before each step), model FLOPs of the step (counted with
-``torch.utils.flop_counter``, attention in its matmul form) and the achieved FLOP/s as a
-fraction of a large fp32 matmul timed in the same run.
+set at once, and memory trimmed back to the OS before each step; on CUDA the allocator's peak),
+model FLOPs of the step (counted with ``torch.utils.flop_counter``, attention in its matmul form;
+the frozen tokenizer's forward is in the total and also reported alone; a compiled variant is
+counted on its eager static-shape path, budget padding included) and the achieved FLOP/s as a
+fraction of a large matmul timed in the same run; on CUDA also the MFU against the card's dense
+bf16 peak (named in the output). ``--batches`` sweeps batch sizes (a CUDA out-of-memory drops that
+model at that size) and reports each model at its own best batch.
 
     python benchmarks/flava_step.py --size tiny
     python benchmarks/flava_step.py --size full --batch 2 --steps 3
-    python benchmarks/flava_step.py --size full --batch 32 --steps 10 --device cuda --dtype bf16
+    python benchmarks/flava_step.py --size full --batches 32,64,128,256 --steps 5 --device cuda --dtype bf16
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -183,9 +191,31 @@ def profile_table(step: Callable[[], None], rows: int = 12) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
 
 
+#: dense bf16 tensor-core peak (FLOP/s) by a substring of ``torch.cuda.get_device_name`` (first match wins)
+BF16_PEAKS = (
+    ("H200", "H200", 989e12),
+    ("H100 NVL", "H100 NVL", 835e12),
+    ("H100 PCIe", "H100 PCIe", 756e12),
+    ("H100", "H100 SXM", 989e12),
+    ("A100", "A100", 312e12),
+)
+
+
+def card_peak(device_name: str) -> tuple[str, float] | None:
+    """``(card, dense bf16 FLOP/s)`` of a CUDA device name, or None for a card not in :data:`BF16_PEAKS`."""
+    for key, card, peak in BF16_PEAKS:
+        if key in device_name:
+            return card, peak
+    return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+
+
 def run(
     size: str,
-    batch: int,
+    batches: list[int],
     text_len: int,
     steps: int,
     warmup: int,
@@ -193,16 +223,31 @@ def run(
     device: str = "cpu",
     dtype: str = "fp32",
     backends: tuple[str, ...] = (),
-) -> dict[str, dict[str, float]]:
+    compile: tuple[str, ...] = ("none", "step"),
+    compile_mode: str | None = None,
+    dynamic: bool = False,
+    sync_check: bool = False,
+    memory: bool = True,
+    budgets: dict[str, float] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    with_cached: bool = True,
+) -> list[dict[str, Any]]:
+    """Time every model at each batch size of ``batches``; one result dict per batch size (see :func:`report`).
+
+    ``compile``: ``none`` (eager mmkit), ``layers`` (each transformer layer compiled), ``step`` (the whole
+    step, static shapes); ``compile_mode``: ``torch.compile``'s mode for ``step`` (e.g. ``reduce-overhead``
+    for CUDA graphs); ``dynamic``: compile ``step`` with a symbolic batch size (one graph per batch kind
+    for the whole sweep instead of one per size); ``sync_check``: after timing, run one more step of the
+    first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (CUDA only); ``budgets``:
+    ``{"image": f, "text": f}`` fractions for the static-shape objectives (default: the model's);
+    ``on_result``: called with each batch size's result as soon as it is measured; ``with_cached``: also time
+    each mmkit variant on precomputed tokenizer ids.
+    """
     cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
     hf, ours = build(cfg)
     dev = torch.device(device)
-    hf, ours = hf.to(dev), ours.to(dev)
-    batches = {k: {n: t.to(dev) for n, t in b.items()} for k, b in make_batches(cfg, batch, text_len).items()}
-    cached = copy.deepcopy(batches)
-    for kind in ("pair", "image"):
-        cached[kind]["image_token_ids"] = ours.image_tokenizer(cached[kind].pop("codebook_pixel_values"))
     cuda = dev.type == "cuda"
+    hf, ours = hf.to(dev), ours.to(dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
     def sync() -> None:
@@ -210,32 +255,49 @@ def run(
             torch.cuda.synchronize(dev)
 
     def optimizer(model):
-        # fused: one kernel over all parameters (both models get the same optimiser)
+        # fused: one kernel over all parameters (every model gets the same optimiser)
         return torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1, fused=True
         )
 
-    opt_hf, opt_ours = optimizer(hf), optimizer(ours)
-    others = {}  # the same weights under another attention backend, each with its own optimiser
-    for backend in backends:
+    models: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {"mmkit": (ours, optimizer(ours))}
+    for backend in backends:  # the same weights under another attention backend, each with its own optimiser
         model = copy.deepcopy(ours)
         try:
             model.model.set_attention_backend(backend)
         except RuntimeError as exc:  # e.g. xformers installed for another PyTorch: say so, time the rest
             print(f"skipping the {backend} variant: {exc}")
             continue
-        others[backend] = (model, optimizer(model))
+        models[f"{backend} attention"] = (model, optimizer(model))
+    for mode in compile:
+        if mode == "none":
+            continue
+        model = copy.deepcopy(ours)
+        if mode == "layers":
+            for layer in (m for m in model.modules() if type(m).__name__ == "TransformerLayer"):
+                layer.compile()
+        else:
+            model.set_static_shapes(True, **{f"{k}_budget": v for k, v in (budgets or {}).items()}).compile(
+                fullgraph=True, dynamic=None if dynamic else False, mode=compile_mode
+            )
+        models[f"compiled {mode}"] = (model, optimizer(model))
+    if "none" not in compile:
+        del models["mmkit"]
+    opt_hf = optimizer(hf)
 
-    def step_hf():
-        for kind, b in batches.items():
-            with autocast:
-                loss = hf(**hf_inputs(kind, b)).loss
-            loss.backward()
-        opt_hf.step()
-        opt_hf.zero_grad(set_to_none=True)
-        sync()
+    def step_hf(data):
+        def step():
+            for kind, b in data.items():
+                with autocast:
+                    loss = hf(**hf_inputs(kind, b)).loss
+                loss.backward()
+            opt_hf.step()
+            opt_hf.zero_grad(set_to_none=True)
+            sync()
 
-    def step_ours(data, model=ours, opt=opt_ours):
+        return step
+
+    def step_ours(data, model, opt, synchronize: bool = True):
         def step():
             for b in data.values():
                 with autocast:
@@ -243,91 +305,237 @@ def run(
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            sync()
+            if synchronize:
+                sync()
 
         return step
 
-    variants = {
-        "transformers": step_hf,
-        "mmkit": step_ours(batches),
-        "mmkit (cached ids)": step_ours(cached),
-    }
-    for backend, (model, opt) in others.items():
-        variants[f"mmkit ({backend} attention)"] = step_ours(batches, model, opt)
+    peak_rate = matmul_flops_per_s(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    card = card_peak(torch.cuda.get_device_name(dev)) if cuda else None
+    results = []
+    for batch in batches:
+        data = {k: {n: t.to(dev) for n, t in b.items()} for k, b in make_batches(cfg, batch, text_len).items()}
+        cached = copy.deepcopy(data)
+        with torch.no_grad():
+            for kind in ("pair", "image"):
+                cached[kind]["image_token_ids"] = ours.image_tokenizer(cached[kind].pop("codebook_pixel_values"))
+        if dynamic:
+            for b in (*data.values(), *cached.values()):
+                for t in b.values():
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+        variants: dict[str, Callable[[], None]] = {"transformers": step_hf(data)}
+        for name, (model, opt) in models.items():
+            plain, with_ids = ("mmkit", "mmkit (cached ids)") if name == "mmkit" else (
+                f"mmkit ({name})", f"mmkit ({name}, cached ids)")  # fmt: skip
+            variants[plain] = step_ours(data, model, opt)
+            if with_cached:
+                variants[with_ids] = step_ours(cached, model, opt)
+        first = batch == batches[0]
+        if first:
+            _check_compiled(models, ours, data, autocast)
+        result = _measure(variants, steps, warmup, cuda, dev, memory)
+        if first and sync_check:  # on the first batch, its graphs warm
+            result_extra = {"sync_check": _sync_check(models, step_ours, data, dev, dtype)}
+        else:
+            result_extra = {}
+        # FLOPs: attention counted in its matmul form (mmkit's math backend = transformers' eager); compiled
+        # variants on their eager (static-shape) path
+        for model, _ in models.values():
+            model.model.set_attention_backend("math")
+        with torch.compiler.set_stance("force_eager"):
+            for name, step in variants.items():
+                if "failed" not in result[name]:
+                    result[name]["gflop"] = count_flops(step) / 1e9
+        for name, (model, _) in models.items():
+            model.model.set_attention_backend(name.split()[0] if name.endswith(" attention") else cfg.attention_backend)
+        codebook_inputs = [data[k]["codebook_pixel_values"] for k in ("pair", "image")]
+        tokenizer_gflop = count_flops(lambda: [ours.image_tokenizer(x) for x in codebook_inputs]) / 1e9  # noqa: B023
+        for name, r in result.items():
+            if "failed" in r:
+                continue
+            r["samples_per_s"] = 3 * batch / r["step_s"]
+            r["matmul_fraction"] = r["gflop"] * 1e9 / r["step_s"] / peak_rate
+            if card is not None:
+                r["mfu"] = r["gflop"] * 1e9 / r["step_s"] / card[1]
+            r["tokenizer_gflop"] = 0.0 if "cached" in name else tokenizer_gflop
+        if profile:
+            for name in ("transformers", *(n for n in variants if n.startswith("mmkit") and "cached" not in n)):
+                if "failed" not in result[name]:
+                    print(f"\nprofile of one {name} step ({size}, batch {batch}):")
+                    print(profile_table(variants[name]))
+        results.append(dict(size=size, batch=batch, text_len=text_len, matmul_gflops=peak_rate / 1e9,
+                            card=card[0] if card else None, card_peak_tflops=card[1] / 1e12 if card else None,
+                            models=result, **result_extra))  # fmt: skip
+        if on_result is not None:
+            on_result(results[-1])
+    return results
+
+
+def _check_compiled(models: dict, eager: torch.nn.Module, data: dict, autocast) -> None:
+    """Print how far each compiled variant's losses are from the eager model's on the same (first) batch,
+    and any budget overflow, before any update (all copies still hold the same weights)."""
+    for name, (model, _) in models.items():
+        if not name.startswith("compiled"):
+            continue
+        diffs, overflow = [], 0
+        for b in data.values():
+            with autocast:
+                ref, out = eager(**b), model(**b)  # with grad: the compiled forward is the training graph
+            diffs += [float((out.losses[k] - v).abs()) for k, v in ref.losses.items()]
+            overflow += sum(int(v) for v in out.overflow.values())
+        print(f"{name}: max |loss - eager loss| over the objectives of the three kinds {max(diffs):.2e}, "
+              f"masked positions beyond the budget {overflow}")  # fmt: skip
+
+
+def _measure(variants: dict[str, Callable[[], None]], steps: int, warmup: int, cuda: bool, dev: torch.device,
+             memory: bool) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Median step time and peak step memory of each variant, run alternately; a variant that runs out of
+    CUDA memory is dropped (reported as OOM)."""
+    failed: dict[str, str] = {}
+
+    def attempt(name: str, fn: Callable[[], None]) -> bool:
+        if name in failed:
+            return False
+        try:
+            fn()
+            return True
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            failed[name] = "OOM"
+            if cuda:
+                torch.cuda.empty_cache()
+            return False
+
     for _ in range(warmup):
-        for step in variants.values():
-            step()
+        for name, step in variants.items():
+            attempt(name, step)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(steps):
         for name, step in variants.items():
             t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+            if attempt(name, step):
+                times[name].append(time.perf_counter() - t)
     # Memory in its own passes: every allocation over 64 KiB is mmap-ed, so freed tensors leave
     # the resident set at once and RSS follows live tensors rather than the allocator's cache.
-    peaks: dict[str, list[float]] = {k: [] for k in variants}
-    if _LIBC is not None and not cuda:
+    peaks: dict[str, list[float]] = {k: [float("nan")] for k in variants}
+    if memory and _LIBC is not None and not cuda:
         _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    for _ in range(2):
+    for _ in range(2 if memory else 0):
         for name, step in variants.items():
             if cuda:  # the allocator's own peak above what is resident before the step
                 torch.cuda.reset_peak_memory_stats(dev)
                 base = torch.cuda.memory_allocated(dev)
-                step()
-                peaks[name].append((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
+                if attempt(name, step):
+                    peaks[name].append((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
                 continue
             with PeakRSS() as mem:
                 step()
             peaks[name].append(mem.delta_mib)
-
-    # FLOPs: attention counted in its matmul form (mmkit's math backend = transformers' eager).
-    for model in [ours] + [m for m, _ in others.values()]:
-        model.model.set_attention_backend("math")
-    flops = {name: count_flops(step) for name, step in variants.items()}
-    ours.model.set_attention_backend(cfg.attention_backend)
-    for backend, (model, _) in others.items():
-        model.model.set_attention_backend(backend)
-    if profile:
-        for name in ("transformers", "mmkit"):
-            print(f"\nprofile of one {name} step ({size}):")
-            print(profile_table(variants[name]))
-    peak_rate = matmul_flops_per_s(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
-    samples = 3 * batch
-    result = {}
+    out: dict[str, dict[str, float]] = {}
     for name in variants:
-        t = statistics.median(times[name])
-        result[name] = dict(
-            step_s=t,
-            samples_per_s=samples / t,
-            peak_mib=max(peaks[name]),
-            gflop=flops[name] / 1e9,
-            matmul_fraction=flops[name] / t / peak_rate,
-        )
-    result["_matmul_gflops"] = {"value": peak_rate / 1e9}
-    return result
+        if name in failed or not times[name]:
+            out[name] = {"failed": failed.get(name, "no step")}  # type: ignore[dict-item]
+            continue
+        out[name] = dict(step_s=statistics.median(times[name]), peak_mib=max(peaks[name][1:], default=float("nan")))
+    return out
+
+
+def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device, dtype: str) -> list[str]:
+    """Steps of the first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync
+    raises): the bare step (forward and backward of the pair, image and text batches, fused AdamW), then
+    the same three batches as one non-logging :class:`~mmkit.train.TrainStep` (three micro-batches:
+    autocast, clipping, the agreed non-finite skip). One verdict each: passed, or the first sync's place."""
+    import itertools
+    import tempfile
+    import traceback
+
+    from mmkit.train import Collectives, DistInfo, RunContext, TrainStep
+
+    compiled = [(n, m) for n, m in models.items() if n.startswith("compiled")]
+    if dev.type != "cuda" or not compiled:
+        return ["skipped (needs CUDA and a compiled variant)"]
+    name, (model, opt) = compiled[0]
+    ctx = RunContext(DistInfo(device=dev), Collectives(dev, 1), Path(tempfile.mkdtemp()), config=None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    precision = "bf16" if dtype == "bf16" else "fp32"
+    train_step = TrainStep(ctx, model, opt, scheduler, precision=precision, grad_accum=len(data), max_grad_norm=1.0)
+    batches = itertools.cycle(data.values())
+
+    def forward(m, b):
+        out = m(**b)
+        return out.loss, out.losses
+
+    checks = {
+        "step (forward + backward of 3 kinds, fused AdamW)": step_ours(data, model, opt, synchronize=False),
+        "TrainStep (3 micro-batches, clip, finite check)": lambda: train_step(lambda: next(batches), forward, 1),
+    }
+    verdicts = []
+    for what, fn in checks.items():
+        fn()  # anything lazily set up on a first call happens outside the check
+        torch.cuda.synchronize(dev)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn()
+            verdicts.append(f"{what}: passed ({name})")
+        except RuntimeError as exc:
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/mmkit/" in f.filename]
+            where = " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in reversed(frames[-4:]))
+            verdicts.append(f"{what}: FAILED ({name}): {str(exc).splitlines()[0]} at {where or '?'}")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize(dev)
+    return verdicts
 
 
 def _num(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.3g}"
 
 
-def report(size: str, batch: int, text_len: int, result: dict) -> str:
-    rate = result.pop("_matmul_gflops")["value"]
-    ref = result["transformers"]
+def report(result: dict[str, Any]) -> str:
+    """One batch size's table (a markdown table; ``x transformers`` at the same batch)."""
+    models, card = result["models"], result["card"]
+    ref = models.get("transformers", {})
     lines = [
-        f"## {size}: batch {batch} per source (3 x {batch} samples per step), text length {text_len}",
-        f"matmul reference in this run (same device and dtype): {rate:.1f} GFLOP/s",
+        f"## {result['size']}: batch {result['batch']} per source (3 x {result['batch']} samples per step), "
+        f"text length {result['text_len']}",
+        f"matmul reference in this run (same device and dtype): {result['matmul_gflops']:.1f} GFLOP/s"
+        + (f"; MFU against the {card} dense bf16 peak, {result['card_peak_tflops']:.0f} TFLOP/s" if card else ""),
         "",
         "| model | step (s, median) | samples/s | x transformers | peak step memory (MiB) | GFLOP/step "
-        "| achieved GFLOP/s | of matmul |",
-        "|---|---|---|---|---|---|---|---|",
+        "| of which tokenizer | achieved GFLOP/s | of matmul |" + (" MFU |" if card else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if card else ""),
     ]
-    for name, r in result.items():
-        speedup = r["samples_per_s"] / ref["samples_per_s"]
+    for name, r in models.items():
+        if "failed" in r:
+            lines.append(f"| {name} | {r['failed']} |" + " |" * (8 if card else 7))
+            continue
+        speedup = f"{r['samples_per_s'] / ref['samples_per_s']:.2f}" if "samples_per_s" in ref else "-"
         lines.append(
-            f"| {name} | {r['step_s']:.3f} | {_num(r['samples_per_s'])} | {speedup:.2f} | {r['peak_mib']:.0f} "
-            f"| {r['gflop']:.1f} | {r['gflop'] / r['step_s']:.1f} | {r['matmul_fraction']:.0%} |"
+            f"| {name} | {r['step_s']:.3f} | {_num(r['samples_per_s'])} | {speedup} | {r['peak_mib']:.0f} "
+            f"| {r['gflop']:.1f} | {r['tokenizer_gflop']:.1f} | {r['gflop'] / r['step_s']:.1f} "
+            f"| {r['matmul_fraction']:.0%} |" + (f" {r['mfu']:.1%} |" if card else "")
         )
+    if "sync_check" in result:
+        lines += ["", "sync check (torch.cuda.set_sync_debug_mode('error')):"]
+        lines += [f"- {verdict}" for verdict in result["sync_check"]]
+    return "\n".join(lines)
+
+
+def report_best(results: list[dict[str, Any]]) -> str:
+    """Each model at its own best batch size, and its ratio to transformers at transformers' best batch."""
+    best: dict[str, tuple[float, int, dict]] = {}
+    for result in results:
+        for name, r in result["models"].items():
+            if "samples_per_s" in r and r["samples_per_s"] > best.get(name, (0.0,))[0]:
+                best[name] = (r["samples_per_s"], result["batch"], r)
+    ref = best.get("transformers", (float("nan"),))[0]
+    card = results[0]["card"]
+    lines = ["## each model at its own best batch size", "",
+             "| model | best batch | samples/s | x transformers (at its best) |" + (" MFU |" if card else ""),
+             "|---|---|---|---|" + ("---|" if card else "")]  # fmt: skip
+    for name, (rate, batch, r) in best.items():
+        lines.append(f"| {name} | {batch} | {_num(rate)} | {rate / ref:.2f} |" + (f" {r['mfu']:.1%} |" if card else ""))
     return "\n".join(lines)
 
 
@@ -335,6 +543,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "full", "both"], default="tiny")
     parser.add_argument("--batch", type=int, default=None, help="samples per source (default: tiny 32, full 2)")
+    parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep, e.g. 16,32,64,128,256")
     parser.add_argument("--text-len", type=int, default=None, help="text length (default: tiny 32, full 40)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per model (default: tiny 20, full 3)")
     parser.add_argument("--warmup", type=int, default=1)
@@ -346,22 +555,70 @@ def main() -> None:
         default="",
         help="comma-separated extra attention backends to time for mmkit beside sdpa, e.g. xformers (CUDA only)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--compile",
+        default="none,step",
+        help="mmkit variants, comma-separated: none (eager), layers, step (whole step, fullgraph)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the step variant, e.g. reduce-overhead (CUDA graphs), max-autotune",
+    )
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="compile the step with a symbolic batch size: one graph per kind for a whole sweep",
+    )
+    parser.add_argument(
+        "--sync-check",
+        action="store_true",
+        help="CUDA: one compiled step under torch.cuda.set_sync_debug_mode('error') at the end",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory passes")
+    parser.add_argument("--image-budget", type=float, default=None, help="static-shape MIM/MMM budget (fraction)")
+    parser.add_argument("--text-budget", type=float, default=None, help="static-shape MLM/MMM budget (fraction)")
+    parser.add_argument("--no-cached", action="store_true", help="skip the mmkit variants on cached tokenizer ids")
+    parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    args = parser.parse_args()  # fmt: skip
+    compile_modes = tuple(m for m in args.compile.split(",") if m)
+    bad = set(compile_modes) - {"none", "layers", "step"}
+    if bad or not compile_modes:
+        parser.error(f"--compile takes none, layers and/or step, got {args.compile!r}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs"
     )
     if args.device.startswith("cuda"):
-        print(f"device: {torch.cuda.get_device_name(args.device)}")
+        name = torch.cuda.get_device_name(args.device)
+        card = card_peak(name)
+        print(f"device: {name}" + (f" ({card[0]}, dense bf16 peak {card[1] / 1e12:.0f} TFLOP/s)" if card else
+                                   " (no bf16 peak known for this card: no MFU column)"))  # fmt: skip
+    everything = []
+
+    def show(result: dict[str, Any]) -> None:
+        print()
+        print(report(result), flush=True)
+        everything.append(result)
+        if args.json:  # after every batch size, so that a run cut short keeps what it measured
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump(everything, f, indent=1)
+
     for size in ("tiny", "full") if args.size == "both" else (args.size,):
         full = size == "full"
-        batch = args.batch or (2 if full else 32)
+        batches = [int(b) for b in args.batches.split(",") if b] or [args.batch or (2 if full else 32)]
         text_len = args.text_len or (40 if full else 32)
         steps = args.steps or (3 if full else 20)
         backends = tuple(b for b in args.backends.split(",") if b)
-        result = run(size, batch, text_len, steps, args.warmup, args.profile, args.device, args.dtype, backends)
-        print()
-        print(report(size, batch, text_len, result))
+        budgets = {k: v for k, v in (("image", args.image_budget), ("text", args.text_budget)) if v}
+        results = run(size, batches, text_len, steps, args.warmup, args.profile, args.device, args.dtype, backends,
+                      compile_modes, args.compile_mode, args.dynamic, args.sync_check, not args.no_memory, budgets,
+                      on_result=show, with_cached=not args.no_cached)  # fmt: skip
+        if len(results) > 1:
+            print()
+            print(report_best(results))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 from torch import Tensor, nn
 
@@ -26,8 +28,9 @@ class MaskedPredictionHead(nn.Module):
     """Predict vocabulary ids at masked positions: transform, then a linear decoder with bias.
 
     Used for masked image modelling (dVAE token ids) and masked language modelling (word
-    ids). Give it only the masked positions' hidden states (see :func:`select_masked`):
-    projecting every position through a 30522-way decoder is most of an MLM step's cost.
+    ids). Give it only the masked positions' hidden states (see :func:`select_masked`, or
+    :func:`select_budget` for a static shape): projecting every position through a 30522-way
+    decoder is most of an MLM step's cost.
 
     Args:
         dim: input width ``D``. vocab_size: ``V``.
@@ -82,3 +85,57 @@ def select_masked(hidden_states: Tensor, labels: Tensor, ignore_index: int = -10
 def masked_labels(token_ids: Tensor, mask: Tensor, ignore_index: int = -100) -> Tensor:
     """Labels ``(B, N)``: ``token_ids`` where ``mask`` is True, ``ignore_index`` elsewhere (a new tensor)."""
     return torch.where(mask.bool(), token_ids, torch.full_like(token_ids, ignore_index))
+
+
+def prediction_budget(num_positions: int, fraction: float) -> int:
+    """How many positions a static-shape masked objective predicts: ``ceil(fraction * num_positions)``
+    (between 1 and ``num_positions`` for ``num_positions >= 1``). From shapes only, so it compiles static;
+    integer arithmetic (``fraction`` as a ratio of integers), so a symbolic batch size adds no guard."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"a prediction budget is a fraction of the positions in (0, 1], got {fraction}")
+    ratio = Fraction(fraction).limit_denominator(10_000)
+    return -(-num_positions * ratio.numerator // ratio.denominator)
+
+
+def budget_indices(keep: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+    """A fixed number of flat positions, the kept ones first: the static-shape form of ``keep.nonzero()``.
+
+    Args:
+        keep: bool ``(n,)``, True = predicted position. budget: ``K``, ``1 <= K <= n``.
+
+    Returns:
+        ``(index (K,) int64, overflow () int64)``: the first ``K`` kept positions in order, then
+        (when fewer than ``K`` are kept) positions that are not kept, as padding; ``overflow`` is how
+        many kept positions did not fit (0 when the budget holds them all). No host sync.
+    """
+    static = isinstance(budget, int) and isinstance(keep.shape[0], int)  # a symbolic size is not checked
+    if keep.ndim != 1 or (static and not 1 <= budget <= keep.shape[0]):
+        raise ValueError(f"keep must be 1-d with at least budget={budget} (>= 1) entries, got {tuple(keep.shape)}")
+    order = torch.argsort((~keep).to(torch.uint8), stable=True)[:budget]
+    return order, (keep.sum() - budget).clamp_min(0)
+
+
+def select_budget(
+    hidden_states: Tensor, labels: Tensor, budget: int, ignore_index: int = -100
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`select_masked` with a static shape: ``budget`` positions whatever the mask holds.
+
+    The labelled positions come first in row-major order (so while they fit, the labelled rows are
+    exactly :func:`select_masked`'s, in its order); the rest of the budget is padded with
+    unlabelled positions, whose label stays ``ignore_index`` so a loss skips them.
+
+    Args:
+        hidden_states: ``(B, N, D)``. labels: ``(B, N)`` int64, ``ignore_index`` where nothing is predicted.
+        budget: ``K`` positions, ``1 <= K <= B * N`` (see :func:`prediction_budget`).
+
+    Returns:
+        ``(hidden (K, D), labels (K,), overflow ())``; ``overflow`` counts labelled positions beyond
+        the budget (left out of the returned ones; 0 when the budget holds them all).
+    """
+    if hidden_states.shape[:2] != labels.shape:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must match the first two dims of hidden states {tuple(hidden_states.shape)}"
+        )
+    labels = labels.reshape(-1)
+    index, overflow = budget_indices(labels != ignore_index, budget)
+    return hidden_states.reshape(-1, hidden_states.shape[-1])[index], labels[index], overflow

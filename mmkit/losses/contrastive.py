@@ -67,10 +67,11 @@ def gather_batches(x: Tensor, with_grad: bool = True) -> tuple[Tensor, int]:
 @dataclass
 class ContrastiveOutput:
     """Attributes:
-    loss: scalar, ``(CE(logits_per_image) + CE(logits_per_text)) / 2``.
-    logits_per_image: ``(n, N)`` this rank's images against all ``N`` texts (scaled).
-    logits_per_text: ``(n, N)`` this rank's texts against all ``N`` images (scaled).
-    labels: ``(n,)`` column of each row's positive.
+    loss: scalar, ``(CE(logits_per_image) + CE(logits_per_text)) / 2`` over the rows that count.
+    logits_per_image: ``(n, N)`` this rank's images against all ``N`` texts (scaled; ``-inf`` in
+        columns left out by ``column_mask``).
+    logits_per_text: ``(n, N)`` this rank's texts against all ``N`` images (scaled, same columns).
+    labels: ``(n,)`` column of each row's positive; ``ignore_index`` (-100) on rows left out by ``row_mask``.
     """
 
     loss: Tensor
@@ -88,7 +89,12 @@ class ContrastiveLoss(nn.Module):
     Works for unequal per-rank batch sizes. Each rank's loss is the mean over its own rows;
     with equal batch sizes, DDP's gradient averaging then equals one process on the whole
     batch. With unequal sizes each rank's rows are weighted by ``1 / (world * n_r)``.
+
+    Rows and columns are left out by masking, never by indexing, so every shape depends on the
+    batch size only (the loss compiles whole, with no host sync outside a process group).
     """
+
+    ignore_index = -100
 
     def __init__(self, gather_with_grad: bool = True) -> None:
         super().__init__()
@@ -96,7 +102,12 @@ class ContrastiveLoss(nn.Module):
         self.gather = True  # False: this rank's batch only (e.g. evaluation on identical data per rank)
 
     def forward(
-        self, image_embedding: Tensor, text_embedding: Tensor, logit_scale: Tensor, row_mask: Tensor | None = None
+        self,
+        image_embedding: Tensor,
+        text_embedding: Tensor,
+        logit_scale: Tensor,
+        row_mask: Tensor | None = None,
+        column_mask: Tensor | None = None,
     ) -> ContrastiveOutput:
         """Args:
         image_embedding: ``(n, P)``, L2-normalised. text_embedding: ``(n, P)``, L2-normalised,
@@ -104,6 +115,10 @@ class ContrastiveLoss(nn.Module):
         logit_scale: scalar; logits are multiplied by ``exp(logit_scale)``.
         row_mask: optional bool ``(n,)``: only these rows enter the loss (all columns stay
             negatives). FLAVA passes the matched pairs of a batch with ITM negatives.
+        column_mask: optional bool ``(n,)``: only these pairs are columns (gathered from every rank
+            like the embeddings); the others get ``-inf`` logits. With ``row_mask`` equal to it,
+            the loss is that of the kept pairs alone (FLAVA's ``contrastive_matched_only``).
+            Every kept row needs at least one kept column (its own pair, when both masks agree).
         """
         if image_embedding.shape != text_embedding.shape or image_embedding.ndim != 2:
             raise ValueError(
@@ -118,12 +133,19 @@ class ContrastiveLoss(nn.Module):
         scale = logit_scale.exp()
         logits_per_image = image_embedding @ all_texts.T * scale
         logits_per_text = text_embedding @ all_images.T * scale
+        if column_mask is not None:
+            columns = gather_batches(column_mask.to(torch.uint8), with_grad=False)[0] if self.gather else column_mask
+            dropped = ~columns.bool()[None, :]
+            logits_per_image = logits_per_image.masked_fill(dropped, float("-inf"))
+            logits_per_text = logits_per_text.masked_fill(dropped, float("-inf"))
         labels = torch.arange(offset, offset + image_embedding.shape[0], device=image_embedding.device)
         if row_mask is not None:
-            logits_per_image, logits_per_text, labels = (
-                logits_per_image[row_mask],
-                logits_per_text[row_mask],
-                labels[row_mask],
-            )
-        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+            labels = torch.where(row_mask.bool(), labels, torch.full_like(labels, self.ignore_index))
+        loss = (_mean_ce(logits_per_image, labels) + _mean_ce(logits_per_text, labels)) / 2
         return ContrastiveOutput(loss, logits_per_image, logits_per_text, labels)
+
+
+def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over the rows whose label is not ignored (0 when none is), no host sync."""
+    total = F.cross_entropy(logits, labels, ignore_index=ContrastiveLoss.ignore_index, reduction="sum")
+    return total / (labels != ContrastiveLoss.ignore_index).sum().clamp_min(1)

@@ -38,19 +38,21 @@ class FLAVALossWeights:
         return getattr(self, name) > 0
 
 
-def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over already-selected masked positions.
+def masked_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy over the labelled positions, in fp32.
 
     Args:
-        logits: ``(M, V)``; labels: ``(M,)``.
+        logits: ``(M, V)``; labels: ``(M,)``, ``ignore_index`` at positions that do not count
+            (the padding of a static-shape budget, :func:`~mmkit.heads.select_budget`).
 
     Returns:
-        Scalar. With ``M == 0`` (nothing masked in this batch) it is 0 and still connected
-        to the graph, instead of the NaN a plain mean would give.
+        Scalar: the sum over labelled positions divided by their number, without a host sync or a
+        branch on the data (so it compiles whole). With no labelled position (``M == 0``, or every
+        label ignored) it is 0 and still connected to the graph, instead of the NaN a plain mean
+        would give.
     """
-    if labels.numel() == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)
+    total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1)
 
 
 class FLAVAPretrainingLoss(nn.Module):

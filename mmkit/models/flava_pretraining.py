@@ -14,6 +14,12 @@ Compared with transformers' ``FlavaForPreTraining`` it never runs an encoder who
 no objective reads (transformers runs the unmasked pass for image-only and text-only
 batches too), projects only masked positions through the vocabulary decoders, and can take
 precomputed tokenizer ids instead of running the dVAE in the step.
+
+With :meth:`FLAVAForPreTraining.set_static_shapes` every shape of a step depends on the batch
+shapes only (the masked objectives predict a fixed budget of positions, see
+:func:`~mmkit.heads.select_budget`), and nothing reads the device from the host, so
+``torch.compile(model, fullgraph=True)`` compiles each batch kind whole (and CUDA graphs can
+replay it). Its losses equal the default path's while the budget holds every masked position.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.heads import ITMHead, MaskedPredictionHead, masked_labels, select_masked
+from mmkit.heads import (
+    ITMHead,
+    MaskedPredictionHead,
+    budget_indices,
+    masked_labels,
+    prediction_budget,
+    select_budget,
+    select_masked,
+)
 from mmkit.layers.init import init_weights, no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
@@ -42,9 +56,14 @@ class FLAVAPretrainingOutput:
         losses: each computed objective's (unweighted) loss, by name: ``global_contrastive``,
             ``itm``, ``mmm_image``, ``mmm_text``, ``mim``, ``mlm``.
         logits: ``mim`` / ``mmm_image`` ``(M_img, V_img)`` and ``mlm`` / ``mmm_text``
-            ``(M_txt, V_txt)`` at masked positions only; ``itm`` ``(B, 2)``;
-            ``contrastive_image`` / ``contrastive_text`` ``(n, N)`` scaled similarities.
-        labels: the target of each ``logits`` entry (same keys; ``(M,)`` or ``(B,)``/``(n,)``).
+            ``(M_txt, V_txt)`` at masked positions only (with static shapes: ``(K, V)`` for a budget
+            of ``K`` positions, the masked ones first); ``itm`` ``(B, 2)``;
+            ``contrastive_image`` / ``contrastive_text`` ``(n, N)`` scaled similarities (every row;
+            rows of ITM negatives are labelled ``ignore_index``).
+        labels: the target of each ``logits`` entry (same keys; ``(M,)``/``(K,)`` or ``(B,)``/``(n,)``),
+            ``ignore_index`` where a row does not count.
+        overflow: with static shapes, per masked objective, how many masked positions did not fit
+            the budget (a 0-d device tensor; 0 means the loss equals the default path's).
         kind: ``"pair"``, ``"image"`` or ``"text"``.
         image_embedding, text_embedding: ``(B, P)`` contrastive embeddings of a paired batch.
     """
@@ -53,6 +72,7 @@ class FLAVAPretrainingOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)
     logits: dict[str, Tensor] = field(default_factory=dict)
     labels: dict[str, Tensor] = field(default_factory=dict)
+    overflow: dict[str, Tensor] = field(default_factory=dict)
     kind: str = "pair"
     image_embedding: Tensor | None = None
     text_embedding: Tensor | None = None
@@ -97,6 +117,36 @@ class FLAVAForPreTraining(nn.Module):
         self.mim_target, self.pixel_norm = opts.mim_target, opts.pixel_norm
         self.contrastive = ContrastiveLoss(gather_with_grad=opts.contrastive_gather_with_grad)
         self.loss_fn = FLAVAPretrainingLoss(opts.weights)
+        self.static_shapes = False
+        self.budgets = {"image": DEFAULT_BUDGETS["image"], "text": DEFAULT_BUDGETS["text"]}
+
+    def set_static_shapes(self, enabled: bool = True, image_budget: float | None = None,
+                          text_budget: float | None = None) -> FLAVAForPreTraining:  # fmt: skip
+        """Predict a fixed budget of positions per masked objective, so that every shape of a step
+        depends on the batch shapes only and ``torch.compile(fullgraph=True)`` takes it whole.
+
+        Args:
+            enabled: False goes back to predicting exactly the masked positions (the default;
+                faster in eager mode, where the budget's padding is pure cost).
+            image_budget: fraction of ``B * Np`` patch positions that MIM and MMM image predict
+                (default 0.4: FLAVA's block masks cover at most 75 of 196 patches, 0.383, so the
+                budget always holds them).
+            text_budget: fraction of ``B * L`` token positions that MLM and MMM text predict
+                (default 0.25: BERT masking chooses each real token with probability 0.15, so a
+                batch overflows only by chance: at most 6 in 1000 batches of 2 x 40 tokens, 1 in a
+                million of 8 x 40, never in practice from 16 x 40 on, padding and special tokens
+                only lowering it; whole-word masking chooses words, so check its batches. An
+                overflow drops the excess positions, the last in row-major order, from that
+                batch's loss and is counted in ``FLAVAPretrainingOutput.overflow``).
+
+        Returns ``self``.
+        """
+        for name, value in (("image", image_budget), ("text", text_budget)):
+            if value is not None:
+                prediction_budget(1, value)  # checks the range
+                self.budgets[name] = value
+        self.static_shapes = enabled
+        return self
 
     # -- helpers --------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
@@ -137,8 +187,20 @@ class FLAVAForPreTraining(nn.Module):
     def _masked_regression(
         self, head: nn.Module, hidden: Tensor, targets: Tensor, mask: Tensor, name: str, out: FLAVAPretrainingOutput
     ) -> None:
-        """Pixel MIM: predict the (normalised) pixels of masked patches only; mean squared error."""
+        """Pixel MIM: predict the (normalised) pixels of masked patches only; mean squared error.
+
+        ``hidden (B, Np, D)``, ``targets (B, Np, p*p*C)``, ``mask`` bool ``(B, Np)``. Static shapes:
+        a budget of ``K`` patches, the padding weighted 0; logits and labels ``(K, p*p*C)``."""
         mask = mask.bool()
+        if self.static_shapes:
+            index, out.overflow[name] = budget_indices(mask.reshape(-1), self._budget(name, mask.numel()))
+            pred = head(hidden.reshape(-1, hidden.shape[-1])[index])
+            y = targets.reshape(-1, targets.shape[-1])[index]
+            weight = mask.reshape(-1)[index].float()
+            squared = ((pred.float() - y) ** 2).sum(-1)
+            out.logits[name], out.labels[name] = pred, y
+            out.losses[name] = (squared * weight).sum() / (weight.sum() * y.shape[-1]).clamp_min(1)
+            return
         pred = head(hidden[mask])
         y = targets[mask]
         out.logits[name], out.labels[name] = pred, y
@@ -147,10 +209,19 @@ class FLAVAForPreTraining(nn.Module):
     def _masked_prediction(
         self, head: nn.Module, hidden: Tensor, labels: Tensor, name: str, out: FLAVAPretrainingOutput
     ) -> None:
-        h, y = select_masked(hidden, labels, self.ignore_index)
+        """Cross-entropy of ``head`` at the labelled positions of ``hidden (B, N, D)``, ``labels (B, N)``:
+        exactly those (``(M, V)`` logits), or with static shapes a budget of ``K`` (``(K, V)``)."""
+        if self.static_shapes:
+            budget = self._budget(name, labels.numel())
+            h, y, out.overflow[name] = select_budget(hidden, labels, budget, self.ignore_index)
+        else:
+            h, y = select_masked(hidden, labels, self.ignore_index)
         logits = head(h)
         out.logits[name], out.labels[name] = logits, y
-        out.losses[name] = masked_cross_entropy(logits, y)
+        out.losses[name] = masked_cross_entropy(logits, y, self.ignore_index)
+
+    def _budget(self, name: str, num_positions: int) -> int:
+        return prediction_budget(num_positions, self.budgets["image" if name in ("mim", "mmm_image") else "text"])
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
@@ -302,10 +373,8 @@ class FLAVAForPreTraining(nn.Module):
         if need_contrastive:
             img_emb, txt_emb = self.model.embed_image(image_u), self.model.embed_text(text_u)
             out.image_embedding, out.text_embedding = img_emb, txt_emb
-            row_mask = matched
-            if opts.contrastive_matched_only and matched is not None:
-                img_emb, txt_emb, row_mask = img_emb[matched], txt_emb[matched], None
-            c = self.contrastive(img_emb, txt_emb, self.model.logit_scale, row_mask)
+            columns = matched if opts.contrastive_matched_only else None
+            c = self.contrastive(img_emb, txt_emb, self.model.logit_scale, row_mask=matched, column_mask=columns)
             out.losses["global_contrastive"] = c.loss
             out.logits["contrastive_image"], out.logits["contrastive_text"] = c.logits_per_image, c.logits_per_text
             out.labels["contrastive_image"] = out.labels["contrastive_text"] = c.labels
@@ -353,6 +422,10 @@ class FLAVAForPreTraining(nn.Module):
             hidden = fused[:, fused.shape[1] - text_m.last_hidden_state.shape[1] :]
             self._masked_prediction(self.mmm_text_head, hidden, only_matched(mlm_labels), "mmm_text", out)
         return out
+
+
+#: fraction of the positions a static-shape masked objective predicts (:meth:`FLAVAForPreTraining.set_static_shapes`)
+DEFAULT_BUDGETS = {"image": 0.4, "text": 0.25}
 
 
 def patchify(pixels: Tensor, patch_size: int, normalize: bool = True) -> Tensor:

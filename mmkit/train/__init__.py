@@ -27,6 +27,8 @@ from mmkit.train.cli import recipe_arg_parser, run_cli, run_recipe, run_training
 from mmkit.train.collectives import Collectives
 from mmkit.train.context import RunContext, start_run
 from mmkit.train.distributed import (
+    COMPILE_MODES,
+    CompileMode,
     DistInfo,
     full_parameters,
     full_state_dict,
@@ -58,12 +60,14 @@ from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
 from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler
 
 __all__ = [
+    "COMPILE_MODES",
     "PRECISIONS",
     "CheckpointConfig",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointSaveError",
     "Collectives",
+    "CompileMode",
     "Counters",
     "DistInfo",
     "LogWindow",

@@ -13,10 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+#: what ``parallelize(compile=...)`` compiles: nothing, each transformer layer, or the whole forward
+COMPILE_MODES = ("none", "layers", "step")
+CompileMode = Literal["none", "layers", "step"]
 
 
 @dataclass
@@ -56,7 +61,7 @@ def parallelize(
     info: DistInfo,
     strategy: str = "ddp",
     activation_checkpointing: bool = False,
-    compile: bool = False,
+    compile: CompileMode | bool = "none",
     bf16_params: bool = False,
     find_unused_parameters: bool = True,
 ) -> nn.Module:
@@ -66,7 +71,13 @@ def parallelize(
         strategy: ``"ddp"``, ``"fsdp"`` (FSDP2: each transformer layer and the root sharded), or
             ``"none"``. Ignored (no wrapper) with one process.
         activation_checkpointing: per-layer, via the encoders' ``set_grad_checkpointing``.
-        compile: ``torch.compile`` each transformer layer.
+        compile: ``"none"``; ``"layers"``: ``torch.compile`` each transformer layer; ``"step"``: the
+            whole forward with its losses, one graph per batch kind (``fullgraph=True``, static
+            shapes, so a graph break or a data-dependent shape is an error rather than a silent
+            slowdown, and the backward is compiled with it); a model with ``set_static_shapes``
+            (FLAVA's masked objectives) is switched to its static-shape path first. The module is
+            compiled in place, so parameter and state-dict names do not change. One process only
+            (several raise a ValueError). ``True`` / ``False`` mean ``"layers"`` / ``"none"``.
         bf16_params: FSDP2 mixed precision (bf16 compute, fp32 reductions).
         find_unused_parameters: DDP only. FLAVA needs it (an image batch never touches the text
             encoder); a model whose every forward uses every parameter (the dVAE) turns it off and
@@ -74,13 +85,27 @@ def parallelize(
     """
     if strategy not in ("ddp", "fsdp", "none"):
         raise ValueError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
+    if isinstance(compile, bool):
+        compile = "layers" if compile else "none"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    if compile == "step" and info.world_size > 1:
+        raise ValueError(
+            f"compile='step' runs in one process for now (with distributed={strategy!r} the contrastive "
+            "all-gather exchanges batch sizes on the host and FSDP2's per-layer hooks would sit inside the "
+            "graph); use compile='layers' with several processes"
+        )
     inner = getattr(model, "model", model)
     if activation_checkpointing and hasattr(inner, "set_grad_checkpointing"):
         inner.set_grad_checkpointing(True)
     layers = [m for m in model.modules() if type(m).__name__ == "TransformerLayer"]
-    if compile:
+    if compile == "layers":
         for layer in layers:
             layer.compile()
+    elif compile == "step":
+        if hasattr(model, "set_static_shapes"):
+            model.set_static_shapes(True)
+        model.compile(fullgraph=True, dynamic=False)
     if info.world_size == 1 or strategy == "none":
         return model
     if strategy == "ddp":

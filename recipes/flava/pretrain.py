@@ -7,7 +7,9 @@
 Features and the config keys that control them:
 
 * model: ``preset`` (``tiny`` | ``full``) plus ``model.*`` overrides of :class:`FLAVAConfig`;
-  the text vocabulary follows the tokenizer.
+  the text vocabulary follows the tokenizer. ``model.image.init_from`` / ``model.text.init_from``:
+  start that encoder from a CLIP or SigLIP checkpoint's tower (its architecture and weights;
+  ``<run_dir>/tower_report.txt`` names what was taken and what is new).
 * data: the built-in dataset (``data.dataset: shapes``) or your files (``data.train_pairs``,
   ``data.val_pairs``, ``data.images``, ``data.text``: tar patterns / text files); tokenizer from
   ``data.tokenizer`` or trained on the text data (``data.vocab_size``); each step draws one
@@ -16,9 +18,15 @@ Features and the config keys that control them:
   files are streamed (``data.streaming``, default): local paths or ``s3://`` / ``gs://`` / ``http(s)://``
   URLs (``data.storage_options`` for ``fsspec``), a ``data.shuffle_buffer``-sample window per
   worker, exact resume; ``data.streaming=false`` indexes them instead (every header read at start).
+  Less CPU per sample in the workers: ``data.fast_images`` (one resize chain, uint8 until the
+  device) and ``data.image_decode=device`` (JPEGs decoded on the training device, nvJPEG on CUDA).
 * distribution: ``distributed`` = ``ddp`` | ``fsdp`` (FSDP2) | ``none``; gloo on CPU, NCCL on GPU.
 * precision: ``precision`` = ``fp32`` | ``bf16`` (autocast; LayerNorm and softmax stay fp32) |
-  ``fp16`` (autocast + gradient scaling, CUDA); ``activation_checkpointing``; ``compile``.
+  ``fp16`` (autocast + gradient scaling, CUDA); ``activation_checkpointing``.
+* compilation: ``compile`` = ``none`` | ``layers`` (``torch.compile`` each transformer layer) | ``step``
+  (the whole forward, losses and backward of each batch kind as one graph: the masked objectives
+  predict a fixed budget of positions, see ``FLAVAForPreTraining.set_static_shapes``; one process
+  only for now; evaluation runs eagerly on the exact masked positions).
 * optimisation: AdamW (``optim.lr``, ``weight_decay`` — none on norms, biases, embeddings,
   tokens and ``logit_scale`` — ``betas``), linear warmup then cosine (``optim.warmup_steps``,
   ``optim.total_steps``), ``optim.grad_accum``, ``optim.max_grad_norm``; the image tokenizer is
@@ -46,7 +54,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -62,13 +70,14 @@ from mmkit.data import (
     TextCollator,
     TextLines,
     make_loader,
-    shapes_dataset,
+    recipe_data_paths,
 )
 from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
 from mmkit.eval import retrieval_recall
 from mmkit.masking import BlockMaskGenerator, TokenMasker
 from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining, resolve_codebook_config
-from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, train_wordpiece
+from mmkit.models.towers import init_towers, resolve_tower_configs
+from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, tokenizer_for_run
 from mmkit.train import (
     PRECISIONS,
     CheckpointConfig,
@@ -121,6 +130,9 @@ class DataConfig:
     # One resize chain per image and uint8 until the device (ImageTransformConfig.fast): less CPU per
     # sample in the workers; off by default because the released FLAVA resizes the tokenizer input apart.
     fast_images: bool = False
+    # worker: PIL in the data workers; device: JPEGs decoded on the training device (nvJPEG on CUDA), the
+    # workers reading only headers (implies fast_images); for when the workers cannot keep up
+    image_decode: str = choice("worker", "device")
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
 
 
@@ -138,7 +150,8 @@ class PretrainConfig:
     distributed: str = choice("ddp", "fsdp", "none")
     precision: str = choice(*PRECISIONS)
     activation_checkpointing: bool = False
-    compile: bool = False
+    # none | layers | step (a Literal, so that the old true/false fail at load naming the three values)
+    compile: Literal["none", "layers", "step"] = "none"
     log_every: int = at_least(1, 10)
     eval_every: int = at_least(1, 1000)
     eval_samples: int = at_least(1, 512)
@@ -150,7 +163,8 @@ class PretrainConfig:
 # What a checkpoint's run must share with the resuming one (anything else may change, e.g. optim.lr).
 FROZEN_DATA = ("dataset", "train_pairs", "val_pairs", "images", "text", "tokenizer", "vocab_size", "max_length",
                "batch_size", "num_workers", "pair_prob", "image_prob", "text_prob", "itm_negative_prob",
-               "random_crop", "cached_tokens", "streaming", "shuffle_buffer", "fast_images")  # fmt: skip
+               "random_crop", "cached_tokens", "streaming", "shuffle_buffer", "fast_images",
+               "image_decode")  # fmt: skip
 FROZEN = ("seed", "preset", "model", "optim.grad_accum", *(f"data.{k}" for k in FROZEN_DATA))
 
 
@@ -172,6 +186,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> FLAVACon
     out = base.replace(**cfg.model)
     if vocab_size is not None:
         out = out.replace(**{"text.vocab_size": vocab_size})
+    out = resolve_tower_configs(out)  # model.image.init_from / model.text.init_from: the tower's architecture
     return resolve_codebook_config(out)  # a trained tokenizer sets the codebook sizes and input size
 
 
@@ -190,7 +205,9 @@ class FLAVAPretrainRecipe:
         self.model_cfg = model_config(cfg, self.tokenizer.vocab_size)
         self._setup_data()
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.raw_model: FLAVAForPreTraining = flava_model_for_pretraining(self.model_cfg).to(ctx.device)
+        self.raw_model: FLAVAForPreTraining = flava_model_for_pretraining(self.model_cfg)
+        self._init_towers()
+        self.raw_model.to(ctx.device)
         self._check_cached_tokens(self.raw_model)
         bf16_params = cfg.precision == "bf16" and cfg.distributed == "fsdp"
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
@@ -203,29 +220,31 @@ class FLAVAPretrainRecipe:
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
 
+    def _init_towers(self) -> None:
+        """``model.image.init_from`` / ``model.text.init_from``: copy CLIP/SigLIP towers in, report what was
+        taken and what is new (``<run_dir>/tower_report.txt``). A resumed run then loads its checkpoint."""
+        mcfg = self.model_cfg
+        if mcfg.text.init_from and mcfg.text.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"the text tower of {mcfg.text.init_from} has {mcfg.text.vocab_size} ids but the tokenizer has "
+                f"{self.tokenizer.vocab_size}: set data.tokenizer to the tokenizer the tower was trained with"
+            )
+        reports = init_towers(self.raw_model.model, mcfg)
+        if reports and self.ctx.is_main:
+            text = "\n".join(str(r) for r in reports)
+            (self.run_dir / "tower_report.txt").write_text(text + "\n")
+            print(text, flush=True)
+
     def _data_paths(self) -> tuple[list, list, list, list]:
         """(train pairs, val pairs, images, text) of the built-in dataset or the config."""
         d = self.cfg.data
-        if d.dataset == "shapes":
-            p = shapes_dataset()  # the first rank to get there generates it, under a file lock
-            self.paths = (p.train_pairs, p.val_pairs, p.images, p.text)
-        elif not d.train_pairs:
-            raise ValueError("data.dataset=files needs data.train_pairs (tar shard patterns)")
-        else:
-            self.paths = (d.train_pairs, d.val_pairs, d.images, d.text)
+        self.paths = recipe_data_paths(d.dataset, d.train_pairs, d.val_pairs, d.images, d.text)
         return self.paths
 
     def _tokenizer(self, paths) -> TextTokenizer:
-        d = self.cfg.data
-        if d.tokenizer:
-            return TextTokenizer.from_pretrained(d.tokenizer, max_length=d.max_length)
-        tok_dir = self.run_dir / "tokenizer"
-        if self.ctx.is_main and not (tok_dir / "tokenizer.json").exists():
-            if not paths[3]:
-                raise ValueError("no data.tokenizer and no text files to train one on: set data.tokenizer")
-            train_wordpiece(paths[3], d.vocab_size, min_frequency=1, max_length=d.max_length).save(tok_dir)
-        self.ctx.comm.barrier()
-        return TextTokenizer.from_pretrained(tok_dir, max_length=d.max_length)
+        d, ctx = self.cfg.data, self.ctx
+        return tokenizer_for_run(d.tokenizer, paths[3], d.vocab_size, d.max_length, self.run_dir,
+                                 is_main=ctx.is_main, barrier=ctx.comm.barrier)  # fmt: skip
 
     def _setup_data(self) -> None:
         cfg, d, mcfg, info = self.cfg, self.cfg.data, self.model_cfg, self.ctx.info
@@ -233,7 +252,7 @@ class FLAVAPretrainRecipe:
         pixels = mcfg.pretraining.mim_target == "pixels"  # pixel-regression MIM needs no tokenizer input
         self.transform = FLAVAImageTransform(ImageTransformConfig(image_size=mcfg.image.image_size,
             codebook_image_size=0 if pixels else mcfg.codebook.image_size, random_crop=d.random_crop,
-            fast=d.fast_images))  # fmt: skip
+            fast=d.fast_images, decode=d.image_decode))  # fmt: skip
         self.block_masker = BlockMaskGenerator.flava(mcfg.image.image_size // mcfg.image.patch_size)
         tok = self.tokenizer
         self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
@@ -334,7 +353,8 @@ class FLAVAPretrainRecipe:
             self.export()
 
     def _next_batch(self) -> FLAVABatch:
-        """The next batch on the device (``data.fast_images``: normalised there)."""
+        """The next batch on the device (``data.fast_images``: normalised there; ``data.image_decode=device``:
+        its JPEGs decoded there)."""
         return self.transform.finish(next(self.stream).to(self.ctx.device))
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
@@ -346,14 +366,18 @@ class FLAVAPretrainRecipe:
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out losses of every objective and retrieval R@1/5 (the same data on every rank)."""
+        """Held-out losses of every objective and retrieval R@1/5 (the same data on every rank); eager, on
+        the exact masked positions, whatever ``compile`` is (no graphs compiled for evaluation batches)."""
         model = unwrap(self.model)
         model.eval()
         self.raw_model.contrastive.gather = False
+        static, self.raw_model.static_shapes = self.raw_model.static_shapes, False
         try:
-            return self._evaluate(model)
+            with torch.compiler.set_stance("force_eager"):
+                return self._evaluate(model)
         finally:
             self.raw_model.contrastive.gather = True
+            self.raw_model.static_shapes = static
             model.train()
 
     def _evaluate(self, model) -> dict[str, float]:
@@ -397,10 +421,12 @@ class FLAVAPretrainRecipe:
 
     # -- export -------------------------------------------------------------------------------
     def export(self) -> None:
-        """Final weights: ``final/model.safetensors`` (mmkit names) and ``final/hf`` (transformers)."""
+        """Final weights: ``final/model.safetensors`` (mmkit names) and ``final/hf`` (transformers, when its
+        FLAVA can express the model: not with CLIP towers' input LayerNorm, for example)."""
         from safetensors.torch import save_file
 
         from mmkit.convert import save_hf_checkpoint
+        from mmkit.models.flava_hf import hf_unsupported
 
         tensors = full_state_dict(self.model)
         if self.ctx.is_main:
@@ -408,9 +434,13 @@ class FLAVAPretrainRecipe:
             out.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(out / "model.safetensors"))
             (out / "config.json").write_text(json.dumps(self.model_cfg.to_dict(), indent=2))
-            fresh = flava_model_for_pretraining(self.model_cfg)
-            fresh.load_state_dict(tensors)
-            save_hf_checkpoint(fresh, out / "hf")
+            unsupported = hf_unsupported(self.model_cfg)
+            if unsupported:  # e.g. CLIP towers: an input LayerNorm transformers' FLAVA has no place for
+                print(f"no final/hf: transformers' FLAVA cannot express {', '.join(unsupported)}", flush=True)
+            else:
+                fresh = flava_model_for_pretraining(self.model_cfg)
+                fresh.load_state_dict(tensors)
+                save_hf_checkpoint(fresh, out / "hf")
             self.tokenizer.save(out / "tokenizer")
             plot_run(self.run_dir)
             nonfinite = self.state.counters.nonfinite_total

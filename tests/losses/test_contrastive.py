@@ -24,10 +24,17 @@ def test_matches_hand_computation_and_row_mask():
     expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     torch.testing.assert_close(out.loss, expected)
     keep = torch.tensor([True, False, True, True, False])
-    out = ContrastiveLoss()(img, txt, scale, row_mask=keep)
-    assert out.logits_per_image.shape == (3, 5) and out.labels.tolist() == [0, 2, 3]
+    out = ContrastiveLoss()(img, txt, scale, row_mask=keep)  # rows left out by their label, not by indexing
+    assert out.logits_per_image.shape == (5, 5) and out.labels.tolist() == [0, -100, 2, 3, -100]
     expected = (F.cross_entropy(logits[keep], labels[keep]) + F.cross_entropy(logits.T[keep], labels[keep])) / 2
     torch.testing.assert_close(out.loss, expected)
+    out = ContrastiveLoss()(img, txt, scale, row_mask=keep, column_mask=keep)  # the kept pairs alone
+    sub = img[keep] @ txt[keep].T * scale.exp()
+    expected = (F.cross_entropy(sub, torch.arange(3)) + F.cross_entropy(sub.T, torch.arange(3))) / 2
+    torch.testing.assert_close(out.loss, expected)
+    assert torch.isinf(out.logits_per_text[:, ~keep]).all()
+    nothing = ContrastiveLoss()(img, txt, scale, row_mask=torch.zeros(5, dtype=torch.bool))
+    assert nothing.loss.item() == 0.0  # no row counts: 0, not NaN
     with pytest.raises(ValueError, match=r"must both be \(n, P\)"):
         ContrastiveLoss()(img, txt[:3], scale)
 
@@ -53,7 +60,17 @@ def _data(n=8):
     return torch.randn(n, 3, 16, 16, generator=g), torch.randint(1, 40, (n, 6), generator=g)
 
 
-def _worker(rank, world, init_file, out_dir, sizes, with_grad):
+#: pairs left out of rows and columns (contrastive_matched_only) in the "masked" runs: one per rank of (4, 4)
+_DROPPED = (1, 6)
+
+
+def _keep(n):
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[list(_DROPPED)] = False
+    return keep
+
+
+def _worker(rank, world, init_file, out_dir, sizes, with_grad, masked=False):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         pixels, ids = _data(sum(sizes))
@@ -62,7 +79,8 @@ def _worker(rank, world, init_file, out_dir, sizes, with_grad):
         model = _DualEncoder()
         ddp = nn.parallel.DistributedDataParallel(model)
         i, t = ddp(pixels[sl], ids[sl])
-        out = ContrastiveLoss(gather_with_grad=with_grad)(i, t, model.logit_scale)
+        keep = _keep(sum(sizes))[sl] if masked else None  # the column mask is gathered like the embeddings
+        out = ContrastiveLoss(gather_with_grad=with_grad)(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
         # sum over this rank's rows, so that summing ranks gives the whole batch's sum for any split
         (out.loss * sizes[rank] * world / sum(sizes)).backward()  # DDP averages: x world / N -> mean
         loss = out.loss.detach() * sizes[rank]
@@ -75,20 +93,22 @@ def _worker(rank, world, init_file, out_dir, sizes, with_grad):
         dist.destroy_process_group()
 
 
-def _single_process(n):
+def _single_process(n, masked=False):
     pixels, ids = _data(n)
     model = _DualEncoder()
     i, t = model(pixels, ids)
-    out = ContrastiveLoss()(i, t, model.logit_scale)
+    keep = _keep(n) if masked else None
+    out = ContrastiveLoss()(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
     out.loss.backward()
     return out.loss.detach(), {n_: p.grad for n_, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("sizes", [(4, 4), (3, 5)], ids=["equal", "unequal"])
-def test_two_processes_equal_one_process(tmp_path, sizes):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sizes, True), nprocs=2, join=True)
+@pytest.mark.parametrize(("sizes", "masked"), [((4, 4), False), ((3, 5), False), ((4, 4), True)],
+                         ids=["equal", "unequal", "matched-only"])  # fmt: skip
+def test_two_processes_equal_one_process(tmp_path, sizes, masked):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sizes, True, masked), nprocs=2, join=True)
     result = torch.load(tmp_path / "dist.pt")
-    loss, grads = _single_process(sum(sizes))
+    loss, grads = _single_process(sum(sizes), masked)
     torch.testing.assert_close(result["loss"], loss, atol=1e-5, rtol=1e-5)
     assert {n for n in grads if n.startswith("image.")} and {n for n in grads if n.startswith("text.")}
     for name, g in grads.items():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmkit.convert import config_from_hf, flava_pretraining_from_hf
 from mmkit.models import FLAVAConfig, flava_model_for_pretraining
@@ -77,11 +78,12 @@ def test_paired_batch_with_mixed_itm_labels(pair, batch):
     _close(out.logits["mmm_image"], ref.mmm_image_logits, "mmm_image logits")
     _close(out.logits["mmm_text"], ref.mmm_text_logits, "mmm_text logits")
     _close(out.logits["itm"], ref.itm_logits, "itm logits")
-    _close(out.logits["contrastive_image"], ref.contrastive_logits_per_image, "contrastive per image")
-    _close(out.logits["contrastive_text"], ref.contrastive_logits_per_text, "contrastive per text")
-    # MMM only on matched pairs; contrastive rows only of matched pairs
+    # MMM only on matched pairs; contrastive rows only of matched pairs (the others are labelled -100)
     matched = batch["itm_labels"] == 1
-    assert out.logits["contrastive_image"].shape == (int(matched.sum()), B)
+    _close(out.logits["contrastive_image"][matched], ref.contrastive_logits_per_image, "contrastive per image")
+    _close(out.logits["contrastive_text"][matched], ref.contrastive_logits_per_text, "contrastive per text")
+    assert out.logits["contrastive_image"].shape == (B, B)
+    assert out.labels["contrastive_image"].tolist() == [i if m else -100 for i, m in enumerate(matched.tolist())]
     expected_img = int((batch["patch_mask"] & matched[:, None]).sum())
     assert out.labels["mmm_image"].shape == (expected_img,)
 
@@ -149,8 +151,13 @@ def test_options_switch_objectives(batch):
     only.load_state_dict(model.state_dict())
     with torch.no_grad():
         out = only(**batch)
-    n = int((batch["itm_labels"] == 1).sum())
-    assert out.logits["contrastive_image"].shape == (n, n)
+    # the mismatched pairs leave the columns too: the loss of the matched pairs alone
+    matched = batch["itm_labels"] == 1
+    logits = out.image_embedding[matched] @ out.text_embedding[matched].T * only.model.logit_scale.exp()
+    labels = torch.arange(int(matched.sum()))
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(out.losses["global_contrastive"], expected)
+    assert torch.isinf(out.logits["contrastive_image"][:, ~matched]).all()
 
 
 def test_errors_name_the_missing_input(batch):

@@ -31,6 +31,9 @@ def test_config_keys_are_checked(tmp_path):
         recipe.load_config(None, ["model.image.num_layer=2"])
     with pytest.raises(ValueError, match="must look like key=value"):
         recipe.load_config(None, ["optim.lr"])
+    assert recipe.load_config(None, ["compile=step"]).compile == "step"
+    with pytest.raises(ValueError, match="compile: expected one of 'none', 'layers', 'step', got True"):
+        recipe.load_config(None, ["compile=true"])  # the old bool names the new values
     with pytest.raises(FileNotFoundError, match="config file .* does not exist"):
         recipe.load_config(str(tmp_path / "nope.yaml"), [])
     for name in ("demo", "medium", "flava_full"):
