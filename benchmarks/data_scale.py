@@ -14,7 +14,9 @@ batch (batch 32, the main process only, so nothing else is measured). Reported s
 Then samples/s and CPU time per sample of one process decoding a 2,000-sample set at FLAVA's sizes
 (224² encoder image + 112² tokenizer image from 256² PNGs, batches of 50): index mode, streaming,
 and streaming with the fast image path (``ImageTransformConfig(fast=True)``: one resize chain,
-uint8 out of the worker).
+uint8 out of the worker); then the same for 256² JPEG shards decoded in the workers vs on the device
+(``decode="device"``: the workers read headers only), with the device's share timed apart (on CUDA
+when there is one: nvJPEG).
 """
 
 from __future__ import annotations
@@ -37,14 +39,30 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(root: Path, samples: int, image_side: int = 8) -> list[str]:
-    """``samples // 1000`` shards of PNG + caption pairs under ``root`` (reused when already there)."""
+def _picture(image_side: int, fmt: str) -> bytes:
+    """One encoded picture: flat colour as PNG (the index/streaming comparisons), or for JPEG a built-in
+    shapes picture with noise (about what a 256² web photo costs to decode)."""
+    import random
+
+    import numpy as np
     from PIL import Image
 
-    root.mkdir(parents=True, exist_ok=True)
+    from mmkit.data.builtin import make_example
+
     buf = io.BytesIO()
-    Image.new("RGB", (image_side, image_side), (120, 40, 200)).save(buf, format="PNG")
-    png = buf.getvalue()
+    if fmt == "png":
+        Image.new("RGB", (image_side, image_side), (120, 40, 200)).save(buf, format="PNG")
+    else:
+        image = np.asarray(make_example(random.Random(0))[0].resize((image_side, image_side)), dtype=np.float32)
+        noisy = image + np.random.default_rng(0).normal(0, 12, image.shape)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(root: Path, samples: int, image_side: int = 8, fmt: str = "png") -> list[str]:
+    """``samples // 1000`` shards of image + caption pairs under ``root`` (reused when already there)."""
+    root.mkdir(parents=True, exist_ok=True)
+    picture, ext = _picture(image_side, fmt), "png" if fmt == "png" else "jpg"
     paths = []
     for s in range(samples // PER_SHARD):
         path = root / f"pairs-{s:06d}.tar"
@@ -53,7 +71,7 @@ def write_shards(root: Path, samples: int, image_side: int = 8) -> list[str]:
             with tarfile.open(tmp, "w") as tar:
                 for i in range(PER_SHARD):
                     key = f"{s:06d}{i:04d}"
-                    _tar_add(tar, f"{key}.png", png)
+                    _tar_add(tar, f"{key}.{ext}", picture)
                     _tar_add(tar, f"{key}.txt", f"a purple square number {i}".encode())
             tmp.rename(path)
         paths.append(str(path))
@@ -91,7 +109,8 @@ from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, 
 from mmkit.data.streaming import make_stream_loader
 paths = json.load(open(listing))
 collate = lambda samples, generator=None: len(samples)
-transform = FLAVAImageTransform(ImageTransformConfig(224, 112, fast=mode == "fast"))
+transform = FLAVAImageTransform(ImageTransformConfig(224, 112, fast=mode != "index" and mode != "stream",
+                                                      decode="device" if mode == "jpeg-device" else "worker"))
 if mode == "index":
     loader = make_loader(FLAVADataset(TarShards(paths), "image", transform), collate, 50)
 else:
@@ -104,6 +123,36 @@ while done < n:
     done += got
 wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
 print(json.dumps({"samples_per_s": done / wall, "cpu_ms_per_sample": 1000 * cpu / done}))
+"""
+
+# The device's share of decode="device": decode + crop + resize + normalise of 256 JPEGs per call, in
+# finish(), on CUDA when there is one (else the CPU, where it is the same work moved out of the workers).
+FINISH = r"""
+import json, sys, time
+listing = sys.argv[1]
+import torch
+from mmkit.data import FLAVAImageTransform, ImageTransformConfig, ImageCollator
+from mmkit.data.streaming import make_stream_loader
+from mmkit.masking import BlockMaskGenerator
+paths = json.load(open(listing))
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.set_num_threads(1)  # as the other CPU measurements (two threads on 2 busy cores ran 25x slower)
+transform = FLAVAImageTransform(ImageTransformConfig(224, 112, fast=True, decode="device"))
+loader = make_stream_loader(paths, "image", ImageCollator(BlockMaskGenerator.flava(14)), 256, image_transform=transform)
+batches = [next(iter(loader)) for _ in range(1)][0]
+batch = batches[0] if isinstance(batches, tuple) else batches
+def once():
+    b = batch.to(device)
+    b.encoded_images = batch.encoded_images
+    transform.finish(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+once()
+start, reps = time.perf_counter(), 5
+for _ in range(reps):
+    once()
+ms = 1000 * (time.perf_counter() - start) / (reps * 256)
+print(json.dumps({"device": str(device), "ms_per_sample": ms}))
 """
 
 
@@ -137,6 +186,11 @@ def main() -> None:
     listing = root / "listing-big.json"
     listing.write_text(json.dumps(big))
     speed = {m: _child(THROUGHPUT, m, str(listing), str(args.throughput_samples)) for m in ("index", "stream", "fast")}
+    jpegs = root / "listing-jpeg.json"
+    jpegs.write_text(json.dumps(write_shards(root / "jpeg", 2 * PER_SHARD, image_side=256, fmt="jpeg")))
+    for mode in ("jpeg-fast", "jpeg-device"):
+        speed[mode] = _child(THROUGHPUT, mode, str(jpegs), str(args.throughput_samples))
+    finish = _child(FINISH, str(jpegs))
 
     print("\n| samples | index: first batch s | index: RSS MiB | streaming: first batch s | streaming: RSS MiB |")
     print("|---|---|---|---|---|")
@@ -150,7 +204,8 @@ def main() -> None:
               f"from {rows[0][0]:,} to {rows[-1][0]:,} samples")  # fmt: skip
     print("\n| one process, 224² + 112² per sample | samples/s | CPU ms per sample |")
     print("|---|---|---|")
-    names = {"index": "index mode", "stream": "streaming", "fast": "streaming, fast_images"}
+    names = {"index": "index mode", "stream": "streaming", "fast": "streaming, fast_images",
+             "jpeg-fast": "JPEG shards, streaming, fast_images", "jpeg-device": "JPEG shards, decode on the device"}  # fmt: skip
     for mode, r in speed.items():
         print(f"| {names[mode]} | {r['samples_per_s']:.0f} | {r['cpu_ms_per_sample']:.2f} |")
     base = speed["index"]["cpu_ms_per_sample"]
@@ -158,6 +213,10 @@ def main() -> None:
         f"CPU per sample vs index mode: streaming x{base / speed['stream']['cpu_ms_per_sample']:.2f} lower, "
         f"streaming + fast_images x{base / speed['fast']['cpu_ms_per_sample']:.2f} lower"
     )
+    jpeg = speed["jpeg-fast"]["cpu_ms_per_sample"]
+    print(f"JPEG shards: worker CPU per sample with decode on the device x{jpeg / speed['jpeg-device']['cpu_ms_per_sample']:.1f} "
+          f"lower; the device's share (decode, crop, resize, normalise; batches of 256) is "
+          f"{finish['ms_per_sample']:.3f} ms per sample on {finish['device']}")  # fmt: skip
 
 
 if __name__ == "__main__":

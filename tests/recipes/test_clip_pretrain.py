@@ -103,3 +103,60 @@ def test_bad_model_settings_are_one_clear_error(tmp_path):
         recipe.load_config(None, ["preset=tiny", "data.max_length=100"])
     with pytest.raises(ValueError, match="model_type"):
         recipe.load_config(None, ["model_type=align"])
+
+
+def test_flava_pretraining_starts_from_the_clip_export(tmp_path, pairs):
+    """model.image.init_from = a CLIP export: the report names FLAVA's new image weights, the transformers
+    export is skipped (it has no place for CLIP's input LayerNorm) and the mmkit export loads."""
+    from mmkit.models import load_flava_model
+
+    clip_run = tmp_path / "clip"
+    assert load_recipe("recipes/clip/pretrain.py").main(_args(pairs, clip_run, "clip", 2, "distributed=none")) == 0
+    flava_run = tmp_path / "flava"
+    args = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={flava_run}", "distributed=none",
+            "data.dataset=files", f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
+            f"data.val_pairs={[str(p) for p in pairs.val_pairs]}", f"data.text={[str(p) for p in pairs.text]}",
+            f"data.tokenizer={clip_run / 'final' / 'tokenizer'}", "data.batch_size=8", "optim.total_steps=2",
+            "eval_samples=16", "progress=false", f"model.image.init_from={clip_run / 'final'}"]  # fmt: skip
+    assert load_recipe("recipes/flava/pretrain.py").main(args) == 0
+    report = (flava_run / "tower_report.txt").read_text()
+    assert "FLAVA image encoder from the clip image tower" in report
+    assert "new: image_encoder.embeddings.mask_token" in report and "new: image_encoder.pooler.dense.weight" in report
+    assert not (flava_run / "final" / "hf").exists() and (flava_run / "final" / "model.safetensors").exists()
+    flava = load_flava_model(flava_run / "final")
+    assert flava.config.image.input_norm and flava.config.image.activation == "quick_gelu"
+
+
+def test_jpeg_shards_decoded_on_the_device_train_like_worker_decoding(tmp_path, pairs):
+    """data.image_decode=device on JPEG shards: the first step's loss is the worker-decoded one up to the
+    resampler's grey-level differences (the CPU stands in for the device here)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from mmkit.data.sources import TarShards, decode_text
+
+    def to_jpeg(src, dst):
+        with tarfile.open(dst, "w") as out:
+            for i in range(len(shards := TarShards([src]))):
+                rec = shards[i]
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(rec.image)).convert("RGB").save(buf, format="JPEG", quality=95)
+                for name, data in ((f"{i:06d}.jpg", buf.getvalue()), (f"{i:06d}.txt", decode_text(rec).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    out.addfile(info, io.BytesIO(data))
+        return dst
+
+    train = to_jpeg(pairs.train_pairs[0], tmp_path / "train.tar")
+    val = to_jpeg(pairs.val_pairs[0], tmp_path / "val.tar")
+    losses = {}
+    for decode in ("worker", "device"):
+        run = tmp_path / decode
+        args = _args(pairs, run, "clip", 2, "distributed=none", f"data.train_pairs=[{train}]", f"data.val_pairs=[{val}]",
+                     f"data.image_decode={decode}", "eval_at_start=false")  # fmt: skip
+        assert load_recipe("recipes/clip/pretrain.py").main(args) == 0
+        losses[decode] = [r["loss/contrastive"] for r in _records(run, "train")]
+    assert losses["worker"][0] == pytest.approx(losses["device"][0], rel=2e-3)
+    assert losses["worker"] != losses["device"]  # the device path did run
