@@ -24,17 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from mmkit.encoders import flava_image_encoder as build_image_encoder
 from mmkit.encoders import flava_text_encoder as build_text_encoder
-from mmkit.layers.attention import AttentionBackend, set_attention_backend
-from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.layers.init import init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
+from mmkit.models.towers_api import ContrastiveTowers
 from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
 
 LOSSES = ("softmax", "sigmoid")
@@ -238,7 +237,7 @@ class DualEncoderOutput:
     logits_per_text: Tensor | None = None
 
 
-class DualEncoderModel(nn.Module):
+class DualEncoderModel(ContrastiveTowers, nn.Module):
     """An image encoder and a text encoder meeting in one embedding space (CLIP, SigLIP).
 
     Args:
@@ -303,22 +302,6 @@ class DualEncoderModel(nn.Module):
         """``(B, D)`` pooled text feature (before the projection)."""
         return text.pooler_output
 
-    def project_image(self, features: Tensor) -> Tensor:
-        """``(B, D)`` image features -> ``(B, P)`` L2-normalised embeddings."""
-        return F.normalize(self.image_projection(features), dim=-1)
-
-    def project_text(self, features: Tensor) -> Tensor:
-        """``(B, D)`` text features -> ``(B, P)`` L2-normalised embeddings."""
-        return F.normalize(self.text_projection(features), dim=-1)
-
-    def embed_image(self, image: EncoderOutput) -> Tensor:
-        """``(B, P)`` L2-normalised embedding from an image encoder output."""
-        return self.project_image(self.image_features(image))
-
-    def embed_text(self, text: EncoderOutput) -> Tensor:
-        """``(B, P)`` L2-normalised embedding from a text encoder output."""
-        return self.project_text(self.text_features(text))
-
     def logits(self, image_embedding: Tensor, text_embedding: Tensor) -> Tensor:
         """``(B_image, B_text)`` logits ``exp(logit_scale) * <image, text> (+ logit_bias)``."""
         logits = image_embedding @ text_embedding.t() * self.logit_scale.exp()
@@ -357,25 +340,11 @@ class DualEncoderModel(nn.Module):
             out.logits_per_text = out.logits_per_image.t()
         return out
 
-    # -- training conveniences -------------------------------------------------------------------
-    @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Clamp ``logit_scale`` to ``[0, logit_scale_max]`` (no-op without a maximum)."""
-        if self.logit_scale_max is not None:
-            self.logit_scale.clamp_(0.0, self.logit_scale_max)
-
+    # -- training conveniences (clamp_logit_scale, set_attention_backend, no_weight_decay: ContrastiveTowers)
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Per-layer activation checkpointing in both encoders."""
         self.image_encoder.set_grad_checkpointing(enable)
         self.text_encoder.set_grad_checkpointing(enable)
-
-    def set_attention_backend(self, backend: AttentionBackend) -> None:
-        """Switch every attention layer to ``backend``."""
-        set_attention_backend(self, backend)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names that take no weight decay (biases, norms, embeddings, tokens, logit scale/bias)."""
-        return no_weight_decay_names(self)
 
 
 def _projection(enabled: bool, width: int, dim: int, bias: bool, init_std: float) -> nn.Module:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.encoders import (
@@ -35,10 +34,10 @@ from mmkit.encoders import (
     flava_multimodal_encoder,
     flava_text_encoder,
 )
-from mmkit.layers.attention import AttentionBackend, set_attention_backend
-from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.layers.init import init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.flava import FLAVALossWeights
+from mmkit.models.towers_api import ContrastiveTowers
 from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
 
 
@@ -179,7 +178,7 @@ class FLAVAOutput:
     text_embedding: Tensor | None = None
 
 
-class FLAVAModel(nn.Module):
+class FLAVAModel(ContrastiveTowers, nn.Module):
     """The FLAVA encoders, fusion and contrastive projections (no pretraining heads).
 
     Args:
@@ -245,22 +244,6 @@ class FLAVAModel(nn.Module):
         """``(B, D)`` text feature before the projection: ``CLS_T`` after the final norm."""
         return text.last_hidden_state[:, 0]
 
-    def project_image(self, features: Tensor) -> Tensor:
-        """``(B, D)`` image features -> ``(B, P)`` L2-normalised contrastive embeddings."""
-        return F.normalize(self.image_projection(features), dim=-1)
-
-    def project_text(self, features: Tensor) -> Tensor:
-        """``(B, D)`` text features -> ``(B, P)`` L2-normalised contrastive embeddings."""
-        return F.normalize(self.text_projection(features), dim=-1)
-
-    def embed_image(self, image: EncoderOutput) -> Tensor:
-        """``(B, P)`` L2-normalised contrastive embedding from an image encoder output."""
-        return self.project_image(self.image_features(image))
-
-    def embed_text(self, text: EncoderOutput) -> Tensor:
-        """``(B, P)`` L2-normalised contrastive embedding from a text encoder output."""
-        return self.project_text(self.text_features(text))
-
     # -- fusion -------------------------------------------------------------------
     def encode_multimodal(
         self, image: EncoderOutput, text: EncoderOutput, *, output_hidden_states: bool = False
@@ -325,24 +308,11 @@ class FLAVAModel(nn.Module):
             out.multimodal = self.encode_multimodal(out.image, out.text, output_hidden_states=output_hidden_states)
         return out
 
-    # -- training conveniences ---------------------------------------------------------
-    @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Clamp ``logit_scale`` to ``[0, logit_scale_max]``; call after each optimiser step."""
-        self.logit_scale.clamp_(0.0, self.logit_scale_max)
-
+    # -- training conveniences (clamp_logit_scale, set_attention_backend, no_weight_decay: ContrastiveTowers)
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Per-layer activation checkpointing in all three encoders."""
         for enc in (self.image_encoder, self.text_encoder, self.multimodal_encoder):
             enc.set_grad_checkpointing(enable)
-
-    def set_attention_backend(self, backend: AttentionBackend) -> None:
-        """Switch every attention layer to ``backend``."""
-        set_attention_backend(self, backend)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names that take no weight decay (biases, norms, embeddings, tokens, ``logit_scale``)."""
-        return no_weight_decay_names(self)
 
 
 def flava_model(config: FLAVAConfig | None = None, **overrides: Any) -> FLAVAModel:
