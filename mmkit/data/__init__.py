@@ -25,6 +25,7 @@ from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
 
 __all__ = [
     "CollateWithSkips",
+    "ContrastivePairCollator",
     "DataQualityError",
     "EncodedImages",
     "FLAVABatch",
@@ -36,7 +37,6 @@ __all__ = [
     "Manifest",
     "MixedBatches",
     "PairCollator",
-    "ContrastivePairCollator",
     "Record",
     "ShapesPaths",
     "ShardedBatchSampler",

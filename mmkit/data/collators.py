@@ -299,4 +299,3 @@ class ContrastivePairCollator(_Seeded):
         ids, mask = pad_sequences([s["input_ids"] for s in samples], self.pad_token_id, self.max_length)
         return FLAVABatch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask,
                           encoded_images=_encoded(samples))  # fmt: skip
-

@@ -205,7 +205,7 @@ class TextEmbedding(nn.Module):
         words, positions = self.word_embeddings(input_ids), self.position_embeddings(position_ids)
         if self.token_type_embeddings is None:
             if token_type_ids is not None:
-                raise ValueError("token_type_ids were given but this embedding has no segment table (type_vocab_size=0)")
+                raise ValueError("token_type_ids were given; this embedding has no segment table (type_vocab_size=0)")
             x = words + positions
         else:  # summed in BERT's order: word, segment, position
             seg = self.token_type_embeddings

@@ -58,8 +58,8 @@ class TowerLoadReport:
     changes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"FLAVA {self.side} encoder from the {self.kind} {self.side} tower of {self.source}: "
-                 f"{len(self.taken)} tensors taken, {len(self.new)} new, {len(self.unused)} of the tower unused"]  # fmt: skip
+        counts = f"{len(self.taken)} tensors taken, {len(self.new)} new, {len(self.unused)} of the tower unused"
+        lines = [f"FLAVA {self.side} encoder from the {self.kind} {self.side} tower of {self.source}: {counts}"]
         lines += [f"  new: {name}" for name in self.new]
         lines += [f"  unused: {name}" for name in self.unused]
         lines += [f"  note: {c}" for c in self.changes]

@@ -11,6 +11,7 @@ vocabulary from the user's own text files, for a user without a model hub:
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ def learn_wordpiece_vocab(
     pair_count: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = defaultdict(set)
     for i, symbols in enumerate(words):
-        for pair in zip(symbols, symbols[1:], strict=False):
+        for pair in itertools.pairwise(symbols):
             pair_count[pair] += counts[i]
             where[pair].add(i)
     heap = [(-c, a, b) for (a, b), c in pair_count.items()]
@@ -232,7 +233,7 @@ def learn_wordpiece_vocab(
                 else:
                     new.append(old[j])
                     j += 1
-            old_pairs, new_pairs = list(zip(old, old[1:], strict=False)), list(zip(new, new[1:], strict=False))
+            old_pairs, new_pairs = list(itertools.pairwise(old)), list(itertools.pairwise(new))
             for pair in old_pairs:
                 pair_count[pair] -= c
             for pair in new_pairs:

@@ -176,8 +176,9 @@ class ClipPretrainRecipe:
         text_cfg = self.model_cfg.text
         pad_to = text_cfg.max_positions if text_cfg.pooler == "last" else None  # SigLIP: one fixed length
         self.collate = ContrastivePairCollator(self.tokenizer.pad_token_id, pad_to)
-        self.transform = FLAVAImageTransform(ImageTransformConfig(self.model_cfg.image.image_size, 0,
-                                                                  random_crop=d.random_crop, decode=d.image_decode))  # fmt: skip
+        image = ImageTransformConfig(self.model_cfg.image.image_size, 0, random_crop=d.random_crop,
+                                     decode=d.image_decode)  # fmt: skip
+        self.transform = FLAVAImageTransform(image)
         self.stream = MixedBatches({"pairs": (self._loader(), 1.0)}, seed=cfg.seed,
                                    max_bad_fraction=d.max_bad_fraction)  # fmt: skip
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -226,7 +227,8 @@ class ClipPretrainRecipe:
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
         model = self.raw_model.model
         record.update(lr=self.step.scheduler.get_last_lr()[0], logit_scale=read_scalar(model.logit_scale),
-                      memory_mib=memory_mib(self.ctx.device), nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
+                      memory_mib=memory_mib(self.ctx.device),
+                      nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
         if model.logit_bias is not None:
             record["logit_bias"] = read_scalar(model.logit_bias)
         self.metrics.log(step, record)
@@ -283,7 +285,8 @@ class ClipPretrainRecipe:
             save_dual_encoder_hf(fresh, out / "hf")
             self.tokenizer.save(out / "tokenizer")
             plot_run(self.run_dir)
-            summary = summarize_run(self.run_dir) + f"\nnon-finite steps skipped: {self.state.counters.nonfinite_total}\n"
+            skipped = self.state.counters.nonfinite_total
+            summary = summarize_run(self.run_dir) + f"\nnon-finite steps skipped: {skipped}\n"
             (self.run_dir / "summary.txt").write_text(summary)
             print(summary, flush=True)
         self.ctx.comm.barrier()

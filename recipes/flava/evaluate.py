@@ -57,8 +57,8 @@ from mmkit.data import (
 )
 from mmkit.data.sources import Source, decode_image, decode_text
 from mmkit.data.tasks import TASKS, ClassificationDataset, ShapesTask, collate_classification
-from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, linear_probe, retrieval_recall, zero_shot_logits
 from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
+from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, linear_probe, retrieval_recall, zero_shot_logits
 from mmkit.models import DualEncoderModel, FLAVAConfig, FLAVAModel, flava_model, load_dual_encoder, load_flava_model
 from mmkit.models.clip_hf import is_dual_encoder_checkpoint
 from mmkit.tokenizers import TextTokenizer

@@ -9,7 +9,8 @@ Features and their config keys:
 * model: ``init_from`` (an mmkit pretraining export ``<run>/final``, a transformers FLAVA
   directory, or empty for random initialisation — the load report names the new head weights),
   ``preset`` + ``model.*`` when there is none (``model.image.init_from`` / ``model.text.init_from``
-  start that encoder from a CLIP or SigLIP checkpoint's tower, named in ``load_report.txt``); ``modality`` (``image`` CLS_I, ``text`` CLS_T,
+  start that encoder from a CLIP or SigLIP checkpoint's tower, named in ``load_report.txt``);
+  ``modality`` (``image`` CLS_I, ``text`` CLS_T,
   ``multimodal`` CLS_M); ``problem_type`` (``single_label``, ``multi_label``, ``regression``); the
   paper's 2-layer head, ``head_hidden`` 1536.
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,

@@ -154,8 +154,8 @@ def test_jpeg_shards_decoded_on_the_device_train_like_worker_decoding(tmp_path, 
     losses = {}
     for decode in ("worker", "device"):
         run = tmp_path / decode
-        args = _args(pairs, run, "clip", 2, "distributed=none", f"data.train_pairs=[{train}]", f"data.val_pairs=[{val}]",
-                     f"data.image_decode={decode}", "eval_at_start=false")  # fmt: skip
+        args = _args(pairs, run, "clip", 2, "distributed=none", f"data.train_pairs=[{train}]",
+                     f"data.val_pairs=[{val}]", f"data.image_decode={decode}", "eval_at_start=false")  # fmt: skip
         assert load_recipe("recipes/clip/pretrain.py").main(args) == 0
         losses[decode] = [r["loss/contrastive"] for r in _records(run, "train")]
     assert losses["worker"][0] == pytest.approx(losses["device"][0], rel=2e-3)
