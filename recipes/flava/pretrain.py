@@ -385,8 +385,12 @@ class FLAVAPretrainRecipe:
         source = TarShards(self.val_pairs, name="val")
         ds = FLAVADataset(source, "pair", self.transform, self.tokenizer, seed=1)
         n = min(self.cfg.eval_samples, len(ds))
-        collators = (PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, seed=1),
-                     ImageCollator(self.block_masker, seed=2), TextCollator(self.token_masker, seed=3))  # fmt: skip
+        weights = self.model_cfg.pretraining.weights
+        collators = [PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, seed=1)]
+        if weights.active("mim"):  # an image-only batch trains MIM only, a text-only one MLM only
+            collators.append(ImageCollator(self.block_masker, seed=2))
+        if weights.active("mlm"):
+            collators.append(TextCollator(self.token_masker, seed=3))
         sums, counts, img_emb, txt_emb, skipped = {}, {}, [], [], []
         for start in range(0, n, d.batch_size):
             samples = [ds[(0, 0, i)] for i in range(start, min(n, start + d.batch_size))]

@@ -160,3 +160,18 @@ def test_jpeg_shards_decoded_on_the_device_train_like_worker_decoding(tmp_path, 
         losses[decode] = [r["loss/contrastive"] for r in _records(run, "train")]
     assert losses["worker"][0] == pytest.approx(losses["device"][0], rel=2e-3)
     assert losses["worker"] != losses["device"]  # the device path did run
+
+
+def test_flava_contrastive_only_evaluates_without_the_switched_off_batch_kinds(tmp_path, pairs):
+    """The comparison's control: FLAVA with every objective but the contrastive one at weight 0. Its
+    evaluation used to run image-only and text-only batches too, which train nothing then, and stopped."""
+    run = tmp_path / "flava"
+    off = [f"model.pretraining.weights.{k}=0.0" for k in ("mim", "mlm", "mmm_image", "mmm_text", "itm")]
+    args = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run}", "distributed=none",
+            "data.dataset=files", f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
+            f"data.val_pairs={[str(p) for p in pairs.val_pairs]}", f"data.text={[str(p) for p in pairs.text]}",
+            "data.batch_size=8", "optim.total_steps=2", "eval_samples=16", "progress=false", "data.pair_prob=1.0",
+            "data.image_prob=0.0", "data.text_prob=0.0", "data.itm_negative_prob=0.0", *off]  # fmt: skip
+    assert load_recipe("recipes/flava/pretrain.py").main(args) == 0
+    first = _records(run, "eval")[0]
+    assert "loss/global_contrastive" in first and "loss/mim" not in first and "loss/mlm" not in first
