@@ -34,7 +34,7 @@ from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
 from mmkit.models.towers_api import ContrastiveTowers
-from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
+from mmkit.utils.config import ConfigMethods, replace_config
 
 LOSSES = ("softmax", "sigmoid")
 
@@ -93,7 +93,7 @@ def _siglip_text() -> TextEncoderConfig:
 
 
 @dataclass
-class DualEncoderConfig:
+class DualEncoderConfig(ConfigMethods):
     """Every size and switch of a dual encoder; use :class:`CLIPConfig` or :class:`SigLIPConfig`.
 
     Attributes:
@@ -144,18 +144,6 @@ class DualEncoderConfig:
                     f"{side}.pooler={cfg.pooler!r}: a dual encoder projects the pooled feature as it is; "
                     "use 'first', 'eot', 'last' or 'attention'"
                 )
-
-    def replace(self, **overrides: Any) -> DualEncoderConfig:
-        """A copy with overrides; nested fields take dicts (``image={"num_layers": 2}``) or dotted keys."""
-        return replace_config(self, overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DualEncoderConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        return config_from_dict(cls, data)
 
 
 _TINY = dict(hidden_size=32, num_heads=2, mlp_dim=64, num_layers=2)

@@ -38,7 +38,7 @@ from mmkit.layers.init import init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.flava import FLAVALossWeights
 from mmkit.models.towers_api import ContrastiveTowers
-from mmkit.utils.config import config_from_dict, config_to_dict, replace_config
+from mmkit.utils.config import ConfigMethods, replace_config
 
 
 @dataclass
@@ -100,7 +100,7 @@ class PretrainingConfig:
 
 
 @dataclass
-class FLAVAConfig:
+class FLAVAConfig(ConfigMethods):
     """Every size and switch of a FLAVA model. Defaults = the released FLAVA.
 
     Attributes:
@@ -145,18 +145,6 @@ class FLAVAConfig:
             codebook=CodebookConfig(hidden_size=16, vocab_size=512, image_size=32),
         )
         return replace_config(cfg, overrides)
-
-    def replace(self, **overrides: Any) -> FLAVAConfig:
-        """A copy with overrides; nested fields take dicts (``image={"num_layers": 2}``) or dotted keys."""
-        return replace_config(self, overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FLAVAConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        return config_from_dict(cls, data)
 
 
 @dataclass

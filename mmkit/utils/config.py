@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "ConfigMethods",
     "at_least",
     "check_config",
     "choice",
@@ -550,3 +551,23 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build ``cls`` (a dataclass with all-default fields) from a nested dict, strictly (unknown keys raise;
     values are not type-checked, see :func:`check_config`)."""
     return replace_config(cls(), data)
+
+
+_C = typing.TypeVar("_C", bound="ConfigMethods")
+
+
+class ConfigMethods:
+    """The methods every model config shares (mix into a ``@dataclass``): :meth:`replace`,
+    :meth:`to_dict`, :meth:`from_dict`, all through the strict functions of this module."""
+
+    def replace(self: _C, **overrides: typing.Any) -> _C:
+        """A copy with overrides; nested fields take dicts (``image={"num_layers": 2}``) or dotted keys."""
+        return replace_config(self, overrides)
+
+    def to_dict(self) -> dict[str, typing.Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, typing.Any]) -> _C:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        return config_from_dict(cls, data)
