@@ -591,7 +591,8 @@ def peek_jpeg(record: Record, max_pixels: int | None = None) -> tuple[int, int] 
     from PIL import Image
 
     data = record.image
-    if data is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    # the end-of-image marker, allowing some zero padding after it (only the tail is looked at: no copy)
+    if data is None or not data.startswith(b"\xff\xd8") or not data[-1024:].rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:

@@ -63,6 +63,7 @@ class TokenPool(nn.Module):
         return f"mode={self.mode!r}" + (f", eos_token_id={self.eos_token_id}" if self.mode == "eot" else "")
 
     def forward(self, hidden_states: Tensor, input_ids: Tensor | None = None) -> Tensor:
+        """``hidden_states (B, N, D)`` (and for ``"eot"`` ``input_ids (B, N)``) -> ``(B, D)``."""
         if self.mode == "first":
             return hidden_states[:, 0]
         if self.mode == "last":
@@ -105,6 +106,7 @@ class AttentionPool(nn.Module):
         nn.init.trunc_normal_(self.probe, std=0.02)
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``hidden_states (B, N, D)``, optional ``attention_mask (B, N)`` (True/1 = real token) -> ``(B, D)``."""
         b, n, d = hidden_states.shape
         h, dh = self.num_heads, d // self.num_heads
         w, bias = self.qkv.weight, self.qkv.bias

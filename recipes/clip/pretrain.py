@@ -31,6 +31,7 @@ Features and the config keys that control them:
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -246,9 +247,13 @@ class ClipPretrainRecipe:
             self.raw_model.set_cross_rank(True)
             model.train()
 
+    @functools.cached_property
+    def _val_dataset(self) -> FLAVADataset:
+        """The held-out pairs, indexed once (not at every evaluation)."""
+        return FLAVADataset(TarShards(self.val_pairs, name="val"), "pair", self.transform, self.tokenizer, seed=1)
+
     def _evaluate(self, model) -> dict[str, float]:
-        d = self.cfg.data
-        ds = FLAVADataset(TarShards(self.val_pairs, name="val"), "pair", self.transform, self.tokenizer, seed=1)
+        d, ds = self.cfg.data, self._val_dataset
         n = min(self.cfg.eval_samples, len(ds))
         loss_sum, count, images, texts = 0.0, 0, [], []
         for start in range(0, n, d.batch_size):

@@ -51,6 +51,7 @@ Features and the config keys that control them:
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass, field, replace
@@ -380,10 +381,14 @@ class FLAVAPretrainRecipe:
             self.raw_model.static_shapes = static
             model.train()
 
+    @functools.cached_property
+    def _val_dataset(self) -> FLAVADataset:
+        """The held-out pairs, indexed once (not at every evaluation)."""
+        return FLAVADataset(TarShards(self.val_pairs, name="val"), "pair", self.transform, self.tokenizer, seed=1)
+
     def _evaluate(self, model) -> dict[str, float]:
-        d = self.cfg.data
-        source = TarShards(self.val_pairs, name="val")
-        ds = FLAVADataset(source, "pair", self.transform, self.tokenizer, seed=1)
+        d, ds = self.cfg.data, self._val_dataset
+        source = ds.source
         n = min(self.cfg.eval_samples, len(ds))
         weights = self.model_cfg.pretraining.weights
         collators = [PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, seed=1)]
