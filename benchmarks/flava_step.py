@@ -244,6 +244,7 @@ def run(
     each mmkit variant on precomputed tokenizer ids.
     """
     cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
+    cfg = cfg.replace(**{"codebook.allow_random": True})  # speed only: a random tokenizer costs what a trained one does
     hf, ours = build(cfg)
     dev = torch.device(device)
     cuda = dev.type == "cuda"

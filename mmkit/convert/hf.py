@@ -47,7 +47,7 @@ from mmkit.models.flava_hf import (
     flava_to_hf,
     load_flava_weights,
 )
-from mmkit.models.flava_pretraining import FLAVAForPreTraining, flava_model_for_pretraining
+from mmkit.models.flava_pretraining import FLAVAForPreTraining, build_to_load
 from mmkit.utils.io import read_weights
 from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
 
@@ -137,7 +137,7 @@ def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> F
     config, hf_sd = load_hf_checkpoint(path)
     config = config.replace(**overrides)
     state = flava_pretraining_from_hf(hf_sd, config)
-    model = flava_model_for_pretraining(config)
+    model = build_to_load(config)
     _load_exact(model, state, source=str(path))
     return model
 

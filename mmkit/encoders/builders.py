@@ -16,7 +16,7 @@ from mmkit.encoders.configs import ImageEncoderConfig, MultimodalEncoderConfig, 
 from mmkit.encoders.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
 from mmkit.layers.attention import AttentionBackend
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
-from mmkit.layers.init import init_weights
+from mmkit.layers.init import init_std_for, init_tokens, init_weights
 from mmkit.layers.pooler import AttentionPool, Pooler, TokenPool
 from mmkit.layers.transformer import TransformerEncoder, transformer_encoder
 from mmkit.utils.config import replace_config
@@ -50,10 +50,12 @@ def _pooler(cfg: ImageEncoderConfig | TextEncoderConfig, with_pooler: bool) -> n
     return TokenPool(kind, getattr(cfg, "eos_token_id", None))
 
 
-def _finish(module, init_std: float):
-    # Our own tokens/position tables were initialised by their modules; init_weights
-    # covers linears, convs, embeddings and norms.
-    module.apply(lambda m: init_weights(m, std=init_std))
+def _finish(module, width: int, init_std: float | None, zero_tokens: bool):
+    """Initialise a built encoder: linears, convs, embeddings and norms (:func:`init_weights`), then its
+    learned tokens and position tables (:func:`init_tokens`), with the std of its width."""
+    std = init_std_for(width, init_std)
+    module.apply(lambda m: init_weights(m, std=std))
+    init_tokens(module, std, zero=zero_tokens)
     return module
 
 
@@ -62,7 +64,8 @@ def flava_image_encoder(
     *,
     with_pooler: bool = True,
     attention_backend: AttentionBackend = "sdpa",
-    init_std: float = 0.02,
+    init_std: float | None = None,
+    zero_init_tokens: bool = True,
     **overrides: Any,
 ) -> ImageEncoder:
     """FLAVA's ViT image encoder (ViT-B/16 at 224² by default; 86.4M parameters with pooler).
@@ -71,7 +74,10 @@ def flava_image_encoder(
         config: sizes; defaults to :class:`ImageEncoderConfig` (the released sizes).
         with_pooler: add the pooler ``config.pooler`` names (``tanh(dense(CLS))`` for FLAVA).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
-        init_std: std of the truncated-normal weight initialisation.
+        init_std: std of the weight initialisation; None: ``0.02 * sqrt(768 / hidden_size)``
+            (:func:`~mmkit.layers.init.init_std_for`: 0.02 at the released width).
+        zero_init_tokens: start ``[CLS]``, the mask token and the position table at 0 (the released
+            FLAVA); False draws them with the weights' std (CLIP, SigLIP).
         **overrides: any :class:`ImageEncoderConfig` field.
     """
     cfg = replace_config(config or ImageEncoderConfig(), overrides)
@@ -87,7 +93,7 @@ def flava_image_encoder(
     )
     pooler = _pooler(cfg, with_pooler)
     encoder = ImageEncoder(embeddings, _stack(cfg, attention_backend), pooler, patch_dropout=cfg.patch_dropout)
-    return _finish(encoder, init_std)
+    return _finish(encoder, cfg.hidden_size, init_std, zero_init_tokens)
 
 
 def flava_text_encoder(
@@ -95,7 +101,8 @@ def flava_text_encoder(
     *,
     with_pooler: bool = True,
     attention_backend: AttentionBackend = "sdpa",
-    init_std: float = 0.02,
+    init_std: float | None = None,
+    zero_init_tokens: bool = True,
     **overrides: Any,
 ) -> TextEncoder:
     """FLAVA's text encoder: a *pre-norm* 12-layer transformer over the BERT uncased vocabulary.
@@ -104,7 +111,9 @@ def flava_text_encoder(
         config: sizes; defaults to :class:`TextEncoderConfig` (the released sizes).
         with_pooler: add the pooler ``config.pooler`` names (``tanh(dense([CLS]))`` for FLAVA).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
-        init_std: std of the weight initialisation.
+        init_std: std of the weight initialisation; None: ``0.02 * sqrt(768 / hidden_size)``.
+        zero_init_tokens: start learned tokens (an attention pool's probe; FLAVA's text encoder has
+            none) at 0; False draws them with the weights' std.
         **overrides: any :class:`TextEncoderConfig` field.
     """
     cfg = replace_config(config or TextEncoderConfig(), overrides)
@@ -119,7 +128,8 @@ def flava_text_encoder(
         use_norm=cfg.embedding_norm,
     )
     stack = _stack(cfg, attention_backend, causal=cfg.causal)
-    return _finish(TextEncoder(embeddings, stack, _pooler(cfg, with_pooler)), init_std)
+    encoder = TextEncoder(embeddings, stack, _pooler(cfg, with_pooler))
+    return _finish(encoder, cfg.hidden_size, init_std, zero_init_tokens)
 
 
 def flava_multimodal_encoder(
@@ -128,7 +138,8 @@ def flava_multimodal_encoder(
     with_pooler: bool = True,
     use_cls_token: bool = True,
     attention_backend: AttentionBackend = "sdpa",
-    init_std: float = 0.02,
+    init_std: float | None = None,
+    zero_init_tokens: bool = True,
     **overrides: Any,
 ) -> MultimodalEncoder:
     """FLAVA's fusion encoder: 6 pre-norm layers with a learned ``CLS_M`` token.
@@ -138,10 +149,12 @@ def flava_multimodal_encoder(
         with_pooler: add the ``tanh(dense(CLS))`` pooler.
         use_cls_token: prepend the learned ``CLS_M``.
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
-        init_std: std of the weight initialisation.
+        init_std: std of the weight initialisation; None: ``0.02 * sqrt(768 / hidden_size)``.
+        zero_init_tokens: start the learned tokens at 0 (the released FLAVA's ``CLS_M``; its
+            text encoder has none); False draws them with the weights' std.
         **overrides: any :class:`MultimodalEncoderConfig` field.
     """
     cfg = replace_config(config or MultimodalEncoderConfig(), overrides)
     pooler = Pooler(cfg.hidden_size) if with_pooler else None
     encoder = MultimodalEncoder(_stack(cfg, attention_backend), pooler, use_cls_token=use_cls_token)
-    return _finish(encoder, init_std)
+    return _finish(encoder, cfg.hidden_size, init_std, zero_init_tokens)

@@ -1,29 +1,86 @@
-"""Weight initialisation and weight-decay grouping shared by every encoder."""
+"""Weight initialisation and weight-decay grouping shared by every encoder.
+
+The standard deviation follows the width (:func:`init_std_for`): the released FLAVA's 0.02 at width
+768, and ``0.02 * sqrt(768 / width)`` at any other width, so that ``std**2 * width`` (what sets how
+much each residual block adds to its input at the start) is the released model's at every size.
+``docs/INIT.md`` gives the measurements and sources.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
+#: The reference the width rule is anchored at: BERT's and ViT-B's ``initializer_range`` 0.02 at width
+#: 768 (Devlin et al. 2019; the released FLAVA's ``FlavaConfig.initializer_range``).
+REFERENCE_STD = 0.02
+REFERENCE_WIDTH = 768
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """BERT/ViT initialisation, applied to one module (use with ``model.apply``).
 
-    Linear and conv weights ~ truncated normal(0, ``std``), biases 0; embeddings ~
-    normal(0, ``std``) with the padding row zeroed; LayerNorm weight 1, bias 0.
+def init_std_for(width: int, std: float | None = None) -> float:
+    """The initialisation std of weights that read ``width`` features.
+
+    Args:
+        width: the layer's input width (an encoder's hidden size, a projection's input).
+        std: an explicit std (a config's ``init_std``); returned as it is when given.
+
+    Returns:
+        ``std``, or ``0.02 * sqrt(768 / width)``: 0.02 at the released width, 0.098 at width 32.
+        The std times ``sqrt(width)`` stays the released model's, as fan-in scaling (LeCun et al.
+        1998; He et al. 2015; muP's hidden weights, Yang et al. 2022) keeps it.
+    """
+    if std is not None:
+        if std <= 0:
+            raise ValueError(f"init_std must be > 0, got {std}")
+        return float(std)
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    return REFERENCE_STD * math.sqrt(REFERENCE_WIDTH / width)
+
+
+def init_weights(module: nn.Module, std: float = REFERENCE_STD) -> None:
+    """transformers' BERT/ViT/FLAVA initialisation of one module (use with ``model.apply``).
+
+    Linear and conv weights ~ normal(0, ``std``), biases 0; embeddings ~ normal(0, ``std``) with the
+    padding row zeroed; LayerNorm weight 1, bias 0. (Plain normal, as transformers' ``_init_weights``
+    draws; ``trunc_normal_``'s default cut at +-2 is 100 stds away at 0.02 anyway.)
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
-        nn.init.trunc_normal_(module.weight, std=std)
+        nn.init.normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=std)
         if module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
     elif isinstance(module, nn.LayerNorm):
         if module.weight is not None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+#: Learned tokens and position tables: a module's parameters with these names (see :func:`init_tokens`).
+TOKEN_PARAMETERS = ("cls_token", "mask_token", "position_embeddings", "probe")
+
+
+def init_tokens(module: nn.Module, std: float, zero: bool) -> None:
+    """Initialise the learned tokens and position tables (:data:`TOKEN_PARAMETERS`) below ``module``.
+
+    Args:
+        module: any module; parameters named in :data:`TOKEN_PARAMETERS` are set.
+        std: their std when drawn.
+        zero: start them at 0, as transformers' FLAVA does for the image ``[CLS]``, mask token and
+            position table and the fusion ``CLS_M``; otherwise ~ normal(0, ``std``) (CLIP's and
+            SigLIP's towers draw theirs).
+    """
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if name in TOKEN_PARAMETERS:
+                nn.init.zeros_(p) if zero else nn.init.normal_(p, std=std)
 
 
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)

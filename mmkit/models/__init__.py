@@ -32,7 +32,9 @@ from mmkit.models.flava_hf import EncoderLoadReport, load_flava_model
 from mmkit.models.flava_pretraining import (
     FLAVAForPreTraining,
     FLAVAPretrainingOutput,
+    RandomCodebookWarning,
     flava_model_for_pretraining,
+    random_codebook,
     resolve_codebook_config,
 )
 
@@ -54,6 +56,7 @@ __all__ = [
     "FLAVAPretrainingOutput",
     "LoadReport",
     "PretrainingConfig",
+    "RandomCodebookWarning",
     "SigLIPConfig",
     "clip_model",
     "dual_encoder_for_pretraining",
@@ -64,6 +67,7 @@ __all__ = [
     "load_classifier",
     "load_dual_encoder",
     "load_flava_model",
+    "random_codebook",
     "resolve_codebook_config",
     "siglip_model",
 ]

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from mmkit.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from mmkit.encoders import flava_image_encoder as build_image_encoder
 from mmkit.encoders import flava_text_encoder as build_text_encoder
-from mmkit.layers.init import init_weights
+from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
@@ -107,7 +107,9 @@ class DualEncoderConfig(ConfigMethods):
         logit_bias_init: initial logit bias (SigLIP: -10); ``None``: no bias parameter.
         loss: ``"softmax"`` (CLIP's symmetric cross-entropy) or ``"sigmoid"`` (SigLIP's).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
-        init_std: std of the weight initialisation (training from scratch).
+        init_std: std of the weight initialisation (training from scratch). None (default): by width,
+            ``0.02 * sqrt(768 / width)`` per tower and projection, as FLAVA's
+            (:func:`~mmkit.layers.init.init_std_for`); a number applies everywhere.
     """
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -121,7 +123,7 @@ class DualEncoderConfig(ConfigMethods):
     logit_bias_init: float | None = None
     loss: str = "softmax"
     attention_backend: str = "sdpa"
-    init_std: float = 0.02
+    init_std: float | None = None
 
     model_type = "dual_encoder"
 
@@ -335,11 +337,11 @@ class DualEncoderModel(ContrastiveTowers, nn.Module):
         self.text_encoder.set_grad_checkpointing(enable)
 
 
-def _projection(enabled: bool, width: int, dim: int, bias: bool, init_std: float) -> nn.Module:
+def _projection(enabled: bool, width: int, dim: int, bias: bool, init_std: float | None) -> nn.Module:
     if not enabled:
         return nn.Identity()
     proj = nn.Linear(width, dim, bias=bias)
-    init_weights(proj, std=init_std)
+    init_weights(proj, std=init_std_for(width, init_std))
     return proj
 
 
@@ -348,8 +350,9 @@ def dual_encoder_model(config: DualEncoderConfig, **overrides: Any) -> DualEncod
     cfg = replace_config(config, overrides)
     backend, std = cfg.attention_backend, cfg.init_std
     model = DualEncoderModel(
-        build_image_encoder(cfg.image, attention_backend=backend, init_std=std),
-        build_text_encoder(cfg.text, attention_backend=backend, init_std=std),
+        # CLIP and SigLIP draw their class token, position table and probe (no zeros, unlike FLAVA)
+        build_image_encoder(cfg.image, attention_backend=backend, init_std=std, zero_init_tokens=False),
+        build_text_encoder(cfg.text, attention_backend=backend, init_std=std, zero_init_tokens=False),
         _projection(cfg.image_projection, cfg.image.hidden_size, cfg.projection_dim, cfg.projection_bias, std),
         _projection(cfg.text_projection, cfg.text.hidden_size, cfg.projection_dim, cfg.projection_bias, std),
         logit_scale_init=cfg.logit_scale_init,

@@ -34,7 +34,7 @@ from mmkit.encoders import (
     flava_multimodal_encoder,
     flava_text_encoder,
 )
-from mmkit.layers.init import init_weights
+from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.flava import FLAVALossWeights
 from mmkit.models.towers_api import ContrastiveTowers
@@ -51,6 +51,10 @@ class CodebookConfig:
             the ViT's patch grid).
         checkpoint: optional path to tokenizer weights (see
             :func:`~mmkit.tokenizers.dalle_encoder_from_checkpoint`); None keeps a random init.
+        allow_random: accept a randomly initialised tokenizer for training. A random dVAE's ids carry
+            almost nothing about the image: the MIM and MMM-image losses fall to ~0 within a few
+            hundred steps while their gradients crowd out the other objectives'. The pretraining
+            recipe refuses it unless this is set, and the builder warns.
         enabled: build the tokenizer into the pretraining model. Off: batches must carry
             precomputed ``image_token_ids``.
         channels_last: run the tokenizer's convolutions in channels-last layout.
@@ -62,6 +66,7 @@ class CodebookConfig:
     blocks_per_group: int = 2
     image_size: int = 112
     checkpoint: str | None = None
+    allow_random: bool = False
     enabled: bool = True
     channels_last: bool = True
 
@@ -112,7 +117,9 @@ class FLAVAConfig(ConfigMethods):
         logit_scale_init: initial ``log(1/temperature)``.
         logit_scale_max: upper clamp of ``logit_scale`` (ln 100).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
-        init_std: std of the weight initialisation.
+        init_std: std of the weight initialisation. None (default): by width, ``0.02 * sqrt(768 / width)``
+            for each encoder, projection and head (:func:`~mmkit.layers.init.init_std_for`): the released
+            model's 0.02 at width 768, 0.098 at the tiny preset's 32. A number applies everywhere.
         codebook: the image tokenizer (pretraining only).
         pretraining: objective weights and options (pretraining only).
     """
@@ -124,7 +131,7 @@ class FLAVAConfig(ConfigMethods):
     logit_scale_init: float = 2.6592
     logit_scale_max: float = math.log(100.0)
     attention_backend: str = "sdpa"
-    init_std: float = 0.02
+    init_std: float | None = None
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     pretraining: PretrainingConfig = field(default_factory=PretrainingConfig)
 
@@ -334,6 +341,6 @@ def flava_model(config: FLAVAConfig | None = None, **overrides: Any) -> FLAVAMod
         model.image_to_mm_projection,
         model.text_to_mm_projection,
     ):
-        init_weights(proj, std=cfg.init_std)
+        init_weights(proj, std=init_std_for(proj.in_features, cfg.init_std))
     model.config = cfg
     return model

@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.layers.init import init_weights
+from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.mlp import get_activation
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import load_flava_weights
@@ -208,7 +208,8 @@ def flava_model_for_classification(
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
     head = ClassificationHead(width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim,
                               dropout=dropout)  # fmt: skip
-    head.apply(lambda m: init_weights(m, std=cfg.init_std))
+    std = init_std_for(width[modality], cfg.init_std)
+    head.apply(lambda m: init_weights(m, std=std))
     model = FLAVAForClassification(base, head, modality, problem_type)
     if state is not None:
         own = base.state_dict()

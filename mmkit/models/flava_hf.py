@@ -29,6 +29,7 @@ Functions:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmkit.encoders import MultimodalEncoderConfig
+from mmkit.layers.init import init_std_for
 from mmkit.models.flava import FLAVAConfig, flava_model
-from mmkit.models.flava_pretraining import flava_model_for_pretraining
+from mmkit.models.flava_pretraining import build_to_load
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
 from mmkit.utils.io import read_weights
 from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
@@ -266,7 +269,7 @@ def flava_pretraining_from_hf(
     out.update({f"image_tokenizer.encoder.{k}": v for k, v in dalle_from_hf(codebook).items()})
     if config is not None:
         with torch.device("meta"):
-            expected = set(flava_model_for_pretraining(config).state_dict())
+            expected = set(build_to_load(config).state_dict())
         problems += _check_expected(out, expected, KeyMap([]))
     _raise_if(problems, "transformers FlavaForPreTraining state dict")
     return out
@@ -370,8 +373,10 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
         top["projection_dim"] = hf_config["projection_dim"]
     if "logit_scale_init_value" in hf_config:
         top["logit_scale_init"] = hf_config["logit_scale_init_value"]
-    if "initializer_range" in hf_config:
-        top["init_std"] = hf_config["initializer_range"]
+    if "initializer_range" in hf_config:  # None when it is the width rule's value (config_to_hf writes that)
+        width = sections["multimodal"].get("hidden_size", MultimodalEncoderConfig.hidden_size)
+        std = hf_config["initializer_range"]
+        top["init_std"] = None if math.isclose(std, init_std_for(width)) else std
     codebook = _codebook_from_hf(hf_config)
     image_vocab = _sub_config(hf_config, "image").get("vocab_size")
     if image_vocab is not None and image_vocab != codebook.get("vocab_size", image_vocab):
@@ -455,7 +460,7 @@ def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
         "architectures": ["FlavaModel"],
         "projection_dim": config.projection_dim,
         "logit_scale_init_value": config.logit_scale_init,
-        "initializer_range": config.init_std,
+        "initializer_range": init_std_for(config.multimodal.hidden_size, config.init_std),
     }
     for name in ("image", "text", "multimodal"):
         sub = getattr(config, name)

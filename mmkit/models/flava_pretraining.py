@@ -24,6 +24,7 @@ replay it). Its losses equal the default path's while the budget holds every mas
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from mmkit.heads import (
     select_budget,
     select_masked,
 )
-from mmkit.layers.init import init_weights, no_weight_decay_names
+from mmkit.layers.init import init_std_for, init_weights, no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
@@ -424,6 +425,35 @@ class FLAVAForPreTraining(nn.Module):
         return out
 
 
+class RandomCodebookWarning(UserWarning):
+    """A pretraining model was built with a randomly initialised image tokenizer (see :data:`RANDOM_CODEBOOK`)."""
+
+
+def build_to_load(config: FLAVAConfig) -> FLAVAForPreTraining:
+    """:func:`flava_model_for_pretraining` for a model whose weights (the tokenizer's too) are loaded next:
+    no warning about the tokenizer's random initialisation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomCodebookWarning)
+        return flava_model_for_pretraining(config)
+
+
+#: What the builder warns and the pretraining recipe refuses (:attr:`CodebookConfig.allow_random`).
+RANDOM_CODEBOOK = (
+    "the image tokenizer is randomly initialised: its ids carry almost nothing about the image, so the MIM "
+    "and MMM-image losses fall to ~0 within a few hundred steps while their gradients crowd out the other "
+    "objectives'. Set codebook.checkpoint (a dVAE from recipes/dalle/train_tokenizer.py or a DALL-E "
+    "encoder) or pretraining.mim_target='pixels' (no tokenizer)"
+)
+
+
+def random_codebook(cfg: FLAVAConfig) -> bool:
+    """Whether ``cfg`` trains masked-image objectives on a randomly initialised tokenizer it did not
+    explicitly allow (:attr:`CodebookConfig.allow_random`)."""
+    cb, opts = cfg.codebook, cfg.pretraining
+    masked_image = opts.weights.active("mim") or opts.weights.active("mmm_image")
+    return cb.enabled and opts.mim_target == "tokens" and masked_image and not cb.checkpoint and not cb.allow_random
+
+
 #: fraction of the positions a static-shape masked objective predicts (:meth:`FLAVAForPreTraining.set_static_shapes`)
 DEFAULT_BUDGETS = {"image": 0.4, "text": 0.25}
 
@@ -510,6 +540,9 @@ def flava_model_for_pretraining(
             cfg = resolve_codebook_config(cfg, encoder)
             cb = cfg.codebook
         else:
+            if random_codebook(cfg):
+                warnings.warn(RANDOM_CODEBOOK + " (codebook.allow_random=True silences this)",
+                              RandomCodebookWarning, stacklevel=2)  # fmt: skip
             encoder = DalleEncoder(cb.hidden_size, cb.vocab_size, cb.num_groups, cb.blocks_per_group)
         image_tokenizer = ImageTokenizer(encoder, channels_last=cb.channels_last)
     if image_tokenizer is not None:
@@ -533,7 +566,8 @@ def flava_model_for_pretraining(
         mmm_text_head=MaskedPredictionHead(mm.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),
         itm_head=ITMHead(mm.hidden_size),
     )
-    for head in heads.values():
-        head.apply(lambda m: init_weights(m, std=cfg.init_std))
+    for head, width in zip(heads.values(), (img.hidden_size, txt.hidden_size, *[mm.hidden_size] * 3)):
+        std = init_std_for(width, cfg.init_std)
+        head.apply(lambda m, std=std: init_weights(m, std=std))
     model.config = cfg
     return FLAVAForPreTraining(model, **heads, image_tokenizer=image_tokenizer, config=cfg)
