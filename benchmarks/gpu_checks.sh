@@ -17,7 +17,7 @@ timeout 100 python3 benchmarks/flava_step.py --size full --batch 8 --steps 5 --d
 [ "${SKIP_PRETRAIN:-0}" = 1 ] && exit 0
 # 3. The pretraining recipe on CUDA: FSDP2 + bf16 autocast + NCCL, medium model, short run
 timeout 150 torchrun --standalone --nproc_per_node=1 recipes/flava/pretrain.py --config recipes/flava/configs/medium.yaml \
-  distributed=fsdp precision=bf16 optim.total_steps=300 optim.warmup_steps=50 eval_every=300 checkpoint.every=300 \
+  model.codebook.allow_random=true distributed=fsdp precision=bf16 optim.total_steps=300 optim.warmup_steps=50 eval_every=300 checkpoint.every=300 \
   log_every=50 data.num_workers=4 run_dir=/tmp/run-medium 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -40 | tee "$OUT/pretrain_fsdp_bf16.txt"
 cp /tmp/run-medium/summary.txt "$OUT/pretrain_summary.txt" 2>/dev/null
 echo "results in $OUT"

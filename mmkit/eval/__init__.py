@@ -1,5 +1,6 @@
 """Evaluation: zero-shot retrieval and classification, linear probes, task metrics."""
 
+from mmkit.eval.health import HealthConfig, HealthMonitor, mean_pairwise_cosine
 from mmkit.eval.metrics import (
     accuracy,
     auroc,
@@ -14,12 +15,15 @@ from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, linear_pro
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "HealthConfig",
+    "HealthMonitor",
     "accuracy",
     "auroc",
     "class_embeddings",
     "f1_score",
     "linear_probe",
     "matthews_corrcoef",
+    "mean_pairwise_cosine",
     "pearson",
     "retrieval_recall",
     "spearman",

@@ -57,7 +57,7 @@ from mmkit.train.optim import (
     warmup_cosine_scheduler,
 )
 from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
-from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler
+from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler, objective_grad_norms
 
 __all__ = [
     "COMPILE_MODES",
@@ -90,6 +90,7 @@ __all__ = [
     "loop_options",
     "make_grad_scaler",
     "memory_mib",
+    "objective_grad_norms",
     "parallelize",
     "plot_run",
     "prepare_training",

@@ -68,7 +68,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_run(run_dir: str | Path) -> Path:
-    """Plot per-objective train and eval losses of a run into ``<run_dir>/losses.png``."""
+    """Plot per-objective train and eval losses of a run into ``<run_dir>/losses.png``, and the
+    per-objective gradient norms (``grad_norm/<objective>`` records) in one more panel when logged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,8 +79,10 @@ def plot_run(run_dir: str | Path) -> Path:
     objectives = sorted(
         {k.removeprefix("loss/") for r in records for k in r if k.startswith("loss/") and k != "loss/total"}
     )
+    norms = sorted({k for r in records for k in r if k.startswith("grad_norm/")})
+    panels = 1 + len(objectives) + bool(norms)
     cols = 3
-    rows = max(1, math.ceil((len(objectives) + 1) / cols))
+    rows = max(1, math.ceil(panels / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, ["total", *objectives], strict=False):
         for split, style in (("train", "-"), ("eval", "o-")):
@@ -89,7 +92,16 @@ def plot_run(run_dir: str | Path) -> Path:
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
-    for ax in list(axes.flat)[len(objectives) + 1 :]:
+    if norms:
+        ax = axes.flat[panels - 1]
+        for key in norms:
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*pts, strict=True), "o-", label=key.removeprefix("grad_norm/"), markersize=3)
+        ax.set_yscale("log")
+        ax.set_title("gradient norm by objective (paired batches)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     fig.tight_layout()
     out = Path(run_dir) / "losses.png"

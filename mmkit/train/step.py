@@ -164,3 +164,32 @@ def backoff(scaler: torch.amp.GradScaler) -> None:
     state = scaler.state_dict()
     scaler.update(state["scale"] * state["backoff_factor"])
     scaler.load_state_dict({**scaler.state_dict(), "_growth_tracker": 0})
+
+
+def objective_grad_norms(
+    losses: dict[str, Tensor], params: Iterable[nn.Parameter], weights: dict[str, float] | None = None
+) -> dict[str, Tensor]:
+    """The gradient norm each objective alone would give, without touching ``.grad``.
+
+    Args:
+        losses: scalar losses by name, from one forward whose graph is still alive (``retain_graph``
+            is used, so the step's own backward can follow).
+        params: the parameters to measure over (those a loss does not reach count as zero).
+        weights: the weight each loss enters the total with (default 1): the norm is of the weighted
+            loss's gradient, the share the update actually receives.
+
+    Returns:
+        ``{name: 0-d tensor}`` on the loss's device, before clipping. Costs one backward per objective:
+        call it on a few steps (the recipes' ``grad_norms_every``), not every one. Works on a plain or
+        DDP-wrapped model (no gradient hook fires); not under FSDP2, whose hooks would run.
+    """
+    params = [p for p in params if p.requires_grad]
+    out: dict[str, Tensor] = {}
+    for name, loss in losses.items():
+        weight = 1.0 if weights is None else float(weights.get(name, 1.0))
+        if weight == 0 or not loss.requires_grad:
+            continue
+        grads = torch.autograd.grad(loss * weight, params, retain_graph=True, allow_unused=True)
+        norms = [torch.linalg.vector_norm(g.detach().float()) for g in grads if g is not None]
+        out[name] = torch.linalg.vector_norm(torch.stack(norms)) if norms else loss.new_zeros(())
+    return out

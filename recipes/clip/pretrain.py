@@ -23,7 +23,9 @@ Features and the config keys that control them:
   atomic DCP checkpoints with exact resume (``checkpoint.*``; elastic with streamed data), non-finite
   steps skipped, SIGTERM saves.
 * evaluation: every ``eval_every`` steps (and at the start and end) the held-out loss and image<->text
-  retrieval R@1/5 on ``eval_samples`` held-out pairs.
+  retrieval R@1/5 on ``eval_samples`` held-out pairs, and the mean pairwise cosine of the held-out
+  embeddings (``health/*``), with one plain-words warning when a tower has collapsed or CLIP's loss is
+  still at chance after ``health.stuck_after`` steps (``health.*``, as in FLAVA's recipe).
 * export: ``<run_dir>/final`` (``model.safetensors`` + ``config.json``, read by
   ``recipes/flava/evaluate.py`` and :func:`mmkit.models.load_dual_encoder`), ``final/hf`` (transformers'
   ``CLIPModel`` / ``SiglipModel``) and ``final/tokenizer``.
@@ -51,7 +53,7 @@ from mmkit.data import (
     recipe_data_paths,
 )
 from mmkit.data.streaming import make_stream_loader, resolve_shards
-from mmkit.eval import retrieval_recall
+from mmkit.eval import HealthConfig, HealthMonitor, retrieval_recall
 from mmkit.models import CLIPConfig, DualEncoderConfig, DualEncoderForPreTraining, SigLIPConfig
 from mmkit.models.clip import dual_encoder_for_pretraining, dual_encoder_model
 from mmkit.models.clip_hf import export_config, save_dual_encoder_hf
@@ -121,6 +123,7 @@ class ClipPretrainConfig:
     eval_every: int = at_least(1, 1000)
     eval_samples: int = at_least(1, 512)
     eval_at_start: bool = True
+    health: HealthConfig = field(default_factory=HealthConfig)  # when an evaluation calls the run stuck
     max_nonfinite: int = at_least(1, 5)
     progress: bool = True
 
@@ -194,6 +197,11 @@ class ClipPretrainRecipe:
         )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+        self.health = HealthMonitor(cfg.health, warn=self._warn, warmup_steps=cfg.optim.warmup_steps)
+
+    def _warn(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, file=sys.stderr, flush=True)
 
     def _loader(self):
         d, info = self.cfg.data, self.ctx.info
@@ -272,6 +280,10 @@ class ClipPretrainRecipe:
         img, txt = torch.cat(images), torch.cat(texts)
         metrics = {"loss/contrastive": loss_sum / count, "retrieval/chance_r1": 1.0 / len(img)}
         metrics.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt, ks=(1, 5)).items()})
+        softmax = self.raw_model.loss_kind == "softmax"  # SigLIP's sigmoid loss has no ln(batch) chance level
+        if len(img) > 1:
+            loss = metrics["loss/contrastive"] if softmax else None
+            metrics.update(self.health(self.state.step, img, txt, loss, min(d.batch_size, n)))
         return metrics
 
     def export(self) -> None:

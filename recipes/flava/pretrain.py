@@ -6,7 +6,8 @@
 
 Features and the config keys that control them:
 
-* model: ``preset`` (``tiny`` | ``full``) plus ``model.*`` overrides of :class:`FLAVAConfig`;
+* model: ``preset`` (``tiny`` | ``full``) plus ``model.*`` overrides of :class:`FLAVAConfig`
+  (``model.init_std``: the weights' initial std, by default ``0.02 * sqrt(768 / width)``);
   the text vocabulary follows the tokenizer. ``model.image.init_from`` / ``model.text.init_from``:
   start that encoder from a CLIP or SigLIP checkpoint's tower (its architecture and weights;
   ``<run_dir>/tower_report.txt`` names what was taken and what is new).
@@ -36,6 +37,8 @@ Features and the config keys that control them:
   DALL-E encoder; shards with cached ids (``python -m mmkit.tokenizers.cache``) are used
   automatically (``data.cached_tokens``), checked against the configured tokenizer, size and crop;
   ``model.pretraining.mim_target`` = ``tokens`` | ``pixels`` (normalised-pixel regression, no tokenizer).
+  A randomly initialised tokenizer (``tokens`` without a checkpoint) is refused at start: its ids carry
+  almost nothing; ``model.codebook.allow_random=true`` trains on it anyway.
 * checkpoints (``mmkit.train``): DCP every ``checkpoint.every`` steps, atomic, last ``checkpoint.keep``
   kept, ``checkpoint.resume`` = ``auto`` | ``none`` | a path; a resume refuses a changed model, data
   or batch size (naming the field) and applies a changed ``optim.*``; final weights exported as
@@ -43,10 +46,15 @@ Features and the config keys that control them:
 * faults: a non-finite loss or gradient skips the update on every rank (never checkpointed);
   ``max_nonfinite`` in a row stop the run; SIGTERM saves a checkpoint and exits cleanly.
 * logging: progress bar (rank 0); every ``log_every`` steps per-objective losses, lr, logit
-  scale, grad norm, samples/s and memory to ``metrics.jsonl`` and TensorBoard; at the end
+  scale, grad norm, samples/s and memory to ``metrics.jsonl`` and TensorBoard; each objective's own
+  gradient norm every ``grad_norms_every`` steps (``grad_norm/<objective>``); at the end
   ``losses.png`` and ``summary.txt``.
 * evaluation: every ``eval_every`` steps (and at the start and end), held-out losses of every
-  objective and zero-shot image<->text retrieval R@1/5 on ``eval_samples`` held-out pairs.
+  objective and zero-shot image<->text retrieval R@1/5 on ``eval_samples`` held-out pairs, and the
+  mean pairwise cosine of the held-out image and text embeddings (``health/*``); one warning, in
+  plain words with the keys to try, when a tower has collapsed or the contrastive loss is still at
+  chance after ``health.stuck_after`` steps (``health.collapse_cosine``, ``health.chance_margin``,
+  ``health.enabled``).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -74,9 +82,16 @@ from mmkit.data import (
     recipe_data_paths,
 )
 from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
-from mmkit.eval import retrieval_recall
+from mmkit.eval import HealthConfig, HealthMonitor, retrieval_recall
 from mmkit.masking import BlockMaskGenerator, TokenMasker
-from mmkit.models import FLAVAConfig, FLAVAForPreTraining, flava_model_for_pretraining, resolve_codebook_config
+from mmkit.models import (
+    FLAVAConfig,
+    FLAVAForPreTraining,
+    flava_model_for_pretraining,
+    random_codebook,
+    resolve_codebook_config,
+)
+from mmkit.models.flava_pretraining import RANDOM_CODEBOOK
 from mmkit.models.towers import init_towers, resolve_tower_configs
 from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, tokenizer_for_run
 from mmkit.train import (
@@ -88,6 +103,7 @@ from mmkit.train import (
     full_state_dict,
     loop_options,
     memory_mib,
+    objective_grad_norms,
     parallelize,
     plot_run,
     prepare_training,
@@ -101,7 +117,7 @@ from mmkit.train import (
     unwrap,
 )
 from mmkit.train.cli import debug_enabled
-from mmkit.utils import at_least, choice, fraction
+from mmkit.utils import ConfigError, at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -154,9 +170,13 @@ class PretrainConfig:
     # none | layers | step (a Literal, so that the old true/false fail at load naming the three values)
     compile: Literal["none", "layers", "step"] = "none"
     log_every: int = at_least(1, 10)
+    # per-objective gradient norms (grad_norm/<objective>) on the first paired batch from every N-th step:
+    # one extra backward per objective there; 0 = off. Not under distributed=fsdp or compile != none.
+    grad_norms_every: int = at_least(0, 100)
     eval_every: int = at_least(1, 1000)
     eval_samples: int = at_least(1, 512)
     eval_at_start: bool = True
+    health: HealthConfig = field(default_factory=HealthConfig)  # when an evaluation calls the run stuck
     max_nonfinite: int = at_least(1, 5)
     progress: bool = True
 
@@ -178,7 +198,11 @@ def frozen_fields(cfg) -> tuple[str, ...]:
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(PretrainConfig, path, overrides)
-    model_config(cfg)  # validates the model overrides now, not after the data is built
+    if random_codebook(model_config(cfg)):  # validates the model overrides now, not after the data is built
+        problem = RANDOM_CODEBOOK.replace("codebook.checkpoint", "model.codebook.checkpoint").replace(
+            "pretraining.mim_target", "model.pretraining.mim_target")  # fmt: skip
+        raise ConfigError(f"invalid config: model.codebook: {problem}, or model.codebook.allow_random=true to train "
+                          "on it anyway")  # fmt: skip
     return cfg
 
 
@@ -196,6 +220,8 @@ class FLAVAPretrainRecipe:
 
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
+        self._grad_norms_due = False  # a grad_norms_every step began; measured on its next paired batch
+        self._grad_norms: dict[str, torch.Tensor] = {}
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -220,6 +246,11 @@ class FLAVAPretrainRecipe:
         )  # fmt: skip
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+        self.health = HealthMonitor(cfg.health, warn=self._warn, warmup_steps=cfg.optim.warmup_steps)
+
+    def _warn(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, file=sys.stderr, flush=True)
 
     def _init_towers(self) -> None:
         """``model.image.init_from`` / ``model.text.init_from``: copy CLIP/SigLIP towers in, report what was
@@ -345,13 +376,34 @@ class FLAVAPretrainRecipe:
         if not self.resumed and cfg.eval_at_start:
             self.metrics.log(0, self.evaluate(), split="eval")
         done = train_loop(
-            self.ctx, self.state, lambda step: self.step(self._next_batch, _forward, step),
+            self.ctx, self.state, self._train_step,
             on_log=self._log, on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"),
             desc="pretrain", **loop_options(cfg),
         )  # fmt: skip
         if done:
             self.metrics.log(self.state.step, self.evaluate(), split="eval")
             self.export()
+
+    def _train_step(self, step: int):
+        every = self.cfg.grad_norms_every
+        if every and step % every == 0 and self._grad_norms_supported():
+            self._grad_norms_due = True
+        return self.step(self._next_batch, self._forward, step)
+
+    def _grad_norms_supported(self) -> bool:
+        cfg = self.cfg
+        return cfg.distributed != "fsdp" and cfg.compile == "none"
+
+    def _forward(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training forward; on a due step's paired batch it also measures each objective's gradient
+        norm (weighted as in the total, before clipping; this rank's batch) for the next log record."""
+        out = model(**batch.model_inputs())
+        if self._grad_norms_due and out.kind == "pair":
+            self._grad_norms_due = False
+            weights = asdict(self.model_cfg.pretraining.weights)
+            norms = objective_grad_norms(out.losses, self.raw_model.parameters(), weights)
+            self._grad_norms = {f"grad_norm/{k}": v for k, v in norms.items()}
+        return out.loss, out.losses
 
     def _next_batch(self) -> FLAVABatch:
         """The next batch on the device (``data.fast_images``: normalised there; ``data.image_decode=device``:
@@ -362,6 +414,10 @@ class FLAVAPretrainRecipe:
         record.update(lr=self.step.scheduler.get_last_lr()[0],
                       logit_scale=read_scalar(self.raw_model.model.logit_scale), memory_mib=memory_mib(self.ctx.device),
                       nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
+        norms = self._grad_norms
+        if norms:  # measured on a paired batch since the last record
+            record.update(zip(norms, torch.stack(list(norms.values())).tolist(), strict=True))
+            self._grad_norms = {}
         self.metrics.log(step, record)
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -426,6 +482,9 @@ class FLAVAPretrainRecipe:
         if len(img):  # retrieval needs matched pairs (every read pair may have drawn an ITM negative)
             metrics.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt, ks=(1, 5)).items()})
             metrics["retrieval/chance_r1"] = 1.0 / len(img)
+        if len(img) > 1:  # collapsed towers, a contrastive loss still at chance: warned once (health.*)
+            loss = metrics.get("loss/global_contrastive")
+            metrics.update(self.health(self.state.step, img, txt, loss, min(d.batch_size, n)))
         return metrics
 
     # -- export -------------------------------------------------------------------------------
@@ -457,11 +516,6 @@ class FLAVAPretrainRecipe:
             (self.run_dir / "summary.txt").write_text(summary)
             print(summary, flush=True)
         self.ctx.comm.barrier()
-
-
-def _forward(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = model(**batch.model_inputs())
-    return out.loss, out.losses
 
 
 def main(argv: list[str] | None = None) -> int:

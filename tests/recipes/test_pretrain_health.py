@@ -1,0 +1,92 @@
+"""FLAVA learns at the tiny width: the initialisation scaled to the width gets the held-out embeddings out
+of their collapsed start within a hundred steps on the built-in data, where the released model's std
+(0.02, sized for width 768) leaves every caption at one embedding; the stuck-run warning says so for
+the latter and stays quiet for the former. A random tokenizer is refused for pretraining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmkit.utils import ConfigError
+from tests.conftest import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "recipes/flava/configs/demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    from mmkit.data import shapes_dataset
+
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=2048, num_val=128, num_images=256,
+                          num_text=1024, per_shard=1024)  # fmt: skip
+
+
+def _train(data, run_dir: Path, extra: list[str]) -> dict:
+    """100 steps of the demo config (batch 32, one process) on ``data``; returns the last evaluation."""
+    from mmkit.train import teardown_distributed
+
+    recipe = load_recipe("recipes/flava/pretrain.py")
+    paths = {k: json.dumps([str(p) for p in getattr(data, k)]) for k in ("train_pairs", "val_pairs", "images", "text")}
+    cfg = recipe.load_config(DEMO, [
+        f"run_dir={run_dir}", "data.dataset=files", *(f"data.{k}={v}" for k, v in paths.items()),
+        "data.batch_size=32", "data.num_workers=0", "data.vocab_size=300", "eval_samples=128", "eval_every=1000",
+        "eval_at_start=false", "optim.total_steps=100", "optim.warmup_steps=10", "log_every=50",
+        "checkpoint.every=1000", "progress=false", "distributed=none", "health.stuck_after=100", *extra])  # fmt: skip
+    r = recipe.FLAVAPretrainRecipe(cfg)
+    try:
+        r.setup()
+        r.train()
+    finally:
+        teardown_distributed()
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e for e in evals if e["split"] == "eval"][-1]
+
+
+@pytest.mark.slow
+def test_tiny_flava_leaves_the_collapsed_start_and_the_old_init_is_called_stuck(small_shapes, tmp_path, capsys):
+    new = _train(small_shapes, tmp_path / "width-scaled", [])
+    new_err = capsys.readouterr().err
+    old = _train(small_shapes, tmp_path / "released-std", ["model.init_std=0.02"])
+    old_err = capsys.readouterr().err
+    # the released std at width 32: every caption (and nearly every image) at one embedding, loss at chance
+    assert old["health/text_cosine"] > 0.999 and old["health/image_cosine"] > 0.99
+    assert old["loss/global_contrastive"] > 0.99 * 3.4657  # ln 32
+    assert "training looks stuck" in old_err and "text embeddings are collapsed" in old_err
+    assert "has not moved from chance (ln 32" in old_err and "model.init_std" in old_err
+    # the width rule: the towers tell inputs apart and the contrastive loss has left chance
+    assert new["health/text_cosine"] < 0.8 and new["health/image_cosine"] < 0.8
+    assert new["loss/global_contrastive"] < 0.8 * 3.4657
+    assert new["retrieval/image_to_text_r1"] > 5 * new["retrieval/chance_r1"]
+    assert "training looks stuck" not in new_err
+
+
+def test_a_random_tokenizer_is_refused_for_pretraining_unless_allowed():
+    recipe = load_recipe("recipes/flava/pretrain.py")
+    tokens = ["model.pretraining.mim_target=tokens"]
+    refused = r"model.codebook: the image tokenizer is randomly initialised.*checkpoint.*'pixels'.*allow_random=true"
+    with pytest.raises(ConfigError, match=refused):
+        recipe.load_config(DEMO, tokens)
+    for name in ("medium", "flava_full"):  # they name a tokenizer checkpoint to set
+        with pytest.raises(ConfigError, match="randomly initialised"):
+            recipe.load_config(str(REPO / f"recipes/flava/configs/{name}.yaml"), [])
+    allowed = recipe.load_config(DEMO, [*tokens, "model.codebook.allow_random=true"])
+    assert recipe.model_config(allowed).codebook.allow_random
+    recipe.load_config(DEMO, [*tokens, "model.pretraining.weights.mim=0", "model.pretraining.weights.mmm_image=0"])
+    assert recipe.model_config(recipe.load_config(DEMO, [])).pretraining.mim_target == "pixels"  # the demo's choice
+
+
+def test_the_library_builder_warns_about_a_random_tokenizer():
+    from mmkit.models import FLAVAConfig, RandomCodebookWarning, flava_model_for_pretraining
+
+    with pytest.warns(RandomCodebookWarning, match="randomly initialised"):
+        flava_model_for_pretraining(FLAVAConfig.tiny())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flava_model_for_pretraining(FLAVAConfig.tiny(**{"codebook.allow_random": True}))
+        flava_model_for_pretraining(FLAVAConfig.tiny(**{"pretraining.mim_target": "pixels"}))
