@@ -1,21 +1,34 @@
-"""FLAVA (all objectives) vs FLAVA contrastive-only vs CLIP vs SigLIP, on the built-in data, side by side.
+"""Which objectives help at toy scale? FLAVA's ablation (paper Table 5) and CLIP / SigLIP, on the built-in data.
 
 Every model is the tiny preset (width 32, 32² images in 8² patches) pretrained by its recipe with the
-demo's data, batch size (64 per rank, 2 ranks), steps (1,200) and optimiser; then, from each export:
+demo's data, batch size (64 per rank, 2 ranks), steps (1,200) and optimiser, at each seed; then, from
+each export:
 
 * held-out retrieval R@1 (the recipes' own last evaluation, 512 held-out pairs);
 * zero-shot and linear-probe accuracy on the three shapes tasks (``recipes/flava/evaluate.py``, the
-  same code for all three model kinds);
-* finetune transfer: the FLAVA classifier of ``recipes/flava/finetune.py`` (300 steps, best of lr 1e-4
-  and 1e-3), started from the FLAVA export, or for CLIP/SigLIP from their towers
-  (``model.image.init_from`` / ``model.text.init_from``: FLAVA's encoder takes the tower, its head is new).
+  same code for all model kinds);
+* finetune transfer: the FLAVA classifier of ``recipes/flava/finetune.py`` (300 steps, best over
+  ``--lrs``), started from the FLAVA export, or for CLIP/SigLIP from their towers
+  (``model.image.init_from`` / ``model.text.init_from``: FLAVA's encoder takes the tower, its head is
+  new). Caption-image entailment needs FLAVA's fusion encoder, so only the FLAVA variants have it.
 
-FLAVA contrastive-only draws only paired batches and weights every objective but the contrastive one
-by 0: the same data and steps as CLIP, with FLAVA's encoders. Equal steps and batch, not equal FLOPs:
-the wall time of each pretraining run is printed beside it.
+The variants (paper Table 5's rows, at toy scale):
 
-    python benchmarks/model_comparison.py                      # about 15 minutes on 2 CPU cores
-    python benchmarks/model_comparison.py --models clip,siglip --steps 200
+* ``flava-contrastive``: paired batches only, the global contrastive loss alone;
+* ``flava+mmm``: + masked multimodal modelling (MMM image and text) on the pairs;
+* ``flava+mim/mlm``: + the unimodal batches (the demo's 0.70 / 0.15 / 0.15 source mixture) with MIM and MLM;
+* ``flava``: + ITM with 10% swapped captions: every objective, the demo as it is;
+* ``flava-dvae``: the demo with MIM / MMM-image predicting the ids of a dVAE trained on the built-in
+  pictures (``recipes/dalle/configs/shapes_tiny.yaml``, trained once, or ``--tokenizer``) instead of
+  regressing pixels;
+* ``clip``, ``siglip``: the dual encoders' demo (``recipes/clip/configs/demo.yaml``).
+
+Equal steps and batch, not equal FLOPs: the wall time of each pretraining run is reported. Each
+finished (model, seed) is kept in ``--out`` (``results.json``), so a rerun continues where an
+interrupted one stopped and ``--report`` prints the tables again without training.
+
+    python benchmarks/model_comparison.py --seeds 0,1,2,3          # the RESULTS.md tables: ~2 hours on 2 CPU cores
+    python benchmarks/model_comparison.py --models clip,siglip --steps 200 --seeds 0
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,39 +48,64 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_transfer import _load
 
 REPO = Path(__file__).resolve().parents[1]
-FLAVA_ONLY_CONTRASTIVE = ["data.pair_prob=1.0", "data.image_prob=0.0", "data.text_prob=0.0",
-                          "data.itm_negative_prob=0.0", "model.pretraining.weights.mim=0.0",
-                          "model.pretraining.weights.mlm=0.0", "model.pretraining.weights.mmm_image=0.0",
-                          "model.pretraining.weights.mmm_text=0.0", "model.pretraining.weights.itm=0.0"]  # fmt: skip
-MODELS = {
-    "flava": ("recipes/flava/pretrain.py", "recipes/flava/configs/demo.yaml", []),
-    "flava-contrastive": ("recipes/flava/pretrain.py", "recipes/flava/configs/demo.yaml", FLAVA_ONLY_CONTRASTIVE),
-    "clip": ("recipes/clip/pretrain.py", "recipes/clip/configs/demo.yaml", ["model_type=clip"]),
-    "siglip": ("recipes/clip/pretrain.py", "recipes/clip/configs/demo.yaml", ["model_type=siglip"]),
+_W = "model.pretraining.weights"
+PAIRS_ONLY = ["data.pair_prob=1.0", "data.image_prob=0.0", "data.text_prob=0.0"]
+NO_ITM = ["data.itm_negative_prob=0.0", f"{_W}.itm=0.0"]
+NO_MMM = [f"{_W}.mmm_image=0.0", f"{_W}.mmm_text=0.0"]
+NO_UNIMODAL = [f"{_W}.mim=0.0", f"{_W}.mlm=0.0"]
+FLAVA, CLIP = (
+    ("recipes/flava/pretrain.py", "recipes/flava/configs/demo.yaml"),
+    ("recipes/clip/pretrain.py", "recipes/clip/configs/demo.yaml"),
+)
+MODELS = {  # name -> (recipe, config, extra keys)
+    "flava-contrastive": (*FLAVA, [*PAIRS_ONLY, *NO_ITM, *NO_MMM, *NO_UNIMODAL]),
+    "flava+mmm": (*FLAVA, [*PAIRS_ONLY, *NO_ITM, *NO_UNIMODAL]),
+    "flava+mim/mlm": (*FLAVA, NO_ITM),
+    "flava": (*FLAVA, []),
+    "flava-dvae": (*FLAVA, ["model.pretraining.mim_target=tokens"]),  # + model.codebook.checkpoint
+    "clip": (*CLIP, ["model_type=clip"]),
+    "siglip": (*CLIP, ["model_type=siglip"]),
 }
 FINETUNE = {  # task -> (config, extra keys, encoder the classifier reads)
-    "color (image)": ("finetune_shapes_color.yaml", [], "image"),
-    "count (image)": ("finetune_shapes_color.yaml", ["task=shapes:count"], "image"),
+    "color": ("finetune_shapes_color.yaml", [], "image"),
+    "count": ("finetune_shapes_color.yaml", ["task=shapes:count"], "image"),
     "shape (text)": ("finetune_shapes_text.yaml", [], "text"),
+    "entailment": ("finetune_shapes_entailment.yaml", [], "multimodal"),
 }
+TASKS = ("color", "count", "shape")
 
 
-def pretrain(name: str, out: Path, steps: int, seed: int) -> tuple[dict, float]:
+def train_tokenizer(out: Path) -> Path:
+    """The demo-sized dVAE (``recipes/dalle/configs/shapes_tiny.yaml``), trained once into ``out``."""
+    final = out / "dvae-shapes-tiny" / "final"
+    if not (final / "encoder.safetensors").exists():
+        config = REPO / "recipes/dalle/configs/shapes_tiny.yaml"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "recipes/dalle/train_tokenizer.py"), "--config", str(config), f"run_dir={final.parent}",
+               "progress=false"]  # fmt: skip
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=os.environ)
+    return final
+
+
+def pretrain(name: str, run: Path, steps: int, seed: int, tokenizer: Path | None) -> tuple[dict, float]:
     """Run one recipe on 2 ranks; returns its last held-out evaluation and the wall time."""
     script, config, extra = MODELS[name]
-    run = out / name
+    if name == "flava-dvae":
+        extra = [*extra, f"model.codebook.checkpoint={tokenizer}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / script),
            "--config", str(REPO / config), f"run_dir={run}", f"optim.total_steps={steps}", "progress=false",
            "checkpoint.resume=none", f"seed={seed}", *extra]  # fmt: skip
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=os.environ)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ)
+    if done.returncode:
+        raise RuntimeError(f"{name} seed {seed} failed:\n{done.stderr[-3000:]}")
     seconds = time.perf_counter() - start
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
     return evals[-1], seconds
 
 
 def zero_shot_and_probe(evaluate, export: Path, out: Path) -> dict:
-    tasks = ",".join(f"{kind}:{t}" for kind in ("zero_shot", "linear_probe") for t in ("color", "count", "shape"))
+    tasks = ",".join(f"{kind}:{t}" for kind in ("zero_shot", "linear_probe") for t in TASKS)
     with contextlib.redirect_stdout(io.StringIO()):
         return evaluate.evaluate(evaluate.load_config(None, [f"checkpoint={export}", f"tasks={tasks}", f"out={out}"]))
 
@@ -75,7 +114,7 @@ def finetune_best(finetune, name: str, export: Path, task: str, out: Path, steps
     config, extra, side = FINETUNE[task]
     best = float("-inf")
     for lr in lrs:
-        keys = [*extra, f"run_dir={out / f'{name}-{task.split()[0]}-{lr}'}", f"optim.total_steps={steps}",
+        keys = [*extra, f"run_dir={out / f'{task.split()[0]}-{lr}'}", f"optim.total_steps={steps}",
                 f"optim.lr={lr}", "checkpoint.resume=none", "checkpoint.every=100000"]  # fmt: skip
         if name.startswith("flava"):
             keys.append(f"init_from={export}")
@@ -85,61 +124,97 @@ def finetune_best(finetune, name: str, export: Path, task: str, out: Path, steps
                 keys.append(f"tokenizer={export / 'tokenizer'}")
         cfg = finetune.load_config(str(REPO / "recipes/flava/configs" / config), keys)
         recipe = finetune.FinetuneRecipe(cfg)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             recipe.setup()
             best = max(best, recipe.train()["best"])
     return best
 
 
+def measure(name: str, seed: int, args, out: Path, tokenizer: Path | None) -> dict:
+    """Pretrain one (model, seed) and score its export; the record that ``results.json`` keeps."""
+    finetune = _load("flava_finetune_recipe", REPO / "recipes/flava/finetune.py")
+    evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
+    run = out / f"{name.replace('/', '-')}-seed{seed}"
+    last, seconds = pretrain(name, run, args.steps, seed, tokenizer)
+    record = {"seconds": seconds, "i2t_r1": last["retrieval/image_to_text_r1"],
+              "t2i_r1": last["retrieval/text_to_image_r1"]}  # fmt: skip
+    if not args.pretrain_only:
+        scores = zero_shot_and_probe(evaluate, run / "final", run / "eval.json")
+        record.update({f"{kind}:{t}": scores[f"{kind}:{t}"] for kind in ("zero_shot", "linear_probe") for t in TASKS})
+        for task, (_, _, side) in FINETUNE.items():
+            if side == "multimodal" and not name.startswith("flava"):
+                continue  # no pretrained fusion encoder
+            record[f"finetune:{task}"] = finetune_best(finetune, name, run / "final", task, run / "finetune",
+                                                       args.finetune_steps, args.lrs.split(","))  # fmt: skip
+    return record
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    """mean (min-max) over seeds."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    spread = max(digits - 1, 0)
+    return f"{statistics.fmean(values):.{digits}f} ({min(values):.{spread}f}-{max(values):.{spread}f})"
+
+
+def report(results: dict, models: list[str], seeds: list[int], steps: int) -> None:
+    """Two Markdown tables (pretraining, retrieval and zero-shot; probes and finetuning): mean (min-max)."""
+    rows = {m: [results[f"{m}@{s}"] for s in seeds if f"{m}@{s}" in results] for m in models}
+    print(f"\n## {steps} pretraining steps, batch 64 x 2 ranks, tiny models, built-in data, seeds "
+          f"{','.join(map(str, seeds))}: mean (min-max)")  # fmt: skip
+    tables = (
+        [("pretrain s", "seconds"), ("R@1 i->t", "i2t_r1"), ("R@1 t->i", "t2i_r1"),
+         *((f"zero-shot {t}", f"zero_shot:{t}") for t in TASKS)],
+        [*((f"probe {t}", f"linear_probe:{t}") for t in TASKS),
+         *((f"finetune {t}", f"finetune:{t}") for t in FINETUNE)],
+    )  # fmt: skip
+    for columns in tables:
+        columns = [(h, k) for h, k in columns if any(k in r for rs in rows.values() for r in rs)]
+        if not columns:
+            continue
+        print("\n| model | seeds | " + " | ".join(h for h, _ in columns) + " |")
+        print("|---|---" + "|---" * len(columns) + "|")
+        for model, rs in rows.items():
+            cells = [_cell([r[k] for r in rs if k in r], 0 if k == "seconds" else 3) for _, k in columns]
+            print(f"| {model} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
+    parser.add_argument("--seeds", default="0", help="pretraining seeds, comma-separated (the demos: 0)")
     parser.add_argument("--steps", type=int, default=1200, help="pretraining steps (the demos: 1200)")
     parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--lrs", default="1e-4,1e-3")
-    parser.add_argument("--seed", type=int, default=0, help="pretraining seed (the demos: 0)")
+    parser.add_argument("--lrs", default="1e-3", help="finetuning learning rates; the best is kept")
+    parser.add_argument("--tokenizer", type=Path, help="flava-dvae's tokenizer (default: train shapes_tiny.yaml)")
     parser.add_argument("--pretrain-only", action="store_true", help="retrieval only: no zero-shot, probe, finetune")
+    parser.add_argument("--report", action="store_true", help="print the tables of what --out holds, train nothing")
     parser.add_argument("--out", default="runs/model_comparison")
     args = parser.parse_args()
     out = Path(args.out)
-    finetune = _load("flava_finetune_recipe", REPO / "recipes/flava/finetune.py")
-    evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
-    rows = {}
-    for name in args.models.split(","):
-        last, seconds = pretrain(name, out, args.steps, args.seed)
-        export = out / name / "final"
-        scores, tuned = {}, {}
-        if not args.pretrain_only:
-            scores = zero_shot_and_probe(evaluate, export, out / f"{name}-eval.json")
-            tuned = {t: finetune_best(finetune, name, export, t, out / "finetune", args.finetune_steps,
-                                      args.lrs.split(",")) for t in FINETUNE}  # fmt: skip
-        rows[name] = (last, seconds, scores, tuned)
-        print(f"{name}: {seconds:.0f} s, R@1 {last['retrieval/image_to_text_r1']:.3f} / "
-              f"{last['retrieval/text_to_image_r1']:.3f}", flush=True)  # fmt: skip
-    tasks = ("color", "count", "shape")
-    print(f"\n## {args.steps} pretraining steps, batch 64 x 2 ranks, tiny models, built-in data, seed {args.seed}\n")
-    if args.pretrain_only:
-        print("| model | pretrain s | R@1 i->t | R@1 t->i |\n|---|---|---|---|")
-        for name, (last, seconds, _, _) in rows.items():
-            r1 = [last[f"retrieval/{d}_r1"] for d in ("image_to_text", "text_to_image")]
-            print(f"| {name} | {seconds:.0f} | {r1[0]:.3f} | {r1[1]:.3f} |")
-        return
-    print(
-        "| model | pretrain s | R@1 i->t | R@1 t->i | "
-        + " | ".join(f"zero-shot {t}" for t in tasks)
-        + " | "
-        + " | ".join(f"probe {t}" for t in tasks)
-        + " | "
-        + " | ".join(f"finetune {t}" for t in FINETUNE)
-        + " |"
-    )
-    print("|---" * (4 + 2 * len(tasks) + len(FINETUNE)) + "|")
-    for name, (last, seconds, scores, tuned) in rows.items():
-        r1 = [last[f"retrieval/{d}_r1"] for d in ("image_to_text", "text_to_image")]
-        cells = [f"{seconds:.0f}", *(f"{v:.3f}" for v in r1)]
-        cells += [f"{scores[f'{kind}:{t}']:.3f}" for kind in ("zero_shot", "linear_probe") for t in tasks]
-        cells += [f"{tuned[t]:.3f}" for t in FINETUNE]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    models, seeds = args.models.split(","), [int(s) for s in args.seeds.split(",")]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    store = out / "results.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if not args.report:
+        tokenizer = args.tokenizer or (train_tokenizer(out) if "flava-dvae" in models else None)
+        for seed in seeds:
+            for name in models:
+                key = f"{name}@{seed}"
+                if key in results:
+                    continue  # measured by an earlier (interrupted) run of the same --out
+                results[key] = measure(name, seed, args, out, tokenizer)
+                store.write_text(json.dumps(results, indent=1))
+                r = results[key]
+                print(
+                    f"{name} seed {seed}: {r['seconds']:.0f} s, R@1 {r['i2t_r1']:.3f} / {r['t2i_r1']:.3f}", flush=True
+                )
+    report(results, models, seeds, args.steps)
 
 
 if __name__ == "__main__":
