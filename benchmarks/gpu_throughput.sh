@@ -42,7 +42,7 @@ timeout 60 python3 -m pytest -q -p no:cacheprovider tests/data/test_device_decod
 [ "${SKIP_RECIPE:-0}" = 1 ] && { echo "results in $OUT"; exit 0; }
 # 3. The pretraining recipe with compile=step (the recipe path: parallelize, TrainStep, eager evaluation)
 timeout $T_RECIPE python3 recipes/flava/pretrain.py --config $RECIPE_CFG compile=step precision=$PRECISION \
-  model.codebook.allow_random=true model.pretraining.mim_target=tokens \
+  model.codebook.checkpoint=null model.codebook.allow_random=true model.pretraining.mim_target=tokens \
   optim.total_steps=40 optim.warmup_steps=5 log_every=10 eval_every=1000 eval_samples=32 eval_at_start=false \
   checkpoint.every=1000 data.num_workers=4 progress=false run_dir=/tmp/run-compile-step 2>&1 | quiet | tail -25 \
   | tee "$OUT/pretrain_compile_step.txt"

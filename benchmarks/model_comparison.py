@@ -17,15 +17,18 @@ The variants (paper Table 5's rows, at toy scale):
 * ``flava-contrastive``: paired batches only, the global contrastive loss alone;
 * ``flava+mmm``: + masked multimodal modelling (MMM image and text) on the pairs;
 * ``flava+mim/mlm``: + the unimodal batches (the demo's 0.70 / 0.15 / 0.15 source mixture) with MIM and MLM;
-* ``flava``: + ITM with 10% swapped captions: every objective, the demo as it is;
-* ``flava-dvae``: the demo with MIM / MMM-image predicting the ids of a dVAE trained on the built-in
-  pictures (``recipes/dalle/configs/shapes_tiny.yaml``, trained once, or ``--tokenizer``) instead of
-  regressing pixels;
+* ``flava``: + ITM with 10% swapped captions: every objective, the demo as it is (MIM and MMM-image
+  predict the ids of the built-in dVAE tokenizer, cached in the shards);
+* ``flava-pixels``: the demo regressing the masked patches' normalised pixels instead (MAE's targets,
+  ``model.pretraining.mim_target=pixels``: no tokenizer);
+* ``flava-rawpx``: the same without MAE's per-patch normalisation (``pixel_norm=false``: the targets keep
+  each patch's mean colour);
 * ``clip``, ``siglip``: the dual encoders' demo (``recipes/clip/configs/demo.yaml``).
 
 Equal steps and batch, not equal FLOPs: the wall time of each pretraining run is reported. Each
 finished (model, seed) is kept in ``--out`` (``results.json``), so a rerun continues where an
-interrupted one stopped and ``--report`` prints the tables again without training.
+interrupted one stopped, ``--report`` prints the tables again without training, and ``--rescore`` recomputes
+the zero-shot and probe columns from the kept exports (after a change to the evaluation code).
 
     python benchmarks/model_comparison.py --seeds 0,1,2,3          # the RESULTS.md tables: ~2 hours on 2 CPU cores
     python benchmarks/model_comparison.py --models clip,siglip --steps 200 --seeds 0
@@ -62,7 +65,8 @@ MODELS = {  # name -> (recipe, config, extra keys)
     "flava+mmm": (*FLAVA, [*PAIRS_ONLY, *NO_ITM, *NO_UNIMODAL]),
     "flava+mim/mlm": (*FLAVA, NO_ITM),
     "flava": (*FLAVA, []),
-    "flava-dvae": (*FLAVA, ["model.pretraining.mim_target=tokens"]),  # + model.codebook.checkpoint
+    "flava-pixels": (*FLAVA, ["model.pretraining.mim_target=pixels"]),
+    "flava-rawpx": (*FLAVA, ["model.pretraining.mim_target=pixels", "model.pretraining.pixel_norm=false"]),
     "clip": (*CLIP, ["model_type=clip"]),
     "siglip": (*CLIP, ["model_type=siglip"]),
 }
@@ -75,23 +79,9 @@ FINETUNE = {  # task -> (config, extra keys, encoder the classifier reads)
 TASKS = ("color", "count", "shape")
 
 
-def train_tokenizer(out: Path) -> Path:
-    """The demo-sized dVAE (``recipes/dalle/configs/shapes_tiny.yaml``), trained once into ``out``."""
-    final = out / "dvae-shapes-tiny" / "final"
-    if not (final / "encoder.safetensors").exists():
-        config = REPO / "recipes/dalle/configs/shapes_tiny.yaml"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "recipes/dalle/train_tokenizer.py"), "--config", str(config), f"run_dir={final.parent}",
-               "progress=false"]  # fmt: skip
-        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=os.environ)
-    return final
-
-
-def pretrain(name: str, run: Path, steps: int, seed: int, tokenizer: Path | None) -> tuple[dict, float]:
+def pretrain(name: str, run: Path, steps: int, seed: int) -> tuple[dict, float]:
     """Run one recipe on 2 ranks; returns its last held-out evaluation and the wall time."""
     script, config, extra = MODELS[name]
-    if name == "flava-dvae":
-        extra = [*extra, f"model.codebook.checkpoint={tokenizer}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / script),
            "--config", str(REPO / config), f"run_dir={run}", f"optim.total_steps={steps}", "progress=false",
            "checkpoint.resume=none", f"seed={seed}", *extra]  # fmt: skip
@@ -130,12 +120,12 @@ def finetune_best(finetune, name: str, export: Path, task: str, out: Path, steps
     return best
 
 
-def measure(name: str, seed: int, args, out: Path, tokenizer: Path | None) -> dict:
+def measure(name: str, seed: int, args, out: Path) -> dict:
     """Pretrain one (model, seed) and score its export; the record that ``results.json`` keeps."""
     finetune = _load("flava_finetune_recipe", REPO / "recipes/flava/finetune.py")
     evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
     run = out / f"{name.replace('/', '-')}-seed{seed}"
-    last, seconds = pretrain(name, run, args.steps, seed, tokenizer)
+    last, seconds = pretrain(name, run, args.steps, seed)
     record = {"seconds": seconds, "i2t_r1": last["retrieval/image_to_text_r1"],
               "t2i_r1": last["retrieval/text_to_image_r1"]}  # fmt: skip
     if not args.pretrain_only:
@@ -188,9 +178,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200, help="pretraining steps (the demos: 1200)")
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--lrs", default="1e-3", help="finetuning learning rates; the best is kept")
-    parser.add_argument("--tokenizer", type=Path, help="flava-dvae's tokenizer (default: train shapes_tiny.yaml)")
     parser.add_argument("--pretrain-only", action="store_true", help="retrieval only: no zero-shot, probe, finetune")
     parser.add_argument("--report", action="store_true", help="print the tables of what --out holds, train nothing")
+    parser.add_argument("--rescore", action="store_true", help="redo zero-shot and probe from the kept exports")
     parser.add_argument("--out", default="runs/model_comparison")
     args = parser.parse_args()
     out = Path(args.out)
@@ -201,14 +191,23 @@ def main() -> None:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     store = out / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {}
-    if not args.report:
-        tokenizer = args.tokenizer or (train_tokenizer(out) if "flava-dvae" in models else None)
+    if args.rescore:
+        evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
+        for key, record in results.items():
+            name, seed = key.split("@")
+            run = out / f"{name.replace('/', '-')}-seed{seed}"
+            if name in models and int(seed) in seeds and (run / "final").is_dir():
+                scores = zero_shot_and_probe(evaluate, run / "final", run / "eval.json")
+                record.update({k: scores[k] for k in record if k in scores})
+                store.write_text(json.dumps(results, indent=1))
+                print(f"rescored {key}", flush=True)
+    elif not args.report:
         for seed in seeds:
             for name in models:
                 key = f"{name}@{seed}"
                 if key in results:
                     continue  # measured by an earlier (interrupted) run of the same --out
-                results[key] = measure(name, seed, args, out, tokenizer)
+                results[key] = measure(name, seed, args, out)
                 store.write_text(json.dumps(results, indent=1))
                 r = results[key]
                 print(

@@ -199,7 +199,7 @@ def shapes_dataset(
     if done.exists() and done.read_text() == spec:
         return listing()
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / ".lock"):  # every rank of a run may call this at once: one writes, the rest wait
+    with exclusive(root / ".lock"):  # every rank of a run may call this at once: one writes, the rest wait
         if done.exists() and done.read_text() == spec:
             return listing()
         done.unlink(missing_ok=True)
@@ -218,7 +218,7 @@ def shapes_dataset(
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> Iterator[None]:
     """An advisory lock on ``path`` (``flock``), held for the block; released if the process dies."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -61,8 +61,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -198,7 +202,15 @@ def frozen_fields(cfg) -> tuple[str, ...]:
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(PretrainConfig, path, overrides)
-    if random_codebook(model_config(cfg)):  # validates the model overrides now, not after the data is built
+    mcfg = model_config(cfg)  # validates the model overrides now, not after the data is built
+    builtin = mcfg.codebook.checkpoint == BUILTIN_TOKENIZER and mcfg.pretraining.mim_target == "tokens"
+    if builtin and cfg.data.dataset != "shapes":
+        raise ConfigError(
+            "invalid config: model.codebook.checkpoint=builtin is the tokenizer of the built-in shapes pictures, "
+            f"not of data.dataset={cfg.data.dataset!r}: set model.codebook.checkpoint to a dVAE trained on your "
+            "images (recipes/dalle/train_tokenizer.py) or model.pretraining.mim_target=pixels"
+        )
+    if random_codebook(mcfg):
         problem = RANDOM_CODEBOOK.replace("codebook.checkpoint", "model.codebook.checkpoint").replace(
             "pretraining.mim_target", "model.pretraining.mim_target")  # fmt: skip
         raise ConfigError(f"invalid config: model.codebook: {problem}, or model.codebook.allow_random=true to train "
@@ -206,13 +218,85 @@ def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     return cfg
 
 
-def model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> FLAVAConfig:
+def model_config(cfg: PretrainConfig, vocab_size: int | None = None, codebook: Path | None = None) -> FLAVAConfig:
+    """The run's :class:`FLAVAConfig`; ``codebook`` replaces ``model.codebook.checkpoint=builtin`` (which is
+    left unresolved when None: the built-in tokenizer may not exist yet when the config is checked)."""
     base = FLAVAConfig.tiny() if cfg.preset == "tiny" else FLAVAConfig()
     out = base.replace(**cfg.model)
     if vocab_size is not None:
         out = out.replace(**{"text.vocab_size": vocab_size})
     out = resolve_tower_configs(out)  # model.image.init_from / model.text.init_from: the tower's architecture
+    if out.codebook.checkpoint == BUILTIN_TOKENIZER:
+        if codebook is None:
+            return out
+        out = out.replace(**{"codebook.checkpoint": str(codebook)})
     return resolve_codebook_config(out)  # a trained tokenizer sets the codebook sizes and input size
+
+
+#: ``model.codebook.checkpoint`` naming the dVAE trained on the built-in pictures (:func:`builtin_tokenizer`)
+BUILTIN_TOKENIZER = "builtin"
+RECIPES = Path(__file__).resolve().parents[1]
+
+
+def builtin_tokenizer(paths, steps: int | None = None) -> tuple[Path, list[Path], list[Path]]:
+    """The built-in data's image tokenizer, made once on first use beside the data (``<data>-dvae/``):
+    ``recipes/dalle/configs/shapes_tiny.yaml`` trained in one process (seed 0, ~2 minutes on 2 CPU cores),
+    then the built-in training pairs and images with its ids cached (``python -m mmkit.tokenizers.cache``),
+    so that pretraining reads the ids instead of running the tokenizer in the step. Every rank may call
+    this: one makes it under a file lock, the others wait. ``steps`` shortens the training (tests).
+
+    Returns:
+        ``(tokenizer folder, cached training pair shards, cached image shards)``.
+    """
+    from mmkit.data.builtin import exclusive
+    from mmkit.tokenizers.cache import main as cache_ids
+
+    root = Path(paths.root).parent / f"{Path(paths.root).name}-dvae"
+    config = RECIPES / "dalle/configs/shapes_tiny.yaml"
+    spec = f"{config.name} {hash_file(config)}"
+    done = root / "DONE"
+
+    def listing() -> tuple[Path, list[Path], list[Path]]:
+        return root / "final", sorted((root / "pairs").glob("*.tar")), sorted((root / "images").glob("*.tar"))
+
+    if done.is_file() and done.read_text() == spec:
+        return listing()
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive(root / ".lock"):
+        if done.is_file() and done.read_text() == spec:
+            return listing()
+        print(f"making the built-in image tokenizer (once, in {root}): {config.name}", file=sys.stderr, flush=True)
+        env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+        env.update(OMP_NUM_THREADS=str(os.cpu_count() or 1))
+        pictures = json.dumps([str(p) for p in (*paths.train_pairs, *paths.images)])  # what data.dataset=shapes reads
+        cmd = [sys.executable, str(RECIPES / "dalle/train_tokenizer.py"), "--config", str(config),
+               f"run_dir={root / 'run'}", "distributed=none", "progress=false", "checkpoint.resume=none",
+               "data.dataset=files", f"data.images={pictures}",
+               f"data.val_images={json.dumps([str(p) for p in paths.val_pairs])}"]  # fmt: skip
+        if steps is not None:
+            cmd += [f"optim.total_steps={steps}", f"objective.temperature_steps={steps}", "optim.warmup_steps=1",
+                    f"objective.kl_warmup_steps={steps}", f"checkpoint.every={steps}", f"eval_every={steps}",
+                    f"image_every={steps}"]  # fmt: skip
+        done_run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done_run.returncode:
+            raise RuntimeError(f"training the built-in image tokenizer failed:\n{done_run.stderr[-3000:]}")
+        shutil.rmtree(root / "final", ignore_errors=True)  # a half-made one from an interrupted first use
+        os.replace(root / "run" / "final", root / "final")
+        for name, shards in (("pairs", paths.train_pairs), ("images", paths.images)):
+            cache_ids(["--shards", *map(str, shards), "--tokenizer", str(root / "final"), "--out", str(root / name),
+                       "--device", "cpu"])  # fmt: skip
+        done.write_text(spec)
+    return listing()
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # fmt: skip
+
+
+def hash_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 class FLAVAPretrainRecipe:
@@ -229,7 +313,7 @@ class FLAVAPretrainRecipe:
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.tokenizer = self._tokenizer(self._data_paths())
-        self.model_cfg = model_config(cfg, self.tokenizer.vocab_size)
+        self.model_cfg = model_config(cfg, self.tokenizer.vocab_size, self.codebook)
         self._setup_data()
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.raw_model: FLAVAForPreTraining = flava_model_for_pretraining(self.model_cfg)
@@ -268,9 +352,18 @@ class FLAVAPretrainRecipe:
             print(text, flush=True)
 
     def _data_paths(self) -> tuple[list, list, list, list]:
-        """(train pairs, val pairs, images, text) of the built-in dataset or the config."""
+        """(train pairs, val pairs, images, text) of the built-in dataset or the config; with the built-in
+        tokenizer (``model.codebook.checkpoint=builtin``) the built-in shards holding its ids."""
         d = self.cfg.data
         self.paths = recipe_data_paths(d.dataset, d.train_pairs, d.val_pairs, d.images, d.text)
+        self.codebook = None
+        mcfg = model_config(self.cfg)
+        if mcfg.codebook.checkpoint == BUILTIN_TOKENIZER and mcfg.pretraining.mim_target == "tokens":
+            from mmkit.data import shapes_dataset
+
+            self.codebook, pairs, images = builtin_tokenizer(shapes_dataset())
+            if d.dataset == "shapes" and d.cached_tokens:
+                self.paths = (pairs, self.paths[1], images, self.paths[3])
         return self.paths
 
     def _tokenizer(self, paths) -> TextTokenizer:

@@ -92,6 +92,7 @@ def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2
            "--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run_dir}",
            f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
            "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8",
+           "model.pretraining.mim_target=pixels",
            f"data.num_workers={2 if strategy == 'ddp' else 0}", "data.streaming=true", "progress=false"]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=check)
 
@@ -148,7 +149,7 @@ def test_held_out_pairs_that_are_all_corrupt_are_a_clear_error(tmp_path):
     cfg = recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), [
         f"run_dir={tmp_path / 'run'}", "data.dataset=files", f"data.train_pairs={train}", f"data.text={text}",
         f"data.val_pairs={json.dumps([str(val)])}", "data.image_prob=0", "data.batch_size=2", "data.num_workers=0",
-        "eval_samples=4", "progress=false", "distributed=none"])  # fmt: skip
+        "eval_samples=4", "progress=false", "distributed=none", "model.pretraining.mim_target=pixels"])  # fmt: skip
     r = recipe.FLAVAPretrainRecipe(cfg)
     expected = r"none of the first 4 held-out pairs of source 'val' \(.*val-000.tar\) could be read \(4 skipped\)"
     try:

@@ -35,7 +35,8 @@ def _train(data, run_dir: Path, extra: list[str]) -> dict:
         f"run_dir={run_dir}", "data.dataset=files", *(f"data.{k}={v}" for k, v in paths.items()),
         "data.batch_size=32", "data.num_workers=0", "data.vocab_size=300", "eval_samples=128", "eval_every=1000",
         "eval_at_start=false", "optim.total_steps=100", "optim.warmup_steps=10", "log_every=50",
-        "checkpoint.every=1000", "progress=false", "distributed=none", "health.stuck_after=100", *extra])  # fmt: skip
+        "checkpoint.every=1000", "progress=false", "distributed=none", "health.stuck_after=100",
+        "model.pretraining.mim_target=pixels", *extra])  # fmt: skip
     r = recipe.FLAVAPretrainRecipe(cfg)
     try:
         r.setup()
@@ -90,3 +91,50 @@ def test_the_library_builder_warns_about_a_random_tokenizer():
         warnings.simplefilter("error")
         flava_model_for_pretraining(FLAVAConfig.tiny(**{"codebook.allow_random": True}))
         flava_model_for_pretraining(FLAVAConfig.tiny(**{"pretraining.mim_target": "pixels"}))
+
+
+@pytest.mark.slow
+def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path, monkeypatch, capsys):
+    """``model.codebook.checkpoint=builtin`` (the demo's): the dVAE of recipes/dalle/configs/shapes_tiny.yaml is
+    trained once beside the data (a few steps here), the built-in shards are tokenized with it, pretraining
+    reads those ids instead of running it, and a second run reuses everything."""
+    import functools
+
+    import mmkit.data
+    import mmkit.data.builtin
+    from mmkit.data import shapes_dataset
+    from mmkit.train import teardown_distributed
+
+    small = shapes_dataset(tmp_path / "data" / "shapes-v1", num_train=96, num_val=32, num_images=32, num_text=96,
+                           per_shard=48)  # fmt: skip
+    monkeypatch.setattr(mmkit.data, "shapes_dataset", lambda *a, **k: small)
+    monkeypatch.setattr(mmkit.data.builtin, "shapes_dataset", lambda *a, **k: small)
+    recipe = load_recipe("recipes/flava/pretrain.py")
+    monkeypatch.setattr(recipe, "builtin_tokenizer", functools.partial(recipe.builtin_tokenizer, steps=3))
+
+    def run(name):
+        cfg = recipe.load_config(DEMO, [f"run_dir={tmp_path / name}", "data.batch_size=8", "data.num_workers=0",
+                                        "data.vocab_size=200", "optim.total_steps=3", "eval_samples=16",
+                                        "progress=false", "distributed=none", "checkpoint.every=100"])  # fmt: skip
+        r = recipe.FLAVAPretrainRecipe(cfg)
+        try:
+            r.setup()
+            r.train()
+        finally:
+            teardown_distributed()
+        return r
+
+    first = run("a")
+    out = capsys.readouterr()
+    made = tmp_path / "data" / "shapes-v1-dvae"
+    assert "making the built-in image tokenizer" in out.err and (made / "DONE").is_file()
+    assert first.model_cfg.codebook.checkpoint == str(made / "final") and first.model_cfg.codebook.vocab_size == 512
+    assert set(first.cached_tokens) == {"pairs", "images"} and "cached tokenizer ids in pairs, images" in out.out
+    assert [p.parent for p in first.paths[0]] == [made / "pairs"] * 2
+    stamp = (made / "final" / "encoder.safetensors").stat().st_mtime_ns
+    second = run("b")
+    assert "making the built-in image tokenizer" not in capsys.readouterr().err
+    assert (made / "final" / "encoder.safetensors").stat().st_mtime_ns == stamp
+    assert set(second.cached_tokens) == {"pairs", "images"}
+    with pytest.raises(ConfigError, match=r"checkpoint=builtin is the tokenizer of the built-in shapes pictures"):
+        recipe.load_config(DEMO, ["data.dataset=files", "data.train_pairs=[x.tar]"])

@@ -17,7 +17,8 @@ from tests.conftest import load_recipe
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "recipes/flava/pretrain.py"
 TINY = ["optim.warmup_steps=2", "log_every=1", "eval_every=1000", "eval_samples=16", "data.batch_size=8",
-        "data.num_workers=0", "progress=false", "eval_at_start=false"]  # fmt: skip
+        "data.num_workers=0", "progress=false", "eval_at_start=false",
+        "model.pretraining.mim_target=pixels"]  # fmt: skip
 
 
 def _env(tmp_path, **extra):
