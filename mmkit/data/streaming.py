@@ -331,6 +331,10 @@ def _record(shard: str, key: str, members: dict[str, bytes | None], caption_fiel
         record.meta["error"] = "no caption member (.txt or .json)"
     if TOKENS_EXT in members:
         record.meta["tokens_bytes"] = members[TOKENS_EXT]
+    known = {image_ext, text_ext, TOKENS_EXT}
+    extra = {e: v for e, v in members.items() if e not in known and v is not None}
+    if extra:  # other members (a CLIP_benchmark shard's .cls label, say), for readers that want them
+        record.meta["extra"] = extra
     return record
 
 

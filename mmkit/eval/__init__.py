@@ -1,4 +1,8 @@
-"""Evaluation: zero-shot retrieval and classification, linear probes, task metrics."""
+"""Evaluation: zero-shot retrieval and classification, linear probes, task metrics, benchmark suites.
+
+Benchmark readers: :mod:`mmkit.eval.benchmarks`; cached features: :mod:`mmkit.eval.features`; suites:
+:mod:`mmkit.eval.suite`; loading any checkpoint to evaluate: :mod:`mmkit.eval.loading`.
+"""
 
 from mmkit.eval.health import HealthConfig, HealthMonitor, mean_pairwise_cosine
 from mmkit.eval.metrics import (
@@ -10,20 +14,23 @@ from mmkit.eval.metrics import (
     spearman,
     vqa_soft_accuracy,
 )
-from mmkit.eval.retrieval import retrieval_recall
-from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, linear_probe, zero_shot_logits
+from mmkit.eval.probe import ProbeResult, fit_linear_probe
+from mmkit.eval.retrieval import multi_caption_retrieval, retrieval_recall
+from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_logits
 
 __all__ = [
     "DEFAULT_TEMPLATES",
     "HealthConfig",
     "HealthMonitor",
+    "ProbeResult",
     "accuracy",
     "auroc",
     "class_embeddings",
     "f1_score",
-    "linear_probe",
+    "fit_linear_probe",
     "matthews_corrcoef",
     "mean_pairwise_cosine",
+    "multi_caption_retrieval",
     "pearson",
     "retrieval_recall",
     "spearman",

@@ -1,6 +1,8 @@
 """Evaluate a FLAVA, CLIP or SigLIP checkpoint without finetuning: zero-shot classification,
-retrieval, linear probe.
+retrieval, linear probe — on the built-in data, on your own folders, or as a suite of benchmarks in
+the files they ship in.
 
+    python recipes/flava/evaluate.py suite=suites/flava_vision.yaml data_root=/data checkpoint=CKPT out=runs/eval
     python recipes/flava/evaluate.py checkpoint=runs/demo/final out=runs/demo/eval.json
     python recipes/flava/evaluate.py checkpoint=runs/demo/final tasks=retrieval,linear_probe:count
     python recipes/flava/evaluate.py --config eval.yaml            # the same keys in a YAML file
@@ -28,11 +30,21 @@ randomly initialised (``model_config``: a ``config.json``; default the tiny pres
   ``image`` and ``caption`` columns, or WebDataset tar shards), default the built-in held-out pairs.
 * ``linear_probe``: logistic regression on frozen image features (the model's pooled feature before
   the projection: FLAVA's and CLIP's CLS after the final LayerNorm, SigLIP's attention pool),
-  L2 strength swept on a validation split carved from ``train_images`` (class subfolders),
-  accuracy on ``images``; or a built-in task ``linear_probe:<color|count|shape>``.
+  L2 strength swept on a validation split carved from ``train_images`` (class subfolders), refit on
+  all of them (:func:`mmkit.eval.fit_linear_probe`), accuracy on ``images``; or a built-in task
+  ``linear_probe:<color|count|shape>``.
 
 Results go to a JSON file (``out``) and a readable table. A bad key or value, a missing file or a
 checkpoint that does not fit prints one ``error:`` line (``--debug`` for the traceback).
+
+**Suites** (``suite=SUITE.yaml``, :mod:`mmkit.eval.suite`): every task the file lists — zero-shot,
+linear probe or several-captions retrieval, on benchmarks read in their own layouts
+(:mod:`mmkit.eval.benchmarks`: CLIP_benchmark's WebDataset folders, class folders, CIFAR, MNIST, COCO,
+Karpathy splits, Hugging Face parquet) — into ``<out>/results.json`` and ``<out>/results.md`` (the
+paper's numbers beside), skipping tasks already done. Keys: ``data_root`` (where the file's relative
+paths start), ``cache`` (image and text features, default ``<out>/features``: a rerun or another probe
+sweep does no forward pass), ``batch_size``, ``num_workers`` (decoding processes),
+``max_bad_fraction`` (unreadable images tolerated, each named), ``progress``.
 """
 
 from __future__ import annotations
@@ -46,25 +58,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mmkit.data import (
-    FLAVAImageTransform,
-    ImageFolder,
-    ImageTransformConfig,
-    Manifest,
-    TarShards,
-    pad_sequences,
-    shapes_dataset,
-)
+from mmkit.data import ImageFolder, Manifest, TarShards, pad_sequences, shapes_dataset
 from mmkit.data.sources import Source, decode_image, decode_text
 from mmkit.data.tasks import TASKS, ClassificationDataset, ShapesTask, collate_classification
-from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
-from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, linear_probe, retrieval_recall, zero_shot_logits
-from mmkit.models import DualEncoderModel, FLAVAConfig, FLAVAModel, flava_model, load_dual_encoder, load_flava_model
-from mmkit.models.clip_hf import is_dual_encoder_checkpoint
+from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, fit_linear_probe, retrieval_recall, zero_shot_logits
+from mmkit.eval.features import FeatureCache
+from mmkit.eval.loading import eval_transform, load_encoders
+from mmkit.eval.suite import SuiteContext, load_suite, run_suite
+from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import recipe_arg_parser, run_cli
 from mmkit.train.cli import debug_enabled
-from mmkit.utils import at_least, choice
+from mmkit.utils import at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 TEMPLATES = {
@@ -87,9 +92,16 @@ class EvalConfig:
     pairs: str | None = None  # retrieval pairs: .jsonl/.csv manifest or tar shards
     templates: str | None = None  # zero-shot prompt templates, one per line with {} for the class
     samples: int = at_least(1, 1000)  # evaluation images per task (at most)
-    out: str | None = None  # results as JSON
+    out: str | None = None  # results as JSON (a folder with suite=)
     device: str = choice("auto", "cpu", "cuda")
     seed: int = 0
+    suite: str | None = None  # a suite file: its tasks instead of tasks= (out= is then a folder)
+    data_root: str | None = None  # suite: where relative paths start (default the file's root: or its folder)
+    cache: str | None = None  # suite: feature cache folder (default <out>/features)
+    batch_size: int = at_least(1, 128)
+    num_workers: int = at_least(0, 0)  # suite: image-decoding processes
+    max_bad_fraction: float = fraction(0.01)  # suite: unreadable images tolerated per split (each named)
+    progress: bool = True
 
 
 def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
@@ -97,6 +109,11 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
     cfg = load_recipe_config(EvalConfig, path, overrides, dict_fields=())
     if cfg.checkpoint and cfg.model_config:
         raise ValueError("model_config is for a randomly initialised model; a checkpoint brings its own")
+    if cfg.suite:
+        if not cfg.out:
+            raise ValueError("suite= needs out= (the folder for results.json, results.md and the feature cache)")
+        load_suite(cfg.suite, cfg.data_root)  # every problem of the file now, before the model is loaded
+        return cfg
     for task in cfg.tasks.split(","):
         kind, _, name = task.partition(":")
         if kind not in KINDS:
@@ -109,47 +126,9 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
 
 
 def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel | DualEncoderModel, TextTokenizer | None]:
-    """The encoders (strictly loaded, eval mode) and the tokenizer their text embeddings were trained with."""
-    if cfg.checkpoint and is_dual_encoder_checkpoint(cfg.checkpoint):
-        model = load_dual_encoder(cfg.checkpoint, device=device)
-        print(f"loaded {type(model.config).__name__.removesuffix('Config')} from {cfg.checkpoint}", flush=True)
-    elif cfg.checkpoint:
-        model = load_flava_model(cfg.checkpoint, device=device)
-        print(model.load_report, flush=True)
-    else:
-        config = FLAVAConfig.tiny()
-        if cfg.model_config:
-            config = FLAVAConfig.from_dict(json.loads(Path(cfg.model_config).read_text()))
-        model = flava_model(config).to(device).eval()
-    found = find_tokenizer(cfg)
-    length = min(77, model.config.text.max_positions)
-    return model, TextTokenizer.from_pretrained(found, max_length=length) if found else None
-
-
-def find_tokenizer(cfg: EvalConfig) -> Path | None:
-    """``tokenizer``, else ``<checkpoint>/tokenizer`` (mmkit exports), else the checkpoint directory
-    itself (transformers directories keep ``vocab.txt`` / ``tokenizer.json`` beside the weights)."""
-    if cfg.tokenizer:
-        if not Path(cfg.tokenizer).exists():
-            raise FileNotFoundError(f"tokenizer {cfg.tokenizer} does not exist")
-        return Path(cfg.tokenizer)
-    if not cfg.checkpoint:
-        return None
-    ckpt = Path(cfg.checkpoint)
-    return next(
-        (d for d in (ckpt / "tokenizer", ckpt) if (d / "tokenizer.json").exists() or (d / "vocab.txt").exists()), None
-    )
-
-
-def normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The image mean/std a transformers directory's ``preprocessor_config.json`` gives (SigLIP uses
-    0.5/0.5), else CLIP's, which FLAVA and mmkit's recipes use."""
-    pre = Path(checkpoint) / "preprocessor_config.json" if checkpoint else None
-    if pre is not None and pre.is_file():
-        data = json.loads(pre.read_text())
-        if "image_mean" in data and "image_std" in data:
-            return tuple(data["image_mean"]), tuple(data["image_std"])
-    return CLIP_MEAN, CLIP_STD
+    """The encoders (strictly loaded, eval mode) and their tokenizer (:func:`mmkit.eval.loading.load_encoders`)."""
+    return load_encoders(cfg.checkpoint, tokenizer=cfg.tokenizer, model_config=cfg.model_config, device=device,
+                         log=lambda m: print(m, flush=True))  # fmt: skip
 
 
 class Evaluation:
@@ -158,8 +137,7 @@ class Evaluation:
     def __init__(self, cfg: EvalConfig, model: FLAVAModel | DualEncoderModel, tokenizer: TextTokenizer | None) -> None:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.device = next(model.parameters()).device
-        mean, std = normalisation(cfg.checkpoint)
-        self.transform = FLAVAImageTransform(ImageTransformConfig(model.config.image.image_size, 0, mean=mean, std=std))
+        self.transform, _ = eval_transform(model, cfg.checkpoint)
         self.templates = DEFAULT_TEMPLATES
         if cfg.templates:
             self.templates = [t for t in Path(cfg.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -242,13 +220,10 @@ class Evaluation:
             if train_names != test_names:
                 raise ValueError(f"train classes {train_names} differ from evaluation classes {test_names}")
             x, y = self.image_features(train, len(train))
-        cut = int(len(x) * 2 / 3)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.cfg.seed)).to(x.device)
-        x, y = x[order], y[order]
-        probe = linear_probe(x[:cut], y[:cut], x[cut:], y[cut:])
+        classes = len(TASKS[name]) if name else len(train_names)
+        probe = fit_linear_probe(x, y, seed=self.cfg.seed, num_classes=classes)  # the suite's probe (mmkit.eval.probe)
         xt, yt = self.image_features(test, self.cfg.samples)
-        logits = ((xt - probe["mean"]) / probe["std"]) @ probe["weight"].T + probe["bias"]
-        return {task: (logits.argmax(1) == yt).float().mean().item(), f"{task}/weight_decay": probe["weight_decay"]}
+        return {task: probe.accuracy(xt, yt), f"{task}/l2": probe.l2}
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -258,6 +233,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model, tokenizer = load_model(cfg, device)
+    if cfg.suite:
+        return evaluate_suite(cfg, model, tokenizer)
     results = Evaluation(cfg, model, tokenizer).run()
     width = max(len(k) for k in results)
     print(f"checkpoint: {cfg.checkpoint or 'random init'}")
@@ -266,6 +243,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps({"checkpoint": cfg.checkpoint, **results}, indent=2))
+    return results
+
+
+def evaluate_suite(cfg: EvalConfig, model, tokenizer) -> dict[str, Any]:
+    """``suite=``: every task of the file, results in ``<out>/results.json`` and ``<out>/results.md``."""
+    tasks = load_suite(cfg.suite, cfg.data_root)
+    transform, transform_id = eval_transform(model, cfg.checkpoint)
+    cache = FeatureCache(cfg.cache or Path(cfg.out) / "features")
+    ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
+                       num_workers=cfg.num_workers, max_bad_fraction=cfg.max_bad_fraction, progress=cfg.progress,
+                       seed=cfg.seed)  # fmt: skip
+    results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True))
+    print((Path(cfg.out) / "results.md").read_text())
     return results
 
 

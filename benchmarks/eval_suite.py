@@ -1,0 +1,171 @@
+"""The evaluation suite's costs, measured side by side in one run: feature extraction, the torch probe
+against scikit-learn's, and a cached rerun.
+
+1. **Extraction**: images per second of ``mmkit.eval.features.image_features`` (decode, transform,
+   encoder, projection) on the built-in data in the class-folder layout, at the tiny size (32²) and at
+   the released size (224², ViT-B/16, random weights: the cost does not depend on them).
+2. **Probe**: the linear probe's whole protocol (standardise, sweep the strength over the same grid on
+   the same carved validation split, refit on all training features, test accuracy) solved by
+   ``mmkit.eval.probe`` in torch, and by scikit-learn's ``LogisticRegression(solver="lbfgs")`` with
+   ``C = 1 / (2 l2 n)`` (the same objective), on the same features: synthetic ``--probe-n`` x 768
+   features of ``--probe-classes`` classes, and the demo checkpoint's features of the shapes colour task.
+3. **Cached rerun**: ``suites/shapes.yaml`` on ``--checkpoint`` twice, the second time with its
+   results removed so every task recomputes from the feature cache (no forward pass).
+
+    python benchmarks/eval_suite.py --checkpoint runs/demo/final            # ~10 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def extraction(bench: Path, size: str, n: int, batch: int, workers: int) -> float:
+    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.eval.benchmarks import open_benchmark
+    from mmkit.eval.features import image_features
+    from mmkit.models import FLAVAConfig, flava_model
+
+    cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
+    model = flava_model(cfg).eval()
+    data = open_benchmark("folder", bench / "shapes-color", "test")
+    data.source._files = data.source._files[:n]  # the first n images
+    data.source._labels = data.source._labels[:n]
+    transform = FLAVAImageTransform(ImageTransformConfig(cfg.image.image_size, 0))
+    image_features(model, data, transform, transform_id="x", batch_size=batch, progress=False)  # warm-up
+    start = time.perf_counter()
+    image_features(model, data, transform, transform_id="x", batch_size=batch, num_workers=workers, progress=False)
+    return n / (time.perf_counter() - start)
+
+
+def probe_side_by_side(x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> dict:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from mmkit.eval.probe import DEFAULT_L2, fit_linear_probe
+
+    start = time.perf_counter()
+    ours = fit_linear_probe(x, y, seed=0)
+    ours_s, ours_acc = time.perf_counter() - start, ours.accuracy(tx, ty)
+    # scikit-learn, the same protocol: the same carved split, grid, refit and standardisation
+    start = time.perf_counter()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    cut = round(len(x) * 0.2)
+    vx, vy, fx, fy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+    mean, std = fx.mean(0), fx.std(0).clamp_min(1e-6)
+    best = None
+    for l2 in sorted(DEFAULT_L2, reverse=True):
+        clf = LogisticRegression(C=1 / (2 * l2 * len(fx)), max_iter=300)
+        clf.fit(((fx - mean) / std).numpy(), fy.numpy())
+        acc = float((clf.predict(((vx - mean) / std).numpy()) == vy.numpy()).mean())
+        if best is None or acc > best[1]:
+            best = (l2, acc)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    clf = LogisticRegression(C=1 / (2 * best[0] * len(x)), max_iter=300).fit(((x - mean) / std).numpy(), y.numpy())
+    sk_acc = float(np.mean(clf.predict(((tx - mean) / std).numpy()) == ty.numpy()))
+    sk_s = time.perf_counter() - start
+    return {"ours_s": ours_s, "ours_acc": ours_acc, "ours_l2": ours.l2, "sk_s": sk_s, "sk_acc": sk_acc,
+            "sk_l2": best[0]}  # fmt: skip
+
+
+def synthetic(n: int, classes: int, dim: int = 768, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g) * 0.3
+    y = torch.randint(0, classes, (n,), generator=g)
+    return centres[y] + torch.randn(n, dim, generator=g), y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a pretraining export (the demo's: runs/demo/final)")
+    parser.add_argument("--bench", default=None, help="where the shapes benchmark layouts go (default: a temp dir)")
+    parser.add_argument("--probe-n", type=int, default=20000)
+    parser.add_argument("--probe-classes", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    from mmkit.eval.benchmarks.shapes import write_shapes_benchmarks
+
+    tmp = Path(tempfile.mkdtemp())
+    bench = write_shapes_benchmarks(Path(args.bench) if args.bench else tmp / "bench")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("## 1. Feature extraction (decode + transform + image encoder + projection), class-folder layout\n")
+    print("| model | image size | batch | images/s |\n|---|---|---|---|")
+    for size, n, batch in (("tiny", 300, 128), ("released", 64, 16)):
+        rate = extraction(bench, size, n, batch, args.workers)
+        print(f"| {size} | {32 if size == 'tiny' else 224}² | {batch} | {rate:.1f} |", flush=True)
+
+    print("\n## 2. Linear probe: torch L-BFGS (mmkit) vs scikit-learn LogisticRegression(lbfgs), same protocol\n")
+    print("| features | train / test | classes | mmkit s | sklearn s | speed-up | mmkit acc | sklearn acc | "
+          "l2 (mmkit / sklearn) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    x, y = synthetic(args.probe_n, args.probe_classes)
+    tx, ty = synthetic(args.probe_n // 4, args.probe_classes, seed=1)
+    r = probe_side_by_side(x, y, tx, ty)
+    rows = [(f"synthetic {x.shape[1]}-d", len(x), len(tx), args.probe_classes, r)]
+    from mmkit.eval.benchmarks import open_benchmark
+    from mmkit.eval.features import image_features
+    from mmkit.eval.loading import eval_transform, load_encoders
+
+    model, _ = load_encoders(args.checkpoint, log=lambda m: None)
+    transform, tid = eval_transform(model, args.checkpoint)
+    train, test = (
+        image_features(model, open_benchmark("folder", bench / "shapes-color", split), transform, transform_id=tid,
+                       progress=False)
+        for split in ("train", "test")
+    )  # fmt: skip
+    r2 = probe_side_by_side(train.features, train.labels, test.features, test.labels)
+    rows.append(
+        (f"demo checkpoint, shapes colour ({train.features.shape[1]}-d)", len(train.keys), len(test.keys), 6, r2)
+    )
+    for name, n_train, n_test, c, r in rows:
+        print(f"| {name} | {n_train:,} / {n_test:,} | {c} | {r['ours_s']:.2f} | {r['sk_s']:.2f} | "
+              f"{r['sk_s'] / r['ours_s']:.1f}x | {100 * r['ours_acc']:.2f} | {100 * r['sk_acc']:.2f} | "
+              f"{r['ours_l2']:g} / {r['sk_l2']:g} |", flush=True)  # fmt: skip
+
+    print("\n## 3. The shapes suite on the checkpoint, and again from the feature cache\n")
+    import contextlib
+    import io
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from finetune_transfer import _load
+
+    evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
+    out = tmp / "suite"
+    keys = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={bench}", f"checkpoint={args.checkpoint}",
+            f"out={out}", "progress=false"]  # fmt: skip
+    times = []
+    for _ in range(2):
+        (out / "results.json").unlink(missing_ok=True)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = evaluate.evaluate(evaluate.load_config(None, keys))
+        times.append(time.perf_counter() - start)
+    print("| run | seconds |\n|---|---|")
+    print(f"| first (features computed) | {times[0]:.1f} |\n| rerun (every feature from the cache) | {times[1]:.1f} |")
+    print(
+        "\nresults of the rerun: "
+        + json.dumps(
+            {
+                k: round(v.get("accuracy", v.get("image_to_text_r1", 0)), 3)
+                for k, v in results.items()
+                if isinstance(v, dict)
+            }
+        )
+    )
+    print(f"\n{(out / 'results.md').read_text()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

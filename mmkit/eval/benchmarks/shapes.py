@@ -1,0 +1,93 @@
+"""The built-in shapes data written in three benchmark layouts, so the evaluation suite runs on a fresh
+clone with nothing downloaded (``suites/shapes.yaml``)::
+
+    python -m mmkit.eval.benchmarks.shapes --out data/shapes-benchmarks
+    python recipes/flava/evaluate.py suite=suites/shapes.yaml data_root=data/shapes-benchmarks \\
+        checkpoint=runs/demo/final out=runs/demo/suite
+
+* ``shapes-color/``: class folders ``{train,test}/<colour>/<key>.png`` (the first shape's colour);
+* ``shapes-count/``: CLIP_benchmark's WebDataset layout (``classnames.txt``, templates with ``{c}``,
+  ``{train,test}/0.tar`` of ``<key>.png`` + ``<key>.cls``, ``nshards.txt``): how many shapes of the first kind;
+* ``shapes-captions/``: a Karpathy-style split file ``dataset_shapes.json`` (``images[].split``,
+  ``filename``, ``sentences[].raw``) over ``images/``: each picture with three captions (its own and two
+  rephrasings), for the several-captions retrieval protocol.
+
+The training split comes from the built-in training pairs, the test split from the held-out pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from mmkit.data import shapes_dataset
+from mmkit.data.sources import decode_text
+from mmkit.data.tasks import TASKS, ShapesTask
+
+TEMPLATES = ("a picture of {c} shapes.", "{c} objects", "{c}")
+COUNT_NAMES = ("one", "two", "three")  # the count task's classes 1, 2, 3
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, data=None) -> Path:
+    """Write the three layouts (see the module docstring) under ``out`` (once: a ``DONE`` marker is written last).
+
+    Args:
+        train, test: pictures per split (from the built-in training and held-out pairs).
+        data: the :func:`~mmkit.data.shapes_dataset` files to take them from (default the built-in set).
+    """
+    out = Path(out)
+    if (out / "DONE").is_file() and (out / "DONE").read_text() == f"{train} {test}":
+        return out
+    paths = data or shapes_dataset()
+    splits = {"train": (paths.train_pairs, train), "test": (paths.val_pairs, test)}
+    captions: list[dict] = []
+    (out / "shapes-captions" / "images").mkdir(parents=True, exist_ok=True)
+    (out / "shapes-count").mkdir(parents=True, exist_ok=True)
+    for split, (shards, n) in splits.items():
+        color, count = ShapesTask(shards, "color"), ShapesTask(shards, "count")
+        with tarfile.open(out / "shapes-count" / f"{split}.tmp", "w") as tar:
+            for i in range(min(n, len(color))):
+                rec, counted = color[i], count[i]
+                key = f"{split}{i:05d}"
+                folder = out / "shapes-color" / split / TASKS["color"][rec.label]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{key}.png").write_bytes(rec.image)
+                _add(tar, f"{key}.png", rec.image)
+                _add(tar, f"{key}.cls", str(counted.label).encode())
+                (out / "shapes-captions" / "images" / f"{key}.png").write_bytes(rec.image)
+                text = decode_text(rec)
+                sentences = [text, f"a picture of {text}", f"an image that shows {text}"]
+                captions.append({"filename": f"{key}.png", "split": split, "imgid": len(captions),
+                                 "sentences": [{"raw": s, "tokens": s.split()} for s in sentences]})  # fmt: skip
+        (out / "shapes-count" / split).mkdir(exist_ok=True)
+        (out / "shapes-count" / f"{split}.tmp").replace(out / "shapes-count" / split / "0.tar")
+        (out / "shapes-count" / split / "nshards.txt").write_text("1\n")
+    (out / "shapes-count" / "classnames.txt").write_text("\n".join(COUNT_NAMES) + "\n")
+    (out / "shapes-count" / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    (out / "shapes-captions" / "dataset_shapes.json").write_text(json.dumps({"dataset": "shapes", "images": captions}))
+    (out / "DONE").write_text(f"{train} {test}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmkit.eval.benchmarks.shapes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--test", type=int, default=300)
+    args = parser.parse_args(argv)
+    print(f"wrote {write_shapes_benchmarks(args.out, args.train, args.test)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The encoders to evaluate, from any checkpoint mmkit reads, with their tokenizer and image transform.
+
+``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads (a pretraining export
+``<run>/final``, a finetune export ``<run>/best``, a transformers FLAVA directory) or
+:func:`mmkit.models.load_dual_encoder` reads (a CLIP/SigLIP export, a transformers ``CLIPModel`` /
+``SiglipModel`` directory); None builds a randomly initialised model (the baseline). The tokenizer is
+the one given, else ``<checkpoint>/tokenizer`` (mmkit exports), else the checkpoint directory itself
+when it holds ``tokenizer.json`` or ``vocab.txt`` (transformers directories). The image normalisation
+is a transformers directory's ``preprocessor_config.json`` mean/std (SigLIP: 0.5/0.5), else CLIP's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
+from mmkit.models import FLAVAConfig, flava_model, load_dual_encoder, load_flava_model
+from mmkit.models.clip_hf import is_dual_encoder_checkpoint
+from mmkit.tokenizers import TextTokenizer
+
+
+def find_tokenizer(checkpoint: str | None, tokenizer: str | None = None) -> Path | None:
+    """``tokenizer``, else ``<checkpoint>/tokenizer``, else the checkpoint directory when it holds one."""
+    if tokenizer:
+        if not Path(tokenizer).exists():
+            raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+        return Path(tokenizer)
+    if not checkpoint:
+        return None
+    ckpt = Path(checkpoint)
+    return next(
+        (d for d in (ckpt / "tokenizer", ckpt) if (d / "tokenizer.json").exists() or (d / "vocab.txt").exists()), None
+    )
+
+
+def load_encoders(
+    checkpoint: str | None,
+    *,
+    tokenizer: str | None = None,
+    model_config: str | None = None,
+    device: torch.device | str = "cpu",
+    log: Any = print,
+) -> tuple[torch.nn.Module, TextTokenizer | None]:
+    """The encoders (strictly loaded, eval mode, on ``device``) and the tokenizer they were trained with.
+
+    Args:
+        checkpoint: see the module docstring; None: a random model of ``model_config`` (a
+            ``config.json``; default the tiny preset).
+        tokenizer: overrides the tokenizer found beside the checkpoint.
+    """
+    if checkpoint and model_config:
+        raise ValueError("model_config is for a randomly initialised model; a checkpoint brings its own")
+    if checkpoint and is_dual_encoder_checkpoint(checkpoint):
+        model = load_dual_encoder(checkpoint, device=device)
+        log(f"loaded {type(model.config).__name__.removesuffix('Config')} from {checkpoint}")
+    elif checkpoint:
+        model = load_flava_model(checkpoint, device=device)
+        log(str(model.load_report))
+    else:
+        config = FLAVAConfig.tiny()
+        if model_config:
+            config = FLAVAConfig.from_dict(json.loads(Path(model_config).read_text()))
+        model = flava_model(config).to(device).eval()
+    found = find_tokenizer(checkpoint, tokenizer)
+    length = min(77, model.config.text.max_positions)
+    return model, TextTokenizer.from_pretrained(found, max_length=length) if found else None
+
+
+def image_normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of a transformers directory's ``preprocessor_config.json``, else CLIP's (FLAVA, mmkit)."""
+    pre = Path(checkpoint) / "preprocessor_config.json" if checkpoint else None
+    if pre is not None and pre.is_file():
+        data = json.loads(pre.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return tuple(data["image_mean"]), tuple(data["image_std"])
+    return CLIP_MEAN, CLIP_STD
+
+
+def eval_transform(model: torch.nn.Module, checkpoint: str | None) -> tuple[FLAVAImageTransform, str]:
+    """The evaluation transform (resize + centre crop at the model's image size, its normalisation) and
+    the string that identifies it in a feature cache key."""
+    mean, std = image_normalisation(checkpoint)
+    config = ImageTransformConfig(model.config.image.image_size, 0, mean=mean, std=std)
+    return FLAVAImageTransform(config), repr(config)

@@ -1,0 +1,143 @@
+"""The linear probe of CLIP and FLAVA: L2-regularised multinomial logistic regression on frozen features.
+
+Protocol (Radford et al. 2021, §3.2 and appendix A.3; FLAVA follows it for its 22 vision tasks,
+Singh et al. 2022, Table 4): standardise the features, sweep the regularisation strength on a
+validation split carved from the training split, refit on the whole training split with the best
+strength, report accuracy on the test split. Solved with full-batch L-BFGS in torch on the features'
+device (a GPU when there is one), warm-started along the sweep from the strongest strength down,
+instead of scikit-learn on one CPU core; ``benchmarks/RESULTS.md`` compares the two.
+
+The strength ``l2`` multiplies ``||W||^2`` added to the *mean* cross-entropy (the bias is not
+regularised): scikit-learn's ``LogisticRegression(C=c)`` on ``n`` samples is ``l2 = 1 / (2 c n)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: strengths swept by default: every decade from 1e-7 to 10
+DEFAULT_L2 = tuple(10.0**e for e in range(-7, 2))
+
+
+@dataclass
+class ProbeResult:
+    """A fitted probe.
+
+    Attributes:
+        l2: the chosen strength. val_accuracy: its accuracy on the validation split.
+        sweep: ``{l2: validation accuracy}`` of every strength tried.
+        weight, bias: ``(C, D)`` and ``(C,)`` on standardised features. mean, std: ``(D,)`` the
+            training features' statistics the standardisation uses.
+    """
+
+    l2: float
+    val_accuracy: float
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    std: Tensor
+    sweep: dict[float, float] = field(default_factory=dict)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``(N, C)`` class scores of raw features ``x (N, D)``."""
+        return ((x.to(self.mean) - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def accuracy(self, x: Tensor, y: Tensor) -> float:
+        """Top-1 accuracy on features ``x (N, D)`` with labels ``y (N,)``."""
+        return (self.logits(x).argmax(1) == y.to(self.weight.device)).float().mean().item()
+
+
+def fit_logistic(
+    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int = 300, init: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Minimise ``mean CE(x W^T + b, y) + l2 ||W||^2`` with full-batch L-BFGS (strong Wolfe line search).
+
+    Args:
+        x: ``(N, D)`` features (standardised). y: ``(N,)`` labels in ``[0, num_classes)``.
+        l2: the strength. max_iter: L-BFGS iterations. init: a starting ``(W, b)`` (warm start).
+
+    Returns:
+        ``W (C, D)``, ``b (C,)``.
+    """
+    w0, b0 = init if init is not None else (x.new_zeros(num_classes, x.shape[1]), x.new_zeros(num_classes))
+    w = w0.clone().requires_grad_(True)
+    b = b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-10)  # fmt: skip
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    val_x: Tensor | None = None,
+    val_y: Tensor | None = None,
+    *,
+    l2_grid: Sequence[float] = DEFAULT_L2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    refit: bool = True,
+    max_iter: int = 300,
+    num_classes: int | None = None,
+) -> ProbeResult:
+    """Fit the probe (see the module docstring).
+
+    Args:
+        train_x: ``(N, D)`` training features; train_y: ``(N,)`` labels.
+        val_x, val_y: a validation split; None carves ``val_fraction`` of the training split (seeded).
+        l2_grid: strengths to sweep. refit: after the sweep, fit again on training + carved validation.
+        max_iter: L-BFGS iterations per fit. num_classes: default ``max label + 1``.
+
+    Returns:
+        :class:`ProbeResult` (ties in validation accuracy go to the stronger regularisation).
+    """
+    if train_x.ndim != 2 or train_y.shape != (train_x.shape[0],):
+        raise ValueError(
+            f"train_x must be (N, D) and train_y (N,), got {tuple(train_x.shape)} and {tuple(train_y.shape)}"
+        )
+    if not l2_grid:
+        raise ValueError("l2_grid is empty")
+    x, y = train_x.float(), train_y.long().to(train_x.device)
+    carved = val_x is None
+    if carved:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        cut = max(1, round(len(x) * val_fraction))
+        if cut >= len(x):
+            raise ValueError(f"{len(x)} training samples are too few to carve a validation split")
+        (val_x, val_y), (x, y) = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    val_x, val_y = val_x.float().to(x.device), val_y.long().to(x.device)
+    classes = num_classes or int(max(y.max(), val_y.max())) + 1
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs, vs = (x - mean) / std, (val_x - mean) / std
+    sweep: dict[float, float] = {}
+    best: tuple[float, float, tuple[Tensor, Tensor]] | None = None
+    init = None
+    for l2 in sorted(l2_grid, reverse=True):  # strongest first: each fit warm-starts the next
+        init = fit_logistic(xs, y, classes, l2, max_iter, init)
+        with torch.no_grad():
+            acc = ((vs @ init[0].T + init[1]).argmax(1) == val_y).float().mean().item()
+        sweep[l2] = acc
+        if best is None or acc > best[1]:
+            best = (l2, acc, init)
+    l2, acc, (w, b) = best
+    if refit and carved:
+        x_all = torch.cat([x, val_x])
+        mean, std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
+        w, b = fit_logistic((x_all - mean) / std, torch.cat([y, val_y]), classes, l2, max_iter, (w, b))
+    return ProbeResult(l2, acc, w, b, mean, std, dict(sorted(sweep.items())))

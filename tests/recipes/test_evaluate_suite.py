@@ -1,0 +1,115 @@
+"""The evaluation suite end to end: the built-in data written in three benchmark layouts, scored by one
+command on an mmkit export and on a transformers FLAVA directory; results.json keeps its names, the
+table prints the paper's numbers beside the measured ones, and a rerun skips finished tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import load_recipe, make_mmkit_export
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from mmkit.data import shapes_dataset
+    from mmkit.eval.benchmarks.shapes import write_shapes_benchmarks
+
+    root = tmp_path_factory.mktemp("suite")
+    data = shapes_dataset(root / "data", num_train=120, num_val=60, num_images=4, num_text=200, per_shard=60)
+    texts = data.text[0].read_text().splitlines()
+    return write_shapes_benchmarks(root / "bench", train=90, test=40, data=data), make_mmkit_export(
+        root / "ckpt", texts
+    )
+
+
+def _evaluate(*keys):
+    from mmkit.train import teardown_distributed
+
+    recipe = load_recipe("recipes/flava/evaluate.py")
+    try:
+        return recipe.main(list(keys))
+    finally:
+        teardown_distributed()
+
+
+def test_the_shapes_suite_on_an_mmkit_export(bench, tmp_path, capsys):
+    root, export = bench
+    out = tmp_path / "eval"
+    args = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={root}", f"checkpoint={export}", f"out={out}",
+            "progress=false", "batch_size=16"]  # fmt: skip
+    assert _evaluate(*args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["_checkpoint"] == str(export)
+    for name in ("shapes-color", "shapes-color-probe", "shapes-count", "shapes-count-probe"):
+        assert 0 <= results[name]["accuracy"] <= 1 and results[name]["samples"] == 40, name
+    assert results["shapes-color"]["classes"] == 6 and results["shapes-count"]["templates"] == 3
+    assert results["shapes-count-probe"]["train_samples"] == 90
+    ret = results["shapes-retrieval"]
+    assert ret["samples"] == 40 and ret["captions"] == 120
+    assert set(ret) >= {f"{d}_r{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    table = (out / "results.md").read_text()
+    assert (
+        "| shapes-retrieval | retrieval | text_to_image_r1 |" in table
+        and "Vision average (linear probes, 2 task(s))" in table
+    )
+    # a rerun skips every finished task; a lost results.json is rebuilt from the feature cache, equal
+    capsys.readouterr()
+    assert _evaluate(*args) == 0
+    assert capsys.readouterr().out.count("done already") == 5
+    (out / "results.json").unlink()
+    assert _evaluate(*args) == 0
+    again = json.loads((out / "results.json").read_text())
+    for name in results:
+        if name != "_checkpoint":
+            assert again[name] == pytest.approx(results[name]), name
+
+
+def test_a_transformers_directory_with_the_papers_numbers_beside(bench, tmp_path):
+    from transformers import FlavaConfig, FlavaModel
+
+    from mmkit.tokenizers import TextTokenizer
+
+    root, export = bench
+    tok = TextTokenizer.from_pretrained(export / "tokenizer")
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = FlavaConfig(image_config=dict(small, image_size=32, patch_size=8),
+                         text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
+                         multimodal_config=dict(small), projection_dim=24, hidden_size=32)  # fmt: skip
+    torch.manual_seed(0)
+    FlavaModel(config).save_pretrained(tmp_path / "hf")
+    suite = tmp_path / "paper.yaml"
+    suite.write_text(
+        "tasks:\n"
+        "  - {name: imagenet, kind: linear_probe, layout: folder, path: shapes-color, split: test}\n"
+        "  - {name: coco, kind: retrieval, layout: karpathy, path: shapes-captions, annotations: dataset_shapes.json,"
+        " images: images}\n"
+    )
+    out = tmp_path / "eval"
+    assert _evaluate(f"suite={suite}", f"data_root={root}", f"checkpoint={tmp_path / 'hf'}",
+                     f"tokenizer={export / 'tokenizer'}", f"out={out}", "progress=false") == 0  # fmt: skip
+    table = (out / "results.md").read_text()
+    assert "| imagenet | linear_probe | accuracy |" in table and "| 75.54 |" in table
+    assert "| coco | retrieval | image_to_text_r1 |" in table and "| 42.74 |" in table and "| 38.38 |" in table
+    assert "the paper's over its 22 tasks: 79.44" in table
+
+
+def test_bad_suites_and_data_are_one_line_errors(bench, tmp_path, capsys):
+    root, export = bench
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("tasks:\n  - {name: x, kind: zero_shots, layout: folders, path: p}\n"
+                     "  - {name: y, kind: retrieval, layout: coco, path: p, image_column: image}\n")  # fmt: skip
+    assert _evaluate(f"suite={suite}", f"out={tmp_path / 'o'}", f"checkpoint={export}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err
+    assert "tasks[0] (x): kind 'zero_shots' is not one of zero_shot, linear_probe, retrieval" in err
+    assert "layout 'folders' is not one of" in err and "tasks[1] (y): unknown key(s) image_column" in err
+    suite.write_text(f"tasks:\n  - {{name: c, kind: retrieval, layout: karpathy, path: {root / 'shapes-captions'},"
+                     " annotations: missing.json}\n")  # fmt: skip
+    assert _evaluate(f"suite={suite}", f"out={tmp_path / 'o'}", f"checkpoint={export}", "progress=false") == 2
+    assert "annotation file" in capsys.readouterr().err
