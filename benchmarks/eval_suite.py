@@ -12,6 +12,7 @@ against scikit-learn's, and a cached rerun.
 3. **Cached rerun**: ``suites/shapes.yaml`` on ``--checkpoint`` twice, the second time with its
    results removed so every task recomputes from the feature cache (no forward pass).
 
+    pip install scikit-learn      # the probe's comparison only; mmkit itself does not need it
     python benchmarks/eval_suite.py --checkpoint runs/demo/final            # ~10 minutes on 2 CPU cores
 """
 

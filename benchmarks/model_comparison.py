@@ -30,7 +30,9 @@ finished (model, seed) is kept in ``--out`` (``results.json``), so a rerun conti
 interrupted one stopped, ``--report`` prints the tables again without training, and ``--rescore`` recomputes
 the zero-shot and probe columns from the kept exports (after a change to the evaluation code).
 
-    python benchmarks/model_comparison.py --seeds 0,1,2,3          # the RESULTS.md tables: ~2 hours on 2 CPU cores
+    # the RESULTS.md tables: ~1 hour on 2 CPU cores (4 seeds: ~2 hours)
+    python benchmarks/model_comparison.py --seeds 0,1 \\
+        --models flava,flava-contrastive,flava+mmm,flava+mim/mlm,flava-pixels,clip,siglip
     python benchmarks/model_comparison.py --models clip,siglip --steps 200 --seeds 0
 """
 

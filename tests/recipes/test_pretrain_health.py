@@ -67,7 +67,7 @@ def test_tiny_flava_leaves_the_collapsed_start_and_the_old_init_is_called_stuck(
 
 def test_a_random_tokenizer_is_refused_for_pretraining_unless_allowed():
     recipe = load_recipe("recipes/flava/pretrain.py")
-    tokens = ["model.pretraining.mim_target=tokens"]
+    tokens = ["model.pretraining.mim_target=tokens", "model.codebook.checkpoint=null"]  # the demo's, untrained
     refused = r"model.codebook: the image tokenizer is randomly initialised.*checkpoint.*'pixels'.*allow_random=true"
     with pytest.raises(ConfigError, match=refused):
         recipe.load_config(DEMO, tokens)
@@ -77,7 +77,8 @@ def test_a_random_tokenizer_is_refused_for_pretraining_unless_allowed():
     allowed = recipe.load_config(DEMO, [*tokens, "model.codebook.allow_random=true"])
     assert recipe.model_config(allowed).codebook.allow_random
     recipe.load_config(DEMO, [*tokens, "model.pretraining.weights.mim=0", "model.pretraining.weights.mmm_image=0"])
-    assert recipe.model_config(recipe.load_config(DEMO, [])).pretraining.mim_target == "pixels"  # the demo's choice
+    demo = recipe.model_config(recipe.load_config(DEMO, []))  # the demo's choice: the built-in trained tokenizer
+    assert demo.pretraining.mim_target == "tokens" and demo.codebook.checkpoint == recipe.BUILTIN_TOKENIZER
 
 
 def test_the_library_builder_warns_about_a_random_tokenizer():
