@@ -27,7 +27,6 @@ def small_shapes(tmp_path_factory):
 
 def _train(data, run_dir: Path, extra: list[str]) -> dict:
     """100 steps of the demo config (batch 32, one process) on ``data``; returns the last evaluation."""
-    from mmkit.train import teardown_distributed
 
     recipe = load_recipe("recipes/flava/pretrain.py")
     paths = {k: json.dumps([str(p) for p in getattr(data, k)]) for k in ("train_pairs", "val_pairs", "images", "text")}
@@ -37,12 +36,7 @@ def _train(data, run_dir: Path, extra: list[str]) -> dict:
         "eval_at_start=false", "optim.total_steps=100", "optim.warmup_steps=10", "log_every=50",
         "checkpoint.every=1000", "progress=false", "distributed=none", "health.stuck_after=100",
         "model.pretraining.mim_target=pixels", *extra])  # fmt: skip
-    r = recipe.FLAVAPretrainRecipe(cfg)
-    try:
-        r.setup()
-        r.train()
-    finally:
-        teardown_distributed()
+    _setup_and_train(recipe, cfg)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [e for e in evals if e["split"] == "eval"][-1]
 
@@ -104,7 +98,6 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
     import mmkit.data
     import mmkit.data.builtin
     from mmkit.data import shapes_dataset
-    from mmkit.train import teardown_distributed
 
     small = shapes_dataset(tmp_path / "data" / "shapes-v1", num_train=96, num_val=32, num_images=32, num_text=96,
                            per_shard=48)  # fmt: skip
@@ -117,13 +110,7 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
         cfg = recipe.load_config(DEMO, [f"run_dir={tmp_path / name}", "data.batch_size=8", "data.num_workers=0",
                                         "data.vocab_size=200", "optim.total_steps=3", "eval_samples=16",
                                         "progress=false", "distributed=none", "checkpoint.every=100"])  # fmt: skip
-        r = recipe.FLAVAPretrainRecipe(cfg)
-        try:
-            r.setup()
-            r.train()
-        finally:
-            teardown_distributed()
-        return r
+        return _setup_and_train(recipe, cfg)
 
     first = run("a")
     out = capsys.readouterr()
@@ -139,3 +126,16 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
     assert set(second.cached_tokens) == {"pairs", "images"}
     with pytest.raises(ConfigError, match=r"checkpoint=builtin is the tokenizer of the built-in shapes pictures"):
         recipe.load_config(DEMO, ["data.dataset=files", "data.train_pairs=[x.tar]"])
+
+
+def _setup_and_train(recipe, cfg):
+    """One in-process pretraining run of ``cfg``; the process group is torn down however it ends."""
+    from mmkit.train import teardown_distributed
+
+    r = recipe.FLAVAPretrainRecipe(cfg)
+    try:
+        r.setup()
+        r.train()
+    finally:
+        teardown_distributed()
+    return r
