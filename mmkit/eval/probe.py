@@ -3,9 +3,11 @@
 Protocol (Radford et al. 2021, §3.2 and appendix A.3; FLAVA follows it for its 22 vision tasks,
 Singh et al. 2022, Table 4): standardise the features, sweep the regularisation strength on a
 validation split carved from the training split, refit on the whole training split with the best
-strength, report accuracy on the test split. Solved with full-batch L-BFGS in torch on the features'
-device (a GPU when there is one), warm-started along the sweep from the strongest strength down,
-instead of scikit-learn on one CPU core; ``benchmarks/RESULTS.md`` compares the two.
+strength, report accuracy on the test split. Solved in torch on the features' device (a GPU when
+there is one) instead of scikit-learn on one CPU core, warm-started along the sweep from the
+strongest strength down: by Newton's method with the exact Hessian while that Hessian is small
+(a handful of iterations, none of L-BFGS's per-iteration overhead), else by full-batch L-BFGS;
+``benchmarks/RESULTS.md`` compares both with scikit-learn.
 
 The strength ``l2`` multiplies ``||W||^2`` added to the *mean* cross-entropy (the bias is not
 regularised): scikit-learn's ``LogisticRegression(C=c)`` on ``n`` samples is ``l2 = 1 / (2 c n)``.
@@ -52,18 +54,43 @@ class ProbeResult:
         return (self.logits(x).argmax(1) == y.to(self.weight.device)).float().mean().item()
 
 
+#: the Newton solver is used while one iteration's Hessian costs at most this many multiply-adds
+#: (``N * P**2`` for ``P = C * (D + 1)`` parameters): milliseconds on a CPU
+NEWTON_MAX_COST = 2e9
+
+
 def fit_logistic(
-    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int = 300, init: tuple[Tensor, Tensor] | None = None
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int = 300,
+    init: tuple[Tensor, Tensor] | None = None,
+    solver: str = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """Minimise ``mean CE(x W^T + b, y) + l2 ||W||^2`` with full-batch L-BFGS (strong Wolfe line search).
+    """Minimise ``mean CE(x W^T + b, y) + l2 ||W||^2``.
 
     Args:
         x: ``(N, D)`` features (standardised). y: ``(N,)`` labels in ``[0, num_classes)``.
-        l2: the strength. max_iter: L-BFGS iterations. init: a starting ``(W, b)`` (warm start).
+        l2: the strength. max_iter: iterations. init: a starting ``(W, b)`` (warm start).
+        solver: ``"newton"`` (exact Hessian, float64: a few iterations, for small problems),
+            ``"lbfgs"`` (full-batch L-BFGS with a strong-Wolfe line search, for large ones), or
+            ``"auto"``: Newton while one Hessian costs at most :data:`NEWTON_MAX_COST`.
 
     Returns:
-        ``W (C, D)``, ``b (C,)``.
+        ``W (C, D)``, ``b (C,)`` in ``x``'s dtype.
     """
+    if solver not in ("auto", "newton", "lbfgs"):
+        raise ValueError(f"solver must be 'auto', 'newton' or 'lbfgs', got {solver!r}")
+    params = num_classes * (x.shape[1] + 1)
+    if solver == "newton" or (solver == "auto" and len(x) * params**2 <= NEWTON_MAX_COST):
+        return _fit_newton(x, y, num_classes, l2, max_iter, init)
+    return _fit_lbfgs(x, y, num_classes, l2, max_iter, init)
+
+
+def _fit_lbfgs(
+    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
     w0, b0 = init if init is not None else (x.new_zeros(num_classes, x.shape[1]), x.new_zeros(num_classes))
     w = w0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
@@ -79,6 +106,63 @@ def fit_logistic(
     with torch.enable_grad():
         opt.step(closure)
     return w.detach(), b.detach()
+
+
+def _fit_newton(
+    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """Damped Newton on the augmented features ``[x, 1]`` (the bias is the last column of ``theta``).
+
+    The Hessian of the mean softmax cross-entropy is ``(1/N) sum_i (diag(p_i) - p_i p_i^T) kron
+    (x_i x_i^T)`` plus ``2 l2`` on the weights' diagonal; it is singular along "the same bias shift in
+    every class", which the gradient never has a component in, so a tiny ridge makes it solvable.
+    Backtracking (Armijo) keeps every step a descent; stops when the largest gradient entry is below
+    1e-7 or the loss no longer moves.
+    """
+    n, d = x.shape
+    c = num_classes
+    xa = torch.cat([x.double(), x.new_ones(n, 1, dtype=torch.float64)], 1)  # (N, D+1)
+    onehot = F.one_hot(y, c).double()  # (N, C)
+    reg = torch.full((c, d + 1), 2 * l2, dtype=torch.float64, device=x.device)
+    reg[:, d] = 0  # no penalty on the bias
+    if init is None:
+        theta = xa.new_zeros(c, d + 1)
+    else:
+        theta = torch.cat([init[0].double(), init[1].double()[:, None]], 1)
+
+    def objective(t: Tensor) -> tuple[Tensor, Tensor]:
+        logits = xa @ t.T
+        return F.cross_entropy(logits, y) + 0.5 * (reg * t.square()).sum(), logits
+
+    loss, logits = objective(theta)
+    eye = torch.eye(c * (d + 1), dtype=torch.float64, device=x.device)
+    for _ in range(max_iter):
+        p = logits.softmax(1)
+        grad = (p - onehot).T @ xa / n + reg * theta  # (C, D+1)
+        if grad.abs().max() < 1e-7:
+            break
+        a = (p[:, :, None] * xa[:, None, :]).reshape(n, -1)  # (N, C(D+1))
+        hess = -(a.T @ a) / n
+        blocks = torch.einsum("nc,nd,ne->cde", p, xa, xa) / n  # the diag(p_i) part, one block a class
+        hess.view(c, d + 1, c, d + 1).diagonal(dim1=0, dim2=2).add_(blocks.permute(1, 2, 0))
+        hess.diagonal().add_(reg.flatten() + 1e-10)
+        chol, info = torch.linalg.cholesky_ex(hess)
+        if info.item() != 0:  # not positive definite to working precision: add a ridge
+            chol = torch.linalg.cholesky(hess + 1e-6 * hess.diagonal().mean() * eye)
+        step = torch.cholesky_solve(grad.reshape(-1, 1), chol).view(c, d + 1)
+        slope = (grad * step).sum()
+        rate = 1.0
+        while True:
+            new_loss, new_logits = objective(theta - rate * step)
+            if new_loss <= loss - 1e-4 * rate * slope or rate < 1e-8:
+                break
+            rate *= 0.5
+        theta = theta - rate * step
+        moved = loss - new_loss
+        loss, logits = new_loss, new_logits
+        if moved.abs() <= 1e-12 * max(1.0, loss.abs().item()):
+            break
+    return theta[:, :d].to(x.dtype).contiguous(), theta[:, d].to(x.dtype).contiguous()
 
 
 def fit_linear_probe(

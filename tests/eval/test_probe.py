@@ -42,3 +42,33 @@ def test_bad_input_is_named():
         fit_linear_probe(torch.zeros(3, 2), torch.zeros(4))
     with pytest.raises(ValueError, match="too few to carve a validation split"):
         fit_linear_probe(torch.zeros(1, 2), torch.zeros(1))
+
+
+@pytest.mark.parametrize("l2", [1.0, 1e-3, 1e-7])
+def test_newton_and_lbfgs_reach_the_same_minimum(l2):
+    """Both solvers minimise the same objective: their losses agree, Newton's within 25 iterations (only
+    an exact Hessian converges that fast), and at Newton's answer autograd's gradient vanishes (at 1e-7
+    the data are nearly separable: the weights are large and the minimum flat, so only the losses are
+    compared)."""
+    import torch.nn.functional as F
+
+    from mmkit.eval.probe import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, generator=g)
+    y = (x[:, :3] @ torch.randn(3, 5, generator=g) + 0.5 * torch.randn(300, 5, generator=g)).argmax(1)
+
+    def loss(w, b):
+        return F.cross_entropy(x @ w.T + b, y) + l2 * w.square().sum()
+
+    # Newton's quadratic convergence needs few iterations when its Hessian is exact; L-BFGS gets many
+    fits = {s: fit_logistic(x, y, 5, l2, max_iter=iters, solver=s) for s, iters in (("newton", 25), ("lbfgs", 500))}
+    losses = {s: loss(*wb).item() for s, wb in fits.items()}
+    assert abs(losses["newton"] - losses["lbfgs"]) < 1e-4, losses
+    w, b = (t.clone().requires_grad_(True) for t in fits["newton"])
+    loss(w, b).backward()
+    if l2 >= 1e-3:  # strongly convex enough for the minimiser itself to be pinned down
+        assert w.grad.abs().max() < 1e-5 and b.grad.abs().max() < 1e-5
+        assert torch.allclose(fits["newton"][0], fits["lbfgs"][0], atol=1e-3)
+    with pytest.raises(ValueError, match="solver must be"):
+        fit_logistic(x, y, 5, l2, solver="sgd")
