@@ -19,15 +19,23 @@ Lineage: resuming from step ``s`` (explicitly, or ``resume=none`` = from step 0)
 later checkpoint aside as ``step_N.abandoned`` so that ``resume=auto`` can never continue the
 abandoned branch; they are deleted at the next successful save.
 
-Trust: DCP's own ``.metadata`` file is unpickled by torch when a checkpoint is loaded. Only resume
-from checkpoint directories you (or your cluster) wrote.
+Trust: no file of a checkpoint can run code when it is loaded. ``meta.json`` and ``COMPLETE`` are
+JSON and text; ``rank<r>.pt`` and DCP's tensor data are read with ``torch.load(weights_only=True)``;
+DCP's non-tensor entries (the optimiser's hyperparameters), which torch's own planner reads with
+``weights_only=False``, are read with ``weights_only=True`` by :class:`SafeLoadPlanner`; and DCP's
+``.metadata``, which torch's reader unpickles as it is, is read by :class:`SafeFileSystemReader`
+through an unpickler that admits only the classes DCP's metadata holds
+(:func:`dcp_metadata_allowed`). A planted file is refused with :class:`CheckpointError` naming the
+file and what it tried to load.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -39,8 +47,11 @@ from typing import Any, Protocol
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -50,6 +61,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from mmkit.train.collectives import Collectives, local_collectives
 from mmkit.utils import at_least, positive
+from mmkit.utils.safe_pickle import UnsafePickleError, restricted_load
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -70,6 +82,87 @@ class CheckpointError(RuntimeError):
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message names the path and the cause."""
+
+
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+
+
+def dcp_metadata_allowed(module: str, name: str) -> bool:
+    """What DCP's ``.metadata`` pickle may name: DCP's metadata dataclasses and enums, the storage
+    record of its file system writer, ``torch.Size``, torch's dtypes and layouts, and the path its
+    storage meta keeps. Nothing that can run a command or import a module."""
+    if module in _DCP_MODULES:
+        obj = getattr(__import__(module, fromlist=[name]), name, None)
+        return isinstance(obj, type) and obj.__module__ == module
+    if module == "torch":
+        return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+    return (module, name) in {
+        ("torch.serialization", "_get_layout"),  # maps a layout's name to the layout
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
+    }
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file system reader with ``.metadata`` read through :func:`dcp_metadata_allowed`.
+
+    Raises:
+        CheckpointError: the metadata names anything else, or is not a DCP ``Metadata``.
+    """
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        try:
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = restricted_load(f, dcp_metadata_allowed, "DCP checkpoint metadata")
+        except UnsafePickleError as e:
+            raise CheckpointError(f"{path} is unsafe: {e}; it was not written by DCP, do not resume from it") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path} is not DCP checkpoint metadata ({type(e).__name__}: {e})") from None
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{path} holds a {type(metadata).__name__}, not DCP checkpoint metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, reading non-tensor entries with ``torch.load(weights_only=True)``
+    (torch's own uses ``weights_only=False``, so a planted entry could run code)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        try:
+            obj = torch.load(value, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"checkpoint entry {fqn!r} cannot be read safely: {_load_failure(e)}") from e
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj
+
+
+def _load_failure(e: BaseException) -> str:
+    """One line for a failed ``torch.load(weights_only=True)`` (torch's own message is a paragraph of
+    advice around the one line that says what was refused)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        reason = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "")
+        return f"refused by torch.load(weights_only=True): {reason}"
+    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else 'truncated or empty'}"
+
+
+def _first_failure(e: BaseException) -> str:
+    """One line for an exception, unwrapping DCP's per-rank CheckpointException (whose text is a
+    traceback per rank) to the first rank's own exception."""
+    if isinstance(e, CheckpointException) and e.failures:
+        inner = next(iter(e.failures.values()))[0]
+        return str(inner) if isinstance(inner, CheckpointError) else _load_failure(inner)
+    return str(e)
 
 
 def rng_state() -> dict[str, Any]:
@@ -310,8 +403,10 @@ class CheckpointManager:
         hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             self._load_model_and_optimizer(path, model, optimizer)
+        except CheckpointError:
+            raise
         except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
-            raise CheckpointError(f"{path}: model/optimizer state cannot be loaded: {e}") from e
+            raise CheckpointError(f"{path}: model/optimizer state cannot be loaded: {_first_failure(e)}") from e
         for group, configured in zip(optimizer.param_groups, hparams, strict=True):
             group.update(configured)
         for name, component in components.items():
@@ -336,22 +431,24 @@ class CheckpointManager:
         try:
             return torch.load(path / f"rank{rank}.pt", map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{path}/rank{rank}.pt cannot be read safely: {e}") from e
+            raise CheckpointError(f"{path}/rank{rank}.pt cannot be read safely: {_load_failure(e)}") from e
 
     @staticmethod
     def _load_model_and_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        stored = SafeFileSystemReader(path).read_metadata().state_dict_metadata  # its own one-line errors
         model_sd, optim_sd = get_state_dict(model, optimizer)
         model_state = {"model": model_sd}  # weights strictly: every one must be in the checkpoint
-        dcp.load(model_state, checkpoint_id=str(path))
+        dcp.load(model_state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
         set_model_state_dict(model, model_state["model"])
         # Optimiser state partially: a parameter that never had a gradient before the save (an
         # unused pooler, or the image side when only text batches came so far) has no state.
         optim_state = {"optim": optim_sd}
-        dcp.load(optim_state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
+        dcp.load(
+            optim_state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True)
+        )
         set_optimizer_state_dict(model, optimizer, optim_state["optim"], options=StateDictOptions(strict=False))
         # get_state_dict gave every parameter a fresh state; those without a saved one must have
         # none, or Adam's step count (and so its bias correction) would differ from the original run.
-        stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
         saved = {k.removeprefix("optim.state.").rsplit(".", 1)[0] for k in stored if k.startswith("optim.state.")}
         for name, p in model.named_parameters():
             if name.removeprefix("module.") not in saved:

@@ -168,3 +168,75 @@ def test_collectives_put_tensors_on_their_device_and_are_local_with_one_process(
     assert comm.any(False, torch.tensor(1.0), True) == [False, True, True]
     with pytest.raises(ValueError, match="op must be one of"):
         comm.all_reduce(t, "prod")
+
+
+class _Opens:
+    """A pickle payload: unpickling it creates ``path`` (as ``os.system`` would run a command)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_dcp_metadata_pickle_never_runs(tmp_path):
+    """torch's FileSystemReader unpickles ``.metadata`` as it is; mmkit's admits DCP's classes only."""
+    import torch.distributed.checkpoint as dcp
+
+    model, opt, sched, ckpt = _saved(tmp_path, steps=(1, 2))
+    newest, marker = ckpt.latest(), tmp_path / "PWNED"
+    (newest / ".metadata").write_bytes(pickle.dumps(_Opens(marker)))
+    with pytest.raises(CheckpointError, match=r"\.metadata is unsafe: refused to load (io|builtins)\.open"):
+        ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+    assert not marker.exists()
+    dcp.FileSystemReader(str(newest)).read_metadata()  # the oracle: torch's own reader runs it
+    assert marker.exists()
+    (newest / ".metadata").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(CheckpointError, match=r"\.metadata is not DCP checkpoint metadata"):
+        ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+
+
+def test_a_planted_entry_in_the_dcp_data_never_runs(tmp_path):
+    """DCP stores non-tensor state (the optimiser's lr, betas, ...) as torch.save'd entries of its data
+    file, which torch's load planner reads with ``weights_only=False``: a checkpoint written with a
+    payload there is refused, and the payload does not run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, opt, sched, ckpt = _saved(tmp_path, steps=(1, 2))
+    newest, marker = ckpt.latest(), tmp_path / "PWNED"
+    model_sd, optim_sd = get_state_dict(model, opt)
+    optim_sd["param_groups"][0]["lr"] = _Opens(marker)
+    for f in newest.glob("*.distcp"):
+        f.unlink()
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(newest))  # valid metadata, planted entry
+    with pytest.raises(CheckpointError, match=r"entry 'optim\.param_groups\.0\.lr' cannot be read safely"):
+        ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+    assert not marker.exists()
+    _, fresh_optim = get_state_dict(model, opt)
+    dcp.load({"optim": fresh_optim}, checkpoint_id=str(newest))  # the oracle: torch's own planner runs it
+    assert marker.exists()
+
+
+def test_every_file_of_a_checkpoint_replaced_by_a_pickle_runs_nothing(tmp_path):
+    """Each file of a real checkpoint in turn replaced by a payload: every load that reads it is
+    refused with a one-line CheckpointError naming the file, and no payload runs; with the files
+    restored the checkpoint loads again."""
+    model, opt, sched, ckpt = _saved(tmp_path, steps=(1, 2))
+    newest, marker = ckpt.latest(), tmp_path / "PWNED"
+    files = sorted(p for p in newest.iterdir() if p.is_file())
+    names = {p.name for p in files}
+    assert names >= {".metadata", "meta.json", "COMPLETE", "rank0.pt"} and any(n.endswith(".distcp") for n in names)
+    for f in files:
+        original = f.read_bytes()
+        f.write_bytes(pickle.dumps(_Opens(marker)))
+        if f.name == "COMPLETE":  # a marker: its presence is read, never its bytes
+            assert ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})["step"] == 2
+        else:
+            with pytest.raises(CheckpointError, match=f.name if f.suffix != ".distcp" else "") as raised:
+                ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})
+            assert "\n" not in str(raised.value), f"{f.name}: not one line: {raised.value}"
+        f.write_bytes(original)
+        assert not marker.exists(), f.name
+    assert ckpt.load(newest, model, opt, {"scheduler": SchedulerState(sched)})["step"] == 2

@@ -18,7 +18,6 @@ CIFAR-100 uses the 100 fine labels.
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,33 +25,27 @@ from pathlib import Path
 import numpy as np
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, read_lines
+from mmkit.utils.safe_pickle import allow_names, restricted_load
 
 FOLDERS = ("cifar-10-batches-bin", "cifar-100-binary", "cifar-10-batches-py", "cifar-100-python")
 PIXELS = 3 * 32 * 32
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR python batch needs: numpy array reconstruction and dtype, and the
-    codec Python 3 uses for byte strings in protocol-2 pickles."""
-
-    ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    })  # fmt: skip
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a CIFAR batch")
-        return super().find_class(module, name)
+#: the globals a CIFAR python batch needs: numpy array reconstruction and dtype, and the codec Python 3
+#: uses for byte strings in protocol-2 pickles
+CIFAR_GLOBALS = allow_names(
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+)
 
 
 def safe_unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = SafeUnpickler(io.BufferedReader(f), encoding="bytes").load()
+            obj = restricted_load(f, CIFAR_GLOBALS, "a CIFAR batch", encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise BenchmarkFormatError(path, f"not a CIFAR python batch ({e})") from None
     if not isinstance(obj, dict):
