@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
+
 KINDS = ("image", "text", "both")
 
 
@@ -164,9 +166,12 @@ class ShardWriter:
 
 
 def embed(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``python -m mmkit.embed`` with parsed ``args``; returns the ``meta.json`` record."""
-    from tqdm import tqdm
+    """Run ``python -m mmkit.embed`` with parsed ``args``; returns the ``meta.json`` record.
 
+    Raises:
+        RunDirInUseError: another ``mmkit.embed`` is writing to ``args.out``.
+        ValueError: an empty source, no tokenizer for text, or ``args.out`` holding another run's output.
+    """
     from mmkit.eval.features import model_digest
     from mmkit.eval.loading import eval_transform, load_encoders
 
@@ -185,14 +190,24 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
     kind = args.kind or (
         "both" if first[2] is not None and first[1] is not None else ("text" if first[1] is None else "image")
     )
-    want_image, want_text = kind in ("image", "both"), kind in ("text", "both")
-    if want_text and tokenizer is None:
+    if kind in ("text", "both") and tokenizer is None:
         raise ValueError("text embeddings need a tokenizer: pass --tokenizer or use a checkpoint exported with one")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(args.checkpoint), "model_digest": model_digest(model), "source": args.source,
             "kind": kind, "shard_size": args.shard_size, "transform": transform_id,
             "dtype": "float16" if args.half else "float32"}  # fmt: skip
+    hold = RunDirLock.acquire(out)  # one writer per output folder: a second copy stops naming the first
+    try:
+        done = _resume_point(out, meta)
+        items = _Items(records, done * args.shard_size, transform, kind in ("image", "both"))
+        return _write_embeddings(out, meta, items, done, args, (model, tokenizer, device))
+    finally:
+        hold.release()
+
+
+def _resume_point(out: Path, meta: dict[str, Any]) -> int:
+    """The number of shards already written to ``out`` by the same run (``meta`` compared with its
+    ``meta.json``; written there on a fresh start)."""
     saved = out / "meta.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -204,47 +219,63 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
     done = 0
     while (out / f"keys-{done:05d}.txt").is_file():
         done += 1
-    start = done * args.shard_size
-    writer = ShardWriter(out, args.shard_size, done, args.half)
-    loader = DataLoader(_Items(records, start, transform, want_image), batch_size=args.batch_size,
-                        num_workers=args.num_workers, collate_fn=lambda items: items)  # fmt: skip
-    bar = tqdm(desc="embed", initial=start, unit="sample", file=sys.stderr, dynamic_ncols=True)
-    seen = start
-    with torch.no_grad():
-        for items in loader:
-            vectors: dict[int, dict[str, np.ndarray]] = {p: {} for p, *_ in items}
-            errors = {p: e for p, _, _, _, e in items}
-            if want_text:
-                for p, _, _, text, e in items:
-                    if e is None and not (text or "").strip():
-                        errors[p] = "no caption"
-            if want_image:
-                ok = [(p, px) for p, _, px, _, _ in items if errors[p] is None]
-                if ok:
-                    pixels = torch.stack([px for _, px in ok]).to(device)
-                    emb = F.normalize(model.embed_image(model.encode_image(pixels)).float(), dim=-1).cpu().numpy()
-                    for (p, _), e in zip(ok, emb, strict=True):
-                        vectors[p]["image"] = e
-            if want_text:
-                ok = [(p, t) for p, _, _, t, _ in items if errors[p] is None]
-                if ok:
-                    from mmkit.data import pad_sequences
+    return done
 
-                    ids, mask = pad_sequences([tokenizer.encode(t).input_ids for _, t in ok], tokenizer.pad_token_id)
-                    emb = model.embed_text(model.encode_text(ids.to(device), mask.to(device)))
-                    for (p, _), e in zip(ok, F.normalize(emb.float(), dim=-1).cpu().numpy(), strict=True):
-                        vectors[p]["text"] = e
-            for p, key, *_ in items:
+
+def _embed_items(items: list, encoders: tuple, want_image: bool, want_text: bool) -> tuple[dict, dict]:
+    """``({position: {"image"|"text": (P,) array}}, {position: error or None})`` of one loader batch."""
+    model, tokenizer, device = encoders
+    vectors: dict[int, dict[str, np.ndarray]] = {p: {} for p, *_ in items}
+    errors = {p: e for p, _, _, _, e in items}
+    if want_text:
+        for p, _, _, text, e in items:
+            if e is None and not (text or "").strip():
+                errors[p] = "no caption"
+    if want_image:
+        ok = [(p, px) for p, _, px, _, _ in items if errors[p] is None]
+        if ok:
+            pixels = torch.stack([px for _, px in ok]).to(device)
+            emb = F.normalize(model.embed_image(model.encode_image(pixels)).float(), dim=-1).cpu().numpy()
+            for (p, _), e in zip(ok, emb, strict=True):
+                vectors[p]["image"] = e
+    if want_text:
+        ok = [(p, t) for p, _, _, t, _ in items if errors[p] is None]
+        if ok:
+            from mmkit.data import pad_sequences
+
+            ids, mask = pad_sequences([tokenizer.encode(t).input_ids for _, t in ok], tokenizer.pad_token_id)
+            emb = model.embed_text(model.encode_text(ids.to(device), mask.to(device)))
+            for (p, _), e in zip(ok, F.normalize(emb.float(), dim=-1).cpu().numpy(), strict=True):
+                vectors[p]["text"] = e
+    return vectors, errors
+
+
+def _write_embeddings(
+    out: Path, meta: dict[str, Any], items: _Items, done: int, args: argparse.Namespace, encoders: tuple
+) -> dict[str, Any]:
+    """Embed ``items`` from shard ``done`` on, writing each shard as it completes; returns the meta."""
+    from tqdm import tqdm
+
+    kind = meta["kind"]
+    writer = ShardWriter(out, args.shard_size, done, args.half)
+    loader = DataLoader(items, batch_size=args.batch_size, num_workers=args.num_workers,
+                        collate_fn=lambda batch: batch)  # fmt: skip
+    start = seen = done * args.shard_size
+    bar = tqdm(desc="embed", initial=start, unit="sample", file=sys.stderr, dynamic_ncols=True)
+    with torch.no_grad():
+        for batch in loader:
+            vectors, errors = _embed_items(batch, encoders, kind in ("image", "both"), kind in ("text", "both"))
+            for p, key, *_ in batch:
                 writer.add(p, key, vectors[p] if errors[p] is None else None, errors[p])
-            seen += len(items)
-            bar.update(len(items))
+            seen += len(batch)
+            bar.update(len(batch))
     bar.close()
     last = (seen - 1) // args.shard_size if seen else -1
     for shard in range(writer.next, last + 1):
         writer.flush(shard)
     meta["samples"] = seen
     meta["shards"] = last + 1
-    _save(saved, lambda t: t.write_text(json.dumps(meta, indent=2)))
+    _save(out / "meta.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     print(f"wrote {last + 1} shard(s) of {kind} embeddings for {seen:,} samples to {out}", file=sys.stderr)
     return meta
 
@@ -284,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shard-size and --batch-size must be >= 1")
     try:
         embed(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RunDirInUseError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

@@ -73,3 +73,21 @@ def test_another_checkpoint_in_the_same_folder_is_refused(pairs, tmp_path, capsy
     assert _run(out, data, other, "--kind", "image") == 2
     err = capsys.readouterr().err
     assert "error:" in err and "holds embeddings of another run" in err and "model_digest" in err
+
+
+def test_a_folder_another_embed_is_writing_is_refused_naming_it(pairs, tmp_path, capsys):
+    import os
+
+    from mmkit.train import RunDirLock
+
+    data, export = pairs
+    out = tmp_path / "emb"
+    hold = RunDirLock.acquire(out)  # another copy of the command, still running
+    try:
+        assert _run(out, data, export, "--kind", "image") == 2
+    finally:
+        hold.release()
+    err = capsys.readouterr().err
+    assert f"error: run directory {out} is in use by pid {os.getpid()} on host" in err
+    assert not list(out.glob("keys-*.txt"))  # nothing written beside the holder
+    assert _run(out, data, export, "--kind", "image") == 0  # free again once it is released

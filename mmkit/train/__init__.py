@@ -1,7 +1,8 @@
 """The training runtime every recipe shares.
 
 * :mod:`~mmkit.train.context`: :func:`start_run` -> :class:`RunContext` (process group, device,
-  run directory, resolved config, SIGTERM, fault hooks).
+  run directory, resolved config, SIGTERM, fault hooks); :mod:`~mmkit.utils.run_lock`: one writer
+  per run directory.
 * :mod:`~mmkit.train.collectives`: :class:`Collectives`, the only way training code talks to
   other ranks (tensors on the process group's device).
 * :mod:`~mmkit.train.step`: :class:`TrainStep` (accumulation, autocast, GradScaler, clipping, the
@@ -58,6 +59,7 @@ from mmkit.train.optim import (
 )
 from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
 from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler, objective_grad_norms
+from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
 
 __all__ = [
     "COMPILE_MODES",
@@ -77,6 +79,8 @@ __all__ = [
     "RNGState",
     "ResumeError",
     "RunContext",
+    "RunDirInUseError",
+    "RunDirLock",
     "SchedulerState",
     "StepOutcome",
     "TrainState",

@@ -60,6 +60,9 @@ def run_training(recipe: Any) -> int:
         if ctx is not None:
             ctx.comm.barrier()
     finally:
+        ctx = getattr(recipe, "ctx", None)
+        if ctx is not None:
+            ctx.close()
         teardown_distributed()
     return 0
 

@@ -8,6 +8,8 @@ run directory, installs a SIGTERM handler and returns a :class:`RunContext` hold
 * ``run_dir`` and the resolved ``config`` (written to ``<run_dir>/config.yaml`` by
   :meth:`RunContext.write_config` once the run knows whether it resumed; the same config is stored
   in every checkpoint and compared on resume, see :mod:`mmkit.train.resume`);
+* ``lock``: the run directory's hold (:mod:`mmkit.utils.run_lock`: one writer per directory; a second
+  run on a directory in use stops at once naming the holder), released by :meth:`RunContext.close`;
 * the stop request: SIGTERM sets a flag, and :meth:`TrainStep <mmkit.train.step.TrainStep>` turns it
   into a decision every rank agrees on (so all ranks save the same checkpoint and exit together);
 * fault injection used by the resume tests (environment variables, read once):
@@ -29,6 +31,7 @@ import yaml
 from mmkit.train.collectives import Collectives
 from mmkit.train.distributed import DistInfo, setup_distributed
 from mmkit.utils import config_to_dict
+from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
 
 
 @dataclass
@@ -55,6 +58,12 @@ class RunContext:
     config: Any
     faults: FaultPlan = field(default_factory=FaultPlan)
     stop_requested: bool = False
+    lock: RunDirLock | None = None
+
+    def close(self) -> None:
+        """Release the run directory (rank 0's hold); called when the recipe ends, however it ends."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def device(self) -> torch.device:
@@ -91,20 +100,28 @@ class RunContext:
 
 
 def start_run(config: Any, run_dir: str | Path, seed: int = 0, device: str = "auto") -> RunContext:
-    """Join the process group, seed every RNG with ``seed``, create ``run_dir``, catch SIGTERM.
+    """Join the process group, seed every RNG with ``seed``, create and hold ``run_dir``, catch SIGTERM.
 
     Args:
         config: the recipe's resolved dataclass config (kept on the context and in checkpoints).
         run_dir: the run directory (created by rank 0).
         seed: seeds torch's CPU and CUDA generators (the same on every rank: equal initial weights).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+
+    Raises:
+        RunDirInUseError: another live run holds ``run_dir`` (on every rank, so all stop together).
     """
     info = setup_distributed(device)
     comm = Collectives(info.device, info.world_size)
     torch.manual_seed(seed)
     ctx = RunContext(info, comm, Path(run_dir), config, FaultPlan.from_env())
+    refusal = None
     if ctx.is_main:
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    comm.barrier()
+        try:
+            ctx.lock = RunDirLock.acquire(ctx.run_dir)
+        except RunDirInUseError as e:
+            refusal = e
+    if comm.any(refusal is not None)[0]:
+        raise refusal or RunDirInUseError(f"run directory {ctx.run_dir} is in use (rank 0 found its holder)")
     signal.signal(signal.SIGTERM, ctx._on_sigterm)
     return ctx

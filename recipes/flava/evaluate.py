@@ -67,7 +67,7 @@ from mmkit.eval.loading import eval_transform, load_encoders
 from mmkit.eval.suite import SuiteContext, load_suite, run_suite
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
-from mmkit.train import recipe_arg_parser, run_cli
+from mmkit.train import RunDirLock, recipe_arg_parser, run_cli
 from mmkit.train.cli import debug_enabled
 from mmkit.utils import at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
@@ -254,7 +254,11 @@ def evaluate_suite(cfg: EvalConfig, model, tokenizer) -> dict[str, Any]:
     ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
                        num_workers=cfg.num_workers, max_bad_fraction=cfg.max_bad_fraction, progress=cfg.progress,
                        seed=cfg.seed)  # fmt: skip
-    results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True))
+    hold = RunDirLock.acquire(cfg.out)  # one suite run per out folder: a second stops naming the first
+    try:
+        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True))
+    finally:
+        hold.release()
     print((Path(cfg.out) / "results.md").read_text())
     return results
 

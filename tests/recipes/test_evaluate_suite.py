@@ -68,6 +68,18 @@ def test_the_shapes_suite_on_an_mmkit_export(bench, tmp_path, capsys):
     for name in results:
         if name != "_checkpoint":
             assert again[name] == pytest.approx(results[name]), name
+    # another suite still writing into the same out= folder: this one stops at once, naming it
+    import os
+
+    from mmkit.train import RunDirLock
+
+    hold = RunDirLock.acquire(out)
+    try:
+        capsys.readouterr()
+        assert _evaluate(*args) == 2
+    finally:
+        hold.release()
+    assert f"error: run directory {out} is in use by pid {os.getpid()}" in capsys.readouterr().err
 
 
 def test_a_transformers_directory_with_the_papers_numbers_beside(bench, tmp_path):

@@ -129,13 +129,10 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
 
 
 def _setup_and_train(recipe, cfg):
-    """One in-process pretraining run of ``cfg``; the process group is torn down however it ends."""
-    from mmkit.train import teardown_distributed
+    """One in-process pretraining run of ``cfg`` (the process group and the run directory released
+    however it ends)."""
+    from mmkit.train import run_training
 
     r = recipe.FLAVAPretrainRecipe(cfg)
-    try:
-        r.setup()
-        r.train()
-    finally:
-        teardown_distributed()
+    run_training(r)
     return r

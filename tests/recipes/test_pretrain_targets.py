@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 
 
 def _run(recipe, run_dir, data, train_pairs, *extra):
-    from mmkit.train import teardown_distributed
+    from mmkit.train import run_training
 
     # a random tokenizer allowed: these tests compare targets and losses, not what is learned
     args = [f"run_dir={run_dir}", "data.dataset=files", f"data.train_pairs={json.dumps([str(p) for p in train_pairs])}",
@@ -44,11 +44,7 @@ def _run(recipe, run_dir, data, train_pairs, *extra):
             "data.streaming=true", "model.pretraining.mim_target=tokens", "model.codebook.checkpoint=null",
             "model.codebook.allow_random=true", *extra]  # fmt: skip
     r = recipe.FLAVAPretrainRecipe(recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), args))
-    try:
-        r.setup()
-        r.train()
-    finally:
-        teardown_distributed()
+    run_training(r)
     losses = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
