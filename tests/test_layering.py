@@ -152,3 +152,44 @@ def test_no_import_cycle_between_packages():
 def test_decided_directions(src, dst):
     sites = _package_edges().get((src, dst))
     assert not sites, f"mmkit.{src} must not import mmkit.{dst}: {', '.join(sites)}"
+
+
+@pytest.mark.parametrize("package", ["mmkit.models", "mmkit.encoders", "mmkit.tokenizers", "mmkit.layers",
+                                     "mmkit.losses", "mmkit.heads", "mmkit.masking"])  # fmt: skip
+def test_the_model_packages_load_nothing_of_the_data_pipeline(package):
+    """Whoever reuses the encoders or the models gets no data loaders, sources or collators with them:
+    checked in a fresh interpreter, so whatever the package imports at any depth counts."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {package}; print(sorted(m for m in sys.modules if m.startswith('mmkit.data')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import {package} loads {out.strip()}"
+
+
+#: modules a recipe may import from directly: commands whose ``main`` is their interface
+COMMAND_MODULES = {"mmkit.tokenizers.cache"}
+
+
+def test_recipes_use_public_names_only():
+    """A recipe imports from a package (``from mmkit.data import X``), and only names the package lists
+    in ``__all__``: what a recipe needs is public, so a user's own recipe can do the same."""
+    import importlib
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    bad = []
+    for path in sorted(recipes.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmkit")):
+                continue
+            site = f"{path.relative_to(recipes.parent)}:{node.lineno}"
+            if node.module in COMMAND_MODULES:
+                continue
+            if node.module.count(".") != 1:
+                bad.append(
+                    f"{site}: from {node.module} (import from the package, {'.'.join(node.module.split('.')[:2])})"
+                )
+                continue
+            public = set(getattr(importlib.import_module(node.module), "__all__", ()))
+            bad += [f"{site}: {node.module}.{a.name} is not in its __all__" for a in node.names if a.name not in public]
+    assert not bad, "\n".join(bad)

@@ -20,10 +20,34 @@ from mmkit.data.loader import (
     Skipped,
     make_loader,
 )
-from mmkit.data.sources import ImageFolder, Manifest, Record, Source, TarShards, TextLines, expand_paths
+from mmkit.data.sources import (
+    ImageFolder,
+    Manifest,
+    Record,
+    Source,
+    TarShards,
+    TextLines,
+    decode_image,
+    decode_text,
+    expand_paths,
+    read_table,
+)
+from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
+from mmkit.data.tasks import (
+    TASKS,
+    ClassificationCollator,
+    ClassificationDataset,
+    LabeledPairs,
+    LabeledText,
+    ShapesTask,
+    collate_classification,
+)
 from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
 
 __all__ = [
+    "TASKS",
+    "ClassificationCollator",
+    "ClassificationDataset",
     "CollateWithSkips",
     "ContrastivePairCollator",
     "DataQualityError",
@@ -34,20 +58,30 @@ __all__ = [
     "ImageCollator",
     "ImageFolder",
     "ImageTransformConfig",
+    "LabeledPairs",
+    "LabeledText",
     "Manifest",
     "MixedBatches",
     "PairCollator",
     "Record",
     "ShapesPaths",
+    "ShapesTask",
     "ShardedBatchSampler",
     "Skipped",
     "Source",
     "TarShards",
     "TextCollator",
     "TextLines",
+    "collate_classification",
+    "decode_image",
+    "decode_text",
     "expand_paths",
     "make_loader",
+    "make_stream_loader",
     "pad_sequences",
+    "read_table",
+    "read_token_info",
     "recipe_data_paths",
+    "resolve_shards",
     "shapes_dataset",
 ]

@@ -21,15 +21,14 @@ a plain-text file for the unimodal objectives, and a held-out split for evaluati
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import random
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from mmkit.utils.run_lock import file_lock
 
 COLORS = {
     "red": (220, 40, 40),
@@ -199,7 +198,7 @@ def shapes_dataset(
     if done.exists() and done.read_text() == spec:
         return listing()
     root.mkdir(parents=True, exist_ok=True)
-    with exclusive(root / ".lock"):  # every rank of a run may call this at once: one writes, the rest wait
+    with file_lock(root / ".lock"):  # every rank of a run may call this at once: one writes, the rest wait
         if done.exists() and done.read_text() == spec:
             return listing()
         done.unlink(missing_ok=True)
@@ -215,17 +214,6 @@ def shapes_dataset(
         os.replace(tmp, root / "text.txt")
         done.write_text(spec)
     return listing()
-
-
-@contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """An advisory lock on ``path`` (``flock``), held for the block; released if the process dies."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def recipe_data_paths(

@@ -8,9 +8,8 @@ crop (or, with ``random_crop``, a random resized crop), then
 Every random choice comes from a ``torch.Generator`` the caller seeds per sample, so a
 resumed run crops exactly as the uninterrupted one would.
 
-The dVAE's input map (:func:`dalle_preprocess`, :data:`DALLE_EPS`) is defined here, where the
-tokenizer's input is made, and ``mmkit.tokenizers`` re-exports it: ``mmkit.data`` is the lower
-package and imports nothing from the tokenizers.
+The dVAE's input map (:func:`~mmkit.utils.pixels.dalle_preprocess`, ``DALLE_EPS``) lives in
+:mod:`mmkit.utils.pixels`, below this package and ``mmkit.tokenizers`` alike.
 """
 
 from __future__ import annotations
@@ -21,20 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
+from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-#: the DALL-E "logit-Laplace" epsilon: the dVAE sees pixels mapped into [eps, 1 - eps].
-DALLE_EPS = 0.1
-
-
-def dalle_preprocess(images: Tensor) -> Tensor:
-    """Map ``[0, 1]`` pixels into the dVAE's input range: ``(1 - 2 eps) x + eps = 0.8 x + 0.1``.
-
-    Args:
-        images: ``(B, 3, H, W)`` (or ``(3, H, W)``) float in ``[0, 1]`` (already resized, 112² for FLAVA).
-    """
-    return (1 - 2 * DALLE_EPS) * images + DALLE_EPS
 
 
 @dataclass

@@ -4,7 +4,9 @@ Benchmark readers: :mod:`mmkit.eval.benchmarks`; cached features: :mod:`mmkit.ev
 :mod:`mmkit.eval.suite`; loading any checkpoint to evaluate: :mod:`mmkit.eval.loading`.
 """
 
+from mmkit.eval.features import FeatureCache
 from mmkit.eval.health import HealthConfig, HealthMonitor, mean_pairwise_cosine
+from mmkit.eval.loading import eval_transform, load_encoders
 from mmkit.eval.metrics import (
     accuracy,
     auroc,
@@ -16,23 +18,30 @@ from mmkit.eval.metrics import (
 )
 from mmkit.eval.probe import ProbeResult, fit_linear_probe
 from mmkit.eval.retrieval import multi_caption_retrieval, retrieval_recall
+from mmkit.eval.suite import SuiteContext, load_suite, run_suite
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_logits
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "FeatureCache",
     "HealthConfig",
     "HealthMonitor",
     "ProbeResult",
+    "SuiteContext",
     "accuracy",
     "auroc",
     "class_embeddings",
+    "eval_transform",
     "f1_score",
     "fit_linear_probe",
+    "load_encoders",
+    "load_suite",
     "matthews_corrcoef",
     "mean_pairwise_cosine",
     "multi_caption_retrieval",
     "pearson",
     "retrieval_recall",
+    "run_suite",
     "spearman",
     "vqa_soft_accuracy",
     "zero_shot_logits",

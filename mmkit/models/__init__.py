@@ -18,7 +18,7 @@ from mmkit.models.clip import (
     dual_encoder_model,
     siglip_model,
 )
-from mmkit.models.clip_hf import load_dual_encoder
+from mmkit.models.clip_hf import export_config, load_dual_encoder
 from mmkit.models.flava import CodebookConfig, FLAVAConfig, FLAVAModel, FLAVAOutput, PretrainingConfig, flava_model
 from mmkit.models.flava_classification import (
     ClassificationHead,
@@ -28,8 +28,9 @@ from mmkit.models.flava_classification import (
     flava_model_for_classification,
     load_classifier,
 )
-from mmkit.models.flava_hf import EncoderLoadReport, load_flava_model
+from mmkit.models.flava_hf import EncoderLoadReport, hf_unsupported, load_flava_model
 from mmkit.models.flava_pretraining import (
+    RANDOM_CODEBOOK,
     FLAVAForPreTraining,
     FLAVAPretrainingOutput,
     RandomCodebookWarning,
@@ -37,8 +38,10 @@ from mmkit.models.flava_pretraining import (
     random_codebook,
     resolve_codebook_config,
 )
+from mmkit.models.towers import init_towers, resolve_tower_configs
 
 __all__ = [
+    "RANDOM_CODEBOOK",
     "CLIPConfig",
     "ClassificationHead",
     "ClassificationOutput",
@@ -61,13 +64,17 @@ __all__ = [
     "clip_model",
     "dual_encoder_for_pretraining",
     "dual_encoder_model",
+    "export_config",
     "flava_model",
     "flava_model_for_classification",
     "flava_model_for_pretraining",
+    "hf_unsupported",
+    "init_towers",
     "load_classifier",
     "load_dual_encoder",
     "load_flava_model",
     "random_codebook",
     "resolve_codebook_config",
+    "resolve_tower_configs",
     "siglip_model",
 ]

@@ -1,11 +1,11 @@
 """Tokenizers: the DALL-E dVAE image tokenizer (MIM targets), a trainable dVAE, and WordPiece text tokenization.
 
-Layering: ``mmkit.tokenizers`` builds on ``mmkit.data`` (the dVAE's input map
-:func:`dalle_preprocess`, re-exported here, and the token-cache format of
-``python -m mmkit.tokenizers.cache`` live there) and never the other way round.
+Layering: importing ``mmkit.tokenizers`` loads nothing of ``mmkit.data`` (the dVAE's input map
+:func:`dalle_preprocess`, re-exported here, lives in :mod:`mmkit.utils.pixels`). Only the token-cache
+command, ``python -m mmkit.tokenizers.cache``, reads data shards through ``mmkit.data``; ``mmkit.data``
+never imports ``mmkit.tokenizers``.
 """
 
-from mmkit.data.transforms import dalle_preprocess
 from mmkit.tokenizers.dalle import (
     DalleEncoder,
     ImageTokenizer,
@@ -25,6 +25,7 @@ from mmkit.tokenizers.dvae import (
     save_dvae,
 )
 from mmkit.tokenizers.text import Encoding, TextTokenizer, tokenizer_for_run, train_wordpiece
+from mmkit.utils.pixels import dalle_preprocess
 
 __all__ = [
     "DVAEOutput",

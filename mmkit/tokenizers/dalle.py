@@ -10,8 +10,8 @@ residual blocks with widths ``1, 2, 4, 8 x hidden`` and a 2x max-pool after grou
 
 Input pixels are in the dVAE's own space: the image resized to 112² (Lanczos in the data
 pipeline), scaled to [0, 1], then mapped by :func:`dalle_preprocess` (``0.8 x + 0.1``). That map
-and ``DALLE_EPS`` live in :mod:`mmkit.data.transforms`, which makes the tokenizer's input, and are
-re-exported here: ``mmkit.data`` never imports ``mmkit.tokenizers``.
+and ``DALLE_EPS`` live in :mod:`mmkit.utils.pixels`, below both the data pipeline that makes the
+tokenizer's input and this package, and are re-exported here.
 
 Module names follow the DALL-E release (``input``, ``group_k.block_j.res_path.conv_i``,
 ``output.conv``), so original checkpoints map onto this module with only ``.w/.b`` renamed. The key
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.data.transforms import DALLE_EPS as DALLE_EPS
-from mmkit.data.transforms import dalle_preprocess as dalle_preprocess
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_from_openai
 from mmkit.tokenizers.dalle_keys import dalle_to_hf as dalle_to_hf
 from mmkit.utils.io import read_weights
+from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
+from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.data.transforms import DALLE_EPS
 from mmkit.tokenizers.dalle import DalleBlock, DalleEncoder
+from mmkit.utils.pixels import DALLE_EPS
 
 DECODER_KERNELS = (1, 3, 3, 3)  # the encoder's residual path reversed
 

@@ -24,7 +24,7 @@ from mmkit.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from mmkit.train.cli import recipe_arg_parser, run_cli, run_recipe, run_training
+from mmkit.train.cli import debug_enabled, recipe_arg_parser, run_cli, run_recipe, run_training
 from mmkit.train.collectives import Collectives
 from mmkit.train.context import RunContext, start_run
 from mmkit.train.distributed import (
@@ -89,6 +89,7 @@ __all__ = [
     "autocast",
     "build_optimizer",
     "check_resume_config",
+    "debug_enabled",
     "full_parameters",
     "full_state_dict",
     "loop_options",

@@ -13,14 +13,18 @@ from mmkit.utils.config import (
     positive,
     replace_config,
 )
+from mmkit.utils.run_lock import RunDirInUseError, RunDirLock, file_lock
 
 __all__ = [
     "ConfigError",
+    "RunDirInUseError",
+    "RunDirLock",
     "at_least",
     "check_config",
     "choice",
     "config_from_dict",
     "config_to_dict",
+    "file_lock",
     "fraction",
     "load_config",
     "parse_override",

@@ -22,6 +22,8 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -101,3 +103,16 @@ def _describe(info: dict | None) -> str:
     if "unreadable" in info:
         return f"another process (lock file reads {info['unreadable']!r})"
     return f"pid {info.get('pid')} on host {info.get('host')} (started {info.get('started')})"
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (``flock``, waiting for it), held for the ``with`` block
+    and released if the process dies: for work that one of several processes does while the others
+    wait (the built-in dataset, the demo's tokenizer)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

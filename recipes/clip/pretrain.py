@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from mmkit.convert import save_dual_encoder_hf
 from mmkit.data import (
     ContrastivePairCollator,
     FLAVABatch,
@@ -50,13 +51,20 @@ from mmkit.data import (
     MixedBatches,
     TarShards,
     make_loader,
+    make_stream_loader,
     recipe_data_paths,
+    resolve_shards,
 )
-from mmkit.data.streaming import make_stream_loader, resolve_shards
 from mmkit.eval import HealthConfig, HealthMonitor, retrieval_recall
-from mmkit.models import CLIPConfig, DualEncoderConfig, DualEncoderForPreTraining, SigLIPConfig
-from mmkit.models.clip import dual_encoder_for_pretraining, dual_encoder_model
-from mmkit.models.clip_hf import export_config, save_dual_encoder_hf
+from mmkit.models import (
+    CLIPConfig,
+    DualEncoderConfig,
+    DualEncoderForPreTraining,
+    SigLIPConfig,
+    dual_encoder_for_pretraining,
+    dual_encoder_model,
+    export_config,
+)
 from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
 from mmkit.train import (
     PRECISIONS,

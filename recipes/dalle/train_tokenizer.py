@@ -49,20 +49,28 @@ from typing import Any
 import torch
 
 from mmkit.data import (
+    FLAVADataset,
     FLAVAImageTransform,
     ImageFolder,
     ImageTransformConfig,
     MixedBatches,
+    Source,
     TarShards,
+    decode_image,
     expand_paths,
     make_loader,
+    make_stream_loader,
     shapes_dataset,
 )
-from mmkit.data.loader import FLAVADataset
-from mmkit.data.sources import Source, decode_image
-from mmkit.data.streaming import make_stream_loader
-from mmkit.tokenizers import DalleDecoder, DalleEncoder, DiscreteVAE, codebook_usage, save_dvae
-from mmkit.tokenizers.dvae import gumbel_temperature, kl_weight_schedule
+from mmkit.tokenizers import (
+    DalleDecoder,
+    DalleEncoder,
+    DiscreteVAE,
+    codebook_usage,
+    gumbel_temperature,
+    kl_weight_schedule,
+    save_dvae,
+)
 from mmkit.train import (
     PRECISIONS,
     CheckpointConfig,

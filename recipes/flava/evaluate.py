@@ -58,17 +58,36 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mmkit.data import ImageFolder, Manifest, TarShards, pad_sequences, shapes_dataset
-from mmkit.data.sources import Source, decode_image, decode_text
-from mmkit.data.tasks import TASKS, ClassificationDataset, ShapesTask, collate_classification
-from mmkit.eval import DEFAULT_TEMPLATES, class_embeddings, fit_linear_probe, retrieval_recall, zero_shot_logits
-from mmkit.eval.features import FeatureCache
-from mmkit.eval.loading import eval_transform, load_encoders
-from mmkit.eval.suite import SuiteContext, load_suite, run_suite
+from mmkit.data import (
+    TASKS,
+    ClassificationDataset,
+    ImageFolder,
+    Manifest,
+    ShapesTask,
+    Source,
+    TarShards,
+    collate_classification,
+    decode_image,
+    decode_text,
+    pad_sequences,
+    shapes_dataset,
+)
+from mmkit.eval import (
+    DEFAULT_TEMPLATES,
+    FeatureCache,
+    SuiteContext,
+    class_embeddings,
+    eval_transform,
+    fit_linear_probe,
+    load_encoders,
+    load_suite,
+    retrieval_recall,
+    run_suite,
+    zero_shot_logits,
+)
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
-from mmkit.train import RunDirLock, recipe_arg_parser, run_cli
-from mmkit.train.cli import debug_enabled
+from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli
 from mmkit.utils import at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 

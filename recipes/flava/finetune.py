@@ -47,12 +47,23 @@ from typing import Any
 
 import torch
 
-from mmkit.data import FLAVAImageTransform, ImageFolder, ImageTransformConfig, MixedBatches, make_loader, shapes_dataset
-from mmkit.data.sources import read_table
-from mmkit.data.tasks import TASKS, ClassificationCollator, ClassificationDataset, LabeledPairs, LabeledText, ShapesTask
+from mmkit.data import (
+    TASKS,
+    ClassificationCollator,
+    ClassificationDataset,
+    FLAVAImageTransform,
+    ImageFolder,
+    ImageTransformConfig,
+    LabeledPairs,
+    LabeledText,
+    MixedBatches,
+    ShapesTask,
+    make_loader,
+    read_table,
+    shapes_dataset,
+)
 from mmkit.eval import accuracy, auroc, f1_score, matthews_corrcoef, pearson, spearman, vqa_soft_accuracy
-from mmkit.models import FLAVAConfig, flava_model_for_classification
-from mmkit.models.towers import init_towers, resolve_tower_configs
+from mmkit.models import FLAVAConfig, flava_model_for_classification, init_towers, resolve_tower_configs
 from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.train import (
     PRECISIONS,

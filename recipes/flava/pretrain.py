@@ -83,20 +83,23 @@ from mmkit.data import (
     TextCollator,
     TextLines,
     make_loader,
+    make_stream_loader,
+    read_token_info,
     recipe_data_paths,
+    resolve_shards,
 )
-from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
 from mmkit.eval import HealthConfig, HealthMonitor, retrieval_recall
 from mmkit.masking import BlockMaskGenerator, TokenMasker
 from mmkit.models import (
+    RANDOM_CODEBOOK,
     FLAVAConfig,
     FLAVAForPreTraining,
     flava_model_for_pretraining,
+    init_towers,
     random_codebook,
     resolve_codebook_config,
+    resolve_tower_configs,
 )
-from mmkit.models.flava_pretraining import RANDOM_CODEBOOK
-from mmkit.models.towers import init_towers, resolve_tower_configs
 from mmkit.tokenizers import TextTokenizer, tokenizer_fingerprint, tokenizer_for_run
 from mmkit.train import (
     PRECISIONS,
@@ -104,6 +107,7 @@ from mmkit.train import (
     MetricsLogger,
     OptimConfig,
     autocast,
+    debug_enabled,
     full_state_dict,
     loop_options,
     memory_mib,
@@ -120,8 +124,7 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.train.cli import debug_enabled
-from mmkit.utils import ConfigError, at_least, choice, fraction
+from mmkit.utils import ConfigError, at_least, choice, file_lock, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -248,7 +251,6 @@ def builtin_tokenizer(paths, steps: int | None = None) -> tuple[Path, list[Path]
     Returns:
         ``(tokenizer folder, cached training pair shards, cached image shards)``.
     """
-    from mmkit.data.builtin import exclusive
     from mmkit.tokenizers.cache import main as cache_ids
 
     root = Path(paths.root).parent / f"{Path(paths.root).name}-dvae"
@@ -262,7 +264,7 @@ def builtin_tokenizer(paths, steps: int | None = None) -> tuple[Path, list[Path]
     if done.is_file() and done.read_text() == spec:
         return listing()
     root.mkdir(parents=True, exist_ok=True)
-    with exclusive(root / ".lock"):
+    with file_lock(root / ".lock"):
         if done.is_file() and done.read_text() == spec:
             return listing()
         print(f"making the built-in image tokenizer (once, in {root}): {config.name}", file=sys.stderr, flush=True)
@@ -587,7 +589,7 @@ class FLAVAPretrainRecipe:
         from safetensors.torch import save_file
 
         from mmkit.convert import save_hf_checkpoint
-        from mmkit.models.flava_hf import hf_unsupported
+        from mmkit.models import hf_unsupported
 
         tensors = full_state_dict(self.model)
         if self.ctx.is_main:
