@@ -22,7 +22,7 @@ abandoned branch; they are deleted at the next successful save.
 Trust: no file of a checkpoint can run code when it is loaded. ``meta.json`` and ``COMPLETE`` are
 JSON and text; ``rank<r>.pt`` and DCP's tensor data are read with ``torch.load(weights_only=True)``;
 DCP's non-tensor entries (the optimiser's hyperparameters), which torch's own planner reads with
-``weights_only=False``, are read with ``weights_only=True`` by :class:`SafeLoadPlanner`; and DCP's
+the full unpickler, are read with ``weights_only=True`` by :class:`SafeLoadPlanner`; and DCP's
 ``.metadata``, which torch's reader unpickles as it is, is read by :class:`SafeFileSystemReader`
 through an unpickler that admits only the classes DCP's metadata holds
 (:func:`dcp_metadata_allowed`). A planted file is refused with :class:`CheckpointError` naming the
@@ -132,7 +132,7 @@ class SafeFileSystemReader(FileSystemReader):
 
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, reading non-tensor entries with ``torch.load(weights_only=True)``
-    (torch's own uses ``weights_only=False``, so a planted entry could run code)."""
+    (torch's own uses the full unpickler, so a planted entry could run code)."""
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn

@@ -119,9 +119,9 @@ def start_run(config: Any, run_dir: str | Path, seed: int = 0, device: str = "au
     if ctx.is_main:
         try:
             ctx.lock = RunDirLock.acquire(ctx.run_dir)
-        except RunDirInUseError as e:
+        except (RunDirInUseError, OSError) as e:  # in use, or not creatable: every rank stops, none waits
             refusal = e
     if comm.any(refusal is not None)[0]:
-        raise refusal or RunDirInUseError(f"run directory {ctx.run_dir} is in use (rank 0 found its holder)")
+        raise refusal or RunDirInUseError(f"rank 0 could not hold run directory {ctx.run_dir} (its error says why)")
     signal.signal(signal.SIGTERM, ctx._on_sigterm)
     return ctx
