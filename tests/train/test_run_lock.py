@@ -56,7 +56,7 @@ def test_a_second_training_run_on_a_directory_in_use_stops_and_the_first_finishe
 
     data = shapes_dataset(tmp_path / "data", num_train=48, num_val=16, num_images=8, num_text=32, per_shard=48)
     run = tmp_path / "run"
-    steps = 40
+    steps = 300  # long enough to be still training when the second copy has started (a few seconds)
     args = ["--config", str(REPO / "recipes/clip/configs/demo.yaml"), f"run_dir={run}", "model_type=clip",
             "data.dataset=files", f"data.train_pairs={[str(p) for p in data.train_pairs]}",
             f"data.val_pairs={[str(p) for p in data.val_pairs]}", f"data.text={[str(p) for p in data.text]}",
