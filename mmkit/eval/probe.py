@@ -57,6 +57,8 @@ class ProbeResult:
 #: the Newton solver is used while one iteration's Hessian costs at most this many multiply-adds
 #: (``N * P**2`` for ``P = C * (D + 1)`` parameters): milliseconds on a CPU
 NEWTON_MAX_COST = 2e9
+#: ... and while its ``P x P`` float64 Hessian stays small (4,096 parameters: 128 MiB)
+NEWTON_MAX_PARAMS = 4096
 
 
 def fit_logistic(
@@ -75,7 +77,8 @@ def fit_logistic(
         l2: the strength. max_iter: iterations. init: a starting ``(W, b)`` (warm start).
         solver: ``"newton"`` (exact Hessian, float64: a few iterations, for small problems),
             ``"lbfgs"`` (full-batch L-BFGS with a strong-Wolfe line search, for large ones), or
-            ``"auto"``: Newton while one Hessian costs at most :data:`NEWTON_MAX_COST`.
+            ``"auto"``: Newton while one Hessian costs at most :data:`NEWTON_MAX_COST` and has at most
+            :data:`NEWTON_MAX_PARAMS` rows.
 
     Returns:
         ``W (C, D)``, ``b (C,)`` in ``x``'s dtype.
@@ -83,7 +86,8 @@ def fit_logistic(
     if solver not in ("auto", "newton", "lbfgs"):
         raise ValueError(f"solver must be 'auto', 'newton' or 'lbfgs', got {solver!r}")
     params = num_classes * (x.shape[1] + 1)
-    if solver == "newton" or (solver == "auto" and len(x) * params**2 <= NEWTON_MAX_COST):
+    small = len(x) * params**2 <= NEWTON_MAX_COST and params <= NEWTON_MAX_PARAMS
+    if solver == "newton" or (solver == "auto" and small):
         return _fit_newton(x, y, num_classes, l2, max_iter, init)
     return _fit_lbfgs(x, y, num_classes, l2, max_iter, init)
 
@@ -135,7 +139,6 @@ def _fit_newton(
         return F.cross_entropy(logits, y) + 0.5 * (reg * t.square()).sum(), logits
 
     loss, logits = objective(theta)
-    eye = torch.eye(c * (d + 1), dtype=torch.float64, device=x.device)
     for _ in range(max_iter):
         p = logits.softmax(1)
         grad = (p - onehot).T @ xa / n + reg * theta  # (C, D+1)
@@ -148,7 +151,8 @@ def _fit_newton(
         hess.diagonal().add_(reg.flatten() + 1e-10)
         chol, info = torch.linalg.cholesky_ex(hess)
         if info.item() != 0:  # not positive definite to working precision: add a ridge
-            chol = torch.linalg.cholesky(hess + 1e-6 * hess.diagonal().mean() * eye)
+            hess.diagonal().add_(1e-6 * hess.diagonal().mean())
+            chol = torch.linalg.cholesky(hess)
         step = torch.cholesky_solve(grad.reshape(-1, 1), chol).view(c, d + 1)
         slope = (grad * step).sum()
         rate = 1.0
