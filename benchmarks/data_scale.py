@@ -82,15 +82,15 @@ CHILD = r"""
 import json, resource, sys, time
 mode, listing, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import torch
-from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, TarShards, make_loader
 from mmkit.data.streaming import make_stream_loader
 paths = json.load(open(listing))
 collate = lambda samples, generator=None: len(samples)
-transform = FLAVAImageTransform(ImageTransformConfig(8, 0))
+transform = ImageTransform(ImageTransformConfig(8, 0))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 if mode == "index":
-    ds = FLAVADataset(TarShards(paths), "image", transform)
+    ds = SampleDataset(TarShards(paths), "image", transform)
     loader = make_loader(ds, collate, batch)
 else:
     loader = make_stream_loader(paths, "image", collate, batch, image_transform=transform)
@@ -105,14 +105,14 @@ import json, os, sys, time
 mode, listing, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import torch
 torch.set_num_threads(1)
-from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, TarShards, make_loader
 from mmkit.data.streaming import make_stream_loader
 paths = json.load(open(listing))
 collate = lambda samples, generator=None: len(samples)
-transform = FLAVAImageTransform(ImageTransformConfig(224, 112, fast=mode != "index" and mode != "stream",
+transform = ImageTransform(ImageTransformConfig(224, 112, fast=mode != "index" and mode != "stream",
                                                       decode="device" if mode == "jpeg-device" else "worker"))
 if mode == "index":
-    loader = make_loader(FLAVADataset(TarShards(paths), "image", transform), collate, 50)
+    loader = make_loader(SampleDataset(TarShards(paths), "image", transform), collate, 50)
 else:
     loader = make_stream_loader(paths, "image", collate, 50, image_transform=transform)
 it = iter(loader)
@@ -131,13 +131,13 @@ FINISH = r"""
 import json, sys, time
 listing = sys.argv[1]
 import torch
-from mmkit.data import FLAVAImageTransform, ImageTransformConfig, ImageCollator
+from mmkit.data import ImageTransform, ImageTransformConfig, ImageCollator
 from mmkit.data.streaming import make_stream_loader
 from mmkit.masking import BlockMaskGenerator
 paths = json.load(open(listing))
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.set_num_threads(1)  # as the other CPU measurements (two threads on 2 busy cores ran 25x slower)
-transform = FLAVAImageTransform(ImageTransformConfig(224, 112, fast=True, decode="device"))
+transform = ImageTransform(ImageTransformConfig(224, 112, fast=True, decode="device"))
 loader = make_stream_loader(paths, "image", ImageCollator(BlockMaskGenerator.flava(14)), 256, image_transform=transform)
 batches = [next(iter(loader)) for _ in range(1)][0]
 batch = batches[0] if isinstance(batches, tuple) else batches

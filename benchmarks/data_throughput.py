@@ -20,10 +20,10 @@ import time
 import torch
 
 from mmkit.data import (
-    FLAVADataset,
-    FLAVAImageTransform,
+    ImageTransform,
     ImageTransformConfig,
     PairCollator,
+    SampleDataset,
     TarShards,
     make_loader,
     shapes_dataset,
@@ -37,8 +37,8 @@ def pipeline(paths, tokenizer: TextTokenizer, size: int, codebook_size: int, bat
     grid = size // (16 if size >= 224 else 8)
     blocks = BlockMaskGenerator.flava(grid)
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
-    transform = FLAVAImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=codebook_size))
-    ds = FLAVADataset(TarShards(paths), "pair", image_transform=transform, tokenizer=tokenizer)
+    transform = ImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=codebook_size))
+    ds = SampleDataset(TarShards(paths), "pair", image_transform=transform, tokenizer=tokenizer)
     return make_loader(ds, PairCollator(blocks, tokens), batch_size, num_workers=workers, seed=0)
 
 

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def extraction(bench: Path, size: str, n: int, batch: int, workers: int) -> float:
-    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data import ImageTransform, ImageTransformConfig
     from mmkit.eval.benchmarks import open_benchmark
     from mmkit.eval.features import image_features
     from mmkit.models import FLAVAConfig, flava_model
@@ -42,7 +42,7 @@ def extraction(bench: Path, size: str, n: int, batch: int, workers: int) -> floa
     data = open_benchmark("folder", bench / "shapes-color", "test")
     data.source._files = data.source._files[:n]  # the first n images
     data.source._labels = data.source._labels[:n]
-    transform = FLAVAImageTransform(ImageTransformConfig(cfg.image.image_size, 0))
+    transform = ImageTransform(ImageTransformConfig(cfg.image.image_size, 0))
     image_features(model, data, transform, transform_id="x", batch_size=batch, progress=False)  # warm-up
     start = time.perf_counter()
     image_features(model, data, transform, transform_id="x", batch_size=batch, num_workers=workers, progress=False)

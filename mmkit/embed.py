@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
+from mmkit.utils.errors import USER_ERRORS, InputError
+from mmkit.utils.run_lock import RunDirLock
 
 KINDS = ("image", "text", "both")
 
@@ -95,7 +96,7 @@ def _parquet_records(source: str, image_column: str, text_column: str | None):
         columns = [c for c in (image_column, text_column) if c]
         missing = [c for c in columns if c not in pf.schema_arrow.names]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{file} has no column(s) {', '.join(missing)} (columns: {', '.join(pf.schema_arrow.names)})"
             )
         row = 0
@@ -186,12 +187,12 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
 
     first = next(iter(records()), None)
     if first is None:
-        raise ValueError(f"source {args.source} holds no samples")
+        raise InputError(f"source {args.source} holds no samples")
     kind = args.kind or (
         "both" if first[2] is not None and first[1] is not None else ("text" if first[1] is None else "image")
     )
     if kind in ("text", "both") and tokenizer is None:
-        raise ValueError("text embeddings need a tokenizer: pass --tokenizer or use a checkpoint exported with one")
+        raise InputError("text embeddings need a tokenizer: pass --tokenizer or use a checkpoint exported with one")
     out = Path(args.out)
     meta = {"checkpoint": str(args.checkpoint), "model_digest": model_digest(model), "source": args.source,
             "kind": kind, "shard_size": args.shard_size, "transform": transform_id,
@@ -213,7 +214,7 @@ def _resume_point(out: Path, meta: dict[str, Any]) -> int:
         old = json.loads(saved.read_text())
         diff = [f"{k}: {old.get(k)!r} -> {meta[k]!r}" for k in meta if old.get(k) != meta[k]]
         if diff:
-            raise ValueError(f"{out} holds embeddings of another run ({'; '.join(diff)}): use another --out")
+            raise InputError(f"{out} holds embeddings of another run ({'; '.join(diff)}): use another --out")
     else:
         _save(saved, lambda t: t.write_text(json.dumps(meta, indent=2)))
     done = 0
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shard-size and --batch-size must be >= 1")
     try:
         embed(args)
-    except (ValueError, FileNotFoundError, RunDirInUseError) as e:
+    except USER_ERRORS as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

@@ -48,6 +48,7 @@ from mmkit.models.flava_hf import (
     load_flava_weights,
 )
 from mmkit.models.flava_pretraining import FLAVAForPreTraining, build_to_load
+from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.io import read_weights
 from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
 
@@ -91,10 +92,10 @@ def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist (or is not a directory)")
+        raise MissingError(f"checkpoint directory {path} does not exist (or is not a directory)")
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
+        raise MissingError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
     return config_from_hf(json.loads(cfg_file.read_text())), read_weights(path)
 
 
@@ -172,7 +173,7 @@ def save_hf_checkpoint(
 
     config = config or getattr(model, "config", None)
     if config is None:
-        raise ValueError("save_hf_checkpoint needs the model's FLAVAConfig (model.config or config=...)")
+        raise InputError("save_hf_checkpoint needs the model's FLAVAConfig (model.config or config=...)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     pretraining = isinstance(model, FLAVAForPreTraining)

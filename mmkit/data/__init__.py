@@ -1,11 +1,15 @@
-"""Data: sources in users' formats, FLAVA transforms, collators, deterministic sharded loading,
-source mixing with exact resume, and the built-in "shapes" dataset."""
+"""Data: sources in users' formats, image transforms, collators, deterministic sharded loading,
+source mixing with exact resume, a recipe's training and held-out sources (streamed or indexed), and
+the built-in "shapes" dataset.
+
+``FLAVADataset`` and ``FLAVABatch`` are the former names of :class:`SampleDataset` and :class:`Batch`
+(kept as aliases: the classes serve every model)."""
 
 from mmkit.data.builtin import ShapesPaths, recipe_data_paths, shapes_dataset
 from mmkit.data.collators import (
+    Batch,
     ContrastivePairCollator,
     EncodedImages,
-    FLAVABatch,
     ImageCollator,
     PairCollator,
     TextCollator,
@@ -14,8 +18,8 @@ from mmkit.data.collators import (
 from mmkit.data.loader import (
     CollateWithSkips,
     DataQualityError,
-    FLAVADataset,
     MixedBatches,
+    SampleDataset,
     ShardedBatchSampler,
     Skipped,
     make_loader,
@@ -32,7 +36,7 @@ from mmkit.data.sources import (
     expand_paths,
     read_table,
 )
-from mmkit.data.streaming import make_stream_loader, read_token_info, resolve_shards
+from mmkit.data.streaming import is_url, make_stream_loader, read_token_info, resolve_shards
 from mmkit.data.tasks import (
     TASKS,
     ClassificationCollator,
@@ -42,10 +46,15 @@ from mmkit.data.tasks import (
     ShapesTask,
     collate_classification,
 )
-from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
+from mmkit.data.training_sources import HeldOutRecords, TrainingSource, heldout_source
+from mmkit.data.transforms import ImageTransform, ImageTransformConfig
+
+FLAVADataset = SampleDataset
+FLAVABatch = Batch
 
 __all__ = [
     "TASKS",
+    "Batch",
     "ClassificationCollator",
     "ClassificationDataset",
     "CollateWithSkips",
@@ -54,9 +63,10 @@ __all__ = [
     "EncodedImages",
     "FLAVABatch",
     "FLAVADataset",
-    "FLAVAImageTransform",
+    "HeldOutRecords",
     "ImageCollator",
     "ImageFolder",
+    "ImageTransform",
     "ImageTransformConfig",
     "LabeledPairs",
     "LabeledText",
@@ -64,6 +74,7 @@ __all__ = [
     "MixedBatches",
     "PairCollator",
     "Record",
+    "SampleDataset",
     "ShapesPaths",
     "ShapesTask",
     "ShardedBatchSampler",
@@ -72,10 +83,13 @@ __all__ = [
     "TarShards",
     "TextCollator",
     "TextLines",
+    "TrainingSource",
     "collate_classification",
     "decode_image",
     "decode_text",
     "expand_paths",
+    "heldout_source",
+    "is_url",
     "make_loader",
     "make_stream_loader",
     "pad_sequences",

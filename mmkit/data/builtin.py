@@ -28,6 +28,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmkit.utils.errors import InputError
 from mmkit.utils.run_lock import file_lock
 
 COLORS = {
@@ -225,5 +226,5 @@ def recipe_data_paths(
         p = shapes_dataset()
         return p.train_pairs, p.val_pairs, p.images, p.text
     if not train_pairs:
-        raise ValueError("data.dataset=files needs data.train_pairs (tar shard patterns)")
+        raise InputError("data.dataset=files needs data.train_pairs (tar shard patterns)")
     return train_pairs, val_pairs, images, text

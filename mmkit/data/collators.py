@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mmkit.masking import BlockMaskGenerator, TokenMasker, itm_negatives
+from mmkit.utils.errors import DataKeyError, InputError
 
 Sample = dict[str, Tensor]
 
@@ -36,7 +37,7 @@ Sample = dict[str, Tensor]
 @dataclass
 class EncodedImages:
     """JPEG files of some rows of a batch, still encoded: decoded on the training device by
-    :meth:`~mmkit.data.FLAVAImageTransform.finish` (``ImageTransformConfig.decode="device"``).
+    :meth:`~mmkit.data.ImageTransform.finish` (``ImageTransformConfig.decode="device"``).
 
     Attributes:
         data: ``k`` uint8 tensors ``(n_bytes,)``, the files. rows: ``(k,)`` int64, their rows in the batch.
@@ -49,7 +50,7 @@ class EncodedImages:
 
 
 @dataclass
-class FLAVABatch:
+class Batch:
     """One batch of any kind; unused fields are None. See :meth:`FLAVAForPreTraining.forward` for shapes."""
 
     pixel_values: Tensor | None = None
@@ -81,15 +82,15 @@ class FLAVABatch:
         """The tensor fields that are set, as keyword arguments for the model."""
         return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> FLAVABatch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device`` (still-encoded JPEGs stay where they are: the decoder
         reads them from host memory)."""
         moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self.model_inputs().items()}
-        return FLAVABatch(**moved, source=self.source, encoded_images=self.encoded_images)
+        return Batch(**moved, source=self.source, encoded_images=self.encoded_images)
 
-    def pin_memory(self) -> FLAVABatch:
+    def pin_memory(self) -> Batch:
         pinned = {k: v.pin_memory() for k, v in self.model_inputs().items()}
-        return FLAVABatch(**pinned, source=self.source, encoded_images=self.encoded_images)
+        return Batch(**pinned, source=self.source, encoded_images=self.encoded_images)
 
 
 class _Seeded:
@@ -113,7 +114,7 @@ class _Seeded:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"collator state was saved with seed {state['seed']}, this collator has {self.seed}")
+            raise InputError(f"collator state was saved with seed {state['seed']}, this collator has {self.seed}")
         self._generator.set_state(state["rng"])
 
 
@@ -129,11 +130,11 @@ def _encoded(samples: Sequence[Sample]) -> EncodedImages | None:
 def _stack(samples: Sequence[Sample], key: str, what: str) -> Tensor:
     missing = [i for i, s in enumerate(samples) if key not in s]
     if missing:
-        raise KeyError(f"{what}: samples {missing[:5]} have no {key!r}")
+        raise DataKeyError(f"{what}: samples {missing[:5]} have no {key!r}")
     tensors = [s[key] for s in samples]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
-        raise ValueError(f"{what}: {key!r} has different shapes in one batch: {sorted(shapes)}; resize/crop first")
+        raise InputError(f"{what}: {key!r} has different shapes in one batch: {sorted(shapes)}; resize/crop first")
     return torch.stack(tensors)
 
 
@@ -152,7 +153,7 @@ def pad_sequences(sequences: Sequence[Tensor], pad_value: int, max_length: int |
     longest = max(len(s) for s in sequences)
     length = longest if max_length is None else max_length
     if longest > length:
-        raise ValueError(
+        raise InputError(
             f"a sequence has {longest} tokens, more than max_length={length}; truncate it in the tokenizer"
         )
     ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
@@ -174,7 +175,7 @@ class _ImagePart:
         elif all("codebook_image" in s for s in samples):
             out["codebook_pixel_values"] = _stack(samples, "codebook_image", what)
         elif any("codebook_image" in s or "image_tokens" in s for s in samples):
-            raise KeyError(f"{what}: some samples have tokenizer inputs or ids and some do not; every sample needs "
+            raise DataKeyError(f"{what}: some samples have tokenizer inputs or ids and some do not; every sample needs "
                            "the same: 'codebook_image' (tokenizer input) or 'image_tokens'")  # fmt: skip
         # neither: pixel-regression MIM (the targets are the encoder pixels themselves)
         out["patch_mask"] = self.block_masker.batch(len(samples), generator=g)
@@ -194,14 +195,14 @@ class _TextPart:
         word_ids = None
         if self.whole_word:
             if not all("word_ids" in s for s in texts):
-                raise KeyError("whole-word masking needs 'word_ids' in every text sample")
+                raise DataKeyError("whole-word masking needs 'word_ids' in every text sample")
             word_ids, _ = pad_sequences([s["word_ids"] for s in texts], 0, ids.shape[1])
         masked, labels = self.token_masker(ids, mask, word_ids, generator=g)
         return {"input_ids": ids, "attention_mask": mask, "masked_input_ids": masked, "mlm_labels": labels}
 
 
 class PairCollator(_Seeded, _ImagePart, _TextPart):
-    """Image-text pairs -> a paired :class:`FLAVABatch` (contrastive, ITM, MMM).
+    """Image-text pairs -> a paired :class:`Batch` (contrastive, ITM, MMM).
 
     Order of work: choose ITM negatives (swap captions), block-mask every image, MLM-mask
     every caption (the swapped ones too: the model masks their MMM labels out).
@@ -229,14 +230,14 @@ class PairCollator(_Seeded, _ImagePart, _TextPart):
         _TextPart.__init__(self, token_masker, max_length, whole_word)
         self.itm_negative_prob = itm_negative_prob
 
-    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> Batch:
         """Collate; ``generator`` overrides the collator's own random stream for this batch."""
         if not samples:
-            raise ValueError("cannot collate an empty list of samples")
+            raise InputError("cannot collate an empty list of samples")
         g = generator or self.generator
         caption_index, itm_labels = itm_negatives(len(samples), self.itm_negative_prob, generator=g)
         texts = [samples[int(j)] for j in caption_index]
-        return FLAVABatch(
+        return Batch(
             **self.collate_images(samples, g, "pair batch"),
             **self.collate_text(texts, g),
             itm_labels=itm_labels,
@@ -244,20 +245,20 @@ class PairCollator(_Seeded, _ImagePart, _TextPart):
 
 
 class ImageCollator(_Seeded, _ImagePart):
-    """Images -> an image-only :class:`FLAVABatch` (MIM). Args: block_masker, seed."""
+    """Images -> an image-only :class:`Batch` (MIM). Args: block_masker, seed."""
 
     def __init__(self, block_masker: BlockMaskGenerator, seed: int = 0) -> None:
         _Seeded.__init__(self, seed)
         _ImagePart.__init__(self, block_masker)
 
-    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> Batch:
         if not samples:
-            raise ValueError("cannot collate an empty list of samples")
-        return FLAVABatch(**self.collate_images(samples, generator or self.generator, "image batch"))
+            raise InputError("cannot collate an empty list of samples")
+        return Batch(**self.collate_images(samples, generator or self.generator, "image batch"))
 
 
 class TextCollator(_Seeded, _TextPart):
-    """Texts -> a text-only :class:`FLAVABatch` (MLM). Args: token_masker, max_length, whole_word, seed."""
+    """Texts -> a text-only :class:`Batch` (MLM). Args: token_masker, max_length, whole_word, seed."""
 
     def __init__(
         self, token_masker: TokenMasker, max_length: int | None = None, whole_word: bool = False, seed: int = 0
@@ -265,11 +266,11 @@ class TextCollator(_Seeded, _TextPart):
         _Seeded.__init__(self, seed)
         _TextPart.__init__(self, token_masker, max_length, whole_word)
 
-    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> Batch:
         if not samples:
-            raise ValueError("cannot collate an empty list of samples")
+            raise InputError("cannot collate an empty list of samples")
         text = self.collate_text(samples, generator or self.generator)
-        return FLAVABatch(
+        return Batch(
             attention_mask=text["attention_mask"],
             masked_input_ids=text["masked_input_ids"],
             mlm_labels=text["mlm_labels"],
@@ -277,7 +278,7 @@ class TextCollator(_Seeded, _TextPart):
 
 
 class ContrastivePairCollator(_Seeded):
-    """Image-text pairs -> a paired :class:`FLAVABatch` with only ``pixel_values``, ``input_ids`` and
+    """Image-text pairs -> a paired :class:`Batch` with only ``pixel_values``, ``input_ids`` and
     ``attention_mask``: what CLIP and SigLIP train on (no masks, no ITM negatives).
 
     Args:
@@ -293,9 +294,9 @@ class ContrastivePairCollator(_Seeded):
         self.pad_token_id = pad_token_id
         self.max_length = max_length
 
-    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> FLAVABatch:
+    def __call__(self, samples: Sequence[Sample], generator: torch.Generator | None = None) -> Batch:
         if not samples:
-            raise ValueError("cannot collate an empty list of samples")
+            raise InputError("cannot collate an empty list of samples")
         ids, mask = pad_sequences([s["input_ids"] for s in samples], self.pad_token_id, self.max_length)
-        return FLAVABatch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask,
+        return Batch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask,
                           encoded_images=_encoded(samples))  # fmt: skip

@@ -1,6 +1,6 @@
 """From sources to FLAVA batches: datasets, deterministic sharded order, source mixing, exact resume.
 
-* :class:`FLAVADataset` turns a :class:`~mmkit.data.sources.Source` into samples of one kind
+* :class:`SampleDataset` turns a :class:`~mmkit.data.sources.Source` into samples of one kind
   (``"pair"``, ``"image"`` or ``"text"``); a record that cannot be decoded becomes a
   :class:`Skipped` marker that names it, never an exception in a worker.
 * :class:`ShardedBatchSampler` walks a seeded permutation per epoch, gives each rank every
@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mmkit.data.collators import FLAVABatch
+from mmkit.data.collators import Batch
 from mmkit.data.formats import read_token_ids
 from mmkit.data.sources import Record, Source, decode_image, decode_text
-from mmkit.data.transforms import FLAVAImageTransform
+from mmkit.data.transforms import ImageTransform
+from mmkit.utils.errors import InputError, StateError
 
 logger = logging.getLogger(__name__)
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, which newer torch deprecates on every
@@ -62,13 +63,13 @@ def _source_id(name: str) -> int:
     return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
 
 
-class FLAVADataset(Dataset):
+class SampleDataset(Dataset):
     """Samples of one kind from a source.
 
     Args:
         source: where records come from.
         kind: ``"pair"`` (image + caption), ``"image"`` or ``"text"``.
-        image_transform: for ``pair`` / ``image`` (default :class:`FLAVAImageTransform`).
+        image_transform: for ``pair`` / ``image`` (default :class:`ImageTransform`).
         tokenizer: a :class:`~mmkit.tokenizers.TextTokenizer`, for ``pair`` / ``text``.
         seed: base seed of the per-sample randomness (random crops).
         image_tokens: read the cached tokenizer ids of each image (``python -m mmkit.tokenizers.cache``)
@@ -88,12 +89,12 @@ class FLAVADataset(Dataset):
         image_tokens: bool = False,
     ) -> None:
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
         if kind in ("pair", "text") and tokenizer is None:
-            raise ValueError(f"a {kind!r} dataset needs a tokenizer")
+            raise InputError(f"a {kind!r} dataset needs a tokenizer")
         self.source, self.kind, self.tokenizer, self.seed = source, kind, tokenizer, seed
         self.image_tokens = image_tokens
-        self.image_transform = image_transform or FLAVAImageTransform()
+        self.image_transform = image_transform or ImageTransform()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -113,7 +114,7 @@ class FLAVADataset(Dataset):
         and ``batch_id`` seeds its batch's collator. A record that cannot be used is a :class:`Skipped`."""
         try:
             if record.meta.get("error"):
-                raise ValueError(record.meta["error"])
+                raise InputError(record.meta["error"])
             sample: dict[str, Any] = {"__batch__": batch_id, "__key__": record.key}
             if self.kind in ("pair", "image"):
                 g = None
@@ -125,7 +126,7 @@ class FLAVADataset(Dataset):
                     sample.update(self.image_transform(decode_image(record), g))
                 if self.image_tokens:
                     if "tokens_bytes" not in record.meta:
-                        raise ValueError("no cached image tokens (run python -m mmkit.tokenizers.cache)")
+                        raise InputError("no cached image tokens (run python -m mmkit.tokenizers.cache)")
                     sample["image_tokens"] = read_token_ids(record.meta["tokens_bytes"])
                 if record.label is not None:
                     sample["label"] = torch.tensor(record.label)
@@ -198,9 +199,9 @@ class ShardedBatchSampler:
         drop_last: bool = True,
     ) -> None:
         if num_samples <= 0:
-            raise ValueError("cannot sample from an empty source")
+            raise InputError("cannot sample from an empty source")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+            raise InputError(f"rank {rank} is not in [0, {world_size})")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.repeat, self.drop_last = shuffle, repeat, drop_last
@@ -208,7 +209,7 @@ class ShardedBatchSampler:
         self.per_rank = per_rank
         self.batches_per_epoch = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise InputError(
                 f"a rank's share ({per_rank} samples of {num_samples}) is smaller than one batch of {batch_size}; "
                 "lower the batch size or set drop_last=False"
             )
@@ -242,7 +243,7 @@ class CollateWithSkips:
     def __init__(self, collator: Callable, seed: int, source_name: str) -> None:
         self.collator, self.seed, self.source_name = collator, seed, source_name
 
-    def __call__(self, samples: Sequence[dict[str, Any] | Skipped]) -> tuple[FLAVABatch | None, list[Skipped]]:
+    def __call__(self, samples: Sequence[dict[str, Any] | Skipped]) -> tuple[Batch | None, list[Skipped]]:
         skipped = [s for s in samples if isinstance(s, Skipped)]
         good = [s for s in samples if not isinstance(s, Skipped)]
         if not good:
@@ -253,7 +254,7 @@ class CollateWithSkips:
 
 
 def make_loader(
-    dataset: FLAVADataset,
+    dataset: SampleDataset,
     collator: Callable,
     batch_size: int,
     *,
@@ -267,7 +268,7 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
 ):
-    """A ``torchdata`` ``StatefulDataLoader`` over ``dataset`` yielding ``(FLAVABatch | None, skipped)``.
+    """A ``torchdata`` ``StatefulDataLoader`` over ``dataset`` yielding ``(Batch | None, skipped)``.
 
     Its ``state_dict()`` holds the position (epoch, batch); load it into a loader built the
     same way to continue exactly where it stopped.
@@ -289,7 +290,7 @@ def make_loader(
     )
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(StateError):
     """Too many records of a source could not be used, or none at all (see :class:`MixedBatches`)."""
 
 
@@ -309,7 +310,7 @@ class MixedBatches:
     ``min_samples`` or more records seen was skipped, or when more than ``max(min_samples, 10 batches)``
     records in a row were (a source that went bad, e.g. its disk went away).
 
-    Yields :class:`~mmkit.data.collators.FLAVABatch` with ``batch.source`` set. ``stats()`` gives
+    Yields :class:`~mmkit.data.collators.Batch` with ``batch.source`` set. ``stats()`` gives
     per-source counts and recent skipped keys; ``state_dict()`` / ``load_state_dict()`` cover
     the draw generator, every loader's position and the counts.
     """
@@ -322,10 +323,10 @@ class MixedBatches:
         min_samples: int = 200,
     ) -> None:
         if not loaders:
-            raise ValueError("MixedBatches needs at least one loader")
+            raise InputError("MixedBatches needs at least one loader")
         probs = torch.tensor([float(p) for _, p in loaders.values()], dtype=torch.float64)
         if (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"source probabilities must be non-negative and not all 0, got {probs.tolist()}")
+            raise InputError(f"source probabilities must be non-negative and not all 0, got {probs.tolist()}")
         self.names = list(loaders)
         self.loaders = {name: loader for name, (loader, _) in loaders.items()}
         self.probs = probs / probs.sum()
@@ -348,19 +349,19 @@ class MixedBatches:
     def __iter__(self) -> MixedBatches:
         return self
 
-    def _next_from(self, name: str) -> tuple[FLAVABatch | None, list[Skipped]]:
+    def _next_from(self, name: str) -> tuple[Batch | None, list[Skipped]]:
         if name not in self._iters:
             self._iters[name] = iter(self.loaders[name])
         return next(self._iters[name])
 
-    def __next__(self) -> FLAVABatch:
+    def __next__(self) -> Batch:
         name = self.names[int(torch.multinomial(self.probs, 1, generator=self._generator))]
         bad_run = 0  # records in a row of this source that could not be used
         while True:
             batch, skipped = self._next_from(name)
             self._account(name, batch, skipped)
             if batch is not None:
-                if isinstance(batch, FLAVABatch):
+                if isinstance(batch, Batch):
                     batch.source = name
                 return batch
             bad_run += len(skipped)
@@ -371,7 +372,7 @@ class MixedBatches:
                     f"{'; '.join(self.examples[name][-3:])}"
                 )
 
-    def _account(self, name: str, batch: FLAVABatch | None, skipped: list[Skipped]) -> None:
+    def _account(self, name: str, batch: Batch | None, skipped: list[Skipped]) -> None:
         self.seen[name] += (0 if batch is None else len(batch)) + len(skipped)
         if skipped:
             self.skipped[name] += len(skipped)
@@ -410,9 +411,9 @@ class MixedBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["loaders"]) != set(self.names):
-            raise ValueError(f"data state has sources {sorted(state['loaders'])}, this run has {sorted(self.names)}")
+            raise InputError(f"data state has sources {sorted(state['loaders'])}, this run has {sorted(self.names)}")
         if state["seed"] != self.seed:
-            raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
+            raise InputError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
         self._generator.set_state(state["generator"])
         for n, loader in self.loaders.items():
             loader.load_state_dict(state["loaders"][n])
@@ -429,14 +430,14 @@ class MixedBatches:
         """
         indexed = [n for n, loader in self.loaders.items() if not hasattr(loader, "load_elastic")]
         if indexed:
-            raise ValueError(
+            raise InputError(
                 f"source(s) {', '.join(map(repr, indexed))} are read in index mode, whose positions belong to one "
                 f"number of ranks: resume with the checkpoint's {len(states)} ranks, or stream every source "
                 "(data.streaming=true) to change it"
             )
         for state in states:
             if set(state["loaders"]) != set(self.names) or state["seed"] != self.seed:
-                raise ValueError(f"data state has sources {sorted(state['loaders'])} and seed {state['seed']}, this "
+                raise InputError(f"data state has sources {sorted(state['loaders'])} and seed {state['seed']}, this "
                                  f"run has {sorted(self.names)} and seed {self.seed}")  # fmt: skip
         self._generator.set_state(states[0]["generator"])
         for n, loader in self.loaders.items():

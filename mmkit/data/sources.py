@@ -39,6 +39,7 @@ from mmkit.data.formats import (
     split_member_name,
 )
 from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
+from mmkit.utils.errors import DataKeyError, InputError, MissingError
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _read_utf8(path: Path) -> str:
     except UnicodeDecodeError as e:
         at = bom + e.start
         line = data.count(b"\n", 0, at) + 1
-        raise ValueError(
+        raise InputError(
             f"{path}:{line} is not UTF-8 ({e.reason} at byte {at}): "
             "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
@@ -101,7 +102,7 @@ def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise MissingError(f"data file {path} does not exist")
     text = _read_utf8(path)
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
@@ -112,11 +113,11 @@ def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from e
+                    raise InputError(f"{path}:{n} is not valid JSON: {e}") from e
     for n, row in enumerate(rows, 1):
         for col in required:
             if col is not None and col not in row:
-                raise KeyError(f"{path} row {n} has no column {col!r} (columns: {', '.join(row)})")
+                raise DataKeyError(f"{path} row {n} has no column {col!r} (columns: {', '.join(row)})")
     return rows
 
 
@@ -132,11 +133,11 @@ def expand_paths(patterns: str | Path | list[str | Path]) -> list[Path]:
             # glob.glob, not Path.glob: absolute patterns (/data/pairs-*.tar) must work too
             matches = sorted(map(Path, glob.glob(item))) if any(c in item for c in "*?[") else [Path(item)]
             if not matches:
-                raise FileNotFoundError(f"no file matches {item!r}")
+                raise MissingError(f"no file matches {item!r}")
             out.extend(matches)
     missing = [str(p) for p in out if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"missing data path(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise MissingError(f"missing data path(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return out
 
 
@@ -153,7 +154,7 @@ class Source:
 
     def _check_not_empty(self, where: str) -> None:
         if len(self) == 0:
-            raise ValueError(f"data source {self.name!r} is empty: nothing usable in {where}")
+            raise InputError(f"data source {self.name!r} is empty: nothing usable in {where}")
 
 
 class _FileCache:
@@ -243,7 +244,7 @@ class TarShards(Source):
                     except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
                         cut = f"{e} after byte {tar.offset}"
             except tarfile.TarError as e:
-                raise ValueError(f"{path} is not a readable tar shard: {e}") from e
+                raise InputError(f"{path} is not a readable tar shard: {e}") from e
             indexed_before = len(self._index)
             for key, members in groups.items():
                 image = image_member(members)
@@ -384,11 +385,11 @@ class Manifest(Source):
         self.name = name
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"manifest {self.path} does not exist")
+            raise MissingError(f"manifest {self.path} does not exist")
         self.root = Path(root) if root is not None else self.path.parent
         rows = read_table(self.path, required=(image_column,))
         if rows and caption_column not in rows[0]:  # later rows may lack it: skipped as bad records
-            raise KeyError(f"{self.path} has no column {caption_column!r} (columns: {', '.join(rows[0])})")
+            raise DataKeyError(f"{self.path} has no column {caption_column!r} (columns: {', '.join(rows[0])})")
         self.caption_column = caption_column
         csv_file = self.path.suffix.lower() == ".csv"  # a short CSV row has None for its missing cells
         self._rows = [(str(r[image_column]), r.get(caption_column, _MISSING)) for r in rows]
@@ -448,7 +449,7 @@ class ImageFolder(Source):
         self.name = name
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise MissingError(f"image folder {self.root} does not exist")
         files = _image_files(self.root)
         self.classes: list[str] = []
         self._labels: list[int | None] = [None] * len(files)
@@ -524,28 +525,28 @@ def decode_text(record: Record) -> str:
         ValueError: not UTF-8, invalid JSON, a missing or non-string field, or empty after stripping.
     """
     if record.text is None and "text_error" in record.meta:
-        raise ValueError(record.meta["text_error"])
+        raise InputError(record.meta["text_error"])
     if record.text is None and "text_bytes" in record.meta:
         raw: bytes = record.meta["text_bytes"]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"text is not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise InputError(f"text is not UTF-8 ({e.reason} at byte {e.start})") from None
         if record.meta.get("text_format") == ".json":
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"invalid JSON: {e}") from None
+                raise InputError(f"invalid JSON: {e}") from None
             field_name = record.meta.get("caption_field", "caption")
             if not isinstance(obj, dict) or field_name not in obj:
-                raise ValueError(f"JSON has no {field_name!r} field")
+                raise InputError(f"JSON has no {field_name!r} field")
             if not isinstance(obj[field_name], str):
-                raise ValueError(_caption_problem(field_name, obj[field_name]))
+                raise InputError(_caption_problem(field_name, obj[field_name]))
             text = obj[field_name]
         record.text = text
     text = (record.text or "").strip()
     if not text:
-        raise ValueError("empty text")
+        raise InputError("empty text")
     return text
 
 
@@ -605,7 +606,7 @@ def peek_jpeg(record: Record, max_pixels: int | None = None) -> tuple[int, int] 
     except (OSError, Image.DecompressionBombError, ValueError):
         return None  # let decode_image produce the reason
     if width * height > limit:
-        raise ValueError(
+        raise InputError(
             f"image is {width}x{height} ({width * height:,} pixels), over the limit of {limit:,} pixels: "
             "a possible decompression bomb, refused before decoding (raise mmkit.data.sources.MAX_IMAGE_PIXELS "
             "or decode_image's max_pixels to accept it)"
@@ -632,7 +633,7 @@ def decode_image(record: Record, max_pixels: int | None = None):
     from PIL import Image
 
     if record.image is None:
-        raise ValueError(record.meta.get("error", "no image"))
+        raise InputError(record.meta.get("error", "no image"))
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
@@ -649,14 +650,14 @@ def decode_image(record: Record, max_pixels: int | None = None):
                 im.load()
                 return _to_rgb(im)
     except _ImageTooLarge as e:
-        raise ValueError(str(e)) from None
+        raise InputError(str(e)) from None
     except Image.DecompressionBombError as e:  # PIL's hard limit, checked inside Image.open
-        raise ValueError(
+        raise InputError(
             f"image refused before decoding as a possible decompression bomb: {e} (PIL's own limit is twice "
             f"PIL.Image.MAX_IMAGE_PIXELS; the limit here is {limit:,} pixels)"
         ) from None
     except Exception as e:  # PIL raises many types for bad data
-        raise ValueError(f"cannot decode image ({type(e).__name__}: {e})") from None
+        raise InputError(f"cannot decode image ({type(e).__name__}: {e})") from None
 
 
 class _ImageTooLarge(Exception):

@@ -61,6 +61,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, read_local, sample_counts, split_member_name
 from mmkit.data.sources import Record, Source
+from mmkit.utils.errors import InputError, MissingError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class Shard:
 def _protocol(url: str) -> str | None:
     head, sep, _ = url.partition("://")
     return head if sep and head in (*REMOTE_PROTOCOLS, "file") else None
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` names a remote object (``s3://``, ``gs://``, ``http(s)://``, ...), not a local file."""
+    return _protocol(str(path)) not in (None, "file")
 
 
 def _filesystem(protocol: str, storage_options: dict[str, Any] | None):
@@ -123,7 +129,7 @@ def resolve_shards(patterns: str | Sequence[str], storage_options: dict[str, Any
         for item in braceexpand(str(pattern)):
             urls.extend(_expand_one(item, storage_options))
     if not urls:
-        raise FileNotFoundError(f"no shards in {list(patterns)}")
+        raise MissingError(f"no shards in {list(patterns)}")
     return _describe(urls, storage_options)
 
 
@@ -136,16 +142,16 @@ def _expand_one(item: str, storage_options: dict[str, Any] | None) -> list[str]:
         path = item.removeprefix("file://")
         matches = sorted(glob.glob(path)) if has_glob else ([path] if os.path.exists(path) else [])
         if not matches:
-            raise FileNotFoundError(f"no shard matches {item!r}")
+            raise MissingError(f"no shard matches {item!r}")
         return matches
     if not has_glob:
         return [item]
     if protocol in ("http", "https"):
-        raise ValueError(f"{item!r}: HTTP has no listing to glob; write the shard names as a brace pattern")
+        raise InputError(f"{item!r}: HTTP has no listing to glob; write the shard names as a brace pattern")
     fs = _filesystem(protocol, storage_options)
     matches = sorted(fs.glob(item))
     if not matches:
-        raise FileNotFoundError(f"no shard matches {item!r}")
+        raise MissingError(f"no shard matches {item!r}")
     return [m if "://" in m else f"{protocol}://{m}" for m in matches]
 
 
@@ -162,7 +168,7 @@ def _describe(urls: list[str], storage_options: dict[str, Any] | None) -> list[S
         if protocol is None:
             for url in members:
                 if not os.path.isfile(url):
-                    raise FileNotFoundError(f"shard {url} does not exist")
+                    raise MissingError(f"shard {url} does not exist")
                 st = os.stat(url)
                 sizes[url], versions[url] = st.st_size, str(st.st_mtime_ns)
             counts.update(sample_counts(directory, members, read_local))
@@ -182,7 +188,7 @@ def _describe(urls: list[str], storage_options: dict[str, Any] | None) -> list[S
                 try:
                     entry = fs.info(url)
                 except FileNotFoundError:
-                    raise FileNotFoundError(f"shard {url} does not exist") from None
+                    raise MissingError(f"shard {url} does not exist") from None
             sizes[url], versions[url] = entry.get("size"), _version(entry)
         counts.update(sample_counts(directory, members, lambda u, fs=fs: _remote_reader(fs, u)))
     return [Shard(u, sizes[u], counts.get(u), versions.get(u)) for u in urls]
@@ -226,7 +232,7 @@ def check_same_shards(saved: list[list[Any]], shards: Sequence[Shard], name: str
         problems.append(f"{len(changed)} shard(s) changed (size or modification time: {', '.join(changed[:3])})")
     if not problems:
         problems.append("the shard order changed")
-    raise ValueError(
+    raise InputError(
         f"source {name!r}: the shards differ from the checkpoint's: {'; '.join(problems)}. Resume over the "
         "same shards, or start a new run (checkpoint.resume=none)"
     )
@@ -483,7 +489,7 @@ def remaining_work(states: Sequence[SlotState], num_shards: int, seed: int) -> t
     """
     num_slots = states[0].num_slots
     if sorted(s.slot for s in states) != list(range(num_slots)):
-        raise ValueError(f"elastic resume needs the state of every one of the {num_slots} old slots")
+        raise InputError(f"elastic resume needs the state of every one of the {num_slots} old slots")
     fresh = max(s.next_epoch for s in states)
     first = min([s.next_epoch for s in states] + [e for s in states for e, _ in s.queue])
     left: dict[int, list[Piece]] = {}
@@ -552,9 +558,9 @@ class ReadOptions:
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+            raise InputError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
         if self.interleave < 1:
-            raise ValueError(f"interleave must be >= 1, got {self.interleave}")
+            raise InputError(f"interleave must be >= 1, got {self.interleave}")
 
 
 class SlotReader:
@@ -727,7 +733,7 @@ class StreamingShards(IterableDataset):
 
     Args:
         shards: from :func:`resolve_shards`.
-        samples: a :class:`~mmkit.data.loader.FLAVADataset` whose ``make_sample`` turns records into
+        samples: a :class:`~mmkit.data.loader.SampleDataset` whose ``make_sample`` turns records into
             samples (its ``source`` only names the stream).
         collate: a :class:`~mmkit.data.loader.CollateWithSkips`.
         batch_size: samples per batch.
@@ -752,7 +758,7 @@ class StreamingShards(IterableDataset):
         options: ReadOptions | None = None,
     ) -> None:
         if batch_size < 1 or buffer_size < 1:
-            raise ValueError(f"batch_size and buffer_size must be >= 1, got {batch_size} and {buffer_size}")
+            raise InputError(f"batch_size and buffer_size must be >= 1, got {batch_size} and {buffer_size}")
         self.shards, self.samples, self.collate, self.batch_size = list(shards), samples, collate, batch_size
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
         self.seed, self.buffer_size, self.options = seed, buffer_size, options or ReadOptions()
@@ -785,7 +791,7 @@ class StreamingShards(IterableDataset):
                 yield StreamBatch(batch, skipped, slot, state.to_dict())
 
 
-class ElasticRequired(ValueError):
+class ElasticRequired(InputError):
     """A data state saved with other ranks or workers: it needs :meth:`StreamingLoader.load_elastic` with
     the states of every old rank (``needs_elastic`` tells a checkpoint loader so without importing this)."""
 
@@ -838,10 +844,10 @@ class StreamingLoader:
         ds = self.dataset
         if state.get("mode") != "streaming":
             name = ds.samples.source.name
-            raise ValueError(f"source {name!r}: the checkpoint read it in index mode, this run streams it")
+            raise InputError(f"source {name!r}: the checkpoint read it in index mode, this run streams it")
         check_same_shards(state["shards"], ds.shards, ds.samples.source.name)
         if state["seed"] != ds.seed:
-            raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {ds.seed}")
+            raise InputError(f"data state was saved with seed {state['seed']}, this run uses {ds.seed}")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` (this rank's, same ranks and workers) stopped."""
@@ -863,7 +869,7 @@ class StreamingLoader:
             self._check(s)
         old_world, old_workers = states[0]["world_size"], states[0]["workers"]
         if sorted(s["rank"] for s in states) != list(range(old_world)):
-            raise ValueError(f"elastic resume needs the data state of all {old_world} old ranks")
+            raise InputError(f"elastic resume needs the data state of all {old_world} old ranks")
         old = {int(k): SlotState.from_dict(v) for s in states for k, v in s["slots"].items()}
         n_old = old_world * old_workers
         full = [old.get(i, SlotState(i, n_old)) for i in range(n_old)]
@@ -874,7 +880,7 @@ class StreamingLoader:
 
 
 class StreamName(Source):
-    """The name of a streamed source (what :class:`~mmkit.data.loader.FLAVADataset` reports skips
+    """The name of a streamed source (what :class:`~mmkit.data.loader.SampleDataset` reports skips
     under); streams have no length and no random access."""
 
     def __init__(self, name: str) -> None:
@@ -911,13 +917,13 @@ def make_stream_loader(
     The counterpart of :func:`~mmkit.data.loader.make_loader` for streamed shards; the result plugs
     into :class:`~mmkit.data.loader.MixedBatches` the same way.
     """
-    from mmkit.data.loader import CollateWithSkips, FLAVADataset
+    from mmkit.data.loader import CollateWithSkips, SampleDataset
 
     if caption_field is None:  # the JSON field holding the text: TextLines' and TarShards' defaults
         caption_field = "text" if kind == "text" else "caption"
     if not shards or isinstance(shards, str) or not isinstance(shards[0], Shard):
         shards = resolve_shards(shards, storage_options)  # type: ignore[arg-type]
-    samples = FLAVADataset(StreamName(name), kind, image_transform, tokenizer, seed=seed, image_tokens=image_tokens)
+    samples = SampleDataset(StreamName(name), kind, image_transform, tokenizer, seed=seed, image_tokens=image_tokens)
     options = ReadOptions(
         caption_field, kind == "pair", storage_options, "lines" if kind == "text" else "tar", interleave
     )

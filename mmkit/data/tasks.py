@@ -27,6 +27,7 @@ from mmkit.data.builtin import COLORS, COUNT_WORDS, SHAPES
 from mmkit.data.collators import pad_sequences
 from mmkit.data.loader import Skipped
 from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text, read_table
+from mmkit.utils.errors import InputError, MissingError
 
 COLOR_NAMES = tuple(COLORS)
 TASKS = {"color": COLOR_NAMES, "count": ("1", "2", "3"), "shape": SHAPES, "entailment": ("no", "yes")}
@@ -37,7 +38,7 @@ def parse_first_group(caption: str) -> dict[str, str]:
     words = caption.split()
     counts = {w: str(n) for n, w in COUNT_WORDS.items()}
     if len(words) < 4 or words[0] not in counts or words[2] not in COLORS:
-        raise ValueError(f"not a shapes caption: {caption!r}")
+        raise InputError(f"not a shapes caption: {caption!r}")
     return {"count": counts[words[0]], "size": words[1], "color": words[2], "shape": words[3].rstrip("s")}
 
 
@@ -52,7 +53,7 @@ class ShapesTask(Source):
 
     def __init__(self, paths, task: str, seed: int = 0) -> None:
         if task not in TASKS:
-            raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+            raise InputError(f"task must be one of {sorted(TASKS)}, got {task!r}")
         self.name, self.task, self.seed = f"shapes-{task}", task, seed
         self.pairs = TarShards(paths, name=self.name)
         self.classes = TASKS[task]
@@ -93,7 +94,7 @@ def parse_labels(
         try:
             return [float(r) for r in raw], None
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: regression labels must be numbers ({e})") from None
+            raise InputError(f"{where}: regression labels must be numbers ({e})") from None
     if labels is None:
         try:
             return [int(str(r)) for r in raw], None
@@ -102,7 +103,7 @@ def parse_labels(
     index = {str(name): i for i, name in enumerate(labels)}
     unknown = sorted({str(r) for r in raw} - set(index))
     if unknown:
-        raise ValueError(f"{where}: labels {unknown[:5]} are not among the classes {list(labels)[:20]}")
+        raise InputError(f"{where}: labels {unknown[:5]} are not among the classes {list(labels)[:20]}")
     return [index[str(r)] for r in raw], tuple(str(c) for c in labels)
 
 
@@ -256,7 +257,7 @@ class LabeledPairs(Source):
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise FileNotFoundError(f"{self.path} row {i + 1}: cannot read image {path}: {e}") from None
+            raise MissingError(f"{self.path} row {i + 1}: cannot read image {path}: {e}") from None
         return Record(key=image_path, image=data, text=text, label=label)
 
 
@@ -265,7 +266,7 @@ class ClassificationDataset(Dataset):
 
     Args:
         source: records with ``label``. modality: ``"image"``, ``"text"`` or ``"multimodal"``.
-        image_transform: e.g. :class:`~mmkit.data.FLAVAImageTransform` (its ``"image"`` output is used).
+        image_transform: e.g. :class:`~mmkit.data.ImageTransform` (its ``"image"`` output is used).
         tokenizer: a :class:`~mmkit.tokenizers.TextTokenizer` (text and multimodal).
     """
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
 from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
 from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
 
@@ -37,9 +38,9 @@ class ImageTransformConfig:
     fast: less CPU per sample in the data workers: one resize chain (the tokenizer input is the
         encoder image reduced by an integer factor with a box filter, not a second Lanczos resize of
         the original) and ``uint8`` outputs, normalised on the training device by
-        :meth:`FLAVAImageTransform.finish`. Off by default: the released FLAVA resizes twice.
+        :meth:`ImageTransform.finish`. Off by default: the released FLAVA resizes twice.
     decode: ``"worker"`` (PIL in the data workers) or ``"device"``: JPEG files travel encoded and
-        :meth:`FLAVAImageTransform.finish` decodes them on the training device
+        :meth:`ImageTransform.finish` decodes them on the training device
         (``torchvision.io.decode_jpeg(device="cuda")``, nvJPEG), crops, resizes (bicubic, antialiased)
         and normalises there; the workers only read the header for the crop box. Other formats and
         JPEGs without an end-of-image marker are decoded in the workers as with ``fast``. Implies ``fast``.
@@ -57,7 +58,7 @@ class ImageTransformConfig:
 
     def __post_init__(self) -> None:
         if self.decode not in ("worker", "device"):
-            raise ValueError(f"decode must be 'worker' or 'device', got {self.decode!r}")
+            raise InputError(f"decode must be 'worker' or 'device', got {self.decode!r}")
 
 
 def random_resized_crop_box(
@@ -113,7 +114,7 @@ def _decode_jpegs(files: list[Tensor], device: torch.device) -> list[Tensor]:
             return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
 
 
-class FLAVAImageTransform:
+class ImageTransform:
     """PIL image -> ``{"image": (3, S, S) normalised, "codebook_image": (3, s, s) in [0.1, 0.9]}``."""
 
     def __init__(self, config: ImageTransformConfig | None = None) -> None:
@@ -127,7 +128,7 @@ class FLAVAImageTransform:
         """On the training device: decode the batch's still-encoded JPEGs (``decode="device"``), then a
         ``uint8`` batch's pixels -> normalised encoder pixels and ``[0.1, 0.9]`` tokenizer pixels (what the
         default path makes in the workers). Other batches pass through unchanged. Works on a
-        :class:`~mmkit.data.collators.FLAVABatch` in place."""
+        :class:`~mmkit.data.collators.Batch` in place."""
         if getattr(batch, "encoded_images", None) is not None:
             self._decode(batch)
         px = batch.pixel_values
@@ -171,7 +172,7 @@ class FLAVAImageTransform:
         try:
             images = _decode_jpegs(enc.data, device)
         except (RuntimeError, ValueError) as e:
-            raise ValueError(
+            raise InputError(
                 f"decoding {len(enc.data)} JPEG files on {device} failed ({e}); "
                 "set data.image_decode=worker to decode (and skip bad files) in the data workers"
             ) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mmkit.data.formats import IMAGE_EXTENSIONS
 from mmkit.data.sources import ImageFolder, Manifest, Source, TarShards, decode_image
+from mmkit.utils.errors import InputError, run_cli
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -47,21 +48,21 @@ def check_out_pattern(out_pattern: str) -> None:
     try:
         fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(out_pattern) if name is not None]
     except ValueError as e:
-        raise ValueError(f"out pattern {out_pattern!r} is not a valid pattern ({e}); {example}") from None
+        raise InputError(f"out pattern {out_pattern!r} is not a valid pattern ({e}); {example}") from None
     if not fields:
-        raise ValueError(f"out pattern {out_pattern!r} needs a '{{...}}' field for the shard number, {example}")
+        raise InputError(f"out pattern {out_pattern!r} needs a '{{...}}' field for the shard number, {example}")
     unknown = [name for name, _ in fields if name not in ("", "0")]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"out pattern {out_pattern!r} has unknown field {{{unknown[0]}}}: its only field is the shard number, "
             f"'{{}}' or '{{0}}' with an optional format such as '{{:06d}}', {example}"
         )
     try:
         first, second = out_pattern.format(0), out_pattern.format(1)
     except (ValueError, IndexError, KeyError, TypeError) as e:
-        raise ValueError(f"out pattern {out_pattern!r} cannot format a shard number ({e}); {example}") from None
+        raise InputError(f"out pattern {out_pattern!r} cannot format a shard number ({e}); {example}") from None
     if first == second:
-        raise ValueError(f"out pattern {out_pattern!r} gives the same name {first!r} to every shard; {example}")
+        raise InputError(f"out pattern {out_pattern!r} gives the same name {first!r} to every shard; {example}")
 
 
 def write_shards(
@@ -82,7 +83,7 @@ def write_shards(
         ValueError: a bad ``out_pattern`` or ``per_shard``, before anything is read or written.
     """
     if per_shard < 1:
-        raise ValueError(f"per_shard must be at least 1, got {per_shard}")
+        raise InputError(f"per_shard must be at least 1, got {per_shard}")
     check_out_pattern(out_pattern)
     paths: list[Path] = []
     problems: list[str] = []
@@ -176,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

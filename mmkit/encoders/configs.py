@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmkit.utils.errors import InputError
+
 IMAGE_POOLERS = ("tanh", "first", "attention", "none")
 TEXT_POOLERS = ("tanh", "first", "eot", "last", "none")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class ImageEncoderConfig(TransformerConfig):
     def __post_init__(self) -> None:
         _check_choice("image pooler", self.pooler, IMAGE_POOLERS)
         if self.pooler in ("tanh", "first") and not self.use_cls_token:
-            raise ValueError(f"image pooler {self.pooler!r} reads the CLS token, but use_cls_token is False")
+            raise InputError(f"image pooler {self.pooler!r} reads the CLS token, but use_cls_token is False")
 
 
 @dataclass

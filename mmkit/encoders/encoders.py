@@ -19,6 +19,7 @@ from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
 from mmkit.layers.init import no_weight_decay_names
 from mmkit.layers.pooler import AttentionPool, TokenPool
 from mmkit.layers.transformer import EncoderOutput, TransformerEncoder
+from mmkit.utils.errors import InputError
 
 
 class _Encoder(nn.Module):
@@ -71,7 +72,7 @@ class ImageEncoder(_Encoder):
     ) -> None:
         super().__init__()
         if not 0.0 <= patch_dropout < 1.0:
-            raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
+            raise InputError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
         self.embeddings = embeddings
         self.encoder = encoder
         self.pooler = pooler
@@ -187,7 +188,7 @@ class MultimodalEncoder(_Encoder):
             :class:`~mmkit.layers.EncoderOutput` over ``1 + N`` tokens (``CLS_M`` first).
         """
         if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.width:
-            raise ValueError(f"hidden_states must be (B, N, {self.width}), got {tuple(hidden_states.shape)}")
+            raise InputError(f"hidden_states must be (B, N, {self.width}), got {tuple(hidden_states.shape)}")
         b = hidden_states.shape[0]
         if self.cls_token is not None:
             cls = self.cls_token.expand(b, -1, -1).to(hidden_states.dtype)

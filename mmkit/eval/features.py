@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmkit.data.sources import Record, decode_image
 from mmkit.eval.benchmarks.base import BenchmarkSet, Sample
+from mmkit.utils.errors import InputError
 
 #: bumped when what a cached entry holds, or how it is computed, changes
 FEATURES_VERSION = 1
@@ -219,7 +220,7 @@ def image_features(
     total = len(rows) + len(skipped)
     if skipped and len(skipped) > max_bad_fraction * max(total, 1):
         named = "; ".join(f"{k} ({why})" for _, k, why in sorted(skipped)[:3])
-        raise ValueError(
+        raise InputError(
             f"{len(skipped)} of {total} images of {dataset.describe()} could not be read, more than "
             f"max_bad_fraction={max_bad_fraction}: {named}"
         )
@@ -233,7 +234,7 @@ def image_features(
         n = len(dataset.classnames or ())
         if n and len(labels) and (labels.min() < 0 or labels.max() >= n):
             bad = next(s for s in samples if not 0 <= s.label < n)
-            raise ValueError(f"{dataset.describe()}: sample {bad.key} has label {bad.label}, outside [0, {n})")
+            raise InputError(f"{dataset.describe()}: sample {bad.key} has label {bad.label}, outside [0, {n})")
     captions = [s.captions for s in samples] if dataset.kind == "retrieval" else None
     result = ImageFeatures([s.key for s in samples], features, embeddings, labels, captions,
                            [(k, why) for _, k, why in sorted(skipped)])  # fmt: skip

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.utils.config import at_least, fraction
+from mmkit.utils.errors import InputError
 
 
 def mean_pairwise_cosine(embeddings: Tensor) -> float:
@@ -30,7 +31,7 @@ def mean_pairwise_cosine(embeddings: Tensor) -> float:
     ``[-1/(N-1), 1]``; 1 when every row points the same way. ``O(N P)``: ``(|sum e|^2 - N) / (N (N-1))``
     over the unit rows."""
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
-        raise ValueError(f"embeddings must be (N >= 2, P), got {tuple(embeddings.shape)}")
+        raise InputError(f"embeddings must be (N >= 2, P), got {tuple(embeddings.shape)}")
     e = F.normalize(embeddings.detach().double(), dim=-1)
     n = e.shape[0]
     total = e.sum(0)

@@ -17,18 +17,19 @@ from typing import Any
 
 import torch
 
-from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+from mmkit.data import ImageTransform, ImageTransformConfig
 from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
 from mmkit.models import FLAVAConfig, flava_model, load_dual_encoder, load_flava_model
 from mmkit.models.clip_hf import is_dual_encoder_checkpoint
 from mmkit.tokenizers import TextTokenizer
+from mmkit.utils.errors import InputError, MissingError
 
 
 def find_tokenizer(checkpoint: str | None, tokenizer: str | None = None) -> Path | None:
     """``tokenizer``, else ``<checkpoint>/tokenizer``, else the checkpoint directory when it holds one."""
     if tokenizer:
         if not Path(tokenizer).exists():
-            raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+            raise MissingError(f"tokenizer {tokenizer} does not exist")
         return Path(tokenizer)
     if not checkpoint:
         return None
@@ -54,7 +55,7 @@ def load_encoders(
         tokenizer: overrides the tokenizer found beside the checkpoint.
     """
     if checkpoint and model_config:
-        raise ValueError("model_config is for a randomly initialised model; a checkpoint brings its own")
+        raise InputError("model_config is for a randomly initialised model; a checkpoint brings its own")
     if checkpoint and is_dual_encoder_checkpoint(checkpoint):
         model = load_dual_encoder(checkpoint, device=device)
         log(f"loaded {type(model.config).__name__.removesuffix('Config')} from {checkpoint}")
@@ -81,9 +82,9 @@ def image_normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tupl
     return CLIP_MEAN, CLIP_STD
 
 
-def eval_transform(model: torch.nn.Module, checkpoint: str | None) -> tuple[FLAVAImageTransform, str]:
+def eval_transform(model: torch.nn.Module, checkpoint: str | None) -> tuple[ImageTransform, str]:
     """The evaluation transform (resize + centre crop at the model's image size, its normalisation) and
     the string that identifies it in a feature cache key."""
     mean, std = image_normalisation(checkpoint)
     config = ImageTransformConfig(model.config.image.image_size, 0, mean=mean, std=std)
-    return FLAVAImageTransform(config), repr(config)
+    return ImageTransform(config), repr(config)

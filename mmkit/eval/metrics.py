@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 
 def accuracy(logits_or_preds: Tensor, targets: Tensor) -> float:
     """Fraction correct. ``logits_or_preds``: ``(N, C)`` scores (argmax taken) or ``(N,)`` class ids."""
@@ -30,7 +32,7 @@ def f1_score(preds: Tensor, targets: Tensor, average: str = "binary", positive: 
     if average == "macro":
         classes = torch.unique(torch.cat([preds, targets])).tolist()
         return sum(f1_of(c) for c in classes) / len(classes)
-    raise ValueError(f"average must be 'binary' or 'macro', got {average!r}")
+    raise InputError(f"average must be 'binary' or 'macro', got {average!r}")
 
 
 def matthews_corrcoef(preds: Tensor, targets: Tensor) -> float:
@@ -58,7 +60,7 @@ def auroc(scores: Tensor, targets: Tensor) -> float:
     scores, targets = scores.double().flatten(), targets.flatten().bool()
     pos, neg = scores[targets], scores[~targets]
     if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("AUROC needs at least one positive and one negative example")
+        raise InputError("AUROC needs at least one positive and one negative example")
     greater = (pos[:, None] > neg[None, :]).double().sum()
     ties = (pos[:, None] == neg[None, :]).double().sum()
     return ((greater + 0.5 * ties) / (len(pos) * len(neg))).item()

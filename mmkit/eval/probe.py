@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 #: strengths swept by default: every decade from 1e-7 to 10
 DEFAULT_L2 = tuple(10.0**e for e in range(-7, 2))
 
@@ -84,7 +86,7 @@ def fit_logistic(
         ``W (C, D)``, ``b (C,)`` in ``x``'s dtype.
     """
     if solver not in ("auto", "newton", "lbfgs"):
-        raise ValueError(f"solver must be 'auto', 'newton' or 'lbfgs', got {solver!r}")
+        raise InputError(f"solver must be 'auto', 'newton' or 'lbfgs', got {solver!r}")
     params = num_classes * (x.shape[1] + 1)
     small = len(x) * params**2 <= NEWTON_MAX_COST and params <= NEWTON_MAX_PARAMS
     if solver == "newton" or (solver == "auto" and small):
@@ -194,20 +196,20 @@ def fit_linear_probe(
         :class:`ProbeResult` (ties in validation accuracy go to the stronger regularisation).
     """
     if train_x.ndim != 2 or train_y.shape != (train_x.shape[0],):
-        raise ValueError(
+        raise InputError(
             f"train_x must be (N, D) and train_y (N,), got {tuple(train_x.shape)} and {tuple(train_y.shape)}"
         )
     if not l2_grid:
-        raise ValueError("l2_grid is empty")
+        raise InputError("l2_grid is empty")
     x, y = train_x.float(), train_y.long().to(train_x.device)
     carved = val_x is None
     if carved:
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
         cut = max(1, round(len(x) * val_fraction))
         if cut >= len(x):
-            raise ValueError(f"{len(x)} training samples are too few to carve a validation split")
+            raise InputError(f"{len(x)} training samples are too few to carve a validation split")
         (val_x, val_y), (x, y) = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
     val_x, val_y = val_x.float().to(x.device), val_y.long().to(x.device)
     classes = num_classes or int(max(y.max(), val_y.max())) + 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 
 def retrieval_recall(image_embeddings: Tensor, text_embeddings: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
     """Recall@k for paired embeddings (row ``i`` of each is one pair).
@@ -18,7 +20,7 @@ def retrieval_recall(image_embeddings: Tensor, text_embeddings: Tensor, ks: tupl
         query's favour.
     """
     if image_embeddings.shape != text_embeddings.shape:
-        raise ValueError(f"{tuple(image_embeddings.shape)} image vs {tuple(text_embeddings.shape)} text embeddings")
+        raise InputError(f"{tuple(image_embeddings.shape)} image vs {tuple(text_embeddings.shape)} text embeddings")
     img = torch.nn.functional.normalize(image_embeddings.float(), dim=-1)
     txt = torch.nn.functional.normalize(text_embeddings.float(), dim=-1)
     sim = img @ txt.T
@@ -58,15 +60,15 @@ def multi_caption_retrieval(
     n, m = image_embeddings.shape[0], text_embeddings.shape[0]
     owner = text_to_image.reshape(-1).long().to(image_embeddings.device)
     if owner.shape[0] != m:
-        raise ValueError(f"text_to_image has {owner.shape[0]} entries for {m} texts")
+        raise InputError(f"text_to_image has {owner.shape[0]} entries for {m} texts")
     if image_embeddings.shape[1] != text_embeddings.shape[1]:
-        raise ValueError(f"{tuple(image_embeddings.shape)} image vs {tuple(text_embeddings.shape)} text embeddings")
+        raise InputError(f"{tuple(image_embeddings.shape)} image vs {tuple(text_embeddings.shape)} text embeddings")
     if m and (owner.min() < 0 or owner.max() >= n):
-        raise ValueError(f"text_to_image must hold image indices in [0, {n}), got [{owner.min()}, {owner.max()}]")
+        raise InputError(f"text_to_image must hold image indices in [0, {n}), got [{owner.min()}, {owner.max()}]")
     captions = torch.bincount(owner, minlength=n)
     if (captions == 0).any():
         missing = torch.nonzero(captions == 0).flatten()[:5].tolist()
-        raise ValueError(f"{int((captions == 0).sum())} image(s) have no caption (e.g. indices {missing})")
+        raise InputError(f"{int((captions == 0).sum())} image(s) have no caption (e.g. indices {missing})")
     img = torch.nn.functional.normalize(image_embeddings.float(), dim=-1)
     txt = torch.nn.functional.normalize(text_embeddings.float(), dim=-1)
     i2t = torch.empty(n, dtype=torch.long, device=img.device)

@@ -40,6 +40,7 @@ from mmkit.eval.features import FeatureCache, image_features, model_digest, text
 from mmkit.eval.probe import fit_linear_probe
 from mmkit.eval.retrieval import multi_caption_retrieval
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES
+from mmkit.utils.errors import InputError, MissingError
 
 KINDS = ("zero_shot", "linear_probe", "retrieval")
 
@@ -84,13 +85,13 @@ def load_suite(path: str | Path, data_root: str | None = None) -> list[SuiteTask
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"suite file {path} does not exist")
+        raise MissingError(f"suite file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ValueError(f"suite file {path} is not valid YAML: {e}") from None
+        raise InputError(f"suite file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
-        raise ValueError(f"suite file {path} must hold a mapping with a 'tasks' list")
+        raise InputError(f"suite file {path} must hold a mapping with a 'tasks' list")
     root = Path(data_root or data.get("root") or path.parent)
     tasks, problems, seen = [], [], set()
     common = {"name", "kind", "layout", "path", "split", "train_split", "templates", "paper"}
@@ -122,7 +123,7 @@ def load_suite(path: str | Path, data_root: str | None = None) -> list[SuiteTask
                                str(entry.get("train_split", "train")), entry.get("templates"), entry.get("paper"),
                                keys))  # fmt: skip
     if problems:
-        raise ValueError(f"suite file {path}: " + "; ".join(problems))
+        raise InputError(f"suite file {path}: " + "; ".join(problems))
     return tasks
 
 
@@ -153,7 +154,7 @@ class SuiteContext:
 
     def texts(self, texts: list[str], desc: str) -> torch.Tensor:
         if self.tokenizer is None:
-            raise ValueError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
+            raise InputError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
         return text_embeddings(self.model, self.tokenizer, texts, cache=self.cache, model_id=self.model_id,
                                progress=self.progress, desc=desc)  # fmt: skip
 
@@ -173,7 +174,7 @@ def zero_shot(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     """Accuracy of the class-prompt ensemble (Radford et al. 2021, §3.1.4) on the split."""
     ds = task.open()
     if ds.kind != "classification" or not ds.classnames:
-        raise ValueError(f"task {task.name}: zero-shot needs a classification set with class names ({ds.describe()})")
+        raise InputError(f"task {task.name}: zero-shot needs a classification set with class names ({ds.describe()})")
     templates = _templates(task, ds)
     feats = ctx.images(ds, f"{task.name} [{task.split}]")
     prompts = [t.format(c) for c in ds.classnames for t in templates]
@@ -188,9 +189,9 @@ def linear_probe(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     """Accuracy of the logistic-regression probe on frozen features (:mod:`mmkit.eval.probe`)."""
     train_ds, test_ds = task.open(task.train_split), task.open()
     if train_ds.kind != "classification":
-        raise ValueError(f"task {task.name}: a linear probe needs a classification set ({train_ds.describe()})")
+        raise InputError(f"task {task.name}: a linear probe needs a classification set ({train_ds.describe()})")
     if train_ds.classnames != test_ds.classnames:
-        raise ValueError(
+        raise InputError(
             f"task {task.name}: the {task.train_split!r} and {task.split!r} splits have different classes "
             f"({len(train_ds.classnames or ())} vs {len(test_ds.classnames or ())}): their labels would not match"
         )
@@ -208,7 +209,7 @@ def retrieval(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     """Image <-> text recall@1/5/10, several captions per image (:func:`multi_caption_retrieval`)."""
     ds = task.open()
     if ds.kind != "retrieval":
-        raise ValueError(f"task {task.name}: retrieval needs a set of images with captions ({ds.describe()})")
+        raise InputError(f"task {task.name}: retrieval needs a set of images with captions ({ds.describe()})")
     feats = ctx.images(ds, f"{task.name} [{task.split}]")
     captions = [c for cs in feats.captions for c in cs]
     owner = torch.tensor([i for i, cs in enumerate(feats.captions) for _ in cs])
@@ -239,7 +240,7 @@ def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, che
     path = out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     if results.get("_checkpoint", checkpoint) != checkpoint:
-        raise ValueError(
+        raise InputError(
             f"{path} holds results of checkpoint {results['_checkpoint']}, not {checkpoint}: choose another out="
         )
     results["_checkpoint"] = checkpoint

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 #: a small CLIP-style template ensemble; any list of "{}"-templates works.
 DEFAULT_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.", "{}")
 
@@ -22,10 +24,10 @@ def class_embeddings(
         templates: strings with one ``{}`` for the class name (CLIP's prompt ensembling).
     """
     if not classnames:
-        raise ValueError("zero-shot classification needs at least one class name")
+        raise InputError("zero-shot classification needs at least one class name")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise ValueError(f"templates need exactly one '{{}}' for the class name: {bad}")
+        raise InputError(f"templates need exactly one '{{}}' for the class name: {bad}")
     out = []
     for name in classnames:
         emb = F.normalize(embed_texts([t.format(name) for t in templates]).float(), dim=-1)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mmkit.layers.mlp import get_activation
 from mmkit.layers.pooler import Pooler
+from mmkit.utils.errors import InputError
 
 
 class PredictionHeadTransform(nn.Module):
@@ -75,7 +76,7 @@ def select_masked(hidden_states: Tensor, labels: Tensor, ignore_index: int = -10
         ``(hidden (M, D), labels (M,))`` for the ``M`` labelled positions, row-major order.
     """
     if hidden_states.shape[:2] != labels.shape:
-        raise ValueError(
+        raise InputError(
             f"labels {tuple(labels.shape)} must match the first two dims of hidden states {tuple(hidden_states.shape)}"
         )
     keep = labels != ignore_index
@@ -92,7 +93,7 @@ def prediction_budget(num_positions: int, fraction: float) -> int:
     (between 1 and ``num_positions`` for ``num_positions >= 1``). From shapes only, so it compiles static;
     integer arithmetic (``fraction`` as a ratio of integers), so a symbolic batch size adds no guard."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"a prediction budget is a fraction of the positions in (0, 1], got {fraction}")
+        raise InputError(f"a prediction budget is a fraction of the positions in (0, 1], got {fraction}")
     ratio = Fraction(fraction).limit_denominator(10_000)
     return -(-num_positions * ratio.numerator // ratio.denominator)
 
@@ -110,7 +111,7 @@ def budget_indices(keep: Tensor, budget: int) -> tuple[Tensor, Tensor]:
     """
     static = isinstance(budget, int) and isinstance(keep.shape[0], int)  # a symbolic size is not checked
     if keep.ndim != 1 or (static and not 1 <= budget <= keep.shape[0]):
-        raise ValueError(f"keep must be 1-d with at least budget={budget} (>= 1) entries, got {tuple(keep.shape)}")
+        raise InputError(f"keep must be 1-d with at least budget={budget} (>= 1) entries, got {tuple(keep.shape)}")
     order = torch.argsort((~keep).to(torch.uint8), stable=True)[:budget]
     return order, (keep.sum() - budget).clamp_min(0)
 
@@ -133,7 +134,7 @@ def select_budget(
         the budget (left out of the returned ones; 0 when the budget holds them all).
     """
     if hidden_states.shape[:2] != labels.shape:
-        raise ValueError(
+        raise InputError(
             f"labels {tuple(labels.shape)} must match the first two dims of hidden states {tuple(hidden_states.shape)}"
         )
     labels = labels.reshape(-1)

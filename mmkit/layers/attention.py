@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError, StateError
+
 AttentionBackend = Literal["auto", "sdpa", "xformers", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 
@@ -93,17 +95,17 @@ def resolve_attention_backend(backend: str) -> str:
 
     Raises:
         ValueError: for an unknown name.
-        RuntimeError: when ``"xformers"`` is asked for explicitly but cannot run;
+        StateError: when ``"xformers"`` is asked for explicitly but cannot run;
             the message says why and what to use instead.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return "xformers" if xformers_available() else "sdpa"
     if backend == "xformers":
         reason = _xformers_import_error()
         if reason is not None:
-            raise RuntimeError(
+            raise StateError(
                 f"attention backend 'xformers' was requested but cannot run: {reason}. "
                 "Install it with `pip install mmkit[xformers]` on a CUDA machine, "
                 "or use attention_backend='sdpa' (or 'auto', which falls back to sdpa)."
@@ -113,7 +115,7 @@ def resolve_attention_backend(backend: str) -> str:
 
 def _check_mask(attention_mask: Tensor, batch: int, seq: int) -> Tensor:
     if attention_mask.shape != (batch, seq):
-        raise ValueError(
+        raise InputError(
             f"attention_mask must have shape (batch, seq) = ({batch}, {seq}), got {tuple(attention_mask.shape)}"
         )
     return attention_mask.to(torch.bool)
@@ -214,7 +216,7 @@ class MultiHeadSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+            raise InputError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -237,7 +239,7 @@ class MultiHeadSelfAttention(nn.Module):
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, d = x.shape
         if d != self.dim:
-            raise ValueError(f"expected input width {self.dim}, got {d} (input shape {tuple(x.shape)})")
+            raise InputError(f"expected input width {self.dim}, got {d} (input shape {tuple(x.shape)})")
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         return q, k, v
@@ -260,7 +262,7 @@ class MultiHeadSelfAttention(nn.Module):
         backend = self.backend
         if backend == "xformers" and not x.is_cuda:
             if self.requested_backend != "auto":
-                raise RuntimeError(
+                raise StateError(
                     "attention backend 'xformers' only runs on CUDA tensors but got a tensor on "
                     f"{x.device}; move the model to CUDA or use backend 'sdpa' / 'auto'"
                 )

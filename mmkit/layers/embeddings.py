@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError
+
 
 def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(x, int):
         return (x, x)
     if len(x) != 2:
-        raise ValueError(f"expected an int or a pair (height, width), got {x!r}")
+        raise InputError(f"expected an int or a pair (height, width), got {x!r}")
     return (int(x[0]), int(x[1]))
 
 
@@ -72,7 +74,7 @@ class PatchEmbedding(nn.Module):
         self.patch_size = _pair(patch_size)
         for s, p in zip(self.image_size, self.patch_size, strict=True):
             if s % p != 0:
-                raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+                raise InputError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens = int(use_cls_token)
@@ -107,21 +109,21 @@ class PatchEmbedding(nn.Module):
             ``(B, 1 + Np, D)`` (``(B, Np, D)`` without a CLS token).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.proj.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"pixel_values must be (B, {self.proj.in_channels}, H, W), got {tuple(pixel_values.shape)}"
             )
         h, w = pixel_values.shape[-2:]
         if h % self.patch_size[0] or w % self.patch_size[1]:
-            raise ValueError(f"image size ({h}, {w}) is not a multiple of the patch size {self.patch_size}")
+            raise InputError(f"image size ({h}, {w}) is not a multiple of the patch size {self.patch_size}")
         grid = (h // self.patch_size[0], w // self.patch_size[1])
         x = self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, Np, D)
         b, n, _ = x.shape
         if patch_mask is not None:
             if self.mask_token is None:
-                raise ValueError("patch_mask was given but this embedding has no mask token (use_mask_token=False)")
+                raise InputError("patch_mask was given but this embedding has no mask token (use_mask_token=False)")
             patch_mask = patch_mask.reshape(patch_mask.shape[0], -1)
             if patch_mask.shape != (b, n):
-                raise ValueError(f"patch_mask must hold (B, Np) = ({b}, {n}) entries, got {tuple(patch_mask.shape)}")
+                raise InputError(f"patch_mask must hold (B, Np) = ({b}, {n}) entries, got {tuple(patch_mask.shape)}")
             x = torch.where(patch_mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
@@ -193,10 +195,10 @@ class TextEmbedding(nn.Module):
             ``(B, L, D)``.
         """
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+            raise InputError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
         length = input_ids.shape[1]
         if length > self.max_positions:
-            raise ValueError(
+            raise InputError(
                 f"sequence length {length} exceeds max_positions={self.max_positions}; "
                 "truncate the text (tokenizer max_length) or build the encoder with more positions"
             )
@@ -205,7 +207,7 @@ class TextEmbedding(nn.Module):
         words, positions = self.word_embeddings(input_ids), self.position_embeddings(position_ids)
         if self.token_type_embeddings is None:
             if token_type_ids is not None:
-                raise ValueError("token_type_ids were given; this embedding has no segment table (type_vocab_size=0)")
+                raise InputError("token_type_ids were given; this embedding has no segment table (type_vocab_size=0)")
             x = words + positions
         else:  # summed in BERT's order: word, segment, position
             seg = self.token_type_embeddings

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from mmkit.utils.errors import InputError
+
 #: The reference the width rule is anchored at: BERT's and ViT-B's ``initializer_range`` 0.02 at width
 #: 768 (Devlin et al. 2019; the released FLAVA's ``FlavaConfig.initializer_range``).
 REFERENCE_STD = 0.02
@@ -33,10 +35,10 @@ def init_std_for(width: int, std: float | None = None) -> float:
     """
     if std is not None:
         if std <= 0:
-            raise ValueError(f"init_std must be > 0, got {std}")
+            raise InputError(f"init_std must be > 0, got {std}")
         return float(std)
     if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+        raise InputError(f"width must be >= 1, got {width}")
     return REFERENCE_STD * math.sqrt(REFERENCE_WIDTH / width)
 
 

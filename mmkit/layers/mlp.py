@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError
+
 
 class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``, the GELU approximation used by OpenAI CLIP."""
@@ -29,7 +31,7 @@ def get_activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+        raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
 
 
 class MLP(nn.Module):

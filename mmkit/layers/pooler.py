@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.layers.mlp import MLP
+from mmkit.utils.errors import InputError
 
 TokenPoolMode = Literal["first", "eot", "last"]
 
@@ -55,7 +56,7 @@ class TokenPool(nn.Module):
     def __init__(self, mode: TokenPoolMode = "first", eos_token_id: int | None = None) -> None:
         super().__init__()
         if mode not in ("first", "eot", "last"):
-            raise ValueError(f"TokenPool mode must be 'first', 'eot' or 'last', got {mode!r}")
+            raise InputError(f"TokenPool mode must be 'first', 'eot' or 'last', got {mode!r}")
         self.mode = mode
         self.eos_token_id = eos_token_id
 
@@ -69,7 +70,7 @@ class TokenPool(nn.Module):
         if self.mode == "last":
             return hidden_states[:, -1]
         if input_ids is None:
-            raise ValueError("TokenPool('eot') needs the input_ids to find the end-of-text token")
+            raise InputError("TokenPool('eot') needs the input_ids to find the end-of-text token")
         if self.eos_token_id is None:
             position = input_ids.argmax(dim=-1)
         else:
@@ -96,7 +97,7 @@ class AttentionPool(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, activation: str = "gelu_tanh", norm_eps: float = 1e-6):
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+            raise InputError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
         self.qkv = nn.Linear(dim, 3 * dim)

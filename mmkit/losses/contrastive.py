@@ -16,6 +16,8 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError
+
 
 def _all_gather_with_grad(x: Tensor) -> list[Tensor]:
     """All-gather whose backward sums every rank's gradient into the owner's slice."""
@@ -85,6 +87,8 @@ class ContrastiveLoss(nn.Module):
 
     Args:
         gather_with_grad: back-propagate through the all-gather (FLAVA: True).
+        cross_rank: score against every rank's batch when a process group is up; False: this rank's
+            only (e.g. evaluation on the same data on every rank); the attribute of the same name switches it.
 
     Works for unequal per-rank batch sizes. Each rank's loss is the mean over its own rows;
     with equal batch sizes, DDP's gradient averaging then equals one process on the whole
@@ -96,10 +100,10 @@ class ContrastiveLoss(nn.Module):
 
     ignore_index = -100
 
-    def __init__(self, gather_with_grad: bool = True) -> None:
+    def __init__(self, gather_with_grad: bool = True, cross_rank: bool = True) -> None:
         super().__init__()
         self.gather_with_grad = gather_with_grad
-        self.gather = True  # False: this rank's batch only (e.g. evaluation on identical data per rank)
+        self.cross_rank = cross_rank
 
     def forward(
         self,
@@ -121,11 +125,11 @@ class ContrastiveLoss(nn.Module):
             Every kept row needs at least one kept column (its own pair, when both masks agree).
         """
         if image_embedding.shape != text_embedding.shape or image_embedding.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"image and text embeddings must both be (n, P); got {tuple(image_embedding.shape)} "
                 f"and {tuple(text_embedding.shape)}"
             )
-        if self.gather:
+        if self.cross_rank:
             all_images, offset = gather_batches(image_embedding, self.gather_with_grad)
             all_texts, _ = gather_batches(text_embedding, self.gather_with_grad)
         else:
@@ -134,7 +138,9 @@ class ContrastiveLoss(nn.Module):
         logits_per_image = image_embedding @ all_texts.T * scale
         logits_per_text = text_embedding @ all_images.T * scale
         if column_mask is not None:
-            columns = gather_batches(column_mask.to(torch.uint8), with_grad=False)[0] if self.gather else column_mask
+            columns = column_mask
+            if self.cross_rank:
+                columns = gather_batches(column_mask.to(torch.uint8), with_grad=False)[0]
             dropped = ~columns.bool()[None, :]
             logits_per_image = logits_per_image.masked_fill(dropped, float("-inf"))
             logits_per_text = logits_per_text.masked_fill(dropped, float("-inf"))

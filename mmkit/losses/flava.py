@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError
+
 #: objective names, in the order losses are reported
 OBJECTIVES = ("global_contrastive", "itm", "mmm_image", "mmm_text", "mim", "mlm")
 
@@ -32,7 +34,7 @@ class FLAVALossWeights:
     def __post_init__(self) -> None:
         for name in OBJECTIVES:
             if getattr(self, name) < 0:
-                raise ValueError(f"loss weight {name}={getattr(self, name)} must be non-negative")
+                raise InputError(f"loss weight {name}={getattr(self, name)} must be non-negative")
 
     def active(self, name: str) -> bool:
         return getattr(self, name) > 0
@@ -70,7 +72,7 @@ class FLAVAPretrainingLoss(nn.Module):
         """``sum_k w_k * losses[k]`` over the objectives present; unknown names raise."""
         unknown = set(losses) - set(OBJECTIVES)
         if unknown:
-            raise ValueError(f"unknown objectives {sorted(unknown)}; expected some of {OBJECTIVES}")
+            raise InputError(f"unknown objectives {sorted(unknown)}; expected some of {OBJECTIVES}")
         if not losses:
-            raise ValueError("no objective was computed for this batch (all weights 0 for its kind?)")
+            raise InputError("no objective was computed for this batch (all weights 0 for its kind?)")
         return sum(getattr(self.weights, k) * v for k, v in losses.items())  # type: ignore[return-value]

@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.utils.errors import InputError
+
 
 class _RingShift(torch.autograd.Function):
     """Send ``x`` to rank ``r + 1``, receive rank ``r - 1``'s; backward sends the gradient the other way."""
@@ -55,17 +57,18 @@ class SigmoidContrastiveLoss(nn.Module):
     """SigLIP's loss over the global batch. Holds no parameters: the scale and bias are the model's.
 
     Args:
-        distributed: when a process group is up, score against every rank's texts through the ring
-            (every rank must pass the same number of rows). False: this rank's batch only.
+        cross_rank: when a process group is up, score against every rank's texts through the ring
+            (every rank must pass the same number of rows). False: this rank's batch only (e.g.
+            evaluation on the same data on every rank); the attribute of the same name switches it.
 
     ``forward`` returns this rank's loss, normalised by its own ``n`` images; with equal batch sizes
     the mean over ranks (what DDP's gradient averaging takes) is the loss of one process on the
     whole batch, and so are its gradients.
     """
 
-    def __init__(self, distributed: bool = True) -> None:
+    def __init__(self, cross_rank: bool = True) -> None:
         super().__init__()
-        self.distributed = distributed
+        self.cross_rank = cross_rank
 
     def forward(
         self, image_embedding: Tensor, text_embedding: Tensor, logit_scale: Tensor, logit_bias: Tensor
@@ -78,13 +81,13 @@ class SigmoidContrastiveLoss(nn.Module):
         Returns the scalar loss (of this rank's ``n`` images against the global batch).
         """
         if image_embedding.shape != text_embedding.shape or image_embedding.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"image and text embeddings must both be (n, P); got {tuple(image_embedding.shape)} "
                 f"and {tuple(text_embedding.shape)}"
             )
         scale = logit_scale.exp()
         loss = self._block(image_embedding, text_embedding, scale, logit_bias, positives=True)
-        if self.distributed and _distributed():
+        if self.cross_rank and _distributed():
             chunk = text_embedding
             for _ in range(dist.get_world_size() - 1):
                 chunk = _RingShift.apply(chunk)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 
 @dataclass
 class BlockMaskConfig:
@@ -63,12 +65,12 @@ class BlockMaskGenerator:
     ) -> None:
         self.height, self.width = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
         if not 0 <= num_masking_patches <= self.height * self.width:
-            raise ValueError(
+            raise InputError(
                 f"num_masking_patches={num_masking_patches} must lie in [0, {self.height * self.width}] "
                 f"for a {self.height}x{self.width} grid"
             )
         if min_aspect <= 0:
-            raise ValueError(f"min_aspect must be positive, got {min_aspect}")
+            raise InputError(f"min_aspect must be positive, got {min_aspect}")
         self.num_masking_patches = num_masking_patches
         self.min_block = min_block
         self.max_block = num_masking_patches if max_block is None else max_block

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 
 def itm_negatives(
     batch_size: int, prob: float = 0.5, generator: torch.Generator | None = None
@@ -29,7 +31,7 @@ def itm_negatives(
         caption ``caption_index[i]``; ``itm_labels[i]`` is 1 when that is its own caption.
     """
     if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be in [0, 1], got {prob}")
+        raise InputError(f"prob must be in [0, 1], got {prob}")
     index = torch.arange(batch_size)
     if batch_size < 2:
         return index, torch.ones(batch_size, dtype=torch.long)

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 IGNORE_INDEX = -100
 
 
@@ -43,9 +45,9 @@ class TokenMasker:
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if not 0.0 <= mask_prob <= 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+            raise InputError(f"mask_prob must be in [0, 1], got {mask_prob}")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
-            raise ValueError(
+            raise InputError(
                 "mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1, "
                 f"got {mask_replace_prob} and {random_replace_prob}"
             )
@@ -90,14 +92,14 @@ class TokenMasker:
             not modified.
         """
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+            raise InputError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
         b, length = input_ids.shape
         eligible = self.eligible(input_ids, attention_mask)
         if word_ids is None:
             chosen = torch.rand(b, length, generator=generator) < self.mask_prob
         else:
             if word_ids.shape != input_ids.shape:
-                raise ValueError(f"word_ids must have the shape of input_ids {tuple(input_ids.shape)}")
+                raise InputError(f"word_ids must have the shape of input_ids {tuple(input_ids.shape)}")
             word_draw = torch.rand(b, length, generator=generator) < self.mask_prob
             chosen = word_draw.gather(1, word_ids.clamp(0, length - 1))
         chosen &= eligible

@@ -35,6 +35,7 @@ from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
 from mmkit.models.towers_api import ContrastiveTowers
 from mmkit.utils.config import ConfigMethods, replace_config
+from mmkit.utils.errors import InputError
 
 LOSSES = ("softmax", "sigmoid")
 
@@ -129,23 +130,48 @@ class DualEncoderConfig(ConfigMethods):
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {self.loss!r}")
         if not self.image_projection and self.image.hidden_size != self.projection_dim:
-            raise ValueError(
+            raise InputError(
                 f"without an image projection the image width ({self.image.hidden_size}) must equal "
                 f"projection_dim ({self.projection_dim})"
             )
         if not self.text_projection and self.text.hidden_size != self.projection_dim:
-            raise ValueError(
+            raise InputError(
                 f"without a text projection the text width ({self.text.hidden_size}) must equal "
                 f"projection_dim ({self.projection_dim})"
             )
         for side, cfg in (("image", self.image), ("text", self.text)):
             if cfg.pooler == "none" or cfg.pooler == "tanh":
-                raise ValueError(
+                raise InputError(
                     f"{side}.pooler={cfg.pooler!r}: a dual encoder projects the pooled feature as it is; "
                     "use 'first', 'eot', 'last' or 'attention'"
                 )
+
+    @property
+    def text_length(self) -> int | None:
+        """The one length every caption is padded to, when the text pooler needs it (``"last"``: SigLIP
+        pools the last position), else None (each batch padded to its longest caption)."""
+        return self.text.max_positions if self.text.pooler == "last" else None
+
+    def for_tokenizer(self, vocab_size: int, eos_token_id: int, max_length: int) -> DualEncoderConfig:
+        """This config fitted to a run's tokenizer: its vocabulary; its end-of-text id (``[SEP]`` for
+        WordPiece) as the ``"eot"`` pooler's; and, for a fixed-length pooler (:attr:`text_length`),
+        ``max_length`` positions.
+
+        Raises:
+            InputError: ``max_length`` exceeds the text encoder's positions.
+        """
+        text: dict[str, Any] = {"vocab_size": vocab_size}
+        if self.text.pooler == "eot":
+            text["eos_token_id"] = eos_token_id
+        if self.text.pooler == "last":
+            text["max_positions"] = max_length
+        out = self.replace(text=text)
+        if max_length > out.text.max_positions:
+            positions = out.text.max_positions
+            raise InputError(f"data.max_length={max_length} exceeds the text encoder's {positions} positions")
+        return out
 
 
 _TINY = dict(hidden_size=32, num_heads=2, mlp_dim=64, num_layers=2)
@@ -253,7 +279,7 @@ class DualEncoderModel(ContrastiveTowers, nn.Module):
         super().__init__()
         for side, enc in (("image", image_encoder), ("text", text_encoder)):
             if enc.pooler is None:
-                raise ValueError(f"the {side} encoder has no pooler; a dual encoder projects its pooled feature")
+                raise InputError(f"the {side} encoder has no pooler; a dual encoder projects its pooled feature")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.image_projection = image_projection
@@ -315,7 +341,7 @@ class DualEncoderModel(ContrastiveTowers, nn.Module):
             output_hidden_states: keep every layer's hidden states.
         """
         if pixel_values is None and input_ids is None:
-            raise ValueError(f"{type(self).__name__} needs pixel_values, input_ids or both")
+            raise InputError(f"{type(self).__name__} needs pixel_values, input_ids or both")
         out = DualEncoderOutput()
         if pixel_values is not None:
             out.image = self.encode_image(pixel_values, output_hidden_states=output_hidden_states)
@@ -409,18 +435,17 @@ class DualEncoderForPreTraining(nn.Module):
         self.model = model
         self.loss_kind = loss or model.config.loss
         if self.loss_kind not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {self.loss_kind!r}")
+            raise InputError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {self.loss_kind!r}")
         if self.loss_kind == "sigmoid" and model.logit_bias is None:
-            raise ValueError("the sigmoid loss needs a logit bias: set logit_bias_init (SigLIP: -10)")
+            raise InputError("the sigmoid loss needs a logit bias: set logit_bias_init (SigLIP: -10)")
         self.contrastive = ContrastiveLoss() if self.loss_kind == "softmax" else SigmoidContrastiveLoss()
+        #: the loss whose chance level is ``ln(batch)`` (a health check's reference); the sigmoid loss has none
+        self.chance_loss = "contrastive" if self.loss_kind == "softmax" else None
         self.config = getattr(model, "config", None)
 
     def set_cross_rank(self, enabled: bool) -> None:
         """Score against every rank's batch (training) or this rank's only (evaluation on identical data)."""
-        if isinstance(self.contrastive, ContrastiveLoss):
-            self.contrastive.gather = enabled
-        else:
-            self.contrastive.distributed = enabled
+        self.contrastive.cross_rank = enabled
 
     def forward(
         self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, **_: Tensor

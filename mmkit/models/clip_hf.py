@@ -31,6 +31,7 @@ from torch import Tensor
 
 from mmkit.models.clip import CONFIGS, CLIPConfig, DualEncoderConfig, DualEncoderModel, SigLIPConfig
 from mmkit.models.clip import dual_encoder_model as _build
+from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.io import read_weights
 from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
 
@@ -133,7 +134,7 @@ _HF_DEFAULTS = {
 
 def _activation(name: str, where: str) -> str:
     if name not in _ACTIVATIONS:
-        raise ValueError(f"{where}.hidden_act={name!r} is not supported; mmkit knows {', '.join(_ACTIVATIONS)}")
+        raise InputError(f"{where}.hidden_act={name!r} is not supported; mmkit knows {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
 
 
@@ -160,7 +161,7 @@ def _sub_configs(hf_config: Mapping[str, Any], kind: str) -> tuple[dict[str, Any
         for key in ("image_size", "patch_size"):
             if isinstance(sub.get(key), list | tuple):
                 if len(set(sub[key])) != 1:
-                    raise ValueError(f"non-square {key}={sub[key]} is not supported")
+                    raise InputError(f"non-square {key}={sub[key]} is not supported")
                 sub[key] = sub[key][0]
     return vision, text
 
@@ -201,7 +202,7 @@ def siglip_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Sig
     """A transformers ``SiglipConfig`` dict (``config.json``) -> :class:`SigLIPConfig`."""
     vision, text = _sub_configs(hf_config, "siglip")
     if not vision.get("vision_use_head", True):
-        raise ValueError("vision_config.vision_use_head=False: SiglipModel needs the attention-pooling head")
+        raise InputError("vision_config.vision_use_head=False: SiglipModel needs the attention-pooling head")
     cfg = SigLIPConfig().replace(
         image=_image_fields(vision),
         text=_text_fields(text),
@@ -212,7 +213,7 @@ def siglip_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Sig
 
 def _tower_to_hf(cfg: Any) -> dict[str, Any]:
     if cfg.activation not in _ACTIVATION_TO_HF:
-        raise ValueError(f"activation {cfg.activation!r} has no transformers name")
+        raise InputError(f"activation {cfg.activation!r} has no transformers name")
     return dict(
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.mlp_dim,
@@ -328,10 +329,10 @@ _CONFIG_TO_HF = {"clip": clip_config_to_hf, "siglip": siglip_config_to_hf}
 # ------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist (or is not a directory)")
+        raise MissingError(f"checkpoint directory {path} does not exist (or is not a directory)")
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} is missing; a checkpoint directory needs its config.json")
+        raise MissingError(f"{cfg_file} is missing; a checkpoint directory needs its config.json")
     return json.loads(cfg_file.read_text())
 
 
@@ -339,7 +340,7 @@ def _model_from_hf(kind: str, path: str | Path, overrides: dict[str, Any]) -> Du
     path = Path(path)
     hf_config = _read_json(path)
     if hf_config.get("model_type") not in (None, kind):
-        raise ValueError(f"{path} holds a {hf_config.get('model_type')!r} checkpoint, not {kind!r}")
+        raise InputError(f"{path} holds a {hf_config.get('model_type')!r} checkpoint, not {kind!r}")
     config = _CONFIG_FROM_HF[kind](hf_config, **overrides)
     state = _from_hf(kind, read_weights(path), config)
     model = _build(config)
@@ -365,7 +366,7 @@ def siglip_model_from_hf(path: str | Path, **overrides: Any) -> DualEncoderModel
 def _kind(config: DualEncoderConfig) -> str:
     kind = type(config).model_type
     if kind not in CONFIGS:
-        raise ValueError(f"{type(config).__name__} is neither a CLIPConfig nor a SigLIPConfig")
+        raise InputError(f"{type(config).__name__} is neither a CLIPConfig nor a SigLIPConfig")
     return kind
 
 
@@ -381,7 +382,7 @@ def save_dual_encoder_hf(model: DualEncoderModel, path: str | Path, config: Dual
 
     config = config or getattr(model, "config", None)
     if config is None:
-        raise ValueError("save_dual_encoder_hf needs the model's config (model.config or config=...)")
+        raise InputError("save_dual_encoder_hf needs the model's config (model.config or config=...)")
     kind = _kind(config)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -414,7 +415,7 @@ def dual_encoder_config(path: str | Path) -> DualEncoderConfig:
         return CONFIGS[cfg["mmkit_model"]].from_dict(cfg["config"])
     if cfg.get("model_type") in CONFIGS:
         return _CONFIG_FROM_HF[cfg["model_type"]](cfg)
-    raise ValueError(f"{path}/config.json describes neither a CLIP nor a SigLIP model")
+    raise InputError(f"{path}/config.json describes neither a CLIP nor a SigLIP model")
 
 
 def load_dual_encoder(path: str | Path, device: str | torch.device | None = None) -> DualEncoderModel:
@@ -439,5 +440,5 @@ def load_dual_encoder(path: str | Path, device: str | torch.device | None = None
     elif cfg.get("model_type") in CONFIGS:
         model = _model_from_hf(cfg["model_type"], path, {})
     else:
-        raise ValueError(f"{path}/config.json describes neither a CLIP nor a SigLIP model")
+        raise InputError(f"{path}/config.json describes neither a CLIP nor a SigLIP model")
     return model.to(device or "cpu").eval()

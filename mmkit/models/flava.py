@@ -39,6 +39,7 @@ from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.flava import FLAVALossWeights
 from mmkit.models.towers_api import ContrastiveTowers
 from mmkit.utils.config import ConfigMethods, replace_config
+from mmkit.utils.errors import InputError
 
 
 @dataclass
@@ -101,7 +102,7 @@ class PretrainingConfig:
 
     def __post_init__(self) -> None:
         if self.mim_target not in ("tokens", "pixels"):
-            raise ValueError(f"pretraining.mim_target must be 'tokens' or 'pixels', got {self.mim_target!r}")
+            raise InputError(f"pretraining.mim_target must be 'tokens' or 'pixels', got {self.mim_target!r}")
 
 
 @dataclass
@@ -255,7 +256,7 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         img = self.image_to_mm_projection(image.pre_norm_hidden_state)
         txt = self.text_to_mm_projection(text.pre_norm_hidden_state)
         if img.shape[0] != txt.shape[0]:
-            raise ValueError(f"image batch ({img.shape[0]}) and text batch ({txt.shape[0]}) differ")
+            raise InputError(f"image batch ({img.shape[0]}) and text batch ({txt.shape[0]}) differ")
         mask = None
         if text.attention_mask is not None:
             keep_img = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
@@ -289,7 +290,7 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
             :class:`FLAVAOutput`.
         """
         if pixel_values is None and input_ids is None:
-            raise ValueError("FLAVAModel needs pixel_values, input_ids or both")
+            raise InputError("FLAVAModel needs pixel_values, input_ids or both")
         out = FLAVAOutput()
         if pixel_values is not None:
             out.image = self.encode_image(pixel_values, patch_mask, output_hidden_states=output_hidden_states)

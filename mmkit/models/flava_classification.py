@@ -27,6 +27,7 @@ from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.mlp import get_activation
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import load_flava_weights
+from mmkit.utils.errors import InputError, MissingError
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ class FLAVAForClassification(nn.Module):
     def __init__(self, model: FLAVAModel, head: ClassificationHead, modality: str, problem_type: str) -> None:
         super().__init__()
         if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+            raise InputError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+            raise InputError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
         self.model = model
         self.head = head
         self.modality = modality
@@ -111,15 +112,15 @@ class FLAVAForClassification(nn.Module):
         m = self.model
         if self.modality == "image":
             if pixel_values is None:
-                raise ValueError("an image classifier needs pixel_values")
+                raise InputError("an image classifier needs pixel_values")
             return m.encode_image(pixel_values).last_hidden_state[:, 0]
         if input_ids is None:
-            raise ValueError(f"a {self.modality} classifier needs input_ids")
+            raise InputError(f"a {self.modality} classifier needs input_ids")
         text = m.encode_text(input_ids, attention_mask, token_type_ids)
         if self.modality == "text":
             return text.last_hidden_state[:, 0]
         if pixel_values is None:
-            raise ValueError("a multimodal classifier needs pixel_values and input_ids")
+            raise InputError("a multimodal classifier needs pixel_values and input_ids")
         return m.encode_multimodal(m.encode_image(pixel_values), text).last_hidden_state[:, 0]
 
     def forward(
@@ -192,7 +193,7 @@ def flava_model_for_classification(
     The returned model's ``load_report`` names loaded, new and unused tensors; it is logged too.
     """
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        raise InputError(f"modality must be one of {MODALITIES}, got {modality!r}")
     state, ckpt_config, kind = (None, None, "")
     if checkpoint is not None:
         state, ckpt_config, kind = load_flava_weights(checkpoint)
@@ -216,13 +217,13 @@ def flava_model_for_classification(
         usable = {k: v for k, v in state.items() if k in own}
         bad = [k for k, v in usable.items() if v.shape != own[k].shape]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {checkpoint} does not fit this config: "
                 + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
             )
         missing = sorted(set(own) - set(usable))
         if missing:
-            raise ValueError(f"checkpoint {checkpoint} lacks encoder weights: {missing[:10]}")
+            raise InputError(f"checkpoint {checkpoint} lacks encoder weights: {missing[:10]}")
         base.load_state_dict(usable)
         if base.config.image.image_size != cfg.image.image_size:
             base.image_encoder.embeddings.resize_position_embeddings(cfg.image.image_size)
@@ -257,7 +258,7 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     path = Path(path)
     for name in ("model.safetensors", "config.json", "classifier.json"):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} does not exist: expected a finetune export (<run_dir>/best)")
+            raise MissingError(f"{path / name} does not exist: expected a finetune export (<run_dir>/best)")
     info = json.loads((path / "classifier.json").read_text())
     cfg = FLAVAConfig.from_dict(json.loads((path / "config.json").read_text()))
     model = flava_model_for_classification(
@@ -266,6 +267,6 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputError(f"{path} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.classes = tuple(info.get("classes", ()))
     return model.eval()

@@ -44,6 +44,7 @@ from mmkit.layers.init import init_std_for
 from mmkit.models.flava import FLAVAConfig, flava_model
 from mmkit.models.flava_pretraining import build_to_load
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
+from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.io import read_weights
 from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
 
@@ -356,7 +357,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
         if "hidden_act" in hf:
             act = hf["hidden_act"]
             if act not in _ACT_FROM_HF:
-                raise ValueError(
+                raise InputError(
                     f"{name}_config.hidden_act={act!r} is not supported; "
                     f"mmkit implements {', '.join(sorted(_ACT_FROM_HF))}"
                 )
@@ -366,7 +367,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
         if isinstance(section.get("patch_size"), list | tuple):
             section["patch_size"] = tuple(section["patch_size"])
         if name == "multimodal" and hf.get("use_cls_token", True) is False:
-            raise ValueError("multimodal_config.use_cls_token=False is not supported (FLAVA uses CLS_M)")
+            raise InputError("multimodal_config.use_cls_token=False is not supported (FLAVA uses CLS_M)")
         sections[name] = section
     top = {}
     if "projection_dim" in hf_config:
@@ -380,7 +381,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> FLAVAConfig:
     codebook = _codebook_from_hf(hf_config)
     image_vocab = _sub_config(hf_config, "image").get("vocab_size")
     if image_vocab is not None and image_vocab != codebook.get("vocab_size", image_vocab):
-        raise ValueError(
+        raise InputError(
             f"image_config.vocab_size={image_vocab} differs from image_codebook_config.vocab_size="
             f"{codebook['vocab_size']}: the MIM heads must predict the codebook's ids"
         )
@@ -421,7 +422,7 @@ _CODEBOOK = {  # mmkit CodebookConfig field -> transformers FlavaImageCodebookCo
 def _codebook_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     hf = _sub_config(hf_config, "image_codebook")
     if hf.get("input_channels", 3) != 3:
-        raise ValueError("image_codebook_config.input_channels must be 3")
+        raise InputError("image_codebook_config.input_channels must be 3")
     return {ours: hf[theirs] for ours, theirs in _CODEBOOK.items() if theirs in hf}
 
 
@@ -447,7 +448,7 @@ def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
     """
     unsupported = hf_unsupported(config)
     if unsupported:
-        raise ValueError(f"transformers' FLAVA cannot express {', '.join(unsupported)}; keep the mmkit export")
+        raise InputError(f"transformers' FLAVA cannot express {', '.join(unsupported)}; keep the mmkit export")
     act_to_hf = {
         "gelu": "gelu",
         "gelu_tanh": "gelu_pytorch_tanh",
@@ -514,7 +515,7 @@ def _read_flava(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None
         weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
         state, left = _model_part(weights)
         return state, None, "mmkit", left
-    raise FileNotFoundError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
+    raise MissingError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
 
 
 def _model_part(weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -569,7 +570,7 @@ def load_flava_model(
     state, ckpt_config, kind, left_out = _read_flava(path)
     cfg = config or ckpt_config
     if cfg is None:
-        raise ValueError(f"{path} has no config.json: pass config=FLAVAConfig(...) with the model's sizes")
+        raise InputError(f"{path} has no config.json: pass config=FLAVAConfig(...) with the model's sizes")
     model = flava_model(cfg)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -46,6 +46,7 @@ from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_ent
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
 from mmkit.utils.config import replace_config
+from mmkit.utils.errors import InputError
 
 
 @dataclass
@@ -119,12 +120,15 @@ class FLAVAForPreTraining(nn.Module):
         self.contrastive = ContrastiveLoss(gather_with_grad=opts.contrastive_gather_with_grad)
         self.loss_fn = FLAVAPretrainingLoss(opts.weights)
         self.static_shapes = False
+        #: the loss whose chance level is ``ln(batch)`` (a health check's reference)
+        self.chance_loss = "global_contrastive"
         self.budgets = {"image": DEFAULT_BUDGETS["image"], "text": DEFAULT_BUDGETS["text"]}
 
     def set_static_shapes(self, enabled: bool = True, image_budget: float | None = None,
                           text_budget: float | None = None) -> FLAVAForPreTraining:  # fmt: skip
         """Predict a fixed budget of positions per masked objective, so that every shape of a step
-        depends on the batch shapes only and ``torch.compile(fullgraph=True)`` takes it whole.
+        depends on the batch shapes only and ``torch.compile(fullgraph=True)`` takes it whole. In
+        training mode only: in eval mode (held-out scoring) the exact masked positions are predicted.
 
         Args:
             enabled: False goes back to predicting exactly the masked positions (the default;
@@ -149,6 +153,11 @@ class FLAVAForPreTraining(nn.Module):
         self.static_shapes = enabled
         return self
 
+    def set_cross_rank(self, enabled: bool) -> None:
+        """Score the contrastive loss against every rank's batch (training) or this rank's only
+        (evaluation on the same data on every rank)."""
+        self.contrastive.cross_rank = enabled
+
     # -- helpers --------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Parameter names that take no weight decay (biases, norms, embeddings, tokens, ``logit_scale``)."""
@@ -164,18 +173,18 @@ class FLAVAForPreTraining(nn.Module):
         """Tokenizer ids ``(B, Np)``: the precomputed ones, or the tokenizer run on ``codebook_pixel_values``."""
         if image_token_ids is None:
             if codebook_pixel_values is None:
-                raise ValueError(
+                raise InputError(
                     "masked image objectives need targets: pass codebook_pixel_values (dVAE input, "
                     "0.8x+0.1 of [0,1] pixels) or precomputed image_token_ids"
                 )
             if self.image_tokenizer is None:
-                raise ValueError(
+                raise InputError(
                     "this model has no image tokenizer (config.codebook.enabled=False): pass image_token_ids"
                 )
             image_token_ids = self.image_tokenizer(codebook_pixel_values)
         image_token_ids = image_token_ids.reshape(image_token_ids.shape[0], -1)
         if image_token_ids.shape[1] != num_patches:
-            raise ValueError(
+            raise InputError(
                 f"image targets have {image_token_ids.shape[1]} tokens per image but the ViT has {num_patches} "
                 "patches; the tokenizer grid (codebook image_size / 8) must equal the patch grid"
             )
@@ -193,7 +202,7 @@ class FLAVAForPreTraining(nn.Module):
         ``hidden (B, Np, D)``, ``targets (B, Np, p*p*C)``, ``mask`` bool ``(B, Np)``. Static shapes:
         a budget of ``K`` patches, the padding weighted 0; logits and labels ``(K, p*p*C)``."""
         mask = mask.bool()
-        if self.static_shapes:
+        if self.static_shapes and self.training:
             index, out.overflow[name] = budget_indices(mask.reshape(-1), self._budget(name, mask.numel()))
             pred = head(hidden.reshape(-1, hidden.shape[-1])[index])
             y = targets.reshape(-1, targets.shape[-1])[index]
@@ -212,7 +221,7 @@ class FLAVAForPreTraining(nn.Module):
     ) -> None:
         """Cross-entropy of ``head`` at the labelled positions of ``hidden (B, N, D)``, ``labels (B, N)``:
         exactly those (``(M, V)`` logits), or with static shapes a budget of ``K`` (``(K, V)``)."""
-        if self.static_shapes:
+        if self.static_shapes and self.training:
             budget = self._budget(name, labels.numel())
             h, y, out.overflow[name] = select_budget(hidden, labels, budget, self.ignore_index)
         else:
@@ -265,7 +274,7 @@ class FLAVAForPreTraining(nn.Module):
         elif input_ids is not None or masked_input_ids is not None:
             out = self._text_only(masked_input_ids, mlm_labels, attention_mask, token_type_ids)
         else:
-            raise ValueError("a pretraining batch needs pixel_values, input_ids or both")
+            raise InputError("a pretraining batch needs pixel_values, input_ids or both")
         out.loss = self.loss_fn(out.losses)
         return out
 
@@ -304,13 +313,13 @@ class FLAVAForPreTraining(nn.Module):
 
     def _require_mask(self, patch_mask: Tensor | None, what: str) -> Tensor:
         if patch_mask is None:
-            raise ValueError(f"{what} needs patch_mask (bool (B, Np), True = masked); the collators make it")
+            raise InputError(f"{what} needs patch_mask (bool (B, Np), True = masked); the collators make it")
         return patch_mask.reshape(patch_mask.shape[0], -1).bool()
 
     def _image_only(self, pixel_values, patch_mask, codebook_pixel_values, image_token_ids):
         out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="image")
         if not self.weights.active("mim"):
-            raise ValueError("an image-only batch trains only MIM, whose weight is 0")
+            raise InputError("an image-only batch trains only MIM, whose weight is 0")
         patch_mask = self._require_mask(patch_mask, "MIM")
         image = self.model.encode_image(pixel_values, patch_mask)
         if self.mim_target == "pixels":
@@ -326,9 +335,9 @@ class FLAVAForPreTraining(nn.Module):
     def _text_only(self, masked_input_ids, mlm_labels, attention_mask, token_type_ids):
         out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="text")
         if not self.weights.active("mlm"):
-            raise ValueError("a text-only batch trains only MLM, whose weight is 0")
+            raise InputError("a text-only batch trains only MLM, whose weight is 0")
         if masked_input_ids is None or mlm_labels is None:
-            raise ValueError(
+            raise InputError(
                 "a text-only batch (MLM) needs masked_input_ids and mlm_labels; the text collator makes them"
             )
         text = self.model.encode_text(masked_input_ids, attention_mask, token_type_ids)
@@ -359,7 +368,7 @@ class FLAVAForPreTraining(nn.Module):
         if masks_image:
             patch_mask = self._require_mask(patch_mask, "MMM image / MIM")
         if masks_text and (masked_input_ids is None or mlm_labels is None):
-            raise ValueError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
+            raise InputError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
 
         # Contrastive reads the unmasked encoders, the fusion objectives the masked ones. When
         # both are needed, each encoder runs once on the two versions stacked along the batch.
@@ -464,7 +473,7 @@ def patchify(pixels: Tensor, patch_size: int, normalize: bool = True) -> Tensor:
     b, c, h, w = pixels.shape
     p = patch_size
     if h % p or w % p:
-        raise ValueError(f"image {h}x{w} is not a whole number of {p}x{p} patches")
+        raise InputError(f"image {h}x{w} is not a whole number of {p}x{p} patches")
     x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
     if normalize:
         mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
@@ -549,7 +558,7 @@ def flava_model_for_pretraining(
         vocab = image_tokenizer.vocab_size
         token_grid = cb.image_size // image_tokenizer.encoder.downsample
         if token_grid != grid:
-            raise ValueError(
+            raise InputError(
                 f"tokenizer grid {token_grid} (codebook.image_size {cb.image_size} / "
                 f"{image_tokenizer.encoder.downsample}) differs from the ViT patch grid {grid} "
                 f"(image_size {cfg.image.image_size} / patch_size {cfg.image.patch_size})"

@@ -9,6 +9,7 @@ never imports ``mmkit.tokenizers``.
 from mmkit.tokenizers.dalle import (
     DalleEncoder,
     ImageTokenizer,
+    check_cached_ids,
     dalle_encoder_from_checkpoint,
     load_dalle_encoder,
     tokenizer_fingerprint,
@@ -35,6 +36,7 @@ __all__ = [
     "Encoding",
     "ImageTokenizer",
     "TextTokenizer",
+    "check_cached_ids",
     "codebook_usage",
     "dalle_encoder_from_checkpoint",
     "dalle_from_hf",

@@ -43,8 +43,9 @@ from mmkit.data.formats import (
     token_ids_to_bytes,
 )
 from mmkit.data.sources import Record, decode_image, expand_paths
-from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
+from mmkit.data.transforms import ImageTransform, ImageTransformConfig
 from mmkit.tokenizers.dalle import ImageTokenizer, dalle_encoder_from_checkpoint, tokenizer_fingerprint
+from mmkit.utils.errors import InputError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def cache_shard(
 ) -> dict[str, int]:
     """Write ``dst``: ``src`` plus the token ids of every sample's image. Returns counts
     (``samples``, ``tokenized``, ``unreadable``); unreadable images are logged and get no ids."""
-    transform = FLAVAImageTransform(ImageTransformConfig(image_size=image_size, codebook_image_size=image_size))
+    transform = ImageTransform(ImageTransformConfig(image_size=image_size, codebook_image_size=image_size))
     device = next(tokenizer.parameters()).device
     with tarfile.open(src, "r:") as tar:
         members = [m for m in tar if m.isfile()]
@@ -169,16 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     shards = expand_paths(args.shards)
     out = Path(args.out)
     if any(s.parent.resolve() == out.resolve() for s in shards):
-        raise ValueError(f"--out {out} holds input shards: choose another folder (inputs are never overwritten)")
+        raise InputError(f"--out {out} holds input shards: choose another folder (inputs are never overwritten)")
     image_size = args.image_size
     cfg_file = Path(args.tokenizer) / "dvae_config.json"
     if image_size is None:
         if not cfg_file.is_file():
-            raise ValueError("--image-size is needed for a tokenizer without dvae_config.json (112 for DALL-E)")
+            raise InputError("--image-size is needed for a tokenizer without dvae_config.json (112 for DALL-E)")
         image_size = json.loads(cfg_file.read_text())["image_size"]
     tokenizer = ImageTokenizer(dalle_encoder_from_checkpoint(args.tokenizer)).to(args.device)
     if image_size % tokenizer.encoder.downsample:
-        raise ValueError(
+        raise InputError(
             f"--image-size {image_size} is not a multiple of the downsampling {tokenizer.encoder.downsample}"
         )
     meta = tokenizer_meta(tokenizer, image_size)
@@ -201,4 +202,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -32,7 +32,9 @@ from torch import Tensor, nn
 
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_from_openai
 from mmkit.tokenizers.dalle_keys import dalle_to_hf as dalle_to_hf
+from mmkit.utils.errors import DataKeyError, InputError, MissingError
 from mmkit.utils.io import read_weights
+from mmkit.utils.keymap import CheckpointMismatchError
 from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
 from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
 
@@ -121,7 +123,7 @@ class DalleEncoder(nn.Module):
             ``(B, vocab_size, H / 8, W / 8)`` logits.
         """
         if pixels.ndim != 4 or pixels.shape[1] != self.in_channels:
-            raise ValueError(f"pixels must be (B, {self.in_channels}, H, W), got {tuple(pixels.shape)}")
+            raise InputError(f"pixels must be (B, {self.in_channels}, H, W), got {tuple(pixels.shape)}")
         x = self.input(pixels)
         for g in range(1, self.num_groups + 1):
             x = getattr(self, f"group_{g}")(x)
@@ -201,12 +203,44 @@ def tokenizer_fingerprint(encoder: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def check_cached_ids(cached: dict[str, dict], tokenizer: nn.Module | None, image_size: int, grid: int) -> None:
+    """Refuse cached image-token ids (``python -m mmkit.tokenizers.cache``) that another tokenizer, input
+    size or patch grid made.
+
+    Args:
+        cached: ``{source name: its shards' __tokenizer__.json record}``.
+        tokenizer: the configured :class:`ImageTokenizer` (None: the model has none).
+        image_size: the tokenizer's input side (``codebook.image_size``).
+        grid: the model's patches per side.
+
+    Raises:
+        InputError: naming every difference and the two ways out.
+    """
+    if cached and tokenizer is None:
+        raise InputError("cached token ids need the tokenizer they came from: set model.codebook.checkpoint")
+    for name, info in cached.items():
+        mine = tokenizer_fingerprint(tokenizer.encoder)
+        problems = [
+            f"tokenizer {info.get('fingerprint')} != configured {mine}" if info.get("fingerprint") != mine else None,
+            f"input size {info.get('image_size')} != codebook.image_size {image_size}"
+            if info.get("image_size") != image_size else None,
+            f"token grid {info.get('grid')} != patch grid {[grid, grid]}"
+            if list(info.get("grid", [])) != [grid, grid] else None,
+        ]  # fmt: skip
+        if any(problems):
+            raise InputError(
+                f"the cached token ids in {name} do not fit this run: {'; '.join(p for p in problems if p)}. "
+                "Re-run python -m mmkit.tokenizers.cache with the configured tokenizer, "
+                "or set data.cached_tokens=false"
+            )
+
+
 def _infer_sizes(state: dict[str, Tensor]) -> dict[str, Any]:
     try:
         hidden, in_ch = state["input.weight"].shape[:2]
         vocab = state["output.conv.weight"].shape[0]
     except KeyError as e:
-        raise KeyError(f"not a DALL-E encoder state dict: {e.args[0]!r} is missing") from None
+        raise DataKeyError(f"not a DALL-E encoder state dict: {e.args[0]!r} is missing") from None
     groups = len({k.split(".")[0] for k in state if k.startswith("group_")})
     blocks = len({k.split(".")[1] for k in state if k.startswith("group_1.block_")})
     return dict(hidden_size=hidden, vocab_size=vocab, num_groups=groups, blocks_per_group=blocks, in_channels=in_ch)
@@ -216,12 +250,12 @@ def load_dalle_encoder(state: dict[str, Tensor], **sizes: Any) -> DalleEncoder:
     """Build a :class:`DalleEncoder` from a state dict in *our* names (sizes inferred unless given).
 
     Raises:
-        RuntimeError: listing missing / unexpected keys (``strict`` loading).
+        CheckpointMismatchError: listing missing / unexpected keys (``strict`` loading).
     """
     encoder = DalleEncoder(**{**_infer_sizes(state), **sizes})
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(
+        raise CheckpointMismatchError(
             f"DALL-E encoder checkpoint does not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
     return encoder
@@ -247,7 +281,7 @@ def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
             if "image_codebook_config" in cfg or any(k.startswith("image_codebook.") for k in raw):
                 raw = {k: v for k, v in raw.items() if k.startswith("image_codebook.")}
                 if not raw:
-                    raise FileNotFoundError(f"{path} is a FLAVA checkpoint without an image codebook")
+                    raise MissingError(f"{path} is a FLAVA checkpoint without an image codebook")
     elif path.is_file():
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -256,7 +290,7 @@ def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"DALL-E encoder checkpoint {path} does not exist")
+        raise MissingError(f"DALL-E encoder checkpoint {path} does not exist")
     if any(k.endswith((".w", ".b")) for k in raw):
         state = dalle_from_openai(raw)
     else:

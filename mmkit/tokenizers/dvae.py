@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.tokenizers.dalle import DalleBlock, DalleEncoder
+from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.pixels import DALLE_EPS
 
 DECODER_KERNELS = (1, 3, 3, 3)  # the encoder's residual path reversed
@@ -78,7 +79,7 @@ class DalleDecoder(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         """``codes`` ``(B, V, h, w)`` (one-hot or relaxed) -> ``(B, 2C, H, W)``: means, then log-scales."""
         if codes.ndim != 4 or codes.shape[1] != self.vocab_size:
-            raise ValueError(f"codes must be (B, {self.vocab_size}, h, w), got {tuple(codes.shape)}")
+            raise InputError(f"codes must be (B, {self.vocab_size}, h, w), got {tuple(codes.shape)}")
         x = self.input(codes)
         for g in range(1, self.num_groups + 1):
             x = getattr(self, f"group_{g}")(x)
@@ -136,7 +137,7 @@ class DiscreteVAE(nn.Module):
     def __init__(self, encoder: DalleEncoder, decoder: DalleDecoder) -> None:
         super().__init__()
         if encoder.vocab_size != decoder.vocab_size:
-            raise ValueError(f"encoder vocab {encoder.vocab_size} != decoder vocab {decoder.vocab_size}")
+            raise InputError(f"encoder vocab {encoder.vocab_size} != decoder vocab {decoder.vocab_size}")
         self.encoder, self.decoder = encoder, decoder
 
     @property
@@ -184,7 +185,7 @@ class DiscreteVAE(nn.Module):
             err = mean - target  # unclamped, so the gradient never vanishes at the range's ends
             nll = (err**2).flatten(1).sum(1) / (2 * pixel_sigma**2)
         else:
-            raise ValueError(f"recon_loss must be 'logit_laplace' or 'gaussian', got {recon_loss!r}")
+            raise InputError(f"recon_loss must be 'logit_laplace' or 'gaussian', got {recon_loss!r}")
         log_q = F.log_softmax(logits.float(), dim=1)
         kl = (log_q.exp() * log_q).sum(1).flatten(1).sum(1) + math.log(self.vocab_size) * logits[0, 0].numel()
         loss = ((nll + kl_weight * kl) / subpixels).mean()
@@ -279,7 +280,7 @@ def load_dvae(directory: str | Path) -> tuple[DiscreteVAE, dict]:
 
     directory = Path(directory)
     if not (directory / DVAE_CONFIG).is_file():
-        raise FileNotFoundError(f"{directory} is not a saved dVAE (no {DVAE_CONFIG}); train one with "
+        raise MissingError(f"{directory} is not a saved dVAE (no {DVAE_CONFIG}); train one with "
                                 "recipes/dalle/train_tokenizer.py")  # fmt: skip
     cfg = json.loads((directory / DVAE_CONFIG).read_text())
     sizes = {k: cfg[k] for k in ("hidden_size", "vocab_size", "num_groups", "blocks_per_group")}

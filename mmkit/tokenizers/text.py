@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import DataKeyError, InputError, MissingError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -62,9 +64,9 @@ class TextTokenizer:
     def __init__(self, tokenizer, max_length: int = 77) -> None:
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"the vocabulary lacks the special tokens {missing}; BERT-format vocabularies have them")
+            raise InputError(f"the vocabulary lacks the special tokens {missing}; BERT-format vocabularies have them")
         if max_length < 2:
-            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+            raise InputError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.tokenizer.enable_truncation(max_length)
@@ -78,7 +80,7 @@ class TextTokenizer:
 
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
-            raise FileNotFoundError(f"vocabulary file {vocab_file} does not exist")
+            raise MissingError(f"vocabulary file {vocab_file} does not exist")
         tokens = vocab_file.read_text(encoding="utf-8").splitlines()
         vocab = {tok: i for i, tok in enumerate(tokens) if tok}
         model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
@@ -91,7 +93,7 @@ class TextTokenizer:
 
         path = Path(tokenizer_json)
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+            raise MissingError(f"tokenizer file {path} does not exist")
         return cls(Tokenizer.from_file(str(path)), max_length)
 
     @classmethod
@@ -103,7 +105,7 @@ class TextTokenizer:
                 return cls.from_file(path / "tokenizer.json", max_length)
             if (path / "vocab.txt").exists():
                 return cls.from_vocab(path / "vocab.txt", max_length=max_length)
-            raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.txt")
+            raise MissingError(f"{path} holds neither tokenizer.json nor vocab.txt")
         if path.suffix == ".json":
             return cls.from_file(path, max_length)
         return cls.from_vocab(path, max_length=max_length)
@@ -125,7 +127,7 @@ class TextTokenizer:
     def token_id(self, token: str) -> int:
         i = self.tokenizer.token_to_id(token)
         if i is None:
-            raise KeyError(f"{token!r} is not in the vocabulary")
+            raise DataKeyError(f"{token!r} is not in the vocabulary")
         return i
 
     @property
@@ -274,9 +276,9 @@ def train_wordpiece(
     paths = [str(Path(f)) for f in files]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"training files do not exist: {missing[:5]}")
+        raise MissingError(f"training files do not exist: {missing[:5]}")
     if not paths:
-        raise ValueError("train_wordpiece needs at least one text file")
+        raise InputError("train_wordpiece needs at least one text file")
     normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     word_counts: Counter[str] = Counter()
@@ -316,7 +318,7 @@ def tokenizer_for_run(
     out = Path(run_dir) / "tokenizer"
     if is_main and not (out / "tokenizer.json").exists():
         if not text_files:
-            raise ValueError("no tokenizer given and no text files to train one on: set data.tokenizer")
+            raise InputError("no tokenizer given and no text files to train one on: set data.tokenizer")
         train_wordpiece(text_files, vocab_size, min_frequency=1, max_length=max_length).save(out)
     if barrier is not None:
         barrier()

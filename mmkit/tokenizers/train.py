@@ -13,6 +13,7 @@ import glob
 import sys
 
 from mmkit.tokenizers.text import train_wordpiece
+from mmkit.utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

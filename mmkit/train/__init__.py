@@ -58,7 +58,15 @@ from mmkit.train.optim import (
     warmup_cosine_scheduler,
 )
 from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
-from mmkit.train.step import PRECISIONS, StepOutcome, TrainStep, autocast, make_grad_scaler, objective_grad_norms
+from mmkit.train.step import (
+    PRECISIONS,
+    GradNormProbe,
+    StepOutcome,
+    TrainStep,
+    autocast,
+    make_grad_scaler,
+    objective_grad_norms,
+)
 from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
 
 __all__ = [
@@ -72,6 +80,7 @@ __all__ = [
     "CompileMode",
     "Counters",
     "DistInfo",
+    "GradNormProbe",
     "LogWindow",
     "MetricsLogger",
     "NonFiniteError",

@@ -61,6 +61,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from mmkit.train.collectives import Collectives, local_collectives
 from mmkit.utils import at_least, positive
+from mmkit.utils.errors import InputError, MissingError, MMKitError, StateError
 from mmkit.utils.safe_pickle import UnsafePickleError, restricted_load
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,11 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StateError):
     """A checkpoint could not be read (missing, truncated, unsafe or corrupt files)."""
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(MMKitError, OSError):
     """A checkpoint could not be written; the message names the path and the cause."""
 
 
@@ -260,7 +261,7 @@ class CheckpointManager:
     def step_of(path: str | Path) -> int:
         m = _STEP_DIR.match(Path(path).name)
         if not m:
-            raise ValueError(f"{path} is not a checkpoint directory (expected a name like step_00001234)")
+            raise InputError(f"{path} is not a checkpoint directory (expected a name like step_00001234)")
         return int(m.group(1))
 
     def complete(self) -> list[Path]:
@@ -353,7 +354,7 @@ class CheckpointManager:
         """
         path = Path(path)
         if not (path / "COMPLETE").exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+            raise MissingError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
         try:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as e:
@@ -390,7 +391,7 @@ class CheckpointManager:
         components = components or {}
         elastic = old_world != self.comm.world_size
         if elastic and not any(hasattr(c, "load_elastic") for c in components.values()):
-            raise ValueError(
+            raise InputError(
                 f"{path} was written by {old_world} rank(s) but this run has {self.comm.world_size}: "
                 "resume with the same number of processes"
             )

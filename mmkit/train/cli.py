@@ -1,49 +1,39 @@
 """The command line every recipe shares.
 
 ``--config FILE`` (YAML) plus ``key=value`` overrides; :func:`run_recipe` builds the recipe, runs
-``setup()`` then ``train()`` and always tears the process group down. A user error (a bad config
-value, a missing file, a checkpoint that does not fit) prints one line, ``error: ...``, and exits
-with status 2; ``--debug`` or ``MMKIT_DEBUG=1`` shows the full traceback instead.
+``setup()`` then ``train()`` and always tears the process group down. A user error (one of
+:mod:`mmkit.utils.errors`' types: a bad config value, a missing file, a checkpoint that does not fit)
+prints one line, ``error: ...``, and exits with status 2; ``--debug`` or ``MMKIT_DEBUG=1`` shows the
+full traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from mmkit.train.distributed import teardown_distributed
-
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, OSError, RuntimeError)
+from mmkit.train.metrics import plot_run, summarize_run
+from mmkit.utils.errors import debug_requested, run_cli
 
 
 def recipe_arg_parser(doc: str | None) -> argparse.ArgumentParser:
-    """``--config FILE``, ``--debug`` and ``key=value`` overrides."""
+    """``--config FILE``, ``--debug``, ``--plot RUN_DIR`` and ``key=value`` overrides."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks (also MMKIT_DEBUG=1)")
+    parser.add_argument("--plot", metavar="RUN_DIR", help="plot and summarise a finished run, then exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. optim.lr=3e-4")
     return parser
 
 
 def debug_enabled(args: argparse.Namespace | None = None) -> bool:
-    return bool(getattr(args, "debug", False)) or os.environ.get("MMKIT_DEBUG", "") not in ("", "0")
-
-
-def run_cli(main: Callable[[], int], debug: bool) -> int:
-    """Run ``main``; a user error becomes one ``error: ...`` line on stderr and exit status 2."""
-    try:
-        return main()
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message} (run with --debug for the traceback)", file=sys.stderr, flush=True)
-        return 2
+    """``--debug`` on the command line, or ``MMKIT_DEBUG`` set."""
+    return debug_requested(bool(getattr(args, "debug", False)))
 
 
 def run_training(recipe: Any) -> int:
@@ -68,6 +58,15 @@ def run_training(recipe: Any) -> int:
 
 
 def run_recipe(recipe_cls: type, load_config: Callable, doc: str | None, argv: list[str] | None = None) -> int:
-    """Parse ``--config FILE key=value ...``, build ``recipe_cls(load_config(...))`` and run it."""
+    """Parse ``--config FILE key=value ...``, build ``recipe_cls(load_config(...))`` and run it; with
+    ``--plot RUN_DIR``, write that run's ``losses.png`` and print its summary instead."""
     args = recipe_arg_parser(doc).parse_intermixed_args(argv)
-    return run_cli(lambda: run_training(recipe_cls(load_config(args.config, args.overrides))), debug_enabled(args))
+
+    def run() -> int:
+        if args.plot:
+            print(f"wrote {plot_run(args.plot)}")
+            print(summarize_run(args.plot))
+            return 0
+        return run_training(recipe_cls(load_config(args.config, args.overrides)))
+
+    return run_cli(run, debug_enabled(args))

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -39,7 +41,7 @@ class Collectives:
         """``op`` (``sum`` | ``max`` | ``min``) of ``tensor`` over all ranks; returns a new tensor on
         :attr:`device` (the input is not modified)."""
         if op not in _OPS:
-            raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
+            raise InputError(f"op must be one of {sorted(_OPS)}, got {op!r}")
         out = tensor.detach().to(self.device, copy=True)
         if self.distributed:
             dist.all_reduce(out, op=_OPS[op])

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmkit.utils.errors import InputError
+
 #: what ``parallelize(compile=...)`` compiles: nothing, each transformer layer, or the whole forward
 COMPILE_MODES = ("none", "layers", "step")
 CompileMode = Literal["none", "layers", "step"]
@@ -84,13 +86,13 @@ def parallelize(
             saves a traversal of the autograd graph per step.
     """
     if strategy not in ("ddp", "fsdp", "none"):
-        raise ValueError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
+        raise InputError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
     if isinstance(compile, bool):
         compile = "layers" if compile else "none"
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        raise InputError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
     if compile == "step" and info.world_size > 1:
-        raise ValueError(
+        raise InputError(
             f"compile='step' runs in one process for now (with distributed={strategy!r} the contrastive "
             "all-gather exchanges batch sizes on the host and FSDP2's per-layer hooks would sit inside the "
             "graph); use compile='layers' with several processes"

@@ -31,9 +31,10 @@ from mmkit.train.optim import OptimConfig, build_optimizer
 from mmkit.train.resume import SchedulerState, resume
 from mmkit.train.step import StepOutcome, TrainStep, make_grad_scaler
 from mmkit.utils import config_to_dict
+from mmkit.utils.errors import StateError
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(StateError):
     """Too many non-finite steps in a row."""
 
 

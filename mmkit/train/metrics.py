@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mmkit.utils.errors import MissingError
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class MetricsLogger:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+        raise MissingError(f"{path} does not exist: is {run_dir} a run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

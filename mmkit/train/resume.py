@@ -23,11 +23,12 @@ from torch import nn
 
 from mmkit.train.checkpoint import CheckpointError, CheckpointManager, Stateful
 from mmkit.utils import config_to_dict
+from mmkit.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class ResumeError(ValueError):
+class ResumeError(InputError):
     """The checkpoint does not belong to this run's configuration."""
 
 

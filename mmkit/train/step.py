@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.train.context import RunContext
+from mmkit.utils.errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ForwardFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]  # (model, batch) -> (loss, {name: loss})
@@ -33,7 +34,7 @@ def autocast(precision: str, device: torch.device):
     """The autocast context of ``precision`` (``fp32``: none). LayerNorm and softmax stay fp32 under
     autocast's own rules."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -94,9 +95,9 @@ class TrainStep:
         after_update: Callable[[], None] | None = None,
     ) -> None:
         if grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+            raise InputError(f"grad_accum must be >= 1, got {grad_accum}")
         if precision == "fp16" and scaler is None:
-            raise ValueError("precision fp16 needs a GradScaler (make_grad_scaler)")
+            raise InputError("precision fp16 needs a GradScaler (make_grad_scaler)")
         self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
@@ -193,3 +194,40 @@ def objective_grad_norms(
         norms = [torch.linalg.vector_norm(g.detach().float()) for g in grads if g is not None]
         out[name] = torch.linalg.vector_norm(torch.stack(norms)) if norms else loss.new_zeros(())
     return out
+
+
+class GradNormProbe:
+    """Each objective's gradient norm (:func:`objective_grad_norms`) on the first batch of ``kind`` from
+    every ``every``-th step, kept for the next log record.
+
+    Args:
+        every: steps between measurements (0: never).
+        weights: the weight each loss enters the total with.
+        kind: the batch kind measured (the one every objective sees: FLAVA's ``"pair"``).
+        enabled: False where the extra backward cannot run (FSDP2 hooks, a compiled step).
+
+    Use: :meth:`start` before each step, :meth:`measure` in the forward, :meth:`pop` when logging.
+    """
+
+    def __init__(self, every: int, weights: dict[str, float], kind: str = "pair", enabled: bool = True) -> None:
+        self.every, self.weights, self.kind = (every if enabled else 0), weights, kind
+        self._due = False
+        self._norms: dict[str, Tensor] = {}
+
+    def start(self, step: int) -> None:
+        """A measuring step begins: the next batch of ``kind`` is measured."""
+        if self.every and step % self.every == 0:
+            self._due = True
+
+    def measure(self, kind: str, losses: dict[str, Tensor], params: Iterable[nn.Parameter]) -> None:
+        """Measure ``losses`` (whose graph is alive) when due and ``kind`` is the probe's."""
+        if self._due and kind == self.kind:
+            self._due = False
+            self._norms = objective_grad_norms(losses, params, self.weights)
+
+    def pop(self) -> dict[str, float]:
+        """``{"grad_norm/<objective>": value}`` measured since the last call (one host sync), else empty."""
+        norms, self._norms = self._norms, {}
+        if not norms:
+            return {}
+        return dict(zip((f"grad_norm/{k}" for k in norms), torch.stack(list(norms.values())).tolist(), strict=True))

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, Literal, TypeVar, Union
 
+from mmkit.utils.errors import InputError, MissingError
+
 T = TypeVar("T")
 
 __all__ = [
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot be used: unknown keys, values of the wrong type or out of range, a bad file.
 
     The message is one line, ``invalid config: <problem>; <problem>; ...``, each problem naming its
@@ -422,7 +424,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     import yaml
 
     if "=" not in item:
-        raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+        raise InputError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
     key, raw = item.split("=", 1)
     return key, yaml.safe_load(raw)
 
@@ -477,7 +479,7 @@ def _read_yaml_file(path: str) -> dict[str, Any]:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"config file {p} does not exist")
+        raise MissingError(f"config file {p} does not exist")
     if p.is_dir():
         raise IsADirectoryError(f"config file {p} is a directory, not a YAML file")
     try:

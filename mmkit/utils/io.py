@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import MissingError
+
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint directory.
@@ -32,11 +34,11 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for shard in shards:
             if not (path / shard).exists():
-                raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing from {path}")
+                raise MissingError(f"{index} names shard {shard!r}, which is missing from {path}")
             out.update(load_file(str(path / shard)))
         return out
     if bin_.exists():
         return torch.load(bin_, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
+    raise MissingError(
         f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )

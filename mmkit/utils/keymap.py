@@ -20,12 +20,14 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from mmkit.utils.errors import InputError
+
 Rule = tuple[str, tuple[str, ...]]
 
 _PLACEHOLDER = re.compile(r"\\\{(\w+)\\\}")  # a {name} after re.escape
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A checkpoint's keys do not match what the converter or model expects."""
 
 

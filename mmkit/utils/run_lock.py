@@ -27,12 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from mmkit.utils.errors import StateError
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".mmkit-run.lock"
 
 
-class RunDirInUseError(RuntimeError):
+class RunDirInUseError(StateError):
     """Another live run holds the run directory (the message names its host, pid and start time)."""
 
 

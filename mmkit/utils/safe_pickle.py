@@ -15,10 +15,12 @@ import pickle
 from collections.abc import Callable
 from typing import IO, Any
 
+from mmkit.utils.errors import MMKitError
+
 Allowed = Callable[[str, str], bool]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(MMKitError, pickle.UnpicklingError):
     """A pickle named a global outside its allow-list (``.qualname`` is what it named)."""
 
     def __init__(self, qualname: str, what: str) -> None:

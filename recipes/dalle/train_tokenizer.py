@@ -49,11 +49,11 @@ from typing import Any
 import torch
 
 from mmkit.data import (
-    FLAVADataset,
-    FLAVAImageTransform,
     ImageFolder,
+    ImageTransform,
     ImageTransformConfig,
     MixedBatches,
+    SampleDataset,
     Source,
     TarShards,
     decode_image,
@@ -86,7 +86,7 @@ from mmkit.train import (
     start_run,
     train_loop,
 )
-from mmkit.utils import at_least, choice, fraction, positive
+from mmkit.utils import InputError, at_least, choice, fraction, positive
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -160,10 +160,10 @@ def load_config(path: str | None, overrides: list[str]) -> TokenizerTrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(TokenizerTrainConfig, path, overrides, dict_fields=())
     if cfg.data.dataset == "files" and not cfg.data.images:
-        raise ValueError("data.dataset=files needs data.images (tar shard patterns or image folders)")
+        raise InputError("data.dataset=files needs data.images (tar shard patterns or image folders)")
     down = 2 ** (cfg.model.num_groups - 1)
     if cfg.data.image_size % down:
-        raise ValueError(f"data.image_size {cfg.data.image_size} must be a multiple of the downsampling {down}")
+        raise InputError(f"data.image_size {cfg.data.image_size} must be a multiple of the downsampling {down}")
     return cfg
 
 
@@ -172,7 +172,7 @@ def image_source(paths: list[str], name: str) -> Source:
     folders = [p for p in paths if Path(p).is_dir()]
     if folders:
         if len(paths) != 1:
-            raise ValueError(f"give one image folder or tar patterns, not a mix: {paths}")
+            raise InputError(f"give one image folder or tar patterns, not a mix: {paths}")
         return ImageFolder(folders[0], name=name)
     return TarShards(expand_paths(paths), name=name)
 
@@ -241,17 +241,17 @@ class TokenizerRecipe:
         folder = len(train) == 1 and "://" not in train[0] and Path(train[0]).is_dir()
         if d.streaming and not folder:
             loader = make_stream_loader(train, "image", stack_pixels, d.batch_size, name="images",
-                                        image_transform=FLAVAImageTransform(tcfg), buffer_size=d.shuffle_buffer,
+                                        image_transform=ImageTransform(tcfg), buffer_size=d.shuffle_buffer,
                                         storage_options=d.storage_options or None, **common)  # fmt: skip
         else:
-            dataset = FLAVADataset(image_source(train, "images"), "image", FLAVAImageTransform(tcfg), seed=cfg.seed)
+            dataset = SampleDataset(image_source(train, "images"), "image", ImageTransform(tcfg), seed=cfg.seed)
             loader = make_loader(dataset, stack_pixels, d.batch_size, **common)
         self.stream = MixedBatches({"images": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
         return val
 
     def _val_pixels(self, source: Source) -> torch.Tensor:
         n = min(self.cfg.eval_samples, len(source))
-        center = FLAVAImageTransform(ImageTransformConfig(self.cfg.data.image_size, self.cfg.data.image_size))
+        center = ImageTransform(ImageTransformConfig(self.cfg.data.image_size, self.cfg.data.image_size))
         return torch.stack([center(decode_image(source[i]))["codebook_image"] for i in range(n)])
 
     # -- evaluation ---------------------------------------------------------------------------

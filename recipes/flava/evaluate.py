@@ -88,7 +88,7 @@ from mmkit.eval import (
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli
-from mmkit.utils import at_least, choice, fraction
+from mmkit.utils import InputError, at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 TEMPLATES = {
@@ -127,20 +127,20 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
     """YAML file, then ``key=value`` overrides; unknown keys, bad values and unknown tasks raise."""
     cfg = load_recipe_config(EvalConfig, path, overrides, dict_fields=())
     if cfg.checkpoint and cfg.model_config:
-        raise ValueError("model_config is for a randomly initialised model; a checkpoint brings its own")
+        raise InputError("model_config is for a randomly initialised model; a checkpoint brings its own")
     if cfg.suite:
         if not cfg.out:
-            raise ValueError("suite= needs out= (the folder for results.json, results.md and the feature cache)")
+            raise InputError("suite= needs out= (the folder for results.json, results.md and the feature cache)")
         load_suite(cfg.suite, cfg.data_root)  # every problem of the file now, before the model is loaded
         return cfg
     for task in cfg.tasks.split(","):
         kind, _, name = task.partition(":")
         if kind not in KINDS:
-            raise ValueError(
+            raise InputError(
                 f"unknown task {task!r} in tasks: use zero_shot[:<name>], retrieval or linear_probe[:<name>]"
             )
         if name and (kind == "retrieval" or name not in TEMPLATES):
-            raise ValueError(f"unknown built-in task {name!r} in {task!r}; choose one of {sorted(TEMPLATES)}")
+            raise InputError(f"unknown built-in task {name!r} in {task!r}; choose one of {sorted(TEMPLATES)}")
     return cfg
 
 
@@ -184,7 +184,7 @@ class Evaluation:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings ``(len(texts), projection_dim)``."""
         if self.tokenizer is None:
-            raise ValueError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
+            raise InputError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
         tok, text_cfg = self.tokenizer, self.model.config.text
         pad_to = text_cfg.max_positions if text_cfg.pooler == "last" else None  # SigLIP: the trained length
         ids, mask = pad_sequences([tok.encode(t).input_ids for t in texts], tok.pad_token_id, pad_to)
@@ -192,7 +192,7 @@ class Evaluation:
 
     def labelled_images(self, path: str | None, key: str) -> tuple[ImageFolder, list[str]]:
         if not path:
-            raise ValueError(f"this task needs {key}= (a folder with one subfolder of images per class)")
+            raise InputError(f"this task needs {key}= (a folder with one subfolder of images per class)")
         folder = ImageFolder(path, labels=True)
         return folder, [c.replace("_", " ") for c in folder.classes]
 
@@ -222,7 +222,7 @@ class Evaluation:
                 pixels.append(self.transform(decode_image(rec))["image"])
                 captions.append(decode_text(rec))
             except ValueError as e:
-                raise ValueError(f"pair {rec.key!r} of {p or 'the shapes pairs'}: {e}") from None
+                raise InputError(f"pair {rec.key!r} of {p or 'the shapes pairs'}: {e}") from None
         chunks = [torch.stack(pixels[s : s + 128]).to(self.device) for s in range(0, n, 128)]
         img = torch.cat([self.model.embed_image(self.model.encode_image(c)) for c in chunks])
         txt = torch.cat([self.embed_texts(captions[s : s + 256]) for s in range(0, n, 256)])
@@ -237,7 +237,7 @@ class Evaluation:
             train, train_names = self.labelled_images(self.cfg.train_images, "train_images")
             test, test_names = self.labelled_images(self.cfg.images, "images")
             if train_names != test_names:
-                raise ValueError(f"train classes {train_names} differ from evaluation classes {test_names}")
+                raise InputError(f"train classes {train_names} differ from evaluation classes {test_names}")
             x, y = self.image_features(train, len(train))
         classes = len(TASKS[name]) if name else len(train_names)
         probe = fit_linear_probe(x, y, seed=self.cfg.seed, num_classes=classes)  # the suite's probe (mmkit.eval.probe)
@@ -249,7 +249,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Load, run every task, print the table and write ``out``; returns the results."""
     torch.manual_seed(cfg.seed)
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
+        raise InputError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model, tokenizer = load_model(cfg, device)
     if cfg.suite:

@@ -51,8 +51,8 @@ from mmkit.data import (
     TASKS,
     ClassificationCollator,
     ClassificationDataset,
-    FLAVAImageTransform,
     ImageFolder,
+    ImageTransform,
     ImageTransformConfig,
     LabeledPairs,
     LabeledText,
@@ -80,7 +80,7 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import at_least, choice, fraction
+from mmkit.utils import InputError, at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
 METRICS = ("accuracy", "f1", "mcc", "auroc", "pearson", "spearman", "vqa_accuracy")
@@ -136,14 +136,14 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
     if (cfg.metric in ("pearson", "spearman")) != (cfg.problem_type == "regression"):
-        raise ValueError(
+        raise InputError(
             f"metric {cfg.metric!r} does not fit problem_type {cfg.problem_type!r}: regression takes "
             "pearson or spearman, classification the others"
         )
     if (cfg.metric == "vqa_accuracy") != (cfg.answers_column is not None) or (
         cfg.answers_column is not None and cfg.problem_type != "multi_label"
     ):
-        raise ValueError("VQA needs answers_column (soft targets), metric=vqa_accuracy and problem_type=multi_label")
+        raise InputError("VQA needs answers_column (soft targets), metric=vqa_accuracy and problem_type=multi_label")
     return cfg
 
 
@@ -213,7 +213,7 @@ class FinetuneRecipe:
         if base is not None:  # model.image.init_from / model.text.init_from: CLIP/SigLIP towers
             base, overrides = resolve_tower_configs(base.replace(**overrides)), {}
             if base.text.init_from and self.tokenizer is not None and base.text.vocab_size != self.tokenizer.vocab_size:
-                raise ValueError(
+                raise InputError(
                     f"the text tower of {base.text.init_from} has {base.text.vocab_size} ids but the tokenizer has "
                     f"{self.tokenizer.vocab_size}: set tokenizer= to the tokenizer the tower was trained with"
                 )
@@ -232,12 +232,12 @@ class FinetuneRecipe:
     def _setup_data(self, train, val) -> None:
         cfg, info = self.cfg, self.ctx.info
         size = self.raw_model.model.config.image.image_size
-        transform = FLAVAImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=0))
+        transform = ImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=0))
         collate = ClassificationCollator(self.tokenizer.pad_token_id if self.tokenizer else 0)
         self.train_ds = ClassificationDataset(train, cfg.modality, transform, self.tokenizer)
         self.val_ds = ClassificationDataset(val, cfg.modality, transform, self.tokenizer)
         if len(self.train_ds) < cfg.batch_size * info.world_size:
-            raise ValueError(
+            raise InputError(
                 f"the training split has fewer samples ({len(self.train_ds)}) than one batch per rank "
                 f"({cfg.batch_size} x {info.world_size} ranks): lower batch_size"
             )
@@ -254,7 +254,7 @@ class FinetuneRecipe:
         if cfg.init_from and (Path(cfg.init_from) / "tokenizer").exists():
             return TextTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer", max_length=cfg.max_length)
         if cfg.init_from:  # the checkpoint's text embeddings only fit the tokenizer it was trained with
-            raise ValueError(
+            raise InputError(
                 f"init_from {cfg.init_from} has no tokenizer/ folder: set `tokenizer` to the vocab.txt or "
                 "tokenizer.json it was trained with"
             )
@@ -277,15 +277,15 @@ class FinetuneRecipe:
         if cfg.task.startswith("shapes:"):
             name = cfg.task.split(":", 1)[1]
             if name not in TASKS:
-                raise ValueError(f"unknown shapes task {name!r}; choose one of {sorted(TASKS)}")
+                raise InputError(f"unknown shapes task {name!r}; choose one of {sorted(TASKS)}")
             paths = shapes_dataset()
             return ShapesTask(paths.train_pairs, name), ShapesTask(paths.val_pairs, name, seed=1), TASKS[name]
         if not (cfg.train_path and cfg.val_path):
-            raise ValueError(f"task {cfg.task!r} needs train_path and val_path")
+            raise InputError(f"task {cfg.task!r} needs train_path and val_path")
         if cfg.task == "folder":
             train, val = ImageFolder(cfg.train_path, labels=True), ImageFolder(cfg.val_path, labels=True)
             if train.classes != val.classes:
-                raise ValueError(f"train classes {train.classes} differ from val classes {val.classes}")
+                raise InputError(f"train classes {train.classes} differ from val classes {val.classes}")
             return train, val, train.classes
         train, val = self._labeled_sources()
         if cfg.problem_type == "regression":
@@ -302,7 +302,7 @@ class FinetuneRecipe:
             train = LabeledText(cfg.train_path, **kw)
             return train, LabeledText(cfg.val_path, labels=train.classes, **kw)
         if cfg.task != "pairs":
-            raise ValueError(f"task must be 'shapes:<name>', 'folder', 'text' or 'pairs', got {cfg.task!r}")
+            raise InputError(f"task must be 'shapes:<name>', 'folder', 'text' or 'pairs', got {cfg.task!r}")
         vocab = None
         if cfg.answer_vocab:
             vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
@@ -327,7 +327,7 @@ class FinetuneRecipe:
                 logits.append(model(**batch).logits.float().cpu())
         model.train()
         if not logits:
-            raise ValueError(f"none of the {len(self.val_ds)} validation records could be read ({skipped} skipped)")
+            raise InputError(f"none of the {len(self.val_ds)} validation records could be read ({skipped} skipped)")
         return compute_metric(self.cfg.metric, torch.cat(logits), torch.cat(labels))
 
     def train(self) -> dict[str, Any]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from mmkit.data import (
-    FLAVADataset,
-    FLAVAImageTransform,
     ImageCollator,
+    ImageTransform,
     ImageTransformConfig,
     MixedBatches,
     PairCollator,
+    SampleDataset,
     TarShards,
     TextCollator,
     TextLines,
@@ -26,7 +26,7 @@ from mmkit.tokenizers import TextTokenizer
 
 
 def build(root: Path, tokenizer: TextTokenizer, rank: int, world: int, workers: int) -> MixedBatches:
-    transform = FLAVAImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True))
+    transform = ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True))
     blocks = BlockMaskGenerator(grid_size=4, num_masking_patches=6, min_block=2)
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
     pairs = TarShards(sorted(root.glob("train-pairs-*.tar")), name="pairs")
@@ -39,7 +39,7 @@ def build(root: Path, tokenizer: TextTokenizer, rank: int, world: int, workers: 
     probs = {"pairs": 0.6, "images": 0.2, "text": 0.2}
     loaders = {}
     for name, (kind, source, collator) in specs.items():
-        ds = FLAVADataset(source, kind, image_transform=transform, tokenizer=tokenizer, seed=7)
+        ds = SampleDataset(source, kind, image_transform=transform, tokenizer=tokenizer, seed=7)
         loader = make_loader(ds, collator, batch_size=4, rank=rank, world_size=world, seed=11, num_workers=workers)
         loaders[name] = (loader, probs[name])
     return MixedBatches(loaders, seed=5)

@@ -5,7 +5,7 @@ import random
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from mmkit.data import FLAVADataset, TarShards, TextLines, shapes_dataset
+from mmkit.data import SampleDataset, TarShards, TextLines, shapes_dataset
 from mmkit.data.builtin import COLORS, make_example
 from mmkit.data.sources import decode_image, decode_text
 from mmkit.data.write_shards import main as write_main
@@ -103,7 +103,7 @@ def test_write_shards_from_manifest_and_inspect(tmp_path, capsys, tokenizer):
     assert "wrote 5 samples into 3 shard(s); left out 1" in captured.out and "bad.png" in captured.err
     src = TarShards(str(tmp_path / "out" / "pairs-{000..002}.tar"))
     assert len(src) == 5
-    ds = FLAVADataset(src, "pair", tokenizer=tokenizer)
+    ds = SampleDataset(src, "pair", tokenizer=tokenizer)
     assert tokenizer.decode(ds[(0, 0, 0)]["input_ids"].tolist()) == rows[0]["caption"]
     assert decode_image(src[4]).size == (64, 64)
     assert write_main(["--inspect", str(tmp_path / "out" / "pairs-000.tar")]) == 0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmkit.data import FLAVABatch, ImageCollator, PairCollator, TextCollator, pad_sequences
+from mmkit.data import Batch, ImageCollator, PairCollator, TextCollator, pad_sequences
 from mmkit.masking import BlockMaskGenerator, TokenMasker
 from mmkit.models import FLAVAConfig, flava_model_for_pretraining
 
@@ -98,6 +98,6 @@ def test_bad_samples_raise_clear_errors():
 
 
 def test_batch_moves_and_lists_its_inputs():
-    batch = FLAVABatch(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3))
+    batch = Batch(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3))
     assert set(batch.model_inputs()) == {"input_ids", "attention_mask"}
     assert batch.to("cpu").input_ids.device.type == "cpu"

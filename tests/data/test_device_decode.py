@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, PairCollator
+from mmkit.data import ImageTransform, ImageTransformConfig, PairCollator, SampleDataset
 from mmkit.data.builtin import make_example
 from mmkit.data.sources import Record
 from mmkit.masking import BlockMaskGenerator, TokenMasker
@@ -45,8 +45,8 @@ class _Records:
 
 def _batch(records, tokenizer, decode: str, random_crop: bool = False):
     cfg = ImageTransformConfig(image_size=32, codebook_image_size=16, fast=True, decode=decode, random_crop=random_crop)
-    transform = FLAVAImageTransform(cfg)
-    ds = FLAVADataset(_Records(records), "pair", transform, tokenizer, seed=3)
+    transform = ImageTransform(cfg)
+    ds = SampleDataset(_Records(records), "pair", transform, tokenizer, seed=3)
     tok = tokenizer
     collate = PairCollator(BlockMaskGenerator.flava(4), TokenMasker(tok.vocab_size, tok.mask_token_id,
                            tok.special_token_ids, tok.pad_token_id), itm_negative_prob=0.0)  # fmt: skip

@@ -78,12 +78,12 @@ def test_mixing_follows_the_probabilities(small_shapes, tokenizer):
 
 
 def test_bad_records_are_counted_and_too_many_stop_the_run(shards, tokenizer):
-    from mmkit.data import FLAVADataset, PairCollator, TarShards, make_loader
+    from mmkit.data import PairCollator, SampleDataset, TarShards, make_loader
     from mmkit.masking import BlockMaskGenerator, TokenMasker
 
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
     collator = PairCollator(BlockMaskGenerator(grid_size=14), tokens)
-    ds = FLAVADataset(TarShards(shards), "pair", tokenizer=tokenizer)
+    ds = SampleDataset(TarShards(shards), "pair", tokenizer=tokenizer)
     loader = make_loader(ds, collator, batch_size=11, shuffle=False)
     lenient = MixedBatches({"pairs": (loader, 1.0)}, max_bad_fraction=0.5, min_samples=1)
     batch = next(lenient)
@@ -97,11 +97,11 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(shards, tokenizer):
 
 
 def _image_stream(source, batch_size, **kw):
-    from mmkit.data import FLAVADataset, ImageCollator, make_loader
-    from mmkit.data.transforms import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data import ImageCollator, SampleDataset, make_loader
+    from mmkit.data.transforms import ImageTransform, ImageTransformConfig
     from mmkit.masking import BlockMaskGenerator
 
-    ds = FLAVADataset(source, "image", FLAVAImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=0)))
+    ds = SampleDataset(source, "image", ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=0)))
     loader = make_loader(ds, ImageCollator(BlockMaskGenerator.flava(4)), batch_size=batch_size, shuffle=False)
     return MixedBatches({"broken": (loader, 1.0)}, max_bad_fraction=1.0, **kw)
 

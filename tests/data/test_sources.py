@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from mmkit.data import FLAVADataset, ImageFolder, Manifest, Skipped, TarShards, TextLines, expand_paths
+from mmkit.data import ImageFolder, Manifest, SampleDataset, Skipped, TarShards, TextLines, expand_paths
 from mmkit.data.sources import Record, decode_image, decode_text
 from tests.data.conftest import png_bytes
 
@@ -19,7 +19,7 @@ def test_tar_shards_brace_patterns_and_bad_records(shards, tokenizer):
     assert expand_paths(str(shards[0].parent / "pairs-*.tar")) == shards  # an absolute glob
     src = TarShards(pattern)
     assert len(src) == 11 and src.incomplete == ["pairs-001.tar:1004"]
-    out = _resolve(FLAVADataset(src, "pair", tokenizer=tokenizer))
+    out = _resolve(SampleDataset(src, "pair", tokenizer=tokenizer))
     skipped = {s.key: s.reason for s in out if isinstance(s, Skipped)}
     assert set(skipped) == {"pairs-001.tar:1000", "pairs-001.tar:1001", "pairs-001.tar:1002"}
     assert "cannot decode image" in skipped["pairs-001.tar:1000"]
@@ -63,7 +63,7 @@ def test_manifest(tmp_path, tokenizer, fmt):
         manifest = tmp_path / "m.csv"
         manifest.write_text("path,text\n" + "".join(f"{r['path']},{r['text']}\n" for r in rows))
     src = Manifest(manifest, image_column="path", caption_column="text")
-    out = _resolve(FLAVADataset(src, "pair", tokenizer=tokenizer))
+    out = _resolve(SampleDataset(src, "pair", tokenizer=tokenizer))
     assert [isinstance(s, Skipped) for s in out] == [False] * 4 + [True]
     assert "cannot read image" in out[4].reason and out[4].key == "missing.png"
     with pytest.raises(KeyError, match="has no column 'caption'"):
@@ -78,7 +78,7 @@ def test_image_folder_with_classes(tmp_path):
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
     src = ImageFolder(tmp_path, labels=True)
     assert src.classes == ["cats", "dogs"] and len(src) == 5
-    out = _resolve(FLAVADataset(src, "image"))
+    out = _resolve(SampleDataset(src, "image"))
     labels = [int(s["label"]) for s in out if not isinstance(s, Skipped)]
     assert sorted(labels) == [0, 0, 1, 1]
     assert [s.key for s in out if isinstance(s, Skipped)] == ["dogs/broken.jpg"]
@@ -90,7 +90,7 @@ def test_text_lines_plain_and_jsonl(tmp_path, tokenizer):
     jsonl = tmp_path / "b.jsonl"
     jsonl.write_text('{"text": "three green triangles"}\n{"other": 1}\n')
     src = TextLines([plain, jsonl])
-    out = _resolve(FLAVADataset(src, "text", tokenizer=tokenizer))
+    out = _resolve(SampleDataset(src, "text", tokenizer=tokenizer))
     assert len(out) == 5
     reasons = [s.reason for s in out if isinstance(s, Skipped)]
     assert len(reasons) == 2 and "not UTF-8" in reasons[0] and "no 'text' field" in reasons[1]
@@ -99,12 +99,12 @@ def test_text_lines_plain_and_jsonl(tmp_path, tokenizer):
 
 
 def test_random_crop_is_deterministic_per_sample(shards):
-    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data import ImageTransform, ImageTransformConfig
 
     src = TarShards(shards[0])
-    transform = FLAVAImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True,
+    transform = ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True,
                                                          scale=(0.3, 0.6)))  # fmt: skip
-    ds = FLAVADataset(src, "image", image_transform=transform, seed=3)
+    ds = SampleDataset(src, "image", image_transform=transform, seed=3)
     a, b, c = ds[(0, 0, 2)], ds[(0, 5, 2)], ds[(1, 0, 2)]
     assert torch.equal(a["image"], b["image"])  # same epoch and index: same crop
     assert not torch.equal(a["image"], c["image"])  # next epoch: another crop
@@ -193,7 +193,7 @@ def test_bomb_is_a_skipped_record_in_the_dataset(tmp_path, monkeypatch):
     (tmp_path / "ok.png").write_bytes(png_bytes(0)[0])
     (tmp_path / "bomb.png").write_bytes(_png(Image.new("1", (3000, 3000))))
     monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 1_000_000)
-    out = _resolve(FLAVADataset(ImageFolder(tmp_path), "image"))
+    out = _resolve(SampleDataset(ImageFolder(tmp_path), "image"))
     skipped = [s for s in out if isinstance(s, Skipped)]
     assert len(skipped) == 1 and skipped[0].key == "bomb.png" and "3000x3000" in skipped[0].reason
 
@@ -328,10 +328,10 @@ def test_samples_lost_to_a_truncated_shard_count_against_max_bad_fraction(tmp_pa
 
     from mmkit.data import (
         DataQualityError,
-        FLAVADataset,
-        FLAVAImageTransform,
+        ImageTransform,
         ImageTransformConfig,
         MixedBatches,
+        SampleDataset,
         make_loader,
     )
 
@@ -343,7 +343,7 @@ def test_samples_lost_to_a_truncated_shard_count_against_max_bad_fraction(tmp_pa
     assert TarShards(cut, require_text=False).lost == 1  # unknown size: at least one
 
     def build(max_bad):
-        ds = FLAVADataset(TarShards(cut, require_text=False), "image", FLAVAImageTransform(ImageTransformConfig(8, 0)))
+        ds = SampleDataset(TarShards(cut, require_text=False), "image", ImageTransform(ImageTransformConfig(8, 0)))
         loader = make_loader(ds, lambda samples, generator=None: list(samples), 1)
         return MixedBatches({"images": (loader, 1.0)}, max_bad_fraction=max_bad, min_samples=1)
 

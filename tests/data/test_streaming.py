@@ -56,10 +56,10 @@ def keys_of(samples, generator=None):
 
 
 def _loader(paths, rank=0, world=1, workers=0, batch=4, buffer=8, seed=3):
-    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data import ImageTransform, ImageTransformConfig
 
     return make_stream_loader([str(p) for p in paths], "image", keys_of, batch, name="pairs", seed=seed,
-                              image_transform=FLAVAImageTransform(ImageTransformConfig(8, 0)), rank=rank,
+                              image_transform=ImageTransform(ImageTransformConfig(8, 0)), rank=rank,
                               world_size=world, num_workers=workers, buffer_size=buffer)  # fmt: skip
 
 
@@ -271,7 +271,7 @@ def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
     the caption from the ``.txt``, and streaming takes the sample counts from the stats files."""
     from PIL import Image
 
-    from mmkit.data import FLAVADataset, FLAVAImageTransform, ImageTransformConfig, TarShards
+    from mmkit.data import ImageTransform, ImageTransformConfig, SampleDataset, TarShards
 
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
@@ -290,8 +290,8 @@ def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
         (tmp_path / f"{shard:05d}.parquet").write_bytes(b"PAR1")  # the tool's per-shard metadata table
     pattern = str(tmp_path / "*.tar")
     assert [s.samples for s in resolve_shards(pattern)] == [5, 3]
-    transform = FLAVAImageTransform(ImageTransformConfig(8, 0))
-    indexed = FLAVADataset(TarShards(pattern), "image", transform)
+    transform = ImageTransform(ImageTransformConfig(8, 0))
+    indexed = SampleDataset(TarShards(pattern), "image", transform)
     assert len(indexed) == 8
     loader = make_stream_loader(pattern, "pair", keys_of, 8, image_transform=transform, tokenizer=_WordCount())
     batch, skipped = next(iter(loader))

@@ -83,11 +83,11 @@ def s3(local):
 
 
 def _loader(patterns, storage_options=None, rank=0, world=1, workers=2):
-    from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+    from mmkit.data import ImageTransform, ImageTransformConfig
     from mmkit.data.streaming import make_stream_loader
 
     return make_stream_loader(patterns, "image", keys_of, 4, seed=3, rank=rank, world_size=world, num_workers=workers,
-                              image_transform=FLAVAImageTransform(ImageTransformConfig(8, 0)), buffer_size=8,
+                              image_transform=ImageTransform(ImageTransformConfig(8, 0)), buffer_size=8,
                               storage_options=storage_options)  # fmt: skip
 
 

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from mmkit.data import FLAVAImageTransform, ImageTransformConfig
-from mmkit.data.collators import FLAVABatch
+from mmkit.data import ImageTransform, ImageTransformConfig
+from mmkit.data.collators import Batch
 from mmkit.data.transforms import CLIP_MEAN, CLIP_STD, center_crop_box
 
 
@@ -17,13 +17,13 @@ def _picture(seed=0, size=(80, 64)):
 
 def test_fast_images_are_uint8_and_finish_on_the_device_like_the_default_path():
     image = _picture()
-    default = FLAVAImageTransform(ImageTransformConfig(32, 16))
-    fast = FLAVAImageTransform(ImageTransformConfig(32, 16, fast=True))
+    default = ImageTransform(ImageTransformConfig(32, 16))
+    fast = ImageTransform(ImageTransformConfig(32, 16, fast=True))
     slow_out, fast_out = default(image), fast(image)
     assert fast_out["image"].dtype == torch.uint8 and fast_out["codebook_image"].dtype == torch.uint8
     # the encoder image: the same crop and resize, normalised later instead of in the worker
     batch = fast.finish(
-        FLAVABatch(pixel_values=fast_out["image"][None], codebook_pixel_values=fast_out["codebook_image"][None])
+        Batch(pixel_values=fast_out["image"][None], codebook_pixel_values=fast_out["codebook_image"][None])
     )
     torch.testing.assert_close(batch.pixel_values[0], slow_out["image"], atol=1e-5, rtol=0)
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -35,10 +35,10 @@ def test_fast_images_are_uint8_and_finish_on_the_device_like_the_default_path():
     torch.testing.assert_close(batch.codebook_pixel_values[0], 0.8 * fast_out["codebook_image"].float() / 255 + 0.1)
     assert batch.codebook_pixel_values.min() >= 0.1 - 1e-6 and batch.codebook_pixel_values.max() <= 0.9 + 1e-6
     # the default path's batches pass through unchanged
-    plain = FLAVABatch(pixel_values=slow_out["image"][None])
+    plain = Batch(pixel_values=slow_out["image"][None])
     assert default.finish(plain).pixel_values is plain.pixel_values
 
 
 def test_fast_codebook_size_that_does_not_divide_resizes_the_encoder_image():
-    out = FLAVAImageTransform(ImageTransformConfig(32, 12, fast=True))(_picture(1))
+    out = ImageTransform(ImageTransformConfig(32, 12, fast=True))(_picture(1))
     assert out["codebook_image"].shape == (3, 12, 12) and out["image"].shape == (3, 32, 32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmkit.data import FLAVAImageTransform, ImageTransformConfig
+from mmkit.data import ImageTransform, ImageTransformConfig
 from mmkit.eval.benchmarks import open_benchmark
 from mmkit.eval.features import FeatureCache, image_features, model_digest, text_embeddings
 from mmkit.models import FLAVAConfig, flava_model
@@ -32,7 +32,7 @@ class Counting:
 def setup(tmp_path):
     torch.manual_seed(0)
     model = flava_model(FLAVAConfig.tiny()).eval()
-    transform = FLAVAImageTransform(ImageTransformConfig(32, 0))
+    transform = ImageTransform(ImageTransformConfig(32, 0))
     data = open_benchmark("folder", bf.class_folders(tmp_path / "set", per_class=4), "val")
     return model, transform, data, FeatureCache(tmp_path / "cache")
 

@@ -71,5 +71,5 @@ def test_ring_form_equals_one_process_on_the_whole_batch(tmp_path, world):
     torch.testing.assert_close(torch.cat([p["x"] for p in parts]) / world, x.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat([p["y"] for p in parts]) / world, y.grad, atol=1e-5, rtol=1e-5)
     # without the ring, a rank sees only its own negatives: not the whole batch's loss
-    local = SigmoidContrastiveLoss(distributed=False)(x[:n], y[:n], scale, bias)
+    local = SigmoidContrastiveLoss(cross_rank=False)(x[:n], y[:n], scale, bias)
     assert abs(float(local) - float(parts[0]["loss"])) > 1e-3

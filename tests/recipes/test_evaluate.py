@@ -50,7 +50,7 @@ def data(tmp_path):
 
 
 def test_user_data_zero_shot_retrieval_and_linear_probe(data, capsys):
-    from mmkit.data import FLAVAImageTransform, ImageFolder, ImageTransformConfig, Manifest, pad_sequences
+    from mmkit.data import ImageFolder, ImageTransform, ImageTransformConfig, Manifest, pad_sequences
     from mmkit.data.sources import decode_image
     from mmkit.eval import class_embeddings, retrieval_recall, zero_shot_logits
     from mmkit.models import flava_model_for_classification
@@ -67,7 +67,7 @@ def test_user_data_zero_shot_retrieval_and_linear_probe(data, capsys):
     # the oracle: the same model, data and templates through the library functions directly
     flava = flava_model_for_classification(2, "image", checkpoint=data / "ckpt", hidden_dim=8).eval().model
     tok = TextTokenizer.from_pretrained(data / "ckpt" / "tokenizer")
-    transform = FLAVAImageTransform(ImageTransformConfig(32, 0))
+    transform = ImageTransform(ImageTransformConfig(32, 0))
 
     def embed_texts(texts):
         ids, mask = pad_sequences([tok.encode(t).input_ids for t in texts], tok.pad_token_id)

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 import torch
 
-from mmkit.data import FLAVAImageTransform, ImageTransformConfig, TarShards
-from mmkit.data.loader import FLAVADataset
+from mmkit.data import ImageTransform, ImageTransformConfig, TarShards
+from mmkit.data.loader import SampleDataset
 from mmkit.data.sources import decode_image
 from mmkit.tokenizers import DalleDecoder, DalleEncoder, DiscreteVAE, ImageTokenizer, save_dvae, tokenizer_fingerprint
 from mmkit.tokenizers.cache import main as cache_main
@@ -44,8 +44,8 @@ def test_cache_writes_the_tokenizer_ids_beside_each_sample(shards, dvae_dir, tmp
     assert info == {"fingerprint": tokenizer_fingerprint(encoder), "image_size": 16, "grid": [4, 4],
                     "vocab_size": 40, "crop": "center"}  # fmt: skip
     # the oracle: the tokenizer on the centre crop's tokenizer input, computed here
-    transform = FLAVAImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=16))
-    ds = FLAVADataset(cached, "image", FLAVAImageTransform(ImageTransformConfig(32, 0)), image_tokens=True)
+    transform = ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=16))
+    ds = SampleDataset(cached, "image", ImageTransform(ImageTransformConfig(32, 0)), image_tokens=True)
     for i in range(len(src)):
         expected = tok(transform(decode_image(src[i]))["codebook_image"][None])[0]
         assert torch.equal(ds[i]["image_tokens"], expected)

@@ -32,6 +32,7 @@ from mmkit.eval.benchmarks.folder import ClassFolders
 from mmkit.eval.benchmarks.mnist import Mnist
 from mmkit.eval.benchmarks.parquet import ParquetSet
 from mmkit.eval.benchmarks.wds import WdsBenchmark
+from mmkit.utils.errors import InputError
 
 LAYOUTS: dict[str, type[BenchmarkSet]] = {
     "wds": WdsBenchmark,
@@ -57,11 +58,11 @@ def open_benchmark(layout: str, path: str | Path, split: str, **keys: Any) -> Be
         ValueError: an unknown layout or key, naming the valid ones.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     valid = layout_keys(layout)
     unknown = sorted(set(keys) - set(valid))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"layout {layout!r} has no key(s) {', '.join(unknown)}; its keys: {', '.join(valid) or 'none'}"
         )
     return LAYOUTS[layout](path, split, **keys)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mmkit.utils.errors import InputError
 
-class BenchmarkFormatError(ValueError):
+
+class BenchmarkFormatError(InputError):
     """A benchmark file that cannot be read as its layout: the message names the file and the field."""
 
     def __init__(self, file: str | Path, problem: str) -> None:
@@ -109,5 +111,5 @@ def clean_template(template: str) -> str:
     """A prompt template in mmkit's form: CLIP_benchmark's ``{c}`` becomes ``{}``; exactly one must remain."""
     out = template.replace("{c}", "{}")
     if out.count("{}") != 1:
-        raise ValueError(f"a template needs exactly one {{}} (or {{c}}) for the class name: {template!r}")
+        raise InputError(f"a template needs exactly one {{}} (or {{c}}) for the class name: {template!r}")
     return out

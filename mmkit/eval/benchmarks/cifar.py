@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, read_lines
+from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.safe_pickle import allow_names, restricted_load
 
 FOLDERS = ("cifar-10-batches-bin", "cifar-100-binary", "cifar-10-batches-py", "cifar-100-python")
@@ -61,12 +62,12 @@ class Cifar(BenchmarkSet):
     def __init__(self, path: str | Path, split: str = "test") -> None:
         super().__init__(path, split)
         if split not in ("train", "test"):
-            raise ValueError(f"CIFAR has the splits 'train' and 'test', not {split!r}")
+            raise InputError(f"CIFAR has the splits 'train' and 'test', not {split!r}")
         root = Path(path)
         if root.name not in FOLDERS:
             found = [root / f for f in FOLDERS if (root / f).is_dir()]
             if len(found) != 1:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"{root} is not an extracted CIFAR archive: expected one of {', '.join(FOLDERS)} (or a folder "
                     f"holding exactly one){'; found ' + ', '.join(p.name for p in found) if found else ''}"
                 )
@@ -76,7 +77,7 @@ class Cifar(BenchmarkSet):
         self.batch_files = [root / n for n in names]
         missing = [str(f) for f in self.batch_files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"CIFAR {split} file(s) missing: {', '.join(missing)}")
+            raise MissingError(f"CIFAR {split} file(s) missing: {', '.join(missing)}")
         self.classnames = self._classnames()
         self._arrays: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         record = PIXELS + (2 if self.hundred else 1)
@@ -101,12 +102,12 @@ class Cifar(BenchmarkSet):
         if self.binary:
             meta = self.root / ("fine_label_names.txt" if self.hundred else "batches.meta.txt")
             if not meta.is_file():
-                raise FileNotFoundError(f"CIFAR class names file {meta} is missing")
+                raise MissingError(f"CIFAR class names file {meta} is missing")
             names = read_lines(meta)
         else:
             meta = self.root / ("meta" if self.hundred else "batches.meta")
             if not meta.is_file():
-                raise FileNotFoundError(f"CIFAR class names file {meta} is missing")
+                raise MissingError(f"CIFAR class names file {meta} is missing")
             field = "fine_label_names" if self.hundred else "label_names"
             data = safe_unpickle(meta)
             if field not in data:

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
+from mmkit.utils.errors import MissingError
 
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
+        raise MissingError(f"annotation file {path} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mmkit.data.sources import ImageFolder
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, read_lines
+from mmkit.utils.errors import MissingError
 
 
 class ClassFolders(BenchmarkSet):
@@ -33,7 +34,7 @@ class ClassFolders(BenchmarkSet):
         super().__init__(path, split)
         root = Path(path) / split
         if not root.is_dir():
-            raise FileNotFoundError(f"{root} does not exist: the folder layout reads <path>/<split>/<class>/<image>")
+            raise MissingError(f"{root} does not exist: the folder layout reads <path>/<split>/<class>/<image>")
         try:
             self.source = ImageFolder(root, labels=True, name=f"{path} [{split}]")
         except ValueError as e:
@@ -45,7 +46,7 @@ class ClassFolders(BenchmarkSet):
             mapping = Path(classnames)
             mapping = mapping if mapping.is_absolute() or mapping.exists() else Path(path) / mapping
             if not mapping.is_file():
-                raise FileNotFoundError(f"classnames file {mapping} does not exist")
+                raise MissingError(f"classnames file {mapping} does not exist")
             self.mapping_file = mapping
             self.classnames = _names_from(mapping, self.folders)
         else:

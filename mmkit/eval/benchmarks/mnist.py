@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
+from mmkit.utils.errors import InputError, MissingError
 
 PREFIX = {"train": "train", "test": "t10k"}
 
@@ -28,7 +29,7 @@ def _find(root: Path, stem: str) -> Path:
         for suffix in ("", ".gz"):
             if (root / f"{name}{suffix}").is_file():
                 return root / f"{name}{suffix}"
-    raise FileNotFoundError(f"{root}: no {stem} file (nor .gz, nor {base}.{kind})")
+    raise MissingError(f"{root}: no {stem} file (nor .gz, nor {base}.{kind})")
 
 
 def _open(path: Path):
@@ -58,10 +59,10 @@ class Mnist(BenchmarkSet):
     def __init__(self, path: str | Path, split: str = "test") -> None:
         super().__init__(path, split)
         if split not in PREFIX:
-            raise ValueError(f"MNIST has the splits 'train' and 'test', not {split!r}")
+            raise InputError(f"MNIST has the splits 'train' and 'test', not {split!r}")
         root = Path(path)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root} does not exist: the mnist layout reads a folder of four IDX files")
+            raise MissingError(f"{root} does not exist: the mnist layout reads a folder of four IDX files")
         self.images = _find(root, f"{PREFIX[split]}-images-idx3-ubyte")
         self.labels = _find(root, f"{PREFIX[split]}-labels-idx1-ubyte")
         with _open(self.images) as f:

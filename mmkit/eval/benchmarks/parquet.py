@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
+from mmkit.utils.errors import InputError, MissingError
 
 
 def _split_files(path: str, split: str) -> list[Path]:
@@ -32,13 +33,13 @@ def _split_files(path: str, split: str) -> list[Path]:
             found = sorted(p.glob(pattern))
             if found:
                 return found
-        raise FileNotFoundError(
+        raise MissingError(
             f"no {split!r} parquet files under {p} (looked for data/{split}-*.parquet, {split}/*.parquet, "
             f"{split}-*.parquet): set path to the files themselves"
         )
     found = sorted(Path(f) for f in glob.glob(path))
     if not found:
-        raise FileNotFoundError(f"no parquet files match {path}")
+        raise MissingError(f"no parquet files match {path}")
     return found
 
 
@@ -53,7 +54,7 @@ class ParquetSet(BenchmarkSet):
 
         super().__init__(path, split)
         if (label_column is None) == (text_column is None):
-            raise ValueError("a parquet task needs label_column (classification) or text_column (retrieval), not both")
+            raise InputError("a parquet task needs label_column (classification) or text_column (retrieval), not both")
         self.kind = "classification" if label_column else "retrieval"
         self.image_column, self.label_column, self.text_column = image_column, label_column, text_column
         self.paths = _split_files(str(path), split)

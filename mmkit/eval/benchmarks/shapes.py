@@ -26,6 +26,7 @@ from pathlib import Path
 from mmkit.data import shapes_dataset
 from mmkit.data.sources import decode_text
 from mmkit.data.tasks import TASKS, ShapesTask
+from mmkit.utils.errors import run_cli
 
 TEMPLATES = ("a picture of {c} shapes.", "{c} objects", "{c}")
 COUNT_NAMES = ("one", "two", "three")  # the count task's classes 1, 2, 3
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -22,6 +22,7 @@ from typing import Any
 
 from mmkit.data.formats import image_member, split_member_name
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, clean_template
+from mmkit.utils.errors import MissingError
 
 
 def _join(root: str, *parts: str) -> str:
@@ -74,7 +75,7 @@ class WdsBenchmark(BenchmarkSet):
                 ) from None
             pattern = _join(root, split, f"{{0..{count - 1}}}.tar")
         elif root.startswith(("http://", "https://")):
-            raise FileNotFoundError(
+            raise MissingError(
                 f"no {split!r} shards in {root}: {_join(root, split, 'nshards.txt')} is missing, and HTTP has no "
                 "listing to find the *.tar files by"
             )
@@ -83,7 +84,7 @@ class WdsBenchmark(BenchmarkSet):
         try:
             self.shards = resolve_shards([pattern], storage_options)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no {split!r} shards in {root}: expected {pattern}") from None
+            raise MissingError(f"no {split!r} shards in {root}: expected {pattern}") from None
         if kind == "classification":
             names = _read_text(_join(root, "classnames.txt"), storage_options)
             self.classnames = [n.strip() for n in names.splitlines() if n.strip()] if names else None

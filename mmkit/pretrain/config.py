@@ -1,0 +1,91 @@
+"""The settings every pretraining recipe shares, and which of them a resume may change.
+
+A recipe's config subclasses :class:`RunConfig` (adding its model keys: ``preset``, ``model``, ...)
+and its data config :class:`PairDataConfig` (adding its own sources and mixing). The rule of what a
+checkpoint's run and the resuming run must share is one function, :func:`frozen_fields`: everything
+a recipe adds, the seed, the gradient accumulation and every data setting, except those that only
+change how data is read (``data.max_bad_fraction``, ``data.storage_options``, and
+``data.num_workers`` when streamed: the rest of each begun epoch is dealt to the new workers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+from mmkit.eval import HealthConfig
+from mmkit.train import PRECISIONS, CheckpointConfig, OptimConfig
+from mmkit.utils import at_least, choice, fraction
+
+__all__ = ["RESUMABLE", "PairDataConfig", "RunConfig", "frozen_fields"]
+
+
+@dataclass
+class PairDataConfig:
+    """Image-text pairs, held-out pairs and a text tokenizer (every key ``data.*``)."""
+
+    dataset: str = choice("shapes", "files")  # shapes: the built-in set, made on first use
+    train_pairs: list[str] = field(default_factory=list)  # tar shard patterns, local or URLs
+    val_pairs: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # text files (a tokenizer is trained on them if none is given)
+    tokenizer: str | None = None  # vocab.txt / tokenizer.json / directory; None: train one on the text data
+    vocab_size: int = at_least(1, 1000)
+    max_length: int = at_least(1, 32)
+    batch_size: int = at_least(1, 32)  # per rank
+    num_workers: int = at_least(0, 1)
+    random_crop: bool = False
+    max_bad_fraction: float = fraction(0.01)  # of the records read, before the run stops
+    # Tar shards are streamed (read front to back: any size, local or s3:// gs:// http(s)://, memory of
+    # one shuffle window per worker) unless streaming=false (index mode: local files, every header read at start).
+    streaming: bool = True
+    shuffle_buffer: int = at_least(1, 1000)  # streaming: samples per shuffle window per data worker
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
+    # worker: PIL in the data workers; device: JPEGs decoded on the training device (nvJPEG on CUDA)
+    image_decode: str = choice("worker", "device")
+
+
+#: top-level settings a resume may change (everything else a recipe's config holds is frozen)
+RESUMABLE = ("run_dir", "optim", "checkpoint", "distributed", "precision", "activation_checkpointing", "compile",
+             "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
+             "progress")  # fmt: skip
+#: data settings that change how data is read, not what is read
+DATA_RESUMABLE = ("max_bad_fraction", "storage_options")
+
+
+@dataclass
+class RunConfig:
+    """The runtime every pretraining recipe shares (``mmkit.train``): where, how many processes, precision,
+    compilation, optimiser, checkpoints, logging, evaluation and health checks."""
+
+    run_dir: str = "runs/run"
+    seed: int = 0
+    data: PairDataConfig = field(default_factory=PairDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: str = choice("ddp", "fsdp", "none")
+    precision: str = choice(*PRECISIONS)
+    activation_checkpointing: bool = False
+    # none | layers (torch.compile each transformer layer) | step (the whole step as one graph, one process)
+    compile: Literal["none", "layers", "step"] = "none"
+    log_every: int = at_least(1, 10)
+    eval_every: int = at_least(1, 1000)
+    eval_samples: int = at_least(1, 512)  # held-out pairs scored at each evaluation (the first ones)
+    eval_at_start: bool = True
+    health: HealthConfig = field(default_factory=HealthConfig)  # when an evaluation calls the run stuck
+    max_nonfinite: int = at_least(1, 5)  # non-finite steps in a row before the run stops
+    progress: bool = True
+
+    #: settings a recipe adds that a resume may change too (e.g. how often something is measured)
+    resumable: ClassVar[tuple[str, ...]] = ()
+
+
+def frozen_fields(cfg: RunConfig) -> tuple[str, ...]:
+    """The dotted names whose values a checkpoint's run and a resuming run must share (see the module docs)."""
+    changeable = {*RESUMABLE, *cfg.resumable, "data"}
+    top = tuple(f.name for f in fields(cfg) if f.name not in changeable)
+    data = tuple(
+        f"data.{f.name}"
+        for f in fields(cfg.data)
+        if f.name not in DATA_RESUMABLE and not (cfg.data.streaming and f.name == "num_workers")
+    )
+    return (*top, "optim.grad_accum", *data)

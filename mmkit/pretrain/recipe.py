@@ -1,0 +1,281 @@
+"""The pretraining recipe skeleton: setup -> train (evaluations, checkpoints) -> export, once for every model.
+
+A recipe subclasses :class:`PretrainRecipe` and provides what is its model's own:
+
+* :meth:`~PretrainRecipe.model_config` (from ``cfg`` and the run's tokenizer),
+* :meth:`~PretrainRecipe.image_transform` and :meth:`~PretrainRecipe.loaders` (its sources and their mix),
+* :meth:`~PretrainRecipe.build_model` (the pretraining module on ``ctx.device``),
+* :meth:`~PretrainRecipe.eval_collators` (how held-out pairs become batches),
+* :meth:`~PretrainRecipe.export_files` (the weights and configs it exports; the tokenizer, the plot and
+  the summary are written here).
+
+The skeleton does the rest the same way for every model: holding the run directory, the tokenizer,
+one start line per data source (:class:`~mmkit.data.TrainingSource`), parallelising (DDP / FSDP2,
+activation checkpointing, ``torch.compile``), the optimiser and exact resume (``mmkit.train``), the
+training loop, logging, held-out evaluation (losses, image<->text retrieval, tower health) and the
+export tail. A pretraining model must return an output with ``loss``, ``losses``,
+``image_embedding`` and ``text_embedding``, keep its dual encoder in ``.model`` (with
+``logit_scale`` and ``clamp_logit_scale``), have ``set_cross_rank(enabled)`` and may name in
+``chance_loss`` the loss whose chance level is ``ln(batch)`` (the health check's reference).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmkit.data import MixedBatches, SampleDataset, TrainingSource, heldout_source, recipe_data_paths
+from mmkit.eval import HealthMonitor, retrieval_recall
+from mmkit.pretrain.config import RunConfig, frozen_fields
+from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
+from mmkit.train import (
+    MetricsLogger,
+    autocast,
+    full_state_dict,
+    loop_options,
+    memory_mib,
+    parallelize,
+    plot_run,
+    prepare_training,
+    read_scalar,
+    start_run,
+    summarize_run,
+    train_loop,
+    unwrap,
+)
+from mmkit.utils import InputError
+
+__all__ = ["PretrainRecipe"]
+
+
+class PretrainRecipe:
+    """The shared skeleton of a pretraining recipe (see the module docs for what a subclass provides).
+
+    Attributes set by :meth:`setup`: ``ctx`` (the run context), ``run_dir``, ``paths`` (``(train pairs,
+    val pairs, images, text)``), ``tokenizer``, ``model_cfg``, ``transform``, ``sources`` (name ->
+    :class:`~mmkit.data.TrainingSource`), ``stream``, ``raw_model`` / ``model`` (before and after
+    parallelising), ``step``, ``state``, ``resumed``, ``metrics``, ``health``.
+    """
+
+    #: the progress bar's label
+    desc = "pretrain"
+    #: extra :func:`~mmkit.train.parallelize` arguments
+    parallel_options: dict[str, Any] = {}  # noqa: RUF012 (read only)
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    # -- what a recipe provides ------------------------------------------------------------------
+    def data_paths(self) -> tuple[list, list, list, list]:
+        """``(train pairs, val pairs, images, text)``: the built-in set's files or the configured patterns."""
+        d = self.cfg.data
+        return recipe_data_paths(d.dataset, d.train_pairs, d.val_pairs, getattr(d, "images", []), d.text)
+
+    def model_config(self) -> Any:
+        """The model's config (``self.tokenizer`` is set: its vocabulary belongs in it)."""
+        raise NotImplementedError
+
+    def image_transform(self):
+        """The image transform of training and held-out samples (``self.model_cfg`` is set)."""
+        raise NotImplementedError
+
+    def loaders(self) -> dict[str, tuple[Any, float]]:
+        """``{source name: (loader, probability)}`` for :class:`~mmkit.data.MixedBatches`; make each
+        source with :meth:`source` and its loader with :meth:`source_loader`."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """The pretraining model on ``self.ctx.device`` (the RNG is seeded alike on every rank)."""
+        raise NotImplementedError
+
+    def eval_collators(self) -> list[Callable]:
+        """The collators held-out pairs are scored through (the first makes paired batches)."""
+        raise NotImplementedError
+
+    def export_files(self, out: Path, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the model's files into ``out`` (rank 0 only) from the full state dict ``tensors``."""
+        raise NotImplementedError
+
+    def log_extra(self, record: dict[str, float]) -> None:
+        """Add the recipe's own values to a training log record."""
+
+    def forward(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training forward: ``(loss, per-objective losses)``."""
+        out = model(**batch.model_inputs())
+        return out.loss, out.losses
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
+        self.run_dir = ctx.run_dir
+        self.paths = self.data_paths()
+        self.tokenizer: TextTokenizer = tokenizer_for_run(d.tokenizer, self.paths[3], d.vocab_size, d.max_length,
+                                                          self.run_dir, is_main=ctx.is_main,
+                                                          barrier=ctx.comm.barrier)  # fmt: skip
+        self.model_cfg = self.model_config()
+        self.transform = self.image_transform()
+        self.sources: dict[str, TrainingSource] = {}
+        self.stream = MixedBatches(self.loaders(), seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+        self.val_dataset = self._heldout()
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.raw_model = self.build_model()
+        self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
+                                 cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
+                                 **self.parallel_options)  # fmt: skip
+        self.step, self.state = prepare_training(
+            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
+            components={"data": self.stream}, frozen=frozen_fields(cfg),
+            after_update=self.raw_model.model.clamp_logit_scale,
+        )  # fmt: skip
+        self.resumed = self.state.resume()
+        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+        self.health = HealthMonitor(cfg.health, warn=self.warn, warmup_steps=cfg.optim.warmup_steps)
+
+    def warn(self, line: str) -> None:
+        """One line on stderr, from rank 0."""
+        if self.ctx.is_main:
+            print(line, file=sys.stderr, flush=True)
+
+    def source(self, patterns: list, kind: str, name: str) -> TrainingSource:
+        """A training source of this run's data settings, resolved now and told in one line."""
+        d = self.cfg.data
+        source = TrainingSource(patterns, kind, name, streaming=d.streaming, storage_options=d.storage_options)
+        self.sources[name] = source
+        self.ctx.print(source.describe())
+        return source
+
+    def source_loader(self, source: TrainingSource, collate: Callable, transform=None, image_tokens: bool = False):
+        """``source``'s loader with this run's batch size, workers, seed, rank and tokenizer."""
+        d, info = self.cfg.data, self.ctx.info
+        return source.loader(collate, d.batch_size, tokenizer=self.tokenizer,
+                             image_transform=transform or self.transform, image_tokens=image_tokens, rank=info.rank,
+                             world_size=info.world_size, seed=self.cfg.seed, num_workers=d.num_workers,
+                             shuffle_buffer=d.shuffle_buffer)  # fmt: skip
+
+    def _heldout(self) -> SampleDataset:
+        """The held-out pairs (the first ``eval_samples``; behind a URL read once), told in one line."""
+        d, n = self.cfg.data, self.cfg.eval_samples
+        source = heldout_source(self.paths[1], n, d.storage_options or None, name="val")
+        shards = len(source.paths)
+        self.ctx.print(f"data val: {shards} tar shard{'s' * (shards != 1)}, the first {min(n, len(source))} "
+                       f"samples held out for evaluation, from {', '.join(map(str, self.paths[1][:2]))}"
+                       f"{' ...' if len(self.paths[1]) > 2 else ''}")  # fmt: skip
+        return SampleDataset(source, "pair", self.transform, self.tokenizer, seed=1)
+
+    # -- training ----------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg = self.cfg
+        if not self.resumed and cfg.eval_at_start:
+            self.metrics.log(0, self.evaluate(), split="eval")
+        done = train_loop(self.ctx, self.state, self.train_step, on_log=self.log, desc=self.desc,
+                          on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"),
+                          **loop_options(cfg))  # fmt: skip
+        if done:
+            self.metrics.log(self.state.step, self.evaluate(), split="eval")
+            self.export()
+
+    def train_step(self, step: int):
+        return self.step(self.next_batch, self.forward, step)
+
+    def next_batch(self):
+        """The next batch on the device (images normalised or JPEGs decoded there when the transform says)."""
+        return self.transform.finish(next(self.stream).to(self.ctx.device))
+
+    def log(self, step: int, record: dict[str, float], outcome) -> None:
+        record.update(lr=self.step.scheduler.get_last_lr()[0], memory_mib=memory_mib(self.ctx.device),
+                      logit_scale=read_scalar(self.raw_model.model.logit_scale),
+                      nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
+        self.log_extra(record)
+        self.metrics.log(step, record)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out losses, image<->text retrieval R@1/5 and tower health over the first ``eval_samples``
+        held-out pairs. Every rank scores the same data within its own batch (no cross-rank scoring),
+        eagerly whatever ``compile`` is."""
+        model = unwrap(self.model)
+        model.eval()
+        self.raw_model.set_cross_rank(False)
+        try:
+            with torch.compiler.set_stance("force_eager"):
+                return self._evaluate(model)
+        finally:
+            self.raw_model.set_cross_rank(True)
+            model.train()
+
+    def _heldout_batches(self, skipped: list) -> Iterator[list[dict]]:
+        """Lists of up to ``data.batch_size`` readable held-out samples; the unreadable go to ``skipped``."""
+        ds, size = self.val_dataset, self.cfg.data.batch_size
+        n = min(self.cfg.eval_samples, len(ds))
+        for start in range(0, n, size):
+            samples = [ds[(0, 0, i)] for i in range(start, min(n, start + size))]
+            skipped += [s for s in samples if not isinstance(s, dict)]
+            samples = [s for s in samples if isinstance(s, dict)]
+            if samples:
+                yield samples
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        images, texts, skipped = [], [], []
+        for samples in self._heldout_batches(skipped):
+            for collate in self.eval_collators():
+                batch = self.transform.finish(collate(samples).to(self.ctx.device))
+                with autocast(self.cfg.precision, self.ctx.device):
+                    out = model(**batch.model_inputs())
+                for k, v in out.losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(samples)
+                    counts[k] = counts.get(k, 0) + len(samples)
+                if batch.kind == "pair":  # retrieval over the matched pairs (ITM negatives left out)
+                    keep = slice(None) if batch.itm_labels is None else batch.itm_labels.bool()
+                    images.append(out.image_embedding[keep].float().cpu())
+                    texts.append(out.text_embedding[keep].float().cpu())
+        if not counts:
+            self._none_readable(skipped)
+        return self._metrics({k: sums[k] / counts[k] for k in sums}, torch.cat(images), torch.cat(texts))
+
+    def _none_readable(self, skipped: list) -> None:
+        source = self.val_dataset.source
+        n = min(self.cfg.eval_samples, len(source))
+        where = ", ".join(str(p) for p in source.paths[:3]) + (" ..." if len(source.paths) > 3 else "")
+        raise InputError(
+            f"none of the first {n} held-out pairs of source {source.name!r} ({where}) could be read "
+            f"({len(skipped)} skipped): check data.val_pairs; latest: "
+            + "; ".join(f"{s.key} ({s.reason})" for s in skipped[-3:])
+        )
+
+    def _metrics(self, losses: dict[str, float], img: torch.Tensor, txt: torch.Tensor) -> dict[str, float]:
+        metrics = {f"loss/{k}": v for k, v in losses.items()}
+        if len(img):  # every read pair may have drawn an ITM negative
+            metrics.update({f"retrieval/{k}": v for k, v in retrieval_recall(img, txt, ks=(1, 5)).items()})
+            metrics["retrieval/chance_r1"] = 1.0 / len(img)
+        if len(img) > 1:  # collapsed towers, a contrastive loss still at chance: warned once (health.*)
+            chance = getattr(self.raw_model, "chance_loss", None)  # the loss at ln(batch) when nothing is learnt
+            loss = metrics.get(f"loss/{chance}") if chance else None
+            batch = min(self.cfg.data.batch_size, self.cfg.eval_samples, len(self.val_dataset))
+            metrics.update(self.health(self.state.step, img, txt, loss, batch))
+        return metrics
+
+    # -- export ------------------------------------------------------------------------------------
+    def export(self) -> None:
+        """``<run_dir>/final``: the model's files (:meth:`export_files`) and ``tokenizer/``; then ``losses.png``
+        and ``summary.txt`` (with the number of non-finite steps skipped)."""
+        tensors = full_state_dict(self.model)
+        if self.ctx.is_main:
+            out = self.run_dir / "final"
+            out.mkdir(parents=True, exist_ok=True)
+            self.export_files(out, tensors)
+            self.tokenizer.save(out / "tokenizer")
+            plot_run(self.run_dir)
+            skipped = self.state.counters.nonfinite_total
+            summary = summarize_run(self.run_dir) + f"\nnon-finite steps skipped: {skipped}\n"
+            (self.run_dir / "summary.txt").write_text(summary)
+            print(summary, flush=True)
+        self.ctx.comm.barrier()
