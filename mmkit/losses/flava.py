@@ -9,7 +9,7 @@ objective names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +22,11 @@ OBJECTIVES = ("global_contrastive", "itm", "mmm_image", "mmm_text", "mim", "mlm"
 
 @dataclass
 class FLAVALossWeights:
-    """Weight of each objective in the total; 0 switches an objective off (it is not computed)."""
+    """Weight of each objective in the total; 0 switches an objective off (it is not computed).
+
+    ``extra`` holds the weights of objectives added to FLAVA's six (``{"name": weight}``, see
+    :class:`~mmkit.models.Objective`).
+    """
 
     global_contrastive: float = 1.0
     itm: float = 1.0
@@ -30,14 +34,30 @@ class FLAVALossWeights:
     mmm_text: float = 1.0
     mim: float = 1.0
     mlm: float = 1.0
+    extra: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in OBJECTIVES:
-            if getattr(self, name) < 0:
-                raise InputError(f"loss weight {name}={getattr(self, name)} must be non-negative")
+        clash = sorted(set(self.extra) & set(OBJECTIVES))
+        if clash:
+            raise InputError(f"weights.extra names FLAVA's own objectives {clash}: set weights.<name> instead")
+        for name, value in self.as_dict().items():
+            if value < 0:
+                raise InputError(f"loss weight {name}={value} must be non-negative")
+
+    def get(self, name: str) -> float:
+        """The weight of objective ``name``; an unknown name raises, saying where its weight goes."""
+        if name in OBJECTIVES:
+            return float(getattr(self, name))
+        if name in self.extra:
+            return float(self.extra[name])
+        raise InputError(f"objective {name!r} has no weight: set pretraining.weights.extra.{name}")
 
     def active(self, name: str) -> bool:
-        return getattr(self, name) > 0
+        return self.get(name) > 0
+
+    def as_dict(self) -> dict[str, float]:
+        """``{objective: weight}`` over FLAVA's objectives and the added ones."""
+        return {**{k: float(getattr(self, k)) for k in OBJECTIVES}, **{k: float(v) for k, v in self.extra.items()}}
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
@@ -70,9 +90,10 @@ class FLAVAPretrainingLoss(nn.Module):
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum_k w_k * losses[k]`` over the objectives present; unknown names raise."""
-        unknown = set(losses) - set(OBJECTIVES)
+        weights = self.weights.as_dict()
+        unknown = set(losses) - set(weights)
         if unknown:
-            raise InputError(f"unknown objectives {sorted(unknown)}; expected some of {OBJECTIVES}")
+            raise InputError(f"unknown objectives {sorted(unknown)}; expected some of {tuple(weights)}")
         if not losses:
             raise InputError("no objective was computed for this batch (all weights 0 for its kind?)")
-        return sum(getattr(self.weights, k) * v for k, v in losses.items())  # type: ignore[return-value]
+        return sum(weights[k] * v for k, v in losses.items())  # type: ignore[return-value]

@@ -29,6 +29,7 @@ from mmkit.models.flava_classification import (
     load_classifier,
 )
 from mmkit.models.flava_hf import EncoderLoadReport, hf_unsupported, load_flava_model
+from mmkit.models.flava_objectives import FLAVA_OBJECTIVES, Objective, Views
 from mmkit.models.flava_pretraining import (
     RANDOM_CODEBOOK,
     FLAVAForPreTraining,
@@ -41,6 +42,7 @@ from mmkit.models.flava_pretraining import (
 from mmkit.models.towers import init_towers, resolve_tower_configs
 
 __all__ = [
+    "FLAVA_OBJECTIVES",
     "RANDOM_CODEBOOK",
     "CLIPConfig",
     "ClassificationHead",
@@ -58,9 +60,11 @@ __all__ = [
     "FLAVAOutput",
     "FLAVAPretrainingOutput",
     "LoadReport",
+    "Objective",
     "PretrainingConfig",
     "RandomCodebookWarning",
     "SigLIPConfig",
+    "Views",
     "clip_model",
     "dual_encoder_for_pretraining",
     "dual_encoder_model",

@@ -427,8 +427,9 @@ def _codebook_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hf_unsupported(config: FLAVAConfig) -> list[str]:
-    """The encoder options of ``config`` that transformers' FLAVA cannot express (a FLAVA started from
-    CLIP/SigLIP towers has some); empty when the config converts."""
+    """What of ``config`` transformers' FLAVA cannot express: encoder options (a FLAVA started from
+    CLIP/SigLIP towers has some) and objectives added to FLAVA's six (their heads); empty when the
+    config converts."""
     defaults = {"input_norm": False, "patch_bias": True, "use_cls_token": True, "pooler": "tanh", "causal": False,
                 "embedding_norm": True, "pad_token_id": 0}  # fmt: skip
     found = []
@@ -437,6 +438,7 @@ def hf_unsupported(config: FLAVAConfig) -> list[str]:
         found += [f"{name}.{k}={getattr(sub, k)!r}" for k, v in defaults.items() if getattr(sub, k, v) != v]
     if config.text.type_vocab_size == 0:
         found.append("text.type_vocab_size=0")
+    found += [f"objective {name!r} (no head for it)" for name in config.pretraining.weights.extra]
     return found
 
 

@@ -10,6 +10,10 @@ loss of that kind:
 * **image** (``pixel_values`` only): MIM on the masked image;
 * **text** (``input_ids`` only): MLM on the masked text.
 
+The objectives are a table (:mod:`mmkit.models.flava_objectives`): each a name, its head, the views
+it reads and the function computing it; the forward picks the ones a batch trains, runs the encoders
+once for what they need together and calls each. An added objective is one more entry.
+
 Compared with transformers' ``FlavaForPreTraining`` it never runs an encoder whose output
 no objective reads (transformers runs the unmasked pass for image-only and text-only
 batches too), projects only masked positions through the vocabulary decoders, and can take
@@ -25,6 +29,7 @@ replay it). Its losses equal the default path's while the budget holds every mas
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.heads import (
-    ITMHead,
-    MaskedPredictionHead,
     budget_indices,
-    masked_labels,
     prediction_budget,
     select_budget,
     select_masked,
@@ -44,6 +46,7 @@ from mmkit.layers.init import init_std_for, init_weights, no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+from mmkit.models.flava_objectives import FLAVA_OBJECTIVES, Objective, Views
 from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
 from mmkit.utils.config import replace_config
 from mmkit.utils.errors import InputError
@@ -96,25 +99,26 @@ class FLAVAForPreTraining(nn.Module):
     def __init__(
         self,
         model: FLAVAModel,
-        mim_head: MaskedPredictionHead,
-        mlm_head: MaskedPredictionHead,
-        mmm_image_head: MaskedPredictionHead,
-        mmm_text_head: MaskedPredictionHead,
-        itm_head: ITMHead,
+        heads: Mapping[str, nn.Module],
         image_tokenizer: ImageTokenizer | None,
         config: FLAVAConfig,
+        objectives: Sequence[Objective] = FLAVA_OBJECTIVES,
     ) -> None:
         super().__init__()
         self.model = model
-        self.mim_head = mim_head
-        self.mlm_head = mlm_head
-        self.mmm_image_head = mmm_image_head
-        self.mmm_text_head = mmm_text_head
-        self.itm_head = itm_head
+        for name, head in heads.items():  # mim_head, mlm_head, ...: the state dict's names
+            self.add_module(name, head)
         self.image_tokenizer = image_tokenizer
         self.config = config
+        self.objectives = tuple(objectives)
         opts = config.pretraining
         self.weights = opts.weights
+        names = [o.name for o in self.objectives]
+        missing = [o.head_name for o in self.objectives if o.head_name is not None and o.head_name not in heads]
+        if len(set(names)) != len(names) or missing:
+            raise InputError(f"objectives {names}: names must be unique and every head given (missing: {missing})")
+        for name in names:
+            self.weights.get(name)  # every objective has a weight (pretraining.weights.extra for added ones)
         self.ignore_index = opts.ignore_index
         self.mim_target, self.pixel_norm = opts.mim_target, opts.pixel_norm
         self.contrastive = ContrastiveLoss(gather_with_grad=opts.contrastive_gather_with_grad)
@@ -265,18 +269,61 @@ class FLAVAForPreTraining(nn.Module):
             :class:`FLAVAPretrainingOutput`.
         """
         if pixel_values is not None and input_ids is not None:
-            out = self._paired(
-                pixel_values, input_ids, attention_mask, token_type_ids, patch_mask, masked_input_ids,
-                mlm_labels, codebook_pixel_values, image_token_ids, itm_labels,
-            )  # fmt: skip
+            kind = "pair"
         elif pixel_values is not None:
-            out = self._image_only(pixel_values, patch_mask, codebook_pixel_values, image_token_ids)
+            kind = "image"
         elif input_ids is not None or masked_input_ids is not None:
-            out = self._text_only(masked_input_ids, mlm_labels, attention_mask, token_type_ids)
+            kind = "text"
         else:
             raise InputError("a pretraining batch needs pixel_values, input_ids or both")
-        out.loss = self.loss_fn(out.losses)
-        return out
+        views = Views(kind, FLAVAPretrainingOutput(loss=torch.zeros(()), kind=kind), pixel_values, input_ids,
+                      attention_mask, token_type_ids, patch_mask, masked_input_ids, mlm_labels, codebook_pixel_values,
+                      image_token_ids, itm_labels)  # fmt: skip
+        if kind == "pair" and itm_labels is not None:
+            matched = itm_labels.reshape(-1) != 0
+            views.matched = matched | ~matched.any()  # no matched pair at all: use every pair
+        active = self._objectives_for(views)
+        self._encode(views, active)
+        for objective in active:
+            objective.compute(self, views)
+        views.out.loss = self.loss_fn(views.out.losses)
+        return views.out
+
+    def _objectives_for(self, views: Views) -> list[Objective]:
+        """The objectives with a weight that train on this batch's kind and have its inputs, checked."""
+        on_pairs = self.config.pretraining.unimodal_losses_on_pairs
+        runs = [o for o in self.objectives if o.runs_on(views.kind, on_pairs) and self.weights.active(o.name)]
+        if not runs:
+            trains = [o.name for o in self.objectives if o.runs_on(views.kind, on_pairs)]
+            raise InputError(f"no objective with a weight above 0 trains on {views.kind} batches (those that do: "
+                             f"{', '.join(trains) or 'none'})")  # fmt: skip
+        active = [o for o in runs if all(getattr(views, k) is not None for k in o.skip_without)]
+        masking = {side: [o.name for o in active if side in o.masks] for side in ("image", "text")}
+        if masking["image"]:
+            views.patch_mask = self._require_mask(views.patch_mask, ", ".join(masking["image"]))
+        if masking["text"] and (views.masked_input_ids is None or views.mlm_labels is None):
+            raise InputError(f"{', '.join(masking['text'])}: needs masked_input_ids and mlm_labels; the collators "
+                             "make them")  # fmt: skip
+        return active
+
+    def _encode(self, views: Views, active: list[Objective]) -> None:
+        """Run each encoder once for what ``active`` needs (clean and masked passes stacked into one)."""
+        needs = set().union(*(o.needs for o in active))
+        masks = set().union(*(o.masks for o in active))
+        fused = "fused" in needs
+        masked = {side: f"masked_{side}" in needs or fused for side in ("image", "text")}
+        if "image" in needs or masked["image"]:
+            mask = views.patch_mask if "image" in masks else None
+            views.image, views.masked_image = self._clean_and_masked_image(
+                views.pixel_values, mask, "image" in needs, masked["image"]
+            )
+        if "text" in needs or masked["text"]:
+            ids = views.masked_input_ids if "text" in masks else None
+            views.text, views.masked_text = self._clean_and_masked_text(
+                views.input_ids, ids, views.attention_mask, views.token_type_ids, "text" in needs, masked["text"]
+            )
+        if fused:
+            views.fused = self.model.encode_multimodal(views.masked_image, views.masked_text).last_hidden_state
 
     def _clean_and_masked_image(
         self, pixel_values: Tensor, patch_mask: Tensor | None, need_clean: bool, need_masked: bool
@@ -313,125 +360,8 @@ class FLAVAForPreTraining(nn.Module):
 
     def _require_mask(self, patch_mask: Tensor | None, what: str) -> Tensor:
         if patch_mask is None:
-            raise InputError(f"{what} needs patch_mask (bool (B, Np), True = masked); the collators make it")
+            raise InputError(f"{what}: needs patch_mask (bool (B, Np), True = masked); the collators make it")
         return patch_mask.reshape(patch_mask.shape[0], -1).bool()
-
-    def _image_only(self, pixel_values, patch_mask, codebook_pixel_values, image_token_ids):
-        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="image")
-        if not self.weights.active("mim"):
-            raise InputError("an image-only batch trains only MIM, whose weight is 0")
-        patch_mask = self._require_mask(patch_mask, "MIM")
-        image = self.model.encode_image(pixel_values, patch_mask)
-        if self.mim_target == "pixels":
-            targets = self._pixel_targets(pixel_values)
-            self._masked_regression(self.mim_head, image.last_hidden_state[:, 1:], targets, patch_mask, "mim", out)
-            return out
-        num_patches = image.last_hidden_state.shape[1] - 1
-        targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
-        labels = masked_labels(targets, patch_mask, self.ignore_index)
-        self._masked_prediction(self.mim_head, image.last_hidden_state[:, 1:], labels, "mim", out)
-        return out
-
-    def _text_only(self, masked_input_ids, mlm_labels, attention_mask, token_type_ids):
-        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="text")
-        if not self.weights.active("mlm"):
-            raise InputError("a text-only batch trains only MLM, whose weight is 0")
-        if masked_input_ids is None or mlm_labels is None:
-            raise InputError(
-                "a text-only batch (MLM) needs masked_input_ids and mlm_labels; the text collator makes them"
-            )
-        text = self.model.encode_text(masked_input_ids, attention_mask, token_type_ids)
-        self._masked_prediction(self.mlm_head, text.last_hidden_state, mlm_labels, "mlm", out)
-        return out
-
-    def _paired(
-        self, pixel_values, input_ids, attention_mask, token_type_ids, patch_mask, masked_input_ids, mlm_labels,
-        codebook_pixel_values, image_token_ids, itm_labels,
-    ):  # fmt: skip
-        w = self.weights
-        opts = self.config.pretraining
-        out = FLAVAPretrainingOutput(loss=torch.zeros(()), kind="pair")
-        if itm_labels is not None:
-            itm_labels = itm_labels.reshape(-1).long()
-            matched = itm_labels != 0
-            matched = matched | ~matched.any()  # no matched pair at all: use every pair
-        else:
-            matched = None
-
-        need_contrastive = w.active("global_contrastive")
-        need_fusion = w.active("itm") or w.active("mmm_image") or w.active("mmm_text")
-        need_mim = opts.unimodal_losses_on_pairs and w.active("mim")
-        need_mlm = opts.unimodal_losses_on_pairs and w.active("mlm")
-        need_masked = need_fusion or need_mim or need_mlm
-        masks_image = need_masked and (w.active("mmm_image") or need_mim)
-        masks_text = need_masked and (w.active("mmm_text") or need_mlm)
-        if masks_image:
-            patch_mask = self._require_mask(patch_mask, "MMM image / MIM")
-        if masks_text and (masked_input_ids is None or mlm_labels is None):
-            raise InputError("MMM text / MLM need masked_input_ids and mlm_labels; the pair collator makes them")
-
-        # Contrastive reads the unmasked encoders, the fusion objectives the masked ones. When
-        # both are needed, each encoder runs once on the two versions stacked along the batch.
-        image_u, image_m = self._clean_and_masked_image(
-            pixel_values, patch_mask if masks_image else None, need_contrastive, need_masked
-        )
-        text_u, text_m = self._clean_and_masked_text(
-            input_ids, masked_input_ids if masks_text else None, attention_mask, token_type_ids,
-            need_contrastive, need_masked,
-        )  # fmt: skip
-
-        if need_contrastive:
-            img_emb, txt_emb = self.model.embed_image(image_u), self.model.embed_text(text_u)
-            out.image_embedding, out.text_embedding = img_emb, txt_emb
-            columns = matched if opts.contrastive_matched_only else None
-            c = self.contrastive(img_emb, txt_emb, self.model.logit_scale, row_mask=matched, column_mask=columns)
-            out.losses["global_contrastive"] = c.loss
-            out.logits["contrastive_image"], out.logits["contrastive_text"] = c.logits_per_image, c.logits_per_text
-            out.labels["contrastive_image"] = out.labels["contrastive_text"] = c.labels
-        if not need_masked:
-            return out
-
-        image_labels = pixel_targets = None
-        pixels = self.mim_target == "pixels"
-        if masks_image and pixels:
-            pixel_targets = self._pixel_targets(pixel_values)
-        elif masks_image:
-            num_patches = image_m.last_hidden_state.shape[1] - 1
-            targets = self.image_targets(codebook_pixel_values, image_token_ids, num_patches)
-            image_labels = masked_labels(targets, patch_mask, self.ignore_index)
-        if need_mim and pixels:
-            hidden = image_m.last_hidden_state[:, 1:]
-            self._masked_regression(self.mim_head, hidden, pixel_targets, patch_mask, "mim", out)
-        elif need_mim:
-            self._masked_prediction(self.mim_head, image_m.last_hidden_state[:, 1:], image_labels, "mim", out)
-        if need_mlm:
-            self._masked_prediction(self.mlm_head, text_m.last_hidden_state, mlm_labels, "mlm", out)
-        if not need_fusion:
-            return out
-
-        fused = self.model.encode_multimodal(image_m, text_m).last_hidden_state  # [CLS_M, CLS_I, patches, text]
-        if w.active("itm") and itm_labels is not None:
-            logits = self.itm_head(fused)
-            out.logits["itm"], out.labels["itm"] = logits, itm_labels
-            out.losses["itm"] = torch.nn.functional.cross_entropy(logits, itm_labels)
-
-        def only_matched(labels: Tensor) -> Tensor:
-            if matched is None:
-                return labels
-            return torch.where(matched[:, None], labels, torch.full_like(labels, self.ignore_index))
-
-        if w.active("mmm_image"):
-            n_img = image_m.last_hidden_state.shape[1]  # 1 + Np
-            hidden = fused[:, 2 : 1 + n_img]
-            if pixels:
-                mask = patch_mask if matched is None else patch_mask & matched[:, None]
-                self._masked_regression(self.mmm_image_head, hidden, pixel_targets, mask, "mmm_image", out)
-            else:
-                self._masked_prediction(self.mmm_image_head, hidden, only_matched(image_labels), "mmm_image", out)
-        if w.active("mmm_text"):
-            hidden = fused[:, fused.shape[1] - text_m.last_hidden_state.shape[1] :]
-            self._masked_prediction(self.mmm_text_head, hidden, only_matched(mlm_labels), "mmm_text", out)
-        return out
 
 
 class RandomCodebookWarning(UserWarning):
@@ -523,7 +453,11 @@ def resolve_codebook_config(cfg: FLAVAConfig, encoder: DalleEncoder | None = Non
 
 
 def flava_model_for_pretraining(
-    config: FLAVAConfig | None = None, *, image_tokenizer: ImageTokenizer | None = None, **overrides: Any
+    config: FLAVAConfig | None = None,
+    *,
+    image_tokenizer: ImageTokenizer | None = None,
+    objectives: Sequence[Objective] = FLAVA_OBJECTIVES,
+    **overrides: Any,
 ) -> FLAVAForPreTraining:
     """Build FLAVA for pretraining (Singh et al., CVPR 2022): model, heads, frozen dVAE tokenizer.
 
@@ -535,6 +469,9 @@ def flava_model_for_pretraining(
             ``codebook.checkpoint`` (a dVAE trained by ``recipes/dalle/train_tokenizer.py`` or a
             released DALL-E encoder) the codebook sizes, vocabulary and input size follow the
             checkpoint (:func:`resolve_codebook_config`).
+        objectives: the objective table (:data:`~mmkit.models.FLAVA_OBJECTIVES`, plus any of your own:
+            each added one's head is built from the config and its weight read from
+            ``pretraining.weights.extra``).
         **overrides: :class:`FLAVAConfig` fields, e.g. ``pretraining={"weights": {"itm": 0.0}}``
             or ``**{"codebook.enabled": False}``.
     """
@@ -565,18 +502,18 @@ def flava_model_for_pretraining(
             )
         if vocab != cb.vocab_size:
             cfg = replace_config(cfg, {"codebook.vocab_size": vocab})
-    img, txt, mm = cfg.image, cfg.text, cfg.multimodal
-    # MIM / MMM-image outputs: a codebook id distribution, or the pixels of one patch
-    v_img = img.patch_size**2 * img.num_channels if pixels else cfg.codebook.vocab_size
-    heads = dict(
-        mim_head=MaskedPredictionHead(img.hidden_size, v_img, img.activation, img.norm_eps),
-        mlm_head=MaskedPredictionHead(txt.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),
-        mmm_image_head=MaskedPredictionHead(mm.hidden_size, v_img, img.activation, img.norm_eps),
-        mmm_text_head=MaskedPredictionHead(mm.hidden_size, txt.vocab_size, txt.activation, txt.norm_eps),
-        itm_head=ITMHead(mm.hidden_size),
-    )
-    for head, width in zip(heads.values(), (img.hidden_size, txt.hidden_size, *[mm.hidden_size] * 3)):
+    heads = {}
+    for objective in sorted((o for o in objectives if o.head is not None), key=_head_order):
+        head = objective.head(cfg)
+        width = objective.head_width(cfg) if objective.head_width else cfg.multimodal.hidden_size
         std = init_std_for(width, cfg.init_std)
         head.apply(lambda m, std=std: init_weights(m, std=std))
+        heads[objective.head_name] = head
     model.config = cfg
-    return FLAVAForPreTraining(model, **heads, image_tokenizer=image_tokenizer, config=cfg)
+    return FLAVAForPreTraining(model, heads, image_tokenizer=image_tokenizer, config=cfg, objectives=objectives)
+
+
+def _head_order(objective: Objective) -> int:
+    """FLAVA's heads are built (and their weights drawn) in the released order; added ones after."""
+    order = ("mim", "mlm", "mmm_image", "mmm_text", "itm")
+    return order.index(objective.name) if objective.name in order else len(order)

@@ -6,8 +6,9 @@ A recipe subclasses :class:`PretrainRecipe` and provides what is its model's own
 * :meth:`~PretrainRecipe.image_transform` and :meth:`~PretrainRecipe.loaders` (its sources and their mix),
 * :meth:`~PretrainRecipe.build_model` (the pretraining module on ``ctx.device``),
 * :meth:`~PretrainRecipe.eval_collators` (how held-out pairs become batches),
-* :meth:`~PretrainRecipe.export_files` (the weights and configs it exports; the tokenizer, the plot and
-  the summary are written here).
+* :meth:`~PretrainRecipe.exported_config`, :meth:`~PretrainRecipe.exported_state` and
+  :meth:`~PretrainRecipe.hf_exporter` (what it exports; the files, the tokenizer, the plot and the
+  summary are written here).
 
 The skeleton does the rest the same way for every model: holding the run directory, the tokenizer,
 one start line per data source (:class:`~mmkit.data.TrainingSource`), parallelising (DDP / FSDP2,
@@ -21,6 +22,7 @@ export tail. A pretraining model must return an output with ``loss``, ``losses``
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,9 +99,18 @@ class PretrainRecipe:
         """The collators held-out pairs are scored through (the first makes paired batches)."""
         raise NotImplementedError
 
-    def export_files(self, out: Path, tensors: dict[str, torch.Tensor]) -> None:
-        """Write the model's files into ``out`` (rank 0 only) from the full state dict ``tensors``."""
+    def exported_config(self) -> dict[str, Any]:
+        """``final/config.json``: what rebuilds the exported model."""
         raise NotImplementedError
+
+    def exported_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``final/model.safetensors`` from the full state dict of the trained module (default: all of it)."""
+        return tensors
+
+    def hf_exporter(self) -> tuple[Callable[[Any], nn.Module], Callable[[nn.Module, Path], Any]] | None:
+        """``(build the exported module from model_cfg, write a module in transformers' layout)`` for
+        ``final/hf``, or None where transformers cannot express the model."""
+        return None
 
     def log_extra(self, record: dict[str, float]) -> None:
         """Add the recipe's own values to a training log record."""
@@ -265,13 +276,24 @@ class PretrainRecipe:
 
     # -- export ------------------------------------------------------------------------------------
     def export(self) -> None:
-        """``<run_dir>/final``: the model's files (:meth:`export_files`) and ``tokenizer/``; then ``losses.png``
-        and ``summary.txt`` (with the number of non-finite steps skipped)."""
+        """``<run_dir>/final``: ``model.safetensors`` (:meth:`exported_state`), ``config.json``
+        (:meth:`exported_config`), ``hf/`` (:meth:`hf_exporter`) and ``tokenizer/``; then ``losses.png`` and
+        ``summary.txt`` (with the number of non-finite steps skipped)."""
+        from safetensors.torch import save_file
+
         tensors = full_state_dict(self.model)
         if self.ctx.is_main:
             out = self.run_dir / "final"
             out.mkdir(parents=True, exist_ok=True)
-            self.export_files(out, tensors)
+            state = self.exported_state(tensors)
+            save_file(state, str(out / "model.safetensors"))
+            (out / "config.json").write_text(json.dumps(self.exported_config(), indent=2))
+            exporter = self.hf_exporter()
+            if exporter is not None:
+                build, save = exporter
+                model = build(self.model_cfg)
+                model.load_state_dict(state)
+                save(model, out / "hf")
             self.tokenizer.save(out / "tokenizer")
             plot_run(self.run_dir)
             skipped = self.state.counters.nonfinite_total

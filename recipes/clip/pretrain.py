@@ -34,10 +34,8 @@ Features and the config keys that control them:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,16 +122,15 @@ class ClipPretrainRecipe(PretrainRecipe):
         if bias is not None:
             record["logit_bias"] = read_scalar(bias)
 
-    def export_files(self, out: Path, tensors: dict[str, torch.Tensor]) -> None:
-        """``model.safetensors`` + ``config.json`` (mmkit) and ``hf/`` (transformers)."""
-        from safetensors.torch import save_file
+    def exported_config(self) -> dict[str, Any]:
+        return export_config(self.model_cfg)
 
-        state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-        save_file(state, str(out / "model.safetensors"))
-        (out / "config.json").write_text(json.dumps(export_config(self.model_cfg), indent=2))
-        fresh = dual_encoder_model(self.model_cfg)
-        fresh.load_state_dict(state)
-        save_dual_encoder_hf(fresh, out / "hf")
+    def exported_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The dual encoder's weights (the loss holds none)."""
+        return {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+
+    def hf_exporter(self):
+        return dual_encoder_model, save_dual_encoder_hf
 
 
 def main(argv: list[str] | None = None) -> int:

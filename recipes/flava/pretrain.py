@@ -46,9 +46,8 @@ Features and the config keys that control them:
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -234,7 +233,7 @@ class FLAVAPretrainRecipe(PretrainRecipe):
         check_cached_ids(self.cached_tokens, model.image_tokenizer, mcfg.codebook.image_size, grid)
         if self.cached_tokens:
             self.ctx.print(f"cached tokenizer ids in {', '.join(self.cached_tokens)}: the codebook is skipped there")
-        cfg, weights = self.cfg, asdict(mcfg.pretraining.weights)  # not under FSDP2 hooks or a compiled step
+        cfg, weights = self.cfg, mcfg.pretraining.weights.as_dict()  # not under FSDP2 hooks or a compiled step
         self.grad_norms = GradNormProbe(cfg.grad_norms_every, weights, enabled=cfg.distributed != "fsdp"
                                         and cfg.compile == "none")  # fmt: skip
         return model.to(self.ctx.device)
@@ -262,19 +261,14 @@ class FLAVAPretrainRecipe(PretrainRecipe):
     def log_extra(self, record: dict[str, float]) -> None:
         record.update(self.grad_norms.pop())
 
-    def export_files(self, out: Path, tensors: dict[str, torch.Tensor]) -> None:
-        """``model.safetensors`` (mmkit names) + ``config.json``, and ``hf/`` (transformers) when its FLAVA
-        can express the model (not with CLIP towers' input LayerNorm, for example)."""
-        from safetensors.torch import save_file
+    def exported_config(self) -> dict[str, Any]:
+        return self.model_cfg.to_dict()
 
+    def hf_exporter(self):
+        """Where transformers' FLAVA can express the model (not CLIP towers' input LayerNorm, for example)."""
         from mmkit.convert import save_hf_checkpoint
 
-        save_file(tensors, str(out / "model.safetensors"))
-        (out / "config.json").write_text(json.dumps(self.model_cfg.to_dict(), indent=2))
-        if not hf_unsupported(self.model_cfg):
-            fresh = flava_model_for_pretraining(self.model_cfg)
-            fresh.load_state_dict(tensors)
-            save_hf_checkpoint(fresh, out / "hf")
+        return None if hf_unsupported(self.model_cfg) else (flava_model_for_pretraining, save_hf_checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
