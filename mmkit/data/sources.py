@@ -177,6 +177,36 @@ class _FileCache:
         return {"_pid": -1, "_files": {}}
 
 
+def _scan_shard(path: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict | None, str | None]:
+    """One shard's members grouped by sample key, its ``__tokenizer__.json`` record, and where and how
+    it ends early (None when whole). Members are read up to a cut; an unreadable tar raises."""
+    meta = None
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    size = path.stat().st_size
+    cut: str | None = None
+    try:
+        with tarfile.open(path, "r:") as tar:
+            try:
+                for m in tar:
+                    if m.offset_data + m.size > size:
+                        cut = f"member {m.name} needs {m.offset_data + m.size} bytes, the file has {size}"
+                        break
+                    if not m.isfile():
+                        continue
+                    if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
+                        meta = json.load(tar.extractfile(m))
+                        continue
+                    key, ext = split_member_name(m.name)
+                    groups.setdefault(key, {})[ext] = m
+                else:
+                    cut = _tar_end_problem(tar, size)
+            except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
+                cut = f"{e} after byte {tar.offset}"
+    except tarfile.TarError as e:
+        raise InputError(f"{path} is not a readable tar shard: {e}") from e
+    return groups, meta, cut
+
+
 class TarShards(Source):
     """Image-text pairs (or images) in WebDataset-layout tar shards.
 
@@ -221,30 +251,7 @@ class TarShards(Source):
         self.lost = 0  # samples of truncated shards that could not be indexed (counted as skipped records)
         metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
-            meta = None
-            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-            size = path.stat().st_size
-            cut: str | None = None  # where and how the shard ends early, if it does
-            try:
-                with tarfile.open(path, "r:") as tar:
-                    try:
-                        for m in tar:
-                            if m.offset_data + m.size > size:
-                                cut = f"member {m.name} needs {m.offset_data + m.size} bytes, the file has {size}"
-                                break
-                            if not m.isfile():
-                                continue
-                            if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
-                                meta = json.load(tar.extractfile(m))
-                                continue
-                            key, ext = split_member_name(m.name)
-                            groups.setdefault(key, {})[ext] = m
-                        else:
-                            cut = _tar_end_problem(tar, size)
-                    except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
-                        cut = f"{e} after byte {tar.offset}"
-            except tarfile.TarError as e:
-                raise InputError(f"{path} is not a readable tar shard: {e}") from e
+            groups, meta, cut = _scan_shard(path)
             indexed_before = len(self._index)
             for key, members in groups.items():
                 image = image_member(members)

@@ -65,6 +65,28 @@ def check_out_pattern(out_pattern: str) -> None:
         raise InputError(f"out pattern {out_pattern!r} gives the same name {first!r} to every shard; {example}")
 
 
+def _problem(record, verify: bool) -> str | None:
+    """Why ``record`` cannot be written (no image; with ``verify`` an image that does not decode), or None."""
+    if record.image is None:
+        return record.meta.get("error", "no image")
+    if verify:
+        try:
+            decode_image(record)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def _add_record(tar: tarfile.TarFile, key: str, record) -> None:
+    """The image (its own extension when it is an image one, else ``.png``), the caption and the label."""
+    ext = Path(record.key).suffix.lower() or ".png"
+    _add(tar, key + (ext if ext in IMAGE_EXTENSIONS else ".png"), record.image)
+    if record.text is not None:
+        _add(tar, key + ".txt", record.text.encode("utf-8"))
+    if record.label is not None:
+        _add(tar, key + ".cls", str(record.label).encode())
+
+
 def write_shards(
     source: Source, out_pattern: str, per_shard: int = 1000, verify: bool = True
 ) -> tuple[list[Path], list[str]]:
@@ -98,15 +120,10 @@ def write_shards(
 
     for i in range(len(source)):
         record = source[i]
-        if record.image is None:
-            problems.append(f"{record.key}: {record.meta.get('error', 'no image')}")
+        problem = _problem(record, verify)
+        if problem:
+            problems.append(f"{record.key}: {problem}")
             continue
-        if verify:
-            try:
-                decode_image(record)
-            except ValueError as e:
-                problems.append(f"{record.key}: {e}")
-                continue
         if tar is None or written == per_shard:
             close()
             path = Path(out_pattern.format(len(paths)))
@@ -115,15 +132,7 @@ def write_shards(
             tmp = path.with_name(path.name + ".tmp")
             tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
             written = 0
-        key = f"{i:09d}"
-        ext = Path(record.key).suffix.lower() or ".png"
-        if ext not in IMAGE_EXTENSIONS:
-            ext = ".png"
-        _add(tar, key + ext, record.image)
-        if record.text is not None:
-            _add(tar, key + ".txt", record.text.encode("utf-8"))
-        if record.label is not None:
-            _add(tar, key + ".cls", str(record.label).encode())
+        _add_record(tar, f"{i:09d}", record)
         written += 1
     close()
     return paths, problems

@@ -196,11 +196,39 @@ def image_features(
                 [tuple(c) for c in meta["captions"]] if meta.get("captions") is not None else None,
                 [tuple(s) for s in meta["skipped"]],
             )  # fmt: skip
+    rows, features, embeddings, skipped = _encode_images(model, dataset, transform, batch_size, num_workers,
+                                                         max_bad_fraction, progress, desc)  # fmt: skip
+    samples = [s for _, s in rows]
+    labels = _labels(dataset, samples) if dataset.kind == "classification" else None
+    captions = [s.captions for s in samples] if dataset.kind == "retrieval" else None
+    result = ImageFeatures([s.key for s in samples], features, embeddings, labels, captions,
+                           [(k, why) for _, k, why in sorted(skipped)])  # fmt: skip
+    if cache is not None:
+        tensors = {"features": features, "embeddings": embeddings}
+        if labels is not None:
+            tensors["labels"] = labels
+        meta = {"keys": result.keys, "captions": captions, "skipped": result.skipped, "set": dataset.describe()}
+        cache.put(key, tensors, meta)
+    return result
+
+
+def _labels(dataset: BenchmarkSet, samples: list[Sample]) -> Tensor:
+    """The class ids ``(N,)`` of a classification set's samples, each checked against its class names."""
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    n = len(dataset.classnames or ())
+    if n and len(labels) and (labels.min() < 0 or labels.max() >= n):
+        bad = next(s for s in samples if not 0 <= s.label < n)
+        raise InputError(f"{dataset.describe()}: sample {bad.key} has label {bad.label}, outside [0, {n})")
+    return labels
+
+
+def _encode_images(model, dataset, transform, batch_size, num_workers, max_bad_fraction, progress, desc):
+    """``(rows in file order, features, embeddings, skipped)`` of every readable image of ``dataset``."""
+    from tqdm import tqdm
+
     device = next(model.parameters()).device
     loader = DataLoader(_Decoded(dataset, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)  # fmt: skip
-    from tqdm import tqdm
-
     bar = tqdm(total=dataset.size(), desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     rows: list[tuple[int, Sample]] = []
     feats, embs, skipped = [], [], []
@@ -209,9 +237,7 @@ def image_features(
             good = [(i, s, px) for i, s, px in items if px is not None]
             skipped += [(i, s.key, s.error) for i, s, px in items if px is None]
             if good:
-                pixels = torch.stack([px for _, _, px in good]).to(device)
-                out = model.encode_image(pixels)
-                pooled = model.image_features(out)
+                pooled = model.image_features(model.encode_image(torch.stack([px for _, _, px in good]).to(device)))
                 feats.append(pooled.float().cpu())
                 embs.append(F.normalize(model.project_image(pooled).float(), dim=-1).cpu())
                 rows += [(i, s) for i, s, _ in good]
@@ -227,24 +253,7 @@ def image_features(
     order = sorted(range(len(rows)), key=lambda j: rows[j][0])  # workers interleave: back to file order
     features = torch.cat(feats)[order] if feats else torch.zeros(0)
     embeddings = torch.cat(embs)[order] if embs else torch.zeros(0)
-    samples = [rows[j][1] for j in order]
-    labels = None
-    if dataset.kind == "classification":
-        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        n = len(dataset.classnames or ())
-        if n and len(labels) and (labels.min() < 0 or labels.max() >= n):
-            bad = next(s for s in samples if not 0 <= s.label < n)
-            raise InputError(f"{dataset.describe()}: sample {bad.key} has label {bad.label}, outside [0, {n})")
-    captions = [s.captions for s in samples] if dataset.kind == "retrieval" else None
-    result = ImageFeatures([s.key for s in samples], features, embeddings, labels, captions,
-                           [(k, why) for _, k, why in sorted(skipped)])  # fmt: skip
-    if cache is not None:
-        tensors = {"features": features, "embeddings": embeddings}
-        if labels is not None:
-            tensors["labels"] = labels
-        meta = {"keys": result.keys, "captions": captions, "skipped": result.skipped, "set": dataset.describe()}
-        cache.put(key, tensors, meta)
-    return result
+    return [rows[j] for j in order], features, embeddings, skipped
 
 
 def text_embeddings(

@@ -28,6 +28,7 @@ from mmkit.layers.mlp import get_activation
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import load_flava_weights
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.keymap import CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +199,10 @@ def flava_model_for_classification(
     if checkpoint is not None:
         state, ckpt_config, kind = load_flava_weights(checkpoint)
     cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
-    notes = []
     ckpt_size = _checkpoint_image_size(state, cfg) if state is not None else None
     if ckpt_size is not None and ckpt_size != cfg.image.image_size:
         # build at the checkpoint's resolution, load, then resample the position embeddings once
         base = flava_model(cfg.replace(**{"image.image_size": ckpt_size}))
-        old_grid = base.image_encoder.embeddings.grid_size
     else:
         base = flava_model(cfg)
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
@@ -213,35 +212,38 @@ def flava_model_for_classification(
     head.apply(lambda m: init_weights(m, std=std))
     model = FLAVAForClassification(base, head, modality, problem_type)
     if state is not None:
-        own = base.state_dict()
-        usable = {k: v for k, v in state.items() if k in own}
-        bad = [k for k, v in usable.items() if v.shape != own[k].shape]
-        if bad:
-            raise InputError(
-                f"checkpoint {checkpoint} does not fit this config: "
-                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
-            )
-        missing = sorted(set(own) - set(usable))
-        if missing:
-            raise InputError(f"checkpoint {checkpoint} lacks encoder weights: {missing[:10]}")
-        base.load_state_dict(usable)
-        if base.config.image.image_size != cfg.image.image_size:
-            base.image_encoder.embeddings.resize_position_embeddings(cfg.image.image_size)
-            base.config = cfg
-            new_grid = base.image_encoder.embeddings.grid_size
-            notes.append(
-                f"image position embeddings resampled from {old_grid[0]}x{old_grid[1]} to "
-                f"{new_grid[0]}x{new_grid[1]} patches (image size {cfg.image.image_size})"
-            )
-        model.load_report = LoadReport(
-            source=f"{checkpoint} ({kind})",
-            loaded=sorted(usable),
-            new=sorted(f"head.{k}" for k in head.state_dict()),
-            unused=sorted(set(state) - set(usable)),
-            notes=notes,
-        )
+        model.load_report = _load_encoders(base, head, cfg, state, f"{checkpoint} ({kind})")
         logger.warning("%s", model.load_report)
     return model
+
+
+def _load_encoders(base: FLAVAModel, head: nn.Module, cfg: FLAVAConfig, state: dict, source: str) -> LoadReport:
+    """Load ``state`` into ``base`` strictly (every encoder weight, each of its shape), then resample the
+    image position embeddings when ``cfg`` asks for another image size; the report of what was done."""
+    own = base.state_dict()
+    usable = {k: v for k, v in state.items() if k in own}
+    bad = [k for k, v in usable.items() if v.shape != own[k].shape]
+    if bad:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} does not fit this config: "
+            + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
+        )
+    missing = sorted(set(own) - set(usable))
+    if missing:
+        raise CheckpointMismatchError(f"checkpoint {source} lacks encoder weights: {missing[:10]}")
+    base.load_state_dict(usable)
+    notes = []
+    if base.config.image.image_size != cfg.image.image_size:
+        old_grid = base.image_encoder.embeddings.grid_size
+        base.image_encoder.embeddings.resize_position_embeddings(cfg.image.image_size)
+        base.config = cfg
+        new_grid = base.image_encoder.embeddings.grid_size
+        notes.append(
+            f"image position embeddings resampled from {old_grid[0]}x{old_grid[1]} to "
+            f"{new_grid[0]}x{new_grid[1]} patches (image size {cfg.image.image_size})"
+        )
+    return LoadReport(source=source, loaded=sorted(usable), new=sorted(f"head.{k}" for k in head.state_dict()),
+                      unused=sorted(set(state) - set(usable)), notes=notes)  # fmt: skip
 
 
 def load_classifier(path: str | Path) -> FLAVAForClassification:

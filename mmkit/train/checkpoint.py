@@ -410,6 +410,19 @@ class CheckpointManager:
             raise CheckpointError(f"{path}: model/optimizer state cannot be loaded: {_first_failure(e)}") from e
         for group, configured in zip(optimizer.param_groups, hparams, strict=True):
             group.update(configured)
+        if self._load_components(path, components, per_rank, old_world, elastic):
+            meta = {**meta, "elastic_workers": True}
+        if elastic:
+            meta = {**meta, "elastic_from": old_world}
+        return meta
+
+    def _load_components(
+        self, path: Path, components: Mapping[str, Stateful], per_rank: dict[int, dict], old_world: int, elastic: bool
+    ) -> bool:
+        """Load each component from its rank's state (or every old rank's, elastically); True when a
+        component saved with other data workers took every old rank's state."""
+        other_workers = False
+        ranks = sorted(per_rank)
         for name, component in components.items():
             if elastic and hasattr(component, "load_elastic"):
                 component.load_elastic([per_rank[r][name] for r in ranks], self.rank, self.comm.world_size)
@@ -422,10 +435,8 @@ class CheckpointManager:
                     raise
                 states = [self._read_rank_file(path, r)[name] for r in range(old_world)]
                 component.load_elastic(states, self.rank, self.comm.world_size)
-                meta = {**meta, "elastic_workers": True}
-        if elastic:
-            meta = {**meta, "elastic_from": old_world}
-        return meta
+                other_workers = True
+        return other_workers
 
     @staticmethod
     def _read_rank_file(path: Path, rank: int) -> dict[str, Any]:

@@ -58,6 +58,22 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _check_options(strategy: str, compile: CompileMode | bool, world_size: int) -> CompileMode:
+    if strategy not in ("ddp", "fsdp", "none"):
+        raise InputError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
+    if isinstance(compile, bool):
+        compile = "layers" if compile else "none"
+    if compile not in COMPILE_MODES:
+        raise InputError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    if compile == "step" and world_size > 1:
+        raise InputError(
+            f"compile='step' runs in one process for now (with distributed={strategy!r} the contrastive "
+            "all-gather exchanges batch sizes on the host and FSDP2's per-layer hooks would sit inside the "
+            "graph); use compile='layers' with several processes"
+        )
+    return compile
+
+
 def parallelize(
     model: nn.Module,
     info: DistInfo,
@@ -85,18 +101,7 @@ def parallelize(
             encoder); a model whose every forward uses every parameter (the dVAE) turns it off and
             saves a traversal of the autograd graph per step.
     """
-    if strategy not in ("ddp", "fsdp", "none"):
-        raise InputError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
-    if isinstance(compile, bool):
-        compile = "layers" if compile else "none"
-    if compile not in COMPILE_MODES:
-        raise InputError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-    if compile == "step" and info.world_size > 1:
-        raise InputError(
-            f"compile='step' runs in one process for now (with distributed={strategy!r} the contrastive "
-            "all-gather exchanges batch sizes on the host and FSDP2's per-layer hooks would sit inside the "
-            "graph); use compile='layers' with several processes"
-        )
+    compile = _check_options(strategy, compile, info.world_size)
     inner = getattr(model, "model", model)
     if activation_checkpointing and hasattr(inner, "set_grad_checkpointing"):
         inner.set_grad_checkpointing(True)
@@ -116,12 +121,17 @@ def parallelize(
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
         )
+    return _fully_shard(model, layers, bf16_params)
+
+
+def _fully_shard(model: nn.Module, layers: list[nn.Module], bf16_params: bool) -> nn.Module:
+    """FSDP2: each transformer layer, then the root; frozen modules (the image tokenizer) stay whole on
+    every rank: sharding them would only add an all-gather per step, and they have no gradients or
+    optimiser state to save memory on."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
-    # Frozen modules (the image tokenizer) stay whole on every rank: sharding them would only add
-    # an all-gather per step, and they have no gradients or optimiser state to save memory on.
     frozen = {p for p in model.parameters() if not p.requires_grad}
     for layer in layers:
         fully_shard(layer, **kwargs)

@@ -22,7 +22,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import PurePath
 from typing import Any, Literal, TypeVar, Union
 
@@ -255,62 +255,19 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if tp is Any or tp is object or isinstance(tp, TypeVar):
         return value
     if _is_union(tp):
-        if value is None and _NONE in args:
-            return value
-        members = [a for a in args if a is not _NONE]
-        if len(members) == 1:  # Optional[X]: X's own (more precise) message
-            return _check_value(value, members[0], path, problems)
-        fits = []
-        for member in members:
-            attempt: list[str] = []
-            converted = _check_value(value, member, path, attempt)
-            if not attempt:
-                if converted is value:  # a member that takes the value as it is wins
-                    return value
-                fits.append(converted)
-        return fits[0] if fits else bad()
+        return _check_union(value, args, path, problems, bad)
     if tp is _NONE or tp is None:
         return value if value is None else bad()
-    if tp is bool:
-        return value if isinstance(value, bool) else bad()
-    if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else bad()
-    if tp is float:
-        if isinstance(value, float):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)
-        return bad()
+    if tp in (bool, int, float):
+        return _check_number(value, tp, bad)
     if tp is str:
         return value if isinstance(value, str) else bad()
     if origin is Literal:
         return value if any(value == a and type(value) is type(a) for a in args) else bad()
     if tp in (list, tuple) or origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            return bad()
-        kind = origin or tp
-        if kind is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                return bad()
-            items = [_check_value(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item_tp = args[0] if args else Any
-            items = [_check_value(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-        if isinstance(value, kind) and all(new is old for new, old in zip(items, value)):
-            return value
-        return kind(items)
+        return _check_sequence(value, origin or tp, args, path, problems, bad)
     if tp in (dict, Mapping) or origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            return bad()
-        key_tp, item_tp = args if len(args) == 2 else (Any, Any)
-        out, changed = {}, not isinstance(value, dict)
-        for k, v in value.items():
-            _check_value(k, key_tp, f"{path} key {k!r}", problems)
-            out[k] = _check_value(v, item_tp, f"{path}.{k}", problems)
-            changed = changed or out[k] is not v
-        return out if changed else value
+        return _check_mapping(value, args, path, problems, bad)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return _check_dataclass(value, f"{path}.", problems)
@@ -332,6 +289,63 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if isinstance(origin, type):  # another generic (set[int], ...): its container type only
         return value if isinstance(value, origin) else bad()
     return value  # an annotation we do not know how to check (Callable, ...)
+
+
+def _check_union(value: Any, args: tuple, path: str, problems: list[str], bad: Callable[[], Any]) -> Any:
+    if value is None and _NONE in args:
+        return value
+    members = [a for a in args if a is not _NONE]
+    if len(members) == 1:  # Optional[X]: X's own (more precise) message
+        return _check_value(value, members[0], path, problems)
+    fits = []
+    for member in members:
+        attempt: list[str] = []
+        converted = _check_value(value, member, path, attempt)
+        if not attempt:
+            if converted is value:  # a member that takes the value as it is wins
+                return value
+            fits.append(converted)
+    return fits[0] if fits else bad()
+
+
+def _check_number(value: Any, tp: type, bad: Callable[[], Any]) -> Any:
+    """bool and int exactly (True is no int here); a float also from an int or a numeric string."""
+    if tp is bool:
+        return value if isinstance(value, bool) else bad()
+    if tp is int:
+        return value if _is_number(value) and isinstance(value, int) else bad()
+    if isinstance(value, float):
+        return value
+    if _is_number(value) or (isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip())):
+        return float(value)
+    return bad()
+
+
+def _check_sequence(value: Any, kind: type, args: tuple, path: str, problems: list[str], bad: Callable[[], Any]) -> Any:
+    if not isinstance(value, list | tuple):
+        return bad()
+    if kind is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            return bad()
+        items = [_check_value(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        item_tp = args[0] if args else Any
+        items = [_check_value(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, kind) and all(new is old for new, old in zip(items, value)):
+        return value
+    return kind(items)
+
+
+def _check_mapping(value: Any, args: tuple, path: str, problems: list[str], bad: Callable[[], Any]) -> Any:
+    if not isinstance(value, Mapping):
+        return bad()
+    key_tp, item_tp = args if len(args) == 2 else (Any, Any)
+    out, changed = {}, not isinstance(value, dict)
+    for k, v in value.items():
+        _check_value(k, key_tp, f"{path} key {k!r}", problems)
+        out[k] = _check_value(v, item_tp, f"{path}.{k}", problems)
+        changed = changed or out[k] is not v
+    return out if changed else value
 
 
 def _is_number(value: Any) -> bool:
