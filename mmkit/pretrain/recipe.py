@@ -127,8 +127,8 @@ class PretrainRecipe:
         self.run_dir = ctx.run_dir
         self.paths = self.data_paths()
         self.tokenizer: TextTokenizer = tokenizer_for_run(d.tokenizer, self.paths[3], d.vocab_size, d.max_length,
-                                                          self.run_dir, is_main=ctx.is_main,
-                                                          barrier=ctx.comm.barrier)  # fmt: skip
+                                                          self.run_dir, is_main=ctx.is_main, barrier=ctx.comm.barrier,
+                                                          storage_options=d.storage_options or None)  # fmt: skip
         self.model_cfg = self.model_config()
         self.transform = self.image_transform()
         self.sources: dict[str, TrainingSource] = {}

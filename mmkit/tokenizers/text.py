@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -293,6 +294,23 @@ def train_wordpiece(
     return TextTokenizer(_bert_pipeline(tokenizer, lowercase), max_length)
 
 
+def _local_copies(files: Sequence[str | Path], folder: Path, storage_options: dict | None) -> list[str | Path]:
+    """``files`` with each one behind a URL copied into ``folder`` (the trainer reads local files only)."""
+    out: list[str | Path] = []
+    for i, f in enumerate(files):
+        if "://" not in str(f) or str(f).startswith("file://"):
+            out.append(str(f).removeprefix("file://"))
+            continue
+        import fsspec
+
+        folder.mkdir(parents=True, exist_ok=True)
+        dst = folder / f"{i:04d}-{str(f).rstrip('/').rsplit('/', 1)[-1]}"
+        with fsspec.open(str(f), "rb", **(storage_options or {})) as src, open(dst, "wb") as sink:
+            shutil.copyfileobj(src, sink)
+        out.append(dst)
+    return out
+
+
 def tokenizer_for_run(
     tokenizer: str | Path | None,
     text_files: Sequence[str | Path],
@@ -302,6 +320,7 @@ def tokenizer_for_run(
     *,
     is_main: bool = True,
     barrier: Callable[[], None] | None = None,
+    storage_options: dict | None = None,
 ) -> TextTokenizer:
     """A training run's text tokenizer: the given one, or a WordPiece vocabulary trained on the run's
     text files once (by the main process, into ``<run_dir>/tokenizer``) and read back by every process.
@@ -312,6 +331,8 @@ def tokenizer_for_run(
         vocab_size: target vocabulary size of a trained tokenizer. max_length: truncation length.
         run_dir: the run directory. is_main / barrier: the process's role and a barrier over all
             processes (a resumed run finds the saved vocabulary and does not train again).
+        storage_options: ``fsspec`` options for text files behind URLs (``s3://``, ``http(s)://``, ...),
+            which are copied into ``<run_dir>/tokenizer/corpus/`` once to train on.
     """
     if tokenizer:
         return TextTokenizer.from_pretrained(tokenizer, max_length=max_length)
@@ -319,7 +340,8 @@ def tokenizer_for_run(
     if is_main and not (out / "tokenizer.json").exists():
         if not text_files:
             raise InputError("no tokenizer given and no text files to train one on: set data.tokenizer")
-        train_wordpiece(text_files, vocab_size, min_frequency=1, max_length=max_length).save(out)
+        local = _local_copies(text_files, out / "corpus", storage_options)
+        train_wordpiece(local, vocab_size, min_frequency=1, max_length=max_length).save(out)
     if barrier is not None:
         barrier()
     return TextTokenizer.from_pretrained(out, max_length=max_length)
