@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
@@ -53,6 +53,17 @@ def split_member_name(name: str) -> tuple[str, str]:
 def image_member(members: Mapping[str, T]) -> T | None:
     """A sample's image among its members by extension (``{".jpg": member, ...}``), or None."""
     return next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+
+
+def sample_problem(exts: Iterable[str], require_text: bool) -> str | None:
+    """Why a sample with members of these extensions cannot be used (no image; with ``require_text``
+    no caption), or None. The one rule of both tar readers (indexed and streamed)."""
+    exts = set(exts)
+    if image_member({e: e for e in exts}) is None:
+        return f"no image member (has {', '.join(sorted(exts)) or 'nothing'})"
+    if require_text and not exts & {".txt", ".json"}:
+        return "no caption member (.txt or .json)"
+    return None
 
 
 def token_cache_meta(fingerprint: str, image_size: int, grid: int, vocab_size: int) -> dict[str, Any]:

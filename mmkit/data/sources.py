@@ -36,6 +36,7 @@ from mmkit.data.formats import (
     image_member,
     read_local,
     sample_counts,
+    sample_problem,
     split_member_name,
 )
 from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
@@ -177,11 +178,12 @@ class _FileCache:
         return {"_pid": -1, "_files": {}}
 
 
-def _scan_shard(path: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict | None, str | None]:
-    """One shard's members grouped by sample key, its ``__tokenizer__.json`` record, and where and how
-    it ends early (None when whole). Members are read up to a cut; an unreadable tar raises."""
+def _scan_shard(path: Path) -> tuple[list[tuple[str, dict[str, tarfile.TarInfo]]], dict | None, str | None]:
+    """One shard's samples in file order (``(key, {extension: member})``: a sample is a run of
+    consecutive members sharing a key, the rule of streamed reading too), its ``__tokenizer__.json``
+    record, and where and how it ends early (None when whole). An unreadable tar raises."""
     meta = None
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
     size = path.stat().st_size
     cut: str | None = None
     try:
@@ -197,7 +199,9 @@ def _scan_shard(path: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict
                         meta = json.load(tar.extractfile(m))
                         continue
                     key, ext = split_member_name(m.name)
-                    groups.setdefault(key, {})[ext] = m
+                    if not groups or groups[-1][0] != key:
+                        groups.append((key, {}))
+                    groups[-1][1][ext] = m
                 else:
                     cut = _tar_end_problem(tar, size)
             except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
@@ -210,10 +214,12 @@ def _scan_shard(path: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict
 class TarShards(Source):
     """Image-text pairs (or images) in WebDataset-layout tar shards.
 
-    A sample is the group of members sharing a key (the file name up to its first dot, see
-    :func:`~mmkit.data.formats.split_member_name`): ``key.jpg|jpeg|png|webp`` for the image and
-    ``key.txt`` (the caption) or ``key.json`` (``caption_field`` of a JSON object). Samples whose
-    image *or* caption member is missing are left out and counted in ``incomplete``.
+    A sample is a run of consecutive members sharing a key (the file name up to its first dot, see
+    :func:`~mmkit.data.formats.split_member_name`), as when the shard is streamed:
+    ``key.jpg|jpeg|png|webp`` for the image and ``key.txt`` (the caption) or ``key.json``
+    (``caption_field`` of a JSON object). A sample whose image *or* caption member is missing
+    (:func:`~mmkit.data.formats.sample_problem`) keeps its place and reads as a record with
+    ``meta["error"]`` (a skipped record downstream, as streamed); its name is in ``incomplete``.
 
     Shards written by ``python -m mmkit.tokenizers.cache`` also hold ``key.tokens.npy`` (the image's
     dVAE token ids, returned in ``record.meta["tokens_bytes"]``; decode them with
@@ -247,19 +253,22 @@ class TarShards(Source):
         self.require_text = require_text
         self._index = _CompactIndex()
         self.incomplete: list[str] = []
+        self._errors: dict[int, str] = {}  # index -> why the sample there cannot be used
         self.truncated: list[tuple[str, int]] = []
         self.lost = 0  # samples of truncated shards that could not be indexed (counted as skipped records)
         metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
             groups, meta, cut = _scan_shard(path)
             indexed_before = len(self._index)
-            for key, members in groups.items():
-                image = image_member(members)
-                text = next(((members[e], e) for e in (".txt", ".json") if e in members), None)
-                if image is None or (self.require_text and text is None):
+            for key, members in groups:
+                problem = sample_problem(members, self.require_text)
+                if problem is not None:  # kept in its place: read, it is a skipped record, as when streamed
                     self.incomplete.append(f"{path.name}:{key}")
+                    self._errors[len(self._index)] = problem
+                    self._index.append(shard_id, key, None, None, None)
                     continue
-                self._index.append(shard_id, key, image, text, members.get(TOKENS_EXT))
+                text = next(((members[e], e) for e in (".txt", ".json") if e in members), None)
+                self._index.append(shard_id, key, image_member(members), text, members.get(TOKENS_EXT))
             if cut is not None:
                 kept = len(self._index) - indexed_before
                 self.truncated.append((path.name, kept))
@@ -273,14 +282,15 @@ class TarShards(Source):
                 )  # fmt: skip
             metas.append(meta)
         self._index.freeze()
-        all_tokens = len(self._index) > 0 and self._index.all_have_tokens()
+        all_tokens = len(self._index) > len(self._errors) and self._index.all_have_tokens()
         same = all(m is not None and m == metas[0] for m in metas)
         self.token_info: dict | None = metas[0] if (all_tokens and same) else None
         self._files = _FileCache()
         where = ", ".join(str(p) for p in self.paths[:3])
         if self.truncated:
             where += f" (truncated: {', '.join(name for name, _ in self.truncated)})"
-        self._check_not_empty(where)
+        if len(self._index) == len(self._errors):
+            raise InputError(f"data source {self.name!r} is empty: nothing usable in {where}")
 
     def __len__(self) -> int:
         return len(self._index)
@@ -299,6 +309,8 @@ class TarShards(Source):
             raise IndexError(f"sample {i} of a source of {len(ix)}")
         i %= len(ix)
         path = self.paths[int(ix.shard[i])]
+        if i in self._errors:
+            return Record(key=f"{path.name}:{ix.key(i)}", meta={"error": self._errors[i]})
         record = Record(
             key=f"{path.name}:{ix.key(i)}", image=self._files.read(path, int(ix.image[i, 0]), int(ix.image[i, 1]))
         )
@@ -329,7 +341,8 @@ class _CompactIndex:
         self._shard.append(shard)
         t_off, t_size = (text[0].offset_data, text[0].size) if text is not None else (-1, -1)
         k_off, k_size = (tokens.offset_data, tokens.size) if tokens is not None else (-1, -1)
-        self._ints.extend((image.offset_data, image.size, t_off, t_size, k_off, k_size))
+        i_off, i_size = (image.offset_data, image.size) if image is not None else (-1, -1)  # None: unusable
+        self._ints.extend((i_off, i_size, t_off, t_size, k_off, k_size))
         self._ext.append(_TEXT_EXTS.index(text[1]) if text is not None else -1)
         self._keys += key.encode()
         self._key_ends.append(len(self._keys))
@@ -349,7 +362,9 @@ class _CompactIndex:
         return self.keys[start : int(self.key_ends[i])].decode()
 
     def all_have_tokens(self) -> bool:
-        return bool((self.tokens[:, 1] >= 0).all())
+        """Every usable sample (one with an image) has cached token ids."""
+        usable = self.image[:, 1] >= 0
+        return bool((self.tokens[usable, 1] >= 0).all())
 
     def __len__(self) -> int:
         return len(self.shard) if hasattr(self, "shard") else len(self._shard)

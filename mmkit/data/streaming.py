@@ -59,7 +59,15 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, read_local, sample_counts, split_member_name
+from mmkit.data.formats import (
+    TOKENIZER_META,
+    TOKENS_EXT,
+    image_member,
+    read_local,
+    sample_counts,
+    sample_problem,
+    split_member_name,
+)
 from mmkit.data.sources import Record, Source
 from mmkit.utils.errors import InputError, MissingError
 
@@ -325,16 +333,15 @@ class _CountingReader:
 
 def _record(shard: str, key: str, members: dict[str, bytes | None], caption_field: str, require_text: bool) -> Record:
     record = Record(key=f"{shard}:{key}")
+    problem = sample_problem(members, require_text)  # the rule of indexed shards too
+    if problem is not None:
+        record.meta["error"] = problem
     image_ext = image_member({e: e for e in members})
     if image_ext is not None:
         record.image = members[image_ext]
-    else:
-        record.meta["error"] = f"no image member (has {', '.join(sorted(members)) or 'nothing'})"
     text_ext = next((e for e in (".txt", ".json") if e in members), None)
     if text_ext is not None:
         record.meta.update(text_bytes=members[text_ext], text_format=text_ext, caption_field=caption_field)
-    elif require_text and image_ext is not None:
-        record.meta["error"] = "no caption member (.txt or .json)"
     if TOKENS_EXT in members:
         record.meta["tokens_bytes"] = members[TOKENS_EXT]
     known = {image_ext, text_ext, TOKENS_EXT}

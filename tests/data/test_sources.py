@@ -18,10 +18,10 @@ def test_tar_shards_brace_patterns_and_bad_records(shards, tokenizer):
     assert expand_paths(pattern) == shards
     assert expand_paths(str(shards[0].parent / "pairs-*.tar")) == shards  # an absolute glob
     src = TarShards(pattern)
-    assert len(src) == 11 and src.incomplete == ["pairs-001.tar:1004"]
+    assert len(src) == 12 and src.incomplete == ["pairs-001.tar:1004"]  # kept in place, read as skipped
     out = _resolve(SampleDataset(src, "pair", tokenizer=tokenizer))
     skipped = {s.key: s.reason for s in out if isinstance(s, Skipped)}
-    assert set(skipped) == {"pairs-001.tar:1000", "pairs-001.tar:1001", "pairs-001.tar:1002"}
+    assert set(skipped) == {"pairs-001.tar:1000", "pairs-001.tar:1001", "pairs-001.tar:1002", "pairs-001.tar:1004"}
     assert "cannot decode image" in skipped["pairs-001.tar:1000"]
     assert skipped["pairs-001.tar:1001"] == "empty text"
     assert "not UTF-8" in skipped["pairs-001.tar:1002"]
