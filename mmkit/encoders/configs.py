@@ -60,7 +60,7 @@ class ImageEncoderConfig(TransformerConfig):
     use_cls_token: bool = True
     patch_bias: bool = True
     pooler: str = "tanh"
-    # FLAVA only: start this encoder from a CLIP/SigLIP checkpoint's image tower (mmkit.models.towers)
+    # FLAVA only: start this encoder from a CLIP/SigLIP checkpoint's image tower (mmkit.models.tower_init)
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -87,7 +87,7 @@ class TextEncoderConfig(TransformerConfig):
     embedding_norm: bool = True
     pooler: str = "tanh"
     eos_token_id: int | None = None
-    # FLAVA only: start this encoder from a CLIP/SigLIP checkpoint's text tower (mmkit.models.towers)
+    # FLAVA only: start this encoder from a CLIP/SigLIP checkpoint's text tower (mmkit.models.tower_init)
     init_from: str | None = None
 
     def __post_init__(self) -> None:

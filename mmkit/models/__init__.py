@@ -39,7 +39,7 @@ from mmkit.models.flava_pretraining import (
     random_codebook,
     resolve_codebook_config,
 )
-from mmkit.models.towers import init_towers, resolve_tower_configs
+from mmkit.models.tower_init import init_towers, resolve_tower_configs
 
 __all__ = [
     "FLAVA_OBJECTIVES",

@@ -33,7 +33,7 @@ from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
-from mmkit.models.towers_api import ContrastiveTowers
+from mmkit.models.contrastive import ContrastiveTowers
 from mmkit.utils.config import ConfigMethods, replace_config
 from mmkit.utils.errors import InputError
 

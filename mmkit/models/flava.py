@@ -37,7 +37,7 @@ from mmkit.encoders import (
 from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.flava import FLAVALossWeights
-from mmkit.models.towers_api import ContrastiveTowers
+from mmkit.models.contrastive import ContrastiveTowers
 from mmkit.utils.config import ConfigMethods, replace_config
 from mmkit.utils.errors import InputError
 

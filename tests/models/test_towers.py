@@ -7,7 +7,7 @@ import torch
 
 from mmkit.models import FLAVAConfig, flava_model
 from mmkit.models.flava_hf import config_to_hf, hf_unsupported
-from mmkit.models.towers import init_towers, resolve_tower_configs
+from mmkit.models.tower_init import init_towers, resolve_tower_configs
 from mmkit.utils.keymap import CheckpointMismatchError
 from tests.conftest import randomize_
 from tests.models.test_clip_siglip import hf_clip, hf_siglip
