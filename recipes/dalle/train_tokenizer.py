@@ -174,7 +174,7 @@ def image_source(paths: list[str], name: str) -> Source:
         if len(paths) != 1:
             raise InputError(f"give one image folder or tar patterns, not a mix: {paths}")
         return ImageFolder(folders[0], name=name)
-    return TarShards(expand_paths(paths), name=name)
+    return TarShards(expand_paths(paths), require_text=False, name=name)
 
 
 def stack_pixels(samples: list[dict[str, Any]], generator: torch.Generator | None = None) -> torch.Tensor:
