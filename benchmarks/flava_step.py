@@ -44,9 +44,8 @@ from typing import Any
 
 import torch
 
-from mmkit.convert import config_to_hf, flava_pretraining_from_hf
 from mmkit.masking import BlockMaskGenerator, TokenMasker, itm_negatives
-from mmkit.models import FLAVAConfig, flava_model_for_pretraining
+from mmkit.models import FLAVAConfig, config_to_hf, flava_model_for_pretraining, flava_pretraining_from_hf
 from mmkit.tokenizers import dalle_preprocess
 
 try:

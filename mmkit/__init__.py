@@ -6,15 +6,15 @@ The package is layered so that lower floors never import higher ones::
 
 ``mmkit.layers`` is generic (knows nothing of FLAVA), ``mmkit.encoders`` builds
 reusable image / text / fusion encoders from those layers, ``mmkit.models``
-composes encoders into FLAVA, and ``mmkit.convert`` maps checkpoints of other
-projects onto ours.
+composes encoders into FLAVA, CLIP and SigLIP (each with its checkpoint layouts beside it),
+and ``mmkit.utils.weights`` reads and strictly loads every checkpoint.
 
 The imports between subpackages form a DAG (``tests/test_layering.py``), an arrow
 meaning "imports"::
 
     encoders -> layers        heads -> layers        data -> masking
     tokenizers -> data        models -> encoders, layers, heads, losses, tokenizers
-    convert -> models         (utils imports no other mmkit package)
+    (utils imports no other mmkit package)
 
 The external facts the code relies on (paper, released configuration, reference
 implementations) are collected, with their sources, in ``docs/FLAVA.md``.

@@ -17,11 +17,9 @@ ROOT = Path(__file__).resolve().parents[1] / "mmkit"
 PACKAGES = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
 
 # Directions decided on purpose (each reverse edge exists); see the docstrings of
-# mmkit/data/formats.py, mmkit/models/flava_hf.py, mmkit/tokenizers/dalle_keys.py, mmkit/losses/flava.py.
+# mmkit/data/formats.py, mmkit/tokenizers/dalle_keys.py, mmkit/losses/flava.py.
 FORBIDDEN = [
     ("data", "tokenizers"),  # tokenizers -> data: dalle_preprocess and the token-cache format live in data
-    ("models", "convert"),  # convert -> models: convert builds and exports models
-    ("tokenizers", "convert"),  # models -> tokenizers and convert -> models
     ("tokenizers", "models"),
     ("losses", "models"),  # models -> losses: a pretraining model composes parameter-free losses
     ("losses", "heads"),
@@ -29,7 +27,6 @@ FORBIDDEN = [
     *(
         (p, "pretrain")
         for p in (
-            "convert",
             "data",
             "encoders",
             "eval",
@@ -149,7 +146,7 @@ def test_the_scanner_sees_every_kind_of_import():
 
 
 def test_packages_are_found():
-    expected = {"convert", "data", "encoders", "eval", "heads", "layers", "losses", "masking", "models"}
+    expected = {"data", "encoders", "eval", "heads", "layers", "losses", "masking", "models"}
     assert expected | {"pretrain", "tokenizers", "train", "utils"} <= set(PACKAGES)
 
 

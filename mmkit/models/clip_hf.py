@@ -32,8 +32,8 @@ from torch import Tensor
 from mmkit.models.clip import CONFIGS, CLIPConfig, DualEncoderConfig, DualEncoderModel, SigLIPConfig
 from mmkit.models.clip import dual_encoder_model as _build
 from mmkit.utils.errors import InputError, MissingError
-from mmkit.utils.io import read_weights
-from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
+from mmkit.utils.keymap import KeyMap
+from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
 
 _TOWERS = (("image_encoder", "vision_model"), ("text_encoder", "text_model"))
 _LAYER = (
@@ -344,7 +344,7 @@ def _model_from_hf(kind: str, path: str | Path, overrides: dict[str, Any]) -> Du
     config = _CONFIG_FROM_HF[kind](hf_config, **overrides)
     state = _from_hf(kind, read_weights(path), config)
     model = _build(config)
-    model.load_state_dict(state, strict=True)
+    model.load_report = load_strict(model, state, str(path), target=f"{kind} model", kind="transformers")
     return model
 
 
@@ -428,15 +428,7 @@ def load_dual_encoder(path: str | Path, device: str | torch.device | None = None
         config = CONFIGS[cfg["mmkit_model"]].from_dict(cfg["config"])
         model = _build(config)
         state = read_weights(path)
-        own = model.state_dict()
-        missing, unknown = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and
-                 state[k].shape != own[k].shape]  # fmt: skip
-        if missing or unknown or wrong:
-            parts = [format_keys(t, ks) for t, ks in (("missing", missing), ("unexpected", unknown),
-                                                          ("shape checkpoint vs config", wrong)) if ks]  # fmt: skip
-            raise CheckpointMismatchError(f"checkpoint {path} does not fit its config:\n" + "\n".join(parts))
-        model.load_state_dict(state)
+        model.load_report = load_strict(model, state, str(path), target=f"{config.model_type} model", kind="mmkit")
     elif cfg.get("model_type") in CONFIGS:
         model = _model_from_hf(cfg["model_type"], path, {})
     else:

@@ -7,16 +7,14 @@ final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entrop
 ``regression`` (mean squared error, one output, e.g. STS-B).
 
 ``checkpoint=`` reads an mmkit pretraining export or a transformers FLAVA directory with
-:func:`mmkit.models.flava_hf.load_flava_weights`. That reader and the transformers key map it needs
-live in ``mmkit.models`` (not ``mmkit.convert``, which builds on the models and re-exports them), so
-this package never imports ``mmkit.convert``.
+:func:`mmkit.models.flava_hf.load_flava_weights` and loads it with :func:`mmkit.utils.weights.load_strict`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from mmkit.layers.mlp import get_activation
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import load_flava_weights
 from mmkit.utils.errors import InputError, MissingError
-from mmkit.utils.keymap import CheckpointMismatchError
+from mmkit.utils.weights import LoadReport, load_strict, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +57,6 @@ class ClassificationOutput:
     logits: Tensor
     loss: Tensor | None = None
     features: Tensor | None = None
-
-
-@dataclass
-class LoadReport:
-    """Which weights came from the checkpoint and which are new (randomly initialised)."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return (
-            f"from {self.source}: {len(self.loaded)} tensors loaded; new (randomly initialised): "
-            f"{', '.join(self.new) or 'none'}; not used: {len(self.unused)} tensors"
-            + (f" ({', '.join(sorted({k.split('.')[0] for k in self.unused}))})" if self.unused else "")
-            + "".join(f"; {note}" for note in self.notes)
-        )
 
 
 class FLAVAForClassification(nn.Module):
@@ -212,26 +191,17 @@ def flava_model_for_classification(
     head.apply(lambda m: init_weights(m, std=std))
     model = FLAVAForClassification(base, head, modality, problem_type)
     if state is not None:
-        model.load_report = _load_encoders(base, head, cfg, state, f"{checkpoint} ({kind})")
+        model.load_report = _load_encoders(base, head, cfg, state, str(checkpoint), kind)
         logger.warning("%s", model.load_report)
     return model
 
 
-def _load_encoders(base: FLAVAModel, head: nn.Module, cfg: FLAVAConfig, state: dict, source: str) -> LoadReport:
+def _load_encoders(
+    base: FLAVAModel, head: nn.Module, cfg: FLAVAConfig, state: dict, source: str, kind: str
+) -> LoadReport:
     """Load ``state`` into ``base`` strictly (every encoder weight, each of its shape), then resample the
     image position embeddings when ``cfg`` asks for another image size; the report of what was done."""
-    own = base.state_dict()
-    usable = {k: v for k, v in state.items() if k in own}
-    bad = [k for k, v in usable.items() if v.shape != own[k].shape]
-    if bad:
-        raise CheckpointMismatchError(
-            f"checkpoint {source} does not fit this config: "
-            + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
-        )
-    missing = sorted(set(own) - set(usable))
-    if missing:
-        raise CheckpointMismatchError(f"checkpoint {source} lacks encoder weights: {missing[:10]}")
-    base.load_state_dict(usable)
+    report = load_strict(base, state, source, target="FLAVA encoders", kind=kind, may_be_unused=True)
     notes = []
     if base.config.image.image_size != cfg.image.image_size:
         old_grid = base.image_encoder.embeddings.grid_size
@@ -242,8 +212,9 @@ def _load_encoders(base: FLAVAModel, head: nn.Module, cfg: FLAVAConfig, state: d
             f"image position embeddings resampled from {old_grid[0]}x{old_grid[1]} to "
             f"{new_grid[0]}x{new_grid[1]} patches (image size {cfg.image.image_size})"
         )
-    return LoadReport(source=source, loaded=sorted(usable), new=sorted(f"head.{k}" for k in head.state_dict()),
-                      unused=sorted(set(state) - set(usable)), notes=notes)  # fmt: skip
+    report.new = sorted(f"head.{k}" for k in head.state_dict())
+    report.notes = notes
+    return report
 
 
 def load_classifier(path: str | Path) -> FLAVAForClassification:
@@ -255,8 +226,6 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     """
     import json
 
-    from safetensors.torch import load_file
-
     path = Path(path)
     for name in ("model.safetensors", "config.json", "classifier.json"):
         if not (path / name).is_file():
@@ -266,9 +235,7 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     model = flava_model_for_classification(
         info["num_classes"], info["modality"], cfg, problem_type=info["problem_type"], hidden_dim=info["hidden_dim"]
     )
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{path} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    state = read_weights(path / "model.safetensors")
+    model.load_report = load_strict(model, state, str(path), target="classifier", kind="mmkit")
     model.classes = tuple(info.get("classes", ()))
     return model.eval()

@@ -8,27 +8,25 @@ concatenation ``[query; key; value]``. Key names of the transformers format come
 ``FlavaModel`` / ``FlavaForPreTraining`` (transformers 4.x-5.x; see ``docs/FLAVA.md``);
 ``FlavaForPreTraining`` checkpoints hold the same keys under the prefix ``flava.``.
 
-Why this lives in ``mmkit.models`` and not in ``mmkit.convert``: the models read transformers
-checkpoints themselves (``flava_model_for_classification(checkpoint=<transformers dir>)`` through
-:func:`load_flava_weights`), while ``mmkit.convert`` builds on the models (it instantiates them to
-load and export checkpoint directories). A key map has to sit at or below the lowest package that
-reads it, so it sits here, beside the modules whose names it describes (as torchtune's
-``models/<model>/_convert_weights.py`` and torchtitan's ``state_dict_adapter.py`` do), and
-``mmkit.convert`` re-exports everything public from it. The DALL-E codebook's names come from
-:mod:`mmkit.tokenizers.dalle_keys` for the same reason.
-
 Functions:
     flava_from_hf / flava_to_hf: :class:`FLAVAModel` state dicts, both directions.
     flava_pretraining_from_hf / flava_pretraining_to_hf: the same for :class:`FLAVAForPreTraining`
         (heads, ``logit_scale`` and the image codebook included).
     config_from_hf / config_to_hf: ``FlavaConfig`` dict <-> :class:`FLAVAConfig`.
+    load_hf_checkpoint: ``(config, tensors)`` of a transformers directory.
     load_flava_weights: :class:`FLAVAModel` weights from an mmkit export or a transformers directory.
-    load_flava_model: the :class:`FLAVAModel` itself, strictly loaded, from any of those.
+    load_flava_model: the :class:`FLAVAModel` itself, strictly loaded, from any of those;
+        flava_model_from_hf: the same for a transformers directory, with config overrides.
+    flava_model_for_pretraining_from_hf: a :class:`FLAVAForPreTraining` from a transformers directory.
+    save_hf_checkpoint: write a directory transformers' ``from_pretrained`` reads.
+
+Files are read and loaded through :mod:`mmkit.utils.weights` (strict, one report and error type).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -41,12 +39,14 @@ from torch import Tensor
 
 from mmkit.encoders import MultimodalEncoderConfig
 from mmkit.layers.init import init_std_for
-from mmkit.models.flava import FLAVAConfig, flava_model
-from mmkit.models.flava_pretraining import build_to_load
+from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
+from mmkit.models.flava_pretraining import FLAVAForPreTraining, build_to_load
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
 from mmkit.utils.errors import InputError, MissingError
-from mmkit.utils.io import read_weights
-from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, format_keys
+from mmkit.utils.keymap import KeyMap
+from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------
 # The key map
@@ -486,13 +486,32 @@ def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------
-# FLAVAModel weights from any FLAVA checkpoint
+# Checkpoint directories and files
 # ------------------------------------------------------------------------------------------
+def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]]:
+    """Read a local transformers FLAVA checkpoint directory.
+
+    Args:
+        path: a directory with ``config.json`` and ``model.safetensors`` (or a
+            sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``).
+
+    Returns:
+        ``(config, hf_state_dict)``, the state dict still in transformers names.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise MissingError(f"checkpoint directory {path} does not exist (or is not a directory)")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise MissingError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
+    return config_from_hf(json.loads(cfg_file.read_text())), read_weights(path)
+
+
 def load_flava_weights(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str]:
     """:class:`FLAVAModel` weights (mmkit names) from any FLAVA checkpoint.
 
     Accepts an mmkit pretraining export (a directory with ``config.json`` + ``model.safetensors``,
-    or the safetensors file alone) or a transformers ``FlavaModel`` / ``FlavaForPreTraining``
+    or the weights file alone) or a transformers ``FlavaModel`` / ``FlavaForPreTraining``
     directory. Returns ``(state, config or None, "mmkit" | "transformers")``; heads and the
     codebook of pretraining checkpoints are left out of ``state``.
     """
@@ -512,10 +531,7 @@ def _read_flava(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None
         state, left = _model_part(weights)
         return state, FLAVAConfig.from_dict(cfg_json), "mmkit", left
     if path.is_file():
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
-        state, left = _model_part(weights)
+        state, left = _model_part(read_weights(path))
         return state, None, "mmkit", left
     raise MissingError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
 
@@ -529,23 +545,6 @@ def _model_part(weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str
     return state, sorted(k for k in weights if not k.startswith("model."))
 
 
-@dataclass
-class EncoderLoadReport:
-    """What :func:`load_flava_model` took from a checkpoint: its format and the tensors it did not use
-    (pretraining heads, a classifier's head, the image codebook)."""
-
-    source: str
-    kind: str
-    unused: list[str]
-
-    def __str__(self) -> str:
-        text = f"loaded FLAVAModel from {self.source} ({self.kind})"
-        if self.unused:
-            more = ", ..." if len(self.unused) > 4 else ""
-            text += f"; unused: {len(self.unused)} tensors ({', '.join(self.unused[:4])}{more})"
-        return text
-
-
 def load_flava_model(
     path: str | Path, config: FLAVAConfig | None = None, device: str | torch.device | None = None
 ) -> torch.nn.Module:
@@ -557,12 +556,13 @@ def load_flava_model(
     * a finetune export (``<run>/best``): its encoders, the classifier head left out;
     * a transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory (``config.json`` +
       ``model.safetensors``, sharded safetensors or ``pytorch_model.bin``);
-    * a lone ``.safetensors`` file of mmkit names, with ``config`` giving the sizes.
+    * a lone weights file of mmkit names, with ``config`` giving the sizes.
 
     Every encoder tensor must be present with the shape the config gives: a checkpoint that does not
-    fit raises :class:`~mmkit.utils.keymap.CheckpointMismatchError` (a ``ValueError``) naming the
-    tensors, never a model with some layers left random. Tensors the encoders do not use are listed
-    in ``model.load_report`` (an :class:`EncoderLoadReport`).
+    fit raises :class:`~mmkit.utils.weights.CheckpointMismatchError` (a ``ValueError``) naming the
+    tensors, never a model with some layers left random. Tensors the encoders do not use (heads, a
+    classifier, the codebook) are listed in ``model.load_report`` (a
+    :class:`~mmkit.utils.weights.LoadReport`).
 
     Args:
         path: the checkpoint directory or file.
@@ -574,17 +574,84 @@ def load_flava_model(
     if cfg is None:
         raise InputError(f"{path} has no config.json: pass config=FLAVAConfig(...) with the model's sizes")
     model = flava_model(cfg)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or wrong:
-        parts = [f"missing {len(missing)} encoder tensors ({', '.join(missing[:5])})"] if missing else []
-        parts += [f"shape checkpoint vs config: {', '.join(wrong[:5])}"] if wrong else []
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit the FLAVA config: {'; '.join(parts)}")
-    model.load_state_dict({k: state[k] for k in own})
-    model.load_report = EncoderLoadReport(str(path), kind, sorted([*left_out, *(set(state) - set(own))]))
+    report = load_strict(model, state, str(path), target="FLAVAModel", kind=kind, may_be_unused=True)
+    report.unused = sorted([*left_out, *report.unused])
+    model.load_report = report
     return model.to(device or "cpu").eval()
+
+
+def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
+    """A :class:`FLAVAModel` (in train mode) from a transformers ``FlavaModel`` / ``FlavaForPreTraining``
+    directory: :func:`load_flava_model` with config overrides. Pretraining heads and the codebook of a
+    ``FlavaForPreTraining`` checkpoint are not part of :class:`FLAVAModel`: they are named in
+    ``model.load_report.unused`` and in a log warning.
+
+    Args:
+        path: checkpoint directory (see :func:`load_hf_checkpoint`).
+        **overrides: :class:`FLAVAConfig` fields that do not change shapes
+            (e.g. ``attention_backend="math"``, dropout).
+    """
+    config, _ = _read_hf_config(path)
+    model = load_flava_model(path, config.replace(**overrides)).train()
+    if model.load_report.unused:
+        logger.warning("%s", model.load_report)
+    return model
+
+
+def _read_hf_config(path: str | Path) -> tuple[FLAVAConfig, dict[str, Any]]:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
+    cfg = json.loads((path / "config.json").read_text())
+    return config_from_hf(cfg), cfg
+
+
+def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> FLAVAForPreTraining:
+    """Build a :class:`FLAVAForPreTraining` from a transformers ``FlavaForPreTraining`` directory
+    (encoders, heads and codebook). A ``FlavaModel`` directory (no heads) raises, listing
+    what is missing.
+
+    Args:
+        path: checkpoint directory (see :func:`load_hf_checkpoint`).
+        **overrides: :class:`FLAVAConfig` fields that do not change shapes.
+    """
+    config, hf_sd = load_hf_checkpoint(path)
+    config = config.replace(**overrides)
+    state = flava_pretraining_from_hf(hf_sd, config)
+    model = build_to_load(config)
+    model.load_report = load_strict(model, state, str(path), target="FLAVAForPreTraining", kind="transformers")
+    return model
+
+
+def save_hf_checkpoint(
+    model: FLAVAModel | FLAVAForPreTraining, path: str | Path, config: FLAVAConfig | None = None
+) -> Path:
+    """Write ``model`` as a transformers checkpoint directory (``config.json`` + ``model.safetensors``).
+
+    Args:
+        model: a :class:`FLAVAModel` (written as ``FlavaModel``) or a
+            :class:`FLAVAForPreTraining` (written as ``FlavaForPreTraining``, heads and codebook included).
+        path: output directory (created).
+        config: defaults to ``model.config``.
+
+    Returns:
+        The directory, loadable by transformers' ``from_pretrained``.
+    """
+    from safetensors.torch import save_file
+
+    config = config or getattr(model, "config", None)
+    if config is None:
+        raise InputError("save_hf_checkpoint needs the model's FLAVAConfig (model.config or config=...)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    pretraining = isinstance(model, FLAVAForPreTraining)
+    convert = flava_pretraining_to_hf if pretraining else flava_to_hf
+    tensors = {k: v.detach().cpu().contiguous() for k, v in convert(model.state_dict()).items()}
+    hf_config = config_to_hf(config)
+    if pretraining:
+        hf_config["architectures"] = ["FlavaForPreTraining"]
+        # tied decoder biases: write the tensor once under each name
+        tensors = {k: v.clone() for k, v in tensors.items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+    return path

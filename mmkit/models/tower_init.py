@@ -10,7 +10,7 @@ A tower is the image or text encoder of a CLIP or SigLIP checkpoint (an mmkit ex
    language modelling and its ``[CLS]`` pooling need every token to see every other; CLIP's text
    tower was trained causal, so its features change).
 2. :func:`init_towers` copies the tower's weights into the built model and returns a
-   :class:`TowerLoadReport` per tower naming what was taken, what is new (initialised as usual)
+   :class:`~mmkit.utils.weights.LoadReport` per tower naming what was taken, what is new (initialised as usual)
    and what of the tower was not used (SigLIP's attention-pool head, the projections).
 
 With a CLIP image tower nothing of the forward changes: before any step FLAVA's image features
@@ -20,7 +20,6 @@ are new and the features differ until trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +28,12 @@ from torch import Tensor, nn
 
 from mmkit.models.clip_hf import dual_encoder_config, load_dual_encoder
 from mmkit.models.flava import FLAVAConfig, FLAVAModel
-from mmkit.utils.keymap import CheckpointMismatchError
+from mmkit.utils.weights import LoadReport, load_strict
 
 # Encoder fields a tower decides (everything else stays FLAVA's).
 _SHARED = ("hidden_size", "num_layers", "num_heads", "mlp_dim", "activation", "norm_eps", "qkv_bias", "input_norm")
 IMAGE_FIELDS = (*_SHARED, "image_size", "patch_size", "num_channels", "patch_bias")
 TEXT_FIELDS = (*_SHARED, "vocab_size", "max_positions", "type_vocab_size", "pad_token_id", "embedding_norm")
-
-
-@dataclass
-class TowerLoadReport:
-    """What :func:`init_towers` did for one encoder.
-
-    Attributes:
-        side: ``"image"`` or ``"text"``. source: the checkpoint. kind: ``"clip"`` or ``"siglip"``.
-        taken: FLAVA parameter names filled from the tower.
-        new: FLAVA parameter names left at their initialisation (or partly so, with a note).
-        unused: the tower's tensors FLAVA has no place for.
-        changes: how FLAVA's encoder differs in function from the tower.
-    """
-
-    side: str
-    source: str
-    kind: str
-    taken: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    changes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        counts = f"{len(self.taken)} tensors taken, {len(self.new)} new, {len(self.unused)} of the tower unused"
-        lines = [f"FLAVA {self.side} encoder from the {self.kind} {self.side} tower of {self.source}: {counts}"]
-        lines += [f"  new: {name}" for name in self.new]
-        lines += [f"  unused: {name}" for name in self.unused]
-        lines += [f"  note: {c}" for c in self.changes]
-        return "\n".join(lines)
 
 
 def resolve_tower_configs(config: FLAVAConfig) -> FLAVAConfig:
@@ -78,11 +48,11 @@ def resolve_tower_configs(config: FLAVAConfig) -> FLAVAConfig:
     return config.replace(**changes) if changes else config
 
 
-def init_towers(model: FLAVAModel, config: FLAVAConfig | None = None) -> list[TowerLoadReport]:
+def init_towers(model: FLAVAModel, config: FLAVAConfig | None = None) -> list[LoadReport]:
     """Copy the ``init_from`` towers of ``config`` (default ``model.config``) into ``model``'s encoders.
 
     The model must have been built from :func:`resolve_tower_configs`' output; a tensor whose shape
-    does not fit raises :class:`~mmkit.utils.keymap.CheckpointMismatchError`, naming it.
+    does not fit raises :class:`~mmkit.utils.weights.CheckpointMismatchError`, naming it.
     """
     config = config or model.config
     reports = []
@@ -94,40 +64,37 @@ def init_towers(model: FLAVAModel, config: FLAVAConfig | None = None) -> list[To
         kind = type(tower_model.config).model_type
         encoder: nn.Module = getattr(model, f"{side}_encoder")
         tower: nn.Module = getattr(tower_model, f"{side}_encoder")
-        report = TowerLoadReport(side, str(Path(path)), kind)
-        _copy(encoder, tower.state_dict(), report, f"{side}_encoder.")
-        for name in tower_model.state_dict():
-            if not name.startswith(("image_encoder.", "text_encoder.")):
-                report.unused.append(name)
+        report = _copy(encoder, tower.state_dict(), f"the {kind} {side} tower of {Path(path)}", f"FLAVA {side} encoder")
+        report.kind = kind
+        _prefix(report, f"{side}_encoder.")
+        report.unused += [n for n in tower_model.state_dict() if not n.startswith(("image_encoder.", "text_encoder."))]
         if side == "text" and tower_model.config.text.causal:
-            report.changes.append("attention made bidirectional (the tower was trained causal): its features change")
+            report.notes.append("attention made bidirectional (the tower was trained causal): its features change")
         if side == "image" and not tower_model.config.image.use_cls_token:
-            report.changes.append("the tower has no CLS token: FLAVA's CLS token and its position are new")
+            report.notes.append("the tower has no CLS token: FLAVA's CLS token and its position are new")
         reports.append(report)
     return reports
 
 
-@torch.no_grad()
-def _copy(encoder: nn.Module, tower: dict[str, Tensor], report: TowerLoadReport, prefix: str) -> None:
-    """Check every shape first (a misfit leaves the encoder untouched), then copy."""
+def _copy(encoder: nn.Module, tower: dict[str, Tensor], source: str, target: str) -> LoadReport:
+    """Load the tower's tensors that FLAVA's encoder has (every shape checked first: a misfit leaves the
+    encoder untouched); FLAVA's pooler stays its own ``tanh(dense(CLS))``, the rest of FLAVA is new."""
     own = encoder.state_dict()
-    plan: list[tuple[Tensor, Tensor]] = []
-    for name, value in tower.items():
-        if name.startswith("pooler.") or name not in own:  # FLAVA keeps its own tanh(dense(CLS)) pooler
-            report.unused.append(prefix + name)
-            continue
-        target = own[name]
-        if name == "embeddings.position_embeddings" and target.shape[1] == value.shape[1] + 1:
-            plan.append((target[:, 1:], value))  # a tower without CLS: every patch position, the CLS one new
-            report.new.append(f"{prefix}{name}[:, 0] (the CLS position)")
-        elif target.shape != value.shape:
-            raise CheckpointMismatchError(
-                f"{report.source}: {prefix}{name} has shape {tuple(value.shape)} in the {report.kind} tower but "
-                f"{tuple(target.shape)} in FLAVA; build FLAVA from resolve_tower_configs(config)"
-            )
-        else:
-            plan.append((target, value))
-        report.taken.append(prefix + name)
-    for target, value in plan:
-        target.copy_(value)
-    report.new += [prefix + n for n in own if n not in tower]
+    taken = {name: value for name, value in tower.items() if name in own and not name.startswith("pooler.")}
+    pos, cls_position = "embeddings.position_embeddings", False
+    if pos in taken and own[pos].shape[1] == taken[pos].shape[1] + 1:  # a tower without CLS: its position is new
+        taken[pos] = torch.cat([own[pos][:, :1], taken[pos]], dim=1)
+        cls_position = True
+    hint = "build FLAVA from resolve_tower_configs(config)"
+    report = load_strict(encoder, taken, source, target=target, may_be_new=lambda _: True, hint=hint)
+    report.unused = sorted(set(tower) - set(taken))
+    if cls_position:
+        report.new.append(f"{pos}[:, 0] (the CLS position)")
+    return report
+
+
+def _prefix(report: LoadReport, prefix: str) -> None:
+    """Name the report's encoder tensors as FLAVA's model does (``image_encoder.…``)."""
+    report.loaded = [prefix + n for n in report.loaded]
+    report.new = [prefix + n for n in report.new]
+    report.unused = [prefix + n for n in report.unused]

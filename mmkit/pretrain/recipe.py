@@ -50,7 +50,7 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import InputError
+from mmkit.utils import InputError, load_strict
 
 __all__ = ["PretrainRecipe"]
 
@@ -292,7 +292,7 @@ class PretrainRecipe:
             if exporter is not None:
                 build, save = exporter
                 model = build(self.model_cfg)
-                model.load_state_dict(state)
+                load_strict(model, state, "the run's final weights", target="export model")
                 save(model, out / "hf")
             self.tokenizer.save(out / "tokenizer")
             plot_run(self.run_dir)

@@ -33,10 +33,9 @@ from torch import Tensor, nn
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_from_openai
 from mmkit.tokenizers.dalle_keys import dalle_to_hf as dalle_to_hf
 from mmkit.utils.errors import DataKeyError, InputError, MissingError
-from mmkit.utils.io import read_weights
-from mmkit.utils.keymap import CheckpointMismatchError
 from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
 from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
+from mmkit.utils.weights import load_strict, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -246,18 +245,15 @@ def _infer_sizes(state: dict[str, Tensor]) -> dict[str, Any]:
     return dict(hidden_size=hidden, vocab_size=vocab, num_groups=groups, blocks_per_group=blocks, in_channels=in_ch)
 
 
-def load_dalle_encoder(state: dict[str, Tensor], **sizes: Any) -> DalleEncoder:
-    """Build a :class:`DalleEncoder` from a state dict in *our* names (sizes inferred unless given).
+def load_dalle_encoder(state: dict[str, Tensor], source: str = "the state dict", **sizes: Any) -> DalleEncoder:
+    """Build a :class:`DalleEncoder` from a state dict in *our* names (sizes inferred unless given),
+    loaded with :func:`mmkit.utils.weights.load_strict`.
 
     Raises:
-        CheckpointMismatchError: listing missing / unexpected keys (``strict`` loading).
+        CheckpointMismatchError: listing missing, unexpected and mis-shaped tensors.
     """
     encoder = DalleEncoder(**{**_infer_sizes(state), **sizes})
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"DALL-E encoder checkpoint does not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
+    encoder.load_report = load_strict(encoder, state, source, target="DALL-E encoder")
     return encoder
 
 
@@ -283,16 +279,11 @@ def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
                 if not raw:
                     raise MissingError(f"{path} is a FLAVA checkpoint without an image codebook")
     elif path.is_file():
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_weights(path)
     else:
         raise MissingError(f"DALL-E encoder checkpoint {path} does not exist")
     if any(k.endswith((".w", ".b")) for k in raw):
         state = dalle_from_openai(raw)
     else:
         state = dalle_from_hf(raw)
-    return load_dalle_encoder(state)
+    return load_dalle_encoder(state, str(path))

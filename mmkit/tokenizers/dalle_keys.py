@@ -10,11 +10,7 @@ Two foreign layouts (see ``docs/FLAVA.md``):
 Templates as in :mod:`mmkit.utils.keymap`: ``{g}`` a group, ``{b}`` a block, ``{c}`` a conv of the
 residual path, ``{p}`` ``weight``/``bias``.
 
-Why here and not in ``mmkit.convert``: loading a tokenizer from a checkpoint of either layout
-(:func:`~mmkit.tokenizers.dalle_encoder_from_checkpoint`) is needed by the tokenizers themselves
-(the token-cache CLI) and by ``mmkit.models`` (``codebook.checkpoint``), and ``mmkit.convert``
-builds on ``mmkit.models``. A key map sits at or below the lowest package that reads it; this
-module imports nothing from mmkit but the generic key-map engine.
+Like every model's key map, it sits beside the module whose names it describes.
 """
 
 from __future__ import annotations
@@ -23,7 +19,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from mmkit.utils.keymap import CheckpointMismatchError, KeyMap, Rule, format_keys
+from mmkit.utils.keymap import KeyMap, Rule
+from mmkit.utils.weights import CheckpointMismatchError, format_keys
 
 #: our module names (weights and biases below each)
 _MODULES = ("input", "group_{g}.block_{b}.id_path", "group_{g}.block_{b}.res_path.conv_{c}", "output.conv")

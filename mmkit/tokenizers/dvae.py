@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from mmkit.tokenizers.dalle import DalleBlock, DalleEncoder
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.pixels import DALLE_EPS
+from mmkit.utils.weights import load_strict, read_weights
 
 DECODER_KERNELS = (1, 3, 3, 3)  # the encoder's residual path reversed
 
@@ -276,8 +277,6 @@ def save_dvae(model: DiscreteVAE, directory: str | Path, image_size: int) -> Pat
 
 def load_dvae(directory: str | Path) -> tuple[DiscreteVAE, dict]:
     """Read what :func:`save_dvae` wrote; returns ``(model, config)``."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     if not (directory / DVAE_CONFIG).is_file():
         raise MissingError(f"{directory} is not a saved dVAE (no {DVAE_CONFIG}); train one with "
@@ -286,6 +285,7 @@ def load_dvae(directory: str | Path) -> tuple[DiscreteVAE, dict]:
     sizes = {k: cfg[k] for k in ("hidden_size", "vocab_size", "num_groups", "blocks_per_group")}
     encoder = DalleEncoder(**sizes)
     decoder = DalleDecoder(**sizes, init_size=cfg["init_size"])
-    encoder.load_state_dict(load_file(str(directory / "encoder.safetensors")))
-    decoder.load_state_dict(load_file(str(directory / "decoder.safetensors")))
+    for module, name in ((encoder, "encoder"), (decoder, "decoder")):
+        file = directory / f"{name}.safetensors"
+        load_strict(module, read_weights(file), str(file), target=f"dVAE {name}", kind="mmkit")
     return DiscreteVAE(encoder, decoder), cfg

@@ -24,12 +24,15 @@ from mmkit.utils.errors import (
     run_cli,
 )
 from mmkit.utils.run_lock import RunDirInUseError, RunDirLock, file_lock
+from mmkit.utils.weights import CheckpointMismatchError, LoadReport, load_strict, read_weight_file, read_weights
 
 __all__ = [
     "USER_ERRORS",
+    "CheckpointMismatchError",
     "ConfigError",
     "DataKeyError",
     "InputError",
+    "LoadReport",
     "MMKitError",
     "MissingError",
     "RunDirInUseError",
@@ -44,8 +47,11 @@ __all__ = [
     "file_lock",
     "fraction",
     "load_config",
+    "load_strict",
     "parse_override",
     "positive",
+    "read_weight_file",
+    "read_weights",
     "replace_config",
     "run_cli",
 ]

@@ -20,23 +20,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from mmkit.utils.errors import InputError
-
 Rule = tuple[str, tuple[str, ...]]
 
 _PLACEHOLDER = re.compile(r"\\\{(\w+)\\\}")  # a {name} after re.escape
-
-
-class CheckpointMismatchError(InputError):
-    """A checkpoint's keys do not match what the converter or model expects."""
-
-
-def format_keys(title: str, keys: Iterable[str], limit: int = 20) -> str:
-    """An indented, sorted list of keys under a title (at most ``limit`` shown), for error messages."""
-    keys = sorted(keys)
-    shown = "\n    ".join(keys[:limit])
-    more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"  {title} ({len(keys)}):\n    {shown}{more}"
 
 
 def _compile(template: str) -> re.Pattern[str]:

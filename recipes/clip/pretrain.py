@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-from mmkit.convert import save_dual_encoder_hf
 from mmkit.data import ContrastivePairCollator, ImageTransform, ImageTransformConfig
 from mmkit.models import (
     CLIPConfig,
@@ -49,6 +48,7 @@ from mmkit.models import (
     dual_encoder_for_pretraining,
     dual_encoder_model,
     export_config,
+    save_dual_encoder_hf,
 )
 from mmkit.pretrain import PairDataConfig, PretrainRecipe, RunConfig
 from mmkit.train import OptimConfig, read_scalar, run_recipe

@@ -86,7 +86,7 @@ from mmkit.train import (
     start_run,
     train_loop,
 )
-from mmkit.utils import InputError, at_least, choice, fraction, positive
+from mmkit.utils import InputError, at_least, choice, fraction, load_strict, positive
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -306,7 +306,7 @@ class TokenizerRecipe:
         weights = full_state_dict(self.model)  # every rank: a collective under FSDP2
         if self.ctx.is_main:
             export = self.new_model()
-            export.load_state_dict(weights)
+            load_strict(export, weights, "the run's final weights", target="dVAE")
             save_dvae(export, self.run_dir / "final", image_size=cfg.data.image_size)
             plot_run(self.run_dir)
             print(f"final: {final}\nexported {self.run_dir / 'final'}", flush=True)

@@ -266,7 +266,7 @@ class FLAVAPretrainRecipe(PretrainRecipe):
 
     def hf_exporter(self):
         """Where transformers' FLAVA can express the model (not CLIP towers' input LayerNorm, for example)."""
-        from mmkit.convert import save_hf_checkpoint
+        from mmkit.models import save_hf_checkpoint
 
         return None if hf_unsupported(self.model_cfg) else (flava_model_for_pretraining, save_hf_checkpoint)
 

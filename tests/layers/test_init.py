@@ -34,7 +34,7 @@ def test_released_size_draws_what_transformers_draws():
     the same std (0.02) everywhere else. The frozen codebook is left out: pretraining loads it."""
     from transformers import FlavaConfig, FlavaForPreTraining
 
-    from mmkit.convert import flava_pretraining_to_hf
+    from mmkit.models import flava_pretraining_to_hf
 
     torch.manual_seed(0)
     theirs = FlavaForPreTraining(FlavaConfig()).state_dict()

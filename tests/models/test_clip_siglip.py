@@ -13,19 +13,22 @@ import math
 import pytest
 import torch
 
-from mmkit.convert import (
-    CheckpointMismatchError,
+from mmkit.models import (
+    CLIPConfig,
+    SigLIPConfig,
     clip_config_from_hf,
     clip_from_hf,
+    clip_model,
     clip_model_from_hf,
     clip_to_hf,
     load_dual_encoder,
     save_dual_encoder_hf,
     siglip_from_hf,
+    siglip_model,
     siglip_model_from_hf,
     siglip_to_hf,
 )
-from mmkit.models import CLIPConfig, SigLIPConfig, clip_model, siglip_model
+from mmkit.utils import CheckpointMismatchError
 from tests.conftest import randomize_
 
 transformers = pytest.importorskip("transformers")
@@ -106,7 +109,7 @@ def test_state_dicts_round_trip_bit_identical():
         if from_hf is clip_from_hf:
             cfg = clip_config_from_hf(hf.config.to_dict())
         else:
-            from mmkit.convert import siglip_config_from_hf
+            from mmkit.models import siglip_config_from_hf
 
             cfg = siglip_config_from_hf(hf.config.to_dict())
         back = to_hf(from_hf(sd, cfg))

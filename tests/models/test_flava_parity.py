@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from mmkit.convert import config_from_hf, flava_from_hf
-from mmkit.models import FLAVAConfig, flava_model
+from mmkit.models import FLAVAConfig, config_from_hf, flava_from_hf, flava_model
 from tests.conftest import available_backends, hf_tiny_config
 
 ATOL = 1e-5

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmkit.convert import config_from_hf, flava_pretraining_from_hf
-from mmkit.models import FLAVAConfig, flava_model_for_pretraining
+from mmkit.models import FLAVAConfig, config_from_hf, flava_model_for_pretraining, flava_pretraining_from_hf
 from tests.conftest import hf_tiny_config, randomize_
 
 B, L = 6, 9

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmkit.models import FLAVAConfig, flava_model, load_flava_model
-from mmkit.utils.keymap import CheckpointMismatchError
+from mmkit.utils import CheckpointMismatchError
 from tests.conftest import hf_tiny_config, make_mmkit_export, randomize_
 
 
@@ -66,10 +66,12 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_tensors(tmp_path):
     export = make_mmkit_export(tmp_path / "final", ["a red ball"])
     cfg = json.loads((export / "config.json").read_text())
     deeper = FLAVAConfig.from_dict(cfg).replace(**{"image.num_layers": 3})
-    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ encoder tensors \(image_encoder.encoder.layers.2"):
+    missing = r"missing from the checkpoint \(\d+\):\n\s+image_encoder.encoder.layers.2"
+    with pytest.raises(CheckpointMismatchError, match=missing):
         load_flava_model(export, config=deeper)
     wider = FLAVAConfig.from_dict(cfg).replace(**{"text.vocab_size": cfg["text"]["vocab_size"] + 7})
-    with pytest.raises(CheckpointMismatchError, match=r"word_embeddings.weight \(\d+, 32\) vs \(\d+, 32\)"):
+    shape = r"word_embeddings.weight: checkpoint \(\d+, 32\) vs model \(\d+, 32\)"
+    with pytest.raises(CheckpointMismatchError, match=shape):
         load_flava_model(export, config=wider)
     with pytest.raises(ValueError, match="has no config.json: pass config="):
         load_flava_model(export / "model.safetensors")

@@ -114,7 +114,7 @@ def test_a_transformers_directory_with_its_vocabulary_is_evaluated_like_its_conv
     gives the same retrieval numbers as its converted mmkit export evaluated with the same vocabulary."""
     from transformers import FlavaForPreTraining
 
-    from mmkit.convert import flava_model_for_pretraining_from_hf
+    from mmkit.models import flava_model_for_pretraining_from_hf
     from mmkit.tokenizers import train_wordpiece
     from tests.conftest import hf_tiny_config, randomize_
 

@@ -9,7 +9,7 @@ from mmkit.tokenizers import (
     dalle_preprocess,
     dalle_to_hf,
 )
-from mmkit.utils.keymap import CheckpointMismatchError
+from mmkit.utils import CheckpointMismatchError
 from tests.conftest import hf_tiny_config, randomize_
 
 

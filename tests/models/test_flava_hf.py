@@ -6,17 +6,18 @@ import logging
 import pytest
 import torch
 
-from mmkit.convert import (
-    CheckpointMismatchError,
+from mmkit.models import (
+    FLAVAConfig,
     config_from_hf,
     config_to_hf,
     flava_from_hf,
+    flava_model,
     flava_model_from_hf,
     flava_to_hf,
     load_hf_checkpoint,
     save_hf_checkpoint,
 )
-from mmkit.models import FLAVAConfig, flava_model
+from mmkit.utils import CheckpointMismatchError
 from tests.conftest import hf_tiny_config, randomize_
 
 
@@ -170,7 +171,7 @@ def hf_pretraining():
 
 
 def test_pretraining_round_trip_and_tied_biases(hf_pretraining):
-    from mmkit.convert import flava_pretraining_from_hf, flava_pretraining_to_hf
+    from mmkit.models import flava_pretraining_from_hf, flava_pretraining_to_hf
 
     sd = hf_pretraining.state_dict()
     ours = flava_pretraining_from_hf(sd, config_from_hf(hf_pretraining.config.to_dict()))
@@ -192,7 +193,7 @@ def test_pretraining_round_trip_and_tied_biases(hf_pretraining):
 def test_pretraining_directory_and_export(tmp_path, hf_pretraining):
     from transformers import FlavaForPreTraining
 
-    from mmkit.convert import flava_model_for_pretraining_from_hf
+    from mmkit.models import flava_model_for_pretraining_from_hf
 
     hf_pretraining.save_pretrained(tmp_path / "hf")
     ours = flava_model_for_pretraining_from_hf(tmp_path / "hf").eval()
