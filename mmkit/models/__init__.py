@@ -68,6 +68,7 @@ from mmkit.models.flava_pretraining import (
     random_codebook,
     resolve_codebook_config,
 )
+from mmkit.models.materialize import initialize_flava, materialize_flava
 from mmkit.models.tower_init import init_towers, resolve_tower_configs
 
 __all__ = [
@@ -114,11 +115,13 @@ __all__ = [
     "flava_to_hf",
     "hf_unsupported",
     "init_towers",
+    "initialize_flava",
     "load_classifier",
     "load_dual_encoder",
     "load_flava_model",
     "load_flava_weights",
     "load_hf_checkpoint",
+    "materialize_flava",
     "random_codebook",
     "resolve_codebook_config",
     "resolve_tower_configs",

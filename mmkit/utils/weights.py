@@ -151,7 +151,8 @@ def load_strict(
     may_be_unused: bool = False,
     hint: str = "",
 ) -> LoadReport:
-    """Load ``state`` into ``module`` after checking that it fits; nothing is copied when it does not.
+    """Load ``state`` into ``module`` after checking that it fits; nothing is copied when it does not
+    (nor into a module on the meta device, which has no storage yet: the check alone is done).
 
     Every tensor of ``module`` must be in ``state`` with its shape, except those ``may_be_new`` allows
     (left as initialised, listed in ``report.new``); every tensor of ``state`` must belong to
@@ -187,5 +188,9 @@ def load_strict(
         fix = f"\n  {hint}" if hint else ""
         raise CheckpointMismatchError(f"checkpoint {source} does not fit the {target}:\n" + "\n".join(problems) + fix)
     loaded = sorted(k for k in state if k in own)
+    report = LoadReport(source, target, kind, loaded, absent, unexpected)
+    if any(own[k].is_meta for k in loaded):  # built on the meta device: checked, nothing to copy into yet
+        report.notes.append("checked only: the module is on the meta device (load again once materialised)")
+        return report
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)  # strict by the checks above
-    return LoadReport(source, target, kind, loaded, absent, unexpected)
+    return report
