@@ -255,7 +255,14 @@ def test_two_ranks_equal_one_rank_on_the_same_global_batch(tmp_path):
     _launch(tmp_path, tmp_path / "half", 1, 4, 4, None, True, "eval_every=4")  # another global batch
     wa, wb, wc = (_weights(tmp_path / d) for d in ("one", "two", "half"))
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4, msg=k)
+        a, b = wa[k], wb[k]
+        if k.endswith("attn.qkv.bias"):
+            # The key bias adds q.b_k to every logit of a query's row, which softmax cancels: its gradient
+            # is zero but for rounding, and Adam scales that noise (which differs with the reduction order
+            # of one rank vs two) to lr-sized steps. Compared: the query and value biases.
+            third = a.shape[0] // 3
+            a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
     assert not torch.allclose(wa["head.fc2.weight"], wc["head.fc2.weight"], atol=1e-4)  # the test can fail
 
 
