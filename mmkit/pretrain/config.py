@@ -46,7 +46,7 @@ class PairDataConfig:
 
 #: top-level settings a resume may change (everything else a recipe's config holds is frozen)
 RESUMABLE = ("run_dir", "optim", "checkpoint", "distributed", "precision", "activation_checkpointing", "compile",
-             "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
+             "meta_init", "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
              "progress")  # fmt: skip
 #: data settings that change how data is read, not what is read
 DATA_RESUMABLE = ("max_bad_fraction", "storage_options")
@@ -67,6 +67,9 @@ class RunConfig:
     activation_checkpointing: bool = False
     # none | layers (torch.compile each transformer layer) | step (the whole step as one graph, one process)
     compile: Literal["none", "layers", "step"] = "none"
+    # build the model on the meta device and materialise it after wrapping (FSDP2: each rank allocates only
+    # its shard); the initial weights follow the same rules but are other draws than meta_init=false's
+    meta_init: bool = False
     log_every: int = at_least(1, 10)
     eval_every: int = at_least(1, 1000)
     eval_samples: int = at_least(1, 512)  # held-out pairs scored at each evaluation (the first ones)

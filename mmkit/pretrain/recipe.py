@@ -22,6 +22,7 @@ export tail. A pretraining model must return an output with ``loss``, ``losses``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -92,8 +93,15 @@ class PretrainRecipe:
         raise NotImplementedError
 
     def build_model(self) -> nn.Module:
-        """The pretraining model on ``self.ctx.device`` (the RNG is seeded alike on every rank)."""
+        """The pretraining model on ``self.ctx.device`` (the RNG is seeded alike on every rank); with
+        ``meta_init`` it is called under ``torch.device("meta")`` and must leave the model there."""
         raise NotImplementedError
+
+    def materialize(self, model: nn.Module) -> None:
+        """Give a model built on the meta device (and wrapped: under FSDP2 each rank holds its shard)
+        storage on ``self.ctx.device`` and its initial values. A recipe that supports ``meta_init``
+        overrides this."""
+        raise InputError(f"meta_init=true: {type(self).__name__} cannot build its model on the meta device")
 
     def eval_collators(self) -> list[Callable]:
         """The collators held-out pairs are scored through (the first makes paired batches)."""
@@ -135,10 +143,13 @@ class PretrainRecipe:
         self.stream = MixedBatches(self.loaders(), seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
         self.val_dataset = self._heldout()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.raw_model = self.build_model()
+        with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
+            self.raw_model = self.build_model()
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
                                  cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
                                  **self.parallel_options)  # fmt: skip
+        if cfg.meta_init:
+            self.materialize(self.raw_model)
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
             components={"data": self.stream}, frozen=frozen_fields(cfg),

@@ -70,6 +70,7 @@ from mmkit.models import (
     flava_model_for_pretraining,
     hf_unsupported,
     init_towers,
+    materialize_flava,
     random_codebook,
     resolve_codebook_config,
     resolve_tower_configs,
@@ -117,6 +118,11 @@ FROZEN = frozen_fields(PretrainConfig())
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(PretrainConfig, path, overrides)
+    towers = [f"model.{side}.init_from" for side in ("image", "text")
+              if cfg.model.get(f"{side}.init_from") or (cfg.model.get(side) or {}).get("init_from")]  # fmt: skip
+    if cfg.meta_init and towers:  # said before the towers are read
+        raise ConfigError(f"invalid config: meta_init=true cannot start encoders from towers ({', '.join(towers)}): "
+                          "towers are copied into a whole model; set meta_init=false")  # fmt: skip
     mcfg = model_config(cfg)  # validates the model overrides now, not after the data is built
     builtin = mcfg.codebook.checkpoint == BUILTIN_TOKENIZER and mcfg.pretraining.mim_target == "tokens"
     if builtin and cfg.data.dataset != "shapes":
@@ -236,7 +242,10 @@ class FLAVAPretrainRecipe(PretrainRecipe):
         cfg, weights = self.cfg, mcfg.pretraining.weights.as_dict()  # not under FSDP2 hooks or a compiled step
         self.grad_norms = GradNormProbe(cfg.grad_norms_every, weights, enabled=cfg.distributed != "fsdp"
                                         and cfg.compile == "none")  # fmt: skip
-        return model.to(self.ctx.device)
+        return model if self.cfg.meta_init else model.to(self.ctx.device)
+
+    def materialize(self, model: FLAVAForPreTraining) -> None:
+        materialize_flava(model, self.ctx.device)
 
     def eval_collators(self) -> list:
         """Pairs through every objective; image-only and text-only batches for MIM and MLM when they train."""

@@ -85,7 +85,7 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
         mgr.load(tmp_path / "ck" / "step_00000009", fresh, fresh_opt)
 
 
-def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2):
+def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2, extra=()):
     """The demo config, tiny and short, streamed, on ``nproc`` ranks (DDP: with 2 data workers each)."""
     env = {**os.environ, "MMKIT_DATA": str(data_dir), **(extra_env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(RECIPE),
@@ -93,7 +93,8 @@ def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2
            f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
            "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8",
            "model.pretraining.mim_target=pixels",
-           f"data.num_workers={2 if strategy == 'ddp' else 0}", "data.streaming=true", "progress=false"]  # fmt: skip
+           f"data.num_workers={2 if strategy == 'ddp' else 0}", "data.streaming=true", "progress=false",
+           *extra]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=check)
 
 
@@ -188,3 +189,27 @@ def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path):
     assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
     assert sorted(_losses(tmp_path / "run")) == list(range(1, 9))  # steps 4-5 again, then on to 8
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_run_built_on_meta_starts_where_a_whole_build_starts(tmp_path):
+    """meta_init=true under FSDP2 on two ranks: each rank materialises only its shard; the run starts at
+    the losses of a whole build (other draws, same rules) and ends with a complete, finite export."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    _run(tmp_path / "whole", data, "fsdp", 3)
+    meta = _run(tmp_path / "meta", data, "fsdp", 3, extra=("meta_init=true",))
+    assert "Traceback" not in meta.stderr, meta.stderr[-3000:]
+    a, b = _losses(tmp_path / "whole"), _losses(tmp_path / "meta")
+    assert sorted(b) == [1, 2, 3] and abs(a[1] - b[1]) < 0.05 * a[1], (a, b)
+    wa = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "meta" / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.isfinite(v).all() for v in wb.values())
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)  # other draws: the meta path really ran
+
+
+def test_meta_init_refuses_towers(tmp_path):
+    recipe = _recipe_module()
+    with pytest.raises(ValueError, match="meta_init=true cannot start encoders from towers"):
+        recipe.load_config(None, ["meta_init=true", f"model.image.init_from={tmp_path}"])
