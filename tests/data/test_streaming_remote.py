@@ -2,42 +2,15 @@
 localhost (the standard library's ``http.server``; moto's standalone S3 server through ``s3fs``):
 identical batches, and exact resume over S3."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 from tests.data.test_streaming import _take, keys_of, write_shards
+from tests.servers import http_server, s3_server
 
 pytest.importorskip("aiohttp", reason="HTTP streaming needs aiohttp (pip install -e '.[dev]')")
 s3fs = pytest.importorskip("s3fs", reason="S3 streaming needs s3fs (pip install -e '.[dev]')")
 
 SIZES = [9, 12, 7, 10]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(cmd: list[str], url: str, cwd=None) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc
-        except OSError as e:
-            if getattr(e, "code", None):  # the server answered (even with an HTTP error)
-                return proc
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server {cmd} did not come up at {url}")
 
 
 @pytest.fixture(scope="module")
@@ -47,39 +20,20 @@ def local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http_root(local):
-    port = _free_port()
-    proc = _serve([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                  f"http://127.0.0.1:{port}/", cwd=local[0].parent)  # fmt: skip
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
+    with http_server(local[0].parent) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def s3(local):
-    port = _free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    proc = _serve(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/"
-    )
-    options = {"endpoint_url": f"http://127.0.0.1:{port}"}
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bucket")
-    for path in local:
-        fs.put_file(str(path), f"bucket/cc/{path.name}")
-    fs.pipe_file(
-        "bucket/cc/sizes.json", ("{" + ", ".join(f'"{p.name}": {n}' for p, n in zip(local, SIZES)) + "}").encode()
-    )
-    yield options
-    proc.kill()
-    proc.wait()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with s3_server() as options:
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("bucket")
+        for path in local:
+            fs.put_file(str(path), f"bucket/cc/{path.name}")
+        sizes = "{" + ", ".join(f'"{p.name}": {n}' for p, n in zip(local, SIZES)) + "}"
+        fs.pipe_file("bucket/cc/sizes.json", sizes.encode())
+        yield options
 
 
 def _loader(patterns, storage_options=None, rank=0, world=1, workers=2):

@@ -171,22 +171,14 @@ def bf_sample(i):
 
 def test_clip_benchmark_webdataset_over_http(tmp_path):
     """The same folder served by a local ``http.server``: the same samples, metadata files read over HTTP."""
-    import sys
-
-    from tests.data.test_streaming_remote import _free_port, _serve
+    from tests.servers import http_server
 
     root = bf.clip_benchmark_wds(tmp_path / "wds_pets", n=4, shards=2)
-    port = _free_port()
-    proc = _serve([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                  f"http://127.0.0.1:{port}/", cwd=tmp_path)  # fmt: skip
-    try:
-        remote = open_benchmark("wds", f"http://127.0.0.1:{port}/wds_pets", "test")
+    with http_server(tmp_path) as url:
+        remote = open_benchmark("wds", f"{url}/wds_pets", "test")
         assert remote.classnames == ["cat", "dog", "bird"] and remote.size() is None
         local = list(open_benchmark("wds", root, "test"))
         got = list(remote)
         assert [s.label for s in got] == [s.label for s in local] and [s.image for s in got] == [s.image for s in local]
         with pytest.raises(FileNotFoundError, match="no 'train' shards in http://127.0.0.1"):
-            list(open_benchmark("wds", f"http://127.0.0.1:{port}/wds_pets", "train"))
-    finally:
-        proc.kill()
-        proc.wait()
+            list(open_benchmark("wds", f"{url}/wds_pets", "train"))

@@ -6,12 +6,11 @@ that says to stream it."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from tests.conftest import load_recipe
-from tests.data.test_streaming_remote import _free_port, _serve
+from tests.servers import http_server, s3_server
 
 pytest.importorskip("aiohttp", reason="HTTP streaming needs aiohttp (pip install -e '.[dev]')")
 s3fs = pytest.importorskip("s3fs", reason="S3 streaming needs s3fs (pip install -e '.[dev]')")
@@ -27,40 +26,19 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http_root(data):
-    import sys
-
-    port = _free_port()
-    proc = _serve([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                  f"http://127.0.0.1:{port}/", cwd=data.root)  # fmt: skip
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
+    with http_server(data.root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def s3_options(data):
-    import sys
-
-    port = _free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                  f"http://127.0.0.1:{port}/")  # fmt: skip
-    options = {"endpoint_url": f"http://127.0.0.1:{port}"}
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bucket")
-    for path in sorted(data.root.iterdir()):
-        if path.suffix in (".tar", ".txt"):
-            fs.put_file(str(path), f"bucket/shapes/{path.name}")
-    yield options
-    proc.kill()
-    proc.wait()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with s3_server() as options:
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("bucket")
+        for path in sorted(data.root.iterdir()):
+            if path.suffix in (".tar", ".txt"):
+                fs.put_file(str(path), f"bucket/shapes/{path.name}")
+        yield options
 
 
 def _names(paths):
