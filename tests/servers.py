@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,18 +54,31 @@ def http_server(root: str | Path) -> Iterator[str]:
 
 
 @contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3 server with test credentials in the environment; yields fsspec ``storage_options``."""
+def s3_server(files: Mapping[str, Path | bytes] | None = None) -> Iterator[dict[str, str]]:
+    """moto's S3 server with test credentials in the environment, holding ``files`` (``"bucket/key"`` ->
+    a local file or bytes); yields fsspec ``storage_options``."""
     port = free_port()
     saved = {k: os.environ.get(k) for k in S3_ENV}
     os.environ.update(S3_ENV)
     try:
         with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                      f"http://127.0.0.1:{port}/"):  # fmt: skip
-            yield {"endpoint_url": f"http://127.0.0.1:{port}"}
+            options = {"endpoint_url": f"http://127.0.0.1:{port}"}
+            _upload(options, files or {})
+            yield options
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _upload(options: dict[str, str], files: Mapping[str, Path | bytes]) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    for bucket in sorted({key.split("/")[0] for key in files}):
+        fs.mkdir(bucket)
+    for key, value in files.items():
+        fs.pipe_file(key, value) if isinstance(value, bytes) else fs.put_file(str(value), key)

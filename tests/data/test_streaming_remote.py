@@ -26,13 +26,8 @@ def http_root(local):
 
 @pytest.fixture(scope="module")
 def s3(local):
-    with s3_server() as options:
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("bucket")
-        for path in local:
-            fs.put_file(str(path), f"bucket/cc/{path.name}")
-        sizes = "{" + ", ".join(f'"{p.name}": {n}' for p, n in zip(local, SIZES)) + "}"
-        fs.pipe_file("bucket/cc/sizes.json", sizes.encode())
+    sizes = "{" + ", ".join(f'"{p.name}": {n}' for p, n in zip(local, SIZES)) + "}"
+    with s3_server({**{f"bucket/cc/{p.name}": p for p in local}, "bucket/cc/sizes.json": sizes.encode()}) as options:
         yield options
 
 

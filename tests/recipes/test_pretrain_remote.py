@@ -32,12 +32,8 @@ def http_root(data):
 
 @pytest.fixture(scope="module")
 def s3_options(data):
-    with s3_server() as options:
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("bucket")
-        for path in sorted(data.root.iterdir()):
-            if path.suffix in (".tar", ".txt"):
-                fs.put_file(str(path), f"bucket/shapes/{path.name}")
+    files = {f"bucket/shapes/{p.name}": p for p in sorted(data.root.iterdir()) if p.suffix in (".tar", ".txt")}
+    with s3_server(files) as options:
         yield options
 
 
