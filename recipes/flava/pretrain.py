@@ -25,7 +25,8 @@ Features and the config keys that control them:
   (FSDP2) | ``none``; ``precision`` = ``fp32`` | ``bf16`` | ``fp16``; ``activation_checkpointing``;
   ``compile`` = ``none`` | ``layers`` | ``step`` (the whole step as one graph: the masked objectives
   predict a fixed budget of positions, ``FLAVAForPreTraining.set_static_shapes``; one process);
-  ``meta_init`` (built on the meta device, each FSDP2 rank materialising only its shard); AdamW with linear warmup then cosine (``optim.*``; the image tokenizer is frozen, not optimised).
+  ``meta_init`` (built on the meta device, each FSDP2 rank materialising only its shard); AdamW with
+  linear warmup then cosine (``optim.*``; the image tokenizer is frozen, not optimised).
 * image tokenizer (MIM targets): ``model.codebook.checkpoint`` = a dVAE trained with
   ``recipes/dalle/train_tokenizer.py`` (its vocabulary and input size then set the codebook's) or a
   DALL-E encoder; shards with cached ids (``python -m mmkit.tokenizers.cache``) are used
