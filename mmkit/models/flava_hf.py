@@ -591,19 +591,14 @@ def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
         **overrides: :class:`FLAVAConfig` fields that do not change shapes
             (e.g. ``attention_backend="math"``, dropout).
     """
-    config, _ = _read_hf_config(path)
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
+    config = config_from_hf(json.loads((path / "config.json").read_text()))
     model = load_flava_model(path, config.replace(**overrides)).train()
     if model.load_report.unused:
         logger.warning("%s", model.load_report)
     return model
-
-
-def _read_hf_config(path: str | Path) -> tuple[FLAVAConfig, dict[str, Any]]:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
-    cfg = json.loads((path / "config.json").read_text())
-    return config_from_hf(cfg), cfg
 
 
 def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> FLAVAForPreTraining:
