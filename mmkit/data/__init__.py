@@ -42,12 +42,14 @@ from mmkit.data.tasks import (
     ClassificationCollator,
     ClassificationDataset,
     LabeledPairs,
+    LabeledRows,
     LabeledText,
     ShapesTask,
     collate_classification,
 )
 from mmkit.data.training_sources import HeldOutRecords, TrainingSource, heldout_source
 from mmkit.data.transforms import ImageTransform, ImageTransformConfig
+from mmkit.data.vqa_answers import build_answer_vocab, normalize_answer, vqa_answer_score, vqa_soft_scores
 
 FLAVADataset = SampleDataset
 FLAVABatch = Batch
@@ -69,6 +71,7 @@ __all__ = [
     "ImageTransform",
     "ImageTransformConfig",
     "LabeledPairs",
+    "LabeledRows",
     "LabeledText",
     "Manifest",
     "MixedBatches",
@@ -84,6 +87,7 @@ __all__ = [
     "TextCollator",
     "TextLines",
     "TrainingSource",
+    "build_answer_vocab",
     "collate_classification",
     "decode_image",
     "decode_text",
@@ -92,10 +96,13 @@ __all__ = [
     "is_url",
     "make_loader",
     "make_stream_loader",
+    "normalize_answer",
     "pad_sequences",
     "read_table",
     "read_token_info",
     "recipe_data_paths",
     "resolve_shards",
     "shapes_dataset",
+    "vqa_answer_score",
+    "vqa_soft_scores",
 ]

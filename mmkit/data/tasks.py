@@ -27,6 +27,7 @@ from mmkit.data.builtin import COLORS, COUNT_WORDS, SHAPES
 from mmkit.data.collators import pad_sequences
 from mmkit.data.loader import Skipped
 from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text, read_table
+from mmkit.data.vqa_answers import build_answer_vocab, vqa_soft_scores
 from mmkit.utils.errors import InputError, MissingError
 
 COLOR_NAMES = tuple(COLORS)
@@ -105,53 +106,6 @@ def parse_labels(
     if unknown:
         raise InputError(f"{where}: labels {unknown[:5]} are not among the classes {list(labels)[:20]}")
     return [index[str(r)] for r in raw], tuple(str(c) for c in labels)
-
-
-def normalize_answer(answer: str) -> str:
-    """Lower-case, trim and collapse spaces (a simplified form of the VQA evaluation's normalisation,
-    which also rewrites number words and strips articles and punctuation)."""
-    return " ".join(str(answer).lower().strip().split())
-
-
-def vqa_soft_scores(answers: Any, vocab: Sequence[str]) -> list[float]:
-    """Soft targets over an answer vocabulary.
-
-    Args:
-        answers: the human answers to one question (a list of strings; VQA v2 has 10), or a dict
-            ``{answer: score}`` of precomputed scores.
-        vocab: the answer classes.
-
-    Returns:
-        ``len(vocab)`` floats: ``min(1, 0.3 * count)`` per answer, which equals the official VQA
-        accuracy (``min(1, matches / 3)`` averaged over the 10 leave-one-out subsets of annotators);
-        answers outside the vocabulary are dropped.
-    """
-    index = {a: i for i, a in enumerate(vocab)}
-    scores = [0.0] * len(vocab)
-    if isinstance(answers, dict):
-        for a, v in answers.items():
-            if normalize_answer(a) in index:
-                scores[index[normalize_answer(a)]] = float(v)
-        return scores
-    if isinstance(answers, str):
-        answers = [answers]
-    for a in answers:
-        i = index.get(normalize_answer(a))
-        if i is not None:
-            scores[i] = min(1.0, scores[i] + 0.3)
-    return scores
-
-
-def build_answer_vocab(rows: Sequence[dict[str, Any]], answers_column: str, size: int = 3129) -> tuple[str, ...]:
-    """The ``size`` most frequent answers in ``rows`` (ties broken by name) — 3129 is the usual VQA v2
-    vocabulary (answers given at least 9 times in train+val)."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        answers = row[answers_column]
-        for a in answers if isinstance(answers, list | dict) else [answers]:
-            a = normalize_answer(a)
-            counts[a] = counts.get(a, 0) + 1
-    return tuple(sorted(counts, key=lambda a: (-counts[a], a))[:size])
 
 
 class LabeledText(Source):
@@ -234,7 +188,9 @@ class LabeledPairs(Source):
         rows = read_table(self.path, required=(image_column, text_column, label_col))
         if answers_column:
             self.classes = (
-                tuple(answer_vocab) if answer_vocab else build_answer_vocab(rows, answers_column, answer_vocab_size)
+                tuple(answer_vocab)
+                if answer_vocab
+                else build_answer_vocab((r[answers_column] for r in rows), answer_vocab_size)
             )
             targets = [vqa_soft_scores(r[answers_column], self.classes) for r in rows]
             self.unanswerable = sum(1 for t in targets if not any(t))  # no answer in the vocabulary
@@ -259,6 +215,65 @@ class LabeledPairs(Source):
         except OSError as e:
             raise MissingError(f"{self.path} row {i + 1}: cannot read image {path}: {e}") from None
         return Record(key=image_path, image=data, text=text, label=label)
+
+
+class LabeledRows(Source):
+    """Labelled samples already read from a benchmark's own files (GLUE, VQA v2, SNLI-VE, Hateful Memes:
+    :mod:`mmkit.eval.finetune_tasks`); images stay on disk until a sample is read.
+
+    Args:
+        rows: ``(key, text, text_pair, image_path, label)`` per sample; ``text_pair`` and ``image_path``
+            may be None. A label is a class id, a float (regression) or ``{class id: soft score}`` (VQA:
+            a record's label is then the dense list over ``classes``).
+        classes: class names in id order (None for regression).
+        name: names the source in skip reports.
+        skipped: ``"where: why"`` for each record the reader left out (counted against ``max_bad_fraction``
+            by whoever reads it).
+
+    Reading a sample whose image file is missing raises :class:`~mmkit.utils.MissingError` naming it (the
+    loaders turn that into a counted, named skip).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[tuple[str, str | None, str | None, str | None, Any]],
+        classes: Sequence[str] | None,
+        name: str,
+        skipped: Sequence[str] = (),
+    ) -> None:
+        self._rows, self.name = list(rows), name
+        self.classes = tuple(classes) if classes is not None else None
+        self.skipped = list(skipped)
+        if not self._rows:
+            why = f" ({len(self.skipped)} skipped, e.g. {self.skipped[0]})" if self.skipped else ""
+            raise InputError(f"{name}: no usable record{why}")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def labels(self) -> list[Any]:
+        """Every row's target, in order (no image is read)."""
+        return [row[-1] for row in self._rows]
+
+    def texts(self) -> list[str]:
+        """Every text and text pair, in order (e.g. to learn a vocabulary from)."""
+        return [t for row in self._rows for t in row[1:3] if t]
+
+    def __getitem__(self, i: int) -> Record:
+        key, text, pair, image_path, label = self._rows[i]
+        data = None
+        if image_path is not None:
+            try:
+                data = Path(image_path).read_bytes()
+            except OSError as e:
+                raise MissingError(f"{self.name} {key}: cannot read image {image_path}: {e.strerror or e}") from None
+        if isinstance(label, dict):
+            dense = [0.0] * len(self.classes or ())
+            for c, v in label.items():
+                dense[c] = v
+            label = dense
+        return Record(key=key, image=data, text=text, label=label, meta={"text_pair": pair})
 
 
 class ClassificationDataset(Dataset):
