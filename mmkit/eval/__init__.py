@@ -5,6 +5,7 @@ Benchmark readers: :mod:`mmkit.eval.benchmarks`; cached features: :mod:`mmkit.ev
 """
 
 from mmkit.eval.features import FeatureCache
+from mmkit.eval.finetune_tasks import FINETUNE_TASKS, FinetuneTask, finetune_task, open_task_split
 from mmkit.eval.health import HealthConfig, HealthMonitor, mean_pairwise_cosine
 from mmkit.eval.loading import eval_transform, load_encoders
 from mmkit.eval.metrics import (
@@ -23,7 +24,9 @@ from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "FINETUNE_TASKS",
     "FeatureCache",
+    "FinetuneTask",
     "HealthConfig",
     "HealthMonitor",
     "ProbeResult",
@@ -33,12 +36,14 @@ __all__ = [
     "class_embeddings",
     "eval_transform",
     "f1_score",
+    "finetune_task",
     "fit_linear_probe",
     "load_encoders",
     "load_suite",
     "matthews_corrcoef",
     "mean_pairwise_cosine",
     "multi_caption_retrieval",
+    "open_task_split",
     "pearson",
     "retrieval_recall",
     "run_suite",

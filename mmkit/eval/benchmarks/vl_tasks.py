@@ -1,0 +1,182 @@
+"""FLAVA's three finetuned multimodal tasks read from their released files (facts in ``docs/EVALUATION.md``).
+
+* **VQA v2** (``path``: the folder with the JSON files; ``images``: the COCO image root, default
+  ``path``): ``v2_OpenEnded_mscoco_{train,val}2014_questions.json`` (``questions[] = {image_id, question,
+  question_id}``) with ``v2_mscoco_{train,val}2014_annotations.json`` (``annotations[] = {question_id,
+  image_id, multiple_choice_answer, answers[] = {answer, ...}}``); images
+  ``<images>/{train,val}2014/COCO_{train,val}2014_<image_id:012d>.jpg``. Splits ``train`` and ``val``.
+  Answers are normalised as the official evaluation does (:mod:`mmkit.data.vqa_answers`); the vocabulary
+  is the ``answer_vocab_size`` most frequent normalised ``multiple_choice_answer`` s over train + val
+  (3,129 by default, the common choice), the target each question's soft scores over it.
+* **SNLI-VE** (``path``: the folder with ``snli_ve_{train,dev,test}.jsonl``): each line's
+  ``Flickr30K_ID``, ``sentence2`` (the hypothesis) and ``gold_label``; images
+  ``<images>/<Flickr30K_ID>.jpg`` where ``images`` defaults to the first of ``Flickr30K/flickr30k_images``,
+  ``flickr30k_images``, ``images`` under ``path`` that exists.
+* **Hateful Memes** (``path``: the folder with ``{train,dev_seen,test_seen,dev_unseen,test_unseen}.jsonl``
+  and ``img/``): each line's ``img`` (relative to ``path``), ``text`` and ``label`` (1 = hateful).
+
+A question whose annotation is missing (or an annotation without a question), a line that is not JSON, a
+row without its fields or with an unknown label is a named skip; a file of another task or split is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmkit.data.tasks import LabeledRows
+from mmkit.data.vqa_answers import normalize_answer, vqa_sparse_scores
+from mmkit.eval.benchmarks.base import BenchmarkFormatError
+from mmkit.utils.errors import InputError, MissingError
+
+VQA_SPLITS = {"train": "train2014", "val": "val2014"}
+SNLI_VE_CLASSES = ("contradiction", "entailment", "neutral")
+HATEFUL_MEMES_CLASSES = ("not_hateful", "hateful")
+
+
+def _load_json(file: Path, fields: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not file.is_file():
+        raise MissingError(f"{what}: {file} does not exist")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchmarkFormatError(file, f"is not a JSON file ({e})") from None
+    if not isinstance(data, dict) or any(f not in data for f in fields):
+        found = ", ".join(data) if isinstance(data, dict) else type(data).__name__
+        raise BenchmarkFormatError(file, f"is not {what}: expected the fields {', '.join(fields)} (found {found})")
+    return data
+
+
+def _vqa_files(path: Path, split: str) -> tuple[Path, Path]:
+    if split not in VQA_SPLITS:
+        raise InputError(f"VQA v2 split {split!r} has no public answers here: choose train or val")
+    sub = VQA_SPLITS[split]
+    names = (f"v2_OpenEnded_mscoco_{sub}_questions.json", f"v2_mscoco_{sub}_annotations.json")
+    found = []
+    for name in names:
+        where = [d / name for d in (path, path / "questions", path / "annotations", path / "Questions",
+                                    path / "Annotations") if (d / name).is_file()]  # fmt: skip
+        if not where:
+            raise MissingError(f"VQA v2 {split}: no {name} under {path} (or its questions/ and annotations/)")
+        found.append(where[0])
+    return found[0], found[1]
+
+
+def _vqa_annotations(path: Path, split: str) -> tuple[list[dict], dict[int, dict], Path, Path]:
+    qfile, afile = _vqa_files(path, split)
+    questions = _load_json(qfile, ("questions",), f"a VQA v2 questions file ({qfile.name})")
+    annotations = _load_json(afile, ("annotations",), f"a VQA v2 annotations file ({afile.name})")
+    for data, file in ((questions, qfile), (annotations, afile)):
+        sub = data.get("data_subtype")
+        if sub is not None and sub != VQA_SPLITS[split]:
+            raise BenchmarkFormatError(file, f"holds the {sub} split, not {VQA_SPLITS[split]} ({split!r})")
+    by_id = {a.get("question_id"): a for a in annotations["annotations"] if isinstance(a, dict)}
+    return questions["questions"], by_id, qfile, afile
+
+
+def vqa_answer_vocab(path: str | Path, size: int = 3129) -> tuple[str, ...]:
+    """The ``size`` most frequent normalised ``multiple_choice_answer`` s over VQA v2's train and val
+    annotations (ties by name)."""
+    counts: dict[str, int] = {}
+    for split in VQA_SPLITS:
+        _, by_id, _, _ = _vqa_annotations(Path(path), split)
+        for a in by_id.values():
+            if "multiple_choice_answer" in a:
+                key = normalize_answer(a["multiple_choice_answer"])
+                counts[key] = counts.get(key, 0) + 1
+    return tuple(sorted(counts, key=lambda a: (-counts[a], a))[:size])
+
+
+def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
+               classes: tuple[str, ...] | None = None, answer_vocab_size: int = 3129) -> LabeledRows:  # fmt: skip
+    """One VQA v2 split: rows ``(question_id, question, None, image path, {class id: soft score})`` over ``classes``
+    (default :func:`vqa_answer_vocab`). Questions whose answers all fall outside the vocabulary are kept
+    (their target is all zeros, as in training on the usual 3,129 answers)."""
+    path = Path(path)
+    questions, by_id, qfile, afile = _vqa_annotations(path, split)
+    vocab = classes or vqa_answer_vocab(path, answer_vocab_size)
+    sub, root = VQA_SPLITS[split], Path(images) if images else path
+    index = {a: i for i, a in enumerate(vocab)}
+    rows, skipped, asked = [], [], {q.get("question_id") for q in questions if isinstance(q, dict)}
+    for q in questions:
+        qid = q.get("question_id") if isinstance(q, dict) else None
+        if qid is None or "image_id" not in q or "question" not in q:
+            skipped.append(f"{qfile.name}: a question without question_id, image_id or question ({q!r:.80})")
+            continue
+        ann = by_id.get(qid)
+        if ann is None or not isinstance(ann.get("answers"), list):
+            skipped.append(f"{qfile.name}: question {qid} has no annotation with answers in {afile.name}")
+            continue
+        image = root / sub / f"COCO_{sub}_{int(q['image_id']):012d}.jpg"
+        rows.append((f"q{qid}", str(q["question"]), None, str(image), vqa_sparse_scores(ann["answers"], index)))
+    skipped += [f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
+                for qid in by_id if qid not in asked]  # fmt: skip
+    return LabeledRows(rows, vocab, f"vqav2 {split}", skipped)
+
+
+def _jsonl(file: Path, fields: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """``(line number, object)`` per line with every field; a line that is not JSON or lacks a field is
+    a skip, but a first line without them means the file is another one (an error)."""
+    if not file.is_file():
+        raise MissingError(f"{what}: {file} does not exist")
+    rows, skipped = [], []
+    for n, line in enumerate(file.read_text(encoding="utf-8-sig").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            skipped.append(f"{file.name}:{n}: not JSON ({e.msg})")
+            continue
+        missing = [f for f in fields if not isinstance(obj, dict) or f not in obj]
+        if missing and not rows and not skipped:
+            found = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise BenchmarkFormatError(file, f"is not {what}: its lines need {', '.join(fields)} (found {found})")
+        if missing:
+            skipped.append(f"{file.name}:{n}: no {', '.join(missing)}")
+            continue
+        rows.append((n, obj))
+    return rows, skipped
+
+
+def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None) -> LabeledRows:
+    """One SNLI-VE split (``train``, ``dev``, ``test``): rows ``(pairID, hypothesis, None, image, class)``."""
+    if split not in ("train", "dev", "test"):
+        raise InputError(f"SNLI-VE has no split {split!r}: choose train, dev or test")
+    path = Path(path)
+    name = f"snli_ve_{split}.jsonl"
+    file = next((d / name for d in (path, path / "data") if (d / name).exists()), path / name)
+    lines, skipped = _jsonl(file, ("Flickr30K_ID", "sentence2", "gold_label"), f"an SNLI-VE {split} file")
+    if images is None:
+        candidates = [path / "Flickr30K" / "flickr30k_images", path / "flickr30k_images", path / "images"]
+        images = next((c for c in candidates if c.is_dir()), candidates[0])
+    rows = []
+    for n, obj in lines:
+        label = obj["gold_label"]
+        if label not in SNLI_VE_CLASSES:
+            skipped.append(f"{file.name}:{n}: gold_label {label!r} is not one of {', '.join(SNLI_VE_CLASSES)}")
+            continue
+        image = Path(images) / f"{obj['Flickr30K_ID']}.jpg"
+        key = str(obj.get("pairID", f"{file.name}:{n}"))
+        rows.append((key, str(obj["sentence2"]), None, str(image), SNLI_VE_CLASSES.index(label)))
+    return LabeledRows(rows, SNLI_VE_CLASSES, f"snli_ve {split}", skipped)
+
+
+def read_hateful_memes(path: str | Path, split: str) -> LabeledRows:
+    """One Hateful Memes split (``train``, ``dev_seen``, ``test_seen``, ``dev_unseen``, ``test_unseen``):
+    rows ``(id, text, None, image, label)`` with label 1 = hateful."""
+    valid = ("train", "dev_seen", "test_seen", "dev_unseen", "test_unseen")
+    if split not in valid:
+        raise InputError(f"Hateful Memes has no split {split!r}: choose {', '.join(valid)}")
+    path = Path(path)
+    file = path / f"{split}.jsonl"
+    lines, skipped = _jsonl(file, ("img", "text", "label"), f"a Hateful Memes {split} file")
+    rows = []
+    for n, obj in lines:
+        if obj["label"] not in (0, 1):
+            skipped.append(f"{file.name}:{n}: label {obj['label']!r} is not 0 or 1")
+            continue
+        key = str(obj.get("id", f"{file.name}:{n}"))
+        rows.append((key, str(obj["text"]), None, str(path / obj["img"]), int(obj["label"])))
+    return LabeledRows(rows, HATEFUL_MEMES_CLASSES, f"hateful_memes {split}", skipped)
