@@ -13,6 +13,13 @@ Features and their config keys:
   ``modality`` (``image`` CLS_I, ``text`` CLS_T,
   ``multimodal`` CLS_M); ``problem_type`` (``single_label``, ``multi_label``, ``regression``); the
   paper's 2-layer head, ``head_hidden`` 1536.
+* named benchmarks: ``task`` = ``glue:<cola|sst2|mrpc|qqp|stsb|mnli|qnli|rte>``, ``vqav2``,
+  ``snli_ve`` or ``hateful_memes`` with ``path`` = the dataset's folder as released (``glue_data/`` or
+  the hub's parquet, VQA v2's JSON files with ``images`` = the COCO root, SNLI-VE's JSONL, Hateful
+  Memes' JSONL): the task sets the encoder, problem type and metrics, selects the best step on its
+  selection split and reports all its metrics there (MNLI: ``accuracy_matched`` and
+  ``accuracy_mismatched``; ``mmkit.eval.finetune_tasks``). Shipped recipes: ``configs/paper/<task>.yaml``
+  (``epochs`` and ``warmup_fraction`` become step counts on the training split).
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,
   ``shapes:entailment``), ``folder`` (image classes in subfolders: ``train_path``/``val_path``),
   ``text`` (CSV/JSONL: ``text_column``, ``text_pair_column`` for GLUE-style sentence pairs,
@@ -29,14 +36,16 @@ Features and their config keys:
   ``optim.total_steps``, ``optim.grad_accum``, clipping), ``precision`` = ``fp32`` | ``bf16`` |
   ``fp16``, ``distributed`` = ``ddp`` | ``fsdp`` | ``none``, ``checkpoint.every/keep/resume``,
   non-finite steps skipped and bounded by ``max_nonfinite``, SIGTERM saves and exits.
-* evaluation: ``metric`` (accuracy, f1, mcc, auroc, pearson, spearman, vqa_accuracy) on the
-  validation split every ``eval_every`` steps; the best model is exported to ``<run_dir>/best``
-  (a gathered full state dict under FSDP2); ``results.json`` at the end.
+* evaluation: ``metric`` (accuracy, f1, matthews or mcc, auroc, pearson, spearman, vqa_accuracy) on
+  the validation split every ``eval_every`` steps; the best model is exported to ``<run_dir>/best``
+  (a gathered full state dict under FSDP2); ``results.json`` at the end (``metrics``: the reported
+  metrics at the best step).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -51,6 +60,7 @@ from mmkit.data import (
     TASKS,
     ClassificationCollator,
     ClassificationDataset,
+    DataQualityError,
     ImageFolder,
     ImageTransform,
     ImageTransformConfig,
@@ -62,7 +72,18 @@ from mmkit.data import (
     read_table,
     shapes_dataset,
 )
-from mmkit.eval import accuracy, auroc, f1_score, matthews_corrcoef, pearson, spearman, vqa_soft_accuracy
+from mmkit.eval import (
+    FINETUNE_TASKS,
+    accuracy,
+    auroc,
+    f1_score,
+    finetune_task,
+    matthews_corrcoef,
+    open_task_split,
+    pearson,
+    spearman,
+    vqa_soft_accuracy,
+)
 from mmkit.models import FLAVAConfig, flava_model_for_classification, init_towers, resolve_tower_configs
 from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.train import (
@@ -80,10 +101,10 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import InputError, at_least, choice, fraction
+from mmkit.utils import InputError, at_least, choice, fraction, positive
 from mmkit.utils import load_config as load_recipe_config
 
-METRICS = ("accuracy", "f1", "mcc", "auroc", "pearson", "spearman", "vqa_accuracy")
+METRICS = ("accuracy", "f1", "matthews", "mcc", "auroc", "pearson", "spearman", "vqa_accuracy")  # mcc = matthews
 
 
 @dataclass
@@ -98,6 +119,8 @@ class FinetuneConfig:
     num_classes: int | None = at_least(1, None)  # None: from the task
     head_hidden: int = at_least(1, 1536)
     task: str = "shapes:color"
+    path: str | None = None  # a named benchmark task (glue:*, vqav2, snli_ve, hateful_memes): its folder
+    images: str | None = None  # vqav2 / snli_ve: the image folder, when not under path
     train_path: str | None = None
     val_path: str | None = None
     text_column: str = "text"
@@ -111,6 +134,8 @@ class FinetuneConfig:
     image_size: int | None = at_least(1, None)  # None: the model's
     max_length: int = at_least(1, 32)
     batch_size: int = at_least(1, 32)  # per rank
+    epochs: float | None = positive(None)  # set: optim.total_steps = epochs over the training split
+    warmup_fraction: float | None = fraction(None)  # set: optim.warmup_steps = this share of the steps
     num_workers: int = at_least(0, 0)
     max_bad_fraction: float = fraction(0.01)
     optim: OptimConfig = field(
@@ -127,6 +152,7 @@ class FinetuneConfig:
 
 
 FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "num_classes", "head_hidden", "task",
+          "path", "images", "epochs", "warmup_fraction",
           "train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
           "answers_column", "answer_vocab", "answer_vocab_size", "tokenizer", "image_size", "max_length",
           "batch_size", "num_workers", "optim.grad_accum", "metric")  # fmt: skip
@@ -135,6 +161,15 @@ FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "n
 def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
+    if cfg.task in FINETUNE_TASKS:  # a named benchmark brings its encoder, problem type and metric
+        task = finetune_task(cfg.task)
+        if not cfg.path:
+            raise InputError(f"task {cfg.task} reads its released files: set path= to the dataset's folder")
+        cfg.modality, cfg.problem_type, cfg.metric = task.modality, task.problem_type, task.metrics[0]
+        return cfg
+    if ":" in cfg.task and not cfg.task.startswith("shapes:"):
+        raise InputError(f"unknown task {cfg.task!r}: choose shapes:<name>, folder, text, pairs or one of "
+                         f"{', '.join(FINETUNE_TASKS)}")  # fmt: skip
     if (cfg.metric in ("pearson", "spearman")) != (cfg.problem_type == "regression"):
         raise InputError(
             f"metric {cfg.metric!r} does not fit problem_type {cfg.problem_type!r}: regression takes "
@@ -157,7 +192,7 @@ def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> flo
         return accuracy(preds, labels)
     if name == "f1":
         return f1_score(preds, labels, average="binary" if logits.shape[-1] == 2 else "macro")
-    if name == "mcc":
+    if name in ("matthews", "mcc"):
         return matthews_corrcoef(preds, labels)
     return auroc(logits.softmax(-1)[:, 1], labels)
 
@@ -169,13 +204,15 @@ class Progress:
     history: list = field(default_factory=list)
     best: list | None = None
     start: float | None = None
+    reported: dict[str, float] = field(default_factory=dict)  # the task's reported metrics at the best step
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start}
+        return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start,
+                "reported": dict(self.reported)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [tuple(h) for h in state["history"]]
-        self.best, self.start = state["best"], state["start"]
+        self.best, self.start, self.reported = state["best"], state["start"], dict(state.get("reported", {}))
 
 
 class FinetuneRecipe:
@@ -187,10 +224,16 @@ class FinetuneRecipe:
         cfg = self.cfg
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
-        self.tokenizer = self._tokenizer() if cfg.modality != "image" else None
+        self.report_sources: dict[str, Any] = {}
         train, val, classes = self._sources()
+        self.tokenizer = self._tokenizer(train) if cfg.modality != "image" else None
         self.raw_model = self._model(cfg.num_classes or len(classes)).to(ctx.device)
+        positions = self.raw_model.model.config.text.max_positions
+        if self.tokenizer is not None and cfg.max_length > positions:
+            raise InputError(f"max_length {cfg.max_length} exceeds the text encoder's {positions} positions: "
+                             f"set max_length={positions} or less")  # fmt: skip
         self._setup_data(train, val)
+        self._derive_schedule()
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
@@ -246,8 +289,23 @@ class FinetuneRecipe:
         self.stream = MixedBatches({"train": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction)
         self.val_loader = make_loader(self.val_ds, collate, cfg.batch_size, shuffle=False, repeat=False,
                                       drop_last=False, num_workers=cfg.num_workers)  # fmt: skip
+        self.report_loaders = {}
+        for split, source in self.report_sources.items():
+            ds = ClassificationDataset(source, cfg.modality, transform, self.tokenizer)
+            loader = make_loader(ds, collate, cfg.batch_size, shuffle=False, repeat=False, drop_last=False,
+                                 num_workers=cfg.num_workers)  # fmt: skip
+            self.report_loaders[split] = (loader, len(ds))
 
-    def _tokenizer(self) -> TextTokenizer:
+    def _derive_schedule(self) -> None:
+        """``epochs`` / ``warmup_fraction`` set: the step counts they mean on this training split."""
+        cfg, world = self.cfg, self.ctx.info.world_size
+        if cfg.epochs:
+            per_step = cfg.batch_size * world * cfg.optim.grad_accum
+            cfg.optim.total_steps = max(1, math.ceil(cfg.epochs * len(self.train_ds) / per_step))
+        if cfg.warmup_fraction is not None:
+            cfg.optim.warmup_steps = int(cfg.warmup_fraction * cfg.optim.total_steps)
+
+    def _tokenizer(self, train) -> TextTokenizer:
         cfg = self.cfg
         if cfg.tokenizer:
             return TextTokenizer.from_pretrained(cfg.tokenizer, max_length=cfg.max_length)
@@ -262,11 +320,14 @@ class FinetuneRecipe:
         if cfg.task.startswith("shapes:"):
             tokenizer = train_wordpiece(shapes_dataset().text, 1000, min_frequency=1, max_length=cfg.max_length)
         else:
-            rows = read_table(cfg.train_path, required=(cfg.text_column,))
-            columns = [c for c in (cfg.text_column, cfg.text_pair_column) if c]
+            if cfg.task in FINETUNE_TASKS:
+                texts = train.texts()
+            else:
+                rows = read_table(cfg.train_path, required=(cfg.text_column,))
+                texts = [str(r[c]) for r in rows for c in (cfg.text_column, cfg.text_pair_column) if c]
             with tempfile.TemporaryDirectory() as tmp:
                 corpus = Path(tmp) / "train.txt"
-                corpus.write_text("\n".join(str(r[c]) for r in rows for c in columns), encoding="utf-8")
+                corpus.write_text("\n".join(texts), encoding="utf-8")
                 tokenizer = train_wordpiece([corpus], 1000, min_frequency=1, max_length=cfg.max_length)
         if self.ctx.is_main:
             tokenizer.save(self.run_dir / "tokenizer")
@@ -274,6 +335,8 @@ class FinetuneRecipe:
 
     def _sources(self):
         cfg = self.cfg
+        if cfg.task in FINETUNE_TASKS:
+            return self._named_sources()
         if cfg.task.startswith("shapes:"):
             name = cfg.task.split(":", 1)[1]
             if name not in TASKS:
@@ -294,6 +357,28 @@ class FinetuneRecipe:
             return train, val, train.classes
         return train, val, list(range(max(int(y) for y in train.labels) + 1))  # integer class ids
 
+    def _named_sources(self):
+        """A named benchmark's training, selection and report splits, read from ``path`` (one read each)."""
+        cfg, task = self.cfg, finetune_task(self.cfg.task)
+        keys = {k: getattr(cfg, k) for k in task.keys}
+        opened: dict[str, Any] = {}
+
+        def split(name: str, classes: Any = None):
+            if name not in opened:
+                opened[name] = open_task_split(task, cfg.path, name, max_bad_fraction=cfg.max_bad_fraction,
+                                               classes=classes, **keys)  # fmt: skip
+            return opened[name]
+
+        train = split(task.train)
+        val = split(task.select, train.classes)
+        self.report_sources = {s: split(s, train.classes) for s in task.report.values() if s != task.select}
+        self.skipped = {name: len(rows.skipped) for name, rows in opened.items()}
+        for name, rows in opened.items():
+            if rows.skipped and self.ctx.is_main:
+                shown = "; ".join(rows.skipped[:3]) + ("; ..." if len(rows.skipped) > 3 else "")
+                print(f"{cfg.task} {name}: {len(rows.skipped)} record(s) skipped: {shown}", flush=True)
+        return train, val, list(train.classes) if train.classes else [0]
+
     def _labeled_sources(self):
         cfg, regression = self.cfg, self.cfg.problem_type == "regression"
         if cfg.task == "text":
@@ -312,12 +397,13 @@ class FinetuneRecipe:
         return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes, **kw)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """The metric on the whole validation split (every rank evaluates it: FSDP2 needs them all)."""
+    def _predict(self, loader, size: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels over a whole split (every rank runs it: FSDP2 needs them all); unreadable
+        records are skipped, bounded by ``max_bad_fraction``."""
         model = unwrap(self.model)
         model.eval()
         logits, labels, skipped = [], [], 0
-        for batch, bad in self.val_loader:
+        for batch, bad in loader:
             skipped += len(bad)
             if batch is None:
                 continue
@@ -326,9 +412,31 @@ class FinetuneRecipe:
             with autocast(self.cfg.precision, self.ctx.device):
                 logits.append(model(**batch).logits.float().cpu())
         model.train()
-        if not logits:
-            raise InputError(f"none of the {len(self.val_ds)} validation records could be read ({skipped} skipped)")
-        return compute_metric(self.cfg.metric, torch.cat(logits), torch.cat(labels))
+        if not logits or skipped / size > self.cfg.max_bad_fraction:
+            raise DataQualityError(
+                f"{skipped} of the {size} {split} records could not be read (max_bad_fraction "
+                f"{self.cfg.max_bad_fraction:.1%}): fix the files or raise max_bad_fraction"
+            )
+        return torch.cat(logits), torch.cat(labels)
+
+    def evaluate(self) -> float:
+        """The selection metric on the whole validation split."""
+        return compute_metric(self.cfg.metric, *self._predict(self.val_loader, len(self.val_ds), "validation"))
+
+    def _report(self, val: tuple[torch.Tensor, torch.Tensor], value: float) -> dict[str, float]:
+        """A named task's reported metrics (its report splits, all its metrics) at this step; else the metric."""
+        if self.cfg.task not in FINETUNE_TASKS:
+            return {self.cfg.metric: value}
+        task, out = finetune_task(self.cfg.task), {}
+        for suffix, split in task.report.items():
+            if split == task.select:
+                outputs = val
+            else:
+                loader, size = self.report_loaders[split]
+                outputs = self._predict(loader, size, split)
+            for m in task.metrics:
+                out[m if not suffix else f"{m}_{suffix}"] = compute_metric(m, *outputs)
+        return out
 
     def train(self) -> dict[str, Any]:
         """Train for ``optim.total_steps`` steps, evaluating every ``eval_every``; resumable."""
@@ -340,14 +448,16 @@ class FinetuneRecipe:
         next_batch = lambda: {k: v.to(device) for k, v in next(self.stream).items()}  # noqa: E731
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(next_batch, _forward, step),
-            on_log=self._log, on_eval=self._on_eval, desc="finetune", **loop_options(cfg),
+            on_log=self._log, on_eval=self._on_eval, desc=f"finetune {cfg.task}", **loop_options(cfg),
         )  # fmt: skip
         if not done:
             return {}
         if not p.history or p.history[-1][0] != self.state.step:
             self._on_eval(self.state.step)
-        results = {"metric": cfg.metric, "start": p.start, "best_step": p.best[0], "best": p.best[1],
-                   "final": p.history[-1][1], "history": p.history, "init_from": cfg.init_from}  # fmt: skip
+        results = {"task": cfg.task, "metric": cfg.metric, "start": p.start, "best_step": p.best[0],
+                   "best": p.best[1], "final": p.history[-1][1], "metrics": p.reported,
+                   "skipped": getattr(self, "skipped", {}), "history": p.history,
+                   "init_from": cfg.init_from}  # fmt: skip
         if self.ctx.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)
@@ -358,11 +468,13 @@ class FinetuneRecipe:
                                 "samples_per_s": record["samples_per_s"]})  # fmt: skip
 
     def _on_eval(self, step: int) -> None:
-        value, p = self.evaluate(), self.progress
+        p = self.progress
+        val = self._predict(self.val_loader, len(self.val_ds), "validation")
+        value = compute_metric(self.cfg.metric, *val)
         p.history.append((step, value))
         self.metrics.log(step, {self.cfg.metric: value}, split="eval")
         if p.best is None or value > p.best[1]:
-            p.best = [step, value]
+            p.best, p.reported = [step, value], self._report(val, value)
             self._save_best()
 
     def _save_best(self) -> None:
