@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from mmkit.eval.retrieval import multi_caption_retrieval
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES
 from mmkit.utils.errors import InputError, MissingError
 
-KINDS = ("zero_shot", "linear_probe", "retrieval")
+KINDS = ("zero_shot", "linear_probe", "retrieval", "finetune")
 
 #: The published FLAVA numbers (percent) the table prints beside a task of the same name: Singh et al.
 #: 2022, Table 4, as recorded in docs/FLAVA.md ("Published results").
@@ -51,8 +52,10 @@ PAPER: dict[str, dict[str, float]] = {
     "coco": {"image_to_text_r1": 42.74, "text_to_image_r1": 38.38},
     "flickr30k": {"image_to_text_r1": 67.70, "text_to_image_r1": 65.22},
 }
-#: The paper's vision average over its 22 linear-probe tasks (Table 4, docs/FLAVA.md).
+#: The paper's vision average over its 22 linear-probe tasks and NLP average over its 8 GLUE tasks
+#: (Table 4, docs/FLAVA.md).
 PAPER_VISION_AVERAGE = 79.44
+PAPER_NLP_AVERAGE = 78.19
 
 
 @dataclass
@@ -68,20 +71,23 @@ class SuiteTask:
     templates: str | list[str] | None = None
     paper: dict[str, float] | float | None = None
     keys: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None  # kind finetune: the named task (``glue:cola``, ``vqav2``, ...)
 
     def open(self, split: str | None = None) -> BenchmarkSet:
         return open_benchmark(self.layout, self.path, split or self.split, **self.keys)
 
 
-def load_suite(path: str | Path, data_root: str | None = None) -> list[SuiteTask]:
+def load_suite(path: str | Path, data_root: str | None = None,
+               finetune_keys: set[str] | None = None) -> list[SuiteTask]:  # fmt: skip
     """Read and check a suite file; every problem is reported at once, naming the task and the key.
 
+    Args:
+        finetune_keys: the keys a ``kind: finetune`` entry may set (the finetuning recipe's); None: any.
+
     Raises:
-        ValueError: unknown kinds, layouts or keys, missing fields, duplicate names.
+        ValueError: unknown kinds, layouts, tasks or keys, missing fields, duplicate names.
     """
     import yaml
-
-    from mmkit.eval.benchmarks import LAYOUTS
 
     path = Path(path)
     if not path.is_file():
@@ -94,37 +100,62 @@ def load_suite(path: str | Path, data_root: str | None = None) -> list[SuiteTask
         raise InputError(f"suite file {path} must hold a mapping with a 'tasks' list")
     root = Path(data_root or data.get("root") or path.parent)
     tasks, problems, seen = [], [], set()
-    common = {"name", "kind", "layout", "path", "split", "train_split", "templates", "paper"}
     for i, entry in enumerate(data["tasks"]):
         where = f"tasks[{i}]" + (f" ({entry.get('name')})" if isinstance(entry, dict) and entry.get("name") else "")
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: must be a mapping")
+        task = _suite_task(entry, where, root, finetune_keys, problems)
+        if task is None:
             continue
-        missing = [k for k in ("name", "kind", "layout", "path") if k not in entry]
-        if missing:
-            problems.append(f"{where}: missing {', '.join(missing)}")
-            continue
-        if entry["kind"] not in KINDS:
-            problems.append(f"{where}: kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
-        if entry["layout"] not in LAYOUTS:
-            problems.append(f"{where}: layout {entry['layout']!r} is not one of {', '.join(LAYOUTS)}")
-            continue
-        keys = {k: v for k, v in entry.items() if k not in common}
-        unknown = sorted(set(keys) - set(layout_keys(entry["layout"])))
-        if unknown:
-            valid = ", ".join(sorted(common | set(layout_keys(entry["layout"]))))
-            problems.append(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {valid})")
-        if entry["name"] in seen:
-            problems.append(f"{where}: the name {entry['name']!r} is used twice")
-        seen.add(entry["name"])
-        p = str(entry["path"])
-        p = p if "://" in p or Path(p).is_absolute() else str(root / p)
-        tasks.append(SuiteTask(str(entry["name"]), entry["kind"], entry["layout"], p, str(entry.get("split", "test")),
-                               str(entry.get("train_split", "train")), entry.get("templates"), entry.get("paper"),
-                               keys))  # fmt: skip
+        if task.name in seen:
+            problems.append(f"{where}: the name {task.name!r} is used twice")
+        seen.add(task.name)
+        tasks.append(task)
     if problems:
         raise InputError(f"suite file {path}: " + "; ".join(problems))
     return tasks
+
+
+_COMMON = {"name", "kind", "layout", "path", "split", "train_split", "templates", "paper"}
+
+
+def _suite_task(entry: Any, where: str, root: Path, finetune_keys: set[str] | None,
+                problems: list[str]) -> SuiteTask | None:  # fmt: skip
+    """One entry as a :class:`SuiteTask`, or None with its problems appended."""
+    from mmkit.eval.benchmarks import LAYOUTS
+    from mmkit.eval.finetune_tasks import FINETUNE_TASKS
+
+    if not isinstance(entry, dict):
+        problems.append(f"{where}: must be a mapping")
+        return None
+    finetune = entry.get("kind") == "finetune"
+    missing = [k for k in ("name", "kind", "task" if finetune else "layout", "path") if k not in entry]
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}")
+        return None
+    if entry["kind"] not in KINDS:
+        problems.append(f"{where}: kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
+    p = str(entry["path"])
+    p = p if "://" in p or Path(p).is_absolute() else str(root / p)
+    if finetune:
+        if entry["task"] not in FINETUNE_TASKS:
+            problems.append(f"{where}: task {entry['task']!r} is not one of {', '.join(FINETUNE_TASKS)}")
+        keys = {k: v for k, v in entry.items() if k not in ("name", "kind", "task", "path", "paper")}
+        unknown = sorted(set(keys) - finetune_keys) if finetune_keys is not None else []
+        if unknown:
+            problems.append(f"{where}: unknown finetune key(s) {', '.join(unknown)} (valid: "
+                            f"{', '.join(sorted(finetune_keys or ()))})")  # fmt: skip
+        return SuiteTask(str(entry["name"]), "finetune", "", p, paper=entry.get("paper"), keys=keys,
+                         task=str(entry["task"]))  # fmt: skip
+    if entry["layout"] not in LAYOUTS:
+        problems.append(f"{where}: layout {entry['layout']!r} is not one of {', '.join(LAYOUTS)}")
+        return None
+    keys = {k: v for k, v in entry.items() if k not in _COMMON}
+    unknown = sorted(set(keys) - set(layout_keys(entry["layout"])))
+    if unknown:
+        valid = ", ".join(sorted(_COMMON | set(layout_keys(entry["layout"]))))
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {valid})")
+    return SuiteTask(str(entry["name"]), entry["kind"], entry["layout"], p, str(entry.get("split", "test")),
+                     str(entry.get("train_split", "train")), entry.get("templates"), entry.get("paper"),
+                     keys)  # fmt: skip
 
 
 @dataclass
@@ -229,12 +260,25 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, checkpoint: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+              log: Callable[[str], None] = print,
+              runners: dict[str, Callable[[SuiteTask, SuiteContext], dict[str, Any]]] | None = None,
+              ) -> dict[str, Any]:  # fmt: skip
     """Run every task not yet in ``<out>/results.json``; write it after each task and ``results.md`` at the end.
 
+    Args:
+        runners: extra task kinds, ``{kind: runner(task, ctx) -> metrics}`` (``finetune`` comes from
+            ``recipes/flava/evaluate.py``, which runs the finetuning recipe).
+
     Returns:
-        ``{task name: metrics}`` of every task in the file.
+        ``{task name: metrics}`` of every task in the file; each also records its ``kind`` and the
+        ``seconds`` it took (wall time, as first run).
     """
+    runners = {**RUNNERS, **(runners or {})}
+    missing = sorted({t.kind for t in tasks} - set(runners))
+    if missing:
+        raise InputError(
+            f"no runner for task kind(s) {', '.join(missing)}: run the suite with recipes/flava/evaluate.py"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
@@ -248,48 +292,87 @@ def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, che
         if task.name in results:
             log(f"{task.name}: done already ({path})")
             continue
-        metrics = RUNNERS[task.kind](task, ctx)
-        results[task.name] = {"kind": task.kind, **metrics}
+        start = time.perf_counter()
+        metrics = runners[task.kind](task, ctx)
+        seconds = time.perf_counter() - start
+        results[task.name] = {"kind": task.kind, **metrics, "seconds": round(seconds, 3)}
         _write_json(path, results)
-        shown = metrics.get("accuracy", metrics.get("image_to_text_r1"))
-        log(f"{task.name}: {task.kind} {shown:.4f} on {metrics['samples']:,} samples")
+        shown = _metrics_shown(task)[0]
+        log(
+            f"{task.name}: {task.kind} {shown} {metrics[shown]:.4f} on {metrics['samples']:,} samples ({seconds:.1f} s)"
+        )
     (out / "results.md").write_text(results_table(tasks, results, checkpoint))
     print(f"wrote {path} and {out / 'results.md'}", file=sys.stderr)
     return results
+
+
+def _metrics_shown(task: SuiteTask) -> list[str]:
+    """The metrics a task's rows show, the headline (the one the paper reports) first."""
+    if task.kind == "finetune":
+        from mmkit.eval.finetune_tasks import finetune_task
+
+        names = finetune_task(task.task).reported_names()
+        head = next(iter(finetune_task(task.task).paper), names[0])
+        return [head, *[n for n in names if n != head]]
+    return ["accuracy"] if task.kind != "retrieval" else ["image_to_text_r1", "text_to_image_r1"]
 
 
 def _paper(task: SuiteTask) -> dict[str, float]:
     if isinstance(task.paper, dict):
         return task.paper
     if isinstance(task.paper, int | float):
-        key = "accuracy" if task.kind != "retrieval" else "image_to_text_r1"
-        return {key: float(task.paper)}
+        return {_metrics_shown(task)[0]: float(task.paper)}
+    if task.kind == "finetune":
+        from mmkit.eval.finetune_tasks import finetune_task
+
+        return finetune_task(task.task).paper
     return PAPER.get(task.name, {})
 
 
 def results_table(tasks: list[SuiteTask], results: dict[str, Any], checkpoint: str | None) -> str:
-    """The Markdown report: one row per task (percent), the paper's number beside it, the vision average."""
+    """The Markdown report: one row per task and metric (percent), the paper's number beside it, and the
+    averages the paper gives (vision: linear probes; NLP: GLUE; multimodal: the finetuned three)."""
 
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.2f}"
 
     lines = [f"# Evaluation of {checkpoint or 'a randomly initialised model'}", "",
              "| task | kind | metric | mmkit | FLAVA paper | samples |", "|---|---|---|---|---|---|"]  # fmt: skip
-    probes = []
+    groups: dict[str, list[tuple[float, float | None]]] = {"vision": [], "glue": [], "multimodal": []}
     for task in tasks:
         r = results.get(task.name)
         if r is None:
             lines.append(f"| {task.name} | {task.kind} | — | not run | | |")
             continue
-        paper = _paper(task)
-        metrics = ["accuracy"] if task.kind != "retrieval" else ["image_to_text_r1", "text_to_image_r1"]
-        for m in metrics:
-            shown = paper.get(m)
+        paper, shown = _paper(task), _metrics_shown(task)
+        for m in shown:
+            value = paper.get(m)
             lines.append(f"| {task.name} | {task.kind} | {m} | {pct(r.get(m))} | "
-                         f"{'' if shown is None else f'{shown:.2f}'} | {r['samples']:,} |")  # fmt: skip
-        if task.kind == "linear_probe":
-            probes.append(r["accuracy"])
-    if probes:
-        lines += ["", f"Vision average (linear probes, {len(probes)} task(s)): **{100 * statistics.fmean(probes):.2f}**"
-                  f" — the paper's over its 22 tasks: {PAPER_VISION_AVERAGE:.2f}."]  # fmt: skip
+                         f"{'' if value is None else f'{value:.2f}'} | {r['samples']:,} |")  # fmt: skip
+        group = _group(task)
+        if group is not None:
+            groups[group].append((r[shown[0]], paper.get(shown[0])))
+    averages = (("vision", "Vision average (linear probes",
+                 f"the paper's over its 22 tasks: {PAPER_VISION_AVERAGE:.2f}"),
+                ("glue", "NLP average (GLUE", f"the paper's over its 8 tasks: {PAPER_NLP_AVERAGE:.2f}"),
+                ("multimodal", "Multimodal average (finetuned", ""))  # fmt: skip
+    for group, label, published in averages:
+        scores = groups[group]
+        if not scores:
+            continue
+        papers = [p for _, p in scores if p is not None]
+        notes = [f"the paper's on the same {len(papers)}: {statistics.fmean(papers):.2f}"] if papers else []
+        notes += [published] if published else []
+        lines += ["", f"{label}, {len(scores)} task(s)): **{100 * statistics.fmean(v for v, _ in scores):.2f}**"
+                  + "".join(f" — {n}" if i == 0 else f"; {n}" for i, n in enumerate(notes)) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _group(task: SuiteTask) -> str | None:
+    if task.kind == "linear_probe":
+        return "vision"
+    if task.kind == "finetune":
+        from mmkit.eval.finetune_tasks import finetune_task
+
+        return finetune_task(task.task).group
+    return None

@@ -1,6 +1,6 @@
-"""Evaluate a FLAVA, CLIP or SigLIP checkpoint without finetuning: zero-shot classification,
-retrieval, linear probe — on the built-in data, on your own folders, or as a suite of benchmarks in
-the files they ship in.
+"""Evaluate a FLAVA, CLIP or SigLIP checkpoint: zero-shot classification, retrieval, linear probe — on
+the built-in data, on your own folders, or as a suite of benchmarks in the files they ship in — and, in
+a suite, FLAVA's finetuned tasks (GLUE, VQA v2, SNLI-VE, Hateful Memes).
 
     python recipes/flava/evaluate.py suite=suites/flava_vision.yaml data_root=/data checkpoint=CKPT out=runs/eval
     python recipes/flava/evaluate.py checkpoint=runs/demo/final out=runs/demo/eval.json
@@ -45,13 +45,21 @@ paper's numbers beside), skipping tasks already done. Keys: ``data_root`` (where
 paths start), ``cache`` (image and text features, default ``<out>/features``: a rerun or another probe
 sweep does no forward pass), ``batch_size``, ``num_workers`` (decoding processes),
 ``max_bad_fraction`` (unreadable images tolerated, each named), ``progress``.
+
+A suite's ``kind: finetune`` tasks (``task: glue:<name> | vqav2 | snli_ve | hateful_memes``, ``path``,
+and any key of ``recipes/flava/finetune.py`` — ``steps``, ``lr``, ``warmup_steps`` are shorthands for
+``optim.*``) finetune the checkpoint with the task's shipped recipe (``configs/paper/<task>.yaml``), each
+in ``<out>/runs/<name>`` (kept; a cut-off one resumes), and report the best step's metrics; the table
+adds the GLUE and multimodal averages (``suites/flava_finetune.yaml``; on the built-in data:
+``suites/shapes_finetune.yaml``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +86,7 @@ from mmkit.eval import (
     SuiteContext,
     class_embeddings,
     eval_transform,
+    finetune_task,
     fit_linear_probe,
     load_encoders,
     load_suite,
@@ -87,7 +96,7 @@ from mmkit.eval import (
 )
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
-from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli
+from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli, run_training
 from mmkit.utils import InputError, at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
@@ -98,6 +107,13 @@ TEMPLATES = {
 }
 COUNT_WORDS = {"1": "one", "2": "two", "3": "three"}
 KINDS = ("zero_shot", "retrieval", "linear_probe")
+#: Each named finetuning task's shipped recipe (the paper's settings): configs/paper/<task>.yaml.
+PAPER_CONFIGS = Path(__file__).resolve().parent / "configs" / "paper"
+#: Suite shorthands for finetuning keys, and the keys a suite entry may not set (the suite sets them).
+FINETUNE_ALIASES = {"steps": "optim.total_steps", "lr": "optim.lr", "warmup_steps": "optim.warmup_steps"}
+FINETUNE_RESERVED = {"task", "path", "init_from", "run_dir", "progress"}
+#: A suite entry's step count overrides the recipe's share of the training split.
+REPLACES = {"optim.total_steps": "epochs", "optim.warmup_steps": "warmup_fraction"}
 
 
 @dataclass
@@ -131,7 +147,7 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
     if cfg.suite:
         if not cfg.out:
             raise InputError("suite= needs out= (the folder for results.json, results.md and the feature cache)")
-        load_suite(cfg.suite, cfg.data_root)  # every problem of the file now, before the model is loaded
+        load_suite(cfg.suite, cfg.data_root, finetune_keys())  # every problem of the file now, before any model
         return cfg
     for task in cfg.tasks.split(","):
         kind, _, name = task.partition(":")
@@ -251,6 +267,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if cfg.suite and all(t.kind == "finetune" for t in load_suite(cfg.suite, cfg.data_root, finetune_keys())):
+        return evaluate_suite(cfg, None, None)  # each task loads the checkpoint itself
     model, tokenizer = load_model(cfg, device)
     if cfg.suite:
         return evaluate_suite(cfg, model, tokenizer)
@@ -266,20 +284,80 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate_suite(cfg: EvalConfig, model, tokenizer) -> dict[str, Any]:
-    """``suite=``: every task of the file, results in ``<out>/results.json`` and ``<out>/results.md``."""
-    tasks = load_suite(cfg.suite, cfg.data_root)
-    transform, transform_id = eval_transform(model, cfg.checkpoint)
-    cache = FeatureCache(cfg.cache or Path(cfg.out) / "features")
-    ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
-                       num_workers=cfg.num_workers, max_bad_fraction=cfg.max_bad_fraction, progress=cfg.progress,
-                       seed=cfg.seed)  # fmt: skip
+    """``suite=``: every task of the file, results in ``<out>/results.json`` and ``<out>/results.md``;
+    ``kind: finetune`` tasks run the finetuning recipe, each in ``<out>/runs/<name>``."""
+    tasks = load_suite(cfg.suite, cfg.data_root, finetune_keys())
+    ctx = None
+    if model is not None:
+        transform, transform_id = eval_transform(model, cfg.checkpoint)
+        cache = FeatureCache(cfg.cache or Path(cfg.out) / "features")
+        ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
+                           num_workers=cfg.num_workers, max_bad_fraction=cfg.max_bad_fraction, progress=cfg.progress,
+                           seed=cfg.seed)  # fmt: skip
     hold = RunDirLock.acquire(cfg.out)  # one suite run per out folder: a second stops naming the first
     try:
-        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True))
+        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True),
+                            runners={"finetune": FinetuneRunner(cfg)})  # fmt: skip
     finally:
         hold.release()
     print((Path(cfg.out) / "results.md").read_text())
     return results
+
+
+def _finetune_recipe():
+    """``recipes/flava/finetune.py`` as a module (it sits beside this file)."""
+    name = "mmkit_recipe_finetune"
+    if name not in sys.modules:  # registered first: its dataclasses resolve their annotations through it
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("finetune.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def finetune_keys() -> set[str]:
+    """The keys a suite's ``kind: finetune`` entry may set: the finetuning recipe's, and the shorthands."""
+    cfg = _finetune_recipe().FinetuneConfig
+    return ({f.name for f in fields(cfg)} - FINETUNE_RESERVED) | set(FINETUNE_ALIASES)
+
+
+class FinetuneRunner:
+    """A suite's ``kind: finetune`` task: the task's shipped recipe (``configs/paper/<task>.yaml``) from the
+    suite's checkpoint, with the entry's keys on top; its run directory is kept (and resumed if cut off)."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg, self.recipe = cfg, _finetune_recipe()
+
+    def overrides(self, task) -> list[str]:
+        cfg, run_dir = self.cfg, Path(self.cfg.out) / "runs" / task.name
+        out = [f"task={task.task}", f"path={task.path}", f"run_dir={run_dir}", f"seed={cfg.seed}",
+               f"progress={str(cfg.progress).lower()}"]  # fmt: skip
+        out += [f"init_from={cfg.checkpoint}"] if cfg.checkpoint else []
+        out += [f"tokenizer={cfg.tokenizer}"] if cfg.tokenizer else []
+        for key, value in task.keys.items():
+            key = FINETUNE_ALIASES.get(key, key)
+            if key in REPLACES:  # a step count replaces the recipe's epochs or warm-up share
+                out.append(f"{REPLACES[key]}=null")
+            out += _dotted(key, value)
+        return out
+
+    def __call__(self, task, ctx) -> dict[str, Any]:
+        config = PAPER_CONFIGS / f"{task.task.replace(':', '_')}.yaml"
+        recipe = self.recipe.FinetuneRecipe(self.recipe.load_config(str(config), self.overrides(task)))
+        run_training(recipe)
+        results = json.loads((recipe.run_dir / "results.json").read_text())
+        spec = finetune_task(task.task)
+        sizes = {spec.select: len(recipe.val_ds), **{s: n for s, (_, n) in recipe.report_loaders.items()}}
+        return {**results["metrics"], "samples": sum(sizes[s] for s in spec.report.values()),
+                "train_samples": len(recipe.train_ds), "best_step": results["best_step"],
+                "steps": recipe.cfg.optim.total_steps, "skipped": results["skipped"],
+                "run_dir": str(recipe.run_dir)}  # fmt: skip
+
+
+def _dotted(key: str, value: Any) -> list[str]:
+    """``key=value`` overrides for a suite entry's value (a mapping becomes ``key.sub=value`` each)."""
+    if isinstance(value, dict):
+        return [o for k, v in value.items() for o in _dotted(f"{key}.{k}", v)]
+    return [f"{key}={'null' if value is None else json.dumps(value) if not isinstance(value, str) else value}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,123 @@
+"""FLAVA's finetuned tasks as one suite: the miniature released layouts of GLUE, VQA v2, SNLI-VE and
+Hateful Memes (written from the built-in shapes data), finetuned from one checkpoint by the shipped
+recipes at test size; results.json under mmkit.eval's metric names, the table with the paper's numbers
+and averages, finished tasks not rerun, every run directory kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmkit.eval.benchmarks import shapes_finetune as ff
+from tests.conftest import load_recipe, make_mmkit_export
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = "{steps: 2, eval_every: 2, batch_size: 4, max_length: 32, head_hidden: 8, warmup_steps: 1, image_size: null}"
+TASKS = {"mnli": "glue:mnli", "cola": "glue:cola", "mrpc": "glue:mrpc", "qqp": "glue:qqp", "sst2": "glue:sst2",
+         "qnli": "glue:qnli", "rte": "glue:rte", "stsb": "glue:stsb", "vqav2": "vqav2", "snli_ve": "snli_ve",
+         "hateful_memes": "hateful_memes"}  # fmt: skip
+PATHS = {"vqav2": "vqav2", "snli_ve": "snli-ve", "hateful_memes": "hateful_memes"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune-suite")
+    ff.glue_data(root / "glue_data", n_train=16, n_dev=8)
+    ff.vqav2(root / "vqav2", n_train=8, n_val=4)
+    ff.snli_ve(root / "snli-ve", n=9)
+    ff.hateful_memes(root / "hateful_memes", n=8)
+    texts = [caption for _, caption, _ in ff.shapes(200)]
+    return root, make_mmkit_export(root / "ckpt", texts)
+
+
+def _suite(path: Path, names) -> Path:
+    lines = ["small: &small " + SMALL, "tasks:"]
+    lines += [f"  - {{<<: *small, name: {n}, kind: finetune, task: '{TASKS[n]}', path: {PATHS.get(n, 'glue_data')}}}"
+              for n in names]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _evaluate(*keys):
+    from mmkit.train import teardown_distributed
+
+    try:
+        return load_recipe("recipes/flava/evaluate.py").main(list(keys))
+    finally:
+        teardown_distributed()
+
+
+def test_the_eleven_tasks_on_an_mmkit_export(data, tmp_path, capsys):
+    root, export = data
+    out = tmp_path / "eval"
+    args = [f"suite={_suite(tmp_path / 's.yaml', TASKS)}", f"data_root={root}", f"checkpoint={export}", f"out={out}",
+            "progress=false"]  # fmt: skip
+    assert _evaluate(*args) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = {"mnli": {"accuracy_matched", "accuracy_mismatched"}, "cola": {"matthews"}, "mrpc": {"accuracy", "f1"},
+             "qqp": {"accuracy", "f1"}, "sst2": {"accuracy"}, "qnli": {"accuracy"}, "rte": {"accuracy"},
+             "stsb": {"pearson", "spearman"}, "vqav2": {"vqa_accuracy"}, "snli_ve": {"accuracy"},
+             "hateful_memes": {"auroc", "accuracy"}}  # fmt: skip
+    for name, metrics in names.items():
+        r = results[name]
+        assert (
+            set(r) - {"kind", "samples", "train_samples", "best_step", "steps", "skipped", "run_dir", "seconds"}
+            == metrics
+        )
+        assert all(-1 <= r[m] <= 1 for m in metrics) and r["steps"] == 2, name
+        run = json.loads((Path(r["run_dir"]) / "results.json").read_text())  # the run directory is kept
+        assert run["metrics"] == {m: r[m] for m in metrics} and run["init_from"] == str(export)
+        assert (Path(r["run_dir"]) / "best" / "model.safetensors").is_file()
+    assert results["mnli"]["samples"] == 16 and results["snli_ve"]["samples"] == 9  # both MNLI dev sets; test
+    assert results["vqav2"]["train_samples"] == 16 and results["cola"]["train_samples"] == 16
+    table = (out / "results.md").read_text()
+    assert "| mnli | finetune | accuracy_matched |" in table and "| 80.33 |" in table
+    assert "| mnli | finetune | accuracy_mismatched |" in table and "| hateful_memes | finetune | auroc |" in table
+    assert "| 76.09 |" in table and "| 72.49 |" in table and "| 85.67 |" in table
+    assert "NLP average (GLUE, 8 task(s)): **" in table and "the paper's over its 8 tasks: 78.19" in table
+    assert "Multimodal average (finetuned, 3 task(s)): **" in table and "the paper's on the same 3: 75.82" in table
+    capsys.readouterr()
+    assert _evaluate(*args) == 0  # finished tasks are not rerun
+    assert capsys.readouterr().out.count("done already") == 11
+
+
+def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys):
+    from transformers import FlavaConfig, FlavaModel
+
+    from mmkit.tokenizers import TextTokenizer
+
+    root, export = data
+    tok = TextTokenizer.from_pretrained(export / "tokenizer")
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = FlavaConfig(image_config=dict(small, image_size=32, patch_size=8),
+                         text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
+                         multimodal_config=dict(small), projection_dim=24, hidden_size=32)  # fmt: skip
+    FlavaModel(config).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "eval"
+    assert _evaluate(f"suite={_suite(tmp_path / 's.yaml', ['rte', 'snli_ve'])}", f"data_root={root}",
+                     f"checkpoint={tmp_path / 'hf'}", f"tokenizer={export / 'tokenizer'}", f"out={out}",
+                     "progress=false") == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["rte"]["accuracy"] <= 1 and 0 <= results["snli_ve"]["accuracy"] <= 1
+    assert "| rte | finetune | accuracy |" in (out / "results.md").read_text()
+    load = (Path(results["rte"]["run_dir"]) / "load_report.txt").read_text()
+    assert "(transformers): 68 tensors loaded" in load and "new: head.fc1.weight" in load  # encoders loaded
+    # the shipped suite file is valid as it stands
+    from mmkit.eval import load_suite
+
+    evaluate = load_recipe("recipes/flava/evaluate.py")
+    shipped = load_suite(REPO / "suites/flava_finetune.yaml", str(root), evaluate.finetune_keys())
+    assert [t.task for t in shipped] == list(TASKS.values())
+    # bad input: an unknown task or key, a file of another task — one error: line each
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  - {name: w, kind: finetune, task: 'glue:wnli', path: glue_data, stepz: 3}\n")
+    capsys.readouterr()
+    assert _evaluate(f"suite={bad}", f"out={tmp_path / 'o'}", f"data_root={root}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "task 'glue:wnli' is not one of glue:cola" in err and "key(s) stepz" in err
+    finetune = load_recipe("recipes/flava/finetune.py")
+    assert finetune.main([f"run_dir={tmp_path / 'r'}", "task=glue:cola", f"path={root / 'glue_data' / 'SST-2'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is SST-2's (header sentence | label), not CoLA's" in err
