@@ -121,3 +121,23 @@ def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys):
     assert finetune.main([f"run_dir={tmp_path / 'r'}", "task=glue:cola", f"path={root / 'glue_data' / 'SST-2'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is SST-2's (header sentence | label), not CoLA's" in err
+
+
+def test_an_entrys_step_counts_replace_the_recipes_shares(tmp_path):
+    """``steps`` and ``warmup_steps`` in a suite entry win over the shipped recipe's ``epochs`` and
+    ``warmup_fraction`` (which would otherwise recompute them from the training split)."""
+    from mmkit.eval.suite import SuiteTask
+
+    evaluate, finetune = load_recipe("recipes/flava/evaluate.py"), load_recipe("recipes/flava/finetune.py")
+    runner = evaluate.FinetuneRunner(evaluate.load_config(None, [f"suite={_suite(tmp_path / 's.yaml', ['rte'])}",
+                                                                 f"out={tmp_path / 'o'}"]))  # fmt: skip
+    shipped = REPO / "recipes/flava/configs/paper/glue_rte.yaml"
+    task = SuiteTask(
+        "rte", "finetune", "", str(tmp_path), keys={"steps": 7, "warmup_steps": 3, "lr": 0.5}, task="glue:rte"
+    )
+    cfg = finetune.load_config(str(shipped), runner.overrides(task))
+    assert (cfg.epochs, cfg.warmup_fraction) == (None, None)
+    assert (cfg.optim.total_steps, cfg.optim.warmup_steps, cfg.optim.lr) == (7, 3, 0.5)
+    untouched = finetune.load_config(str(shipped), runner.overrides(SuiteTask("rte", "finetune", "", str(tmp_path),
+                                                                              task="glue:rte")))  # fmt: skip
+    assert (untouched.epochs, untouched.warmup_fraction, untouched.optim.betas) == (10, 0.06, (0.9, 0.98))
