@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -264,6 +265,12 @@ class Evaluation:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Load, run every task, print the table and write ``out``; returns the results."""
     torch.manual_seed(cfg.seed)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError(
+            "evaluate.py runs in one process (one results.json per out= folder), not under torchrun: to finetune "
+            "one task on several GPUs, torchrun recipes/flava/finetune.py --config "
+            "recipes/flava/configs/paper/<task>.yaml path=... init_from=CKPT"
+        )
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)

@@ -83,7 +83,7 @@ def test_the_eleven_tasks_on_an_mmkit_export(data, tmp_path, capsys):
     assert capsys.readouterr().out.count("done already") == 11
 
 
-def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys):
+def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys, monkeypatch):
     from transformers import FlavaConfig, FlavaModel
 
     from mmkit.tokenizers import TextTokenizer
@@ -117,6 +117,11 @@ def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys):
     assert _evaluate(f"suite={bad}", f"out={tmp_path / 'o'}", f"data_root={root}") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "task 'glue:wnli' is not one of glue:cola" in err and "key(s) stepz" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: one line saying how to use several GPUs
+    assert _evaluate(f"suite={tmp_path / 's.yaml'}", f"out={tmp_path / 'o'}", f"data_root={root}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not under torchrun" in err and "torchrun recipes/flava/finetune.py" in err
+    monkeypatch.delenv("WORLD_SIZE")
     finetune = load_recipe("recipes/flava/finetune.py")
     assert finetune.main([f"run_dir={tmp_path / 'r'}", "task=glue:cola", f"path={root / 'glue_data' / 'SST-2'}"]) == 2
     err = capsys.readouterr().err
