@@ -352,17 +352,18 @@ def results_table(tasks: list[SuiteTask], results: dict[str, Any], checkpoint: s
         group = _group(task)
         if group is not None:
             groups[group].append((r[shown[0]], paper.get(shown[0])))
-    averages = (("vision", "Vision average (linear probes",
-                 f"the paper's over its 22 tasks: {PAPER_VISION_AVERAGE:.2f}"),
-                ("glue", "NLP average (GLUE", f"the paper's over its 8 tasks: {PAPER_NLP_AVERAGE:.2f}"),
-                ("multimodal", "Multimodal average (finetuned", ""))  # fmt: skip
-    for group, label, published in averages:
+    # (group, label, the paper's average over its whole group and that group's size)
+    averages = (("vision", "Vision average (linear probes", PAPER_VISION_AVERAGE, 22),
+                ("glue", "NLP average (GLUE", PAPER_NLP_AVERAGE, 8),
+                ("multimodal", "Multimodal average (finetuned", None, None))  # fmt: skip
+    for group, label, published, size in averages:
         scores = groups[group]
         if not scores:
             continue
         papers = [p for _, p in scores if p is not None]
         notes = [f"the paper's on the same {len(papers)}: {statistics.fmean(papers):.2f}"] if papers else []
-        notes += [published] if published else []
+        if published is not None:  # the whole group run: its own average is the paper's
+            notes = [n for n in notes if len(papers) != size] + [f"the paper's over its {size} tasks: {published:.2f}"]
         lines += ["", f"{label}, {len(scores)} task(s)): **{100 * statistics.fmean(v for v, _ in scores):.2f}**"
                   + "".join(f" — {n}" if i == 0 else f"; {n}" for i, n in enumerate(notes)) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
