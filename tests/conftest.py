@@ -107,3 +107,14 @@ def load_recipe(relative_path: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def run_recipe(relative_path: str, *keys: str) -> int:
+    """A recipe's command line (``main``) in this process, its exit status; the process group it may
+    have joined is left again, so the next in-process run starts clean."""
+    from mmkit.train import teardown_distributed
+
+    try:
+        return load_recipe(relative_path).main(list(keys))
+    finally:
+        teardown_distributed()

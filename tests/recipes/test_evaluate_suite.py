@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import load_recipe, make_mmkit_export
+from tests.conftest import make_mmkit_export, run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,13 +29,7 @@ def bench(tmp_path_factory):
 
 
 def _evaluate(*keys):
-    from mmkit.train import teardown_distributed
-
-    recipe = load_recipe("recipes/flava/evaluate.py")
-    try:
-        return recipe.main(list(keys))
-    finally:
-        teardown_distributed()
+    return run_recipe("recipes/flava/evaluate.py", *keys)
 
 
 def test_the_shapes_suite_on_an_mmkit_export(bench, tmp_path, capsys):

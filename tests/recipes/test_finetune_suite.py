@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmkit.eval.benchmarks import shapes_finetune as ff
-from tests.conftest import load_recipe, make_mmkit_export
+from tests.conftest import load_recipe, make_mmkit_export, run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = "{steps: 2, eval_every: 2, batch_size: 4, max_length: 32, head_hidden: 8, warmup_steps: 1, image_size: null}"
@@ -41,12 +41,7 @@ def _suite(path: Path, names) -> Path:
 
 
 def _evaluate(*keys):
-    from mmkit.train import teardown_distributed
-
-    try:
-        return load_recipe("recipes/flava/evaluate.py").main(list(keys))
-    finally:
-        teardown_distributed()
+    return run_recipe("recipes/flava/evaluate.py", *keys)
 
 
 def test_the_eleven_tasks_on_an_mmkit_export(data, tmp_path, capsys):

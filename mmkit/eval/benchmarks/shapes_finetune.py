@@ -254,7 +254,7 @@ def hateful_memes(root: Path, n: int = 12, n_eval: int | None = None) -> Path:
     return root
 
 
-def write_finetune_benchmarks(out: str | Path, train: int = 24, dev: int = 12) -> Path:
+def write_finetune_benchmarks(out: str | Path, train: int = 200, dev: int = 100) -> Path:
     """Write every layout above under ``out`` (once: a ``DONE`` marker is written last).
 
     Args:
