@@ -15,6 +15,7 @@ from mmkit.data.vqa_answers import vqa_soft_scores
 from mmkit.eval import FINETUNE_TASKS, finetune_task, open_task_split
 from mmkit.eval.benchmarks import BenchmarkFormatError
 from mmkit.eval.benchmarks import shapes_finetune as ff
+from mmkit.eval.benchmarks.vl_tasks import vqa_answer_vocab
 from tests.conftest import load_recipe
 
 
@@ -117,6 +118,7 @@ def test_vqav2_questions_annotations_and_images(files, tmp_path):
     val = open_task_split(task, files["vqa"], "val", classes=train.classes)
     assert len(train) == 24 and len(val) == 12 and not train.skipped
     assert set(train.classes) >= {"circle", "square", "triangle"} and train.classes == val.classes
+    assert train.classes == vqa_answer_vocab(files["vqa"])  # train's annotations parsed once, the same vocabulary
     rec = train[0]
     assert rec.text == "What color is the first shape?" and rec.image[:2] == b"\xff\xd8"  # the COCO JPEG
     # 9 of 10 answers are the colour in some spelling ("Red", "red.", "the red"): score 1; on odd images

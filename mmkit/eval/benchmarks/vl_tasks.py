@@ -75,12 +75,14 @@ def _vqa_annotations(path: Path, split: str) -> tuple[list[dict], dict[int, dict
     return questions["questions"], by_id, qfile, afile
 
 
-def vqa_answer_vocab(path: str | Path, size: int = 3129) -> tuple[str, ...]:
+def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[int, dict]] | None = None
+                     ) -> tuple[str, ...]:  # fmt: skip
     """The ``size`` most frequent normalised ``multiple_choice_answer`` s over VQA v2's train and val
-    annotations (ties by name)."""
+    annotations (ties by name); ``read``: annotations by question id of a split already in memory (the
+    files are hundreds of MB: each is parsed once)."""
     counts: dict[str, int] = {}
     for split in VQA_SPLITS:
-        _, by_id, _, _ = _vqa_annotations(Path(path), split)
+        by_id = (read or {}).get(split) or _vqa_annotations(Path(path), split)[1]
         for a in by_id.values():
             if "multiple_choice_answer" in a:
                 key = normalize_answer(a["multiple_choice_answer"])
@@ -95,7 +97,7 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     (their target is all zeros, as in training on the usual 3,129 answers)."""
     path = Path(path)
     questions, by_id, qfile, afile = _vqa_annotations(path, split)
-    vocab = classes or vqa_answer_vocab(path, answer_vocab_size)
+    vocab = classes or vqa_answer_vocab(path, answer_vocab_size, read={split: by_id})
     sub, root = VQA_SPLITS[split], Path(images) if images else path
     index = {a: i for i, a in enumerate(vocab)}
     rows, skipped, asked = [], [], {q.get("question_id") for q in questions if isinstance(q, dict)}
