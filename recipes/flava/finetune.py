@@ -161,12 +161,8 @@ FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "n
 def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
-    if cfg.task in FINETUNE_TASKS:  # a named benchmark brings its encoder, problem type and metric
-        task = finetune_task(cfg.task)
-        if not cfg.path:
-            raise InputError(f"task {cfg.task} reads its released files: set path= to the dataset's folder")
-        cfg.modality, cfg.problem_type, cfg.metric = task.modality, task.problem_type, task.metrics[0]
-        return cfg
+    if cfg.task in FINETUNE_TASKS:
+        return _named_task_config(cfg)
     if ":" in cfg.task and not cfg.task.startswith("shapes:"):
         raise InputError(f"unknown task {cfg.task!r}: choose shapes:<name>, folder, text, pairs or one of "
                          f"{', '.join(FINETUNE_TASKS)}")  # fmt: skip
@@ -179,6 +175,33 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
         cfg.answers_column is not None and cfg.problem_type != "multi_label"
     ):
         raise InputError("VQA needs answers_column (soft targets), metric=vqa_accuracy and problem_type=multi_label")
+    return cfg
+
+
+#: What a named benchmark task decides itself: its files' columns (and its encoder, problem type, metric).
+NAMED_TASK_OWNS = ("train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
+                   "answers_column", "answer_vocab")  # fmt: skip
+
+
+def _named_task_config(cfg: FinetuneConfig) -> FinetuneConfig:
+    """A named benchmark brings its encoder, problem type and metrics (``metric``: one of them, by default
+    the first); a key it decides itself, set to something else, is an error rather than ignored."""
+    task, default = finetune_task(cfg.task), FinetuneConfig()
+    if not cfg.path:
+        raise InputError(f"task {cfg.task} reads its released files: set path= to the dataset's folder")
+    own = {"modality": task.modality, "problem_type": task.problem_type}
+    clash = [k for k in NAMED_TASK_OWNS if getattr(cfg, k) != getattr(default, k)]
+    clash += [
+        f"{k}={getattr(cfg, k)} (it is {v})" for k, v in own.items() if getattr(cfg, k) not in (v, getattr(default, k))
+    ]
+    if cfg.metric not in (*task.metrics, default.metric):
+        clash.append(f"metric={cfg.metric} (it reports {', '.join(task.metrics)})")
+    if clash:
+        raise InputError(
+            f"task {cfg.task} reads its own files and sets its encoder and metrics: remove {', '.join(clash)}"
+        )
+    cfg.modality, cfg.problem_type = task.modality, task.problem_type
+    cfg.metric = cfg.metric if cfg.metric != default.metric and cfg.metric in task.metrics else task.metrics[0]
     return cfg
 
 

@@ -142,3 +142,18 @@ def test_an_entrys_step_counts_replace_the_recipes_shares(tmp_path):
     untouched = finetune.load_config(str(shipped), runner.overrides(SuiteTask("rte", "finetune", "", str(tmp_path),
                                                                               task="glue:rte")))  # fmt: skip
     assert (untouched.epochs, untouched.warmup_fraction, untouched.optim.betas) == (10, 0.06, (0.9, 0.98))
+
+
+def test_a_named_task_sets_its_encoder_and_metrics_and_refuses_keys_it_decides():
+    finetune = load_recipe("recipes/flava/finetune.py")
+    cfg = finetune.load_config(None, ["task=glue:mrpc", "path=x", "metric=f1"])  # select on its other metric
+    assert (cfg.modality, cfg.problem_type, cfg.metric) == ("text", "single_label", "f1")
+    cfg = finetune.load_config(None, ["task=glue:stsb", "path=x"])
+    assert (cfg.modality, cfg.problem_type, cfg.metric) == ("text", "regression", "pearson")
+    assert finetune.load_config(None, ["task=hateful_memes", "path=x"]).metric == "auroc"
+    expected = (r"task glue:cola reads its own files and sets its encoder and metrics: remove text_column, "
+                r"modality=multimodal \(it is text\), metric=auroc \(it reports matthews\)")  # fmt: skip
+    with pytest.raises(ValueError, match=expected):
+        finetune.load_config(None, ["task=glue:cola", "path=x", "text_column=s", "modality=multimodal", "metric=auroc"])
+    with pytest.raises(ValueError, match="task vqav2 reads its released files: set path="):
+        finetune.load_config(None, ["task=vqav2"])
