@@ -248,6 +248,8 @@ class FinetuneRecipe:
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.report_sources: dict[str, Any] = {}
+        self.skips_named: set[str] = set()  # evaluation splits whose unreadable records were printed
+        self.val_name = finetune_task(cfg.task).select if cfg.task in FINETUNE_TASKS else "validation"
         train, val, classes = self._sources()
         self.tokenizer = self._tokenizer(train) if cfg.modality != "image" else None
         self.raw_model = self._model(cfg.num_classes or len(classes)).to(ctx.device)
@@ -425,9 +427,9 @@ class FinetuneRecipe:
         records are skipped, bounded by ``max_bad_fraction``."""
         model = unwrap(self.model)
         model.eval()
-        logits, labels, skipped = [], [], 0
+        logits, labels, skipped = [], [], []
         for batch, bad in loader:
-            skipped += len(bad)
+            skipped += bad
             if batch is None:
                 continue
             batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
@@ -435,16 +437,20 @@ class FinetuneRecipe:
             with autocast(self.cfg.precision, self.ctx.device):
                 logits.append(model(**batch).logits.float().cpu())
         model.train()
-        if not logits or skipped / size > self.cfg.max_bad_fraction:
+        named = "; ".join(f"{s.key}: {s.reason}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        if not logits or len(skipped) / size > self.cfg.max_bad_fraction:
             raise DataQualityError(
-                f"{skipped} of the {size} {split} records could not be read (max_bad_fraction "
-                f"{self.cfg.max_bad_fraction:.1%}): fix the files or raise max_bad_fraction"
+                f"{len(skipped)} of the {size} {split} records could not be read (max_bad_fraction "
+                f"{self.cfg.max_bad_fraction:.1%}), e.g. {named}: fix the files or raise max_bad_fraction"
             )
+        if skipped and split not in self.skips_named and self.ctx.is_main:  # named once per split
+            self.skips_named.add(split)
+            print(f"{split}: {len(skipped)} of {size} records skipped, scored without them: {named}", flush=True)
         return torch.cat(logits), torch.cat(labels)
 
     def evaluate(self) -> float:
         """The selection metric on the whole validation split."""
-        return compute_metric(self.cfg.metric, *self._predict(self.val_loader, len(self.val_ds), "validation"))
+        return compute_metric(self.cfg.metric, *self._predict(self.val_loader, len(self.val_ds), self.val_name))
 
     def _report(self, val: tuple[torch.Tensor, torch.Tensor], value: float) -> dict[str, float]:
         """A named task's reported metrics (its report splits, all its metrics) at this step; else the metric."""
@@ -492,7 +498,7 @@ class FinetuneRecipe:
 
     def _on_eval(self, step: int) -> None:
         p = self.progress
-        val = self._predict(self.val_loader, len(self.val_ds), "validation")
+        val = self._predict(self.val_loader, len(self.val_ds), self.val_name)
         value = compute_metric(self.cfg.metric, *val)
         p.history.append((step, value))
         self.metrics.log(step, {self.cfg.metric: value}, split="eval")

@@ -157,3 +157,21 @@ def test_a_named_task_sets_its_encoder_and_metrics_and_refuses_keys_it_decides()
         finetune.load_config(None, ["task=glue:cola", "path=x", "text_column=s", "modality=multimodal", "metric=auroc"])
     with pytest.raises(ValueError, match="task vqav2 reads its released files: set path="):
         finetune.load_config(None, ["task=vqav2"])
+
+
+def test_a_missing_image_is_a_named_skip_within_the_bound(data, tmp_path, capsys):
+    import shutil
+
+    root, export = data
+    memes = shutil.copytree(root / "hateful_memes", tmp_path / "memes")
+    gone = json.loads((memes / "dev_seen.jsonl").read_text().splitlines()[2])["img"]
+    (memes / gone).unlink()
+    keys = ["task=hateful_memes", f"path={memes}", f"init_from={export}", "optim.total_steps=2", "eval_every=2",
+            "batch_size=4", "head_hidden=8", "optim.warmup_steps=1", "progress=false"]  # fmt: skip
+    capsys.readouterr()
+    assert run_recipe("recipes/flava/finetune.py", f"run_dir={tmp_path / 'a'}", "max_bad_fraction=0.2", *keys) == 0
+    out = capsys.readouterr().out
+    assert "dev_seen: 1 of 8 records skipped, scored without them:" in out and gone.split("/")[1] in out
+    assert run_recipe("recipes/flava/finetune.py", f"run_dir={tmp_path / 'b'}", "max_bad_fraction=0.05", *keys) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 of the 8 dev_seen records could not be read (max_bad_fraction 5.0%)" in err
