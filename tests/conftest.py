@@ -10,6 +10,14 @@ from mmkit.layers.attention import xformers_available
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
+@pytest.fixture(scope="session")
+def builtin_data(tmp_path_factory):
+    """One ``MMKIT_DATA`` folder for the tests that run recipes on the built-in set in subprocesses: the
+    first run makes the set there (about 5 s), every later one reads it (tests/recipes/test_runtime.py
+    uses the same folder, ``tmp_path.parent / "data"``). Runs must not write into it."""
+    return tmp_path_factory.getbasetemp() / "data"
+
+
 def hf_tiny_config(**top):
     """A transformers ``FlavaConfig`` at test sizes (32-wide, 2 layers, 32² images in 8² patches)."""
     from transformers import FlavaConfig

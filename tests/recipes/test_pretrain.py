@@ -109,10 +109,10 @@ def _losses(run_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, strategy):
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, strategy, builtin_data):
     from safetensors.torch import load_file
 
-    data = tmp_path / "data"
+    data = builtin_data
     ref = _run(tmp_path / "ref", data, strategy, 8)
     assert "Traceback" not in ref.stderr, ref.stderr[-3000:]
     crashed = _run(tmp_path / "res", data, strategy, 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
@@ -187,10 +187,10 @@ def test_the_readme_object_storage_config_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path):
+def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path, builtin_data):
     """FSDP2 reshards the model and optimiser through DCP; the streamed data of the begun epoch is dealt
     to the three new ranks (exactly once: tests/data/test_streaming.py)."""
-    data = tmp_path / "data"
+    data = builtin_data
     crashed = _run(tmp_path / "run", data, "fsdp", 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
     assert crashed.returncode != 0
     resumed = _run(tmp_path / "run", data, "fsdp", 8, nproc=3)

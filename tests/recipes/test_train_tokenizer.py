@@ -66,7 +66,7 @@ def test_config_errors():
 
 
 @pytest.mark.slow
-def test_learns_exports_and_resumes_exactly(tmp_path):
+def test_learns_exports_and_resumes_exactly(tmp_path, builtin_data):
     from safetensors.torch import load_file
 
     from mmkit.tokenizers import load_dvae
@@ -77,7 +77,7 @@ def test_learns_exports_and_resumes_exactly(tmp_path):
     # are checked against a hand computation in tests/tokenizers/test_dvae.py. Streaming is covered by
     # the DDP/FSDP2 and elastic tests below.
     args = ("eval_every=30", "image_every=30", "checkpoint.every=20", "data.streaming=false")
-    _run(tmp_path / "ref", tmp_path / "data", 60, *args)
+    _run(tmp_path / "ref", builtin_data, 60, *args)
     ev = _records(tmp_path / "ref", "eval")
     assert ev[60]["loss/recon_mse"] < 0.6 * ev[0]["loss/recon_mse"], ev  # learned to reconstruct
     assert all(1.0 <= r["usage/perplexity"] <= 64 for r in ev.values()), ev
@@ -93,9 +93,9 @@ def test_learns_exports_and_resumes_exactly(tmp_path):
     model, cfg = load_dvae(tmp_path / "ref" / "final")
     assert cfg["image_size"] == 16 and model.vocab_size == 64
 
-    crashed = _run(tmp_path / "res", tmp_path / "data", 60, *args, env={"MMKIT_FAULT_KILL_AT_STEP": "30"}, check=False)
+    crashed = _run(tmp_path / "res", builtin_data, 60, *args, env={"MMKIT_FAULT_KILL_AT_STEP": "30"}, check=False)
     assert crashed.returncode != 0
-    resumed = _run(tmp_path / "res", tmp_path / "data", 60, *args)
+    resumed = _run(tmp_path / "res", builtin_data, 60, *args)
     assert "resumed from" in resumed.stdout and "step 20" in resumed.stdout
     a, b = _records(tmp_path / "ref", "train"), _records(tmp_path / "res", "train")
     for step in (40, 50, 60):
@@ -120,21 +120,21 @@ def _launch(run_dir, data_dir, strategy, *extra, env=None, check=True, nproc=2):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_under_ddp_and_fsdp(tmp_path):
+def test_sigkill_then_resume_equals_uninterrupted_under_ddp_and_fsdp(tmp_path, builtin_data):
     """Two ranks, FSDP2: killed at step 6, resumed from step 4, the run ends where the uninterrupted one
     does; and DDP trains the same model (DDP's kill and resume is the pretraining recipes' test: the same
     runtime, one run here instead of three)."""
     from safetensors.torch import load_file
 
-    _launch(tmp_path / "ddp" / "ref", tmp_path / "data", "ddp")
+    _launch(tmp_path / "ddp" / "ref", builtin_data, "ddp")
     finals = {"ddp": load_file(tmp_path / "ddp" / "ref" / "final" / "encoder.safetensors")}
     for strategy in ("fsdp",):
         ref, res = tmp_path / strategy / "ref", tmp_path / strategy / "res"
-        _launch(ref, tmp_path / "data", strategy)
-        crashed = _launch(res, tmp_path / "data", strategy, env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False)
+        _launch(ref, builtin_data, strategy)
+        crashed = _launch(res, builtin_data, strategy, env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False)
         assert crashed.returncode != 0
         assert sorted(p.name for p in (res / "checkpoints").iterdir()) == ["step_00000004"]
-        resumed = _launch(res, tmp_path / "data", strategy)
+        resumed = _launch(res, builtin_data, strategy)
         assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
         a, b = _records(ref, "train"), _records(res, "train")
         assert sorted(a) == sorted(b) == [2, 4, 6, 8, 10, 12]
@@ -150,11 +150,11 @@ def test_sigkill_then_resume_equals_uninterrupted_under_ddp_and_fsdp(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_on_three_ranks_after_two(tmp_path):
+def test_resume_on_three_ranks_after_two(tmp_path, builtin_data):
     """Streamed data resumes elastically on another number of ranks (the data of the begun epoch is
     dealt to the new ranks: tests/data/test_streaming.py checks it is read exactly once); indexed data
     refuses, naming the source."""
-    data = tmp_path / "data"
+    data = builtin_data
     for streaming in ("true", "false"):
         run = tmp_path / streaming
         args = (f"data.streaming={streaming}",)
@@ -172,10 +172,10 @@ def test_resume_on_three_ranks_after_two(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_data_resumes_with_another_number_of_workers(tmp_path):
+def test_streamed_data_resumes_with_another_number_of_workers(tmp_path, builtin_data):
     """One process killed with 2 data workers resumes with 0 (the main process): the begun epoch's rest
     is dealt to the new worker layout and the run completes; indexed data keeps the worker count frozen."""
-    data = tmp_path / "data"
+    data = builtin_data
     args = ("optim.total_steps=12", "data.batch_size=8", "log_every=2", "eval_every=6", "image_every=6",
             "checkpoint.every=4")  # fmt: skip
     crashed = _run(tmp_path / "run", data, 12, *args, "data.num_workers=2", env={"MMKIT_FAULT_KILL_AT_STEP": "6"},
