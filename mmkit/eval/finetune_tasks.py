@@ -23,8 +23,8 @@ hateful_memes      multimodal  single_label   auroc, accuracy             dev_se
 =================  ==========  =============  ==========================  ============  ==================
 
 GLUE's test labels are not public, so GLUE reports its dev sets (as the paper does); VQA v2's test-dev
-is scored by its server only, so mmkit reports val (the paper trains on train + val and reports test-dev:
-``docs/EVALUATION.md``). The best step is chosen on the "selects on" split by the first metric, and the
+and test-std are scored by its server only, so mmkit reports val (``docs/EVALUATION.md``). The best step
+is chosen on the "selects on" split by the first metric (or ``metric=``, one of the task's), and the
 reported metrics are those of that step.
 """
 
