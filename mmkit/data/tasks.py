@@ -256,6 +256,11 @@ class LabeledRows(Source):
         """Every row's target, in order (no image is read)."""
         return [row[-1] for row in self._rows]
 
+    @property
+    def keys(self) -> list[str]:
+        """Every row's key, in order (e.g. VQA's ``q<question_id>``)."""
+        return [row[0] for row in self._rows]
+
     def texts(self) -> list[str]:
         """Every text and text pair, in order (e.g. to learn a vocabulary from)."""
         return [t for row in self._rows for t in row[1:3] if t]

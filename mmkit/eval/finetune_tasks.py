@@ -38,7 +38,7 @@ from typing import Any
 from mmkit.data import DataQualityError
 from mmkit.data.tasks import LabeledRows
 from mmkit.eval.benchmarks.glue import GLUE, read_glue
-from mmkit.eval.benchmarks.vl_tasks import read_hateful_memes, read_snli_ve, read_vqav2
+from mmkit.eval.benchmarks.vl_tasks import read_hateful_memes, read_snli_ve, read_vqav2, vqa_results
 from mmkit.utils.errors import InputError
 
 
@@ -49,6 +49,8 @@ class FinetuneTask:
     Attributes:
         report: ``{suffix: split}``; a metric ``m`` of split ``split`` is reported as ``m`` (empty suffix)
             or ``m_<suffix>``.
+        predicts, results_file: splits without public labels (VQA v2's test-dev and test) for which
+            ``predict=`` writes the challenge server's results file at the best step.
         keys: the reader's own keys beside ``path`` and ``split`` (``images``, ``answer_vocab_size``).
         paper: the published numbers (percent) by reported metric name (``docs/FLAVA.md``).
     """
@@ -64,6 +66,8 @@ class FinetuneTask:
     keys: tuple[str, ...] = ()
     paper: dict[str, float] = field(default_factory=dict)
     group: str = "multimodal"  # which average of the report it counts in: "glue" or "multimodal"
+    predicts: tuple[str, ...] = ()  # unlabelled splits it can write a results file for (the server scores it)
+    results_file: Callable[[LabeledRows, list[int]], Any] | None = None  # (split, class id per row) -> JSON
 
     def reported_names(self) -> list[str]:
         """The metric names the task reports, e.g. ``["accuracy_matched", "accuracy_mismatched"]``."""
@@ -103,7 +107,8 @@ def _hateful_memes(path: str | Path, split: str, classes: Any = None) -> Labeled
 FINETUNE_TASKS: dict[str, FinetuneTask] = {
     **{f"glue:{n}": _glue_task(n) for n in GLUE},
     "vqav2": FinetuneTask("vqav2", "multimodal", "multi_label", ("vqa_accuracy",), "train", "val", {"": "val"},
-                          read_vqav2, ("images", "answer_vocab_size"), {"vqa_accuracy": 72.49}),
+                          read_vqav2, ("images", "answer_vocab_size"), {"vqa_accuracy": 72.49},
+                          predicts=("test-dev", "test"), results_file=vqa_results),
     "snli_ve": FinetuneTask("snli_ve", "multimodal", "single_label", ("accuracy",), "train", "dev", {"": "test"},
                             _snli_ve, ("images",), {"accuracy": 78.89}),
     "hateful_memes": FinetuneTask("hateful_memes", "multimodal", "single_label", ("auroc", "accuracy"), "train",

@@ -357,7 +357,8 @@ class FinetuneRunner:
         return {**results["metrics"], "samples": sum(sizes[s] for s in spec.report.values()),
                 "train_samples": len(recipe.train_ds), "best_step": results["best_step"],
                 "steps": recipe.cfg.optim.total_steps, "skipped": results["skipped"],
-                "run_dir": str(recipe.run_dir)}  # fmt: skip
+                "run_dir": str(recipe.run_dir),
+                **({"predictions": results["predictions"]} if results["predictions"] else {})}  # fmt: skip
 
 
 def _dotted(key: str, value: Any) -> list[str]:

@@ -19,7 +19,9 @@ Features and their config keys:
   Memes' JSONL): the task sets the encoder, problem type and metrics, selects the best step on its
   selection split and reports all its metrics there (MNLI: ``accuracy_matched`` and
   ``accuracy_mismatched``; ``mmkit.eval.finetune_tasks``). Shipped recipes: ``configs/paper/<task>.yaml``
-  (``epochs`` and ``warmup_fraction`` become step counts on the training split).
+  (``epochs`` and ``warmup_fraction`` become step counts on the training split). ``predict=[test-dev]``
+  (VQA v2: ``test-dev``, ``test``) writes the best step's answers for the challenge server to
+  ``<run_dir>/predictions/vqav2_<split>.json``.
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,
   ``shapes:entailment``), ``folder`` (image classes in subfolders: ``train_path``/``val_path``),
   ``text`` (CSV/JSONL: ``text_column``, ``text_pair_column`` for GLUE-style sentence pairs,
@@ -134,6 +136,7 @@ class FinetuneConfig:
     image_size: int | None = at_least(1, None)  # None: the model's
     max_length: int = at_least(1, 32)
     batch_size: int = at_least(1, 32)  # per rank
+    predict: list[str] = field(default_factory=list)  # named task: unlabelled splits to write results files for
     epochs: float | None = positive(None)  # set: optim.total_steps = epochs over the training split
     warmup_fraction: float | None = fraction(None)  # set: optim.warmup_steps = this share of the steps
     num_workers: int = at_least(0, 0)
@@ -152,7 +155,7 @@ class FinetuneConfig:
 
 
 FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "num_classes", "head_hidden", "task",
-          "path", "images", "epochs", "warmup_fraction",
+          "path", "images", "predict", "epochs", "warmup_fraction",
           "train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
           "answers_column", "answer_vocab", "answer_vocab_size", "tokenizer", "image_size", "max_length",
           "batch_size", "num_workers", "optim.grad_accum", "metric")  # fmt: skip
@@ -163,6 +166,9 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     cfg = load_recipe_config(FinetuneConfig, path, overrides)
     if cfg.task in FINETUNE_TASKS:
         return _named_task_config(cfg)
+    if cfg.predict:
+        raise InputError(f"predict= is for a named task's unlabelled splits (e.g. task=vqav2 predict=[test-dev]), "
+                         f"not task={cfg.task}")  # fmt: skip
     if ":" in cfg.task and not cfg.task.startswith("shapes:"):
         raise InputError(f"unknown task {cfg.task!r}: choose shapes:<name>, folder, text, pairs or one of "
                          f"{', '.join(FINETUNE_TASKS)}")  # fmt: skip
@@ -196,6 +202,9 @@ def _named_task_config(cfg: FinetuneConfig) -> FinetuneConfig:
     ]
     if cfg.metric not in (*task.metrics, default.metric):
         clash.append(f"metric={cfg.metric} (it reports {', '.join(task.metrics)})")
+    unknown = [s for s in cfg.predict if s not in task.predicts]
+    if unknown:
+        clash.append(f"predict={','.join(unknown)} (it writes results for {', '.join(task.predicts) or 'no split'})")
     if clash:
         raise InputError(
             f"task {cfg.task} reads its own files and sets its encoder and metrics: remove {', '.join(clash)}"
@@ -228,14 +237,16 @@ class Progress:
     best: list | None = None
     start: float | None = None
     reported: dict[str, float] = field(default_factory=dict)  # the task's reported metrics at the best step
+    predictions: dict[str, list[int]] = field(default_factory=dict)  # ``predict`` splits: class id per row, best step
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start,
-                "reported": dict(self.reported)}  # fmt: skip
+                "reported": dict(self.reported), "predictions": dict(self.predictions)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [tuple(h) for h in state["history"]]
         self.best, self.start, self.reported = state["best"], state["start"], dict(state.get("reported", {}))
+        self.predictions = dict(state.get("predictions", {}))
 
 
 class FinetuneRecipe:
@@ -247,7 +258,7 @@ class FinetuneRecipe:
         cfg = self.cfg
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
-        self.report_sources: dict[str, Any] = {}
+        self.report_sources: dict[str, Any] = {}  # named task: report and predict splits other than val
         self.skips_named: set[str] = set()  # evaluation splits whose unreadable records were printed
         self.val_name = finetune_task(cfg.task).select if cfg.task in FINETUNE_TASKS else "validation"
         train, val, classes = self._sources()
@@ -396,7 +407,8 @@ class FinetuneRecipe:
 
         train = split(task.train)
         val = split(task.select, train.classes)
-        self.report_sources = {s: split(s, train.classes) for s in task.report.values() if s != task.select}
+        wanted = [*(s for s in task.report.values() if s != task.select), *cfg.predict]
+        self.report_sources = {s: split(s, train.classes) for s in wanted}
         self.skipped = {name: len(rows.skipped) for name, rows in opened.items()}
         for name, rows in opened.items():
             if rows.skipped and self.ctx.is_main:
@@ -425,6 +437,10 @@ class FinetuneRecipe:
     def _predict(self, loader, size: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels over a whole split (every rank runs it: FSDP2 needs them all); unreadable
         records are skipped, bounded by ``max_bad_fraction``."""
+        return self._outputs(loader, size, split)[:2]
+
+    def _outputs(self, loader, size: int, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """:meth:`_predict` and the :class:`~mmkit.data.Skipped` records (``#<index>`` keys) it left out."""
         model = unwrap(self.model)
         model.eval()
         logits, labels, skipped = [], [], []
@@ -446,7 +462,7 @@ class FinetuneRecipe:
         if skipped and split not in self.skips_named and self.ctx.is_main:  # named once per split
             self.skips_named.add(split)
             print(f"{split}: {len(skipped)} of {size} records skipped, scored without them: {named}", flush=True)
-        return torch.cat(logits), torch.cat(labels)
+        return torch.cat(logits), torch.cat(labels), skipped
 
     def evaluate(self) -> float:
         """The selection metric on the whole validation split."""
@@ -465,7 +481,21 @@ class FinetuneRecipe:
                 outputs = self._predict(loader, size, split)
             for m in task.metrics:
                 out[m if not suffix else f"{m}_{suffix}"] = compute_metric(m, *outputs)
+        for split in self.cfg.predict:  # the server's splits: this step's answers, kept until the run ends
+            self.progress.predictions[split] = self._predicted_ids(split)
         return out
+
+    def _predicted_ids(self, split: str) -> list[int]:
+        """The predicted class of every row of ``split``, in order; a row that cannot be read (within
+        ``max_bad_fraction``, named) gets class 0 — the most frequent answer of a VQA vocabulary."""
+        loader, size = self.report_loaders[split]
+        logits, _, skipped = self._outputs(loader, size, split)
+        gone = {int(s.key.lstrip("#")) for s in skipped}
+        ids, read = [0] * size, iter(logits.argmax(-1).tolist())
+        for i in range(size):
+            if i not in gone:
+                ids[i] = next(read)
+        return ids
 
     def train(self) -> dict[str, Any]:
         """Train for ``optim.total_steps`` steps, evaluating every ``eval_every``; resumable."""
@@ -486,11 +516,25 @@ class FinetuneRecipe:
         results = {"task": cfg.task, "metric": cfg.metric, "start": p.start, "best_step": p.best[0],
                    "best": p.best[1], "final": p.history[-1][1], "metrics": p.reported,
                    "skipped": getattr(self, "skipped", {}), "history": p.history,
-                   "init_from": cfg.init_from}  # fmt: skip
+                   "init_from": cfg.init_from, "predictions": self._write_predictions()}  # fmt: skip
         if self.ctx.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)
         return results
+
+    def _write_predictions(self) -> dict[str, str]:
+        """``predict`` splits: the best step's answers as the challenge server reads them,
+        ``<run_dir>/predictions/<task>_<split>.json``; returns ``{split: path}``."""
+        task, written = (finetune_task(self.cfg.task) if self.cfg.predict else None), {}
+        for split, ids in self.progress.predictions.items():
+            path = self.run_dir / "predictions" / f"{task.name}_{split}.json"
+            if self.ctx.is_main:
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(task.results_file(self.report_sources[split], ids)))
+                os.replace(tmp, path)
+            written[split] = str(path)
+        return written
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
         self.metrics.log(step, {"loss": record["loss/total"], "lr": self.step.scheduler.get_last_lr()[0],

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmkit.eval.benchmarks import shapes_finetune as ff
 from tests.conftest import load_recipe, make_mmkit_export, run_recipe
@@ -175,3 +176,45 @@ def test_a_missing_image_is_a_named_skip_within_the_bound(data, tmp_path, capsys
     assert run_recipe("recipes/flava/finetune.py", f"run_dir={tmp_path / 'b'}", "max_bad_fraction=0.05", *keys) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1 of the 8 dev_seen records could not be read (max_bad_fraction 5.0%)" in err
+
+
+def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp_path, capsys):
+    """predict=[test-dev] writes [{question_id, answer}] for every test-dev question: the exported best
+    model's answers (recomputed here from <run_dir>/best), class 0 for a question whose image is gone."""
+    import shutil
+
+    from mmkit.data import ClassificationDataset, ImageTransform, ImageTransformConfig
+    from mmkit.eval import finetune_task, open_task_split
+    from mmkit.models import load_classifier
+    from mmkit.tokenizers import TextTokenizer
+
+    root, export = data
+    vqa = shutil.copytree(root / "vqav2", tmp_path / "vqav2")
+    questions = json.loads((vqa / "v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())["questions"]
+    (vqa / "test2015" / f"COCO_test2015_{questions[-1]['image_id']:012d}.jpg").unlink()  # its two questions
+    run = tmp_path / "run"
+    assert run_recipe("recipes/flava/finetune.py", "task=vqav2", f"path={vqa}", f"init_from={export}", f"run_dir={run}",
+                      "predict=[test-dev]", "optim.total_steps=4", "eval_every=2", "batch_size=4", "head_hidden=8",
+                      "optim.warmup_steps=1", "max_bad_fraction=0.3", "progress=false") == 0  # fmt: skip
+    assert "test-dev: 2 of 8 records skipped" in capsys.readouterr().out
+    answers = json.loads((run / "predictions" / "vqav2_test-dev.json").read_text())
+    assert [a["question_id"] for a in answers] == [q["question_id"] for q in questions]
+    model = load_classifier(run / "best")
+    rows = open_task_split(finetune_task("vqav2"), vqa, "test-dev", classes=model.classes)
+    transform = ImageTransform(
+        ImageTransformConfig(image_size=model.model.config.image.image_size, codebook_image_size=0)
+    )
+    ds = ClassificationDataset(rows, "multimodal", transform, TextTokenizer.from_pretrained(run / "best" / "tokenizer"))
+    with torch.no_grad():
+        for i, a in enumerate(answers[:-2]):
+            s = ds[i]
+            logits = model(pixel_values=s["image"][None], input_ids=s["input_ids"][None]).logits
+            assert a["answer"] == model.classes[logits.argmax(-1).item()], i
+    assert [a["answer"] for a in answers[-2:]] == [model.classes[0]] * 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["predictions"] == {"test-dev": str(run / "predictions" / "vqav2_test-dev.json")}
+    finetune = load_recipe("recipes/flava/finetune.py")
+    with pytest.raises(ValueError, match=r"remove predict=val \(it writes results for test-dev, test\)"):
+        finetune.load_config(None, ["task=vqav2", "path=x", "predict=[val]"])
+    with pytest.raises(ValueError, match="predict= is for a named task's unlabelled splits"):
+        finetune.load_config(None, ["predict=[test]"])

@@ -13,7 +13,7 @@ the labels are learnable from the pictures and captions:
   CoLA a caption or its words reversed, SST-2 warm or cool first colour, MRPC/QQP/RTE/STS-B a caption
   against itself or with its colour swapped, MNLI entailed / contradicted / neutral, QNLI a colour question;
 * ``vqav2/``: VQA v2's question and annotation JSON files and COCO-named JPEGs (colour and shape questions,
-  ten human answers in several spellings);
+  ten human answers in several spellings), and test-dev's questions without answers;
 * ``snli-ve/``: ``snli_ve_{train,dev,test}.jsonl`` with ``Flickr30K/flickr30k_images/``;
 * ``hateful_memes/``: ``{train,dev_seen,test_seen}.jsonl`` and ``img/`` ("hateful" = the first shape is a circle).
 """
@@ -192,14 +192,18 @@ def _vqa_answers(answer: str, k: int) -> list[dict]:
 
 def vqav2(root: Path, n_train: int = 12, n_val: int = 6) -> Path:
     """``v2_OpenEnded_mscoco_{train,val}2014_questions.json``, ``v2_mscoco_{train,val}2014_annotations.json``
-    and ``{train,val}2014/COCO_<split>2014_<id:012d>.jpg``: two questions per image (colour, shape)."""
+    and ``{train,val}2014/COCO_<split>2014_<id:012d>.jpg``: two questions per image (colour, shape); and
+    test-dev as released, questions only (``v2_OpenEnded_mscoco_test-dev2015_questions.json``, images in
+    ``test2015/``), ``n_val`` other images."""
     root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train2014", n_train), ("val2014", n_val)):
-        (root / split).mkdir(exist_ok=True)
+    for split, n in (("train2014", n_train), ("val2014", n_val), ("test-dev2015", n_val)):
+        folder = "test2015" if split == "test-dev2015" else split
+        (root / folder).mkdir(exist_ok=True)
         questions, annotations = [], []
-        for k, (png, _, first) in enumerate(shapes(n, train=split == "train2014")):
-            image_id = (1 if split == "train2014" else 500_000) + k
-            (root / split / f"COCO_{split}_{image_id:012d}.jpg").write_bytes(jpeg(png))
+        picked = shapes(n, offset=n_val if folder == "test2015" else 0, train=split == "train2014")
+        for k, (png, _, first) in enumerate(picked):
+            image_id = {"train2014": 1, "val2014": 500_000, "test-dev2015": 900_000}[split] + k
+            (root / folder / f"COCO_{folder}_{image_id:012d}.jpg").write_bytes(jpeg(png))
             for j, (q, a, qtype) in enumerate((("What color is the first shape?", first["color"], "what color is the"),
                                                ("What shape is first?", first["shape"], "what"))):  # fmt: skip
                 qid = image_id * 10 + j
@@ -210,9 +214,10 @@ def vqav2(root: Path, n_train: int = 12, n_val: int = 6) -> Path:
         (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps(
             {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": split,
              "questions": questions}))  # fmt: skip
-        (root / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps(
-            {"info": info, "license": {}, "data_type": "mscoco", "data_subtype": split,
-             "annotations": annotations}))  # fmt: skip
+        if split != "test-dev2015":  # the test splits' answers stay on the server
+            (root / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps(
+                {"info": info, "license": {}, "data_type": "mscoco", "data_subtype": split,
+                 "annotations": annotations}))  # fmt: skip
     return root
 
 

@@ -31,6 +31,8 @@ from mmkit.eval.benchmarks.base import BenchmarkFormatError
 from mmkit.utils.errors import InputError, MissingError
 
 VQA_SPLITS = {"train": "train2014", "val": "val2014"}
+#: The splits whose answers only the challenge server has: questions only, images in ``test2015/``.
+VQA_TEST_SPLITS = {"test-dev": "test-dev2015", "test": "test2015"}
 SNLI_VE_CLASSES = ("contradiction", "entailment", "neutral")
 HATEFUL_MEMES_CLASSES = ("not_hateful", "hateful")
 
@@ -50,7 +52,8 @@ def _load_json(file: Path, fields: tuple[str, ...], what: str) -> dict[str, Any]
 
 def _vqa_files(path: Path, split: str) -> tuple[Path, Path]:
     if split not in VQA_SPLITS:
-        raise InputError(f"VQA v2 split {split!r} has no public answers here: choose train or val")
+        raise InputError(f"VQA v2 has no labelled split {split!r}: choose train or val (test-dev and test: "
+                         "predictions only)")  # fmt: skip
     sub = VQA_SPLITS[split]
     names = (f"v2_OpenEnded_mscoco_{sub}_questions.json", f"v2_mscoco_{sub}_annotations.json")
     found = []
@@ -96,6 +99,9 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     (default :func:`vqa_answer_vocab`). Questions whose answers all fall outside the vocabulary are kept
     (their target is all zeros, as in training on the usual 3,129 answers)."""
     path = Path(path)
+    if split in VQA_TEST_SPLITS:
+        return _vqa_questions_only(path, split, Path(images) if images else path,
+                                   classes or vqa_answer_vocab(path, answer_vocab_size))  # fmt: skip
     questions, by_id, qfile, afile = _vqa_annotations(path, split)
     vocab = classes or vqa_answer_vocab(path, answer_vocab_size, read={split: by_id})
     sub, root = VQA_SPLITS[split], Path(images) if images else path
@@ -115,6 +121,34 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     skipped += [f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
                 for qid in by_id if qid not in asked]  # fmt: skip
     return LabeledRows(rows, vocab, f"vqav2 {split}", skipped)
+
+
+def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ...]) -> LabeledRows:
+    """test-dev / test: rows ``(q<question_id>, question, None, image, {})`` (no answers: an empty target)."""
+    name = f"v2_OpenEnded_mscoco_{VQA_TEST_SPLITS[split]}_questions.json"
+    qfile = next((d / name for d in (path, path / "questions", path / "Questions") if (d / name).is_file()), None)
+    if qfile is None:
+        raise MissingError(f"VQA v2 {split}: no {name} under {path} (or its questions/)")
+    data = _load_json(qfile, ("questions",), f"a VQA v2 questions file ({qfile.name})")
+    if data.get("data_subtype", VQA_TEST_SPLITS[split]) != VQA_TEST_SPLITS[split]:
+        raise BenchmarkFormatError(qfile, f"holds the {data['data_subtype']} split, not {VQA_TEST_SPLITS[split]}")
+    rows, skipped = [], []
+    for q in data["questions"]:
+        if not isinstance(q, dict) or any(k not in q for k in ("question_id", "image_id", "question")):
+            skipped.append(f"{qfile.name}: a question without question_id, image_id or question ({q!r:.80})")
+            continue
+        image = root / "test2015" / f"COCO_test2015_{int(q['image_id']):012d}.jpg"
+        rows.append((f"q{q['question_id']}", str(q["question"]), None, str(image), {}))
+    return LabeledRows(rows, vocab, f"vqav2 {split}", skipped)
+
+
+def vqa_results(rows: LabeledRows, predicted: list[int]) -> list[dict[str, Any]]:
+    """The VQA challenge's results file for ``rows`` (a split read by :func:`read_vqav2`): one
+    ``{"question_id": int, "answer": str}`` per question, ``predicted`` holding each row's class id."""
+    keys = rows.keys
+    if len(predicted) != len(keys):
+        raise InputError(f"{rows.name}: {len(predicted)} predictions for {len(keys)} questions")
+    return [{"question_id": int(k[1:]), "answer": rows.classes[c]} for k, c in zip(keys, predicted, strict=True)]
 
 
 def _jsonl(file: Path, fields: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], list[str]]:
