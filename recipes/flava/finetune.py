@@ -525,8 +525,9 @@ class FinetuneRecipe:
     def _write_predictions(self) -> dict[str, str]:
         """``predict`` splits: the best step's answers as the challenge server reads them,
         ``<run_dir>/predictions/<task>_<split>.json``; returns ``{split: path}``."""
-        task, written = (finetune_task(self.cfg.task) if self.cfg.predict else None), {}
-        for split, ids in self.progress.predictions.items():
+        written = {}
+        for split, ids in self.progress.predictions.items():  # empty unless a named task's predict= is set
+            task = finetune_task(self.cfg.task)
             path = self.run_dir / "predictions" / f"{task.name}_{split}.json"
             if self.ctx.is_main:
                 path.parent.mkdir(exist_ok=True)
