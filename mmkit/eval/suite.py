@@ -311,8 +311,9 @@ def _metrics_shown(task: SuiteTask) -> list[str]:
     if task.kind == "finetune":
         from mmkit.eval.finetune_tasks import finetune_task
 
-        names = finetune_task(task.task).reported_names()
-        head = next(iter(finetune_task(task.task).paper), names[0])
+        spec = finetune_task(task.task)
+        names = spec.reported_names()
+        head = next(iter(spec.paper), names[0])
         return [head, *[n for n in names if n != head]]
     return ["accuracy"] if task.kind != "retrieval" else ["image_to_text_r1", "text_to_image_r1"]
 

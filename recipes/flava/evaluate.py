@@ -274,11 +274,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    if cfg.suite and all(t.kind == "finetune" for t in load_suite(cfg.suite, cfg.data_root, finetune_keys())):
-        return evaluate_suite(cfg, None, None)  # each task loads the checkpoint itself
-    model, tokenizer = load_model(cfg, device)
     if cfg.suite:
-        return evaluate_suite(cfg, model, tokenizer)
+        return evaluate_suite(cfg, device)
+    model, tokenizer = load_model(cfg, device)
     results = Evaluation(cfg, model, tokenizer).run()
     width = max(len(k) for k in results)
     print(f"checkpoint: {cfg.checkpoint or 'random init'}")
@@ -290,12 +288,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return results
 
 
-def evaluate_suite(cfg: EvalConfig, model, tokenizer) -> dict[str, Any]:
+def evaluate_suite(cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
     """``suite=``: every task of the file, results in ``<out>/results.json`` and ``<out>/results.md``;
-    ``kind: finetune`` tasks run the finetuning recipe, each in ``<out>/runs/<name>``."""
+    ``kind: finetune`` tasks run the finetuning recipe, each in ``<out>/runs/<name>`` (loading the
+    checkpoint themselves: the model is loaded here only for the other kinds)."""
     tasks = load_suite(cfg.suite, cfg.data_root, finetune_keys())
     ctx = None
-    if model is not None:
+    if any(t.kind != "finetune" for t in tasks):
+        model, tokenizer = load_model(cfg, device)
         transform, transform_id = eval_transform(model, cfg.checkpoint)
         cache = FeatureCache(cfg.cache or Path(cfg.out) / "features")
         ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
