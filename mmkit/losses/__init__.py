@@ -1,7 +1,7 @@
 """Losses (parameter-free): global contrastive with differentiable gather, SigLIP's sigmoid loss with a
 differentiable ring exchange, masked CE, FLAVA's weighted sum."""
 
-from mmkit.losses.contrastive import ContrastiveLoss, ContrastiveOutput, gather_batches
+from mmkit.losses.contrastive import ContrastiveLoss, ContrastiveOutput, gather_batches, gather_padded
 from mmkit.losses.flava import OBJECTIVES, FLAVALossWeights, FLAVAPretrainingLoss, masked_cross_entropy
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
 
@@ -13,5 +13,6 @@ __all__ = [
     "FLAVAPretrainingLoss",
     "SigmoidContrastiveLoss",
     "gather_batches",
+    "gather_padded",
     "masked_cross_entropy",
 ]

@@ -66,6 +66,42 @@ def gather_batches(x: Tensor, with_grad: bool = True) -> tuple[Tensor, int]:
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]), sum(sizes[:rank])
 
 
+def gather_padded(x: Tensor, rows: int, with_grad: bool = True) -> tuple[Tensor, Tensor, int]:
+    """All-gather ``x`` along dim 0 from every rank, each rank's rows padded to ``rows``: no host sync.
+
+    Unlike :func:`gather_batches` the gathered shape depends on ``rows`` and the world size only, so
+    the exchange is a functional collective that ``torch.compile(fullgraph=True)`` traces into the
+    step's graph, and ranks with different local sizes still exchange equal shapes.
+
+    Args:
+        x: ``(n, ...)`` on this rank, ``n <= rows``.
+        rows: the most rows any rank passes (a recipe's per-rank batch size).
+        with_grad: let gradients flow back to every rank's slice; without it only this rank's slice
+            carries gradient.
+
+    Returns:
+        ``(gathered (world * rows, ...), valid (world * rows,) bool, offset)``: rank ``r``'s rows
+        start at ``r * rows`` (``offset`` is this rank's); ``valid`` is False on the padding.
+        Outside a process group: ``(x, all-True, 0)``.
+    """
+    n = x.shape[0]
+    if n > rows:
+        raise InputError(f"a rank passed {n} rows to a gather padded to {rows} rows per rank; raise rows_per_rank")
+    if not _distributed():
+        return x, torch.ones(n, dtype=torch.bool, device=x.device), 0
+    from torch.distributed import _functional_collectives as fc
+
+    world, rank, group = dist.get_world_size(), dist.get_rank(), dist.group.WORLD
+    padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, rows - n)) if rows > n else x
+    sizes = fc.all_gather_single(torch.full((1,), n, device=x.device, dtype=torch.long), 0, group)
+    valid = (torch.arange(rows, device=x.device)[None, :] < sizes[:, None]).flatten()
+    if with_grad:
+        return fc.all_gather_single_autograd(padded.contiguous(), 0, group), valid, rank * rows
+    parts = list(fc.all_gather_single(padded.detach().contiguous(), 0, group).chunk(world))
+    parts[rank] = padded
+    return torch.cat(parts), valid, rank * rows
+
+
 @dataclass
 class ContrastiveOutput:
     """Attributes:
@@ -89,6 +125,12 @@ class ContrastiveLoss(nn.Module):
         gather_with_grad: back-propagate through the all-gather (FLAVA: True).
         cross_rank: score against every rank's batch when a process group is up; False: this rank's
             only (e.g. evaluation on the same data on every rank); the attribute of the same name switches it.
+        rows_per_rank: the most rows a rank passes (its batch size). Set, the embeddings are gathered
+            padded to it (:func:`gather_padded`): no host sync, and the exchange compiles into the step
+            (``compile: step`` on several processes needs it); padding columns get ``-inf`` logits, so
+            ``N`` in the logits' shapes is ``world * rows_per_rank``. None: the sizes are exchanged on the
+            host first and ``N`` is the sum of the ranks' sizes (:func:`gather_batches`). The attribute
+            of the same name switches it.
 
     Works for unequal per-rank batch sizes. Each rank's loss is the mean over its own rows;
     with equal batch sizes, DDP's gradient averaging then equals one process on the whole
@@ -100,10 +142,13 @@ class ContrastiveLoss(nn.Module):
 
     ignore_index = -100
 
-    def __init__(self, gather_with_grad: bool = True, cross_rank: bool = True) -> None:
+    def __init__(
+        self, gather_with_grad: bool = True, cross_rank: bool = True, rows_per_rank: int | None = None
+    ) -> None:
         super().__init__()
         self.gather_with_grad = gather_with_grad
         self.cross_rank = cross_rank
+        self.rows_per_rank = rows_per_rank
 
     def forward(
         self,
@@ -129,19 +174,12 @@ class ContrastiveLoss(nn.Module):
                 f"image and text embeddings must both be (n, P); got {tuple(image_embedding.shape)} "
                 f"and {tuple(text_embedding.shape)}"
             )
-        if self.cross_rank:
-            all_images, offset = gather_batches(image_embedding, self.gather_with_grad)
-            all_texts, _ = gather_batches(text_embedding, self.gather_with_grad)
-        else:
-            all_images, all_texts, offset = image_embedding, text_embedding, 0
+        all_images, all_texts, columns, offset = self._gather(image_embedding, text_embedding, column_mask)
         scale = logit_scale.exp()
         logits_per_image = image_embedding @ all_texts.T * scale
         logits_per_text = text_embedding @ all_images.T * scale
-        if column_mask is not None:
-            columns = column_mask
-            if self.cross_rank:
-                columns = gather_batches(column_mask.to(torch.uint8), with_grad=False)[0]
-            dropped = ~columns.bool()[None, :]
+        if columns is not None:
+            dropped = ~columns[None, :]
             logits_per_image = logits_per_image.masked_fill(dropped, float("-inf"))
             logits_per_text = logits_per_text.masked_fill(dropped, float("-inf"))
         labels = torch.arange(offset, offset + image_embedding.shape[0], device=image_embedding.device)
@@ -149,6 +187,29 @@ class ContrastiveLoss(nn.Module):
             labels = torch.where(row_mask.bool(), labels, torch.full_like(labels, self.ignore_index))
         loss = (_mean_ce(logits_per_image, labels) + _mean_ce(logits_per_text, labels)) / 2
         return ContrastiveOutput(loss, logits_per_image, logits_per_text, labels)
+
+    def _gather(
+        self, images: Tensor, texts: Tensor, column_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, int]:
+        """Every rank's images and texts, the columns that count (None: all) and this rank's offset."""
+        if not (self.cross_rank and _distributed()):
+            return images, texts, None if column_mask is None else column_mask.bool(), 0
+        with_grad, rows = self.gather_with_grad, self.rows_per_rank
+        if rows is None:
+            if torch.compiler.is_compiling():
+                raise InputError(
+                    "a compiled contrastive loss on several processes needs rows_per_rank (the per-rank batch "
+                    "size) to gather without a host sync: set ContrastiveLoss.rows_per_rank"
+                )
+            all_images, offset = gather_batches(images, with_grad)
+            all_texts, _ = gather_batches(texts, with_grad)
+            columns = None if column_mask is None else gather_batches(column_mask.to(torch.uint8), False)[0].bool()
+            return all_images, all_texts, columns, offset
+        all_images, valid, offset = gather_padded(images, rows, with_grad)
+        all_texts = gather_padded(texts, rows, with_grad)[0]
+        if column_mask is not None:
+            valid = valid & gather_padded(column_mask.to(torch.uint8)[:, None], rows, False)[0][:, 0].bool()
+        return all_images, all_texts, valid, offset
 
 
 def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmkit.encoders import flava_image_encoder, flava_text_encoder
-from mmkit.losses import ContrastiveLoss, gather_batches
+from mmkit.losses import ContrastiveLoss, gather_batches, gather_padded
 
 
 def test_matches_hand_computation_and_row_mask():
@@ -70,7 +70,7 @@ def _keep(n):
     return keep
 
 
-def _worker(rank, world, init_file, out_dir, sizes, with_grad, masked=False):
+def _worker(rank, world, init_file, out_dir, sizes, with_grad, masked=False, rows=None):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         pixels, ids = _data(sum(sizes))
@@ -80,14 +80,19 @@ def _worker(rank, world, init_file, out_dir, sizes, with_grad, masked=False):
         ddp = nn.parallel.DistributedDataParallel(model)
         i, t = ddp(pixels[sl], ids[sl])
         keep = _keep(sum(sizes))[sl] if masked else None  # the column mask is gathered like the embeddings
-        out = ContrastiveLoss(gather_with_grad=with_grad)(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
+        loss_fn = ContrastiveLoss(gather_with_grad=with_grad, rows_per_rank=rows)
+        out = loss_fn(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
+        if rows is not None:  # padded to rows per rank: the padding columns are -inf
+            assert out.logits_per_image.shape == (sizes[rank], world * rows)
+            padding = torch.tensor([j % rows >= sizes[j // rows] for j in range(world * rows)])
+            assert torch.isinf(out.logits_per_text[:, padding]).all() and padding.sum() == world * rows - sum(sizes)
         # sum over this rank's rows, so that summing ranks gives the whole batch's sum for any split
         (out.loss * sizes[rank] * world / sum(sizes)).backward()  # DDP averages: x world / N -> mean
         loss = out.loss.detach() * sizes[rank]
         dist.all_reduce(loss)
         if rank == 0:
             grads = {n: p.grad for n, p in model.named_parameters()}
-            torch.save({"loss": loss / sum(sizes), "grads": grads}, os.path.join(out_dir, "dist.pt"))
+            torch.save({"loss": loss / sum(sizes), "grads": grads}, os.path.join(out_dir, f"dist{rows}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -103,11 +108,15 @@ def _single_process(n, masked=False):
     return out.loss.detach(), {n_: p.grad for n_, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("sizes", "masked"), [((4, 4), False), ((3, 5), False), ((4, 4), True)],
-                         ids=["equal", "unequal", "matched-only"])  # fmt: skip
-def test_two_processes_equal_one_process(tmp_path, sizes, masked):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sizes, True, masked), nprocs=2, join=True)
-    result = torch.load(tmp_path / "dist.pt")
+@pytest.mark.parametrize(("sizes", "masked", "rows"),
+                         [((4, 4), False, None), ((3, 5), False, None), ((4, 4), True, None), ((3, 5), False, 6),
+                          ((4, 4), True, 5)],
+                         ids=["equal", "unequal", "matched-only", "unequal-padded", "matched-only-padded"])  # fmt: skip
+def test_two_processes_equal_one_process(tmp_path, sizes, masked, rows):
+    """Sizes exchanged on the host (``rows_per_rank=None``) or each rank padded to ``rows`` (no host sync)."""
+    args = (2, str(tmp_path / "init"), str(tmp_path), sizes, True, masked, rows)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    result = torch.load(tmp_path / f"dist{rows}.pt")
     loss, grads = _single_process(sum(sizes), masked)
     torch.testing.assert_close(result["loss"], loss, atol=1e-5, rtol=1e-5)
     assert {n for n in grads if n.startswith("image.")} and {n for n in grads if n.startswith("text.")}
@@ -116,15 +125,23 @@ def test_two_processes_equal_one_process(tmp_path, sizes, masked):
 
 
 def test_local_only_gradients_differ(tmp_path):
-    """Without gradient through the gather, the encoders' gradients are not the whole batch's."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), (4, 4), False), nprocs=2, join=True)
-    result = torch.load(tmp_path / "dist.pt")
+    """Without gradient through the gather, the encoders' gradients are not the whole batch's (either gather)."""
+    for rows in (None, 4):
+        args = (2, str(tmp_path / f"init{rows}"), str(tmp_path), (4, 4), False, False, rows)
+        mp.spawn(_worker, args=args, nprocs=2, join=True)
+    host, padded = torch.load(tmp_path / "distNone.pt"), torch.load(tmp_path / "dist4.pt")
     _, grads = _single_process(8)
     name = "image.embeddings.proj.weight"
-    assert not torch.allclose(result["grads"][name], grads[name], atol=1e-5)
+    assert not torch.allclose(host["grads"][name], grads[name], atol=1e-5)
+    for n, g in host["grads"].items():
+        torch.testing.assert_close(padded["grads"][n], g, atol=1e-6, rtol=1e-6, msg=n)
 
 
 def test_gather_outside_a_process_group_is_identity():
     x = torch.randn(3, 4)
     gathered, offset = gather_batches(x)
     assert gathered is x and offset == 0
+    gathered, valid, offset = gather_padded(x, 5)
+    assert gathered is x and valid.tolist() == [True] * 3 and offset == 0
+    with pytest.raises(ValueError, match="a rank passed 3 rows to a gather padded to 2 rows per rank; raise rows_per"):
+        gather_padded(x, 2)
