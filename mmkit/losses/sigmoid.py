@@ -12,10 +12,15 @@ to be in one place: each rank scores its images against its own texts (the posit
 negatives), then passes its text chunk to the next rank around the ring and scores its images
 against each chunk that arrives (negatives only), ``world - 1`` times. Only one foreign chunk is
 held at a time. The exchange is differentiable (:class:`_RingShift`: the gradient of a received
-chunk travels back to its owner), so gradients are those of the global loss.
+chunk travels back to its owner), so gradients are those of the global loss. Inside
+``torch.compile`` (a compiled step on several processes) point-to-point sends cannot be traced, so
+the texts are all-gathered instead (a functional collective with autograd, the same blocks in the
+same order; ``world x`` the text chunk's memory, which is ``(n, P)``, small beside the activations).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -47,6 +52,22 @@ def _exchange(x: Tensor, step: int) -> Tensor:
     for request in dist.batch_isend_irecv(ops):
         request.wait()
     return out
+
+
+def _foreign_text_chunks(texts: Tensor) -> Iterator[Tensor]:
+    """The other ranks' texts, rank ``r - 1``'s first: around the ring, or all-gathered when compiling."""
+    world = dist.get_world_size()
+    if torch.compiler.is_compiling():
+        from torch.distributed import _functional_collectives as fc
+
+        chunks = fc.all_gather_single_autograd(texts.contiguous(), 0, dist.group.WORLD).chunk(world)
+        rank = dist.get_rank()
+        yield from (chunks[(rank - k) % world] for k in range(1, world))
+        return
+    chunk = texts
+    for _ in range(world - 1):
+        chunk = _RingShift.apply(chunk)
+        yield chunk
 
 
 def _distributed() -> bool:
@@ -88,9 +109,7 @@ class SigmoidContrastiveLoss(nn.Module):
         scale = logit_scale.exp()
         loss = self._block(image_embedding, text_embedding, scale, logit_bias, positives=True)
         if self.cross_rank and _distributed():
-            chunk = text_embedding
-            for _ in range(dist.get_world_size() - 1):
-                chunk = _RingShift.apply(chunk)
+            for chunk in _foreign_text_chunks(text_embedding):
                 loss = loss + self._block(image_embedding, chunk, scale, logit_bias, positives=False)
         return loss / image_embedding.shape[0]
 

@@ -1,5 +1,6 @@
 """SigLIP's sigmoid loss: against a hand computation and transformers' formula, and its ring form on
-two gloo processes against one process on the concatenated batch (loss and gradients)."""
+two and three gloo processes against one process on the concatenated batch (loss and gradients); so is
+the all-gather form a compiled step traces (``torch.compile(fullgraph=True)``: the ring's sends cannot be)."""
 
 import math
 import os
@@ -37,7 +38,7 @@ def test_matches_a_hand_computation():
         SigmoidContrastiveLoss()(x, y[:3], scale, bias)
 
 
-def _worker(rank, world, init_file, out_dir, n):
+def _worker(rank, world, init_file, out_dir, n, compiled=False):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x, y = _embeddings(n * world)
@@ -45,7 +46,10 @@ def _worker(rank, world, init_file, out_dir, n):
         y = y[rank * n : (rank + 1) * n].clone().requires_grad_()
         scale = torch.tensor(math.log(10.0), requires_grad=True)
         bias = torch.tensor(-10.0, requires_grad=True)
-        loss = SigmoidContrastiveLoss()(x, y, scale, bias)
+        loss_fn = SigmoidContrastiveLoss()
+        if compiled:
+            loss_fn = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+        loss = loss_fn(x, y, scale, bias)
         loss.backward()
         torch.save({"loss": loss.detach(), "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
@@ -53,10 +57,10 @@ def _worker(rank, world, init_file, out_dir, n):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_ring_form_equals_one_process_on_the_whole_batch(tmp_path, world):
+@pytest.mark.parametrize(("world", "compiled"), [(2, False), (3, False), (3, True)], ids=["2", "3", "3-compiled"])
+def test_ring_form_equals_one_process_on_the_whole_batch(tmp_path, world, compiled):
     n = 3
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path), n), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path), n, compiled), nprocs=world, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     x, y = (t.clone().requires_grad_() for t in _embeddings(n * world))
     scale = torch.tensor(math.log(10.0), requires_grad=True)
