@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.masking import BlockMaskGenerator, TokenMasker, itm_negatives
@@ -190,15 +191,25 @@ class _TextPart:
         self.whole_word = whole_word
 
     def collate_text(self, texts: Sequence[Sample], g: torch.Generator) -> dict[str, Tensor]:
-        pad = self.token_masker.pad_token_id
-        ids, mask = pad_sequences([s["input_ids"] for s in texts], pad, self.max_length)
+        """Masks are drawn on the batch's own length, then every field is padded to ``max_length``: the
+        same captions get the same masks whatever the padded length (a compiled step's fixed length
+        trains on the data an eager run sees)."""
+        masker = self.token_masker
+        ids, mask = pad_sequences([s["input_ids"] for s in texts], masker.pad_token_id)
+        if self.max_length is not None and ids.shape[1] > self.max_length:
+            raise InputError(f"a caption has {ids.shape[1]} tokens, more than max_length={self.max_length}; "
+                             "truncate it in the tokenizer")  # fmt: skip
         word_ids = None
         if self.whole_word:
             if not all("word_ids" in s for s in texts):
                 raise DataKeyError("whole-word masking needs 'word_ids' in every text sample")
             word_ids, _ = pad_sequences([s["word_ids"] for s in texts], 0, ids.shape[1])
-        masked, labels = self.token_masker(ids, mask, word_ids, generator=g)
-        return {"input_ids": ids, "attention_mask": mask, "masked_input_ids": masked, "mlm_labels": labels}
+        masked, labels = masker(ids, mask, word_ids, generator=g)
+        out = {"input_ids": ids, "attention_mask": mask, "masked_input_ids": masked, "mlm_labels": labels}
+        extra = 0 if self.max_length is None else self.max_length - ids.shape[1]
+        fills = {"input_ids": masker.pad_token_id, "attention_mask": 0, "masked_input_ids": masker.pad_token_id,
+                 "mlm_labels": masker.ignore_index}  # fmt: skip
+        return {k: F.pad(v, (0, extra), value=fills[k]) for k, v in out.items()} if extra else out
 
 
 class PairCollator(_Seeded, _ImagePart, _TextPart):

@@ -101,3 +101,26 @@ def test_batch_moves_and_lists_its_inputs():
     batch = Batch(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3))
     assert set(batch.model_inputs()) == {"input_ids", "attention_mask"}
     assert batch.to("cpu").input_ids.device.type == "cpu"
+
+
+def test_a_fixed_text_length_pads_the_masks_an_unpadded_batch_draws():
+    """``max_length`` (what a compiled step trains with) changes the padding only: the same samples get the
+    same ITM negatives, patch masks and MLM masks, every text field padded on the right."""
+    blocks = BlockMaskGenerator(grid_size=4, num_masking_patches=6, min_block=2)
+    tokens = TokenMasker(30522, MASK, special_token_ids=[CLS, SEP], mask_prob=0.3)
+    samples = _samples()
+    for free, fixed in ((PairCollator(blocks, tokens, 0.5, seed=3), PairCollator(blocks, tokens, 0.5, 11, seed=3)),
+                        (TextCollator(tokens, seed=3), TextCollator(tokens, 11, seed=3))):  # fmt: skip
+        a, b = free(samples), fixed(samples)
+        length = a.masked_input_ids.shape[1]
+        assert length < 11 and b.masked_input_ids.shape == b.mlm_labels.shape == b.attention_mask.shape == (6, 11)
+        assert (a.mlm_labels != -100).any() and (a.input_ids is None) == (b.input_ids is None)
+        for name, fill in (("input_ids", 0), ("attention_mask", 0), ("masked_input_ids", 0), ("mlm_labels", -100)):
+            if getattr(a, name) is None:  # a text-only batch has no clean ids
+                continue
+            assert torch.equal(getattr(b, name)[:, :length], getattr(a, name)), name
+            assert (getattr(b, name)[:, length:] == fill).all(), name
+        for name in ("itm_labels", "patch_mask"):
+            assert getattr(a, name) is None or torch.equal(getattr(b, name), getattr(a, name)), name
+    with pytest.raises(ValueError, match=f"a caption has {length} tokens, more than max_length=3"):
+        TextCollator(tokens, 3)(samples)
