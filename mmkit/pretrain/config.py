@@ -65,7 +65,7 @@ class RunConfig:
     distributed: str = choice("ddp", "fsdp", "none")
     precision: str = choice(*PRECISIONS)
     activation_checkpointing: bool = False
-    # none | layers (torch.compile each transformer layer) | step (the whole step as one graph, one process)
+    # none | layers (torch.compile each transformer layer) | step (the whole step as one graph; FSDP2: one unit)
     compile: Literal["none", "layers", "step"] = "none"
     # build the model on the meta device and materialise it after wrapping (FSDP2: each rank allocates only
     # its shard); the initial weights follow the same rules but are other draws than meta_init=false's

@@ -34,6 +34,7 @@ from torch import nn
 
 from mmkit.data import MixedBatches, SampleDataset, TrainingSource, heldout_source, recipe_data_paths
 from mmkit.eval import HealthMonitor, retrieval_recall
+from mmkit.losses import ContrastiveLoss
 from mmkit.pretrain.config import RunConfig, frozen_fields
 from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
 from mmkit.train import (
@@ -128,6 +129,12 @@ class PretrainRecipe:
         out = model(**batch.model_inputs())
         return out.loss, out.losses
 
+    @property
+    def train_text_length(self) -> int | None:
+        """The length training captions are padded to: ``data.max_length`` under ``compile: step`` (one
+        text shape, one graph per batch kind: a new length would compile again), else the batch's longest."""
+        return self.cfg.data.max_length if self.cfg.compile == "step" else None
+
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, d = self.cfg, self.cfg.data
@@ -145,6 +152,8 @@ class PretrainRecipe:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
             self.raw_model = self.build_model()
+        for loss in (m for m in self.raw_model.modules() if isinstance(m, ContrastiveLoss)):
+            loss.rows_per_rank = d.batch_size  # gathered padded: no host sync; compiles into a step on N ranks
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
                                  cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
                                  **self.parallel_options)  # fmt: skip

@@ -1,6 +1,14 @@
 """Process-group setup and model parallelisation, applied outside the model in one fixed order:
 activation checkpointing, then ``torch.compile``, then FSDP2 (``fully_shard``) or DDP.
 
+``compile="step"`` on several processes: under DDP the compiled module is wrapped as it is (DDP's
+gradient hooks fire as the compiled backward hands each gradient over). FSDP2's hooks are excluded
+from Dynamo (``torch._dynamo.disable``), so a graph cannot span a sharded layer's boundary: with
+``compile="step"`` the model is therefore ONE FSDP2 unit whose hooks run outside the compiled
+``forward`` (parameters gathered once per step, gradients reduce-scattered once; optimiser state
+and the resting parameters stay sharded). Where the whole model's parameters and gradients do not
+fit on one device at once, use ``compile="layers"``, which keeps per-layer sharding.
+
 Launch with ``torchrun`` (single node: ``--nproc_per_node=N``; several nodes: ``--nnodes=M
 --node_rank=i --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``); a plain ``python`` run is one
 process without a process group.
@@ -13,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -58,19 +66,13 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _check_options(strategy: str, compile: CompileMode | bool, world_size: int) -> CompileMode:
+def _check_options(strategy: str, compile: CompileMode | bool) -> CompileMode:
     if strategy not in ("ddp", "fsdp", "none"):
         raise InputError(f"strategy must be 'ddp', 'fsdp' or 'none', got {strategy!r}")
     if isinstance(compile, bool):
         compile = "layers" if compile else "none"
     if compile not in COMPILE_MODES:
         raise InputError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-    if compile == "step" and world_size > 1:
-        raise InputError(
-            f"compile='step' runs in one process for now (with distributed={strategy!r} the contrastive "
-            "all-gather exchanges batch sizes on the host and FSDP2's per-layer hooks would sit inside the "
-            "graph); use compile='layers' with several processes"
-        )
     return compile
 
 
@@ -82,6 +84,7 @@ def parallelize(
     compile: CompileMode | bool = "none",
     bf16_params: bool = False,
     find_unused_parameters: bool = True,
+    compile_options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Wrap ``model`` for training.
 
@@ -94,25 +97,42 @@ def parallelize(
             shapes, so a graph break or a data-dependent shape is an error rather than a silent
             slowdown, and the backward is compiled with it); a model with ``set_static_shapes``
             (FLAVA's masked objectives) is switched to its static-shape path first. The module is
-            compiled in place, so parameter and state-dict names do not change. One process only
-            (several raise a ValueError). ``True`` / ``False`` mean ``"layers"`` / ``"none"``.
+            compiled in place, so parameter and state-dict names do not change. Under FSDP2 the
+            model is then one sharded unit (see the module's docstring); a contrastive loss on several
+            processes needs ``rows_per_rank`` set (its gather then compiles into the step).
+            ``True`` / ``False`` mean ``"layers"`` / ``"none"``.
         bf16_params: FSDP2 mixed precision (bf16 compute, fp32 reductions).
         find_unused_parameters: DDP only. FLAVA needs it (an image batch never touches the text
             encoder); a model whose every forward uses every parameter (the dVAE) turns it off and
             saves a traversal of the autograd graph per step.
+        compile_options: more ``torch.compile`` arguments (``backend``, ``mode``, ``options``).
     """
-    compile = _check_options(strategy, compile, info.world_size)
+    compile = _check_options(strategy, compile)
+    if compile == "step" and info.world_size > 1:
+        unbounded = [name or "the model" for name, m in model.named_modules() if getattr(m, "rows_per_rank", 0) is None]
+        if unbounded:
+            raise InputError(
+                f"compile='step' on {info.world_size} processes: set rows_per_rank (the per-rank batch size) on "
+                f"{', '.join(unbounded)}, so that the contrastive gather compiles into the step without a host sync"
+            )
     inner = getattr(model, "model", model)
     if activation_checkpointing and hasattr(inner, "set_grad_checkpointing"):
         inner.set_grad_checkpointing(True)
     layers = [m for m in model.modules() if type(m).__name__ == "TransformerLayer"]
+    sharded = info.world_size > 1 and strategy == "fsdp"
+    options = dict(compile_options or {})
     if compile == "layers":
         for layer in layers:
-            layer.compile()
+            layer.compile(**options)
     elif compile == "step":
         if hasattr(model, "set_static_shapes"):
             model.set_static_shapes(True)
-        model.compile(fullgraph=True, dynamic=False)
+        options = {"fullgraph": True, "dynamic": False, **options}
+        if sharded:  # FSDP2's hooks must run outside the graph: compile forward, not the hooked call
+            model.forward = torch.compile(model.forward, **options)
+            layers = []
+        else:
+            model.compile(**options)
     if info.world_size == 1 or strategy == "none":
         return model
     if strategy == "ddp":
@@ -125,9 +145,9 @@ def parallelize(
 
 
 def _fully_shard(model: nn.Module, layers: list[nn.Module], bf16_params: bool) -> nn.Module:
-    """FSDP2: each transformer layer, then the root; frozen modules (the image tokenizer) stay whole on
-    every rank: sharding them would only add an all-gather per step, and they have no gradients or
-    optimiser state to save memory on."""
+    """FSDP2: each of ``layers`` (none: the model is one unit), then the root; frozen modules (the
+    image tokenizer) stay whole on every rank: sharding them would only add an all-gather per step,
+    and they have no gradients or optimiser state to save memory on."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None

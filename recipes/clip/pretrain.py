@@ -108,7 +108,8 @@ class ClipPretrainRecipe(PretrainRecipe):
                                                    decode=d.image_decode))  # fmt: skip
 
     def loaders(self) -> dict[str, tuple[Any, float]]:
-        self.collate = ContrastivePairCollator(self.tokenizer.pad_token_id, self.model_cfg.text_length)
+        length = self.model_cfg.text_length or self.train_text_length  # SigLIP's pooler needs one length
+        self.collate = ContrastivePairCollator(self.tokenizer.pad_token_id, length)
         return {"pairs": (self.source_loader(self.source(self.paths[0], "pair", "pairs"), self.collate), 1.0)}
 
     def build_model(self) -> torch.nn.Module:

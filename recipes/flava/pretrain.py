@@ -24,7 +24,8 @@ Features and the config keys that control them:
 * runtime (:class:`~mmkit.pretrain.RunConfig`, shared with CLIP): ``distributed`` = ``ddp`` | ``fsdp``
   (FSDP2) | ``none``; ``precision`` = ``fp32`` | ``bf16`` | ``fp16``; ``activation_checkpointing``;
   ``compile`` = ``none`` | ``layers`` | ``step`` (the whole step as one graph: the masked objectives
-  predict a fixed budget of positions, ``FLAVAForPreTraining.set_static_shapes``; one process);
+  predict a fixed budget of positions, ``FLAVAForPreTraining.set_static_shapes``; under FSDP2 the model
+  is then one sharded unit, see ``mmkit.train.distributed``);
   ``meta_init`` (built on the meta device, each FSDP2 rank materialising only its shard); AdamW with
   linear warmup then cosine (``optim.*``; the image tokenizer is frozen, not optimised).
 * image tokenizer (MIM targets): ``model.codebook.checkpoint`` = a dVAE trained with
@@ -203,14 +204,14 @@ class FLAVAPretrainRecipe(PretrainRecipe):
         self.block_masker = BlockMaskGenerator.flava(mcfg.image.image_size // mcfg.image.patch_size)
         self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
         train_pairs, _, images, text = self.paths
-        pairs = PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob)
+        pairs = PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, self.train_text_length)
         out = {"pairs": (self._image_loader(self.source(train_pairs, "pair", "pairs"), pairs), d.pair_prob)}
         if images and d.image_prob > 0:
             source = self.source(images, "image", "images")
             out["images"] = (self._image_loader(source, ImageCollator(self.block_masker)), d.image_prob)
         if text and d.text_prob > 0:
-            out["text"] = (self.source_loader(self.source(text, "text", "text"), TextCollator(self.token_masker)),
-                           d.text_prob)  # fmt: skip
+            collate = TextCollator(self.token_masker, self.train_text_length)
+            out["text"] = (self.source_loader(self.source(text, "text", "text"), collate), d.text_prob)
         return out
 
     def _image_loader(self, source: TrainingSource, collate):

@@ -145,6 +145,5 @@ def test_parallelize_compile_modes():
     assert all(m._compiled_call_impl is not None for m in layered.modules() if type(m).__name__ == "TransformerLayer")
     with pytest.raises(ValueError, match="compile must be one of none, layers, step, got 'all'"):
         parallelize(_model(False), DistInfo(), compile="all")
-    for strategy in ("ddp", "fsdp"):
-        with pytest.raises(ValueError, match=f"compile='step' runs in one process for now .*{strategy}"):
-            parallelize(_model(False), DistInfo(world_size=2), strategy, compile="step")
+    with pytest.raises(ValueError, match="compile='step' on 2 processes: set rows_per_rank .* on contrastive, so"):
+        parallelize(_model(False), DistInfo(world_size=2), "ddp", compile="step")  # refused before any wrapping
