@@ -1,0 +1,54 @@
+"""The pretraining recipe's samples/s against the model step's, from the files two benchmark runs leave.
+
+    python benchmarks/recipe_vs_step.py --run /tmp/run-full --sweep gpu_out/step_sweep.json --batch 64
+
+``--run``: a recipe run directory (its ``metrics.jsonl``); the first ``--skip`` training records are left
+out (compilation and warm-up fall in them) and the median of the rest is taken. ``--sweep``: the JSON
+``benchmarks/flava_step.py --json`` writes; the step's samples/s of ``--model`` at ``--batch``. Prints one
+line with both and their ratio (issue 23 asks for at least 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def recipe_samples_per_s(run: Path, skip: int) -> tuple[float, int]:
+    """Median ``samples_per_s`` of the training records after the first ``skip``, and how many there were."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: the recipe logged nothing (cut off before its first log step?)")
+    values = [r["samples_per_s"] for r in map(json.loads, path.read_text().splitlines())
+              if r.get("split") == "train" and "samples_per_s" in r][skip:]  # fmt: skip
+    if not values:
+        raise SystemExit(f"{path}: no training record after the first {skip}; run more steps or lower --skip")
+    return statistics.median(values), len(values)
+
+
+def step_samples_per_s(sweep: Path, batch: int, model: str) -> float:
+    """The step's samples/s of ``model`` at ``batch`` in a ``flava_step.py --json`` file."""
+    for entry in json.loads(sweep.read_text()):
+        if entry["batch"] == batch and model in entry["models"]:
+            return entry["models"][model]["samples_per_s"]
+    raise SystemExit(f"{sweep} has no {model!r} result at batch {batch}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--sweep", required=True, type=Path)
+    parser.add_argument("--batch", required=True, type=int)
+    parser.add_argument("--model", default="mmkit (compiled step)")
+    parser.add_argument("--skip", type=int, default=3)
+    args = parser.parse_args()
+    recipe, records = recipe_samples_per_s(args.run, args.skip)
+    step = step_samples_per_s(args.sweep, args.batch, args.model)
+    print(f"batch {args.batch}: recipe {recipe:,.1f} samples/s (median of {records} log records) vs step "
+          f"({args.model}) {step:,.1f} samples/s: ratio {recipe / step:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
