@@ -91,8 +91,8 @@ def parallelize(
     """Wrap ``model`` for training.
 
     Args:
-        strategy: ``"ddp"``, ``"fsdp"`` (FSDP2: each transformer layer and the root sharded), or
-            ``"none"``. Ignored (no wrapper) with one process.
+        strategy: ``"ddp"``, ``"fsdp"`` (FSDP2: each transformer layer and the root sharded; the root
+            alone with ``compile="step"``), or ``"none"``. Ignored (no wrapper) with one process.
         activation_checkpointing: per-layer, via the encoders' ``set_grad_checkpointing``.
         compile: ``"none"``; ``"layers"``: ``torch.compile`` each transformer layer; ``"step"``: the
             whole forward with its losses, one graph per batch kind (``fullgraph=True``, static
@@ -110,31 +110,13 @@ def parallelize(
         compile_options: more ``torch.compile`` arguments (``backend``, ``mode``, ``options``).
     """
     compile = _check_options(strategy, compile)
-    if compile == "step" and info.world_size > 1:
-        unbounded = [name or "the model" for name, m in model.named_modules() if getattr(m, "rows_per_rank", 0) is None]
-        if unbounded:
-            raise InputError(
-                f"compile='step' on {info.world_size} processes: set rows_per_rank (the per-rank batch size) on "
-                f"{', '.join(unbounded)}, so that the contrastive gather compiles into the step without a host sync"
-            )
     inner = getattr(model, "model", model)
     if activation_checkpointing and hasattr(inner, "set_grad_checkpointing"):
         inner.set_grad_checkpointing(True)
     layers = [m for m in model.modules() if type(m).__name__ == "TransformerLayer"]
     sharded = info.world_size > 1 and strategy == "fsdp"
-    options = dict(compile_options or {})
-    if compile == "layers":
-        for layer in layers:
-            layer.compile(**options)
-    elif compile == "step":
-        if hasattr(model, "set_static_shapes"):
-            model.set_static_shapes(True)
-        options = {"fullgraph": True, "dynamic": False, **options}
-        if sharded:  # FSDP2's hooks must run outside the graph: compile forward, not the hooked call
-            model.forward = torch.compile(model.forward, **options)
-            layers = []
-        else:
-            model.compile(**options)
+    if _compile(model, compile, layers, info.world_size, sharded, dict(compile_options or {})):
+        layers = []  # the compiled step under FSDP2: one unit
     if info.world_size == 1 or strategy == "none":
         return model
     if strategy == "ddp":
@@ -144,6 +126,31 @@ def parallelize(
             find_unused_parameters=find_unused_parameters,
         )
     return _fully_shard(model, layers, bf16_params)
+
+
+def _compile(
+    model: nn.Module, mode: CompileMode, layers: list[nn.Module], world_size: int, sharded: bool, options: dict
+) -> bool:
+    """Compile ``model`` in place as ``mode`` says; True where FSDP2 must then shard it as one unit."""
+    if mode == "layers":
+        for layer in layers:
+            layer.compile(**options)
+    if mode != "step":
+        return False
+    unbounded = [name or "the model" for name, m in model.named_modules() if getattr(m, "rows_per_rank", 0) is None]
+    if world_size > 1 and unbounded:
+        raise InputError(
+            f"compile='step' on {world_size} processes: set rows_per_rank (the per-rank batch size) on "
+            f"{', '.join(unbounded)}, so that the contrastive gather compiles into the step without a host sync"
+        )
+    if hasattr(model, "set_static_shapes"):
+        model.set_static_shapes(True)
+    options = {"fullgraph": True, "dynamic": False, **options}
+    if sharded:  # FSDP2's hooks must run outside the graph: compile forward, not the hooked call
+        model.forward = torch.compile(model.forward, **options)
+    else:
+        model.compile(**options)
+    return sharded
 
 
 def _fully_shard(model: nn.Module, layers: list[nn.Module], bf16_params: bool) -> nn.Module:
