@@ -8,18 +8,19 @@
 #   bash benchmarks/gpu_throughput.sh                  # on the GPU machine
 #   DRY=1 bash benchmarks/gpu_throughput.sh            # the same commands on CPU at the tiny size (minutes)
 # Each part has its own timeout and writes its file as it goes (the sweep after every batch size), so a
-# part cut short keeps what it measured. BATCHES, STEPS, RECIPE_BATCH and SKIP_RECIPE=1 override the plan.
+# part cut short keeps what it measured. BATCHES, STEPS, RECIPE_BATCH (default: the compiled step's best
+# batch in the sweep) and SKIP_RECIPE=1 override the plan.
 set -uo pipefail
 source benchmarks/gpu_env.sh
 quiet() { tr '\r' '\n' | grep -v -e Warning -e "return func" -e "warnings.warn" -e "^W[0-9]" -e "it/s" -e "s/it"; }
 if [ "${DRY:-0}" = 1 ]; then
   DEV=cpu; SIZE=tiny; DTYPE=fp32; BATCHES=${BATCHES:-8,16}; STEPS=${STEPS:-2}; GRAPH_BATCH=8
-  T_SWEEP=900; T_GRAPHS=600; T_RECIPE=300; PRECISION=fp32; RECIPE_BATCH=${RECIPE_BATCH:-8}
+  T_SWEEP=900; T_GRAPHS=600; T_RECIPE=300; PRECISION=fp32
   SYNTH="--samples 1000 --side 64"; WORKERS=1; RECIPE_STEPS=30
   echo "dry run on CPU (tiny)" | tee "$OUT/gpu.txt"
 else
   DEV=cuda; SIZE=full; DTYPE=bf16; BATCHES=${BATCHES:-16,32,64,128,256}; STEPS=${STEPS:-3}; GRAPH_BATCH=64
-  T_SWEEP=280; T_GRAPHS=80; T_RECIPE=180; PRECISION=bf16; RECIPE_BATCH=${RECIPE_BATCH:-64}
+  T_SWEEP=280; T_GRAPHS=80; T_RECIPE=180; PRECISION=bf16
   SYNTH="--samples 20000 --side 256"; WORKERS=12; RECIPE_STEPS=100000  # cut by its timeout
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
@@ -50,7 +51,10 @@ fi
 #    tokenizer in the loop, one source per step in equal shares (the step above runs all three), texts padded
 #    to the step's 40; killed at its timeout (metrics.jsonl is written as it goes), then compared.
 S=/tmp/synth
-timeout 60 python3 benchmarks/synthetic_shards.py --out $S $SYNTH 2>&1 | tee "$OUT/pretrain_full.txt"
+RECIPE_BATCH=${RECIPE_BATCH:-$(python3 benchmarks/recipe_vs_step.py --sweep "$OUT/step_sweep.json" --best-batch)}
+RECIPE_BATCH=${RECIPE_BATCH:-64}  # the sweep left nothing: its middle batch
+echo "recipe at batch $RECIPE_BATCH (the compiled step's best in the sweep)" | tee "$OUT/pretrain_full.txt"
+timeout 60 python3 benchmarks/synthetic_shards.py --out $S $SYNTH 2>&1 | tee -a "$OUT/pretrain_full.txt"
 timeout -s KILL $T_RECIPE python3 recipes/flava/pretrain.py --config recipes/flava/configs/flava_full.yaml \
   preset=$SIZE compile=step precision=$PRECISION distributed=none activation_checkpointing=false \
   data.tokenizer=$S/tokenizer/vocab.txt "data.train_pairs=[\"$S/pairs-*.tar\"]" \
