@@ -35,6 +35,7 @@ import ctypes
 import gc
 import os
 import platform
+import re
 import statistics
 import threading
 import time
@@ -181,13 +182,45 @@ def build(cfg: FLAVAConfig):
     return hf, ours
 
 
-def profile_table(step: Callable[[], None], rows: int = 12) -> str:
-    """Top operators of one step by self CPU time."""
+#: kernel families by a pattern of their names (first match wins), for the profile's breakdown on CUDA
+KERNEL_FAMILIES = (
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
+    ("matmul", re.compile(r"gemm|sm90_|sm80_|cutlass|cublas|nvjet|_mm_|matmul|addmm|bmm", re.I)),
+    ("optimizer", re.compile(r"adam|foreach|multi_tensor", re.I)),
+    ("fused pointwise / norm (triton)", re.compile(r"triton", re.I)),
+    ("copies and fills", re.compile(r"copy|memcpy|memset|fill|cat", re.I)),
+)
+
+
+def profile_table(step: Callable[[], None], rows: int = 12, cuda: bool = False) -> str:
+    """Top operators of one step by self time: CPU time on the CPU; on CUDA the kernels by device time,
+    then the step's wall time, how much of it the GPU was busy (the rest is launch overhead, host work and
+    syncs: what CUDA graphs or a larger batch win back) and the busy time by kernel family."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
         step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+        if cuda:
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    events = prof.key_averages()
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=64)
+    if not cuda:
+        return table
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]  # fmt: skip
+    busy = sum(e.self_device_time_total for e in kernels)
+    families: dict[str, float] = {}
+    for e in kernels:
+        family = next((name for name, pattern in KERNEL_FAMILIES if pattern.search(e.key)), "other")
+        families[family] = families.get(family, 0.0) + e.self_device_time_total
+    lines = [f"step wall {wall_us / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms ({busy / wall_us:.0%})"]
+    lines += [f"  {name}: {t / 1e3:.1f} ms ({t / max(busy, 1e-9):.0%} of busy)"
+              for name, t in sorted(families.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    return table + "\n" + "\n".join(lines)
 
 
 #: dense bf16 tensor-core peak (FLOP/s) by a substring of ``torch.cuda.get_device_name`` (first match wins)
@@ -362,7 +395,7 @@ def run(
             for name in ("transformers", *(n for n in variants if n.startswith("mmkit") and "cached" not in n)):
                 if "failed" not in result[name]:
                     print(f"\nprofile of one {name} step ({size}, batch {batch}):")
-                    print(profile_table(variants[name]))
+                    print(profile_table(variants[name], cuda=cuda))
         results.append(dict(size=size, batch=batch, text_len=text_len, matmul_gflops=peak_rate / 1e9,
                             card=card[0] if card else None, card_peak_tflops=card[1] / 1e12 if card else None,
                             models=result, **result_extra))  # fmt: skip
