@@ -61,7 +61,8 @@ fi
 # 3. The pretraining recipe at the same size, precision and compile=step, one process, on synthetic JPEG shards
 #    decoded on the device (the workers only read tar headers), the released 30,522-id vocabulary, the random
 #    tokenizer in the loop, one source per step in equal shares (the step above runs all three), texts padded
-#    to the step's 40; killed at its timeout (metrics.jsonl is written as it goes), then compared.
+#    to the step's 40, fused AdamW as the step's; killed at its timeout (metrics.jsonl is written as it goes),
+#    then compared.
 S=/tmp/synth
 RECIPE_BATCH=${RECIPE_BATCH:-$(best_batch)}
 RECIPE_BATCH=${RECIPE_BATCH:-64}  # no sweep to read: its middle batch
@@ -72,7 +73,7 @@ timeout -s KILL $T_RECIPE python3 recipes/flava/pretrain.py --config recipes/fla
   data.tokenizer=$S/tokenizer/vocab.txt "data.train_pairs=[\"$S/pairs-*.tar\"]" \
   "data.val_pairs=[\"$S/pairs-000000.tar\"]" "data.images=[\"$S/pairs-*.tar\"]" "data.text=[\"$S/text.txt\"]" \
   data.pair_prob=0.34 data.image_prob=0.33 data.text_prob=0.33 data.max_length=40 data.batch_size=$RECIPE_BATCH \
-  data.image_decode=device data.num_workers=$WORKERS model.codebook.allow_random=true \
+  data.image_decode=device data.num_workers=$WORKERS model.codebook.allow_random=true optim.fused=true \
   optim.total_steps=$RECIPE_STEPS optim.warmup_steps=10 log_every=5 eval_every=1000000 eval_samples=32 \
   eval_at_start=false checkpoint.every=1000000 progress=false run_dir=/tmp/run-full 2>&1 | quiet | tail -25 \
   | tee -a "$OUT/pretrain_full.txt"

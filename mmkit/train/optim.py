@@ -65,10 +65,13 @@ class OptimConfig:
     min_lr_ratio: float = fraction(0.0)
     grad_accum: int = at_least(1, 1)
     max_grad_norm: float | None = positive(1.0)
+    # torch's fused AdamW: the whole update in one kernel per device (CUDA, CPU) instead of the default
+    # multi-tensor (foreach) one; the same update to rounding
+    fused: bool = False
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over :func:`adamw_param_groups` and the warmup-cosine schedule of ``cfg``."""
     groups = adamw_param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused or None)
     return optimizer, warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)

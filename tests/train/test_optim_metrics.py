@@ -1,9 +1,18 @@
 import json
 
 import pytest
+import torch
 
 from mmkit.models import FLAVAConfig, flava_model_for_pretraining
-from mmkit.train import MetricsLogger, adamw_param_groups, plot_run, summarize_run, warmup_cosine
+from mmkit.train import (
+    MetricsLogger,
+    OptimConfig,
+    adamw_param_groups,
+    build_optimizer,
+    plot_run,
+    summarize_run,
+    warmup_cosine,
+)
 
 
 def test_warmup_then_cosine():
@@ -44,3 +53,23 @@ def test_metrics_jsonl_plot_and_summary(tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(FileNotFoundError, match="is .* a run directory"):
         plot_run(tmp_path / "missing")
+
+
+def test_fused_adamw_makes_the_default_update():
+    """``optim.fused`` swaps the kernel, not the update: three steps of both agree to rounding."""
+    params, initial = {}, None
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = flava_model_for_pretraining(FLAVAConfig.tiny())
+        initial = initial or {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer, _ = build_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.1, fused=fused))
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            for p in (p for group in optimizer.param_groups for p in group["params"]):
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        params[fused] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, p in params[False].items():
+        torch.testing.assert_close(params[True][name], p, atol=1e-6, rtol=1e-5, msg=name)
+    assert sum(not torch.equal(p, initial[n]) for n, p in params[True].items()) > 100  # the steps moved them
