@@ -478,7 +478,8 @@ def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device
     """Steps of the first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync
     raises): the bare step (forward and backward of the pair, image and text batches, fused AdamW), then
     the same three batches as one non-logging :class:`~mmkit.train.TrainStep` (three micro-batches:
-    autocast, clipping, the agreed non-finite skip). One verdict each: passed, or the first sync's place."""
+    autocast, clipping, the non-finite skip decided on the device by the fused AdamW's ``found_inf``, as
+    the recipes do with ``optim.fused=true``). One verdict each: passed, or the first sync's place."""
     import itertools
     import tempfile
     import traceback
@@ -492,7 +493,8 @@ def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device
     ctx = RunContext(DistInfo(device=dev), Collectives(dev, 1), Path(tempfile.mkdtemp()), config=None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     precision = "bf16" if dtype == "bf16" else "fp32"
-    train_step = TrainStep(ctx, model, opt, scheduler, precision=precision, grad_accum=len(data), max_grad_norm=1.0)
+    train_step = TrainStep(ctx, model, opt, scheduler, precision=precision, grad_accum=len(data), max_grad_norm=1.0,
+                           on_device=True)  # fmt: skip
     batches = itertools.cycle(data.values())
 
     def forward(m, b):

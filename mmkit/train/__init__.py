@@ -6,7 +6,7 @@
 * :mod:`~mmkit.train.collectives`: :class:`Collectives`, the only way training code talks to
   other ranks (tensors on the process group's device).
 * :mod:`~mmkit.train.step`: :class:`TrainStep` (accumulation, autocast, GradScaler, clipping, the
-  agreed non-finite skip).
+  agreed non-finite skip; on the device, without a host read, with a fused optimiser).
 * :mod:`~mmkit.train.loop`: :func:`prepare_training`, :class:`TrainState` (checkpointed components),
   :func:`train_loop`.
 * :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.

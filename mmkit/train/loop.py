@@ -48,6 +48,10 @@ class Counters:
 
     def record(self, finite: bool) -> None:
         self.step += 1
+        self.mark(finite)
+
+    def mark(self, finite: bool) -> None:
+        """Count a step's outcome (its step already counted: a decision read later)."""
         self.nonfinite_streak = 0 if finite else self.nonfinite_streak + 1
         self.nonfinite_total += 0 if finite else 1
 
@@ -209,38 +213,47 @@ def train_loop(
     on_eval: Callable[[int], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    decide_every: int = 10,
 ) -> bool:
     """Run steps ``state.step + 1 .. total_steps``; returns True when all ran, False after a stop.
 
     Order after each step: count it, check the streak bound, log (every ``log_every`` and the last),
     evaluate (every ``eval_every`` before the last), checkpoint (every ``checkpoint_every`` and the
-    last, deferred while non-finite), the kill fault, then the agreed stop (which saves first).
+    last, deferred while non-finite), the kill fault, then the agreed stop (which saves first). Steps
+    decided on the device (:attr:`StepOutcome.nonfinite`) are counted and checked, and a stop agreed, at
+    the next step that logs, evaluates, checkpoints or is a multiple of ``decide_every`` (one read).
 
     Raises:
         NonFiniteError: ``max_nonfinite`` non-finite steps in a row.
     """
     bar = progress_bar(ctx, total_steps, state.step, desc, progress)
-    window, pending = LogWindow(), False
+    window, pending, undecided = LogWindow(), False, []
     try:
         while state.step < total_steps:
             outcome = step_fn(state.step + 1)
-            state.counters.record(outcome.finite)
-            step = state.step
+            state.counters.step += 1
+            step, stop = state.step, outcome.stop
             window.add(outcome)
-            _check_streak(ctx, state, max_nonfinite, outcome.finite)
+            evaluate = on_eval is not None and eval_every and step % eval_every == 0 and step < total_steps
+            pending = pending or step % checkpoint_every == 0 or step == total_steps
+            if outcome.finite is not None:
+                _check_streak(ctx, state, max_nonfinite, outcome.finite, step)
+            else:
+                undecided.append((step, outcome.nonfinite))
+                if pending or evaluate or step % log_every == 0 or step % decide_every == 0:
+                    stop = _decide(ctx, state, max_nonfinite, undecided)
             if bar is not None:
                 bar.update(1)
             if step % log_every == 0 or step == total_steps:
                 on_log(step, window.read(ctx.info.world_size), outcome)
             with window.pause():
-                if on_eval is not None and eval_every and step % eval_every == 0 and step < total_steps:
+                if evaluate:
                     on_eval(step)
-                pending = pending or step % checkpoint_every == 0 or step == total_steps
                 if pending and state.counters.nonfinite_streak == 0:
                     state.save()
                     pending = False
             ctx.after_step(step)
-            if outcome.stop:
+            if stop:
                 return _stop(ctx, state)
         return True
     finally:
@@ -248,15 +261,27 @@ def train_loop(
             bar.close()
 
 
-def _check_streak(ctx: RunContext, state: TrainState, max_nonfinite: int, finite: bool) -> None:
+def _decide(ctx: RunContext, state: TrainState, max_nonfinite: int, undecided: list[tuple[int, Tensor]]) -> bool:
+    """Read the device flags of ``undecided`` steps and agree on the stop request, in one collective;
+    count and check each step as it would have been at once. Returns whether to stop."""
+    *bad, stop = ctx.comm.any(*(flag for _, flag in undecided), ctx.stop_requested)
+    steps = [step for step, _ in undecided]
+    undecided.clear()
+    for step, b in zip(steps, bad, strict=True):
+        _check_streak(ctx, state, max_nonfinite, not b, step)
+    return stop
+
+
+def _check_streak(ctx: RunContext, state: TrainState, max_nonfinite: int, finite: bool, step: int) -> None:
     c = state.counters
+    c.mark(finite)
     if finite:
         return
     if ctx.is_main:
-        print(f"step {c.step}: non-finite loss or gradient, update skipped", file=sys.stderr, flush=True)
+        print(f"step {step}: non-finite loss or gradient, update skipped", file=sys.stderr, flush=True)
     if c.nonfinite_streak >= max_nonfinite:
         raise NonFiniteError(
-            f"{c.nonfinite_streak} non-finite steps in a row (last at step {c.step}); stopping. The last good "
+            f"{c.nonfinite_streak} non-finite steps in a row (last at step {step}); stopping. The last good "
             f"checkpoint is {state.latest()}. Lower optim.lr or check the data."
         )
 

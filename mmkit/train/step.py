@@ -11,6 +11,14 @@ until a log step reads them.
 GradScaler done right: ``unscale_`` every step, and ``update`` every step — on a skipped step the
 scale is backed off explicitly (so ranks whose own gradients were finite back off too) — and the
 scaler's state is a checkpointed component.
+
+With a fused optimiser (``optim.fused``: torch's fused AdamW) and no scaler the step makes NO host read:
+the ranks' non-finite flags are all-reduced on the device and handed to the fused kernel as its
+``found_inf``, which skips the update there (parameters, moments and step count untouched). The step
+then returns its flag undecided (:attr:`StepOutcome.nonfinite`) and the training loop reads the flags
+of several steps, and agrees on the stop request, in one collective at its next decision point (a log,
+evaluation or checkpoint step, or every few steps): the same updates, counters and checkpoints as the
+per-step decision, learnt a few steps later.
 """
 
 from __future__ import annotations
@@ -56,13 +64,18 @@ def _sync_gradients(model: nn.Module, sync: bool):
 
 @dataclass
 class StepOutcome:
-    """What a step leaves behind: device tensors (read them at log steps) and host decisions."""
+    """What a step leaves behind: device tensors (read them at log steps) and host decisions.
 
-    finite: bool
-    stop: bool
+    ``finite`` / ``stop`` are None when the step decided on the device (:attr:`TrainStep.on_device`):
+    ``nonfinite`` is then the 0-d flag every rank agreed on (1.0: the update was skipped), for the loop
+    to read later, and the stop request is agreed there too."""
+
+    finite: bool | None
+    stop: bool | None
     losses: dict[str, Tensor] = field(default_factory=dict)  # per objective, mean over micro-batches
     grad_norm: Tensor | None = None
     samples: int = 0
+    nonfinite: Tensor | None = None
 
 
 class TrainStep:
@@ -77,7 +90,10 @@ class TrainStep:
         grad_accum: micro-batches per step (>= 1).
         max_grad_norm: clip threshold (None: no clipping, the norm is still measured).
         scaler: the ``GradScaler`` (``fp16``; see :func:`make_grad_scaler`).
-        after_update: called after each applied update (e.g. clamping ``logit_scale``).
+        after_update: called after each applied update (e.g. clamping ``logit_scale``); with the decision
+            on the device, after every step (a skipped step left the parameters as they were).
+        on_device: decide the non-finite skip on the device (no host read; see the module docs).
+            Default: where it can, i.e. a fused optimiser and no scaler.
     """
 
     def __init__(
@@ -93,11 +109,17 @@ class TrainStep:
         max_grad_norm: float | None = None,
         scaler: torch.amp.GradScaler | None = None,
         after_update: Callable[[], None] | None = None,
+        on_device: bool | None = None,
     ) -> None:
         if grad_accum < 1:
             raise InputError(f"grad_accum must be >= 1, got {grad_accum}")
         if precision == "fp16" and scaler is None:
             raise InputError("precision fp16 needs a GradScaler (make_grad_scaler)")
+        can = scaler is None and bool(optimizer.defaults.get("fused"))
+        if on_device and not can:
+            raise InputError("the non-finite skip can be decided on the device only with a fused optimiser "
+                             "(optim.fused=true) and no GradScaler (precision fp32 or bf16)")  # fmt: skip
+        self.on_device = can if on_device is None else on_device
         self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
@@ -123,6 +145,11 @@ class TrainStep:
         losses["total"] = total
         grad_norm = self._unscale_and_clip()
         nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
+        if self.on_device:
+            flag = self.ctx.comm.all_reduce(nonfinite.float(), "max")  # every rank's, still on the device
+            self.optimizer.found_inf = flag  # the fused kernel skips the update where it is 1
+            self._apply(True)
+            return StepOutcome(None, None, losses, grad_norm, samples, nonfinite=flag)
         bad, stop = self.ctx.comm.any(nonfinite, self.ctx.stop_requested)
         self._apply(not bad)
         return StepOutcome(not bad, stop, losses, grad_norm, samples)
