@@ -46,12 +46,9 @@ class Counters:
     nonfinite_total: int = 0
     nonfinite_streak: int = 0
 
-    def record(self, finite: bool) -> None:
-        self.step += 1
-        self.mark(finite)
-
     def mark(self, finite: bool) -> None:
-        """Count a step's outcome (its step already counted: a decision read later)."""
+        """Count a step's outcome (``step`` is advanced by the loop as each step runs; a step decided on
+        the device is marked when its flag is read)."""
         self.nonfinite_streak = 0 if finite else self.nonfinite_streak + 1
         self.nonfinite_total += 0 if finite else 1
 
