@@ -194,22 +194,23 @@ class ContrastiveLoss(nn.Module):
         """Every rank's images and texts, the columns that count (None: all) and this rank's offset."""
         if not (self.cross_rank and _distributed()):
             return images, texts, None if column_mask is None else column_mask.bool(), 0
-        with_grad, rows = self.gather_with_grad, self.rows_per_rank
+        # images, texts and the column mask side by side: one exchange of sizes and rows for all three
+        width = images.shape[1]
+        parts = [images, texts] + ([column_mask.to(images.dtype)[:, None]] if column_mask is not None else [])
+        both, rows = torch.cat(parts, dim=1), self.rows_per_rank
         if rows is None:
             if torch.compiler.is_compiling():
                 raise InputError(
                     "a compiled contrastive loss on several processes needs rows_per_rank (the per-rank batch "
                     "size) to gather without a host sync: set ContrastiveLoss.rows_per_rank"
                 )
-            all_images, offset = gather_batches(images, with_grad)
-            all_texts, _ = gather_batches(texts, with_grad)
-            columns = None if column_mask is None else gather_batches(column_mask.to(torch.uint8), False)[0].bool()
-            return all_images, all_texts, columns, offset
-        all_images, valid, offset = gather_padded(images, rows, with_grad)
-        all_texts = gather_padded(texts, rows, with_grad)[0]
+            (gathered, offset), valid = gather_batches(both, self.gather_with_grad), None
+        else:
+            gathered, valid, offset = gather_padded(both, rows, self.gather_with_grad)
         if column_mask is not None:
-            valid = valid & gather_padded(column_mask.to(torch.uint8)[:, None], rows, False)[0][:, 0].bool()
-        return all_images, all_texts, valid, offset
+            columns = gathered[:, 2 * width].detach() > 0.5
+            valid = columns if valid is None else valid & columns
+        return gathered[:, :width], gathered[:, width : 2 * width], valid, offset
 
 
 def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:

@@ -137,8 +137,9 @@ def _compile(
             layer.compile(**options)
     if mode != "step":
         return False
-    unbounded = [name or "the model" for name, m in model.named_modules() if getattr(m, "rows_per_rank", 0) is None]
-    if world_size > 1 and unbounded:
+    modules = model.named_modules() if world_size > 1 else ()
+    unbounded = [name or "the model" for name, m in modules if getattr(m, "rows_per_rank", 0) is None]
+    if unbounded:
         raise InputError(
             f"compile='step' on {world_size} processes: set rows_per_rank (the per-rank batch size) on "
             f"{', '.join(unbounded)}, so that the contrastive gather compiles into the step without a host sync"
