@@ -18,6 +18,28 @@ def accuracy(logits_or_preds: Tensor, targets: Tensor) -> float:
     return (preds == targets).float().mean().item()
 
 
+def mean_per_class_recall(logits_or_preds: Tensor, targets: Tensor, num_classes: int | None = None) -> float:
+    """The mean over classes of each class's recall (the share of its samples predicted as it).
+
+    What CLIP (Radford et al. 2021, Table 10) and CLIP_benchmark report for FGVC Aircraft, Oxford-IIIT
+    Pets, Caltech-101 and Oxford Flowers-102; scikit-learn's ``balanced_accuracy_score``. Classes absent
+    from ``targets`` are left out of the mean (they have no recall), as scikit-learn does.
+
+    Args:
+        logits_or_preds: ``(N, C)`` scores (argmax taken) or ``(N,)`` class ids. targets: ``(N,)`` class ids.
+        num_classes: the number of classes (default: the largest id seen + 1).
+    """
+    preds = logits_or_preds.argmax(-1) if logits_or_preds.ndim == 2 else logits_or_preds
+    preds, targets = preds.flatten().long().cpu(), targets.flatten().long().cpu()
+    if len(targets) == 0:
+        raise InputError("mean per-class recall needs at least one sample")
+    n = num_classes or int(max(preds.max(), targets.max())) + 1
+    support = torch.bincount(targets, minlength=n).double()
+    hits = torch.bincount(targets[preds == targets], minlength=n).double()
+    present = support > 0
+    return (hits[present] / support[present]).mean().item()
+
+
 def f1_score(preds: Tensor, targets: Tensor, average: str = "binary", positive: int = 1) -> float:
     """F1 of class ids. ``average``: ``"binary"`` (of class ``positive``) or ``"macro"`` (mean over classes)."""
 

@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from mmkit.eval.metrics import accuracy, auroc, f1_score, matthews_corrcoef, pearson, spearman, vqa_soft_accuracy
+from mmkit.eval.metrics import (
+    accuracy,
+    auroc,
+    f1_score,
+    matthews_corrcoef,
+    mean_per_class_recall,
+    pearson,
+    spearman,
+    vqa_soft_accuracy,
+)
 
 PREDS = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0])
 TARGETS = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0])
@@ -57,3 +66,22 @@ def test_vqa_soft_accuracy():
     logits = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0]])
     scores = torch.tensor([[0.0, 0.6, 1.0], [0.3, 1.0, 0.0]])
     assert vqa_soft_accuracy(logits, scores) == pytest.approx((0.6 + 0.3) / 2)
+
+
+def test_mean_per_class_recall_is_balanced_accuracy_on_imbalanced_data():
+    from sklearn.metrics import balanced_accuracy_score
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.cat([torch.zeros(80), torch.ones(15), torch.full((5,), 2)]).long()  # imbalanced
+    preds = torch.where(torch.rand(100, generator=g) < 0.7, targets, torch.randint(0, 3, (100,), generator=g))
+    ours = mean_per_class_recall(preds, targets)
+    assert ours == pytest.approx(balanced_accuracy_score(targets.numpy(), preds.numpy()), abs=1e-12)
+    assert abs(ours - accuracy(preds, targets)) > 1e-3  # the two differ when classes are imbalanced
+    # a class never in the targets (3 here) has no recall and is left out, as scikit-learn does
+    preds[0] = 3
+    assert mean_per_class_recall(preds, targets, num_classes=4) == pytest.approx(
+        balanced_accuracy_score(targets.numpy(), preds.numpy()), abs=1e-12
+    )
+    # (N, C) scores take their argmax
+    logits = torch.nn.functional.one_hot(preds, 4).float()
+    assert mean_per_class_recall(logits, targets) == pytest.approx(mean_per_class_recall(preds, targets))
