@@ -1,12 +1,14 @@
 """The linear probe of CLIP and FLAVA: L2-regularised multinomial logistic regression on frozen features.
 
 Protocol (Radford et al. 2021, §3.2 and appendix A.3; FLAVA follows it for its 22 vision tasks,
-Singh et al. 2022, Table 4): standardise the features, sweep the regularisation strength on a
-validation split carved from the training split, refit on the whole training split with the best
-strength, report accuracy on the test split. Solved in torch on the features' device (a GPU when
-there is one) instead of scikit-learn on one CPU core, warm-started along the sweep from the
-strongest strength down: by Newton's method with the exact Hessian while that Hessian is small
-(a handful of iterations, none of L-BFGS's per-iteration overhead), else by full-batch L-BFGS;
+Singh et al. 2022, Table 4): standardise the features; choose the inverse strength ``C`` by CLIP's
+parametric search (1e-6 to 1e6, every other decade, then the interval around the best halved until 8
+steps a decade) on the dataset's validation split — or, where it has none, on a split carved from the
+training split —; refit with that ``C`` on training + validation; report on the test split. Solved
+in torch on the features' device (a GPU when there is one) instead of scikit-learn on one CPU core,
+each fit warm-started from the nearest ``C`` already fitted: by Newton's method with the exact
+Hessian while that Hessian is small (a handful of iterations, none of L-BFGS's per-iteration
+overhead), else by full-batch L-BFGS;
 ``benchmarks/RESULTS.md`` compares both with scikit-learn.
 
 The strength ``l2`` multiplies ``||W||^2`` added to the *mean* cross-entropy (the bias is not
@@ -15,7 +17,8 @@ regularised): scikit-learn's ``LogisticRegression(C=c)`` on ``n`` samples is ``l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,8 +27,8 @@ from torch import Tensor
 
 from mmkit.utils.errors import InputError
 
-#: strengths swept by default: every decade from 1e-7 to 10
-DEFAULT_L2 = tuple(10.0**e for e in range(-7, 2))
+#: the decades of scikit-learn's ``C`` (inverse strength) CLIP's search covers: 1e-6 to 1e6
+C_DECADES = (-6, 6)
 
 
 @dataclass
@@ -33,12 +36,16 @@ class ProbeResult:
     """A fitted probe.
 
     Attributes:
-        l2: the chosen strength. val_accuracy: its accuracy on the validation split.
-        sweep: ``{l2: validation accuracy}`` of every strength tried.
-        weight, bias: ``(C, D)`` and ``(C,)`` on standardised features. mean, std: ``(D,)`` the
-            training features' statistics the standardisation uses.
+        c: the chosen inverse strength (scikit-learn's ``C``). l2: the final fit's strength on the mean
+            loss, ``1 / (2 C n)`` for its ``n`` samples. val_accuracy: the validation accuracy at ``c``.
+        weight, bias: ``(K, D)`` and ``(K,)`` on standardised features (``K`` classes). mean, std: ``(D,)``
+            the statistics of the features of the final fit, which the standardisation uses.
+        sweep: ``{C: validation accuracy}`` of every ``C`` tried.
+        selected_on: ``"val"`` (the dataset's validation split) or ``"train_holdout"`` (carved from train).
+        train_samples: the samples of the final fit (train + validation after a refit).
     """
 
+    c: float
     l2: float
     val_accuracy: float
     weight: Tensor
@@ -46,14 +53,20 @@ class ProbeResult:
     mean: Tensor
     std: Tensor
     sweep: dict[float, float] = field(default_factory=dict)
+    selected_on: str = "train_holdout"
+    train_samples: int = 0
 
     def logits(self, x: Tensor) -> Tensor:
         """``(N, C)`` class scores of raw features ``x (N, D)``."""
         return ((x.to(self.mean) - self.mean) / self.std) @ self.weight.T + self.bias
 
+    def predict(self, x: Tensor) -> Tensor:
+        """``(N,)`` class ids of raw features ``x (N, D)``."""
+        return self.logits(x).argmax(1)
+
     def accuracy(self, x: Tensor, y: Tensor) -> float:
         """Top-1 accuracy on features ``x (N, D)`` with labels ``y (N,)``."""
-        return (self.logits(x).argmax(1) == y.to(self.weight.device)).float().mean().item()
+        return (self.predict(x) == y.to(self.weight.device)).float().mean().item()
 
 
 #: the Newton solver is used while one iteration's Hessian costs at most this many multiply-adds
@@ -177,7 +190,7 @@ def fit_linear_probe(
     val_x: Tensor | None = None,
     val_y: Tensor | None = None,
     *,
-    l2_grid: Sequence[float] = DEFAULT_L2,
+    c_grid: Sequence[float] | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     refit: bool = True,
@@ -188,9 +201,11 @@ def fit_linear_probe(
 
     Args:
         train_x: ``(N, D)`` training features; train_y: ``(N,)`` labels.
-        val_x, val_y: a validation split; None carves ``val_fraction`` of the training split (seeded).
-        l2_grid: strengths to sweep. refit: after the sweep, fit again on training + carved validation.
-        max_iter: L-BFGS iterations per fit. num_classes: default ``max label + 1``.
+        val_x, val_y: the dataset's own validation split (``selected_on="val"``); None carves
+            ``val_fraction`` of the training split (seeded; ``selected_on="train_holdout"``).
+        c_grid: the inverse strengths ``C`` to try; None: CLIP's search (:func:`clip_c_search`).
+        refit: after the sweep, fit again with the chosen ``C`` on training + validation features.
+        max_iter: iterations per fit. num_classes: default ``max label + 1``.
 
     Returns:
         :class:`ProbeResult` (ties in validation accuracy go to the stronger regularisation).
@@ -199,35 +214,86 @@ def fit_linear_probe(
         raise InputError(
             f"train_x must be (N, D) and train_y (N,), got {tuple(train_x.shape)} and {tuple(train_y.shape)}"
         )
-    if not l2_grid:
-        raise InputError("l2_grid is empty")
+    if c_grid is not None and not c_grid:
+        raise InputError("c_grid is empty")
     x, y = train_x.float(), train_y.long().to(train_x.device)
     carved = val_x is None
     if carved:
-        if not 0 < val_fraction < 1:
-            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
-        cut = max(1, round(len(x) * val_fraction))
-        if cut >= len(x):
-            raise InputError(f"{len(x)} training samples are too few to carve a validation split")
-        (val_x, val_y), (x, y) = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+        (x, y), (val_x, val_y) = _carve(x, y, val_fraction, seed)
     val_x, val_y = val_x.float().to(x.device), val_y.long().to(x.device)
     classes = num_classes or int(max(y.max(), val_y.max())) + 1
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xs, vs = (x - mean) / std, (val_x - mean) / std
-    sweep: dict[float, float] = {}
-    best: tuple[float, float, tuple[Tensor, Tensor]] | None = None
-    init = None
-    for l2 in sorted(l2_grid, reverse=True):  # strongest first: each fit warm-starts the next
-        init = fit_logistic(xs, y, classes, l2, max_iter, init)
+    fits: dict[float, tuple[Tensor, Tensor]] = {}
+
+    def score(c: float) -> float:  # fit at C (warm-started from the nearest C fitted so far), validation accuracy
+        near = min(fits, key=lambda k: abs(math.log10(k) - math.log10(c)), default=None)
+        fits[c] = fit_logistic(xs, y, classes, l2_of(c, len(xs)), max_iter, fits.get(near))
         with torch.no_grad():
-            acc = ((vs @ init[0].T + init[1]).argmax(1) == val_y).float().mean().item()
-        sweep[l2] = acc
-        if best is None or acc > best[1]:
-            best = (l2, acc, init)
-    l2, acc, (w, b) = best
-    if refit and carved:
-        x_all = torch.cat([x, val_x])
+            return ((vs @ fits[c][0].T + fits[c][1]).argmax(1) == val_y).float().mean().item()
+
+    c, sweep = clip_c_search(score) if c_grid is None else _grid_search(score, c_grid)
+    (w, b), n = fits[c], len(xs)
+    if refit:
+        x_all, y_all = torch.cat([x, val_x]), torch.cat([y, val_y])
         mean, std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
-        w, b = fit_logistic((x_all - mean) / std, torch.cat([y, val_y]), classes, l2, max_iter, (w, b))
-    return ProbeResult(l2, acc, w, b, mean, std, dict(sorted(sweep.items())))
+        n = len(x_all)
+        w, b = fit_logistic((x_all - mean) / std, y_all, classes, l2_of(c, n), max_iter, (w, b))
+    return ProbeResult(c, l2_of(c, n), sweep[c], w, b, mean, std, dict(sorted(sweep.items())),
+                       "train_holdout" if carved else "val", n)  # fmt: skip
+
+
+def l2_of(c: float, n: int) -> float:
+    """The strength on the mean loss that scikit-learn's ``C`` on ``n`` samples is: ``1 / (2 C n)``."""
+    return 1.0 / (2.0 * c * n)
+
+
+def _carve(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(train, validation)``: a seeded ``fraction`` of the rows held out."""
+    if not 0 < fraction < 1:
+        raise InputError(f"val_fraction must be in (0, 1), got {fraction}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    cut = max(1, round(len(x) * fraction))
+    if cut >= len(x):
+        raise InputError(f"{len(x)} training samples are too few to carve a validation split")
+    return (x[order[cut:]], y[order[cut:]]), (x[order[:cut]], y[order[:cut]])
+
+
+def _best(sweep: dict[float, float]) -> float:
+    """The C of the best score; a tie goes to the smallest C (the strongest regularisation)."""
+    return max(sorted(sweep), key=lambda c: sweep[c])
+
+
+def _grid_search(score: Callable[[float], float], grid: Sequence[float]) -> tuple[float, dict[float, float]]:
+    sweep = {c: score(c) for c in sorted(grid)}  # weakest C (strongest regularisation) first
+    return _best(sweep), sweep
+
+
+def clip_c_search(
+    score: Callable[[float], float], lo: int = C_DECADES[0], hi: int = C_DECADES[1], steps_per_decade: int = 8
+) -> tuple[float, dict[float, float]]:
+    """CLIP's parametric search for ``C`` (Radford et al. 2021, appendix A.3): score every other decade
+    from ``1e{lo}`` to ``1e{hi}``, then halve the interval around the best until ``steps_per_decade``.
+
+    Args:
+        score: ``C -> validation accuracy``, called once per ``C``, strongest regularisation first.
+
+    Returns:
+        ``(best C, {C: accuracy} of every C tried)``; 15 fits for the default range.
+    """
+    sweep: dict[float, float] = {}
+
+    def at(e: float) -> None:
+        c = 10.0 ** round(e, 6)
+        if lo <= e <= hi and c not in sweep:
+            sweep[c] = score(c)
+
+    for e in range(lo, hi + 1, 2):
+        at(e)
+    step = 2.0
+    while step > 1 / steps_per_decade:
+        step /= 2
+        best = math.log10(_best(sweep))
+        at(best - step)
+        at(best + step)
+    return _best(sweep), sweep
