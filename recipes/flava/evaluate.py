@@ -56,6 +56,7 @@ adds the GLUE and multimodal averages (``suites/flava_finetune.yaml``; on the bu
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -91,10 +92,12 @@ from mmkit.eval import (
     fit_linear_probe,
     load_encoders,
     load_suite,
+    mean_per_class_recall,
     retrieval_recall,
     run_suite,
     zero_shot_logits,
 )
+from mmkit.eval.suite import checkpoint_digest
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli, run_training
@@ -224,8 +227,9 @@ class Evaluation:
         feats, labels = self.image_features(src, self.cfg.samples)
         classes = class_embeddings(names, self.embed_texts, prompts)
         img = self.model.project_image(feats)
-        accuracy = (zero_shot_logits(img, classes).argmax(1) == labels).float().mean().item()
-        return {task: accuracy, f"{task}/chance": 1 / len(names)}
+        preds = zero_shot_logits(img, classes).argmax(1)
+        return {task: (preds == labels).float().mean().item(), f"{task}/chance": 1 / len(names),
+                f"{task}/mean_per_class_recall": mean_per_class_recall(preds, labels, len(names))}  # fmt: skip
 
     def retrieval(self, task: str, name: str) -> dict[str, float]:
         p = self.cfg.pairs
@@ -259,7 +263,9 @@ class Evaluation:
         classes = len(TASKS[name]) if name else len(train_names)
         probe = fit_linear_probe(x, y, seed=self.cfg.seed, num_classes=classes)  # the suite's probe (mmkit.eval.probe)
         xt, yt = self.image_features(test, self.cfg.samples)
-        return {task: probe.accuracy(xt, yt), f"{task}/l2": probe.l2}
+        preds = probe.predict(xt)
+        return {task: (preds == yt).float().mean().item(), f"{task}/C": probe.c,
+                f"{task}/mean_per_class_recall": mean_per_class_recall(preds, yt, classes)}  # fmt: skip
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -293,6 +299,7 @@ def evaluate_suite(cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
     ``kind: finetune`` tasks run the finetuning recipe, each in ``<out>/runs/<name>`` (loading the
     checkpoint themselves: the model is loaded here only for the other kinds)."""
     tasks = load_suite(cfg.suite, cfg.data_root, finetune_keys())
+    weights = suite_weights(cfg)
     ctx = None
     if any(t.kind != "finetune" for t in tasks):
         model, tokenizer = load_model(cfg, device)
@@ -303,12 +310,21 @@ def evaluate_suite(cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
                            seed=cfg.seed)  # fmt: skip
     hold = RunDirLock.acquire(cfg.out)  # one suite run per out folder: a second stops naming the first
     try:
-        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, log=lambda m: print(m, flush=True),
-                            runners={"finetune": FinetuneRunner(cfg)})  # fmt: skip
+        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, weights=weights,
+                            log=lambda m: print(m, flush=True), runners={"finetune": FinetuneRunner(cfg)})  # fmt: skip
     finally:
         hold.release()
     print((Path(cfg.out) / "results.md").read_text())
     return results
+
+
+def suite_weights(cfg: EvalConfig) -> str:
+    """What a suite's results are keyed on: the checkpoint's bytes (:func:`mmkit.eval.suite.checkpoint_digest`),
+    or, for the randomly initialised baseline, its config file and seed."""
+    if cfg.checkpoint:
+        return checkpoint_digest(cfg.checkpoint)
+    config = Path(cfg.model_config).read_bytes() if cfg.model_config else b"tiny"
+    return hashlib.sha256(b"random init\0" + config + f"\0seed={cfg.seed}".encode()).hexdigest()
 
 
 def _finetune_recipe():

@@ -61,6 +61,9 @@ class BenchmarkSet:
     """
 
     layout: ClassVar[str] = ""
+    #: the names a validation split goes by in this layout, tried in order when a linear probe looks for
+    #: the dataset's own validation split (none: the layout ships no validation split)
+    validation_splits: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | Path, split: str) -> None:
         self.path, self.split = str(path), split

@@ -29,6 +29,7 @@ class ClassFolders(BenchmarkSet):
     """
 
     layout = "folder"
+    validation_splits = ("val",)
 
     def __init__(self, path: str | Path, split: str = "val", classnames: str | Path | None = None) -> None:
         super().__init__(path, split)

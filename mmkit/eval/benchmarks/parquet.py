@@ -47,6 +47,7 @@ class ParquetSet(BenchmarkSet):
     """Rows of Hugging Face-style parquet files (see the module docstring)."""
 
     layout = "parquet"
+    validation_splits = ("validation", "valid", "val")
 
     def __init__(self, path: str | Path, split: str = "test", image_column: str = "image",
                  label_column: str | None = None, text_column: str | None = None) -> None:  # fmt: skip

@@ -12,7 +12,8 @@ clone with nothing downloaded (``suites/shapes.yaml``)::
   ``filename``, ``sentences[].raw``) over ``images/``: each picture with three captions (its own and two
   rephrasings), for the several-captions retrieval protocol.
 
-The training split comes from the built-in training pairs, the test split from the held-out pairs.
+The training split comes from the built-in training pairs, the test split from the held-out pairs; with
+``--val N`` a ``val`` split too (the next ``N`` training pairs), in the class-folder and WebDataset layouts.
 """
 
 from __future__ import annotations
@@ -38,25 +39,30 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, data=None) -> Path:
+def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, data=None, val: int = 0) -> Path:
     """Write the three layouts (see the module docstring) under ``out`` (once: a ``DONE`` marker is written last).
 
     Args:
         train, test: pictures per split (from the built-in training and held-out pairs).
         data: the :func:`~mmkit.data.shapes_dataset` files to take them from (default the built-in set).
+        val: pictures of a ``val`` split as well (the training pairs after the ``train`` ones), as datasets
+            that ship a validation split have it; 0: none.
     """
     out = Path(out)
-    if (out / "DONE").is_file() and (out / "DONE").read_text() == f"{train} {test}":
+    if (out / "DONE").is_file() and (out / "DONE").read_text() == f"{train} {test} {val}":
         return out
     paths = data or shapes_dataset()
-    splits = {"train": (paths.train_pairs, train), "test": (paths.val_pairs, test)}
+    splits = {"train": (paths.train_pairs, 0, train), "val": (paths.train_pairs, train, val),
+              "test": (paths.val_pairs, 0, test)}  # fmt: skip
     captions: list[dict] = []
     (out / "shapes-captions" / "images").mkdir(parents=True, exist_ok=True)
     (out / "shapes-count").mkdir(parents=True, exist_ok=True)
-    for split, (shards, n) in splits.items():
+    for split, (shards, first, n) in splits.items():
+        if n == 0:
+            continue
         color, count = ShapesTask(shards, "color"), ShapesTask(shards, "count")
         with tarfile.open(out / "shapes-count" / f"{split}.tmp", "w") as tar:
-            for i in range(min(n, len(color))):
+            for i in range(first, min(first + n, len(color))):
                 rec, counted = color[i], count[i]
                 key = f"{split}{i:05d}"
                 folder = out / "shapes-color" / split / TASKS["color"][rec.label]
@@ -75,7 +81,7 @@ def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, 
     (out / "shapes-count" / "classnames.txt").write_text("\n".join(COUNT_NAMES) + "\n")
     (out / "shapes-count" / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     (out / "shapes-captions" / "dataset_shapes.json").write_text(json.dumps({"dataset": "shapes", "images": captions}))
-    (out / "DONE").write_text(f"{train} {test}")
+    (out / "DONE").write_text(f"{train} {test} {val}")
     return out
 
 
@@ -85,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--val", type=int, default=0, help="pictures of a val split too (default none)")
     args = parser.parse_args(argv)
-    print(f"wrote {write_shapes_benchmarks(args.out, args.train, args.test)}")
+    print(f"wrote {write_shapes_benchmarks(args.out, args.train, args.test, val=args.val)}")
     return 0
 
 

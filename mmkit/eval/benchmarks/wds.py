@@ -53,6 +53,7 @@ class WdsBenchmark(BenchmarkSet):
     """
 
     layout = "wds"
+    validation_splits = ("val",)
 
     def __init__(self, path: str | Path, split: str = "test", storage_options: dict[str, Any] | None = None) -> None:
         from mmkit.data.streaming import resolve_shards
