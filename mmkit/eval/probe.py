@@ -27,6 +27,9 @@ from torch import Tensor
 
 from mmkit.utils.errors import InputError
 
+#: the gradient tolerance of the sweep's fits: they only rank the C values by validation accuracy (a fit
+#: 100x looser picks the same C at a tenth of the time, ``benchmarks/RESULTS.md``); the final fit uses 1e-6
+SWEEP_TOL = 1e-4
 #: the decades of scikit-learn's ``C`` (inverse strength) CLIP's search covers: 1e-6 to 1e6
 C_DECADES = (-6, 6)
 
@@ -84,6 +87,7 @@ def fit_logistic(
     max_iter: int = 300,
     init: tuple[Tensor, Tensor] | None = None,
     solver: str = "auto",
+    tol: float = 1e-6,
 ) -> tuple[Tensor, Tensor]:
     """Minimise ``mean CE(x W^T + b, y) + l2 ||W||^2``.
 
@@ -94,6 +98,7 @@ def fit_logistic(
             ``"lbfgs"`` (full-batch L-BFGS with a strong-Wolfe line search, for large ones), or
             ``"auto"``: Newton while one Hessian costs at most :data:`NEWTON_MAX_COST` and has at most
             :data:`NEWTON_MAX_PARAMS` rows.
+        tol: stop when the largest gradient entry is below it (Newton: below ``tol / 10``).
 
     Returns:
         ``W (C, D)``, ``b (C,)`` in ``x``'s dtype.
@@ -103,18 +108,18 @@ def fit_logistic(
     params = num_classes * (x.shape[1] + 1)
     small = len(x) * params**2 <= NEWTON_MAX_COST and params <= NEWTON_MAX_PARAMS
     if solver == "newton" or (solver == "auto" and small):
-        return _fit_newton(x, y, num_classes, l2, max_iter, init)
-    return _fit_lbfgs(x, y, num_classes, l2, max_iter, init)
+        return _fit_newton(x, y, num_classes, l2, max_iter, init, tol / 10)
+    return _fit_lbfgs(x, y, num_classes, l2, max_iter, init, tol)
 
 
 def _fit_lbfgs(
-    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None
+    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None, tol: float
 ) -> tuple[Tensor, Tensor]:
     w0, b0 = init if init is not None else (x.new_zeros(num_classes, x.shape[1]), x.new_zeros(num_classes))
     w = w0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-10)  # fmt: skip
+                            tolerance_grad=tol, tolerance_change=1e-10)  # fmt: skip
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -128,7 +133,7 @@ def _fit_lbfgs(
 
 
 def _fit_newton(
-    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None
+    x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int, init: tuple[Tensor, Tensor] | None, tol: float
 ) -> tuple[Tensor, Tensor]:
     """Damped Newton on the augmented features ``[x, 1]`` (the bias is the last column of ``theta``).
 
@@ -136,7 +141,7 @@ def _fit_newton(
     (x_i x_i^T)`` plus ``2 l2`` on the weights' diagonal; it is singular along "the same bias shift in
     every class", which the gradient never has a component in, so a tiny ridge makes it solvable.
     Backtracking (Armijo) keeps every step a descent; stops when the largest gradient entry is below
-    1e-7 or the loss no longer moves.
+    ``tol`` or the loss no longer moves.
     """
     n, d = x.shape
     c = num_classes
@@ -157,7 +162,7 @@ def _fit_newton(
     for _ in range(max_iter):
         p = logits.softmax(1)
         grad = (p - onehot).T @ xa / n + reg * theta  # (C, D+1)
-        if grad.abs().max() < 1e-7:
+        if grad.abs().max() < tol:
             break
         a = (p[:, :, None] * xa[:, None, :]).reshape(n, -1)  # (N, C(D+1))
         hess = -(a.T @ a) / n
@@ -204,7 +209,8 @@ def fit_linear_probe(
         val_x, val_y: the dataset's own validation split (``selected_on="val"``); None carves
             ``val_fraction`` of the training split (seeded; ``selected_on="train_holdout"``).
         c_grid: the inverse strengths ``C`` to try; None: CLIP's search (:func:`clip_c_search`).
-        refit: after the sweep, fit again with the chosen ``C`` on training + validation features.
+        refit: after the sweep, fit again with the chosen ``C`` on training + validation features (else
+            on the training features alone); the sweep's fits stop at a looser tolerance (:data:`SWEEP_TOL`).
         max_iter: iterations per fit. num_classes: default ``max label + 1``.
 
     Returns:
@@ -228,17 +234,16 @@ def fit_linear_probe(
 
     def score(c: float) -> float:  # fit at C (warm-started from the nearest C fitted so far), validation accuracy
         near = min(fits, key=lambda k: abs(math.log10(k) - math.log10(c)), default=None)
-        fits[c] = fit_logistic(xs, y, classes, l2_of(c, len(xs)), max_iter, fits.get(near))
+        fits[c] = fit_logistic(xs, y, classes, l2_of(c, len(xs)), max_iter, fits.get(near), tol=SWEEP_TOL)
         with torch.no_grad():
             return ((vs @ fits[c][0].T + fits[c][1]).argmax(1) == val_y).float().mean().item()
 
     c, sweep = clip_c_search(score) if c_grid is None else _grid_search(score, c_grid)
-    (w, b), n = fits[c], len(xs)
-    if refit:
-        x_all, y_all = torch.cat([x, val_x]), torch.cat([y, val_y])
-        mean, std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
-        n = len(x_all)
-        w, b = fit_logistic((x_all - mean) / std, y_all, classes, l2_of(c, n), max_iter, (w, b))
+    if refit:  # the final fit, to full precision: train + validation at the chosen C
+        x, y = torch.cat([x, val_x]), torch.cat([y, val_y])
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    n = len(x)
+    w, b = fit_logistic((x - mean) / std, y, classes, l2_of(c, n), max_iter, fits[c])
     return ProbeResult(c, l2_of(c, n), sweep[c], w, b, mean, std, dict(sorted(sweep.items())),
                        "train_holdout" if carved else "val", n)  # fmt: skip
 
