@@ -20,7 +20,7 @@ from mmkit.eval.metrics import (
 )
 from mmkit.eval.probe import ProbeResult, fit_linear_probe
 from mmkit.eval.retrieval import multi_caption_retrieval, retrieval_recall
-from mmkit.eval.suite import SuiteContext, load_suite, run_suite
+from mmkit.eval.suite import SuiteContext, checkpoint_digest, load_suite, run_suite
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_logits
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SuiteContext",
     "accuracy",
     "auroc",
+    "checkpoint_digest",
     "class_embeddings",
     "eval_transform",
     "f1_score",

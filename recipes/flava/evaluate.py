@@ -86,6 +86,7 @@ from mmkit.eval import (
     DEFAULT_TEMPLATES,
     FeatureCache,
     SuiteContext,
+    checkpoint_digest,
     class_embeddings,
     eval_transform,
     finetune_task,
@@ -97,7 +98,6 @@ from mmkit.eval import (
     run_suite,
     zero_shot_logits,
 )
-from mmkit.eval.suite import checkpoint_digest
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli, run_training
