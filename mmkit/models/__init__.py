@@ -5,7 +5,8 @@ FLAVA checkpoint (mmkit export or transformers directory): ``load_flava_model(pa
 CLIP and SigLIP, from the same blocks: ``clip_model``, ``siglip_model`` (:class:`DualEncoderModel`);
 any CLIP/SigLIP checkpoint: ``load_dual_encoder(path)``. Each model's transformers layout (key map,
 config map, directory reader and writer) is in its ``*_hf`` module and exported here; files are read and
-loaded through :mod:`mmkit.utils.weights`.
+loaded through :mod:`mmkit.utils.weights`, after :mod:`mmkit.models.fit_check` has compared the
+checkpoint's tensor shapes (file headers) with the model its config describes (built on the meta device).
 """
 
 from mmkit.models.clip import (
@@ -48,16 +49,14 @@ from mmkit.models.flava_hf import (
     config_to_hf,
     flava_from_hf,
     flava_model_for_pretraining_from_hf,
-    flava_model_from_hf,
     flava_pretraining_from_hf,
     flava_pretraining_to_hf,
     flava_to_hf,
     hf_unsupported,
-    load_flava_model,
-    load_flava_weights,
     load_hf_checkpoint,
     save_hf_checkpoint,
 )
+from mmkit.models.flava_load import flava_model_from_hf, load_flava_model, load_flava_weights
 from mmkit.models.flava_objectives import FLAVA_OBJECTIVES, Objective, Views
 from mmkit.models.flava_pretraining import (
     RANDOM_CODEBOOK,

@@ -31,9 +31,10 @@ from torch import Tensor
 
 from mmkit.models.clip import CONFIGS, CLIPConfig, DualEncoderConfig, DualEncoderModel, SigLIPConfig
 from mmkit.models.clip import dual_encoder_model as _build
+from mmkit.models.fit_check import check_fits, config_fields, hf_label, meta_tensors
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.keymap import KeyMap
-from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
+from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weight_shapes, read_weights
 
 _TOWERS = (("image_encoder", "vision_model"), ("text_encoder", "text_model"))
 _LAYER = (
@@ -260,10 +261,23 @@ def _expected_shapes(config: DualEncoderConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def _from_hf(kind: str, hf_state_dict: Mapping[str, Tensor], config: DualEncoderConfig) -> dict[str, Tensor]:
+def _map_hf(
+    kind: str, hf_state_dict: Mapping[str, Tensor], expected: Mapping[str, torch.Size]
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """Their names -> ours, reshaped where only the layout differs (``(D,)`` -> ``(1, 1, D)``);
+    ``(state, names no rule matches, missing members of fused q/k/v groups)``. Works on meta tensors."""
     src = {k: v for k, v in hf_state_dict.items() if not IGNORED_HF_KEYS.match(k)}
     state, unknown, incomplete = KEY_MAPS[kind].from_theirs(src)
+    for key, value in list(state.items()):
+        want = expected.get(key)
+        if want is not None and value.shape != want and value.numel() == want.numel():
+            state[key] = value.reshape(want)
+    return state, unknown, incomplete
+
+
+def _from_hf(kind: str, hf_state_dict: Mapping[str, Tensor], config: DualEncoderConfig) -> dict[str, Tensor]:
     expected = _expected_shapes(config)
+    state, unknown, incomplete = _map_hf(kind, hf_state_dict, expected)
     problems = []
     if unknown:
         problems.append(format_keys(f"tensors no {kind} rule matches", unknown))
@@ -272,16 +286,27 @@ def _from_hf(kind: str, hf_state_dict: Mapping[str, Tensor], config: DualEncoder
     missing = sorted(set(expected) - set(state))
     if missing:
         problems.append(format_keys("missing tensors (transformers names)", KEY_MAPS[kind].their_names(missing)))
-    for key, value in list(state.items()):
+    for key, value in state.items():
         want = expected.get(key)
         if want is not None and value.shape != want:
-            if value.numel() != want.numel():
-                problems.append(f"  {key}: checkpoint {tuple(value.shape)} vs config {tuple(want)}")
-            else:
-                state[key] = value.reshape(want)
+            problems.append(f"  {key}: checkpoint {tuple(value.shape)} vs config {tuple(want)}")
     if problems:
         raise CheckpointMismatchError(f"the {kind} checkpoint does not fit its config:\n" + "\n".join(problems))
     return state
+
+
+def _check_fits(path: Path, config: DualEncoderConfig, hf: bool) -> None:
+    """Refuse, in one line and before anything is built, a checkpoint whose tensors (file headers; transformers
+    names mapped on meta tensors) do not fit the model of ``config`` (:mod:`mmkit.models.fit_check`)."""
+    kind, expected, shapes = config.model_type, _expected_shapes(config), read_weight_shapes(path)
+    label = str
+    if hf:
+        state, unknown, _ = _map_hf(kind, meta_tensors(shapes), expected)
+        shapes = {**{k: v.shape for k, v in state.items()}, **{k: shapes[k] for k in unknown}}
+        top = {"projection_dim": "projection_dim" if kind == "clip" else "text_config.projection_size"}
+        label = hf_label({"image": "vision_config", "text": "text_config"}, top)
+    fields = config_fields(config, ("image", "text"), label)
+    check_fits(expected, shapes, source=str(path), target=f"{kind} model", fields=fields)
 
 
 def _to_hf(kind: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -342,6 +367,7 @@ def _model_from_hf(kind: str, path: str | Path, overrides: dict[str, Any]) -> Du
     if hf_config.get("model_type") not in (None, kind):
         raise InputError(f"{path} holds a {hf_config.get('model_type')!r} checkpoint, not {kind!r}")
     config = _CONFIG_FROM_HF[kind](hf_config, **overrides)
+    _check_fits(path, config, hf=True)
     state = _from_hf(kind, read_weights(path), config)
     model = _build(config)
     model.load_report = load_strict(model, state, str(path), target=f"{kind} model", kind="transformers")
@@ -421,11 +447,15 @@ def dual_encoder_config(path: str | Path) -> DualEncoderConfig:
 def load_dual_encoder(path: str | Path, device: str | torch.device | None = None) -> DualEncoderModel:
     """A CLIP or SigLIP model, strictly loaded and in eval mode, from an mmkit export (``config.json``
     naming ``mmkit_model`` + ``model.safetensors``) or a transformers ``CLIPModel``/``SiglipModel``
-    directory. Nothing in the files is executed (safetensors, ``weights_only=True``)."""
+    directory. Nothing in the files is executed (safetensors, ``weights_only=True``). The checkpoint's
+    tensors are checked against its ``config.json`` before the model is built: every one must be there at
+    the config's shape and nothing else (else a one-line :class:`CheckpointMismatchError` naming the tensors
+    and the fields that disagree)."""
     path = Path(path)
     cfg = _read_json(path)
     if cfg.get("mmkit_model") in CONFIGS:
         config = CONFIGS[cfg["mmkit_model"]].from_dict(cfg["config"])
+        _check_fits(path, config, hf=False)
         model = _build(config)
         state = read_weights(path)
         model.load_report = load_strict(model, state, str(path), target=f"{config.model_type} model", kind="mmkit")

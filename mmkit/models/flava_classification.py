@@ -7,26 +7,30 @@ final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entrop
 ``regression`` (mean squared error, one output, e.g. STS-B).
 
 ``checkpoint=`` reads an mmkit pretraining export or a transformers FLAVA directory with
-:func:`mmkit.models.flava_hf.load_flava_weights` and loads it with :func:`mmkit.utils.weights.load_strict`.
+:func:`mmkit.models.flava_load.load_flava_weights`, after checking that its tensors fit the config
+(:func:`mmkit.models.flava_load.check_flava_fits`), and loads it with :func:`mmkit.utils.weights.load_strict`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.mlp import get_activation
+from mmkit.models.fit_check import check_fits, meta_shapes
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
-from mmkit.models.flava_hf import load_flava_weights
+from mmkit.models.flava_load import check_flava_fits, inspect_flava_checkpoint, load_flava_weights
 from mmkit.utils.errors import InputError, MissingError
-from mmkit.utils.weights import LoadReport, load_strict, read_weights
+from mmkit.utils.weights import LoadReport, load_strict, read_weight_shapes, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +139,34 @@ class FLAVAForClassification(nn.Module):
         return ClassificationOutput(logits=logits, loss=loss, features=feats)
 
 
-def _checkpoint_image_size(state: dict[str, Tensor], cfg: FLAVAConfig) -> int | None:
-    """The (square) image size the checkpoint's position embeddings were trained at, or None."""
-    pos = state.get("image_encoder.embeddings.position_embeddings")
-    if pos is None:
+def _checkpoint_image_size(shapes: Mapping[str, torch.Size], cfg: FLAVAConfig) -> int | None:
+    """The (square) image size the checkpoint's position embeddings ``(1, 1 + N, D)`` were trained at, or None."""
+    pos = shapes.get("image_encoder.embeddings.position_embeddings")
+    if pos is None or len(pos) != 3:
         return None
-    n = pos.shape[1] - 1
-    side = math.isqrt(n)
+    n = pos[1] - 1
+    side = math.isqrt(max(n, 0))
     patch = cfg.image.patch_size if isinstance(cfg.image.patch_size, int) else cfg.image.patch_size[0]
     return side * patch if side * side == n else None
+
+
+def _checked_weights(
+    checkpoint: str | Path, config: FLAVAConfig | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Tensor], FLAVAConfig, FLAVAConfig, str]:
+    """``(encoder weights, config, config to load at, format)`` of a checkpoint, after checking that its
+    tensors fit (:func:`~mmkit.models.flava_load.check_flava_fits`: refused in one line, nothing allocated).
+
+    The config to load at is the config at the image size the checkpoint was trained at (its position
+    table is resampled to ``config``'s after loading)."""
+    found = inspect_flava_checkpoint(checkpoint)
+    cfg = (config or found.config or FLAVAConfig()).replace(**overrides)
+    size = _checkpoint_image_size(found.found, cfg)
+    at = cfg if size in (None, cfg.image.image_size) else cfg.replace(**{"image.image_size": size})
+    origin = "the given config" if config is not None else "config.json"
+    origin += f" with {', '.join(sorted(overrides))}" if overrides else ""
+    check_flava_fits(found, at, origin=origin, target="FLAVA encoders")
+    state, _, kind = load_flava_weights(checkpoint)
+    return state, cfg, at, kind
 
 
 def flava_model_for_classification(
@@ -164,7 +187,10 @@ def flava_model_for_classification(
         modality: ``"image"``, ``"text"`` or ``"multimodal"``.
         config: model sizes; taken from the checkpoint when it has one.
         checkpoint: an mmkit pretraining export (``final/`` dir or ``model.safetensors``) or a
-            transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory.
+            transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory. Its tensors are checked
+            against the config before anything is built: encoders, fusion and projections must all be
+            there at the config's shapes (else one-line :class:`~mmkit.utils.weights.CheckpointMismatchError`);
+            only heads and the codebook are left out.
         problem_type, hidden_dim, dropout: see :class:`FLAVAForClassification` / :class:`ClassificationHead`.
         **overrides: :class:`FLAVAConfig` fields. An ``image.image_size`` other than the checkpoint's
             (e.g. 480 for VQA from a 224 checkpoint) resamples the checkpoint's position embeddings
@@ -174,16 +200,12 @@ def flava_model_for_classification(
     """
     if modality not in MODALITIES:
         raise InputError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    state, ckpt_config, kind = (None, None, "")
-    if checkpoint is not None:
-        state, ckpt_config, kind = load_flava_weights(checkpoint)
-    cfg = (config or ckpt_config or FLAVAConfig()).replace(**overrides)
-    ckpt_size = _checkpoint_image_size(state, cfg) if state is not None else None
-    if ckpt_size is not None and ckpt_size != cfg.image.image_size:
-        # build at the checkpoint's resolution, load, then resample the position embeddings once
-        base = flava_model(cfg.replace(**{"image.image_size": ckpt_size}))
+    state, kind = None, ""
+    if checkpoint is not None:  # built at the checkpoint's resolution, loaded, then resampled once
+        state, cfg, load_cfg, kind = _checked_weights(checkpoint, config, overrides)
     else:
-        base = flava_model(cfg)
+        cfg = load_cfg = (config or FLAVAConfig()).replace(**overrides)
+    base = flava_model(load_cfg)
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
     head = ClassificationHead(width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim,
                               dropout=dropout)  # fmt: skip
@@ -222,7 +244,9 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     ``model.safetensors``, ``config.json``, ``classifier.json``), in eval mode.
 
     The class names are in ``model.classes``; a text or multimodal classifier's tokenizer is in
-    ``<path>/tokenizer`` (load it with :meth:`mmkit.tokenizers.TextTokenizer.from_pretrained`).
+    ``<path>/tokenizer`` (load it with :meth:`mmkit.tokenizers.TextTokenizer.from_pretrained`). Its
+    tensors are checked against ``config.json`` and ``classifier.json`` before the model is built (one-line
+    :class:`~mmkit.utils.weights.CheckpointMismatchError` when they do not fit).
     """
     import json
 
@@ -232,9 +256,14 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
             raise MissingError(f"{path / name} does not exist: expected a finetune export (<run_dir>/best)")
     info = json.loads((path / "classifier.json").read_text())
     cfg = FLAVAConfig.from_dict(json.loads((path / "config.json").read_text()))
-    model = flava_model_for_classification(
-        info["num_classes"], info["modality"], cfg, problem_type=info["problem_type"], hidden_dim=info["hidden_dim"]
-    )
+
+    def build() -> FLAVAForClassification:
+        kwargs = {"problem_type": info["problem_type"], "hidden_dim": info["hidden_dim"]}
+        return flava_model_for_classification(info["num_classes"], info["modality"], cfg, **kwargs)
+
+    check_fits(meta_shapes(build), read_weight_shapes(path / "model.safetensors"), source=str(path),
+               target="classifier", origin="config.json and classifier.json")  # fmt: skip
+    model = build()
     state = read_weights(path / "model.safetensors")
     model.load_report = load_strict(model, state, str(path), target="classifier", kind="mmkit")
     model.classes = tuple(info.get("classes", ()))

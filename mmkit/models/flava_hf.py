@@ -14,19 +14,16 @@ Functions:
         (heads, ``logit_scale`` and the image codebook included).
     config_from_hf / config_to_hf: ``FlavaConfig`` dict <-> :class:`FLAVAConfig`.
     load_hf_checkpoint: ``(config, tensors)`` of a transformers directory.
-    load_flava_weights: :class:`FLAVAModel` weights from an mmkit export or a transformers directory.
-    load_flava_model: the :class:`FLAVAModel` itself, strictly loaded, from any of those;
-        flava_model_from_hf: the same for a transformers directory, with config overrides.
     flava_model_for_pretraining_from_hf: a :class:`FLAVAForPreTraining` from a transformers directory.
     save_hf_checkpoint: write a directory transformers' ``from_pretrained`` reads.
 
-Files are read and loaded through :mod:`mmkit.utils.weights` (strict, one report and error type).
+Files are read and loaded through :mod:`mmkit.utils.weights` (strict, one report and error type). The
+:class:`FLAVAModel` of any FLAVA checkpoint (``load_flava_model``) is in :mod:`mmkit.models.flava_load`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from collections.abc import Mapping
@@ -45,8 +42,6 @@ from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.keymap import KeyMap
 from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
-
-logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------
 # The key map
@@ -505,100 +500,6 @@ def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]
     if not cfg_file.exists():
         raise MissingError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
     return config_from_hf(json.loads(cfg_file.read_text())), read_weights(path)
-
-
-def load_flava_weights(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str]:
-    """:class:`FLAVAModel` weights (mmkit names) from any FLAVA checkpoint.
-
-    Accepts an mmkit pretraining export (a directory with ``config.json`` + ``model.safetensors``,
-    or the weights file alone) or a transformers ``FlavaModel`` / ``FlavaForPreTraining``
-    directory. Returns ``(state, config or None, "mmkit" | "transformers")``; heads and the
-    codebook of pretraining checkpoints are left out of ``state``.
-    """
-    state, config, kind, _ = _read_flava(path)
-    return state, config, kind
-
-
-def _read_flava(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None, str, list[str]]:
-    """:func:`load_flava_weights`, plus the checkpoint's names of the tensors it left out."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        cfg_json = json.loads((path / "config.json").read_text())
-        weights = read_weights(path)
-        if any(k.startswith(("flava.", "text_model.", "image_model.")) for k in weights):  # transformers layout
-            split = _split_hf(weights)
-            return flava_from_hf(split.model), config_from_hf(cfg_json), "transformers", sorted(split.pretraining)
-        state, left = _model_part(weights)
-        return state, FLAVAConfig.from_dict(cfg_json), "mmkit", left
-    if path.is_file():
-        state, left = _model_part(read_weights(path))
-        return state, None, "mmkit", left
-    raise MissingError(f"checkpoint {path} does not exist (expected a directory with config.json or a file)")
-
-
-def _model_part(weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """The ``model.*`` tensors of a pretraining or classifier state dict (prefix removed) and the other
-    names; a bare :class:`FLAVAModel` state dict is returned whole."""
-    if not any(k.startswith("model.") for k in weights):
-        return dict(weights), []
-    state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
-    return state, sorted(k for k in weights if not k.startswith("model."))
-
-
-def load_flava_model(
-    path: str | Path, config: FLAVAConfig | None = None, device: str | torch.device | None = None
-) -> torch.nn.Module:
-    """The FLAVA encoders (:class:`~mmkit.models.FLAVAModel`) of any FLAVA checkpoint, in eval mode.
-
-    Reads, without running code from them (safetensors, or ``torch.load(weights_only=True)``):
-
-    * an mmkit pretraining export (``<run>/final``: ``model.safetensors`` + ``config.json``);
-    * a finetune export (``<run>/best``): its encoders, the classifier head left out;
-    * a transformers ``FlavaModel`` / ``FlavaForPreTraining`` directory (``config.json`` +
-      ``model.safetensors``, sharded safetensors or ``pytorch_model.bin``);
-    * a lone weights file of mmkit names, with ``config`` giving the sizes.
-
-    Every encoder tensor must be present with the shape the config gives: a checkpoint that does not
-    fit raises :class:`~mmkit.utils.weights.CheckpointMismatchError` (a ``ValueError``) naming the
-    tensors, never a model with some layers left random. Tensors the encoders do not use (heads, a
-    classifier, the codebook) are listed in ``model.load_report`` (a
-    :class:`~mmkit.utils.weights.LoadReport`).
-
-    Args:
-        path: the checkpoint directory or file.
-        config: sizes, for a lone weights file; for a directory, its ``config.json`` wins unless given.
-        device: where to put the model (default CPU).
-    """
-    state, ckpt_config, kind, left_out = _read_flava(path)
-    cfg = config or ckpt_config
-    if cfg is None:
-        raise InputError(f"{path} has no config.json: pass config=FLAVAConfig(...) with the model's sizes")
-    model = flava_model(cfg)
-    report = load_strict(model, state, str(path), target="FLAVAModel", kind=kind, may_be_unused=True)
-    report.unused = sorted([*left_out, *report.unused])
-    model.load_report = report
-    return model.to(device or "cpu").eval()
-
-
-def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
-    """A :class:`FLAVAModel` (in train mode) from a transformers ``FlavaModel`` / ``FlavaForPreTraining``
-    directory: :func:`load_flava_model` with config overrides. Pretraining heads and the codebook of a
-    ``FlavaForPreTraining`` checkpoint are not part of :class:`FLAVAModel`: they are named in
-    ``model.load_report.unused`` and in a log warning.
-
-    Args:
-        path: checkpoint directory (see :func:`load_hf_checkpoint`).
-        **overrides: :class:`FLAVAConfig` fields that do not change shapes
-            (e.g. ``attention_backend="math"``, dropout).
-    """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
-    config = config_from_hf(json.loads((path / "config.json").read_text()))
-    model = load_flava_model(path, config.replace(**overrides)).train()
-    if model.load_report.unused:
-        logger.warning("%s", model.load_report)
-    return model
 
 
 def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> FLAVAForPreTraining:

@@ -30,7 +30,9 @@ __all__ = [
     "format_keys",
     "load_strict",
     "read_weight_file",
+    "read_weight_shapes",
     "read_weights",
+    "weight_files",
 ]
 
 #: Suffixes of a lone weights file: safetensors, or a torch state dict read with ``weights_only=True``.
@@ -70,8 +72,8 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     raise InputError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pt, .pth or .bin")
 
 
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """All tensors of a weights file (:func:`read_weight_file`) or a checkpoint directory.
+def weight_files(path: str | Path) -> list[Path]:
+    """The weights files of a lone file or a checkpoint directory, the one place their layout is known.
 
     In a directory looks for, in order: ``model.safetensors``, a sharded ``model.safetensors.index.json``
     (every shard it names must exist), ``pytorch_model.bin``.
@@ -81,25 +83,48 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if path.is_file():
-        return read_weight_file(path)
+        return [path]
     if not path.is_dir():
         raise MissingError(f"checkpoint {path} does not exist")
     st, index, bin_ = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if st.exists():
-        return read_weight_file(st)
+        return [st]
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[str, Tensor] = {}
         for shard in shards:
             if not (path / shard).exists():
                 raise MissingError(f"{index} names shard {shard!r}, which is missing from {path}")
-            out.update(read_weight_file(path / shard))
-        return out
+        return [path / shard for shard in shards]
     if bin_.exists():
-        return read_weight_file(bin_)
+        return [bin_]
     raise MissingError(
         f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a weights file (:func:`read_weight_file`) or a checkpoint directory (:func:`weight_files`)."""
+    out: dict[str, Tensor] = {}
+    for file in weight_files(path):
+        out.update(read_weight_file(file))
+    return out
+
+
+def read_weight_shapes(path: str | Path) -> dict[str, torch.Size]:
+    """The name and shape of every tensor of a weights file or checkpoint directory, read without the tensors
+    where the format allows: a safetensors file's header (every shard's, for a sharded index); a torch file
+    (``.pt`` / ``.pth`` / ``.bin``) has no header and is read whole with ``weights_only=True`` (bounded by
+    the file's size). What a loader compares with the model its config describes before building it."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Size] = {}
+    for file in weight_files(path):
+        if file.suffix != ".safetensors":
+            out.update({k: v.shape for k, v in read_weight_file(file).items()})
+            continue
+        with safe_open(str(file), framework="pt") as f:
+            out.update({k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+    return out
 
 
 # ------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_tensors(tmp_path):
     export = make_mmkit_export(tmp_path / "final", ["a red ball"])
     cfg = json.loads((export / "config.json").read_text())
     deeper = FLAVAConfig.from_dict(cfg).replace(**{"image.num_layers": 3})
-    missing = r"missing from the checkpoint \(\d+\):\n\s+image_encoder.encoder.layers.2"
+    missing = r"image.num_layers=3 but .* 2 image layers; missing from the checkpoint: image_encoder.encoder.layers.2"
     with pytest.raises(CheckpointMismatchError, match=missing):
         load_flava_model(export, config=deeper)
     wider = FLAVAConfig.from_dict(cfg).replace(**{"text.vocab_size": cfg["text"]["vocab_size"] + 7})
