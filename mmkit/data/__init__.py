@@ -49,7 +49,14 @@ from mmkit.data.tasks import (
 )
 from mmkit.data.training_sources import HeldOutRecords, TrainingSource, heldout_source
 from mmkit.data.transforms import ImageTransform, ImageTransformConfig
-from mmkit.data.vqa_answers import build_answer_vocab, normalize_answer, vqa_answer_score, vqa_soft_scores
+from mmkit.data.vqa_answers import (
+    build_answer_vocab,
+    normalize_answer,
+    vqa_answer_score,
+    vqa_official_accuracy,
+    vqa_official_score,
+    vqa_soft_scores,
+)
 
 FLAVADataset = SampleDataset
 FLAVABatch = Batch
@@ -104,5 +111,7 @@ __all__ = [
     "resolve_shards",
     "shapes_dataset",
     "vqa_answer_score",
+    "vqa_official_accuracy",
+    "vqa_official_score",
     "vqa_soft_scores",
 ]

@@ -17,15 +17,20 @@ The rules (Antol et al. 2015 and the VQA v2 evaluation script, ``vqaEval.py``; r
 
 An answer's accuracy is ``min(1, matches / 3)`` averaged over the leave-one-out subsets of the human
 answers (:func:`vqa_answer_score`): with VQA v2's ten answers that is 0.3, 0.6, 0.9, 1 for an answer
-given by 1, 2, 3, 4+ annotators.
+given by 1, 2, 3, 4+ annotators. The training targets (:func:`vqa_soft_scores`) count matches among the
+normalised answers. The official evaluation (:func:`vqa_official_score`, :func:`vqa_official_accuracy`)
+normalises only when the humans disagree: a question whose ten answers are the same string (after step 1)
+is scored on raw strings, so ``"t shirt"`` scores 0 against ten ``"t-shirt"``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from mmkit.utils.errors import InputError
 
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
                 "!")  # fmt: skip
@@ -63,9 +68,14 @@ _CONTRACTIONS = dict(
 )
 
 
+def _trim(answer: Any) -> str:
+    """Step 1 alone: newlines and tabs become spaces, the ends are trimmed."""
+    return str(answer).replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(answer: Any) -> str:
     """One answer in the official evaluation's normal form (module docstring): ``"Two dogs."`` -> ``"2 dogs"``."""
-    text = str(answer).replace("\n", " ").replace("\t", " ").strip()
+    text = _trim(answer)
     delete = _DIGIT_COMMA_DIGIT.search(text) is not None
     out = text
     for p in _PUNCTUATION:
@@ -83,6 +93,49 @@ def vqa_answer_score(matches: int, answers: int) -> float:
     hit = matches * min(1.0, (matches - 1) / 3)  # subsets without one of the matching humans
     miss = (answers - matches) * min(1.0, matches / 3)  # subsets without one of the others
     return (hit + miss) / answers
+
+
+def vqa_official_score(predicted: Any, answers: Sequence[Any]) -> float:
+    """One question's accuracy as the official evaluation (``vqaEval.py``) computes it.
+
+    Both the predicted answer and the human answers are trimmed (step 1). When the trimmed human answers
+    are not all the same string, every one of them and the predicted answer are normalised (steps 2 and 3);
+    when they are all the same, nothing more is done and the strings are compared as they are (a unanimous
+    ``"T-shirt"`` is matched only by ``"T-shirt"``). The score is :func:`vqa_answer_score` of the number of
+    human answers equal to the predicted one.
+
+    Args:
+        predicted: the answer given (a string). answers: the question's human answers (VQA v2: 10 strings,
+            or annotation dicts ``{"answer": ...}``), as released.
+    """
+    given = [_trim(a["answer"] if isinstance(a, dict) else a) for a in _as_list(answers)]
+    if not given:
+        raise InputError("a VQA question needs at least one human answer to be scored")
+    guess = _trim(predicted)
+    if len(set(given)) > 1:
+        given, guess = [normalize_answer(a) for a in given], normalize_answer(guess)
+    return vqa_answer_score(given.count(guess), len(given))
+
+
+def vqa_official_accuracy(answers: Mapping[int, Any], questions: Mapping[int, Sequence[Any]]) -> float:
+    """The official VQA accuracy (a fraction, not percent): the mean over ``questions`` of
+    :func:`vqa_official_score`.
+
+    Args:
+        answers: the predicted answer string by question id (a results file's ``{question_id: answer}``).
+        questions: each question's human answers by question id, as released (``answers[].answer``).
+
+    Raises:
+        InputError: ``answers`` and ``questions`` do not name the same questions (the official evaluation
+            refuses such a results file too).
+    """
+    missing, extra = set(questions) - set(answers), set(answers) - set(questions)
+    if missing or extra or not questions:
+        raise InputError(
+            f"VQA accuracy needs one answer per question: {len(missing)} question(s) without an answer "
+            f"(e.g. {sorted(missing)[:3]}), {len(extra)} answer(s) to unknown questions (e.g. {sorted(extra)[:3]})"
+        )
+    return sum(vqa_official_score(answers[q], given) for q, given in questions.items()) / len(questions)
 
 
 def vqa_soft_scores(answers: Any, vocab: Sequence[str]) -> list[float]:

@@ -1,6 +1,6 @@
 """FLAVA's finetuned tasks read from miniature copies of their released files: what each layout gives,
-the official VQA answer normalisation, the reported metrics against scikit-learn and scipy, and the
-skips and one-line errors of bad input."""
+the official VQA answer normalisation and accuracy, the reported metrics against scikit-learn and scipy,
+and the skips and one-line errors of bad input."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from mmkit.data import ClassificationDataset, DataQualityError, Skipped, normalize_answer, vqa_answer_score
-from mmkit.data.vqa_answers import vqa_soft_scores
+from mmkit.data.vqa_answers import vqa_official_accuracy, vqa_official_score, vqa_soft_scores
 from mmkit.eval import FINETUNE_TASKS, finetune_task, open_task_split
 from mmkit.eval.benchmarks import BenchmarkFormatError
 from mmkit.eval.benchmarks import shapes_finetune as ff
-from mmkit.eval.benchmarks.vl_tasks import vqa_answer_vocab
+from mmkit.eval.benchmarks.vl_tasks import vqa_answer_vocab, vqa_results
+from mmkit.utils.errors import InputError
 from tests.conftest import load_recipe
+from tests.eval import vqa_reference
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,49 @@ def test_vqa_soft_scores_equal_the_official_leave_one_out_accuracy():
     assert [vqa_answer_score(m, 10) for m in range(6)] == pytest.approx([0, 0.3, 0.6, 0.9, 1, 1])
 
 
+#: Ten identical answers that normalisation would change: the official evaluation compares them raw.
+UNANIMOUS = ["t-shirt", "Two", "1,000", "Yes!", "The dog", "Dont", "mr. smith", "None"]
+#: Spellings the mixed questions draw their ten answers from (several normalise to the same answer).
+POOLS = [["t-shirt", "t shirt", "T-Shirt", "shirt"], ["Two", "2", "two", "3", "2 "], ["1,000", "1000", "100", "1 000"],
+         ["yes", "Yes!", "yes.", "no", "No"], ["the dog", "dog", "A dog", "dogs"], ["dont know", "don't know", "no"],
+         ["mr. smith", "mr smith", "Smith"], ["none", "0", "zero", "1"]]  # fmt: skip
+
+
+def _vqa_questions() -> dict[int, list[str]]:
+    """Half the questions with ten identical unnormalised answers, half with ten mixed spellings."""
+    rng = random.Random(0)
+    questions = {i: [a] * 10 for i, a in enumerate(UNANIMOUS)}
+    for i, pool in enumerate(POOLS, len(UNANIMOUS)):
+        questions[i] = [rng.choice(pool) for _ in range(10)]
+        assert len({a.strip() for a in questions[i]}) > 1
+    questions[99] = ["red", " red", "red\n", *["red"] * 7]  # identical once trimmed: unanimous
+    return questions
+
+
+def test_vqa_official_accuracy_equals_the_published_rules_question_by_question():
+    """vqaEval.py (tests/eval/vqa_reference.py, written out from the script): raw strings when the ten
+    answers agree, normalised ones otherwise; and it is not the always-normalised soft score."""
+    questions = _vqa_questions()
+    for q, given in questions.items():
+        pool = POOLS[q - len(UNANIMOUS)] if len(UNANIMOUS) <= q < 99 else []
+        for guess in {normalize_answer(given[0]), given[0], given[0].upper(), "no", "2", *pool}:
+            ours, reference = vqa_official_score(guess, given), vqa_reference.question_accuracy(guess, given)
+            assert ours == pytest.approx(reference, abs=1e-6), (q, guess)
+    assert vqa_official_score("t-shirt", ["t-shirt"] * 10) == 1 and vqa_official_score("t shirt", ["t-shirt"] * 10) == 0
+    # what a model answers: vocabulary entries, i.e. normal forms
+    predicted = {q: normalize_answer(given[0]) for q, given in questions.items()}
+    official = vqa_official_accuracy(predicted, questions)
+    reference = [vqa_reference.question_accuracy(predicted[q], given) for q, given in questions.items()]
+    assert official == pytest.approx(sum(reference) / len(reference), abs=1e-6)
+    always_normalised = [vqa_answer_score([normalize_answer(a) for a in given].count(predicted[q]), len(given))
+                         for q, given in questions.items()]  # fmt: skip
+    assert sum(always_normalised) / len(questions) - official > 0.4  # the 8 unanimous questions: 1 there, 0 here
+    with pytest.raises(InputError, match="1 question\\(s\\) without an answer"):
+        vqa_official_accuracy({q: a for q, a in predicted.items() if q != 99}, questions)
+    with pytest.raises(InputError, match="at least one human answer"):
+        vqa_official_score("yes", [])
+
+
 def test_vqav2_questions_annotations_and_images(files, tmp_path):
     task = finetune_task("vqav2")
     train = open_task_split(task, files["vqa"], "train")
@@ -121,9 +166,18 @@ def test_vqav2_questions_annotations_and_images(files, tmp_path):
     assert train.classes == vqa_answer_vocab(files["vqa"])  # train's annotations parsed once, the same vocabulary
     rec = train[0]
     assert rec.text == "What color is the first shape?" and rec.image[:2] == b"\xff\xd8"  # the COCO JPEG
-    # 9 of 10 answers are the colour in some spelling ("Red", "red.", "the red"): score 1; on odd images
+    # the answers are the colour in some spelling ("Red", "red.", "the red"): score 1; on images 1, 5, 9...
     # one annotator answered "maybe" (not in the vocabulary)
     assert max(rec.label) == 1.0 and sum(1 for x in rec.label if x) == 1
+    # val keeps the answers as released (for the official accuracy), train does not
+    assert train.human_answers is None and len(val.human_answers) == len(val)
+    annotations = json.loads((files["vqa"] / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
+    assert {a["question_id"]: tuple(x["answer"] for x in a["answers"]) for a in annotations} == val.human_answers
+    assert {len(set(a)) for a in val.human_answers.values()} == {1, 4, 5}  # unanimous ("Red" or "red"), mixed
+    predicted = [0] * len(val)
+    assert val.official_accuracy(predicted) == pytest.approx(
+        vqa_reference.results_file_accuracy(vqa_results(val, predicted), annotations), abs=1e-6
+    )
     # an annotation whose question is gone, and a question whose image is missing
     qfile = files["vqa"] / "v2_OpenEnded_mscoco_val2014_questions.json"
     data = json.loads(qfile.read_text())
@@ -180,6 +234,9 @@ def test_the_reported_metrics_against_scikit_learn_and_scipy():
         assert recipe.compute_metric("matthews", logits, labels) == pytest.approx(
             metrics.matthews_corrcoef(labels, preds)
         )
+        assert recipe.compute_metric("mean_per_class_recall", logits, labels) == pytest.approx(
+            metrics.balanced_accuracy_score(labels, preds), abs=1e-12
+        )
         if classes == 2:
             assert recipe.compute_metric("f1", logits, labels) == pytest.approx(metrics.f1_score(labels, preds))
             assert recipe.compute_metric("auroc", logits, labels) == pytest.approx(
@@ -193,3 +250,38 @@ def test_the_reported_metrics_against_scikit_learn_and_scipy():
     vqa_logits = torch.randn(50, 7, generator=g)
     expected = sum(soft[i, vqa_logits[i].argmax()].item() for i in range(50)) / 50
     assert recipe.compute_metric("vqa_accuracy", vqa_logits, soft) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["glue:mnli", "glue:cola", "hateful_memes", "snli_ve", "glue:stsb"])
+def test_classification_tasks_also_report_mean_per_class_recall(name):
+    """The reported metrics a best step assembles (the recipe's ``_report``) from fixed, imbalanced outputs:
+    every single-label task adds ``mean_per_class_recall`` (scikit-learn's balanced accuracy) on each report
+    split; regression and VQA do not; the selection metrics and the paper's number are unchanged."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    finetune, task = load_recipe("recipes/flava/finetune.py"), finetune_task(name)
+    recipe = object.__new__(finetune.FinetuneRecipe)  # the reporting alone: no model, no data
+    recipe.cfg = finetune.load_config(None, [f"task={name}", "path=unused"])
+    recipe.progress, recipe.val_name = finetune.Progress(), task.select
+    g = torch.Generator().manual_seed(0)
+    classes = 3 if name in ("glue:mnli", "snli_ve") else 2
+    outputs = {}
+    for split in {task.select, *task.report.values()}:
+        labels = torch.cat([torch.zeros(50), torch.ones(12), torch.full((8,), classes - 1)]).long()
+        if task.problem_type == "regression":
+            outputs[split] = (torch.randn(70, generator=g), torch.randn(70, generator=g), [])
+        else:
+            outputs[split] = (torch.randn(70, classes, generator=g) + 0.8 * torch.eye(classes)[labels], labels, [])
+    recipe._predict = outputs.__getitem__
+    reported = recipe._report(outputs[task.select], 0.0)
+    assert list(reported) == task.reported_names(also=True)
+    assert recipe.cfg.metric == task.metrics[0] and "mean_per_class_recall" not in finetune.METRICS
+    recall = [n for n in reported if n.startswith("mean_per_class_recall")]
+    assert bool(recall) == (task.problem_type == "single_label") and not set(recall) & set(task.paper)
+    assert finetune_task("vqav2").also_reports == ()  # multi-label: no classes to average over
+    for suffix, split in task.report.items():
+        if recall:
+            logits, labels, _ = outputs[split]
+            expected = balanced_accuracy_score(labels.numpy(), logits.argmax(-1).numpy())
+            assert reported["mean_per_class_recall" + (f"_{suffix}" if suffix else "")] == pytest.approx(expected)
+            assert abs(expected - (logits.argmax(-1) == labels).double().mean().item()) > 1e-3  # imbalanced

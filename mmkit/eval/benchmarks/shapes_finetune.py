@@ -13,7 +13,8 @@ the labels are learnable from the pictures and captions:
   CoLA a caption or its words reversed, SST-2 warm or cool first colour, MRPC/QQP/RTE/STS-B a caption
   against itself or with its colour swapped, MNLI entailed / contradicted / neutral, QNLI a colour question;
 * ``vqav2/``: VQA v2's question and annotation JSON files and COCO-named JPEGs (colour and shape questions,
-  ten human answers in several spellings), and test-dev's questions without answers;
+  ten human answers in several spellings, or ten identical ones, some unnormalised), and test-dev's
+  questions without answers;
 * ``snli-ve/``: ``snli_ve_{train,dev,test}.jsonl`` with ``Flickr30K/flickr30k_images/``;
 * ``hateful_memes/``: ``{train,dev_seen,test_seen}.jsonl`` and ``img/`` ("hateful" = the first shape is a circle).
 """
@@ -184,10 +185,13 @@ def glue_parquet(root: Path, n_train: int = 24, n_dev: int = 12, tasks=tuple(FOL
 
 
 def _vqa_answers(answer: str, k: int) -> list[dict]:
-    """Ten human answers: the true one in the official evaluation's several spellings, one stray."""
-    spellings = [answer, answer.capitalize(), f"{answer}.", f"the {answer}", answer, answer, answer, answer, answer]
-    return [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
-            for j, a in enumerate([*spellings, "maybe" if k % 2 else answer])]  # fmt: skip
+    """Ten human answers to a question on image ``k``, by ``k % 4``: the true one in several spellings that
+    normalise to it (0), nine of those and one stray "maybe" (1), ten identical unnormalised spellings
+    (2: ``"Red"``, which the official evaluation compares as it is, so the vocabulary's ``"red"`` scores 0),
+    ten identical normal ones (3)."""
+    spellings = [answer, answer.capitalize(), f"{answer}.", f"the {answer}", *[answer] * 6]
+    given = {0: spellings, 1: [*spellings[:9], "maybe"], 2: [answer.capitalize()] * 10, 3: [answer] * 10}[k % 4]
+    return [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(given)]
 
 
 def vqav2(root: Path, n_train: int = 12, n_val: int = 6) -> Path:

@@ -7,7 +7,9 @@
   ``<images>/{train,val}2014/COCO_{train,val}2014_<image_id:012d>.jpg``. Splits ``train`` and ``val``.
   Answers are normalised as the official evaluation does (:mod:`mmkit.data.vqa_answers`); the vocabulary
   is the ``answer_vocab_size`` most frequent normalised ``multiple_choice_answer`` s over train + val
-  (3,129 by default, the common choice), the target each question's soft scores over it.
+  (3,129 by default, the common choice), the target each question's soft scores over it. The val split
+  also keeps each question's human answers as released (:attr:`VQARows.human_answers`), which the
+  official accuracy compares (:func:`~mmkit.data.vqa_answers.vqa_official_accuracy`).
 * **SNLI-VE** (``path``: the folder with ``snli_ve_{train,dev,test}.jsonl``): each line's
   ``Flickr30K_ID``, ``sentence2`` (the hypothesis) and ``gold_label``; images
   ``<images>/<Flickr30K_ID>.jpg`` where ``images`` defaults to the first of ``Flickr30K/flickr30k_images``,
@@ -22,11 +24,12 @@ row without its fields or with an unknown label is a named skip; a file of anoth
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mmkit.data.tasks import LabeledRows
-from mmkit.data.vqa_answers import normalize_answer, vqa_sparse_scores
+from mmkit.data.vqa_answers import normalize_answer, vqa_official_accuracy, vqa_sparse_scores
 from mmkit.eval.benchmarks.base import BenchmarkFormatError
 from mmkit.utils.errors import InputError, MissingError
 
@@ -35,6 +38,29 @@ VQA_SPLITS = {"train": "train2014", "val": "val2014"}
 VQA_TEST_SPLITS = {"test-dev": "test-dev2015", "test": "test2015"}
 SNLI_VE_CLASSES = ("contradiction", "entailment", "neutral")
 HATEFUL_MEMES_CLASSES = ("not_hateful", "hateful")
+
+
+class VQARows(LabeledRows):
+    """A VQA v2 split read by :func:`read_vqav2`: :class:`LabeledRows` whose keys are ``q<question_id>``.
+
+    Attributes:
+        human_answers: ``{question_id: (answer, ...)}``, each row's human answers as released (VQA v2: ten
+            ``answers[].answer`` strings), for an evaluation split; None for train (443k questions: its soft
+            scores are all training needs).
+    """
+
+    def __init__(self, rows: Sequence[tuple], classes: Sequence[str], name: str, skipped: Sequence[str] = (),
+                 human_answers: dict[int, tuple[str, ...]] | None = None) -> None:  # fmt: skip
+        super().__init__(rows, classes, name, skipped)
+        self.human_answers = human_answers
+
+    def official_accuracy(self, predicted: list[int]) -> float:
+        """The official VQA accuracy (:func:`~mmkit.data.vqa_answers.vqa_official_accuracy`) of the answers
+        ``predicted`` (a class id per row) against the human answers; the split must keep them."""
+        if self.human_answers is None:
+            raise InputError(f"{self.name} keeps no human answers: the official accuracy cannot be computed")
+        answers = {r["question_id"]: r["answer"] for r in vqa_results(self, predicted)}
+        return vqa_official_accuracy(answers, self.human_answers)
 
 
 def _load_json(file: Path, fields: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -94,10 +120,11 @@ def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[in
 
 
 def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
-               classes: tuple[str, ...] | None = None, answer_vocab_size: int = 3129) -> LabeledRows:  # fmt: skip
-    """One VQA v2 split: rows ``(question_id, question, None, image path, {class id: soft score})`` over ``classes``
-    (default :func:`vqa_answer_vocab`). Questions whose answers all fall outside the vocabulary are kept
-    (their target is all zeros, as in training on the usual 3,129 answers)."""
+               classes: tuple[str, ...] | None = None, answer_vocab_size: int = 3129) -> VQARows:  # fmt: skip
+    """One VQA v2 split: rows ``(q<question_id>, question, None, image path, {class id: soft score})`` over
+    ``classes`` (default :func:`vqa_answer_vocab`). Questions whose answers all fall outside the vocabulary
+    are kept (their target is all zeros, as in training on the usual 3,129 answers). The val split keeps its
+    human answers (:attr:`VQARows.human_answers`), train does not."""
     path = Path(path)
     if split in VQA_TEST_SPLITS:
         return _vqa_questions_only(path, split, Path(images) if images else path,
@@ -107,23 +134,28 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     sub, root = VQA_SPLITS[split], Path(images) if images else path
     index = {a: i for i, a in enumerate(vocab)}
     rows, skipped, asked = [], [], {q.get("question_id") for q in questions if isinstance(q, dict)}
+    human: dict[int, tuple[str, ...]] | None = None if split == "train" else {}
+    shared: dict[str, str] = {}  # one string object per distinct answer (most answers repeat: "yes", "2")
     for q in questions:
         qid = q.get("question_id") if isinstance(q, dict) else None
         if qid is None or "image_id" not in q or "question" not in q:
             skipped.append(f"{qfile.name}: a question without question_id, image_id or question ({q!r:.80})")
             continue
         ann = by_id.get(qid)
-        if ann is None or not isinstance(ann.get("answers"), list):
+        if ann is None or not isinstance(ann.get("answers"), list) or not ann["answers"]:
             skipped.append(f"{qfile.name}: question {qid} has no annotation with answers in {afile.name}")
             continue
         image = root / sub / f"COCO_{sub}_{int(q['image_id']):012d}.jpg"
         rows.append((f"q{qid}", str(q["question"]), None, str(image), vqa_sparse_scores(ann["answers"], index)))
+        if human is not None:
+            given = (str(a["answer"] if isinstance(a, dict) else a) for a in ann["answers"])
+            human[int(qid)] = tuple(shared.setdefault(a, a) for a in given)
     skipped += [f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
                 for qid in by_id if qid not in asked]  # fmt: skip
-    return LabeledRows(rows, vocab, f"vqav2 {split}", skipped)
+    return VQARows(rows, vocab, f"vqav2 {split}", skipped, human)
 
 
-def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ...]) -> LabeledRows:
+def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ...]) -> VQARows:
     """test-dev / test: rows ``(q<question_id>, question, None, image, {})`` (no answers: an empty target)."""
     name = f"v2_OpenEnded_mscoco_{VQA_TEST_SPLITS[split]}_questions.json"
     qfile = next((d / name for d in (path, path / "questions", path / "Questions") if (d / name).is_file()), None)
@@ -139,7 +171,7 @@ def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ..
             continue
         image = root / "test2015" / f"COCO_test2015_{int(q['image_id']):012d}.jpg"
         rows.append((f"q{q['question_id']}", str(q["question"]), None, str(image), {}))
-    return LabeledRows(rows, vocab, f"vqav2 {split}", skipped)
+    return VQARows(rows, vocab, f"vqav2 {split}", skipped)
 
 
 def vqa_results(rows: LabeledRows, predicted: list[int]) -> list[dict[str, Any]]:
