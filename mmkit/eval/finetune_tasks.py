@@ -25,7 +25,10 @@ hateful_memes      multimodal  single_label   auroc, accuracy             dev_se
 GLUE's test labels are not public, so GLUE reports its dev sets (as the paper does); VQA v2's test-dev
 and test-std are scored by its server only, so mmkit reports val (``docs/EVALUATION.md``). The best step
 is chosen on the "selects on" split by the first metric (or ``metric=``, one of the task's), and the
-reported metrics are those of that step.
+reported metrics are those of that step. Every single-label task also reports ``mean_per_class_recall``
+(balanced accuracy; MNLI: ``_matched``, ``_mismatched``) beside them: it never selects a step and is not
+the number compared with the paper. VQA v2's ``vqa_accuracy`` is the official evaluation's
+(:meth:`~mmkit.eval.benchmarks.vl_tasks.VQARows.official_accuracy`) on the predicted answer strings.
 """
 
 from __future__ import annotations
@@ -69,9 +72,17 @@ class FinetuneTask:
     predicts: tuple[str, ...] = ()  # unlabelled splits it can write a results file for (the server scores it)
     results_file: Callable[[LabeledRows, list[int]], Any] | None = None  # (split, class id per row) -> JSON
 
-    def reported_names(self) -> list[str]:
-        """The metric names the task reports, e.g. ``["accuracy_matched", "accuracy_mismatched"]``."""
-        return [m if not s else f"{m}_{s}" for s in self.report for m in self.metrics]
+    @property
+    def also_reports(self) -> tuple[str, ...]:
+        """Metrics reported beside :attr:`metrics` that never select a step nor stand for the paper's number:
+        a single-label task's ``mean_per_class_recall``."""
+        return ("mean_per_class_recall",) if self.problem_type == "single_label" else ()
+
+    def reported_names(self, also: bool = False) -> list[str]:
+        """The metric names the task reports, e.g. ``["accuracy_matched", "accuracy_mismatched"]``; with
+        ``also``, those of :attr:`also_reports` too (every name in ``results.json``'s ``metrics``)."""
+        names = (*self.metrics, *(self.also_reports if also else ()))
+        return [m if not s else f"{m}_{s}" for s in self.report for m in names]
 
 
 #: FLAVA's published numbers (Singh et al. 2022, Table 4; docs/FLAVA.md "Published results").

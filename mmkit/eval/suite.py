@@ -462,7 +462,7 @@ def _metrics_shown(task: SuiteTask) -> list[str]:
         from mmkit.eval.finetune_tasks import finetune_task
 
         spec = finetune_task(task.task)
-        names = spec.reported_names()
+        names = spec.reported_names(also=True)  # mean per-class recall too, where a class is predicted
         head = next(iter(spec.paper), names[0])
         return [head, *[n for n in names if n != head]]
     if task.kind == "retrieval":

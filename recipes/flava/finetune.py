@@ -21,7 +21,9 @@ Features and their config keys:
   ``accuracy_mismatched``; ``mmkit.eval.finetune_tasks``). Shipped recipes: ``configs/paper/<task>.yaml``
   (``epochs`` and ``warmup_fraction`` become step counts on the training split). ``predict=[test-dev]``
   (VQA v2: ``test-dev``, ``test``) writes the best step's answers for the challenge server to
-  ``<run_dir>/predictions/vqav2_<split>.json``.
+  ``<run_dir>/predictions/vqav2_<split>.json``; VQA v2 always writes val's there too
+  (``vqav2_val.json``), and its ``vqa_accuracy`` is the official evaluation's on those answer strings
+  against the released human answers. Single-label tasks also report ``mean_per_class_recall``.
 * data: ``task`` = a built-in shapes task (``shapes:color``, ``shapes:count``, ``shapes:shape``,
   ``shapes:entailment``), ``folder`` (image classes in subfolders: ``train_path``/``val_path``),
   ``text`` (CSV/JSONL: ``text_column``, ``text_pair_column`` for GLUE-style sentence pairs,
@@ -81,6 +83,7 @@ from mmkit.eval import (
     f1_score,
     finetune_task,
     matthews_corrcoef,
+    mean_per_class_recall,
     open_task_split,
     pearson,
     spearman,
@@ -215,6 +218,9 @@ def _named_task_config(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Metric ``name`` of ``(N, C)`` logits (``(N,)`` for regression) against ``(N,)`` labels (``(N, C)`` soft
+    scores for ``vqa_accuracy``: the soft score of the argmax, the pairs task's; VQA v2's official accuracy
+    needs the answer strings, :meth:`FinetuneRecipe._score`)."""
     if name in ("pearson", "spearman"):
         return (pearson if name == "pearson" else spearman)(logits, labels)
     if name == "vqa_accuracy":
@@ -222,6 +228,8 @@ def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> flo
     preds = logits.argmax(-1)
     if name == "accuracy":
         return accuracy(preds, labels)
+    if name == "mean_per_class_recall":
+        return mean_per_class_recall(preds, labels, num_classes=logits.shape[-1])
     if name == "f1":
         return f1_score(preds, labels, average="binary" if logits.shape[-1] == 2 else "macro")
     if name in ("matthews", "mcc"):
@@ -433,14 +441,28 @@ class FinetuneRecipe:
         train = LabeledPairs(cfg.train_path, answer_vocab=vocab, **kw)
         return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes, **kw)
 
-    @torch.no_grad()
-    def _predict(self, loader, size: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels over a whole split (every rank runs it: FSDP2 needs them all); unreadable
-        records are skipped, bounded by ``max_bad_fraction``."""
-        return self._outputs(loader, size, split)[:2]
+    def _predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Logits, labels and the :class:`~mmkit.data.Skipped` records (``#<index>`` keys) left out, over
+        the whole of ``split`` (the validation split or a report / predict split)."""
+        if split == self.val_name:
+            return self._outputs(self.val_loader, len(self.val_ds), split)
+        return self._outputs(*self.report_loaders[split], split)
 
+    def _source(self, split: str) -> Any:
+        """The rows of ``split`` (a named task's :class:`~mmkit.data.LabeledRows`)."""
+        return self.val_ds.source if split == self.val_name else self.report_sources[split]
+
+    def _answered(self, split: str) -> bool:
+        """Whether ``split``'s answers are written as a results file (VQA v2: val and the ``predict`` splits)."""
+        task = FINETUNE_TASKS.get(self.cfg.task)
+        if task is None or task.results_file is None:
+            return False
+        return split in task.report.values() or split in self.cfg.predict
+
+    @torch.no_grad()
     def _outputs(self, loader, size: int, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """:meth:`_predict` and the :class:`~mmkit.data.Skipped` records (``#<index>`` keys) it left out."""
+        """:meth:`_predict` from ``loader`` (every rank runs it: FSDP2 needs them all); unreadable records
+        are skipped, bounded by ``max_bad_fraction``."""
         model = unwrap(self.model)
         model.eval()
         logits, labels, skipped = [], [], []
@@ -461,38 +483,45 @@ class FinetuneRecipe:
             )
         if skipped and split not in self.skips_named and self.ctx.is_main:  # named once per split
             self.skips_named.add(split)
-            print(f"{split}: {len(skipped)} of {size} records skipped, scored without them: {named}", flush=True)
+            how = "answered with class 0" if self._answered(split) else "scored without them"
+            print(f"{split}: {len(skipped)} of {size} records skipped, {how}: {named}", flush=True)
         return torch.cat(logits), torch.cat(labels), skipped
+
+    def _score(self, name: str, outputs: tuple, split: str) -> float:
+        """Metric ``name`` of ``split``'s outputs (:func:`compute_metric`), but VQA v2's ``vqa_accuracy`` is the
+        official evaluation's: the predicted answer strings against each question's released human answers."""
+        source = self._source(split) if name == "vqa_accuracy" else None
+        if getattr(source, "human_answers", None) is not None:
+            return source.official_accuracy(self._row_ids(outputs, split))
+        return compute_metric(name, *outputs[:2])
 
     def evaluate(self) -> float:
         """The selection metric on the whole validation split."""
-        return compute_metric(self.cfg.metric, *self._predict(self.val_loader, len(self.val_ds), self.val_name))
+        return self._score(self.cfg.metric, self._predict(self.val_name), self.val_name)
 
-    def _report(self, val: tuple[torch.Tensor, torch.Tensor], value: float) -> dict[str, float]:
-        """A named task's reported metrics (its report splits, all its metrics) at this step; else the metric."""
+    def _report(self, val: tuple, value: float) -> dict[str, float]:
+        """A named task's reported metrics (its report splits, all its metrics and those it also reports) at
+        this step; else the metric. The answers of the splits written as results files are kept."""
         if self.cfg.task not in FINETUNE_TASKS:
             return {self.cfg.metric: value}
         task, out = finetune_task(self.cfg.task), {}
         for suffix, split in task.report.items():
-            if split == task.select:
-                outputs = val
-            else:
-                loader, size = self.report_loaders[split]
-                outputs = self._predict(loader, size, split)
-            for m in task.metrics:
-                out[m if not suffix else f"{m}_{suffix}"] = compute_metric(m, *outputs)
+            outputs = val if split == task.select else self._predict(split)
+            for m in (*task.metrics, *task.also_reports):
+                out[m if not suffix else f"{m}_{suffix}"] = self._score(m, outputs, split)
+            if self._answered(split):  # VQA v2's val: the answers scored, in the challenge's format at the end
+                self.progress.predictions[split] = self._row_ids(outputs, split)
         for split in self.cfg.predict:  # the server's splits: this step's answers, kept until the run ends
-            self.progress.predictions[split] = self._predicted_ids(split)
+            self.progress.predictions[split] = self._row_ids(self._predict(split), split)
         return out
 
-    def _predicted_ids(self, split: str) -> list[int]:
+    def _row_ids(self, outputs: tuple, split: str) -> list[int]:
         """The predicted class of every row of ``split``, in order; a row that cannot be read (within
         ``max_bad_fraction``, named) gets class 0 — the most frequent answer of a VQA vocabulary."""
-        loader, size = self.report_loaders[split]
-        logits, _, skipped = self._outputs(loader, size, split)
+        logits, _, skipped = outputs
         gone = {int(s.key.lstrip("#")) for s in skipped}
-        ids, read = [0] * size, iter(logits.argmax(-1).tolist())
-        for i in range(size):
+        ids, read = [0] * len(self._source(split)), iter(logits.argmax(-1).tolist())
+        for i in range(len(ids)):
             if i not in gone:
                 ids[i] = next(read)
         return ids
@@ -523,16 +552,16 @@ class FinetuneRecipe:
         return results
 
     def _write_predictions(self) -> dict[str, str]:
-        """``predict`` splits: the best step's answers as the challenge server reads them,
-        ``<run_dir>/predictions/<task>_<split>.json``; returns ``{split: path}``."""
+        """VQA v2's val and ``predict`` splits: the best step's answers as the challenge server (and the
+        official evaluation) reads them, ``<run_dir>/predictions/<task>_<split>.json``; returns ``{split: path}``."""
         written = {}
-        for split, ids in self.progress.predictions.items():  # empty unless a named task's predict= is set
+        for split, ids in self.progress.predictions.items():  # empty unless the task writes results files
             task = finetune_task(self.cfg.task)
             path = self.run_dir / "predictions" / f"{task.name}_{split}.json"
             if self.ctx.is_main:
                 path.parent.mkdir(exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(task.results_file(self.report_sources[split], ids)))
+                tmp.write_text(json.dumps(task.results_file(self._source(split), ids)))
                 os.replace(tmp, path)
             written[split] = str(path)
         return written
@@ -543,8 +572,8 @@ class FinetuneRecipe:
 
     def _on_eval(self, step: int) -> None:
         p = self.progress
-        val = self._predict(self.val_loader, len(self.val_ds), self.val_name)
-        value = compute_metric(self.cfg.metric, *val)
+        val = self._predict(self.val_name)
+        value = self._score(self.cfg.metric, val, self.val_name)
         p.history.append((step, value))
         self.metrics.log(step, {self.cfg.metric: value}, split="eval")
         if p.best is None or value > p.best[1]:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmkit.eval import finetune_task
 from mmkit.eval.benchmarks import shapes_finetune as ff
 from tests.conftest import load_recipe, make_mmkit_export, run_recipe
+from tests.eval.vqa_reference import results_file_accuracy
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = "{steps: 2, eval_every: 2, batch_size: 4, max_length: 32, head_hidden: 8, warmup_steps: 1, image_size: null}"
@@ -52,25 +54,29 @@ def test_the_eleven_tasks_on_an_mmkit_export(data, tmp_path, capsys):
             "progress=false"]  # fmt: skip
     assert _evaluate(*args) == 0
     results = json.loads((out / "results.json").read_text())
-    names = {"mnli": {"accuracy_matched", "accuracy_mismatched"}, "cola": {"matthews"}, "mrpc": {"accuracy", "f1"},
-             "qqp": {"accuracy", "f1"}, "sst2": {"accuracy"}, "qnli": {"accuracy"}, "rte": {"accuracy"},
-             "stsb": {"pearson", "spearman"}, "vqav2": {"vqa_accuracy"}, "snli_ve": {"accuracy"},
-             "hateful_memes": {"auroc", "accuracy"}}  # fmt: skip
+    recall = {"mean_per_class_recall"}  # every single-label task reports it beside its metrics
+    names = {"mnli": {"accuracy_matched", "accuracy_mismatched", "mean_per_class_recall_matched",
+                      "mean_per_class_recall_mismatched"}, "cola": {"matthews", *recall},
+             "mrpc": {"accuracy", "f1", *recall}, "qqp": {"accuracy", "f1", *recall}, "sst2": {"accuracy", *recall},
+             "qnli": {"accuracy", *recall}, "rte": {"accuracy", *recall}, "stsb": {"pearson", "spearman"},
+             "vqav2": {"vqa_accuracy"}, "snli_ve": {"accuracy", *recall},
+             "hateful_memes": {"auroc", "accuracy", *recall}}  # fmt: skip
     for name, metrics in names.items():
         r = results[name]
-        assert (
-            set(r) - {"kind", "samples", "train_samples", "best_step", "steps", "skipped", "run_dir", "seconds"}
-            == metrics
-        )
+        other = {"kind", "split", "metric", "samples", "train_samples", "best_step", "steps", "skipped", "run_dir",
+                 "seconds"}  # fmt: skip
+        assert set(r) - other - ({"predictions"} if name == "vqav2" else set()) == metrics
         assert all(-1 <= r[m] <= 1 for m in metrics) and r["steps"] == 2, name
+        assert r["metric"] == next(iter(finetune_task(TASKS[name]).paper))  # the headline: the paper's metric
         run = json.loads((Path(r["run_dir"]) / "results.json").read_text())  # the run directory is kept
         assert run["metrics"] == {m: r[m] for m in metrics} and run["init_from"] == str(export)
         assert (Path(r["run_dir"]) / "best" / "model.safetensors").is_file()
     assert results["mnli"]["samples"] == 16 and results["snli_ve"]["samples"] == 9  # both MNLI dev sets; test
     assert results["vqav2"]["train_samples"] == 16 and results["cola"]["train_samples"] == 16
     table = (out / "results.md").read_text()
-    assert "| mnli | finetune | accuracy_matched |" in table and "| 80.33 |" in table
-    assert "| mnli | finetune | accuracy_mismatched |" in table and "| hateful_memes | finetune | auroc |" in table
+    assert "| mnli | finetune | dev_matched | accuracy_matched |" in table and "| 80.33 |" in table
+    assert "| mnli | finetune | dev_mismatched | accuracy_mismatched |" in table
+    assert "| hateful_memes | finetune | test_seen | auroc |" in table
     assert "| 76.09 |" in table and "| 72.49 |" in table and "| 85.67 |" in table
     assert "the paper's on the same 8" not in table  # all 8 run: the paper's own average says it
     assert "NLP average (GLUE, 8 task(s)): **" in table and "the paper's over its 8 tasks: 78.19" in table
@@ -98,7 +104,7 @@ def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys, monkeypa
                      "progress=false") == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["rte"]["accuracy"] <= 1 and 0 <= results["snli_ve"]["accuracy"] <= 1
-    assert "| rte | finetune | accuracy |" in (out / "results.md").read_text()
+    assert "| rte | finetune | dev | accuracy |" in (out / "results.md").read_text()
     load = (Path(results["rte"]["run_dir"]) / "load_report.txt").read_text()
     assert "(transformers): 68 tensors loaded" in load and "new: head.fc1.weight" in load  # encoders loaded
     # the shipped suite file is valid as it stands
@@ -178,9 +184,42 @@ def test_a_missing_image_is_a_named_skip_within_the_bound(data, tmp_path, capsys
     assert err.count("\n") == 1 and "1 of the 8 dev_seen records could not be read (max_bad_fraction 5.0%)" in err
 
 
+def test_vqa_val_accuracy_is_the_official_evaluations_not_the_normalised_score(data, tmp_path):
+    """With one answer in the vocabulary every val question gets it. Half the val questions are rewritten to
+    ten identical unnormalised spellings of it ("Yellow" x 10: compared raw, it scores 0), half to mixed
+    spellings (normalised: 9 of 10 match, 1.0). The reported vqa_accuracy is the reference's on the val
+    file, 0.5; the always-normalised soft score would be 1.0."""
+    import shutil
+
+    from mmkit.eval.benchmarks.vl_tasks import vqa_answer_vocab
+
+    root, export = data
+    vqa = shutil.copytree(root / "vqav2", tmp_path / "vqav2")
+    (top,) = vqa_answer_vocab(vqa, 1)
+    afile = vqa / "v2_mscoco_val2014_annotations.json"
+    released = json.loads(afile.read_text())
+    for i, a in enumerate(released["annotations"]):
+        given = [top.capitalize()] * 10 if i % 2 else [top, top.upper(), "maybe", *[top] * 7]
+        a["answers"] = [{"answer": x, "answer_confidence": "yes", "answer_id": j + 1} for j, x in enumerate(given)]
+    afile.write_text(json.dumps(released))
+    run = tmp_path / "run"
+    assert run_recipe("recipes/flava/finetune.py", "task=vqav2", f"path={vqa}", f"init_from={export}", f"run_dir={run}",
+                      "answer_vocab_size=1", "optim.total_steps=2", "eval_every=2", "batch_size=4", "head_hidden=8",
+                      "optim.warmup_steps=1", "progress=false") == 0  # fmt: skip
+    results = json.loads((run / "results.json").read_text())
+    val = json.loads((run / "predictions" / "vqav2_val.json").read_text())
+    assert results["predictions"] == {"val": str(run / "predictions" / "vqav2_val.json")}
+    assert {a["answer"] for a in val} == {top} and len(val) == len(released["annotations"]) == 8
+    reference = results_file_accuracy(val, released["annotations"])
+    assert reference == pytest.approx(0.5) and results["metrics"]["vqa_accuracy"] == pytest.approx(reference, abs=1e-6)
+    assert results["start"] == results["best"] == pytest.approx(0.5)  # selection reads the same number
+
+
 def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp_path, capsys):
     """predict=[test-dev] writes [{question_id, answer}] for every test-dev question: the exported best
-    model's answers (recomputed here from <run_dir>/best), class 0 for a question whose image is gone."""
+    model's answers (recomputed here from <run_dir>/best), class 0 for a question whose image is gone.
+    val's answers are written the same way, and the reported vqa_accuracy is the official evaluation's
+    (tests/eval/vqa_reference.py) of that file against the val annotations."""
     import shutil
 
     from mmkit.data import ClassificationDataset, ImageTransform, ImageTransformConfig
@@ -196,7 +235,7 @@ def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp
     assert run_recipe("recipes/flava/finetune.py", "task=vqav2", f"path={vqa}", f"init_from={export}", f"run_dir={run}",
                       "predict=[test-dev]", "optim.total_steps=4", "eval_every=2", "batch_size=4", "head_hidden=8",
                       "optim.warmup_steps=1", "max_bad_fraction=0.3", "progress=false") == 0  # fmt: skip
-    assert "test-dev: 2 of 8 records skipped" in capsys.readouterr().out
+    assert "test-dev: 2 of 8 records skipped, answered with class 0" in capsys.readouterr().out
     answers = json.loads((run / "predictions" / "vqav2_test-dev.json").read_text())
     assert [a["question_id"] for a in answers] == [q["question_id"] for q in questions]
     model = load_classifier(run / "best")
@@ -212,7 +251,18 @@ def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp
             assert a["answer"] == model.classes[logits.argmax(-1).item()], i
     assert [a["answer"] for a in answers[-2:]] == [model.classes[0]] * 2
     results = json.loads((run / "results.json").read_text())
-    assert results["predictions"] == {"test-dev": str(run / "predictions" / "vqav2_test-dev.json")}
+    assert results["predictions"] == {"val": str(run / "predictions" / "vqav2_val.json"),
+                                      "test-dev": str(run / "predictions" / "vqav2_test-dev.json")}  # fmt: skip
+    val = json.loads((run / "predictions" / "vqav2_val.json").read_text())
+    annotations = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
+    assert sorted(a["question_id"] for a in val) == sorted(a["question_id"] for a in annotations) and len(val) == 8
+    assert {a["answer"] for a in val} <= set(model.classes)
+    assert results["metrics"]["vqa_accuracy"] == pytest.approx(results_file_accuracy(val, annotations), abs=1e-6)
+    assert results["best"] == results["metrics"]["vqa_accuracy"]  # the step is selected on the same number
+    # the miniature val set holds unanimous unnormalised answers ("Red" x 10), which the official rules
+    # compare raw: the vocabulary's "red" scores 0 there
+    assert any(len({x["answer"] for x in a["answers"]}) == 1 and a["answers"][0]["answer"][0].isupper()
+               for a in annotations)  # fmt: skip
     finetune = load_recipe("recipes/flava/finetune.py")
     with pytest.raises(ValueError, match=r"remove predict=val \(it writes results for test-dev, test\)"):
         finetune.load_config(None, ["task=vqav2", "path=x", "predict=[val]"])
