@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmkit.utils.errors import USER_ERRORS, InputError
+from mmkit.utils.bounded import MAX_SAMPLE_BYTES, over_limit, parse_json, read_text_file, set_sample_limit
+from mmkit.utils.errors import InputError, user_error_message
 from mmkit.utils.run_lock import RunDirLock
 
 KINDS = ("image", "text", "both")
@@ -44,8 +45,9 @@ Item = tuple[str, bytes | None, str | None, str | None]  # (key, image bytes, te
 
 
 def iter_records(source: str, image_column: str = "image", text_column: str | None = None,
-                 storage_options: dict | None = None) -> Iterator[Item]:  # fmt: skip
-    """``(key, image bytes, text, error)`` of every sample of ``source`` in order (see the module docstring)."""
+                 storage_options: dict | None = None, allow_outside_root: bool = False) -> Iterator[Item]:  # fmt: skip
+    """``(key, image bytes, text, error)`` of every sample of ``source`` in order (see the module docstring);
+    a manifest's image paths stay inside its folder unless ``allow_outside_root``."""
     from mmkit.data.sources import Manifest, decode_text
 
     path = Path(source)
@@ -58,7 +60,7 @@ def iter_records(source: str, image_column: str = "image", text_column: str | No
             yield rec.key, rec.image, None, None
         return
     if source.endswith((".jsonl", ".csv", ".json")):
-        manifest = Manifest(path, image_column, text_column or "caption")
+        manifest = Manifest(path, image_column, text_column or "caption", allow_outside_root=allow_outside_root)
         for i in range(len(manifest)):
             rec = manifest[i]
             text, error = None, rec.meta.get("error")
@@ -90,15 +92,19 @@ def _parquet_records(source: str, image_column: str, text_column: str | None):
 
     import pyarrow.parquet as pq
 
+    from mmkit.eval.benchmarks.parquet import column_problem
+
     files = sorted(glob.glob(source)) or [source]
     for file in files:
-        pf = pq.ParquetFile(file)
+        try:
+            pf = pq.ParquetFile(file)
+        except Exception as e:  # pyarrow's ArrowInvalid and friends: not a parquet file
+            raise InputError(f"{file} is not a parquet file ({type(e).__name__}: {e})") from None
         columns = [c for c in (image_column, text_column) if c]
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise InputError(
-                f"{file} has no column(s) {', '.join(missing)} (columns: {', '.join(pf.schema_arrow.names)})"
-            )
+        for column, role in zip(columns, ("image", "text"), strict=False):
+            problem = column_problem(pf.schema_arrow, column, role)
+            if problem:
+                raise InputError(f"{file} {problem}")
         row = 0
         for group in range(pf.num_row_groups):
             table = pf.read_row_group(group, columns=columns).to_pydict()
@@ -106,8 +112,9 @@ def _parquet_records(source: str, image_column: str, text_column: str | None):
                 image = table[image_column][j]
                 data = image.get("bytes") if isinstance(image, dict) else image
                 text = table[text_column][j] if text_column else None
-                text = text[0] if isinstance(text, list) and text else text
-                yield f"{Path(file).name}:{row}", data, text, None if data is not None else "no image bytes"
+                text = (text[0] if text else None) if isinstance(text, list) else text
+                error = "no image bytes" if data is None else over_limit("the image", len(data))
+                yield f"{Path(file).name}:{row}", data if error is None else None, text, error
                 row += 1
 
 
@@ -180,10 +187,12 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_encoders(args.checkpoint, tokenizer=args.tokenizer, device=device,
                                      log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     transform, transform_id = eval_transform(model, args.checkpoint)
-    options = json.loads(args.storage_options) if args.storage_options else None
+    options = parse_json(args.storage_options, "--storage-options") if args.storage_options else None
+    if options is not None and not isinstance(options, dict):
+        raise InputError(f"--storage-options must be a JSON object, got {args.storage_options[:80]!r}")
 
     def records():
-        return iter_records(args.source, args.image_column, args.text_column, options)
+        return iter_records(args.source, args.image_column, args.text_column, options, args.allow_outside_root)
 
     first = next(iter(records()), None)
     if first is None:
@@ -210,8 +219,10 @@ def _resume_point(out: Path, meta: dict[str, Any]) -> int:
     """The number of shards already written to ``out`` by the same run (``meta`` compared with its
     ``meta.json``; written there on a fresh start)."""
     saved = out / "meta.json"
-    if saved.is_file():
-        old = json.loads(saved.read_text())
+    if saved.exists():
+        old = parse_json(read_text_file(saved, "embeddings record"), str(saved))
+        if not isinstance(old, dict):
+            raise InputError(f"{saved} is not an mmkit.embed record (a JSON object): use another --out")
         diff = [f"{k}: {old.get(k)!r} -> {meta[k]!r}" for k in meta if old.get(k) != meta[k]]
         if diff:
             raise InputError(f"{out} holds embeddings of another run ({'; '.join(diff)}): use another --out")
@@ -311,13 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-options", help="fsspec options for remote shards, as JSON")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--half", action="store_true", help="store float16")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read manifest image paths that are absolute or climb out of its folder")  # fmt: skip
+    parser.add_argument("--max-sample-bytes", type=int, default=MAX_SAMPLE_BYTES,
+                        help="largest sample (image, tar member) read; larger ones are named skips")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.shard_size < 1 or args.batch_size < 1:
-        parser.error("--shard-size and --batch-size must be >= 1")
+    if args.shard_size < 1 or args.batch_size < 1 or args.max_sample_bytes < 1:
+        parser.error("--shard-size, --batch-size and --max-sample-bytes must be >= 1")
+    set_sample_limit(args.max_sample_bytes)
     try:
         embed(args)
-    except USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    except Exception as e:  # a user error, here or in a loader worker, is one line; anything else a traceback
+        message = user_error_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,12 +19,13 @@ cache) imports them from here, never the other way round.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import torch
+
+from mmkit.utils.bounded import parse_json, read_sample
 
 T = TypeVar("T")
 
@@ -98,36 +99,44 @@ def read_token_ids(data: bytes) -> torch.Tensor:
 def sample_counts(directory: str, urls: list[str], read: Callable[[str], bytes | None]) -> dict[str, int]:
     """Sample counts from the sizes files writers leave beside their shards, where there are any:
     webdataset's ``sizes.json`` (``{shard name: n}``) or ``_info.json`` (``{"shardlist": [{"url",
-    "nsamples"}]}``), or img2dataset's ``<shard stem>_stats.json`` (``{"successes": n}``)."""
+    "nsamples"}]}``), or img2dataset's ``<shard stem>_stats.json`` (``{"successes": n}``). An entry that is
+    not a count is ignored; a file that is not JSON is an error naming it."""
     out: dict[str, int] = {}
     names = {PurePosixPath(u.split("://", 1)[-1]).name: u for u in urls}
-    sizes = read(f"{directory}/sizes.json")
-    if sizes:
-        for name, n in json.loads(sizes).items():
-            if name in names:
-                out[names[name]] = int(n)
-    info = read(f"{directory}/_info.json") if len(out) < len(urls) else None
-    if info:
-        for entry in json.loads(info).get("shardlist", []):
-            name = PurePosixPath(str(entry.get("url", ""))).name
-            if name in names and "nsamples" in entry:
-                out[names[name]] = int(entry["nsamples"])
+    sizes = _json_file(read, f"{directory}/sizes.json")
+    if isinstance(sizes, dict):
+        out.update({names[name]: n for name, n in sizes.items() if name in names and _count(n)})
+    info = _json_file(read, f"{directory}/_info.json") if len(out) < len(urls) else None
+    listed = info.get("shardlist") if isinstance(info, dict) else None
+    for entry in listed if isinstance(listed, list) else []:
+        name = PurePosixPath(str(entry.get("url", ""))).name if isinstance(entry, dict) else None
+        if name in names and _count(entry.get("nsamples")):
+            out[names[name]] = entry["nsamples"]
     if len(out) < len(urls):
         for name, url in names.items():
             if url in out:
                 continue
-            stem = name.split(".")[0]
-            stats = read(f"{directory}/{stem}_stats.json")
-            if not stats:
+            stats = _json_file(read, f"{directory}/{name.split('.')[0]}_stats.json")
+            if stats is None:
                 break  # img2dataset writes one per shard: if the first is absent, none are there
-            out[url] = int(json.loads(stats)["successes"])
+            if isinstance(stats, dict) and _count(stats.get("successes")):
+                out[url] = stats["successes"]
     return out
+
+
+def _count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _json_file(read: Callable[[str], bytes | None], path: str) -> Any:
+    """A sizes file's JSON, or None when there is none (see :func:`sample_counts`)."""
+    data = read(path)
+    return parse_json(data, f"{path} (a shard sizes file: fix or remove it)") if data else None
 
 
 def read_local(path: str) -> bytes | None:
     """A local file's bytes, or None when it cannot be read (a sizes file that is not there)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_sample(path, limit=16 << 20)  # a regular file of at most 16 MiB
     except OSError:
         return None

@@ -16,14 +16,12 @@ expanded with ``braceexpand``.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import glob
 import io
 import json
 import logging
 import os
-import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +29,17 @@ from typing import Any
 
 from mmkit.data.formats import (
     IMAGE_EXTENSIONS,
-    TOKENIZER_META,
     TOKENS_EXT,
     image_member,
     read_local,
     sample_counts,
     sample_problem,
-    split_member_name,
 )
 from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
+from mmkit.data.tar_index import TEXT_EXTS, CompactIndex, scan_shard
+from mmkit.utils.bounded import line_spans, over_limit, parse_json, read_sample, read_text_file, regular_file
 from mmkit.utils.errors import DataKeyError, InputError, MissingError
+from mmkit.utils.paths import inside_root
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +67,6 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_utf8(path: Path) -> str:
-    """A text file's content, decoded as UTF-8; a leading byte-order mark (Excel writes one) is dropped.
-
-    Raises:
-        ValueError: the file is not UTF-8, naming the file, the line and the byte.
-    """
-    data = path.read_bytes()
-    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = bom + e.start
-        line = data.count(b"\n", 0, at) + 1
-        raise InputError(
-            f"{path}:{line} is not UTF-8 ({e.reason} at byte {at}): "
-            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
-
-
 def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[dict[str, Any]]:
     """Rows of a ``.csv`` (header row) or ``.jsonl`` (one JSON object per line) file, as dicts.
 
@@ -98,24 +78,22 @@ def read_table(path: str | Path, required: tuple[str | None, ...] = ()) -> list[
         path: the file. required: columns every row must have (``None`` entries are ignored).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: a line that is not JSON, or not UTF-8 (named by number).
-        KeyError: a required column is missing (the message lists the columns there are).
+        FileNotFoundError: no such file. ValueError: not a regular file, a line that is not a JSON object,
+            or not UTF-8 (named by number). KeyError: a required column is missing (the message lists the
+            columns there are).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingError(f"data file {path} does not exist")
-    text = _read_utf8(path)
+    text = read_text_file(path, "data file")
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:  # a field over csv's size limit, a NUL byte
+            raise InputError(f"{path} is not a readable CSV file: {e}") from None
     else:
-        rows = []
-        for n, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n} is not valid JSON: {e}") from e
+        rows = [parse_json(line, f"{path}:{n}") for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{n} is a JSON {type(row).__name__}, not an object of columns")
         for col in required:
             if col is not None and col not in row:
                 raise DataKeyError(f"{path} row {n} has no column {col!r} (columns: {', '.join(row)})")
@@ -178,39 +156,6 @@ class _FileCache:
         return {"_pid": -1, "_files": {}}
 
 
-def _scan_shard(path: Path) -> tuple[list[tuple[str, dict[str, tarfile.TarInfo]]], dict | None, str | None]:
-    """One shard's samples in file order (``(key, {extension: member})``: a sample is a run of
-    consecutive members sharing a key, the rule of streamed reading too), its ``__tokenizer__.json``
-    record, and where and how it ends early (None when whole). An unreadable tar raises."""
-    meta = None
-    groups: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    size = path.stat().st_size
-    cut: str | None = None
-    try:
-        with tarfile.open(path, "r:") as tar:
-            try:
-                for m in tar:
-                    if m.offset_data + m.size > size:
-                        cut = f"member {m.name} needs {m.offset_data + m.size} bytes, the file has {size}"
-                        break
-                    if not m.isfile():
-                        continue
-                    if m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
-                        meta = json.load(tar.extractfile(m))
-                        continue
-                    key, ext = split_member_name(m.name)
-                    if not groups or groups[-1][0] != key:
-                        groups.append((key, {}))
-                    groups[-1][1][ext] = m
-                else:
-                    cut = _tar_end_problem(tar, size)
-            except tarfile.ReadError as e:  # "unexpected end of data": cut after a member's data
-                cut = f"{e} after byte {tar.offset}"
-    except tarfile.TarError as e:
-        raise InputError(f"{path} is not a readable tar shard: {e}") from e
-    return groups, meta, cut
-
-
 class TarShards(Source):
     """Image-text pairs (or images) in WebDataset-layout tar shards.
 
@@ -251,17 +196,17 @@ class TarShards(Source):
         self.paths = expand_paths(paths)
         self.caption_field = caption_field
         self.require_text = require_text
-        self._index = _CompactIndex()
+        self._index = CompactIndex()
         self.incomplete: list[str] = []
         self._errors: dict[int, str] = {}  # index -> why the sample there cannot be used
         self.truncated: list[tuple[str, int]] = []
         self.lost = 0  # samples of truncated shards that could not be indexed (counted as skipped records)
         metas: list[dict | None] = []
         for shard_id, path in enumerate(self.paths):
-            groups, meta, cut = _scan_shard(path)
+            groups, problems, meta, cut = scan_shard(path)
             indexed_before = len(self._index)
-            for key, members in groups:
-                problem = sample_problem(members, self.require_text)
+            for g, (key, members) in enumerate(groups):
+                problem = problems.get(g) or sample_problem(members, self.require_text)
                 if problem is not None:  # kept in its place: read, it is a skipped record, as when streamed
                     self.incomplete.append(f"{path.name}:{key}")
                     self._errors[len(self._index)] = problem
@@ -318,71 +263,9 @@ class TarShards(Source):
             record.meta["tokens_bytes"] = self._files.read(path, int(ix.tokens[i, 0]), int(ix.tokens[i, 1]))
         if ix.text_ext[i] >= 0:
             record.meta["text_bytes"] = self._files.read(path, int(ix.text[i, 0]), int(ix.text[i, 1]))
-            record.meta["text_format"] = _TEXT_EXTS[ix.text_ext[i]]
+            record.meta["text_format"] = TEXT_EXTS[ix.text_ext[i]]
             record.meta["caption_field"] = self.caption_field
         return record
-
-
-_TEXT_EXTS = (".txt", ".json")
-
-
-class _CompactIndex:
-    """Where each sample's members are, in flat integer arrays (about 90 bytes a sample with its key,
-    instead of ~430 for a tuple of tuples): shard id, image (offset, size), text (offset, size) and
-    extension code, token ids (offset, size; -1 when absent), and the keys in one byte string."""
-
-    def __init__(self) -> None:
-        import array
-
-        self._shard, self._ints, self._ext = array.array("i"), array.array("q"), array.array("b")
-        self._keys, self._key_ends = bytearray(), array.array("q")
-
-    def append(self, shard: int, key: str, image, text, tokens) -> None:
-        self._shard.append(shard)
-        t_off, t_size = (text[0].offset_data, text[0].size) if text is not None else (-1, -1)
-        k_off, k_size = (tokens.offset_data, tokens.size) if tokens is not None else (-1, -1)
-        i_off, i_size = (image.offset_data, image.size) if image is not None else (-1, -1)  # None: unusable
-        self._ints.extend((i_off, i_size, t_off, t_size, k_off, k_size))
-        self._ext.append(_TEXT_EXTS.index(text[1]) if text is not None else -1)
-        self._keys += key.encode()
-        self._key_ends.append(len(self._keys))
-
-    def freeze(self) -> None:
-        import numpy as np
-
-        ints = np.frombuffer(self._ints, dtype=np.int64).reshape(-1, 6).copy()
-        self.shard = np.frombuffer(self._shard, dtype=np.int32).copy()
-        self.image, self.text, self.tokens = ints[:, 0:2], ints[:, 2:4], ints[:, 4:6]
-        self.text_ext = np.frombuffer(self._ext, dtype=np.int8).copy()
-        self.keys, self.key_ends = bytes(self._keys), np.frombuffer(self._key_ends, dtype=np.int64).copy()
-        del self._shard, self._ints, self._ext, self._keys, self._key_ends
-
-    def key(self, i: int) -> str:
-        start = int(self.key_ends[i - 1]) if i > 0 else 0
-        return self.keys[start : int(self.key_ends[i])].decode()
-
-    def all_have_tokens(self) -> bool:
-        """Every usable sample (one with an image) has cached token ids."""
-        usable = self.image[:, 1] >= 0
-        return bool((self.tokens[usable, 1] >= 0).all())
-
-    def __len__(self) -> int:
-        return len(self.shard) if hasattr(self, "shard") else len(self._shard)
-
-
-def _tar_end_problem(tar: tarfile.TarFile, size: int) -> str | None:
-    """Why a tar whose member list ended without an error is nevertheless cut short, or None.
-
-    ``tarfile`` ends the member list quietly at a header cut in the middle or at the end of the file;
-    a complete archive has a zero block (the end-of-archive marker) there instead.
-    """
-    tar.fileobj.seek(tar.offset)
-    block = tar.fileobj.read(tarfile.BLOCKSIZE)
-    if len(block) == tarfile.BLOCKSIZE and block.count(0) == tarfile.BLOCKSIZE:
-        return None
-    if len(block) < tarfile.BLOCKSIZE:
-        return f"the file ends at byte {size} without the end-of-archive blocks"
-    return f"unreadable member header at byte {tar.offset}"
 
 
 class Manifest(Source):
@@ -390,10 +273,13 @@ class Manifest(Source):
 
     Args:
         path: ``.jsonl`` (one JSON object per line) or ``.csv`` (with a header row).
-        image_column: column with the image path (relative paths resolve against ``root``,
-            default the manifest's folder).
+        image_column: column with the image path, relative to ``root`` (default the manifest's folder).
+            An absolute path, or one climbing out of ``root`` with ``..``, is a skipped record naming it
+            unless ``allow_outside_root``; the image is read through :func:`~mmkit.utils.bounded.read_sample`
+            (regular files only, at most ``max_sample_bytes``).
         caption_column: column with the caption. In a JSONL manifest it must hold a string: a null,
             a number, a list... is a bad record (:func:`decode_text` says which), never its ``str()``.
+        allow_outside_root: read image paths outside ``root`` too.
     """
 
     def __init__(
@@ -403,18 +289,19 @@ class Manifest(Source):
         caption_column: str = "caption",
         root: str | Path | None = None,
         name: str = "pairs",
+        allow_outside_root: bool = False,
     ) -> None:
         self.name = name
         self.path = Path(path)
-        if not self.path.is_file():
-            raise MissingError(f"manifest {self.path} does not exist")
+        regular_file(self.path, "manifest")
         self.root = Path(root) if root is not None else self.path.parent
+        self.allow_outside_root = allow_outside_root
         rows = read_table(self.path, required=(image_column,))
         if rows and caption_column not in rows[0]:  # later rows may lack it: skipped as bad records
             raise DataKeyError(f"{self.path} has no column {caption_column!r} (columns: {', '.join(rows[0])})")
-        self.caption_column = caption_column
+        self.caption_column, self.image_column = caption_column, image_column
         csv_file = self.path.suffix.lower() == ".csv"  # a short CSV row has None for its missing cells
-        self._rows = [(str(r[image_column]), r.get(caption_column, _MISSING)) for r in rows]
+        self._rows = [(r[image_column], r.get(caption_column, _MISSING)) for r in rows]
         if csv_file:
             self._rows = [(image, _MISSING if caption is None else caption) for image, caption in self._rows]
         self._check_not_empty(str(self.path))
@@ -429,9 +316,11 @@ class Manifest(Source):
             caption, meta["text_error"] = None, f"the row has no {self.caption_column!r} value"
         elif not isinstance(caption, str):
             caption, meta["text_error"] = None, _caption_problem(self.caption_column, caption)
-        path = Path(image_path) if Path(image_path).is_absolute() else self.root / image_path
+        if not isinstance(image_path, str):
+            meta["error"] = f"{self.image_column!r} is not a path (got {type(image_path).__name__})"
+            return Record(key=f"{self.path.name}:{i + 1}", image=None, text=caption, meta=meta)
         try:
-            data = path.read_bytes()
+            data = read_sample(inside_root(self.root, image_path, self.allow_outside_root))
         except OSError as e:
             meta["error"] = f"cannot read image: {e}"
             return Record(key=image_path, image=None, text=caption, meta=meta)
@@ -443,6 +332,7 @@ def _image_files(root: Path) -> list[Path]:
     ``ImageFolder`` does; ``Path.rglob`` does not follow them before Python 3.13) but never into a folder
     that is already on the way down from ``root`` (a symlink loop)."""
     found: list[Path] = []
+    odd: list[Path] = []
     chains = {os.fspath(root): frozenset({os.path.realpath(root)})}  # folder -> real paths on its way down
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         chain = chains.pop(dirpath)
@@ -458,8 +348,11 @@ def _image_files(root: Path) -> list[Path]:
         dirnames[:] = keep
         for f in filenames:
             p = Path(dirpath, f)
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-                found.append(p)
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                (found if p.is_file() else odd).append(p)
+    if odd:  # a FIFO would block a reader forever, a device never ends: named, never read
+        logger.warning("skipped %d image name(s) that are not regular files (FIFOs, devices, sockets, folders or "
+                       "broken links): %s", len(odd), ", ".join(map(str, sorted(odd)[:5])))  # fmt: skip
     return sorted(found)
 
 
@@ -488,28 +381,26 @@ class ImageFolder(Source):
 
     def __getitem__(self, i: int) -> Record:
         path = self._files[i]
-        return Record(key=str(path.relative_to(self.root)), image=path.read_bytes(), label=self._labels[i])
+        return Record(key=str(path.relative_to(self.root)), image=read_sample(path), label=self._labels[i])
 
 
 class TextLines(Source):
     """Text for MLM: plain-text files (one document or sentence per line) or JSONL (``text_field``).
 
     Blank lines are not samples. Lines are read as bytes, so a line that is not UTF-8 is
-    reported by the transform instead of failing the whole file.
+    reported by the transform instead of failing the whole file; a line over the per-sample byte limit
+    (``max_sample_bytes``) is a skipped record, found without holding it in memory.
     """
 
     def __init__(self, paths: str | Path | list[str | Path], text_field: str = "text", name: str = "text") -> None:
         self.name = name
         self.paths = expand_paths(paths)
         self.text_field = text_field
-        self._index: list[tuple[int, int, int]] = []
+        self._index: list[tuple[int, int, int]] = []  # (file, offset, size); size -n: a line of n bytes, too long
         for file_id, path in enumerate(self.paths):
-            offset = 0
-            with open(path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        self._index.append((file_id, offset, len(line)))
-                    offset += len(line)
+            with open(regular_file(path, "text file"), "rb") as f:
+                for start, size, line in line_spans(f):
+                    self._index.append((file_id, start, size if line is not None else -size))
         self._files = _FileCache()
         self._check_not_empty(", ".join(str(p) for p in self.paths[:3]))
 
@@ -519,6 +410,8 @@ class TextLines(Source):
     def __getitem__(self, i: int) -> Record:
         file_id, offset, size = self._index[i]
         path = self.paths[file_id]
+        if size < 0:
+            return Record(key=f"{path.name}:{offset}", meta={"error": over_limit(f"line at byte {offset}", -size)})
         raw = self._files.read(path, offset, size)
         fmt = ".json" if path.suffix.lower() in (".jsonl", ".json") else ".txt"
         return Record(

@@ -46,7 +46,6 @@ worker that resumes a slot is chosen so that batches come out in the saved round
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -61,14 +60,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmkit.data.formats import (
     TOKENIZER_META,
-    TOKENS_EXT,
-    image_member,
     read_local,
     sample_counts,
-    sample_problem,
-    split_member_name,
 )
+from mmkit.data.shard_reading import iter_lines, iter_samples
 from mmkit.data.sources import Record, Source
+from mmkit.data.tar_index import META_BYTES
+from mmkit.utils.bounded import kind_of, parse_json, read_member
 from mmkit.utils.errors import InputError, MissingError
 
 logger = logging.getLogger(__name__)
@@ -212,7 +210,7 @@ def _version(entry: dict[str, Any]) -> str | None:
 def _remote_reader(fs, url: str) -> bytes | None:
     try:
         with fs.open(url, "rb") as f:
-            return f.read()
+            return f.read(16 << 20)  # a sizes file: a few kilobytes (a longer one is cut and fails as JSON)
     except (FileNotFoundError, OSError):
         return None
 
@@ -247,132 +245,24 @@ def check_same_shards(saved: list[list[Any]], shards: Sequence[Shard], name: str
 
 
 # ------------------------------------------------------------------------------------------
-# Reading one shard sequentially
+# Opening one shard (reading it: mmkit.data.shard_reading)
 # ------------------------------------------------------------------------------------------
 def open_shard(url: str, storage_options: dict[str, Any] | None = None):
-    """A binary file object on the shard: local files directly, remote ones through ``fsspec``
-    (HTTP as a stream, object stores with read-ahead)."""
+    """A binary file object on the shard: local files directly (regular files only), remote ones through
+    ``fsspec`` (HTTP as a stream, object stores with read-ahead)."""
     protocol = _protocol(url)
     if protocol is None or protocol == "file":
-        return open(url.removeprefix("file://"), "rb")
+        path = url.removeprefix("file://")
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+        kind = kind_of(os.fstat(f.fileno()).st_mode)
+        if kind is not None:  # a FIFO would block the reader forever, a device never ends
+            f.close()
+            raise InputError(f"shard {path} is {kind}, not a file")
+        return f
     fs = _filesystem(protocol, storage_options)
     if protocol in ("http", "https"):
         return fs.open(url, "rb", block_size=0)  # a plain stream: no range requests needed
     return fs.open(url, "rb", block_size=8 << 20, cache_type="readahead")
-
-
-def iter_samples(
-    fileobj,
-    shard_name: str,
-    caption_field: str = "caption",
-    require_text: bool = True,
-    keep: Callable[[int], bool] | None = None,
-) -> Iterator[tuple[int, Record]]:
-    """``(position, record)`` of every sample of a WebDataset tar read front to back.
-
-    A sample is a run of consecutive members sharing a key; ``position`` counts samples from 0.
-    With ``keep``, the members of samples it rejects are not read. A sample without an image (or,
-    with ``require_text``, without a caption) comes out as a record with ``meta["error"]`` (a
-    skipped record downstream). A shard that ends mid-way yields a last record whose
-    ``meta["error"]`` says so and whose ``meta["truncated"]`` is True.
-    """
-    position = 0
-    key: str | None = None
-    members: dict[str, bytes | None] = {}
-    stream = _CountingReader(fileobj)
-
-    def emit() -> tuple[int, Record]:
-        return position, _record(shard_name, key, members, caption_field, require_text)
-
-    def lost(at: int, reason: str) -> tuple[int, Record]:
-        return at, Record(
-            key=f"{shard_name}:#{at}",
-            meta={
-                "error": f"shard {shard_name} is truncated or corrupt after {at} samples ({reason})",
-                "truncated": True,
-            },
-        )
-
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for m in tar:
-                if not m.isfile() or m.name.rsplit("/", 1)[-1] == TOKENIZER_META:
-                    continue
-                k, ext = split_member_name(m.name)
-                if k != key:
-                    if key is not None:
-                        if keep is None or keep(position):
-                            yield emit()
-                        position += 1
-                    key, members = k, {}
-                wanted = keep is None or keep(position)
-                members[ext] = tar.extractfile(m).read() if wanted else None
-            end = tar.offset
-    except (tarfile.TarError, EOFError, OSError) as e:
-        yield lost(position, str(e))  # the sample being read is lost too
-        return
-    if key is not None and (keep is None or keep(position)):
-        yield emit()
-    # A tar ends with zero blocks; a file cut at a member boundary just stops, which tarfile's stream
-    # mode takes for the end: without at least one block after the last member, samples were lost.
-    if stream.count < end + tarfile.BLOCKSIZE:
-        yield lost(position + (key is not None), "no end-of-archive marker")
-
-
-class _CountingReader:
-    """A read-only file wrapper that counts the bytes read through it."""
-
-    def __init__(self, f) -> None:
-        self.f, self.count = f, 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.f.read(size)
-        self.count += len(data)
-        return data
-
-
-def _record(shard: str, key: str, members: dict[str, bytes | None], caption_field: str, require_text: bool) -> Record:
-    record = Record(key=f"{shard}:{key}")
-    problem = sample_problem(members, require_text)  # the rule of indexed shards too
-    if problem is not None:
-        record.meta["error"] = problem
-    image_ext = image_member({e: e for e in members})
-    if image_ext is not None:
-        record.image = members[image_ext]
-    text_ext = next((e for e in (".txt", ".json") if e in members), None)
-    if text_ext is not None:
-        record.meta.update(text_bytes=members[text_ext], text_format=text_ext, caption_field=caption_field)
-    if TOKENS_EXT in members:
-        record.meta["tokens_bytes"] = members[TOKENS_EXT]
-    known = {image_ext, text_ext, TOKENS_EXT}
-    extra = {e: v for e, v in members.items() if e not in known and v is not None}
-    if extra:  # other members (a CLIP_benchmark shard's .cls label, say), for readers that want them
-        record.meta["extra"] = extra
-    return record
-
-
-def iter_lines(
-    fileobj, file_name: str, text_field: str = "text", keep: Callable[[int], bool] | None = None, chunk: int = 1 << 20
-) -> Iterator[tuple[int, Record]]:
-    """``(position, record)`` of every non-blank line of a text file (``.jsonl``: ``text_field`` of
-    each JSON object) read front to back; ``position`` counts non-blank lines from 0. Lines stay
-    bytes here, so one that is not UTF-8 is a skipped record downstream, not a failed file."""
-    fmt = ".json" if file_name.lower().endswith((".jsonl", ".json")) else ".txt"
-    position, offset, rest = 0, 0, b""
-    while True:
-        data = fileobj.read(chunk)
-        lines = (rest + data).split(b"\n")
-        rest = lines.pop() if data else b""
-        for line in lines:
-            start, offset = offset, offset + len(line) + 1
-            if not line.strip():
-                continue
-            if keep is None or keep(position):
-                meta = {"text_bytes": line, "text_format": fmt, "caption_field": text_field}
-                yield position, Record(key=f"{file_name}:{start}", meta=meta)  # the key TextLines gives it
-            position += 1
-        if not data:
-            return
 
 
 def read_token_info(shard: Shard, storage_options: dict[str, Any] | None = None) -> dict | None:
@@ -380,7 +270,7 @@ def read_token_info(shard: Shard, storage_options: dict[str, Any] | None = None)
     with open_shard(shard.url, storage_options) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         first = next(iter(tar), None)
         if first is not None and first.name.rsplit("/", 1)[-1] == TOKENIZER_META:
-            return json.load(tar.extractfile(first))
+            return parse_json(read_member(tar, first, META_BYTES), f"{shard.url}: {first.name}")
     return None
 
 

@@ -28,7 +28,9 @@ from mmkit.data.collators import pad_sequences
 from mmkit.data.loader import Skipped
 from mmkit.data.sources import Record, Source, TarShards, decode_image, decode_text, read_table
 from mmkit.data.vqa_answers import build_answer_vocab, vqa_soft_scores
+from mmkit.utils.bounded import UnreadableSample, read_sample
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.paths import inside_root
 
 COLOR_NAMES = tuple(COLORS)
 TASKS = {"color": COLOR_NAMES, "count": ("1", "2", "3"), "shape": SHAPES, "entailment": ("no", "yes")}
@@ -165,6 +167,9 @@ class LabeledPairs(Source):
         answers_column: VQA mode: a list of human answers (or an ``{answer: score}`` dict) per row;
             the target is a soft-score vector over ``answer_vocab`` (:func:`vqa_soft_scores`).
         answer_vocab: the answer classes; None: the ``answer_vocab_size`` most frequent answers here.
+        allow_outside_root: read image paths outside ``root`` too (absolute, or climbing out with ``..``);
+            otherwise such a row is a skipped record naming it. Images are read through
+            :func:`~mmkit.utils.bounded.read_sample` (regular files, at most ``max_sample_bytes``).
 
     Attributes: ``classes`` (class names / answers, or None for integer ids).
     """
@@ -181,9 +186,11 @@ class LabeledPairs(Source):
         answer_vocab_size: int = 3129,
         root: str | Path | None = None,
         name: str = "labeled-pairs",
+        allow_outside_root: bool = False,
     ) -> None:
         self.name, self.path = name, Path(path)
         self.root = Path(root) if root is not None else self.path.parent
+        self.allow_outside_root = allow_outside_root
         label_col = answers_column or label_column
         rows = read_table(self.path, required=(image_column, text_column, label_col))
         if answers_column:
@@ -209,11 +216,12 @@ class LabeledPairs(Source):
 
     def __getitem__(self, i: int) -> Record:
         image_path, text, label = self._rows[i]
-        path = Path(image_path) if Path(image_path).is_absolute() else self.root / image_path
         try:
-            data = path.read_bytes()
+            data = read_sample(inside_root(self.root, image_path, self.allow_outside_root))
+        except UnreadableSample as e:
+            raise UnreadableSample(f"{self.path} row {i + 1}: {e}") from None
         except OSError as e:
-            raise MissingError(f"{self.path} row {i + 1}: cannot read image {path}: {e}") from None
+            raise MissingError(f"{self.path} row {i + 1}: cannot read image {image_path}: {e}") from None
         return Record(key=image_path, image=data, text=text, label=label)
 
 
@@ -230,8 +238,9 @@ class LabeledRows(Source):
         skipped: ``"where: why"`` for each record the reader left out (counted against ``max_bad_fraction``
             by whoever reads it).
 
-    Reading a sample whose image file is missing raises :class:`~mmkit.utils.MissingError` naming it (the
-    loaders turn that into a counted, named skip).
+    Reading a sample whose image file is missing raises :class:`~mmkit.utils.MissingError` naming it, one
+    that is not a regular file or over ``max_sample_bytes`` :class:`~mmkit.utils.bounded.UnreadableSample`
+    (the loaders turn either into a counted, named skip).
     """
 
     def __init__(
@@ -270,7 +279,9 @@ class LabeledRows(Source):
         data = None
         if image_path is not None:
             try:
-                data = Path(image_path).read_bytes()
+                data = read_sample(image_path)
+            except UnreadableSample as e:
+                raise UnreadableSample(f"{self.name} {key}: {e}") from None
             except OSError as e:
                 raise MissingError(f"{self.name} {key}: cannot read image {image_path}: {e.strerror or e}") from None
         if isinstance(label, dict):

@@ -75,7 +75,9 @@ class FeatureCache:
             return None
         try:
             out = load_file(str(tensors)), json.loads(sidecar.read_text())
-        except (OSError, ValueError, RuntimeError):  # a damaged entry is recomputed
+        except Exception:  # a damaged entry (safetensors' own error type, too deep a sidecar) is recomputed
+            out = None
+        if out is None or not isinstance(out[1], dict):
             self.misses += 1
             return None
         self.hits += 1

@@ -107,12 +107,13 @@ def _glue_task(name: str) -> FinetuneTask:
     )  # fmt: skip
 
 
-def _snli_ve(path: str | Path, split: str, images: str | None = None, classes: Any = None) -> LabeledRows:
-    return read_snli_ve(path, split, images)
+def _snli_ve(path: str | Path, split: str, images: str | None = None, classes: Any = None,
+             allow_outside_root: bool = False) -> LabeledRows:  # fmt: skip
+    return read_snli_ve(path, split, images, allow_outside_root)
 
 
-def _hateful_memes(path: str | Path, split: str, classes: Any = None) -> LabeledRows:
-    return read_hateful_memes(path, split)
+def _hateful_memes(path: str | Path, split: str, classes: Any = None, allow_outside_root: bool = False) -> LabeledRows:
+    return read_hateful_memes(path, split, allow_outside_root)
 
 
 FINETUNE_TASKS: dict[str, FinetuneTask] = {
@@ -121,9 +122,10 @@ FINETUNE_TASKS: dict[str, FinetuneTask] = {
                           read_vqav2, ("images", "answer_vocab_size"), {"vqa_accuracy": 72.49},
                           predicts=("test-dev", "test"), results_file=vqa_results),
     "snli_ve": FinetuneTask("snli_ve", "multimodal", "single_label", ("accuracy",), "train", "dev", {"": "test"},
-                            _snli_ve, ("images",), {"accuracy": 78.89}),
+                            _snli_ve, ("images", "allow_outside_root"), {"accuracy": 78.89}),
     "hateful_memes": FinetuneTask("hateful_memes", "multimodal", "single_label", ("auroc", "accuracy"), "train",
-                                  "dev_seen", {"": "test_seen"}, _hateful_memes, (), {"auroc": 76.09}),
+                                  "dev_seen", {"": "test_seen"}, _hateful_memes, ("allow_outside_root",),
+                                  {"auroc": 76.09}),
 }  # fmt: skip
 
 

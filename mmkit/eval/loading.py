@@ -11,7 +11,6 @@ is a transformers directory's ``preprocessor_config.json`` mean/std (SigLIP: 0.5
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
 from mmkit.models import FLAVAConfig, flava_model, load_dual_encoder, load_flava_model
 from mmkit.models.clip_hf import is_dual_encoder_checkpoint
 from mmkit.tokenizers import TextTokenizer
+from mmkit.utils.bounded import parse_json, read_text_file
+from mmkit.utils.config_json import check_config_json
 from mmkit.utils.errors import InputError, MissingError
 
 
@@ -56,6 +57,7 @@ def load_encoders(
     """
     if checkpoint and model_config:
         raise InputError("model_config is for a randomly initialised model; a checkpoint brings its own")
+    check_config_json(checkpoint)  # a value of the wrong type is one line here, not a traceback in a loader
     if checkpoint and is_dual_encoder_checkpoint(checkpoint):
         model = load_dual_encoder(checkpoint, device=device)
         log(f"loaded {type(model.config).__name__.removesuffix('Config')} from {checkpoint}")
@@ -65,7 +67,10 @@ def load_encoders(
     else:
         config = FLAVAConfig.tiny()
         if model_config:
-            config = FLAVAConfig.from_dict(json.loads(Path(model_config).read_text()))
+            data = parse_json(read_text_file(model_config, "model_config"), model_config)
+            if not isinstance(data, dict):
+                raise InputError(f"model_config {model_config} must hold a JSON object, got {type(data).__name__}")
+            config = FLAVAConfig.from_dict(data)
         model = flava_model(config).to(device).eval()
     found = find_tokenizer(checkpoint, tokenizer)
     length = min(77, model.config.text.max_positions)
@@ -75,9 +80,13 @@ def load_encoders(
 def image_normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std of a transformers directory's ``preprocessor_config.json``, else CLIP's (FLAVA, mmkit)."""
     pre = Path(checkpoint) / "preprocessor_config.json" if checkpoint else None
-    if pre is not None and pre.is_file():
-        data = json.loads(pre.read_text())
-        if "image_mean" in data and "image_std" in data:
+    if pre is not None and pre.exists():
+        data = parse_json(read_text_file(pre, "preprocessor config"), str(pre))
+        if isinstance(data, dict) and "image_mean" in data and "image_std" in data:
+            for key in ("image_mean", "image_std"):
+                value = data[key]
+                if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int | float) for v in value)):
+                    raise InputError(f"{pre}: {key} must be a list of 3 numbers (one per channel), got {value!r:.60}")
             return tuple(data["image_mean"]), tuple(data["image_std"])
     return CLIP_MEAN, CLIP_STD
 

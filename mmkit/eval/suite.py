@@ -14,7 +14,8 @@ Each task: ``name``, ``kind`` (``zero_shot`` | ``linear_probe`` | ``retrieval``)
 :mod:`mmkit.eval.benchmarks`), ``path``, ``split`` (default ``test``), ``train_split`` (linear probes,
 default ``train``), ``templates`` (zero-shot: a file of templates or a list; default the set's own, else
 mmkit's), ``paper`` (the published number to print beside; default :data:`PAPER` by name) and the
-layout's own keys.
+layout's own keys. A task's ``name`` is one path component (it names ``<out>/runs/<name>``); the file is
+read and every value type-checked by :func:`~mmkit.eval.suite_file.load_suite`.
 
 :func:`run_suite` computes each task's metrics — ``accuracy`` (zero-shot, probes),
 ``image_to_text_r1/5/10`` and ``text_to_image_r1/5/10`` (retrieval), ``samples`` — into
@@ -31,21 +32,23 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmkit.eval.benchmarks import BenchmarkSet, clean_template, layout_keys, open_benchmark
+from mmkit.eval.benchmarks import BenchmarkSet, clean_template
 from mmkit.eval.features import FeatureCache, image_features, model_digest, text_embeddings
 from mmkit.eval.metrics import mean_per_class_recall
 from mmkit.eval.probe import fit_linear_probe
 from mmkit.eval.retrieval import multi_caption_retrieval
+from mmkit.eval.suite_file import CLASS_METRICS, SuiteTask
+from mmkit.eval.suite_file import KINDS as KINDS  # their home before mmkit.eval.suite_file
+from mmkit.eval.suite_file import load_suite as load_suite
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES
+from mmkit.utils.bounded import parse_json, read_text_file
 from mmkit.utils.errors import InputError, MissingError
-
-KINDS = ("zero_shot", "linear_probe", "retrieval", "finetune")
 
 #: The published FLAVA numbers (percent) the table prints beside a task of the same name: Singh et al.
 #: 2022, Table 4, as recorded in docs/FLAVA.md ("Published results").
@@ -66,123 +69,6 @@ PAPER_NOTES = {
 #: (Table 4, docs/FLAVA.md).
 PAPER_VISION_AVERAGE = 79.44
 PAPER_NLP_AVERAGE = 78.19
-
-
-@dataclass
-class SuiteTask:
-    """One task of a suite file (see the module docstring)."""
-
-    name: str
-    kind: str
-    layout: str
-    path: str
-    split: str = "test"
-    train_split: str = "train"
-    templates: str | list[str] | None = None
-    paper: dict[str, float] | float | None = None
-    keys: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None  # kind finetune: the named task (``glue:cola``, ``vqav2``, ...)
-    val_split: str | None = None  # linear probes: the validation split (None: the layout's own, if any)
-    metric: str | None = None  # the headline metric (None: the dataset's, see :func:`headline_metric`)
-    prompts: str | None = None  # the dataset in mmkit's CLIP prompt table (None: the task's name)
-    paper_note: str | None = None  # how the paper's number differs (another split or protocol)
-
-    def open(self, split: str | None = None) -> BenchmarkSet:
-        return open_benchmark(self.layout, self.path, split or self.split, **self.keys)
-
-
-def load_suite(path: str | Path, data_root: str | None = None,
-               finetune_keys: set[str] | None = None) -> list[SuiteTask]:  # fmt: skip
-    """Read and check a suite file; every problem is reported at once, naming the task and the key.
-
-    Args:
-        finetune_keys: the keys a ``kind: finetune`` entry may set (the finetuning recipe's); None: any.
-
-    Raises:
-        ValueError: unknown kinds, layouts, tasks or keys, missing fields, duplicate names.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingError(f"suite file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputError(f"suite file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
-        raise InputError(f"suite file {path} must hold a mapping with a 'tasks' list")
-    root = Path(data_root or data.get("root") or path.parent)
-    tasks, problems, seen = [], [], set()
-    for i, entry in enumerate(data["tasks"]):
-        where = f"tasks[{i}]" + (f" ({entry.get('name')})" if isinstance(entry, dict) and entry.get("name") else "")
-        task = _suite_task(entry, where, root, finetune_keys, problems)
-        if task is None:
-            continue
-        if task.name in seen:
-            problems.append(f"{where}: the name {task.name!r} is used twice")
-        seen.add(task.name)
-        tasks.append(task)
-    if problems:
-        raise InputError(f"suite file {path}: " + "; ".join(problems))
-    return tasks
-
-
-_COMMON = {"name", "kind", "layout", "path", "split", "train_split", "templates", "paper", "val_split", "metric",
-           "prompts", "paper_note"}  # fmt: skip
-#: the optional keys every entry may set that hold one string (checked when the file is read)
-_STRINGS = ("split", "train_split", "val_split", "metric", "prompts", "paper_note")
-#: the metrics a classification task can headline
-CLASS_METRICS = ("accuracy", "mean_per_class_recall")
-
-
-def _suite_task(entry: Any, where: str, root: Path, finetune_keys: set[str] | None,
-                problems: list[str]) -> SuiteTask | None:  # fmt: skip
-    """One entry as a :class:`SuiteTask`, or None with its problems appended."""
-    from mmkit.eval.benchmarks import LAYOUTS
-    from mmkit.eval.finetune_tasks import FINETUNE_TASKS
-
-    if not isinstance(entry, dict):
-        problems.append(f"{where}: must be a mapping")
-        return None
-    finetune = entry.get("kind") == "finetune"
-    missing = [k for k in ("name", "kind", "task" if finetune else "layout", "path") if k not in entry]
-    if missing:
-        problems.append(f"{where}: missing {', '.join(missing)}")
-        return None
-    if entry["kind"] not in KINDS:
-        problems.append(f"{where}: kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
-    p = str(entry["path"])
-    p = p if "://" in p or Path(p).is_absolute() else str(root / p)
-    if finetune:
-        if entry["task"] not in FINETUNE_TASKS:
-            problems.append(f"{where}: task {entry['task']!r} is not one of {', '.join(FINETUNE_TASKS)}")
-        keys = {k: v for k, v in entry.items() if k not in ("name", "kind", "task", "path", "paper", "paper_note")}
-        unknown = sorted(set(keys) - finetune_keys) if finetune_keys is not None else []
-        if unknown:
-            problems.append(f"{where}: unknown finetune key(s) {', '.join(unknown)} (valid: "
-                            f"{', '.join(sorted(finetune_keys or ()))})")  # fmt: skip
-        return SuiteTask(str(entry["name"]), "finetune", "", p, paper=entry.get("paper"), keys=keys,
-                         task=str(entry["task"]), paper_note=entry.get("paper_note"))  # fmt: skip
-    if entry["layout"] not in LAYOUTS:
-        problems.append(f"{where}: layout {entry['layout']!r} is not one of {', '.join(LAYOUTS)}")
-        return None
-    keys = {k: v for k, v in entry.items() if k not in _COMMON}
-    unknown = sorted(set(keys) - set(layout_keys(entry["layout"])))
-    if unknown:
-        valid = ", ".join(sorted(_COMMON | set(layout_keys(entry["layout"]))))
-        problems.append(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {valid})")
-    problems += [f"{where}: {k} must be a string, got {entry[k]!r}" for k in _STRINGS
-                 if entry.get(k) is not None and not isinstance(entry[k], str)]  # fmt: skip
-    t = entry.get("templates")
-    if t is not None and not isinstance(t, str) and not (isinstance(t, list) and all(isinstance(x, str) for x in t)):
-        problems.append(f"{where}: templates must be a file name or a list of strings, got {t!r}")
-    if entry.get("metric") is not None and entry["metric"] not in CLASS_METRICS:
-        problems.append(f"{where}: metric {entry['metric']!r} is not one of {', '.join(CLASS_METRICS)}")
-    opts = {k: entry.get(k) for k in ("val_split", "metric", "prompts", "paper_note")}
-    return SuiteTask(str(entry["name"]), entry["kind"], entry["layout"], p, str(entry.get("split", "test")),
-                     str(entry.get("train_split", "train")), entry.get("templates"), entry.get("paper"),
-                     keys, **opts)  # fmt: skip
 
 
 @dataclass
@@ -281,9 +167,8 @@ def zero_shot(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     emb = ctx.texts(prompts, f"{task.name} prompts").reshape(len(names), len(templates), -1)
     classes = torch.nn.functional.normalize(emb.mean(1), dim=-1)
     preds = (feats.embeddings @ classes.T).argmax(1)
-    return {**_class_metrics(preds, feats.labels, len(names)), "samples": len(feats.keys),
-            "skipped": len(feats.skipped), "classes": len(names), "templates": len(templates),
-            "prompts": origin}  # fmt: skip
+    return {**_class_metrics(preds, feats.labels, len(names)), "samples": len(feats.keys), **_skips(feats),
+            "classes": len(names), "templates": len(templates), "prompts": origin}  # fmt: skip
 
 
 def validation_split(task: SuiteTask, test: BenchmarkSet) -> BenchmarkSet | None:
@@ -329,11 +214,10 @@ def linear_probe(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
                              val.features.to(device) if val else None, val.labels.to(device) if val else None,
                              seed=ctx.seed, num_classes=classes)  # fmt: skip
     preds = probe.predict(test.features.to(device))
-    skipped = sum(len(f.skipped) for f in (train, test, val) if f is not None)
     metrics = _class_metrics(preds, test.labels, classes or int(preds.max()) + 1)
     return {**metrics, "samples": len(test.keys), "train_samples": probe.train_samples,
             "selected_on": probe.selected_on, "val_split": val_ds.split if val_ds else None, "C": probe.c,
-            "l2": probe.l2, "skipped": skipped}  # fmt: skip
+            "l2": probe.l2, **_skips(train, test, val)}  # fmt: skip
 
 
 def retrieval(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
@@ -346,8 +230,15 @@ def retrieval(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     owner = torch.tensor([i for i, cs in enumerate(feats.captions) for _ in cs])
     text = ctx.texts(captions, f"{task.name} captions")
     out: dict[str, Any] = multi_caption_retrieval(feats.embeddings, text, owner)
-    out.update(samples=len(feats.keys), captions=len(captions), skipped=len(feats.skipped))
+    out.update(samples=len(feats.keys), captions=len(captions), **_skips(feats))
     return out
+
+
+def _skips(*feats: Any) -> dict[str, Any]:
+    """``skipped``: how many samples of these splits were left out (unreadable, missing, over a bound), and
+    ``skipped_examples`` (when there are any): the first five, named ``key (why)``."""
+    rows = [f"{key} ({why})" for f in feats if f is not None for key, why in f.skipped]
+    return {"skipped": len(rows), **({"skipped_examples": rows[:5]} if rows else {})}
 
 
 RUNNERS = {"zero_shot": zero_shot, "linear_probe": linear_probe, "retrieval": retrieval}
@@ -403,6 +294,9 @@ def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, che
         log(
             f"{task.name}: {task.kind} {shown} {metrics[shown]:.4f} on {metrics['samples']:,} samples ({seconds:.1f} s)"
         )
+        if metrics.get("skipped"):
+            named = "; ".join(metrics.get("skipped_examples", []))
+            log(f"{task.name}: {metrics['skipped']} sample(s) skipped, the first: {named}")
     (out / "results.md").write_text(results_table(tasks, results, checkpoint))
     print(f"wrote {path} and {out / 'results.md'}", file=sys.stderr)
     return results
@@ -412,13 +306,15 @@ def _previous_results(out: Path, checkpoint: str | None, weights: str | None, lo
     """The results ``out`` holds for these weights (to reuse), else a fresh record; results of other weights
     (or of unknown weights: files written before digests were recorded) are moved aside, not reused."""
     path = out / "results.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    results: Any = parse_json(read_text_file(path, "results file"), str(path)) if path.exists() else {}
+    if not isinstance(results, dict):
+        raise InputError(f"{path} is not an mmkit results file (a JSON object): choose another out=")
     if results.get("_checkpoint", checkpoint) != checkpoint:
         raise InputError(
             f"{path} holds results of checkpoint {results['_checkpoint']}, not {checkpoint}: choose another out="
         )
     if results and results.get("_weights") != weights:
-        tag = (results.get("_weights") or "unknown")[:12]
+        tag = "".join(c for c in str(results.get("_weights") or "") if c in "0123456789abcdef")[:12] or "unknown"
         for name in ("results.json", "results.md", "runs"):
             old = out / name
             if old.exists():

@@ -63,6 +63,7 @@ from mmkit.train.collectives import Collectives, local_collectives
 from mmkit.utils import at_least, positive
 from mmkit.utils.errors import InputError, MissingError, MMKitError, StateError
 from mmkit.utils.safe_pickle import UnsafePickleError, restricted_load
+from mmkit.utils.weights import torch_load_failure
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -149,12 +150,9 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 def _load_failure(e: BaseException) -> str:
     """One line for a failed ``torch.load(weights_only=True)`` (torch's own message is a paragraph of
-    advice around the one line that says what was refused)."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        reason = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "")
-        return f"refused by torch.load(weights_only=True): {reason}"
-    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else 'truncated or empty'}"
+    advice around the one line that says what was refused; the advice to load with ``weights_only=False``
+    is left out: :func:`mmkit.utils.weights.torch_load_failure`)."""
+    return torch_load_failure(e)
 
 
 def _first_failure(e: BaseException) -> str:

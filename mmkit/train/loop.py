@@ -278,9 +278,16 @@ def _check_streak(ctx: RunContext, state: TrainState, max_nonfinite: int, finite
         print(f"step {step}: non-finite loss or gradient, update skipped", file=sys.stderr, flush=True)
     if c.nonfinite_streak >= max_nonfinite:
         raise NonFiniteError(
-            f"{c.nonfinite_streak} non-finite steps in a row (last at step {step}); stopping. The last good "
-            f"checkpoint is {state.latest()}. Lower optim.lr or check the data."
+            f"{c.nonfinite_streak} non-finite steps in a row (last at step {step}); stopping. "
+            f"{_last_good(state.latest())}. Lower optim.lr or check the data."
         )
+
+
+def _last_good(latest: Any) -> str:
+    """Which checkpoint a stopped run can go back to: its path, or that there is none yet."""
+    if latest is None:
+        return "No checkpoint has been saved yet (the run would start again from scratch)"
+    return f"The last good checkpoint is {latest} (checkpoint.resume=auto continues from it)"
 
 
 def _stop(ctx: RunContext, state: TrainState) -> bool:
@@ -290,7 +297,7 @@ def _stop(ctx: RunContext, state: TrainState) -> bool:
         state.save()
         ctx.print(f"SIGTERM: checkpoint saved at step {state.step}, exiting")
     elif not saved_now:
-        ctx.print(f"SIGTERM during a non-finite streak: not saved; the last good checkpoint is {latest}")
+        ctx.print(f"SIGTERM during a non-finite streak: not saved. {_last_good(latest)}")
     return False
 
 

@@ -10,6 +10,10 @@ over, with a warning naming the run that left it. The training recipes hold thei
 (:func:`mmkit.train.start_run`), ``python -m mmkit.embed`` its ``--out`` and the evaluation suite its
 ``out=``.
 
+The lock file is opened without following a symlink and must be a regular file with one link: a
+``.mmkit-run.lock`` planted as a symlink (or a hard link) to another file is refused in one line, so
+the run never empties or writes a file it was pointed at.
+
 Limits: ``flock`` is honoured by local file systems and by NFS (Linux emulates it with POSIX locks
 there); on a file system without locking, two runs on two hosts are not detected.
 """
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,11 +55,11 @@ class RunDirLock:
 
         Raises:
             RunDirInUseError: a live process holds it.
+            StateError: the lock file is a symlink, a hard link or not a regular file.
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK_NAME
-        handle = open(path, "a+", encoding="utf-8")
+        handle = open_lock_file(run_dir / LOCK_NAME, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -87,6 +92,35 @@ class RunDirLock:
         self._handle.close()
 
 
+def open_lock_file(path: Path, mode: str) -> IO[str]:
+    """The lock file at ``path`` (created if missing) opened in text ``mode`` (``"a+"`` or ``"a"``),
+    never through a symlink, and only when it is a regular file with one link.
+
+    Raises:
+        StateError: a symlink, another kind of file or a hard link: naming it, and the fix.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise StateError(
+                f"{path} is a symlink (to {os.readlink(path)}): mmkit does not write a lock through a link; "
+                "remove it and run again"
+            ) from None
+        raise StateError(f"cannot open the lock file {path}: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    problem = None if stat.S_ISREG(st.st_mode) else "not a regular file"
+    problem = problem or (f"a hard link ({st.st_nlink} names for one file)" if st.st_nlink != 1 else None)
+    if problem:
+        os.close(fd)
+        raise StateError(
+            f"{path} is {problem}: mmkit writes its lock only to a file of its own; remove it and run again"
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, encoding="utf-8")
+
+
 def _read(handle: IO[str]) -> dict | None:
     handle.seek(0)
     text = handle.read().strip()
@@ -112,7 +146,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (``flock``, waiting for it), held for the ``with`` block
     and released if the process dies: for work that one of several processes does while the others
     wait (the built-in dataset, the demo's tokenizer)."""
-    with open(path, "a") as handle:
+    with open_lock_file(Path(path), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

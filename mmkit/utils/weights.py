@@ -14,7 +14,7 @@ Nothing read here runs code: safetensors files are plain tensors, and torch file
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +22,20 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mmkit.utils.bounded import parse_json, read_text_file, regular_file
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.paths import check_name
 
 __all__ = [
     "CheckpointMismatchError",
     "LoadReport",
+    "UnreadableWeights",
     "format_keys",
     "load_strict",
     "read_weight_file",
     "read_weight_shapes",
     "read_weights",
+    "torch_load_failure",
     "weight_files",
 ]
 
@@ -58,14 +62,21 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     """The tensors of one weights file: ``.safetensors``, or ``.pt`` / ``.pth`` / ``.bin`` read with
     ``torch.load(weights_only=True)`` (no code runs; a pickle asking for anything else is refused)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingError(f"weights file {path} does not exist")
+    regular_file(path, "weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors' SafetensorError: a header that lies about the data
+            raise UnreadableWeights(path, f"not a readable safetensors file ({_first_line(e)})") from None
     if path.suffix in TORCH_SUFFIXES:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UnreadableWeights(path, torch_load_failure(e)) from None
         if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
             raise InputError(f"{path} does not hold a state dict (a mapping of names to tensors)")
         return dict(state)
@@ -90,8 +101,13 @@ def weight_files(path: str | Path) -> list[Path]:
     if st.exists():
         return [st]
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        data = parse_json(read_text_file(index, "weights index"), str(index))
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{index} is not a safetensors index: it needs a weight_map of tensor names to files")
+        shards = sorted(set(weight_map.values()))
         for shard in shards:
+            check_name(shard, f"{index} names the shard file")  # a file beside the index, never elsewhere
             if not (path / shard).exists():
                 raise MissingError(f"{index} names shard {shard!r}, which is missing from {path}")
         return [path / shard for shard in shards]
@@ -122,9 +138,49 @@ def read_weight_shapes(path: str | Path) -> dict[str, torch.Size]:
         if file.suffix != ".safetensors":
             out.update({k: v.shape for k, v in read_weight_file(file).items()})
             continue
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+        try:
+            with safe_open(str(regular_file(file, "weights file")), framework="pt") as f:
+                out.update({k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+        except InputError:
+            raise
+        except Exception as e:  # safetensors' SafetensorError: a header that lies about the data
+            raise UnreadableWeights(file, f"not a readable safetensors file ({_first_line(e)})") from None
     return out
+
+
+class UnreadableWeights(InputError):
+    """A weights file that cannot be read, or cannot be trusted: the message names the file and why, and
+    never advises loading it another way."""
+
+    def __init__(self, path: str | Path, why: str) -> None:
+        super().__init__(f"{path} cannot be trusted or read: {why}; it was not loaded (use a checkpoint written "
+                         "by mmkit, transformers or torch.save of a state dict)")  # fmt: skip
+        self.path = str(path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def torch_load_failure(e: BaseException) -> str:
+    """One line for a failed ``torch.load(weights_only=True)``: what the file asked for that was refused (a
+    pickle naming a global such as ``posix.system``), or why it could not be read (a truncated archive).
+    Torch's own message surrounds that line with advice to load the file with ``weights_only=False``, the one
+    thing not to do with a file that asks for code: that advice is left out."""
+    import pickle
+
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    advice = ("weights_only", "Check the documentation", "add_safe_globals", "safe_globals")
+    plain = [p for p in paragraphs if not any(a in p for a in advice)]
+    reason = plain[0] if plain else (paragraphs[0].split(". ")[0] if paragraphs else type(e).__name__)
+    reason = re.split(r"\. (?:Please use|This is an internal|If you)", reason)[0].rstrip(".")
+    if isinstance(e, pickle.UnpicklingError):
+        return f"it holds a pickle that asks for more than tensors, refused before running anything ({reason})"
+    return f"{type(e).__name__}: {reason}"
 
 
 # ------------------------------------------------------------------------------------------

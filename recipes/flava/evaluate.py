@@ -101,7 +101,16 @@ from mmkit.eval import (
 from mmkit.models import DualEncoderModel, FLAVAModel
 from mmkit.tokenizers import TextTokenizer
 from mmkit.train import RunDirLock, debug_enabled, recipe_arg_parser, run_cli, run_training
-from mmkit.utils import InputError, at_least, choice, fraction
+from mmkit.utils import (
+    MAX_SAMPLE_BYTES,
+    InputError,
+    at_least,
+    check_name,
+    choice,
+    fraction,
+    read_text_file,
+    set_sample_limit,
+)
 from mmkit.utils import load_config as load_recipe_config
 
 TEMPLATES = {
@@ -140,6 +149,8 @@ class EvalConfig:
     batch_size: int = at_least(1, 128)
     num_workers: int = at_least(0, 0)  # suite: image-decoding processes
     max_bad_fraction: float = fraction(0.01)  # suite: unreadable images tolerated per split (each named)
+    max_sample_bytes: int = at_least(1, MAX_SAMPLE_BYTES)  # the largest image file read; larger: named skips
+    allow_outside_root: bool = False  # pairs=: read manifest image paths outside the manifest's folder
     progress: bool = True
 
 
@@ -179,7 +190,7 @@ class Evaluation:
         self.transform, _ = eval_transform(model, cfg.checkpoint)
         self.templates = DEFAULT_TEMPLATES
         if cfg.templates:
-            self.templates = [t for t in Path(cfg.templates).read_text(encoding="utf-8").splitlines() if t.strip()]
+            self.templates = [t for t in read_text_file(cfg.templates, "templates file").splitlines() if t.strip()]
 
     def run(self) -> dict[str, float]:
         results: dict[str, float] = {}
@@ -233,7 +244,8 @@ class Evaluation:
 
     def retrieval(self, task: str, name: str) -> dict[str, float]:
         p = self.cfg.pairs
-        src = (Manifest(p) if p.endswith((".jsonl", ".csv", ".json")) else TarShards(p)) if p else None
+        manifest = p and p.endswith((".jsonl", ".csv", ".json"))
+        src = (Manifest(p, allow_outside_root=self.cfg.allow_outside_root) if manifest else TarShards(p)) if p else None
         src = src or TarShards(shapes_dataset().val_pairs)
         n = min(self.cfg.samples, len(src))
         pixels, captions = [], []
@@ -280,6 +292,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda, but no CUDA device is visible: use device=auto or device=cpu")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    set_sample_limit(cfg.max_sample_bytes)  # before any loader worker forks: they read with it
     if cfg.suite:
         return evaluate_suite(cfg, device)
     model, tokenizer = load_model(cfg, device)
@@ -351,11 +364,12 @@ class FinetuneRunner:
         self.cfg, self.recipe = cfg, _finetune_recipe()
 
     def overrides(self, task) -> list[str]:
-        cfg, run_dir = self.cfg, Path(self.cfg.out) / "runs" / task.name
+        cfg, run_dir = self.cfg, Path(self.cfg.out) / "runs" / check_name(task.name, "a suite task's name")
         out = [f"task={task.task}", f"path={task.path}", f"run_dir={run_dir}", f"seed={cfg.seed}",
                f"progress={str(cfg.progress).lower()}"]  # fmt: skip
         out += [f"init_from={cfg.checkpoint}"] if cfg.checkpoint else []
         out += [f"tokenizer={cfg.tokenizer}"] if cfg.tokenizer else []
+        out += [f"max_sample_bytes={cfg.max_sample_bytes}", f"allow_outside_root={str(cfg.allow_outside_root).lower()}"]
         for key, value in task.keys.items():
             key = FINETUNE_ALIASES.get(key, key)
             if key in REPLACES:  # a step count replaces the recipe's epochs or warm-up share
@@ -372,9 +386,16 @@ class FinetuneRunner:
         sizes = {spec.select: len(recipe.val_ds), **{s: n for s, (_, n) in recipe.report_loaders.items()}}
         return {**results["metrics"], "samples": sum(sizes[s] for s in spec.report.values()),
                 "train_samples": len(recipe.train_ds), "best_step": results["best_step"],
-                "steps": recipe.cfg.optim.total_steps, "skipped": results["skipped"],
+                "steps": recipe.cfg.optim.total_steps, **_finetune_skips(results),
                 "run_dir": str(recipe.run_dir),
                 **({"predictions": results["predictions"]} if results["predictions"] else {})}  # fmt: skip
+
+
+def _finetune_skips(results: dict[str, Any]) -> dict[str, Any]:
+    """A finetuning run's skipped records as a suite row holds them: ``skipped`` (every split's) and, when
+    there are any, ``skipped_examples`` (the first five, ``split: key: why``)."""
+    named = [f"{split}: {r}" for split, rows in results.get("skipped_records", {}).items() for r in rows]
+    return {"skipped": sum(results["skipped"].values()), **({"skipped_examples": named[:5]} if named else {})}
 
 
 def _dotted(key: str, value: Any) -> list[str]:

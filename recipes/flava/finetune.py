@@ -35,7 +35,11 @@ Features and their config keys:
   become classes in sorted order, the same for both splits. ``image_size`` other than the
   checkpoint's resamples its position embeddings once (VQA used 480² from 224²). Read through
   ``mmkit.data``'s loaders: ``batch_size`` per rank, ``num_workers``, unreadable records skipped,
-  counted and bounded by ``max_bad_fraction``; the position is checkpointed (exact resume).
+  counted and bounded by ``max_bad_fraction`` (``results.json``: ``skipped`` per split as the log counts
+  them, ``skipped_records`` the first five named); the position is checkpointed (exact resume). Every
+  image is read through ``mmkit.utils.bounded``: regular files only, at most ``max_sample_bytes``
+  (64 MiB); a path an annotation or manifest names stays inside its dataset folder unless
+  ``allow_outside_root``.
 * runtime (``mmkit.train``, shared with pretraining): ``optim.*`` (AdamW, warmup then cosine,
   ``optim.total_steps``, ``optim.grad_accum``, clipping), ``precision`` = ``fp32`` | ``bf16`` |
   ``fp16``, ``distributed`` = ``ddp`` | ``fsdp`` | ``none``, ``checkpoint.every/keep/resume``,
@@ -106,7 +110,16 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import InputError, at_least, choice, fraction, positive
+from mmkit.utils import (
+    MAX_SAMPLE_BYTES,
+    InputError,
+    at_least,
+    check_config_json,
+    choice,
+    fraction,
+    positive,
+    set_sample_limit,
+)
 from mmkit.utils import load_config as load_recipe_config
 
 METRICS = ("accuracy", "f1", "matthews", "mcc", "auroc", "pearson", "spearman", "vqa_accuracy")  # mcc = matthews
@@ -144,6 +157,8 @@ class FinetuneConfig:
     warmup_fraction: float | None = fraction(None)  # set: optim.warmup_steps = this share of the steps
     num_workers: int = at_least(0, 0)
     max_bad_fraction: float = fraction(0.01)
+    max_sample_bytes: int = at_least(1, MAX_SAMPLE_BYTES)  # the largest image file read; larger: named skips
+    allow_outside_root: bool = False  # read image paths that are absolute or climb out of their dataset folder
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=30, total_steps=300)
     )
@@ -246,15 +261,18 @@ class Progress:
     start: float | None = None
     reported: dict[str, float] = field(default_factory=dict)  # the task's reported metrics at the best step
     predictions: dict[str, list[int]] = field(default_factory=dict)  # ``predict`` splits: class id per row, best step
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # evaluated splits: "key: why" of unreadable records
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start,
-                "reported": dict(self.reported), "predictions": dict(self.predictions)}  # fmt: skip
+                "reported": dict(self.reported), "predictions": dict(self.predictions),
+                "skipped": dict(self.skipped)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [tuple(h) for h in state["history"]]
         self.best, self.start, self.reported = state["best"], state["start"], dict(state.get("reported", {}))
         self.predictions = dict(state.get("predictions", {}))
+        self.skipped = dict(state.get("skipped", {}))
 
 
 class FinetuneRecipe:
@@ -264,9 +282,12 @@ class FinetuneRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
+        set_sample_limit(cfg.max_sample_bytes)  # before the loader workers fork: they read with it
+        check_config_json(cfg.init_from)  # a value of the wrong type is one line, before any model code reads it
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.report_sources: dict[str, Any] = {}  # named task: report and predict splits other than val
+        self.reader_skips: dict[str, list[str]] = {}  # named task: the rows its reader left out, by split
         self.skips_named: set[str] = set()  # evaluation splits whose unreadable records were printed
         self.val_name = finetune_task(cfg.task).select if cfg.task in FINETUNE_TASKS else "validation"
         train, val, classes = self._sources()
@@ -417,7 +438,7 @@ class FinetuneRecipe:
         val = split(task.select, train.classes)
         wanted = [*(s for s in task.report.values() if s != task.select), *cfg.predict]
         self.report_sources = {s: split(s, train.classes) for s in wanted}
-        self.skipped = {name: len(rows.skipped) for name, rows in opened.items()}
+        self.reader_skips = {name: list(rows.skipped) for name, rows in opened.items() if rows.skipped}
         for name, rows in opened.items():
             if rows.skipped and self.ctx.is_main:
                 shown = "; ".join(rows.skipped[:3]) + ("; ..." if len(rows.skipped) > 3 else "")
@@ -438,8 +459,9 @@ class FinetuneRecipe:
             vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
         kw = dict(image_column=cfg.image_column, text_column=cfg.text_column, label_column=cfg.label_column,
                   answers_column=cfg.answers_column, answer_vocab_size=cfg.answer_vocab_size)  # fmt: skip
-        train = LabeledPairs(cfg.train_path, answer_vocab=vocab, **kw)
-        return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes, **kw)
+        train = LabeledPairs(cfg.train_path, answer_vocab=vocab, allow_outside_root=cfg.allow_outside_root, **kw)
+        return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes,
+                                   allow_outside_root=cfg.allow_outside_root, **kw)  # fmt: skip
 
     def _predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Logits, labels and the :class:`~mmkit.data.Skipped` records (``#<index>`` keys) left out, over
@@ -481,6 +503,7 @@ class FinetuneRecipe:
                 f"{len(skipped)} of the {size} {split} records could not be read (max_bad_fraction "
                 f"{self.cfg.max_bad_fraction:.1%}), e.g. {named}: fix the files or raise max_bad_fraction"
             )
+        self.progress.skipped[split] = [f"{s.key}: {s.reason}" for s in skipped]  # the same records every time
         if skipped and split not in self.skips_named and self.ctx.is_main:  # named once per split
             self.skips_named.add(split)
             how = "answered with class 0" if self._answered(split) else "scored without them"
@@ -542,14 +565,32 @@ class FinetuneRecipe:
             return {}
         if not p.history or p.history[-1][0] != self.state.step:
             self._on_eval(self.state.step)
+        skipped, named = self._skipped()
         results = {"task": cfg.task, "metric": cfg.metric, "start": p.start, "best_step": p.best[0],
                    "best": p.best[1], "final": p.history[-1][1], "metrics": p.reported,
-                   "skipped": getattr(self, "skipped", {}), "history": p.history,
+                   "skipped": skipped, "skipped_records": named, "history": p.history,
                    "init_from": cfg.init_from, "predictions": self._write_predictions()}  # fmt: skip
+        if self.ctx.is_main and any(skipped.values()):
+            print("records skipped: " + "; ".join(f"{split} {n} (e.g. {', '.join(named[split][:2])})"
+                                                  for split, n in skipped.items() if n), flush=True)  # fmt: skip
         if self.ctx.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)
         return results
+
+    def _skipped(self) -> tuple[dict[str, int], dict[str, list[str]]]:
+        """Every split's skipped records, as the log counts them: ``({split: count}, {split: the first five
+        "key: why"})`` — rows the reader left out, records unreadable at the last evaluation of an evaluated
+        split, and records the training loader skipped (each time it met one)."""
+        train_split = finetune_task(self.cfg.task).train if self.cfg.task in FINETUNE_TASKS else "train"
+        named = {split: list(rows) for split, rows in self.reader_skips.items()}
+        for split, rows in self.progress.skipped.items():
+            named[split] = named.get(split, []) + rows
+        counts = {split: len(rows) for split, rows in named.items()}
+        loader = self.stream.stats()["train"]
+        counts[train_split] = counts.get(train_split, 0) + loader["skipped"]
+        named[train_split] = named.get(train_split, []) + loader["examples"]
+        return counts, {split: rows[:5] for split, rows in named.items() if rows}
 
     def _write_predictions(self) -> dict[str, str]:
         """VQA v2's val and ``predict`` splits: the best step's answers as the challenge server (and the

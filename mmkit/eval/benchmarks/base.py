@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mmkit.utils.bounded import read_text_file
 from mmkit.utils.errors import InputError
 
 
@@ -105,8 +106,9 @@ class BenchmarkSet:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file (a byte-order mark is dropped)."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    """Non-empty stripped lines of a UTF-8 text file (a byte-order mark is dropped); a file that is not
+    UTF-8, or not a regular file, is one error naming it."""
+    text = read_text_file(path)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -10,29 +10,32 @@
   ``<path>/<images>/<filename>`` when ``images`` is given (Flickr30K's file has no ``filepath``). The
   standard test splits: 5,000 COCO / 1,000 Flickr30K images, 5 captions each.
 
-An image an annotation names but the folder lacks is a sample without an image (a counted, named skip
+An image an annotation names but the folder lacks, one that is not a regular file or over
+``max_sample_bytes``, and one whose name is absolute or climbs out of its folder with ``..`` (unless the
+layout key ``allow_outside_root: true``) is a sample without an image (a counted, named skip
 downstream); a file that is not JSON, or lacks a field, is a :class:`BenchmarkFormatError` naming the
 file and the field.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
-from mmkit.utils.errors import MissingError
+from mmkit.utils.bounded import parse_json, read_sample, read_text_file
+from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.paths import OutsideRoot, inside_root
 
 
 def _load_json(path: Path) -> Any:
-    if not path.is_file():
+    if not path.exists():
         raise MissingError(f"annotation file {path} does not exist")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchmarkFormatError(path, f"not valid JSON ({e})") from None
+        return parse_json(read_text_file(path, "annotation file"), "the file")
+    except InputError as e:
+        raise BenchmarkFormatError(path, str(e).removeprefix("the file is ")) from None
 
 
 def _field(obj: Any, name: str, path: Path, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -48,11 +51,21 @@ def _field(obj: Any, name: str, path: Path, where: str, kind: type | tuple[type,
 class _Captioned(BenchmarkSet):
     """A list of (relative image path, captions); images read when iterated."""
 
-    def __init__(self, path: str | Path, split: str) -> None:
+    def __init__(self, path: str | Path, split: str, allow_outside_root: bool = False) -> None:
         super().__init__(path, split)
         self.kind = "retrieval"
         self.entries: list[tuple[Path, tuple[str, ...]]] = []
+        self.outside: dict[int, str] = {}  # entry -> why its image is not read (a path outside the root)
+        self.allow_outside_root = allow_outside_root
         self.annotation_file: Path | None = None
+
+    def add(self, folder: Path, name: str, captions: tuple[str, ...]) -> None:
+        """An image named by the annotation file, relative to ``folder`` (the root it must stay inside)."""
+        try:
+            file = inside_root(folder, name, self.allow_outside_root)
+        except OutsideRoot as e:
+            self.outside[len(self.entries)], file = str(e), Path(folder, name)
+        self.entries.append((file, captions))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -70,7 +83,9 @@ class _Captioned(BenchmarkSet):
             file, captions = self.entries[index]
             key = str(file.relative_to(self.path)) if file.is_relative_to(self.path) else str(file)
             try:
-                data = file.read_bytes()
+                if index in self.outside:
+                    raise OutsideRoot(self.outside[index])
+                data = read_sample(file)
             except OSError as e:
                 yield index, Sample(key, None, captions=captions, error=f"cannot read {file}: {e.strerror or e}")
                 continue
@@ -89,8 +104,8 @@ class CocoCaptions(_Captioned):
     layout = "coco"
 
     def __init__(self, path: str | Path, split: str = "val", annotations: str | None = None,
-                 images: str | None = None) -> None:  # fmt: skip
-        super().__init__(path, split)
+                 images: str | None = None, allow_outside_root: bool = False) -> None:  # fmt: skip
+        super().__init__(path, split, allow_outside_root)
         root = Path(path)
         ann = root / (annotations or f"annotations/captions_{split}2017.json")
         folder = root / (images or f"{split}2017")
@@ -110,7 +125,8 @@ class CocoCaptions(_Captioned):
         order = [i for i in names if i in captions]  # images in file order, those with captions
         if not order:
             raise BenchmarkFormatError(ann, "no image has a caption")
-        self.entries = [(folder / names[i], tuple(captions[i])) for i in order]
+        for i in order:
+            self.add(folder, names[i], tuple(captions[i]))
 
 
 class KarpathySplit(_Captioned):
@@ -119,8 +135,8 @@ class KarpathySplit(_Captioned):
     layout = "karpathy"
 
     def __init__(self, path: str | Path, split: str = "test", annotations: str = "dataset_coco.json",
-                 images: str | None = None) -> None:  # fmt: skip
-        super().__init__(path, split)
+                 images: str | None = None, allow_outside_root: bool = False) -> None:  # fmt: skip
+        super().__init__(path, split, allow_outside_root)
         root = Path(path)
         ann = root / annotations
         data = _load_json(ann)
@@ -140,8 +156,11 @@ class KarpathySplit(_Captioned):
             )
             if not texts:
                 raise BenchmarkFormatError(ann, f"{where} ({name}) has no sentences")
-            sub = images if images is not None else im.get("filepath", "")
-            self.entries.append((root / sub / name, texts))
+            if images is not None:
+                self.add(root / images, name, texts)
+            else:  # COCO's file names its folder (val2014, train2014); Flickr30K's does not
+                sub = _field(im, "filepath", ann, where, str) if "filepath" in im else ""
+                self.add(root, str(Path(sub, name)), texts)
         if not self.entries:
             raise BenchmarkFormatError(
                 ann, f"no image has split {split!r} (the file's splits: {', '.join(sorted(seen_splits)) or 'none'})"

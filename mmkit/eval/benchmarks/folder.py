@@ -10,13 +10,13 @@ line, or a JSON list) in the sorted folders' order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from mmkit.data.sources import ImageFolder
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, read_lines
-from mmkit.utils.errors import MissingError
+from mmkit.utils.bounded import parse_json, read_text_file
+from mmkit.utils.errors import InputError, MissingError
 
 
 class ClassFolders(BenchmarkSet):
@@ -83,8 +83,8 @@ def _names_from(mapping: Path, folders: list[str]) -> list[str]:
     """Class names for ``folders`` from a mapping or list file."""
     if mapping.suffix == ".json":
         try:
-            data = json.loads(mapping.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+            data = parse_json(read_text_file(mapping, "classnames file"), "the file")
+        except InputError as e:
             raise BenchmarkFormatError(mapping, f"invalid JSON ({e})") from None
         if isinstance(data, dict):
             return [_first_name(str(data[f]), mapping, f) if f in data else _missing(mapping, f) for f in folders]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmkit.data.tasks import LabeledRows
 from mmkit.eval.benchmarks.base import BenchmarkFormatError
+from mmkit.utils.bounded import read_text_file
 from mmkit.utils.errors import InputError, MissingError
 
 
@@ -103,10 +104,7 @@ def _whose_header(fields: list[str]) -> str | None:
 
 
 def _read_tsv(name: str, task: GlueTask, file: Path) -> LabeledRows:
-    try:
-        lines = file.read_text(encoding="utf-8-sig").split("\n")
-    except UnicodeDecodeError as e:
-        raise BenchmarkFormatError(file, f"is not UTF-8 ({e.reason} at byte {e.start})") from None
+    lines = read_text_file(file, f"GLUE {task.folder} file").split("\n")
     lines = [line.rstrip("\r") for line in lines]
     while lines and not lines[-1]:
         lines.pop()
@@ -151,6 +149,20 @@ def _read_tsv(name: str, task: GlueTask, file: Path) -> LabeledRows:
     return LabeledRows(rows, task.classes, f"glue:{name} {file.stem}", skipped)
 
 
+def _hub_row_problem(task: GlueTask, text: object, pair: object, label: object) -> str | None:
+    """Why a row of the hub's parquet cannot be used: a text that is not a string, a label that is not a
+    class id (a number, for STS-B's regression); None when it can."""
+    for column, value in zip(task.hub_columns, (text, pair), strict=True):
+        if column is not None and not isinstance(value, str):
+            return f"{column} is {type(value).__name__}, not a string"
+    number = isinstance(label, int | float) and not isinstance(label, bool)
+    if task.classes is None:
+        return None if number else f"label {label!r} is not a number"
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(task.classes):
+        return f"label {label!r} is not a class id of {', '.join(task.classes)}"
+    return None
+
+
 def _read_parquet(name: str, task: GlueTask, files: list[Path]) -> LabeledRows:
     import pyarrow.parquet as pq
 
@@ -171,11 +183,10 @@ def _read_parquet(name: str, task: GlueTask, files: list[Path]) -> LabeledRows:
             )
         table = pf.read(columns=wanted).to_pydict()
         for i in range(pf.metadata.num_rows):
-            where = f"{f.name}:{i}"
-            label = table["label"][i]
-            if task.classes is not None and (not isinstance(label, int) or not 0 <= label < len(task.classes)):
-                skipped.append(f"{where}: label {label!r} is not a class id of {', '.join(task.classes)}")
+            row = [table[c][i] if c else None for c in (*task.hub_columns, "label")]
+            problem = _hub_row_problem(task, *row)
+            if problem:
+                skipped.append(f"{f.name}:{i}: {problem}")
                 continue
-            pair = table[task.hub_columns[1]][i] if task.hub_columns[1] else None
-            rows.append((where, table[task.hub_columns[0]][i], pair, None, label))
+            rows.append((f"{f.name}:{i}", *row[:2], None, row[2]))
     return LabeledRows(rows, task.classes, f"glue:{name} {files[0].stem.split('-')[0]}", skipped)

@@ -4,7 +4,9 @@
 last dash written as a dot (``t10k-images.idx3-ubyte``, as some mirrors name them).
 
 An IDX file is a big-endian header — two zero bytes, a type byte (``0x08``: unsigned bytes), the number
-of dimensions, then each dimension as a 4-byte integer — followed by the values. Images are ``(N, 28,
+of dimensions, then each dimension as a 4-byte integer — followed by the values. The image size the header
+declares is checked against the pixel bound of decoded images before anything is read (a 30-byte header
+may declare 15000x15000 pixels), and images are read one at a time. Images are ``(N, 28,
 28)``; labels ``(N,)``. Splits: ``train`` and ``test``. Class names: the digits ``0`` to ``9``.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
+from mmkit.utils.bounded import over_limit
 from mmkit.utils.errors import InputError, MissingError
 
 PREFIX = {"train": "train", "test": "t10k"}
@@ -51,6 +54,23 @@ def read_idx_header(f, path: Path, ndim: int) -> tuple[int, ...]:
     return struct.unpack(f">{ndim}I", raw)
 
 
+def _check_image_size(path: Path, rows: int, cols: int) -> None:
+    """The images an IDX header declares must be decodable images: at least one pixel, within the pixel
+    bound of decoded images (:data:`mmkit.data.sources.MAX_IMAGE_PIXELS`) and the per-sample byte limit
+    (``max_sample_bytes``), checked before a pixel is read."""
+    from mmkit.data import sources
+
+    pixels, limit = rows * cols, sources.MAX_IMAGE_PIXELS
+    if pixels == 0:
+        raise BenchmarkFormatError(path, f"IDX images of {rows}x{cols} hold no pixel")
+    if pixels > limit:
+        raise BenchmarkFormatError(path, f"IDX images of {rows}x{cols} ({pixels:,} pixels) are over the limit of "
+                                   f"{limit:,} pixels of decoded images: refused before reading")  # fmt: skip
+    problem = over_limit(f"an IDX image of {rows}x{cols}", pixels)
+    if problem:
+        raise BenchmarkFormatError(path, problem)
+
+
 class Mnist(BenchmarkSet):
     """One split of an MNIST-format set; ``path`` is the folder with the four IDX files."""
 
@@ -67,6 +87,7 @@ class Mnist(BenchmarkSet):
         self.labels = _find(root, f"{PREFIX[split]}-labels-idx1-ubyte")
         with _open(self.images) as f:
             self.count, self.rows, self.cols = read_idx_header(f, self.images, 3)
+        _check_image_size(self.images, self.rows, self.cols)
         with _open(self.labels) as f:
             (labels,) = read_idx_header(f, self.labels, 1)
         if labels != self.count:

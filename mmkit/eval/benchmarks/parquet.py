@@ -16,11 +16,11 @@ hub's ``refs/convert/parquet`` branch) or ``<split>-*.parquet``. Columns:
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample
+from mmkit.utils.bounded import over_limit, parse_json
 from mmkit.utils.errors import InputError, MissingError
 
 
@@ -66,10 +66,10 @@ class ParquetSet(BenchmarkSet):
                 meta = pq.ParquetFile(f)
             except Exception as e:  # pyarrow raises ArrowInvalid and friends for a file that is not parquet
                 raise BenchmarkFormatError(f, f"not a parquet file ({type(e).__name__}: {e})") from None
-            columns = set(meta.schema_arrow.names)
-            for c in (image_column, label_column or text_column):
-                if c not in columns:
-                    raise BenchmarkFormatError(f, f"has no column {c!r} (columns: {', '.join(sorted(columns))})")
+            for c, want in ((image_column, "image"), (label_column, "label"), (text_column, "text")):
+                problem = column_problem(meta.schema_arrow, c, want) if c else None
+                if problem:
+                    raise BenchmarkFormatError(f, problem)
             self.rows += meta.metadata.num_rows
             names = names or _class_names(meta.schema_arrow.metadata, label_column, f)
         self.classnames = names
@@ -94,6 +94,10 @@ class ParquetSet(BenchmarkSet):
                         where = image.get("path") if isinstance(image, dict) else None
                         yield Sample(key, None, error=f"row {row - 1} has no image bytes (path {where!r})")
                         continue
+                    too_large = over_limit(f"row {row - 1}'s image", len(data))
+                    if too_large:
+                        yield Sample(key, None, error=too_large)
+                        continue
                     if self.label_column:
                         if not isinstance(target, int):
                             raise BenchmarkFormatError(
@@ -110,13 +114,61 @@ class ParquetSet(BenchmarkSet):
         return self.paths
 
 
+def _is_image_type(t) -> bool:
+    import pyarrow as pa
+
+    binary = (pa.types.is_binary, pa.types.is_large_binary)
+    if any(f(t) for f in binary):
+        return True
+    return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and any(f(t.field("bytes").type) for f in binary)
+
+
+def _is_label_type(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t)
+
+
+def _is_text_type(t) -> bool:
+    import pyarrow as pa
+
+    strings = (pa.types.is_string, pa.types.is_large_string)
+    if any(f(t) for f in strings):
+        return True
+    listed = pa.types.is_list(t) or pa.types.is_large_list(t)
+    return listed and any(f(t.value_type) for f in strings)
+
+
+#: what each role of a column may hold, in words and as a test of its arrow type
+_COLUMN_TYPES = {
+    "image": ("binary (the encoded file) or the datasets Image struct {bytes, path}", _is_image_type),
+    "label": ("integer class ids", _is_label_type),
+    "text": ("a string or a list of strings", _is_text_type),
+}
+
+
+def column_problem(schema, column: str, role: str) -> str | None:
+    """Why ``column`` of a parquet ``schema`` cannot serve as the ``role`` column (``"image"``, ``"label"``,
+    ``"text"``): missing, or of another type (naming the type and what was expected); None when it can."""
+    if column not in schema.names:
+        return f"has no column {column!r} (columns: {', '.join(sorted(schema.names))})"
+    want, test = _COLUMN_TYPES[role]
+    found = schema.field(column).type
+    if not test(found):
+        return f"its {role} column {column!r} holds {found}, expected {want}"
+    return None
+
+
 def _class_names(metadata: dict | None, label_column: str | None, path: Path) -> list[str] | None:
     """``ClassLabel`` names from the ``huggingface`` schema metadata, if the file records them."""
     if not label_column or not metadata or b"huggingface" not in metadata:
         return None
     try:
-        features = json.loads(metadata[b"huggingface"]).get("info", {}).get("features", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        features = parse_json(metadata[b"huggingface"], "metadata").get("info", {}).get("features", {})
+    except (InputError, AttributeError):
         raise BenchmarkFormatError(path, "its 'huggingface' schema metadata is not JSON") from None
-    names = features.get(label_column, {}).get("names") if isinstance(features, dict) else None
+    feature = features.get(label_column) if isinstance(features, dict) else None
+    names = feature.get("names") if isinstance(feature, dict) else None
+    if names is not None and not isinstance(names, list):
+        raise BenchmarkFormatError(path, f"its ClassLabel names of {label_column!r} are not a list")
     return [str(n).replace("_", " ") for n in names] if names else None

@@ -23,7 +23,6 @@ row without its fields or with an unknown label is a named skip; a file of anoth
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ from typing import Any
 from mmkit.data.tasks import LabeledRows
 from mmkit.data.vqa_answers import normalize_answer, vqa_official_accuracy, vqa_sparse_scores
 from mmkit.eval.benchmarks.base import BenchmarkFormatError
+from mmkit.utils.bounded import parse_json, read_text_file
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.paths import OutsideRoot, inside_root
 
 VQA_SPLITS = {"train": "train2014", "val": "val2014"}
 #: The splits whose answers only the challenge server has: questions only, images in ``test2015/``.
@@ -64,15 +65,19 @@ class VQARows(LabeledRows):
 
 
 def _load_json(file: Path, fields: tuple[str, ...], what: str) -> dict[str, Any]:
-    if not file.is_file():
+    """A JSON annotation file holding an object with ``fields`` (each a list); anything else is one error."""
+    if not file.exists():
         raise MissingError(f"{what}: {file} does not exist")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BenchmarkFormatError(file, f"is not a JSON file ({e})") from None
+        data = parse_json(read_text_file(file, what), str(file))
+    except InputError as e:
+        raise BenchmarkFormatError(file, f"is not {what} ({e})") from None
     if not isinstance(data, dict) or any(f not in data for f in fields):
-        found = ", ".join(data) if isinstance(data, dict) else type(data).__name__
+        found = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise BenchmarkFormatError(file, f"is not {what}: expected the fields {', '.join(fields)} (found {found})")
+    for f in fields:
+        if not isinstance(data[f], list):
+            raise BenchmarkFormatError(file, f"is not {what}: {f} must be a list, got {type(data[f]).__name__}")
     return data
 
 
@@ -100,8 +105,25 @@ def _vqa_annotations(path: Path, split: str) -> tuple[list[dict], dict[int, dict
         sub = data.get("data_subtype")
         if sub is not None and sub != VQA_SPLITS[split]:
             raise BenchmarkFormatError(file, f"holds the {sub} split, not {VQA_SPLITS[split]} ({split!r})")
-    by_id = {a.get("question_id"): a for a in annotations["annotations"] if isinstance(a, dict)}
+    by_id = {a["question_id"]: a for a in annotations["annotations"] if _annotation_ok(a)}
     return questions["questions"], by_id, qfile, afile
+
+
+def _qid(value: Any) -> bool:
+    """Whether a ``question_id`` / ``image_id`` is an id: an integer (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _annotation_ok(a: Any) -> bool:
+    """Whether an annotation can be used: an integer ``question_id`` and ``answers``, a non-empty list of
+    ``{"answer": string}`` (others are skipped, named by the question they answer, or lack)."""
+    if not isinstance(a, dict) or not _qid(a.get("question_id")):
+        return False
+    answers = a.get("answers")
+    if not isinstance(answers, list) or not answers:
+        return False
+    mc = a.get("multiple_choice_answer", "")
+    return isinstance(mc, str) and all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in answers)
 
 
 def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[int, dict]] | None = None
@@ -113,7 +135,7 @@ def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[in
     for split in VQA_SPLITS:
         by_id = (read or {}).get(split) or _vqa_annotations(Path(path), split)[1]
         for a in by_id.values():
-            if "multiple_choice_answer" in a:
+            if isinstance(a.get("multiple_choice_answer"), str):
                 key = normalize_answer(a["multiple_choice_answer"])
                 counts[key] = counts.get(key, 0) + 1
     return tuple(sorted(counts, key=lambda a: (-counts[a], a))[:size])
@@ -133,23 +155,23 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     vocab = classes or vqa_answer_vocab(path, answer_vocab_size, read={split: by_id})
     sub, root = VQA_SPLITS[split], Path(images) if images else path
     index = {a: i for i, a in enumerate(vocab)}
-    rows, skipped, asked = [], [], {q.get("question_id") for q in questions if isinstance(q, dict)}
+    asked = {q["question_id"] for q in questions if isinstance(q, dict) and _qid(q.get("question_id"))}
+    rows, skipped = [], []
     human: dict[int, tuple[str, ...]] | None = None if split == "train" else {}
     shared: dict[str, str] = {}  # one string object per distinct answer (most answers repeat: "yes", "2")
     for q in questions:
-        qid = q.get("question_id") if isinstance(q, dict) else None
-        if qid is None or "image_id" not in q or "question" not in q:
-            skipped.append(f"{qfile.name}: a question without question_id, image_id or question ({q!r:.80})")
+        if not _question_ok(q):
+            skipped.append(f"{qfile.name}: a question without an integer question_id and image_id and a string "
+                           f"question ({q!r:.80})")  # fmt: skip
             continue
-        ann = by_id.get(qid)
-        if ann is None or not isinstance(ann.get("answers"), list) or not ann["answers"]:
+        qid, ann = q["question_id"], by_id.get(q["question_id"])
+        if ann is None:
             skipped.append(f"{qfile.name}: question {qid} has no annotation with answers in {afile.name}")
             continue
-        image = root / sub / f"COCO_{sub}_{int(q['image_id']):012d}.jpg"
-        rows.append((f"q{qid}", str(q["question"]), None, str(image), vqa_sparse_scores(ann["answers"], index)))
+        image = root / sub / f"COCO_{sub}_{q['image_id']:012d}.jpg"
+        rows.append((f"q{qid}", q["question"], None, str(image), vqa_sparse_scores(ann["answers"], index)))
         if human is not None:
-            given = (str(a["answer"] if isinstance(a, dict) else a) for a in ann["answers"])
-            human[int(qid)] = tuple(shared.setdefault(a, a) for a in given)
+            human[qid] = tuple(shared.setdefault(a["answer"], a["answer"]) for a in ann["answers"])
     skipped += [f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
                 for qid in by_id if qid not in asked]  # fmt: skip
     return VQARows(rows, vocab, f"vqav2 {split}", skipped, human)
@@ -166,12 +188,19 @@ def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ..
         raise BenchmarkFormatError(qfile, f"holds the {data['data_subtype']} split, not {VQA_TEST_SPLITS[split]}")
     rows, skipped = [], []
     for q in data["questions"]:
-        if not isinstance(q, dict) or any(k not in q for k in ("question_id", "image_id", "question")):
-            skipped.append(f"{qfile.name}: a question without question_id, image_id or question ({q!r:.80})")
+        if not _question_ok(q):
+            skipped.append(f"{qfile.name}: a question without an integer question_id and image_id and a string "
+                           f"question ({q!r:.80})")  # fmt: skip
             continue
-        image = root / "test2015" / f"COCO_test2015_{int(q['image_id']):012d}.jpg"
-        rows.append((f"q{q['question_id']}", str(q["question"]), None, str(image), {}))
+        image = root / "test2015" / f"COCO_test2015_{q['image_id']:012d}.jpg"
+        rows.append((f"q{q['question_id']}", q["question"], None, str(image), {}))
     return VQARows(rows, vocab, f"vqav2 {split}", skipped)
+
+
+def _question_ok(q: Any) -> bool:
+    """Whether a VQA question has an integer ``question_id`` and ``image_id`` and a string ``question``."""
+    return (isinstance(q, dict) and _qid(q.get("question_id")) and _qid(q.get("image_id"))
+            and isinstance(q.get("question"), str))  # fmt: skip
 
 
 def vqa_results(rows: LabeledRows, predicted: list[int]) -> list[dict[str, Any]]:
@@ -183,39 +212,50 @@ def vqa_results(rows: LabeledRows, predicted: list[int]) -> list[dict[str, Any]]
     return [{"question_id": int(k[1:]), "answer": rows.classes[c]} for k, c in zip(keys, predicted, strict=True)]
 
 
-def _jsonl(file: Path, fields: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], list[str]]:
-    """``(line number, object)`` per line with every field; a line that is not JSON or lacks a field is
-    a skip, but a first line without them means the file is another one (an error)."""
-    if not file.is_file():
+def _jsonl(file: Path, fields: dict[str, tuple[type, ...]], what: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """``(line number, object)`` per line with every field of its type; a line that is not JSON or lacks a
+    field (or holds it with another type) is a skip, but a first line without them means the file is
+    another one (an error)."""
+    if not file.exists():
         raise MissingError(f"{what}: {file} does not exist")
     rows, skipped = [], []
-    for n, line in enumerate(file.read_text(encoding="utf-8-sig").split("\n"), 1):
+    for n, line in enumerate(read_text_file(file, what).split("\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped.append(f"{file.name}:{n}: not JSON ({e.msg})")
+            obj = parse_json(line, f"line {n}")
+        except InputError as e:
+            skipped.append(f"{file.name}:{n}: {e}")
             continue
         missing = [f for f in fields if not isinstance(obj, dict) or f not in obj]
         if missing and not rows and not skipped:
-            found = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+            found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
             raise BenchmarkFormatError(file, f"is not {what}: its lines need {', '.join(fields)} (found {found})")
-        if missing:
-            skipped.append(f"{file.name}:{n}: no {', '.join(missing)}")
+        wrong = [f"{f} is {type(obj[f]).__name__}, not {' or '.join(t.__name__ for t in kinds)}"
+                 for f, kinds in fields.items() if f not in missing and not _is(obj[f], kinds)]  # fmt: skip
+        if missing or wrong:
+            skipped.append(f"{file.name}:{n}: " + "; ".join([f"no {', '.join(missing)}"] * bool(missing) + wrong))
             continue
         rows.append((n, obj))
     return rows, skipped
 
 
-def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None) -> LabeledRows:
-    """One SNLI-VE split (``train``, ``dev``, ``test``): rows ``(pairID, hypothesis, None, image, class)``."""
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance(value, kinds)``, where a bool is not an int."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None,
+                 allow_outside_root: bool = False) -> LabeledRows:  # fmt: skip
+    """One SNLI-VE split (``train``, ``dev``, ``test``): rows ``(pairID, hypothesis, None, image, class)``;
+    an image id that would name a file outside ``images`` is a named skip unless ``allow_outside_root``."""
     if split not in ("train", "dev", "test"):
         raise InputError(f"SNLI-VE has no split {split!r}: choose train, dev or test")
     path = Path(path)
     name = f"snli_ve_{split}.jsonl"
     file = next((d / name for d in (path, path / "data") if (d / name).exists()), path / name)
-    lines, skipped = _jsonl(file, ("Flickr30K_ID", "sentence2", "gold_label"), f"an SNLI-VE {split} file")
+    fields = {"Flickr30K_ID": (str, int), "sentence2": (str,), "gold_label": (str,)}
+    lines, skipped = _jsonl(file, fields, f"an SNLI-VE {split} file")
     if images is None:
         candidates = [path / "Flickr30K" / "flickr30k_images", path / "flickr30k_images", path / "images"]
         images = next((c for c in candidates if c.is_dir()), candidates[0])
@@ -225,26 +265,36 @@ def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None)
         if label not in SNLI_VE_CLASSES:
             skipped.append(f"{file.name}:{n}: gold_label {label!r} is not one of {', '.join(SNLI_VE_CLASSES)}")
             continue
-        image = Path(images) / f"{obj['Flickr30K_ID']}.jpg"
+        try:
+            image = inside_root(images, f"{obj['Flickr30K_ID']}.jpg", allow_outside_root)
+        except OutsideRoot as e:
+            skipped.append(f"{file.name}:{n}: {e}")
+            continue
         key = str(obj.get("pairID", f"{file.name}:{n}"))
-        rows.append((key, str(obj["sentence2"]), None, str(image), SNLI_VE_CLASSES.index(label)))
+        rows.append((key, obj["sentence2"], None, str(image), SNLI_VE_CLASSES.index(label)))
     return LabeledRows(rows, SNLI_VE_CLASSES, f"snli_ve {split}", skipped)
 
 
-def read_hateful_memes(path: str | Path, split: str) -> LabeledRows:
+def read_hateful_memes(path: str | Path, split: str, allow_outside_root: bool = False) -> LabeledRows:
     """One Hateful Memes split (``train``, ``dev_seen``, ``test_seen``, ``dev_unseen``, ``test_unseen``):
-    rows ``(id, text, None, image, label)`` with label 1 = hateful."""
+    rows ``(id, text, None, image, label)`` with label 1 = hateful; an ``img`` outside ``path`` (absolute,
+    or climbing out with ``..``) is a named skip unless ``allow_outside_root``."""
     valid = ("train", "dev_seen", "test_seen", "dev_unseen", "test_unseen")
     if split not in valid:
         raise InputError(f"Hateful Memes has no split {split!r}: choose {', '.join(valid)}")
     path = Path(path)
     file = path / f"{split}.jsonl"
-    lines, skipped = _jsonl(file, ("img", "text", "label"), f"a Hateful Memes {split} file")
+    lines, skipped = _jsonl(file, {"img": (str,), "text": (str,), "label": (int,)}, f"a Hateful Memes {split} file")
     rows = []
     for n, obj in lines:
         if obj["label"] not in (0, 1):
             skipped.append(f"{file.name}:{n}: label {obj['label']!r} is not 0 or 1")
             continue
+        try:
+            image = inside_root(path, obj["img"], allow_outside_root)
+        except OutsideRoot as e:
+            skipped.append(f"{file.name}:{n}: {e}")
+            continue
         key = str(obj.get("id", f"{file.name}:{n}"))
-        rows.append((key, str(obj["text"]), None, str(path / obj["img"]), int(obj["label"])))
+        rows.append((key, obj["text"], None, str(image), obj["label"]))
     return LabeledRows(rows, HATEFUL_MEMES_CLASSES, f"hateful_memes {split}", skipped)

@@ -22,6 +22,7 @@ from typing import Any
 
 from mmkit.data.formats import image_member, split_member_name
 from mmkit.eval.benchmarks.base import BenchmarkFormatError, BenchmarkSet, Sample, clean_template
+from mmkit.utils.bounded import read_text_file, regular_file
 from mmkit.utils.errors import MissingError
 
 
@@ -29,18 +30,29 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts]) if "://" in root else str(Path(root, *parts))
 
 
+#: the largest remote metadata file read (class names, templates: a few kilobytes)
+METADATA_BYTES = 16 << 20
+
+
 def _read_text(url: str, storage_options: dict | None) -> str | None:
-    """A small metadata file's text, or None when it does not exist."""
+    """A small metadata file's text, or None when it does not exist (a local one that is not a regular file
+    or not UTF-8, or a remote one over :data:`METADATA_BYTES`, is one error naming it)."""
     if "://" not in url:
         p = Path(url)
-        return p.read_text(encoding="utf-8-sig") if p.is_file() else None
+        return read_text_file(p) if p.exists() else None
     import fsspec
 
     try:
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            return f.read().decode("utf-8-sig")
+            data = f.read(METADATA_BYTES + 1)
     except FileNotFoundError:
         return None
+    if len(data) > METADATA_BYTES:
+        raise BenchmarkFormatError(url, f"is over {METADATA_BYTES:,} bytes: not a metadata file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BenchmarkFormatError(url, f"is not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 class WdsBenchmark(BenchmarkSet):
@@ -157,7 +169,7 @@ class WdsBenchmark(BenchmarkSet):
 def _count_local(path: str) -> int:
     """Samples with an image in a local shard: runs of consecutive members sharing a key (headers only)."""
     count, key, members = 0, None, {}
-    with tarfile.open(path, "r:*") as tar:
+    with tarfile.open(regular_file(path, "shard"), "r:*") as tar:
         for m in tar:
             if not m.isfile():
                 continue
