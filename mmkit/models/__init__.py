@@ -36,6 +36,7 @@ from mmkit.models.clip_hf import (
     siglip_model_from_hf,
     siglip_to_hf,
 )
+from mmkit.models.contrastive import EmbeddingGrads, gradient_term
 from mmkit.models.flava import CodebookConfig, FLAVAConfig, FLAVAModel, FLAVAOutput, PretrainingConfig, flava_model
 from mmkit.models.flava_classification import (
     ClassificationHead,
@@ -81,6 +82,7 @@ __all__ = [
     "DualEncoderForPreTraining",
     "DualEncoderModel",
     "DualEncoderOutput",
+    "EmbeddingGrads",
     "FLAVAConfig",
     "FLAVAForClassification",
     "FLAVAForPreTraining",
@@ -112,6 +114,7 @@ __all__ = [
     "flava_pretraining_from_hf",
     "flava_pretraining_to_hf",
     "flava_to_hf",
+    "gradient_term",
     "hf_unsupported",
     "init_towers",
     "initialize_flava",

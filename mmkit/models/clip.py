@@ -33,7 +33,7 @@ from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses.contrastive import ContrastiveLoss
 from mmkit.losses.sigmoid import SigmoidContrastiveLoss
-from mmkit.models.contrastive import ContrastiveTowers
+from mmkit.models.contrastive import ContrastiveTowers, EmbeddingGrads, gradient_term
 from mmkit.utils.config import ConfigMethods, replace_config
 from mmkit.utils.errors import InputError
 
@@ -411,14 +411,22 @@ class DualEncoderPretrainingOutput:
     """What :meth:`DualEncoderForPreTraining.forward` returns.
 
     Attributes:
-        loss: the scalar training loss. losses: ``{"contrastive": loss}`` (the recipes log every entry).
+        loss: the scalar training loss (0 in the two passes of whole-batch accumulation: the step takes the
+            contrastive loss itself). losses: ``{"contrastive": loss}`` (the recipes log every entry; empty
+            in the two passes).
         image_embedding, text_embedding: ``(B, P)`` L2-normalised embeddings of this rank's pairs.
+        contrastive_rows: ``{"image": (B, P), "text": (B, P)}``: what the batch gives a contrastive loss
+            over the whole accumulated batch (:meth:`DualEncoderForPreTraining.whole_batch_loss`).
+        gradient_term: given ``embedding_grads``, the scalar whose gradient is that loss's through this
+            batch (:func:`~mmkit.models.contrastive.gradient_term`), else None.
     """
 
     loss: Tensor
     losses: dict[str, Tensor]
     image_embedding: Tensor
     text_embedding: Tensor
+    contrastive_rows: dict[str, Tensor] = field(default_factory=dict)
+    gradient_term: Tensor | None = None
 
 
 class DualEncoderForPreTraining(nn.Module):
@@ -447,19 +455,44 @@ class DualEncoderForPreTraining(nn.Module):
         """Score against every rank's batch (training) or this rank's only (evaluation on identical data)."""
         self.contrastive.cross_rank = enabled
 
+    def loss_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the loss reads: ``logit_scale`` (and SigLIP's ``logit_bias``)."""
+        bias = {} if self.loss_kind == "softmax" else {"logit_bias": self.model.logit_bias}
+        return {"logit_scale": self.model.logit_scale, **bias}
+
+    def whole_batch_loss(self, rows: dict[str, Tensor], params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss over ``rows`` (``{"image": (n, P), "text": (n, P)}``, every micro-batch of a step or one
+        batch) with ``params`` (:meth:`loss_parameters`' values): ``(loss, {"contrastive": loss})``."""
+        if self.loss_kind == "softmax":
+            loss = self.contrastive(rows["image"], rows["text"], params["logit_scale"]).loss
+        else:
+            loss = self.contrastive(rows["image"], rows["text"], params["logit_scale"], params["logit_bias"])
+        return loss, {"contrastive": loss}
+
     def forward(
-        self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, **_: Tensor
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        embed_only: bool = False,
+        embedding_grads: EmbeddingGrads | None = None,
+        **_: Tensor,
     ) -> DualEncoderPretrainingOutput:
         """Args: ``pixel_values`` ``(B, C, H, W)``, ``input_ids`` ``(B, L)``, ``attention_mask`` ``(B, L)``
-        (row ``i`` of the text is the caption of image ``i``). Other batch fields are ignored."""
+        (row ``i`` of the text is the caption of image ``i``). Other batch fields are ignored.
+
+        Whole-batch accumulation (:mod:`mmkit.train.whole_batch`): ``embed_only`` returns the embeddings
+        (``contrastive_rows``) and no loss (the first pass); ``embedding_grads`` computes no loss either but
+        the ``gradient_term`` of the loss over the whole batch (the second pass)."""
         image = self.model.embed_image(self.model.encode_image(pixel_values))
         text = self.model.embed_text(self.model.encode_text(input_ids, attention_mask))
-        scale = self.model.logit_scale
-        if self.loss_kind == "softmax":
-            loss = self.contrastive(image, text, scale).loss
-        else:
-            loss = self.contrastive(image, text, scale, self.model.logit_bias)
-        return DualEncoderPretrainingOutput(loss, {"contrastive": loss}, image, text)
+        rows = {"image": image, "text": text}
+        if embed_only or embedding_grads is not None:
+            term = None if embedding_grads is None else gradient_term(rows, self.loss_parameters(), embedding_grads)
+            return DualEncoderPretrainingOutput(image.new_zeros(()), {}, image, text, rows, term)
+        loss, losses = self.whole_batch_loss(rows, self.loss_parameters())
+        return DualEncoderPretrainingOutput(loss, losses, image, text, rows)
 
 
 def dual_encoder_for_pretraining(config: DualEncoderConfig, **overrides: Any) -> DualEncoderForPreTraining:

@@ -5,9 +5,14 @@ A model that mixes in :class:`ContrastiveTowers` defines ``image_encoder`` / ``t
 clamp) and the two feature readers ``image_features(EncoderOutput) -> (B, D)`` and
 ``text_features(EncoderOutput) -> (B, D)``; it then gets the embedding interface the evaluation code
 uses for all of them, and the training conveniences the recipes call.
+
+:class:`EmbeddingGrads` and :func:`gradient_term` are what a pretraining model's second pass needs when
+its contrastive loss is taken over the whole accumulated batch (:mod:`mmkit.train.whole_batch`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,33 @@ from torch import Tensor
 from mmkit.layers.attention import AttentionBackend, set_attention_backend
 from mmkit.layers.init import no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
+from mmkit.utils.errors import InputError
+
+
+@dataclass
+class EmbeddingGrads:
+    """The whole-batch contrastive loss's gradient, handed to one micro-batch's second pass.
+
+    Attributes:
+        rows: ``{"image": (n, P), "text": (n, P)}``: with respect to this micro-batch's embeddings (absent:
+            the batch has none, e.g. FLAVA's image-only batches).
+        params: ``{"logit_scale": (1,), ...}``: with respect to the loss's own parameters; given on one
+            micro-batch of a step (empty on the others).
+    """
+
+    rows: dict[str, Tensor] = field(default_factory=dict)
+    params: dict[str, Tensor] = field(default_factory=dict)
+
+
+def gradient_term(rows: dict[str, Tensor], params: dict[str, Tensor], grads: EmbeddingGrads) -> Tensor:
+    """``sum(rows[k] * grads.rows[k]) + sum(params[k] * grads.params[k])`` in fp32: a scalar whose gradient
+    is the whole-batch loss's, through this micro-batch's ``rows`` (``(n, P)`` each, with their graph) and
+    the ``params`` (the loss's parameters as the forward sees them)."""
+    terms = [(rows[k].float() * g).sum() for k, g in grads.rows.items()]
+    terms += [(params[k].float() * g).sum() for k, g in grads.params.items()]
+    if not terms:
+        raise InputError("gradient_term: no gradient given (EmbeddingGrads is empty)")
+    return torch.stack(terms).sum()
 
 
 class ContrastiveTowers:

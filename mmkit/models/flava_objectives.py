@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from mmkit.models.flava import FLAVAConfig
     from mmkit.models.flava_pretraining import FLAVAForPreTraining, FLAVAPretrainingOutput
 
+#: the objective whose loss is over the whole (gathered, and under accumulation accumulated) batch: in the two
+#: passes of whole-batch accumulation it gives rows (:attr:`FLAVAPretrainingOutput.contrastive_rows`), not a loss
+CONTRASTIVE = "global_contrastive"
 #: what an objective may read (:class:`Views`)
 VIEWS = ("image", "text", "masked_image", "masked_text", "fused")
 KINDS = ("pair", "image", "text")

@@ -45,8 +45,9 @@ from mmkit.heads import (
 from mmkit.layers.init import init_std_for, init_weights, no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
 from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
+from mmkit.models.contrastive import EmbeddingGrads, gradient_term
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
-from mmkit.models.flava_objectives import FLAVA_OBJECTIVES, Objective, Views
+from mmkit.models.flava_objectives import CONTRASTIVE, FLAVA_OBJECTIVES, Objective, Views
 from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
 from mmkit.utils.config import replace_config
 from mmkit.utils.errors import InputError
@@ -71,6 +72,10 @@ class FLAVAPretrainingOutput:
             the budget (a 0-d device tensor; 0 means the loss equals the default path's).
         kind: ``"pair"``, ``"image"`` or ``"text"``.
         image_embedding, text_embedding: ``(B, P)`` contrastive embeddings of a paired batch.
+        contrastive_rows: in the two passes of whole-batch accumulation, what a paired batch gives the global
+            contrastive loss over the whole accumulated batch (:meth:`FLAVAForPreTraining.whole_batch_loss`):
+            ``image`` / ``text`` ``(B, P)`` and ``matched`` bool ``(B,)``; empty otherwise.
+        gradient_term: given ``embedding_grads``, the scalar whose gradient is that loss's through this batch.
     """
 
     loss: Tensor
@@ -81,6 +86,8 @@ class FLAVAPretrainingOutput:
     kind: str = "pair"
     image_embedding: Tensor | None = None
     text_embedding: Tensor | None = None
+    contrastive_rows: dict[str, Tensor] = field(default_factory=dict)
+    gradient_term: Tensor | None = None
 
 
 class FLAVAForPreTraining(nn.Module):
@@ -250,6 +257,9 @@ class FLAVAForPreTraining(nn.Module):
         codebook_pixel_values: Tensor | None = None,
         image_token_ids: Tensor | None = None,
         itm_labels: Tensor | None = None,
+        *,
+        embed_only: bool = False,
+        embedding_grads: EmbeddingGrads | None = None,
     ) -> FLAVAPretrainingOutput:
         """Compute the objectives of one batch; which ones depends on the inputs given.
 
@@ -264,6 +274,8 @@ class FLAVAForPreTraining(nn.Module):
             codebook_pixel_values: ``(B, 3, h, w)`` tokenizer input (``h = 8 * grid``), or
             image_token_ids: ``(B, Np)`` precomputed tokenizer ids.
             itm_labels: ``(B,)`` 1 = matched pair, 0 = swapped caption. None = all matched, no ITM loss.
+            embed_only, embedding_grads: the first and second pass of whole-batch accumulation
+                (:meth:`_whole_batch_pass`).
 
         Returns:
             :class:`FLAVAPretrainingOutput`.
@@ -283,6 +295,8 @@ class FLAVAForPreTraining(nn.Module):
             matched = itm_labels.reshape(-1) != 0
             views.matched = matched | ~matched.any()  # no matched pair at all: use every pair
         active = self._objectives_for(views)
+        if embed_only or embedding_grads is not None:
+            return self._whole_batch_pass(views, active, embedding_grads)
         self._encode(views, active)
         for objective in active:
             objective.compute(self, views)
@@ -306,24 +320,85 @@ class FLAVAForPreTraining(nn.Module):
                              "make them")  # fmt: skip
         return active
 
-    def _encode(self, views: Views, active: list[Objective]) -> None:
-        """Run each encoder once for what ``active`` needs (clean and masked passes stacked into one)."""
+    def _whole_batch_pass(
+        self, views: Views, active: list[Objective], grads: EmbeddingGrads | None
+    ) -> FLAVAPretrainingOutput:
+        """A pass of whole-batch accumulation (:mod:`mmkit.train.whole_batch`): the global contrastive objective
+        gives its rows (clean embeddings, matched pairs), not its loss. The first pass (``grads`` None) runs the
+        clean encoders only, the second the other objectives too and the gradient term; both run the clean
+        passes alone and first, so that the second makes the first's random draws (dropout, patch dropout)."""
+        out = views.out
+        contrastive = any(o.name == CONTRASTIVE for o in active)
+        if contrastive or grads is not None:
+            self._encode(views, active, replay=True, clean_only=grads is None)
+        if contrastive:
+            image, text = self.model.embed_image(views.image), self.model.embed_text(views.text)
+            matched = views.matched if views.matched is not None else image.new_ones(image.shape[0], dtype=torch.bool)
+            out.image_embedding, out.text_embedding = image, text
+            out.contrastive_rows = {"image": image, "text": text, "matched": matched}
+        if grads is None:
+            return out
+        for objective in active:
+            if objective.name != CONTRASTIVE:
+                objective.compute(self, views)
+        device = (views.pixel_values if views.pixel_values is not None else views.masked_input_ids).device
+        out.loss = self.loss_fn(out.losses) if out.losses else torch.zeros((), device=device)
+        out.gradient_term = gradient_term(out.contrastive_rows, self.loss_parameters(), grads)
+        return out
+
+    def loss_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the global contrastive loss reads: ``logit_scale``."""
+        return {"logit_scale": self.model.logit_scale}
+
+    def whole_batch_loss(self, rows: dict[str, Tensor], params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The global contrastive loss over ``rows`` (``image`` / ``text`` ``(n, P)``, ``matched`` bool ``(n,)``) with
+        ``params`` (:meth:`loss_parameters`' values), gathered across ranks: ``(weight * loss, {name: loss})``."""
+        matched = rows["matched"]
+        columns = matched if self.config.pretraining.contrastive_matched_only else None
+        c = self.contrastive(rows["image"], rows["text"], params["logit_scale"], row_mask=matched, column_mask=columns)
+        return self.weights.get(CONTRASTIVE) * c.loss, {CONTRASTIVE: c.loss}
+
+    def _encode(self, views: Views, active: list[Objective], replay: bool = False, clean_only: bool = False) -> None:
+        """Run each encoder once for what ``active`` needs (clean and masked passes stacked into one).
+
+        ``replay`` (whole-batch accumulation): the clean passes run alone and first, image then text
+        (:meth:`_encode_clean`); the masked passes and the fusion encoder follow, unless ``clean_only``."""
         needs = set().union(*(o.needs for o in active))
         masks = set().union(*(o.masks for o in active))
         fused = "fused" in needs
-        masked = {side: f"masked_{side}" in needs or fused for side in ("image", "text")}
-        if "image" in needs or masked["image"]:
-            mask = views.patch_mask if "image" in masks else None
-            views.image, views.masked_image = self._clean_and_masked_image(
-                views.pixel_values, mask, "image" in needs, masked["image"]
+        want = {side: [side in needs, f"masked_{side}" in needs or fused] for side in ("image", "text")}
+        mask = views.patch_mask if "image" in masks else None
+        ids = views.masked_input_ids if "text" in masks else None
+        if replay:
+            self._encode_clean(views, want, mask, ids)
+        if clean_only:
+            return
+        if any(want["image"]):
+            image, masked = self._clean_and_masked_image(views.pixel_values, mask, *want["image"])
+            views.image, views.masked_image = _either(image, views.image), _either(masked, views.masked_image)
+        if any(want["text"]):
+            text, masked = self._clean_and_masked_text(
+                views.input_ids, ids, views.attention_mask, views.token_type_ids, *want["text"]
             )
-        if "text" in needs or masked["text"]:
-            ids = views.masked_input_ids if "text" in masks else None
-            views.text, views.masked_text = self._clean_and_masked_text(
-                views.input_ids, ids, views.attention_mask, views.token_type_ids, "text" in needs, masked["text"]
-            )
+            views.text, views.masked_text = _either(text, views.text), _either(masked, views.masked_text)
         if fused:
             views.fused = self.model.encode_multimodal(views.masked_image, views.masked_text).last_hidden_state
+
+    def _encode_clean(self, views: Views, want: dict[str, list[bool]], mask: Tensor | None, ids: Tensor | None) -> None:
+        """The clean passes ``want`` asks for, alone (each marked done there): a side without a mask takes its
+        masked view from the same pass; with one, the clean image pass gets an all-False mask, as its half of
+        a stacked pass would (no patch dropout there)."""
+        if want["image"][0]:
+            stacked = mask is not None and want["image"][1]
+            views.image = self.model.encode_image(views.pixel_values, torch.zeros_like(mask) if stacked else None)
+            if mask is None and want["image"][1]:
+                views.masked_image, want["image"][1] = views.image, False
+            want["image"][0] = False
+        if want["text"][0]:
+            views.text = self.model.encode_text(views.input_ids, views.attention_mask, views.token_type_ids)
+            if ids is None and want["text"][1]:
+                views.masked_text, want["text"][1] = views.text, False
+            want["text"][0] = False
 
     def _clean_and_masked_image(
         self, pixel_values: Tensor, patch_mask: Tensor | None, need_clean: bool, need_masked: bool
@@ -409,6 +484,11 @@ def patchify(pixels: Tensor, patch_size: int, normalize: bool = True) -> Tensor:
         mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
         x = (x - mean) / (var + 1e-6).sqrt()
     return x
+
+
+def _either(a: EncoderOutput | None, b: EncoderOutput | None) -> EncoderOutput | None:
+    """``a``, or ``b`` where ``a`` is None (an encoder output this pass did not make)."""
+    return a if a is not None else b
 
 
 def _split_batch(out: EncoderOutput, n: int) -> tuple[EncoderOutput, EncoderOutput]:

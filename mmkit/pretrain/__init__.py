@@ -1,10 +1,12 @@
 """What every pretraining recipe shares: its settings (:class:`RunConfig`, :class:`PairDataConfig`), the
-resume rule (:func:`frozen_fields`) and the skeleton (:class:`PretrainRecipe`). A recipe adds its
+resume rule (:func:`frozen_fields`), whether a step's contrastive loss sees the whole accumulated batch
+(:func:`whole_batch`) and the skeleton (:class:`PretrainRecipe`). A recipe adds its
 model's config, data mix, collators and export; ``recipes/flava/pretrain.py`` and
 ``recipes/clip/pretrain.py`` are the two written on it."""
 
 from mmkit.pretrain.builtin import make_builtin_tokenizer
-from mmkit.pretrain.config import RESUMABLE, PairDataConfig, RunConfig, frozen_fields
-from mmkit.pretrain.recipe import PretrainRecipe
+from mmkit.pretrain.config import RESUMABLE, PairDataConfig, PretrainOptimConfig, RunConfig, frozen_fields, whole_batch
+from mmkit.pretrain.recipe import PretrainRecipe, whole_batch_forward
 
-__all__ = ["RESUMABLE", "PairDataConfig", "PretrainRecipe", "RunConfig", "frozen_fields", "make_builtin_tokenizer"]
+__all__ = ["RESUMABLE", "PairDataConfig", "PretrainOptimConfig", "PretrainRecipe", "RunConfig", "frozen_fields",
+           "make_builtin_tokenizer", "whole_batch", "whole_batch_forward"]  # fmt: skip

@@ -3,7 +3,8 @@
 A recipe's config subclasses :class:`RunConfig` (adding its model keys: ``preset``, ``model``, ...)
 and its data config :class:`PairDataConfig` (adding its own sources and mixing). The rule of what a
 checkpoint's run and the resuming run must share is one function, :func:`frozen_fields`: everything
-a recipe adds, the seed, the gradient accumulation and every data setting, except those that only
+a recipe adds, the seed, the gradient accumulation (``optim.grad_accum`` and which batch the contrastive
+loss sees, ``optim.contrastive_per_micro_batch``) and every data setting, except those that only
 change how data is read (``data.max_bad_fraction``, ``data.storage_options``, and
 ``data.num_workers`` when streamed: the rest of each begun epoch is dealt to the new workers).
 """
@@ -15,9 +16,21 @@ from typing import Any, ClassVar, Literal
 
 from mmkit.eval import HealthConfig
 from mmkit.train import PRECISIONS, CheckpointConfig, OptimConfig
-from mmkit.utils import at_least, choice, fraction
+from mmkit.utils import InputError, at_least, choice, fraction
 
-__all__ = ["RESUMABLE", "PairDataConfig", "RunConfig", "frozen_fields"]
+__all__ = ["RESUMABLE", "PairDataConfig", "PretrainOptimConfig", "RunConfig", "frozen_fields", "whole_batch"]
+
+
+@dataclass
+class PretrainOptimConfig(OptimConfig):
+    """The ``optim`` section of a pretraining recipe: :class:`~mmkit.train.OptimConfig` and which batch the
+    contrastive loss sees under gradient accumulation."""
+
+    # With grad_accum = K > 1 the contrastive loss (CLIP's, SigLIP's, FLAVA's global one) sees the whole
+    # accumulated batch, K x batch_size x ranks rows, as one step on a K-times larger batch would: two passes,
+    # about one extra forward of the towers per micro-batch (mmkit.train.whole_batch). true: each micro-batch's
+    # loss sees its own batch_size x ranks rows only (no extra forward).
+    contrastive_per_micro_batch: bool = False
 
 
 @dataclass
@@ -60,7 +73,7 @@ class RunConfig:
     run_dir: str = "runs/run"
     seed: int = 0
     data: PairDataConfig = field(default_factory=PairDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: str = choice("ddp", "fsdp", "none")
     precision: str = choice(*PRECISIONS)
@@ -91,4 +104,21 @@ def frozen_fields(cfg: RunConfig) -> tuple[str, ...]:
         for f in fields(cfg.data)
         if f.name not in DATA_RESUMABLE and not (cfg.data.streaming and f.name == "num_workers")
     )
-    return (*top, "optim.grad_accum", *data)
+    return (*top, "optim.grad_accum", "optim.contrastive_per_micro_batch", *data)
+
+
+def whole_batch(cfg: RunConfig) -> bool:
+    """Whether a step of ``cfg`` takes its contrastive loss over the whole accumulated batch in two passes
+    (``optim.grad_accum > 1`` without ``optim.contrastive_per_micro_batch``).
+
+    Raises:
+        InputError: with ``compile: step``, which cannot hold the two passes in one graph.
+    """
+    two_passes = cfg.optim.grad_accum > 1 and not cfg.optim.contrastive_per_micro_batch
+    if two_passes and cfg.compile == "step":
+        raise InputError(
+            f"compile=step with optim.grad_accum={cfg.optim.grad_accum}: the whole-batch contrastive loss runs in "
+            "two passes that one compiled graph cannot hold; set compile=layers, or "
+            "optim.contrastive_per_micro_batch=true (each micro-batch's loss on its own rows)"
+        )
+    return two_passes

@@ -17,7 +17,11 @@ training loop, logging, held-out evaluation (losses, image<->text retrieval, tow
 export tail. A pretraining model must return an output with ``loss``, ``losses``,
 ``image_embedding`` and ``text_embedding``, keep its dual encoder in ``.model`` (with
 ``logit_scale`` and ``clamp_logit_scale``), have ``set_cross_rank(enabled)`` and may name in
-``chance_loss`` the loss whose chance level is ``ln(batch)`` (the health check's reference).
+``chance_loss`` the loss whose chance level is ``ln(batch)`` (the health check's reference). For
+gradient accumulation whose contrastive loss sees the whole accumulated batch
+(:meth:`~PretrainRecipe.whole_batch_forward`) it also has ``loss_parameters()``,
+``whole_batch_loss(rows, params)`` and the forward's ``embed_only`` / ``embedding_grads`` passes
+(``contrastive_rows`` and ``gradient_term`` in its output).
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from torch import nn
 from mmkit.data import MixedBatches, SampleDataset, TrainingSource, heldout_source, recipe_data_paths
 from mmkit.eval import HealthMonitor, retrieval_recall
 from mmkit.losses import ContrastiveLoss
-from mmkit.pretrain.config import RunConfig, frozen_fields
+from mmkit.models import EmbeddingGrads
+from mmkit.pretrain.config import RunConfig, frozen_fields, whole_batch
 from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
 from mmkit.train import (
     MetricsLogger,
+    WholeBatchForward,
     autocast,
     full_state_dict,
     loop_options,
@@ -54,7 +60,7 @@ from mmkit.train import (
 )
 from mmkit.utils import InputError, load_strict
 
-__all__ = ["PretrainRecipe"]
+__all__ = ["PretrainRecipe", "whole_batch_forward"]
 
 
 class PretrainRecipe:
@@ -127,7 +133,15 @@ class PretrainRecipe:
     def forward(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training forward: ``(loss, per-objective losses)``."""
         out = model(**batch.model_inputs())
+        self.on_output(out)
         return out.loss, out.losses
+
+    def on_output(self, out: Any) -> None:
+        """Look at a training forward's output while its graph is alive (FLAVA: per-objective gradient norms)."""
+
+    def whole_batch_forward(self) -> WholeBatchForward:
+        """The step's forward when the contrastive loss sees the whole accumulated batch (:func:`whole_batch`)."""
+        return whole_batch_forward(self.raw_model, self.forward, self.on_output)
 
     @property
     def train_text_length(self) -> int | None:
@@ -138,6 +152,7 @@ class PretrainRecipe:
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, d = self.cfg, self.cfg.data
+        accum = cfg.optim.grad_accum if whole_batch(cfg) else 1  # refuses compile=step with the two passes
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.paths = self.data_paths()
@@ -153,7 +168,7 @@ class PretrainRecipe:
         with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
             self.raw_model = self.build_model()
         for loss in (m for m in self.raw_model.modules() if isinstance(m, ContrastiveLoss)):
-            loss.rows_per_rank = d.batch_size  # gathered padded: no host sync; compiles into a step on N ranks
+            loss.rows_per_rank = d.batch_size * accum  # gathered padded: no host sync; compiles into a step on N ranks
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
                                  cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
                                  **self.parallel_options)  # fmt: skip
@@ -164,6 +179,7 @@ class PretrainRecipe:
             components={"data": self.stream}, frozen=frozen_fields(cfg),
             after_update=self.raw_model.model.clamp_logit_scale,
         )  # fmt: skip
+        self.train_forward = self.whole_batch_forward() if accum > 1 else self.forward
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
         self.health = HealthMonitor(cfg.health, warn=self.warn, warmup_steps=cfg.optim.warmup_steps)
@@ -212,7 +228,7 @@ class PretrainRecipe:
             self.export()
 
     def train_step(self, step: int):
-        return self.step(self.next_batch, self.forward, step)
+        return self.step(self.next_batch, self.train_forward, step)
 
     def next_batch(self):
         """The next batch on the device (images normalised or JPEGs decoded there when the transform says)."""
@@ -321,3 +337,28 @@ class PretrainRecipe:
             (self.run_dir / "summary.txt").write_text(summary)
             print(summary, flush=True)
         self.ctx.comm.barrier()
+
+
+def whole_batch_forward(
+    raw_model: nn.Module, forward: Callable, on_output: Callable[[Any], None] | None = None
+) -> WholeBatchForward:
+    """The two passes of ``raw_model`` (a pretraining model, see the module docs) for a step whose contrastive
+    loss sees the whole accumulated batch: its forward with ``embed_only`` (the first pass), its
+    ``whole_batch_loss`` over every micro-batch's rows with its ``loss_parameters`` (whole tensors under
+    FSDP2) and its forward with ``embedding_grads`` (the second pass, whose output ``on_output`` sees).
+    ``forward(model, batch)`` is the one-pass forward; batches have ``model_inputs()``."""
+
+    def embed(model: nn.Module, batch) -> dict[str, torch.Tensor] | None:
+        return model(**batch.model_inputs(), embed_only=True).contrastive_rows or None
+
+    def params() -> dict[str, torch.Tensor]:
+        found = raw_model.loss_parameters().items()
+        return {k: p.full_tensor() if hasattr(p, "full_tensor") else p for k, p in found}  # FSDP2: a DTensor
+
+    def backprop(model: nn.Module, batch, rows: dict, param_grads: dict):
+        out = model(**batch.model_inputs(), embedding_grads=EmbeddingGrads(rows, param_grads))
+        if on_output is not None:
+            on_output(out)
+        return out.loss, out.losses, out.gradient_term
+
+    return WholeBatchForward(forward, embed, params, raw_model.whole_batch_loss, backprop)

@@ -6,7 +6,8 @@
 * :mod:`~mmkit.train.collectives`: :class:`Collectives`, the only way training code talks to
   other ranks (tensors on the process group's device).
 * :mod:`~mmkit.train.step`: :class:`TrainStep` (accumulation, autocast, GradScaler, clipping, the
-  agreed non-finite skip; on the device, without a host read, with a fused optimiser).
+  agreed non-finite skip; on the device, without a host read, with a fused optimiser);
+  :mod:`~mmkit.train.whole_batch`: accumulation whose contrastive loss sees the whole accumulated batch.
 * :mod:`~mmkit.train.loop`: :func:`prepare_training`, :class:`TrainState` (checkpointed components),
   :func:`train_loop`.
 * :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.
@@ -67,6 +68,7 @@ from mmkit.train.step import (
     make_grad_scaler,
     objective_grad_norms,
 )
+from mmkit.train.whole_batch import WholeBatchForward
 from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
 
 __all__ = [
@@ -94,6 +96,7 @@ __all__ = [
     "StepOutcome",
     "TrainState",
     "TrainStep",
+    "WholeBatchForward",
     "adamw_param_groups",
     "autocast",
     "build_optimizer",

@@ -1,12 +1,13 @@
 """One optimiser step, the same for every recipe.
 
 :class:`TrainStep` runs ``grad_accum`` micro-batches (gradient synchronisation skipped on all but
-the last: DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``), under autocast for ``bf16`` /
-``fp16``, with a ``GradScaler`` for ``fp16``; unscales, clips, and decides on the device whether
-the step is finite. That decision and the stop request (SIGTERM) are combined in ONE all-reduce
-(MAX) so every rank skips or applies the same updates and stops at the same step; it is the only
-host read of a normal step. Losses and the gradient norm stay on the device (:class:`StepOutcome`)
-until a log step reads them.
+the last: DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``; given a
+:class:`~mmkit.train.whole_batch.WholeBatchForward`, in two passes whose contrastive loss sees the whole
+accumulated batch), under autocast for ``bf16`` / ``fp16``, with a ``GradScaler`` for ``fp16``; unscales,
+clips, and decides on the device whether the step is finite. That decision and the stop request
+(SIGTERM) are combined in ONE all-reduce (MAX) so every rank skips or applies the same updates and
+stops at the same step; it is the only host read of a normal step. Losses and the gradient norm stay
+on the device (:class:`StepOutcome`) until a log step reads them.
 
 GradScaler done right: ``unscale_`` every step, and ``update`` every step — on a skipped step the
 scale is backed off explicitly (so ranks whose own gradients were finite back off too) — and the
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.train.context import RunContext
+from mmkit.train.whole_batch import WholeBatchForward, embed_all, rng_restore, whole_batch_gradients
 from mmkit.utils.errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -125,24 +127,16 @@ class TrainStep:
         self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
         self.scaler, self.after_update = scaler, after_update
 
-    def __call__(self, next_batch: Callable[[], Any], forward: ForwardFn, step: int) -> StepOutcome:
-        """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``."""
-        losses: dict[str, Tensor] = {}
-        total = torch.zeros((), device=self.ctx.device)
-        samples = 0
-        for micro in range(self.grad_accum):
-            batch = next_batch()
-            with _sync_gradients(self.model, micro == self.grad_accum - 1), autocast(self.precision, self.ctx.device):
-                loss, parts = forward(self.model, batch)
-                if micro == 0 and self.ctx.inject_nonfinite(step):
-                    loss = loss * float("nan")
-                loss = loss / self.grad_accum
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            total += loss.detach().float()
-            for k, v in parts.items():
-                losses[k] = losses.get(k, 0) + v.detach().float() / self.grad_accum
-            samples += batch_size(batch)
-        losses["total"] = total
+    def __call__(self, next_batch: Callable[[], Any], forward: ForwardFn | WholeBatchForward, step: int) -> StepOutcome:
+        """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``. A
+        :class:`~mmkit.train.whole_batch.WholeBatchForward` with ``grad_accum > 1`` takes its contrastive
+        loss over the whole accumulated batch in two passes (see :mod:`mmkit.train.whole_batch`)."""
+        if isinstance(forward, WholeBatchForward) and self.grad_accum > 1:
+            losses, samples = self._two_passes(next_batch, forward, step)
+        else:
+            plain = forward.forward if isinstance(forward, WholeBatchForward) else forward
+            losses, samples = self._accumulate(next_batch, plain, step)
+        total = losses["total"]
         grad_norm = self._unscale_and_clip()
         nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
         if self.on_device:
@@ -153,6 +147,56 @@ class TrainStep:
         bad, stop = self.ctx.comm.any(nonfinite, self.ctx.stop_requested)
         self._apply(not bad)
         return StepOutcome(not bad, stop, losses, grad_norm, samples)
+
+    def _accumulate(self, next_batch: Callable[[], Any], forward: ForwardFn, step: int) -> tuple[dict, int]:
+        """Plain accumulation: each micro-batch's losses on its own rows. Returns ``(losses, samples)``."""
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.ctx.device)
+        samples = 0
+        for micro in range(self.grad_accum):
+            batch = next_batch()
+            with _sync_gradients(self.model, micro == self.grad_accum - 1), autocast(self.precision, self.ctx.device):
+                loss, parts = forward(self.model, batch)
+                if micro == 0 and self.ctx.inject_nonfinite(step):
+                    loss = loss * float("nan")
+                loss = loss / self.grad_accum
+            self._backward(loss)
+            total += loss.detach().float()
+            for k, v in parts.items():
+                losses[k] = losses.get(k, 0) + v.detach().float() / self.grad_accum
+            samples += batch_size(batch)
+        losses["total"] = total
+        return losses, samples
+
+    def _two_passes(self, next_batch: Callable[[], Any], fwd: WholeBatchForward, step: int) -> tuple[dict, int]:
+        """Whole-batch accumulation (:mod:`mmkit.train.whole_batch`). Returns ``(losses, samples)``."""
+        k, device = self.grad_accum, self.ctx.device
+        batches = [next_batch() for _ in range(k)]
+        rows, states = embed_all(self.model, batches, fwd, lambda: autocast(self.precision, device), device)
+        cached = whole_batch_gradients(fwd, rows, k)
+        losses: dict[str, Tensor] = dict(cached.values)
+        total = cached.loss.float().to(device)
+        for micro, batch in enumerate(batches):
+            rng_restore(states[micro], device)  # the first pass's dropout and patch-dropout draws again
+            last = micro == k - 1
+            grads, params = cached.rows[micro], (cached.params if last else {})
+            with _sync_gradients(self.model, last), autocast(self.precision, device):
+                if grads is None and not params:
+                    (loss, parts), term = fwd.forward(self.model, batch), None
+                else:
+                    loss, parts, term = fwd.backprop(self.model, batch, grads or {}, params)
+                if micro == 0 and self.ctx.inject_nonfinite(step):
+                    loss, term = loss * float("nan"), None if term is None else term * float("nan")
+                loss = loss / k
+            self._backward(loss if term is None else loss + term)
+            total += loss.detach().float()
+            for name, v in parts.items():
+                losses[name] = losses.get(name, 0) + v.detach().float() / k
+        losses["total"] = total
+        return losses, sum(batch_size(b) for b in batches)
+
+    def _backward(self, loss: Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _unscale_and_clip(self) -> Tensor:
         if self.scaler is not None:

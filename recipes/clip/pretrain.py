@@ -23,6 +23,11 @@ Features and the config keys that control them:
   ``none``, ``precision``, ``activation_checkpointing``, ``compile`` = ``none`` | ``layers`` | ``step``,
   AdamW + warmup-cosine (``optim.*``), atomic DCP checkpoints with exact resume (``checkpoint.*``;
   elastic with streamed data), non-finite steps skipped, SIGTERM saves.
+* batch: ``data.batch_size`` pairs per rank and micro-batch; ``optim.grad_accum=K`` accumulates K micro-batches
+  whose contrastive loss sees all K x batch_size x ranks pairs, as one step on a K-times larger batch (two passes,
+  ``mmkit.train.whole_batch``: one micro-batch's activation memory, about one extra tower forward each; dropout
+  and patch dropout replay). A paper-sized batch on few GPUs: 32768 = 8 ranks x 256 x ``optim.grad_accum=16``.
+  ``optim.contrastive_per_micro_batch=true``: each micro-batch's loss on its own rows (no extra forward).
 * evaluation: every ``eval_every`` steps (and at the start and end) the held-out loss and image<->text
   retrieval R@1/5 on ``eval_samples`` held-out pairs, and the mean pairwise cosine of the held-out
   embeddings (``health/*``), with one plain-words warning when a tower has collapsed or CLIP's loss is
@@ -50,8 +55,8 @@ from mmkit.models import (
     export_config,
     save_dual_encoder_hf,
 )
-from mmkit.pretrain import PairDataConfig, PretrainRecipe, RunConfig
-from mmkit.train import OptimConfig, read_scalar, run_recipe
+from mmkit.pretrain import PairDataConfig, PretrainOptimConfig, PretrainRecipe, RunConfig
+from mmkit.train import read_scalar, run_recipe
 from mmkit.utils import at_least, choice
 from mmkit.utils import load_config as load_recipe_config
 
@@ -67,8 +72,8 @@ class DataConfig(PairDataConfig):
 class ClipPretrainConfig(RunConfig):
     run_dir: str = "runs/clip"
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(  # OpenCLIP's ViT-B/16 recipe: lr 5e-4, wd 0.2, 10k warmup
-        default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.2, warmup_steps=10000, total_steps=100000)
+    optim: PretrainOptimConfig = field(  # OpenCLIP's ViT-B/16 recipe: lr 5e-4, wd 0.2, 10k warmup
+        default_factory=lambda: PretrainOptimConfig(lr=5e-4, weight_decay=0.2, warmup_steps=10000, total_steps=100000)
     )
     model_type: str = choice(*CONFIGS)
     preset: str = choice("full", "tiny")

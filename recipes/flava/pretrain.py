@@ -28,6 +28,10 @@ Features and the config keys that control them:
   is then one sharded unit, see ``mmkit.train.distributed``);
   ``meta_init`` (built on the meta device, each FSDP2 rank materialising only its shard); AdamW with
   linear warmup then cosine (``optim.*``; the image tokenizer is frozen, not optimised).
+* gradient accumulation, ``optim.grad_accum=K``: the global contrastive loss sees every paired micro-batch of the
+  step (K x ``data.batch_size`` x ranks pairs, as a K-times larger batch; two passes, ``mmkit.train.whole_batch``);
+  ITM, MMM, MIM and MLM stay per micro-batch (per-sample losses; ITM swaps captions within its micro-batch), each
+  micro-batch drawing its own source. ``optim.contrastive_per_micro_batch=true``: contrastive per micro-batch too.
 * image tokenizer (MIM targets): ``model.codebook.checkpoint`` = a dVAE trained with
   ``recipes/dalle/train_tokenizer.py`` (its vocabulary and input size then set the codebook's) or a
   DALL-E encoder; shards with cached ids (``python -m mmkit.tokenizers.cache``) are used
@@ -53,8 +57,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from mmkit.data import (
     ImageCollator,
     ImageTransform,
@@ -77,9 +79,16 @@ from mmkit.models import (
     resolve_codebook_config,
     resolve_tower_configs,
 )
-from mmkit.pretrain import PairDataConfig, PretrainRecipe, RunConfig, frozen_fields, make_builtin_tokenizer
+from mmkit.pretrain import (
+    PairDataConfig,
+    PretrainOptimConfig,
+    PretrainRecipe,
+    RunConfig,
+    frozen_fields,
+    make_builtin_tokenizer,
+)
 from mmkit.tokenizers import check_cached_ids
-from mmkit.train import GradNormProbe, OptimConfig, run_recipe
+from mmkit.train import GradNormProbe, run_recipe
 from mmkit.utils import ConfigError, InputError, at_least, choice, fraction
 from mmkit.utils import load_config as load_recipe_config
 
@@ -101,13 +110,14 @@ class DataConfig(PairDataConfig):
 class PretrainConfig(RunConfig):
     run_dir: str = "runs/flava"
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(  # the paper's AdamW: lr 1e-3, wd 0.1, 10k warmup, 150k steps
-        default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=10000, total_steps=150000)
+    optim: PretrainOptimConfig = field(  # the paper's AdamW: lr 1e-3, wd 0.1, 10k warmup, 150k steps
+        default_factory=lambda: PretrainOptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=10000, total_steps=150000)
     )
     preset: str = choice("full", "tiny")
     model: dict[str, Any] = field(default_factory=dict)  # FLAVAConfig overrides
     # per-objective gradient norms (grad_norm/<objective>) on the first paired batch from every N-th step:
-    # one extra backward per objective there; 0 = off. Not under distributed=fsdp or compile != none.
+    # one extra backward per objective there; 0 = off. Not under distributed=fsdp or compile != none; with the
+    # whole-batch contrastive loss of grad_accum > 1, global_contrastive's is not measured (it has no one batch).
     grad_norms_every: int = at_least(0, 100)
 
     resumable: ClassVar[tuple[str, ...]] = ("grad_norms_every",)
@@ -264,10 +274,8 @@ class FLAVAPretrainRecipe(PretrainRecipe):
         self.grad_norms.start(step)
         return super().train_step(step)
 
-    def forward(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = model(**batch.model_inputs())
+    def on_output(self, out) -> None:
         self.grad_norms.measure(out.kind, out.losses, self.raw_model.parameters())
-        return out.loss, out.losses
 
     def log_extra(self, record: dict[str, float]) -> None:
         record.update(self.grad_norms.pop())

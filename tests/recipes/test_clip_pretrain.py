@@ -1,5 +1,6 @@
-"""The CLIP / SigLIP recipe: its exports read by transformers and by the evaluation recipe, and exact
-resume after SIGKILL on 2 DDP ranks (SigLIP: the ring-passed sigmoid loss inside the runtime)."""
+"""The CLIP / SigLIP recipe: its exports read by transformers and by the evaluation recipe, exact resume
+after SIGKILL on 2 DDP ranks (SigLIP: the ring-passed sigmoid loss inside the runtime, over accumulated
+micro-batches), and accumulated micro-batches whose contrastive loss is the big batch's."""
 
 from __future__ import annotations
 
@@ -67,8 +68,10 @@ def test_clip_export_is_read_by_transformers_and_the_evaluation_recipe(tmp_path,
 
 
 def _run(data, run_dir, steps, env=None, check=True):
+    """SigLIP on 2 DDP ranks, its loss over 2 accumulated micro-batches (two passes) with patch dropout."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
-           *_args(data, run_dir, "siglip", steps, "distributed=ddp", "data.num_workers=1")]  # fmt: skip
+           *_args(data, run_dir, "siglip", steps, "distributed=ddp", "data.num_workers=1", "data.batch_size=4",
+                  "optim.grad_accum=2", "model.image.patch_dropout=0.5")]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600, check=check)  # fmt: skip
 
@@ -177,3 +180,35 @@ def test_flava_contrastive_only_evaluates_without_the_switched_off_batch_kinds(t
     assert load_recipe("recipes/flava/pretrain.py").main(args) == 0
     first = _records(run, "eval")[0]
     assert "loss/global_contrastive" in first and "loss/mim" not in first and "loss/mlm" not in first
+
+
+def test_accumulated_micro_batches_log_the_big_batch_contrastive_loss(tmp_path, pairs):
+    """data.batch_size=8 optim.grad_accum=4 logs the contrastive loss of data.batch_size=32 at every step (the same
+    32 samples in the same order: one permutation per epoch, cut into batches), CLIP's and FLAVA's global one at
+    step 1 (FLAVA's masked objectives then draw other masks); optim.contrastive_per_micro_batch=true keeps each
+    micro-batch's loss on its own 8 pairs (chance ln 8, not ln 32)."""
+    recipes = {m: load_recipe(f"recipes/{m}/pretrain.py") for m in ("clip", "flava")}
+    flava = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), "model.pretraining.mim_target=pixels",
+             "data.image_prob=0", "data.text_prob=0", "data.itm_negative_prob=0"]  # fmt: skip
+    runs = {
+        "big": ["data.batch_size=32"],
+        "accum": ["data.batch_size=8", "optim.grad_accum=4"],
+        "per_micro": ["data.batch_size=8", "optim.grad_accum=4", "optim.contrastive_per_micro_batch=true"],
+    }
+    logged = {}
+    for name, keys in runs.items():
+        for model, loss, steps in (("clip", "contrastive", 3), ("flava", "global_contrastive", 1)):
+            if name == "per_micro" and model == "flava":
+                continue
+            run = tmp_path / f"{model}_{name}"
+            args = _args(pairs, run, "clip", 1 if name == "per_micro" else steps, "distributed=none",
+                         "eval_at_start=false", *keys)  # fmt: skip
+            if model == "flava":
+                args = [a for a in args[2:] if not a.startswith("model_type=")] + flava
+            assert recipes[model].main(args) == 0
+            logged[f"{model}_{name}"] = [r[f"loss/{loss}"] for r in _records(run, "train")]
+    assert len(logged["clip_big"]) == len(logged["clip_accum"]) == 3
+    for big, accum in zip(logged["clip_big"], logged["clip_accum"], strict=True):
+        assert abs(big - accum) <= 1e-5, logged
+    assert abs(logged["flava_big"][0] - logged["flava_accum"][0]) <= 1e-5, logged
+    assert logged["clip_per_micro"][0] < logged["clip_big"][0] - 0.5, logged  # about ln 8 against ln 32 at first
