@@ -479,3 +479,48 @@ def test_hostile_files_take_bounded_memory_and_never_hang(tmp_path):
                           env=env, cwd=REPO)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("ok ") == 13, done.stdout
+
+
+@pytest.mark.parametrize("recipe", ["recipes/clip/pretrain.py", "recipes/dalle/train_tokenizer.py"])
+def test_the_training_recipes_take_the_sample_limit_and_check_it(recipe, tmp_path, capsys):
+    """The pretraining and tokenizer recipes have ``data.max_sample_bytes`` (set before their loaders fork),
+    checked like every config value."""
+    assert run_recipe(recipe, "data.max_sample_bytes=0", f"run_dir={tmp_path / 'r'}") == 2
+    one_error_line(capsys.readouterr().err, "data.max_sample_bytes: must be >= 1, got 0")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_pretraining_skeleton_sets_the_limit_before_its_loaders(monkeypatch):
+    """``PretrainRecipe.setup`` hands ``data.max_sample_bytes`` to the bounded reader before the run starts
+    (and so before any loader worker forks)."""
+    import mmkit.pretrain.recipe as skeleton
+    from mmkit.utils import bounded
+    from tests.conftest import load_recipe
+
+    clip = load_recipe("recipes/clip/pretrain.py")
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(bounded.sample_limit())
+        raise KeyboardInterrupt  # nothing after the limit is needed
+
+    monkeypatch.setattr(skeleton, "start_run", stop)
+    default = bounded.sample_limit()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            clip.ClipPretrainRecipe(clip.load_config(None, ["data.max_sample_bytes=1234"])).setup()
+    finally:
+        bounded.set_sample_limit(default)
+    assert seen == [1234]
+
+
+@pytest.mark.parametrize("loader", ["load_flava_model", "flava_model_from_hf", "load_dual_encoder"])
+def test_the_library_loaders_check_config_json_themselves(loader, tmp_path):
+    """Called directly (not through a recipe), a loader names a config value of the wrong type in one line."""
+    import mmkit.models as models
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "mmkit_model": "clip",
+                                                      "vision_config": {"hidden_size": "768"}}))  # fmt: skip
+    with pytest.raises(InputError) as e:
+        getattr(models, loader)(tmp_path)
+    assert "\n" not in str(e.value) and "vision_config.hidden_size must be a number, got '768'" in str(e.value)

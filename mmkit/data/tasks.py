@@ -270,6 +270,11 @@ class LabeledRows(Source):
         """Every row's key, in order (e.g. VQA's ``q<question_id>``)."""
         return [row[0] for row in self._rows]
 
+    @property
+    def image_paths(self) -> list[str | None]:
+        """Every row's image file (None for a text row), in order (no image is read)."""
+        return [row[3] for row in self._rows]
+
     def texts(self) -> list[str]:
         """Every text and text pair, in order (e.g. to learn a vocabulary from)."""
         return [t for row in self._rows for t in row[1:3] if t]

@@ -32,6 +32,7 @@ from torch import Tensor
 from mmkit.models.clip import CONFIGS, CLIPConfig, DualEncoderConfig, DualEncoderModel, SigLIPConfig
 from mmkit.models.clip import dual_encoder_model as _build
 from mmkit.models.fit_check import check_fits, config_fields, hf_label, meta_tensors
+from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.keymap import KeyMap
 from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weight_shapes, read_weights
@@ -358,7 +359,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise MissingError(f"{cfg_file} is missing; a checkpoint directory needs its config.json")
-    return json.loads(cfg_file.read_text())
+    return read_config_json(cfg_file)
 
 
 def _model_from_hf(kind: str, path: str | Path, overrides: dict[str, Any]) -> DualEncoderModel:
@@ -428,7 +429,7 @@ def is_dual_encoder_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if not (path / "config.json").is_file():
         return False
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_config_json(path / "config.json")
     return cfg.get("mmkit_model") in CONFIGS or cfg.get("model_type") in CONFIGS
 
 

@@ -29,6 +29,7 @@ from mmkit.layers.mlp import get_activation
 from mmkit.models.fit_check import check_fits, meta_shapes
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_load import check_flava_fits, inspect_flava_checkpoint, load_flava_weights
+from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.weights import LoadReport, load_strict, read_weight_shapes, read_weights
 
@@ -248,14 +249,13 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
     tensors are checked against ``config.json`` and ``classifier.json`` before the model is built (one-line
     :class:`~mmkit.utils.weights.CheckpointMismatchError` when they do not fit).
     """
-    import json
 
     path = Path(path)
     for name in ("model.safetensors", "config.json", "classifier.json"):
         if not (path / name).is_file():
             raise MissingError(f"{path / name} does not exist: expected a finetune export (<run_dir>/best)")
-    info = json.loads((path / "classifier.json").read_text())
-    cfg = FLAVAConfig.from_dict(json.loads((path / "config.json").read_text()))
+    info = read_config_json(path / "classifier.json")
+    cfg = FLAVAConfig.from_dict(read_config_json(path / "config.json"))
 
     def build() -> FLAVAForClassification:
         kwargs = {"problem_type": info["problem_type"], "hidden_dim": info["hidden_dim"]}

@@ -39,6 +39,7 @@ from mmkit.layers.init import init_std_for
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_pretraining import FLAVAForPreTraining, build_to_load
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
+from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.keymap import KeyMap
 from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
@@ -499,7 +500,7 @@ def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise MissingError(f"{cfg_file} is missing; a transformers checkpoint directory needs its config.json")
-    return config_from_hf(json.loads(cfg_file.read_text())), read_weights(path)
+    return config_from_hf(read_config_json(cfg_file)), read_weights(path)
 
 
 def flava_model_for_pretraining_from_hf(path: str | Path, **overrides: Any) -> FLAVAForPreTraining:

@@ -19,7 +19,6 @@ Functions:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import Tensor
 from mmkit.models.fit_check import check_fits, config_fields, hf_label, meta_shapes, meta_tensors
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import FLAVA_KEYS, _split_hf, config_from_hf, flava_from_hf
+from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.weights import load_strict, read_weight_shapes, read_weights
 
@@ -109,7 +109,7 @@ def inspect_flava_checkpoint(path: str | Path) -> FlavaCheckpoint:
     """
     path = Path(path)
     if path.is_dir() and (path / "config.json").exists():
-        cfg_json = json.loads((path / "config.json").read_text())
+        cfg_json = read_config_json(path / "config.json")
         shapes = read_weight_shapes(path)
         if _is_transformers(shapes):
             return FlavaCheckpoint(path, "transformers", config_from_hf(cfg_json), _hf_shapes(shapes))
@@ -161,7 +161,7 @@ def _read_flava(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig | None
     """:func:`load_flava_weights`, plus the checkpoint's names of the tensors it left out."""
     path = Path(path)
     if path.is_dir() and (path / "config.json").exists():
-        cfg_json = json.loads((path / "config.json").read_text())
+        cfg_json = read_config_json(path / "config.json")
         weights = read_weights(path)
         if _is_transformers(weights):
             split = _split_hf(weights)
@@ -242,7 +242,7 @@ def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
     if not (path / "config.json").is_file():
         raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
     checkpoint = inspect_flava_checkpoint(path)
-    config = config_from_hf(json.loads((path / "config.json").read_text())).replace(**overrides)
+    config = config_from_hf(read_config_json(path / "config.json")).replace(**overrides)
     check_flava_fits(checkpoint, config)
     model = _load_checked(path, config, None).train()
     if model.load_report.unused:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from mmkit.eval import HealthConfig
 from mmkit.train import PRECISIONS, CheckpointConfig, OptimConfig
-from mmkit.utils import InputError, at_least, choice, fraction
+from mmkit.utils import MAX_SAMPLE_BYTES, InputError, at_least, choice, fraction
 
 __all__ = ["RESUMABLE", "PairDataConfig", "PretrainOptimConfig", "RunConfig", "frozen_fields", "whole_batch"]
 
@@ -48,6 +48,8 @@ class PairDataConfig:
     num_workers: int = at_least(0, 1)
     random_crop: bool = False
     max_bad_fraction: float = fraction(0.01)  # of the records read, before the run stops
+    # the largest sample file read (a tar member, an image): larger ones are named skips (mmkit.utils.bounded)
+    max_sample_bytes: int = at_least(1, MAX_SAMPLE_BYTES)
     # Tar shards are streamed (read front to back: any size, local or s3:// gs:// http(s)://, memory of
     # one shuffle window per worker) unless streaming=false (index mode: local files, every header read at start).
     streaming: bool = True
@@ -62,7 +64,7 @@ RESUMABLE = ("run_dir", "optim", "checkpoint", "distributed", "precision", "acti
              "meta_init", "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
              "progress")  # fmt: skip
 #: data settings that change how data is read, not what is read
-DATA_RESUMABLE = ("max_bad_fraction", "storage_options")
+DATA_RESUMABLE = ("max_bad_fraction", "max_sample_bytes", "storage_options")
 
 
 @dataclass

@@ -58,7 +58,7 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import InputError, load_strict
+from mmkit.utils import InputError, load_strict, set_sample_limit
 
 __all__ = ["PretrainRecipe", "whole_batch_forward"]
 
@@ -153,6 +153,7 @@ class PretrainRecipe:
     def setup(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         accum = cfg.optim.grad_accum if whole_batch(cfg) else 1  # refuses compile=step with the two passes
+        set_sample_limit(d.max_sample_bytes)  # before any loader worker forks: they read with it
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.paths = self.data_paths()

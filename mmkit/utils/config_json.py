@@ -56,18 +56,13 @@ def _problems(node: Any, where: str) -> list[str]:
     return found
 
 
-def check_config_json(checkpoint: str | Path | None) -> None:
-    """Refuse a checkpoint directory's ``config.json`` that is not JSON, not an object, or holds a field of
-    the wrong type (see the module docstring); nothing to check without a directory or a ``config.json``.
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A ``config.json`` file's object, read bounded and checked (see the module docstring).
 
     Raises:
-        InputError: one line naming the file, the fields and what each must be.
+        InputError: one line naming the file, the fields and what each must be; MissingError: no such file.
     """
-    if not checkpoint:
-        return
-    path = Path(checkpoint) / "config.json"
-    if not Path(checkpoint).is_dir() or not path.exists():
-        return
+    path = Path(path)
     data = parse_json(read_text_file(path, "model config"), str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path} must hold a JSON object (the model's config), got {type(data).__name__}")
@@ -75,3 +70,14 @@ def check_config_json(checkpoint: str | Path | None) -> None:
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} fields)" if len(problems) > 5 else "")
         raise InputError(f"{path} is not a model config mmkit can read: {shown}")
+    return data
+
+
+def check_config_json(checkpoint: str | Path | None) -> None:
+    """Refuse a checkpoint directory's ``config.json`` that is not JSON, not an object, or holds a field of
+    the wrong type (:func:`read_config_json`); nothing to check without a directory or a ``config.json``."""
+    if not checkpoint:
+        return
+    path = Path(checkpoint) / "config.json"
+    if Path(checkpoint).is_dir() and path.exists():
+        read_config_json(path)

@@ -86,7 +86,16 @@ from mmkit.train import (
     start_run,
     train_loop,
 )
-from mmkit.utils import InputError, at_least, choice, fraction, load_strict, positive
+from mmkit.utils import (
+    MAX_SAMPLE_BYTES,
+    InputError,
+    at_least,
+    choice,
+    fraction,
+    load_strict,
+    positive,
+    set_sample_limit,
+)
 from mmkit.utils import load_config as load_recipe_config
 
 
@@ -100,6 +109,7 @@ class DataConfig:
     batch_size: int = at_least(1, 64)  # per rank
     num_workers: int = at_least(0, 1)
     max_bad_fraction: float = fraction(0.01)
+    max_sample_bytes: int = at_least(1, MAX_SAMPLE_BYTES)  # the largest sample file read; larger: named skips
     streaming: bool = True  # tar shards read front to back (local or s3:// gs:// http(s)://); false: indexed
     shuffle_buffer: int = at_least(1, 1000)  # streaming: samples per shuffle window per data worker
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
@@ -202,6 +212,7 @@ class TokenizerRecipe:
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, m = self.cfg, self.cfg.model
+        set_sample_limit(cfg.data.max_sample_bytes)  # before any loader worker forks: they read with it
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         val = self._setup_data()

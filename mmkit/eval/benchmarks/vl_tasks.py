@@ -240,6 +240,14 @@ def _jsonl(file: Path, fields: dict[str, tuple[type, ...]], what: str) -> tuple[
     return rows, skipped
 
 
+def _some(rows: list, skipped: list[str], file: Path) -> list:
+    """``rows``, or an error naming ``file`` when none of its records could be used."""
+    if not rows:
+        why = f": {len(skipped)} skipped, e.g. {skipped[0]}" if skipped else ""
+        raise BenchmarkFormatError(file, f"holds no usable record{why}")
+    return rows
+
+
 def _is(value: Any, kinds: tuple[type, ...]) -> bool:
     """``isinstance(value, kinds)``, where a bool is not an int."""
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -272,7 +280,7 @@ def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None,
             continue
         key = str(obj.get("pairID", f"{file.name}:{n}"))
         rows.append((key, obj["sentence2"], None, str(image), SNLI_VE_CLASSES.index(label)))
-    return LabeledRows(rows, SNLI_VE_CLASSES, f"snli_ve {split}", skipped)
+    return LabeledRows(_some(rows, skipped, file), SNLI_VE_CLASSES, f"snli_ve {split}", skipped)
 
 
 def read_hateful_memes(path: str | Path, split: str, allow_outside_root: bool = False) -> LabeledRows:
@@ -297,4 +305,4 @@ def read_hateful_memes(path: str | Path, split: str, allow_outside_root: bool = 
             continue
         key = str(obj.get("id", f"{file.name}:{n}"))
         rows.append((key, obj["text"], None, str(image), obj["label"]))
-    return LabeledRows(rows, HATEFUL_MEMES_CLASSES, f"hateful_memes {split}", skipped)
+    return LabeledRows(_some(rows, skipped, file), HATEFUL_MEMES_CLASSES, f"hateful_memes {split}", skipped)
