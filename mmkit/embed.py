@@ -309,7 +309,9 @@ def read_embeddings(out: str | Path, kind: str = "image") -> tuple[list[str], np
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmkit.embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--checkpoint", help="an mmkit export or transformers directory (default: random tiny model)")
+    parser.add_argument(
+        "--checkpoint", help="an mmkit export, transformers directory or hub name (default: random tiny model)"
+    )
     parser.add_argument("--source", required=True, help="tar shards, an image folder, a manifest or parquet files")
     parser.add_argument("--out", required=True, help="output folder (resumable)")
     parser.add_argument("--kind", choices=KINDS, help="image, text or both (default: what the source has)")

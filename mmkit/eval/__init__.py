@@ -7,7 +7,7 @@ Benchmark readers: :mod:`mmkit.eval.benchmarks`; cached features: :mod:`mmkit.ev
 from mmkit.eval.features import FeatureCache
 from mmkit.eval.finetune_tasks import FINETUNE_TASKS, FinetuneTask, finetune_task, open_task_split
 from mmkit.eval.health import HealthConfig, HealthMonitor, mean_pairwise_cosine
-from mmkit.eval.loading import eval_transform, load_encoders
+from mmkit.eval.loading import eval_transform, find_tokenizer, load_encoders
 from mmkit.eval.metrics import (
     accuracy,
     auroc,
@@ -38,6 +38,7 @@ __all__ = [
     "class_embeddings",
     "eval_transform",
     "f1_score",
+    "find_tokenizer",
     "finetune_task",
     "fit_linear_probe",
     "load_encoders",

@@ -3,7 +3,8 @@
 ``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads (a pretraining export
 ``<run>/final``, a finetune export ``<run>/best``, a transformers FLAVA directory) or
 :func:`mmkit.models.load_dual_encoder` reads (a CLIP/SigLIP export, a transformers ``CLIPModel`` /
-``SiglipModel`` directory); None builds a randomly initialised model (the baseline). The tokenizer is
+``SiglipModel`` directory), each also by Hugging Face hub name (``facebook/flava-full[@revision]``,
+:func:`mmkit.utils.hub.resolve_checkpoint`); None builds a randomly initialised model (the baseline). The tokenizer is
 the one given, else ``<checkpoint>/tokenizer`` (mmkit exports), else the checkpoint directory itself
 when it holds ``tokenizer.json`` or ``vocab.txt`` (transformers directories). The image normalisation
 is a transformers directory's ``preprocessor_config.json`` mean/std (SigLIP: 0.5/0.5), else CLIP's.
@@ -24,17 +25,19 @@ from mmkit.tokenizers import TextTokenizer
 from mmkit.utils.bounded import parse_json, read_text_file
 from mmkit.utils.config_json import check_config_json
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 
 
 def find_tokenizer(checkpoint: str | None, tokenizer: str | None = None) -> Path | None:
-    """``tokenizer``, else ``<checkpoint>/tokenizer``, else the checkpoint directory when it holds one."""
+    """``tokenizer``, else ``<checkpoint>/tokenizer``, else the checkpoint directory when it holds one
+    (``checkpoint`` a path or a hub name)."""
     if tokenizer:
         if not Path(tokenizer).exists():
             raise MissingError(f"tokenizer {tokenizer} does not exist")
         return Path(tokenizer)
     if not checkpoint:
         return None
-    ckpt = Path(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     return next(
         (d for d in (ckpt / "tokenizer", ckpt) if (d / "tokenizer.json").exists() or (d / "vocab.txt").exists()), None
     )
@@ -57,6 +60,7 @@ def load_encoders(
     """
     if checkpoint and model_config:
         raise InputError("model_config is for a randomly initialised model; a checkpoint brings its own")
+    checkpoint = str(resolve_checkpoint(checkpoint)) if checkpoint else None  # a path, or a hub name
     check_config_json(checkpoint)  # a value of the wrong type is one line here, not a traceback in a loader
     if checkpoint and is_dual_encoder_checkpoint(checkpoint):
         model = load_dual_encoder(checkpoint, device=device)
@@ -79,7 +83,7 @@ def load_encoders(
 
 def image_normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std of a transformers directory's ``preprocessor_config.json``, else CLIP's (FLAVA, mmkit)."""
-    pre = Path(checkpoint) / "preprocessor_config.json" if checkpoint else None
+    pre = resolve_checkpoint(checkpoint) / "preprocessor_config.json" if checkpoint else None
     if pre is not None and pre.exists():
         data = parse_json(read_text_file(pre, "preprocessor config"), str(pre))
         if isinstance(data, dict) and "image_mean" in data and "image_std" in data:

@@ -49,6 +49,7 @@ from mmkit.eval.suite_file import load_suite as load_suite
 from mmkit.eval.zero_shot import DEFAULT_TEMPLATES
 from mmkit.utils.bounded import parse_json, read_text_file
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 
 #: The published FLAVA numbers (percent) the table prints beside a task of the same name: Singh et al.
 #: 2022, Table 4, as recorded in docs/FLAVA.md ("Published results").
@@ -327,9 +328,7 @@ def _previous_results(out: Path, checkpoint: str | None, weights: str | None, lo
 def checkpoint_digest(checkpoint: str | Path) -> str:
     """SHA-256 of a checkpoint's bytes: a weights file, or every regular file under a checkpoint directory
     (weights, config, tokenizer, preprocessing: all that decides the scores), by relative name."""
-    root = Path(checkpoint)
-    if not root.exists():
-        raise MissingError(f"checkpoint {root} does not exist")
+    root = resolve_checkpoint(checkpoint)  # a path, or a hub name (its cached snapshot)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     h = hashlib.sha256()
     for f in files:

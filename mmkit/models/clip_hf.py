@@ -34,6 +34,7 @@ from mmkit.models.clip import dual_encoder_model as _build
 from mmkit.models.fit_check import check_fits, config_fields, hf_label, meta_tensors
 from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.keymap import KeyMap
 from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weight_shapes, read_weights
 
@@ -363,7 +364,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _model_from_hf(kind: str, path: str | Path, overrides: dict[str, Any]) -> DualEncoderModel:
-    path = Path(path)
+    path = resolve_checkpoint(path)
     hf_config = _read_json(path)
     if hf_config.get("model_type") not in (None, kind):
         raise InputError(f"{path} holds a {hf_config.get('model_type')!r} checkpoint, not {kind!r}")
@@ -379,7 +380,8 @@ def clip_model_from_hf(path: str | Path, **overrides: Any) -> DualEncoderModel:
     """Build CLIP from a transformers ``CLIPModel`` directory (``config.json`` + weights), strictly.
 
     Args:
-        path: the directory. **overrides: :class:`CLIPConfig` fields that do not change shapes
+        path: the directory, or a hub name (``openai/clip-vit-base-patch16[@revision]``).
+        **overrides: :class:`CLIPConfig` fields that do not change shapes
             (e.g. ``attention_backend="math"``, ``image={"patch_dropout": 0.5}``).
     """
     return _model_from_hf("clip", path, overrides)
@@ -435,8 +437,8 @@ def is_dual_encoder_checkpoint(path: str | Path) -> bool:
 
 def dual_encoder_config(path: str | Path) -> DualEncoderConfig:
     """The :class:`CLIPConfig` / :class:`SigLIPConfig` of a checkpoint directory (mmkit export or
-    transformers), read from its ``config.json`` alone."""
-    path = Path(path)
+    transformers, or a hub name), read from its ``config.json`` alone."""
+    path = resolve_checkpoint(path)
     cfg = _read_json(path)
     if cfg.get("mmkit_model") in CONFIGS:
         return CONFIGS[cfg["mmkit_model"]].from_dict(cfg["config"])
@@ -451,8 +453,8 @@ def load_dual_encoder(path: str | Path, device: str | torch.device | None = None
     directory. Nothing in the files is executed (safetensors, ``weights_only=True``). The checkpoint's
     tensors are checked against its ``config.json`` before the model is built: every one must be there at
     the config's shape and nothing else (else a one-line :class:`CheckpointMismatchError` naming the tensors
-    and the fields that disagree)."""
-    path = Path(path)
+    and the fields that disagree). ``path`` may be a hub name (:func:`~mmkit.utils.hub.resolve_checkpoint`)."""
+    path = resolve_checkpoint(path)
     cfg = _read_json(path)
     if cfg.get("mmkit_model") in CONFIGS:
         config = CONFIGS[cfg["mmkit_model"]].from_dict(cfg["config"])

@@ -31,6 +31,7 @@ from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_load import check_flava_fits, inspect_flava_checkpoint, load_flava_weights
 from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.weights import LoadReport, load_strict, read_weight_shapes, read_weights
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _checked_weights(
 
     The config to load at is the config at the image size the checkpoint was trained at (its position
     table is resampled to ``config``'s after loading)."""
+    checkpoint = resolve_checkpoint(checkpoint)  # a path, or a hub name
     found = inspect_flava_checkpoint(checkpoint)
     cfg = (config or found.config or FLAVAConfig()).replace(**overrides)
     size = _checkpoint_image_size(found.found, cfg)

@@ -41,6 +41,7 @@ from mmkit.models.flava_pretraining import FLAVAForPreTraining, build_to_load
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_to_hf
 from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.keymap import KeyMap
 from mmkit.utils.weights import CheckpointMismatchError, format_keys, load_strict, read_weights
 
@@ -485,16 +486,17 @@ def config_to_hf(config: FLAVAConfig) -> dict[str, Any]:
 # Checkpoint directories and files
 # ------------------------------------------------------------------------------------------
 def load_hf_checkpoint(path: str | Path) -> tuple[FLAVAConfig, dict[str, Tensor]]:
-    """Read a local transformers FLAVA checkpoint directory.
+    """Read a transformers FLAVA checkpoint directory.
 
     Args:
         path: a directory with ``config.json`` and ``model.safetensors`` (or a
-            sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``).
+            sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), or a hub name
+            (:func:`~mmkit.utils.hub.resolve_checkpoint`).
 
     Returns:
         ``(config, hf_state_dict)``, the state dict still in transformers names.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_dir():
         raise MissingError(f"checkpoint directory {path} does not exist (or is not a directory)")
     cfg_file = path / "config.json"

@@ -32,6 +32,7 @@ from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
 from mmkit.models.flava_hf import FLAVA_KEYS, _split_hf, config_from_hf, flava_from_hf
 from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.weights import load_strict, read_weight_shapes, read_weights
 
 __all__ = [
@@ -107,7 +108,7 @@ def inspect_flava_checkpoint(path: str | Path) -> FlavaCheckpoint:
     Raises:
         MissingError: when ``path`` is neither a directory with ``config.json`` nor a file.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if path.is_dir() and (path / "config.json").exists():
         cfg_json = read_config_json(path / "config.json")
         shapes = read_weight_shapes(path)
@@ -153,7 +154,7 @@ def load_flava_weights(path: str | Path) -> tuple[dict[str, Tensor], FLAVAConfig
     codebook of pretraining checkpoints are left out of ``state``. Nothing is checked against the config
     here: :func:`check_flava_fits` does that before a model is built.
     """
-    state, config, kind, _ = _read_flava(path)
+    state, config, kind, _ = _read_flava(resolve_checkpoint(path))
     return state, config, kind
 
 
@@ -205,10 +206,12 @@ def load_flava_model(
     :class:`~mmkit.utils.weights.LoadReport`).
 
     Args:
-        path: the checkpoint directory or file.
+        path: the checkpoint directory or file, or a Hugging Face hub name (``facebook/flava-full[@revision]``,
+            :func:`~mmkit.utils.hub.resolve_checkpoint`).
         config: sizes, for a lone weights file; for a directory, its ``config.json`` wins unless given.
         device: where to put the model (default CPU).
     """
+    path = resolve_checkpoint(path)
     checkpoint = inspect_flava_checkpoint(path)
     cfg = config or checkpoint.config
     if cfg is None:
@@ -234,11 +237,11 @@ def flava_model_from_hf(path: str | Path, **overrides: Any) -> FLAVAModel:
     ``model.load_report.unused`` and in a log warning.
 
     Args:
-        path: checkpoint directory (see :func:`mmkit.models.flava_hf.load_hf_checkpoint`).
+        path: checkpoint directory or hub name (see :func:`mmkit.models.flava_hf.load_hf_checkpoint`).
         **overrides: :class:`FLAVAConfig` fields that do not change shapes
             (e.g. ``attention_backend="math"``, dropout).
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not (path / "config.json").is_file():
         raise MissingError(f"{path / 'config.json'} is missing; a transformers checkpoint directory needs it")
     checkpoint = inspect_flava_checkpoint(path)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from mmkit.tokenizers.dalle_keys import dalle_from_hf, dalle_from_openai
 from mmkit.tokenizers.dalle_keys import dalle_to_hf as dalle_to_hf
 from mmkit.utils.errors import DataKeyError, InputError, MissingError
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.pixels import DALLE_EPS as DALLE_EPS
 from mmkit.utils.pixels import dalle_preprocess as dalle_preprocess
 from mmkit.utils.weights import load_strict, read_weights
@@ -258,7 +259,7 @@ def load_dalle_encoder(state: dict[str, Tensor], source: str = "the state dict",
 
 
 def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
-    """Load a DALL-E encoder from a local file or directory.
+    """Load a DALL-E encoder from a file or directory, or a hub name (:func:`~mmkit.utils.hub.resolve_checkpoint`).
 
     Accepts: a dVAE folder written by ``recipes/dalle/train_tokenizer.py`` (``dvae_config.json`` +
     ``encoder.safetensors``), a transformers ``FlavaImageCodebook`` or ``FlavaForPreTraining`` directory
@@ -266,7 +267,7 @@ def dalle_encoder_from_checkpoint(path: str | Path) -> DalleEncoder:
     ``.pth`` / ``.bin`` / ``.safetensors`` file holding a state dict in original DALL-E
     names (``blocks.group_1.block_1.res_path.conv_1.w``), transformers names or ours.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if path.is_dir() and (path / "dvae_config.json").is_file():  # trained by recipes/dalle/train_tokenizer.py
         path = path / "encoder.safetensors"
     if path.is_dir():

@@ -25,6 +25,7 @@ from mmkit.utils.errors import (
     debug_requested,
     run_cli,
 )
+from mmkit.utils.hub import resolve_checkpoint
 from mmkit.utils.paths import OutsideRoot, check_name, inside_root
 from mmkit.utils.run_lock import RunDirInUseError, RunDirLock, file_lock
 from mmkit.utils.weights import CheckpointMismatchError, LoadReport, load_strict, read_weight_file, read_weights
@@ -64,6 +65,7 @@ __all__ = [
     "read_weight_file",
     "read_weights",
     "replace_config",
+    "resolve_checkpoint",
     "run_cli",
     "set_sample_limit",
 ]
