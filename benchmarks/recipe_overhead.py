@@ -76,7 +76,7 @@ def main() -> None:
     recipe.train()
     recipe.evaluate, recipe.export = real
     rows = [r for r in read_metrics(run_dir) if r["split"] == "train"]
-    loop_only = statistics.median(r["samples_per_s"] for r in rows[1:])
+    loop_only = statistics.median(r["perf/samples_per_s"] for r in rows[1:])
     n_rows = len(rows)
 
     # 3. the recipe loop with live data for as many steps (data loading included), then its final
@@ -87,7 +87,7 @@ def main() -> None:
     recipe.train()
     wall = time.perf_counter() - t
     rows = [r for r in read_metrics(run_dir) if r["split"] == "train"][n_rows:]
-    in_loop = statistics.median(r["samples_per_s"] for r in rows[1:])
+    in_loop = statistics.median(r["perf/samples_per_s"] for r in rows[1:])
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, demo config, {args.steps} steps each")
     print("| measurement | samples/s |")
     print("|---|---|")

@@ -21,12 +21,14 @@ from pathlib import Path
 
 
 def recipe_samples_per_s(run: Path, skip: int) -> tuple[float, int]:
-    """Median ``samples_per_s`` of the training records after the first ``skip``, and how many there were."""
+    """Median ``perf/samples_per_s`` of the training records after the first ``skip`` (``samples_per_s`` in runs
+    logged before it had that name), and how many there were."""
     path = run / "metrics.jsonl"
     if not path.exists():
         raise SystemExit(f"{path} does not exist: the recipe logged nothing (cut off before its first log step?)")
-    values = [r["samples_per_s"] for r in map(json.loads, path.read_text().splitlines())
-              if r.get("split") == "train" and "samples_per_s" in r][skip:]  # fmt: skip
+    records = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == "train"]
+    values = [r.get("perf/samples_per_s", r.get("samples_per_s")) for r in records]
+    values = [v for v in values if v is not None][skip:]
     if not values:
         raise SystemExit(f"{path}: no training record after the first {skip}; run more steps or lower --skip")
     return statistics.median(values), len(values)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from mmkit.eval import HealthConfig
-from mmkit.train import PRECISIONS, CheckpointConfig, OptimConfig
+from mmkit.train import PRECISIONS, CheckpointConfig, LogConfig, OptimConfig, PerfConfig
 from mmkit.utils import MAX_SAMPLE_BYTES, InputError, at_least, choice, fraction
 
 __all__ = ["RESUMABLE", "PairDataConfig", "PretrainOptimConfig", "RunConfig", "frozen_fields", "whole_batch"]
@@ -62,7 +62,7 @@ class PairDataConfig:
 #: top-level settings a resume may change (everything else a recipe's config holds is frozen)
 RESUMABLE = ("run_dir", "optim", "checkpoint", "distributed", "precision", "activation_checkpointing", "compile",
              "meta_init", "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
-             "progress")  # fmt: skip
+             "progress", "log", "perf")  # fmt: skip
 #: data settings that change how data is read, not what is read
 DATA_RESUMABLE = ("max_bad_fraction", "max_sample_bytes", "storage_options")
 
@@ -92,6 +92,8 @@ class RunConfig:
     health: HealthConfig = field(default_factory=HealthConfig)  # when an evaluation calls the run stuck
     max_nonfinite: int = at_least(1, 5)  # non-finite steps in a row before the run stops
     progress: bool = True
+    log: LogConfig = field(default_factory=LogConfig)  # Weights & Biases (log.wandb) beside metrics.jsonl
+    perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
     #: settings a recipe adds that a resume may change too (e.g. how often something is measured)
     resumable: ClassVar[tuple[str, ...]] = ()

@@ -44,6 +44,7 @@ from mmkit.pretrain.config import RunConfig, frozen_fields, whole_batch
 from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
 from mmkit.train import (
     MetricsLogger,
+    PerfMeter,
     WholeBatchForward,
     autocast,
     full_state_dict,
@@ -58,7 +59,7 @@ from mmkit.train import (
     train_loop,
     unwrap,
 )
-from mmkit.utils import InputError, load_strict, set_sample_limit
+from mmkit.utils import InputError, config_to_dict, load_strict, set_sample_limit
 
 __all__ = ["PretrainRecipe", "whole_batch_forward"]
 
@@ -179,10 +180,11 @@ class PretrainRecipe:
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
             components={"data": self.stream}, frozen=frozen_fields(cfg),
             after_update=self.raw_model.model.clamp_logit_scale,
+            perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, patch_size=self.model_cfg.image.patch_size),
         )  # fmt: skip
         self.train_forward = self.whole_batch_forward() if accum > 1 else self.forward
         self.resumed = self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
         self.health = HealthMonitor(cfg.health, warn=self.warn, warmup_steps=cfg.optim.warmup_steps)
 
     def warn(self, line: str) -> None:

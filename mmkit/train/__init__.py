@@ -12,7 +12,8 @@
   :func:`train_loop`.
 * :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.
 * :mod:`~mmkit.train.distributed` (setup, DDP/FSDP2 wrapping), :mod:`~mmkit.train.optim` (AdamW
-  groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, plots),
+  groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, W&B through
+  :mod:`~mmkit.train.wandb_sink`, plots), :mod:`~mmkit.train.perf` (where the time goes: FLOPs, MFU, data wait),
   :mod:`~mmkit.train.cli` (the shared command line).
 """
 
@@ -50,7 +51,7 @@ from mmkit.train.loop import (
     train_loop,
     unwrap,
 )
-from mmkit.train.metrics import MetricsLogger, plot_run, read_metrics, summarize_run
+from mmkit.train.metrics import LogConfig, MetricsLogger, plot_run, read_metrics, summarize_run
 from mmkit.train.optim import (
     OptimConfig,
     adamw_param_groups,
@@ -58,6 +59,7 @@ from mmkit.train.optim import (
     warmup_cosine,
     warmup_cosine_scheduler,
 )
+from mmkit.train.perf import PerfConfig, PerfMeter, count_flops, peak_flops
 from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
 from mmkit.train.step import (
     PRECISIONS,
@@ -83,10 +85,13 @@ __all__ = [
     "Counters",
     "DistInfo",
     "GradNormProbe",
+    "LogConfig",
     "LogWindow",
     "MetricsLogger",
     "NonFiniteError",
     "OptimConfig",
+    "PerfConfig",
+    "PerfMeter",
     "RNGState",
     "ResumeError",
     "RunContext",
@@ -101,6 +106,7 @@ __all__ = [
     "autocast",
     "build_optimizer",
     "check_resume_config",
+    "count_flops",
     "debug_enabled",
     "full_parameters",
     "full_state_dict",
@@ -109,6 +115,7 @@ __all__ = [
     "memory_mib",
     "objective_grad_norms",
     "parallelize",
+    "peak_flops",
     "plot_run",
     "prepare_training",
     "read_metrics",

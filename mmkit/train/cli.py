@@ -50,6 +50,9 @@ def run_training(recipe: Any) -> int:
         if ctx is not None:
             ctx.comm.barrier()
     finally:
+        metrics = getattr(recipe, "metrics", None)
+        if metrics is not None:  # flushes and closes TensorBoard and W&B (log.wandb)
+            metrics.close()
         ctx = getattr(recipe, "ctx", None)
         if ctx is not None:
             ctx.close()

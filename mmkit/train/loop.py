@@ -4,7 +4,8 @@
 * :class:`TrainState`: model + optimiser (DCP) and the recipe's named components (per rank),
   saved and resumed under the resume rules of :mod:`mmkit.train.resume`.
 * :class:`LogWindow`: device-side sums of losses and gradient norms between log steps, read on the
-  host once per log step; samples/s excludes time spent in evaluation and checkpoints.
+  host once per log step; ``perf/*`` (samples/s, tokens/s, TFLOP/s per device, MFU, data wait; see
+  :mod:`mmkit.train.perf`) exclude time spent in evaluation and checkpoints.
 * :func:`prepare_training`: optimiser, schedule, grad scaler, :class:`~mmkit.train.step.TrainStep`
   and :class:`TrainState` from a recipe's ``optim`` / ``precision`` / ``checkpoint`` sections.
 * :func:`train_loop`: steps until ``total_steps`` with logging, evaluation, checkpoints (never
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from mmkit.train.checkpoint import CheckpointConfig, CheckpointManager, RNGState, Stateful
 from mmkit.train.context import RunContext
 from mmkit.train.optim import OptimConfig, build_optimizer
+from mmkit.train.perf import PerfMeter
 from mmkit.train.resume import SchedulerState, resume
 from mmkit.train.step import StepOutcome, TrainStep, make_grad_scaler
 from mmkit.utils import config_to_dict
@@ -117,9 +119,11 @@ def prepare_training(
     components: Mapping[str, Stateful],
     frozen: Sequence[str],
     after_update: Callable[[], None] | None = None,
+    perf: PerfMeter | None = None,
 ) -> tuple[TrainStep, TrainState]:
     """What every recipe builds after its model: AdamW + warmup-cosine over ``raw_model``'s trainable
-    parameters, a ``GradScaler`` for fp16, the :class:`TrainStep` on the wrapped ``model``, and the
+    parameters, a ``GradScaler`` for fp16, the :class:`TrainStep` on the wrapped ``model`` (measured by
+    ``perf``, default a :class:`~mmkit.train.perf.PerfMeter` of the device and precision), and the
     :class:`TrainState` checkpointing it with the recipe's own ``components`` plus the scheduler,
     the scaler and the RNG states. Call ``state.resume()`` next."""
     optimizer, scheduler = build_optimizer(raw_model, optim)
@@ -127,6 +131,7 @@ def prepare_training(
     step = TrainStep(ctx, model, optimizer, scheduler, params=raw_model.parameters(), precision=precision,
                      grad_accum=optim.grad_accum, max_grad_norm=optim.max_grad_norm, scaler=scaler,
                      after_update=after_update)  # fmt: skip
+    step.perf = perf if perf is not None else PerfMeter(ctx.device, precision)
     everything = {"scheduler": SchedulerState(scheduler), **components, "rng": RNGState()}
     if scaler is not None:
         everything["grad_scaler"] = scaler
@@ -134,7 +139,8 @@ def prepare_training(
 
 
 class LogWindow:
-    """Per-key means of device tensors over the steps since the last read, and samples/s."""
+    """Per-key means of device tensors over the steps since the last read, and where the time went
+    (``perf/*``, see :meth:`read`)."""
 
     def __init__(self) -> None:
         self._reset()
@@ -143,6 +149,8 @@ class LogWindow:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.samples, self.paused = 0, 0.0
+        self.tokens, self.flops, self.wait = 0, 0.0, 0.0
+        self.peak: float | None = None
         self.start = time.perf_counter()
         self.grad_norm: Tensor | None = None
 
@@ -152,10 +160,14 @@ class LogWindow:
             self.counts[k] = self.counts.get(k, 0) + 1
         self.samples += outcome.samples
         self.grad_norm = outcome.grad_norm
+        self.tokens += outcome.tokens
+        self.flops += outcome.flops
+        self.wait += outcome.data_wait
+        self.peak = outcome.peak_flops
 
     @contextmanager
     def pause(self):
-        """Time spent inside does not count against samples/s."""
+        """Time spent inside does not count against ``perf/*``."""
         t = time.perf_counter()
         try:
             yield
@@ -163,7 +175,7 @@ class LogWindow:
             self.paused += time.perf_counter() - t
 
     def read(self, world_size: int = 1) -> dict[str, float]:
-        """``loss/<k>`` means, the last ``grad_norm`` and ``samples_per_s`` (all ranks); resets."""
+        """``loss/<k>`` means, the last ``grad_norm`` and :meth:`perf`; resets."""
         keys = list(self.sums)
         tensors = [self.sums[k] / self.counts[k] for k in keys]
         if self.grad_norm is not None:
@@ -172,9 +184,22 @@ class LogWindow:
         out = {f"loss/{k}": v for k, v in zip(keys, values, strict=False)}
         if self.grad_norm is not None:
             out["grad_norm"] = values[-1]
-        elapsed = max(time.perf_counter() - self.start - self.paused, 1e-9)
-        out["samples_per_s"] = self.samples * world_size / elapsed
+        out.update(self.perf(world_size))
         self._reset()
+        return out
+
+    def perf(self, world_size: int = 1) -> dict[str, float]:
+        """Over the window's wall time less its pauses: ``perf/samples_per_s`` and ``perf/tokens_per_s``
+        (all ranks, as ``world_size`` times this rank's), ``perf/tflops_per_device`` (this rank's model FLOPs),
+        ``perf/mfu`` (those against the device's peak, when known) and ``perf/data_wait`` (the share of the
+        time this rank waited for batches)."""
+        elapsed = max(time.perf_counter() - self.start - self.paused, 1e-9)
+        out = {"perf/samples_per_s": self.samples * world_size / elapsed,
+               "perf/tokens_per_s": self.tokens * world_size / elapsed,
+               "perf/tflops_per_device": self.flops / elapsed / 1e12,
+               "perf/data_wait": min(self.wait / elapsed, 1.0)}  # fmt: skip
+        if self.peak:
+            out["perf/mfu"] = self.flops / elapsed / self.peak
         return out
 
 

@@ -1,4 +1,5 @@
-"""Run logging: JSONL (always), TensorBoard (when installed), loss-curve plots and a text summary.
+"""Run logging: JSONL (always), TensorBoard (when installed), Weights & Biases (``log.wandb``), loss-curve
+plots and a text summary.
 
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per logged step (``{"step": ...,
 "split": "train" | "eval", ...}``); :func:`plot_run` reads it back, so a finished run
@@ -13,29 +14,59 @@ import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmkit.train.wandb_sink import WandbSink, require_wandb
 from mmkit.utils.errors import MissingError
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class LogConfig:
+    """The ``log`` section: where metrics go besides ``metrics.jsonl`` (and TensorBoard when installed)."""
+
+    # Weights & Biases (pip install -e ".[wandb]"), from rank 0; the run's id is kept in <run_dir>/wandb_run_id
+    # so a resumed run continues the same W&B run; WANDB_MODE=offline writes <run_dir>/wandb/offline-run-*
+    wandb: bool = False
+    wandb_project: str = "mmkit"
+    wandb_entity: str | None = None  # None: your default entity
+    wandb_run_name: str | None = None  # None: the run directory's name
+
+    def __post_init__(self) -> None:
+        if self.wandb:
+            require_wandb()  # a missing library is one line when the config is read, before any training
+
+
 class MetricsLogger:
-    """Append metrics to ``<run_dir>/metrics.jsonl`` and TensorBoard (``<run_dir>/tb``).
+    """Append metrics to ``<run_dir>/metrics.jsonl``, TensorBoard (``<run_dir>/tb``) and, with ``log.wandb``,
+    Weights & Biases (the same records as ``<split>/<key>`` at their step).
 
     Args:
         run_dir: the run directory. enabled: False on non-zero ranks (nothing is written).
         tensorboard: also write TensorBoard events (skipped with a warning if not installed).
+        log: the ``log`` section (None: no W&B). config: the run's config (stored with the W&B run).
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        log: LogConfig | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
+        self._wandb: WandbSink | None = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if log is not None and log.wandb:
+            self._wandb = WandbSink(self.run_dir, log.wandb_project, log.wandb_entity, log.wandb_run_name, config)
         self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             try:
@@ -54,12 +85,18 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), step)
+        if self._wandb is not None:
+            self._wandb.log(step, {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")})
 
     def close(self) -> None:
+        """Close every sink (a second call does nothing)."""
         if self.enabled:
+            self.enabled = False
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+            if self._wandb is not None:
+                self._wandb.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -113,7 +150,8 @@ def plot_run(run_dir: str | Path) -> Path:
 
 
 def summarize_run(run_dir: str | Path) -> str:
-    """A few lines: steps, first and last train losses, first and last eval metrics."""
+    """A few lines: steps, first and last train losses, first and last eval metrics, and where the time
+    went (the means of the train records' ``perf/*`` over the run)."""
     records = read_metrics(run_dir)
     lines = [f"run {run_dir}"]
     for split in ("train", "eval"):
@@ -123,7 +161,14 @@ def summarize_run(run_dir: str | Path) -> str:
         first, last = rs[0], rs[-1]
         lines.append(f"{split}: {len(rs)} records, steps {first['step']} -> {last['step']}")
         for k in sorted(set(first) & set(last) - {"step", "split"}):
-            lines.append(f"  {k:34s} {first[k]:10.4f} -> {last[k]:10.4f}")
+            if not k.startswith("perf/"):
+                lines.append(f"  {k:34s} {first[k]:10.4f} -> {last[k]:10.4f}")
+    perf = sorted({k for r in records if r["split"] == "train" for k in r if k.startswith("perf/")})
+    if perf:
+        lines.append("where the time goes (mean over the train records):")
+    for k in perf:
+        values = [r[k] for r in records if r["split"] == "train" and k in r]
+        lines.append(f"  {k:34s} {sum(values) / len(values):10.4f}")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.train.context import RunContext
+from mmkit.train.perf import PerfMeter, meter_context
 from mmkit.train.whole_batch import WholeBatchForward, embed_all, rng_restore, whole_batch_gradients
 from mmkit.utils.errors import InputError
 
@@ -78,6 +79,10 @@ class StepOutcome:
     grad_norm: Tensor | None = None
     samples: int = 0
     nonfinite: Tensor | None = None
+    data_wait: float = 0.0  # seconds this rank waited for the step's batches
+    tokens: int = 0  # image patches + text tokens of this rank's batches
+    flops: float = 0.0  # model FLOPs of this rank's forward and backward (mmkit.train.perf)
+    peak_flops: float | None = None  # this device's dense peak FLOP/s (None: unknown)
 
 
 class TrainStep:
@@ -96,6 +101,9 @@ class TrainStep:
             on the device, after every step (a skipped step left the parameters as they were).
         on_device: decide the non-finite skip on the device (no host read; see the module docs).
             Default: where it can, i.e. a fused optimiser and no scaler.
+
+    Attribute ``perf``: a :class:`~mmkit.train.perf.PerfMeter` (set by :func:`~mmkit.train.prepare_training`)
+    that times the batch waits and counts tokens and FLOPs into each :class:`StepOutcome`; None: not measured.
     """
 
     def __init__(
@@ -126,6 +134,7 @@ class TrainStep:
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
         self.scaler, self.after_update = scaler, after_update
+        self.perf: PerfMeter | None = None
 
     def __call__(self, next_batch: Callable[[], Any], forward: ForwardFn | WholeBatchForward, step: int) -> StepOutcome:
         """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``. A
@@ -139,14 +148,20 @@ class TrainStep:
         total = losses["total"]
         grad_norm = self._unscale_and_clip()
         nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
+        wait, tokens, flops = self.perf.take() if self.perf is not None else (0.0, 0, 0.0)
+        perf = dict(data_wait=wait, tokens=tokens, flops=flops, peak_flops=self.perf and self.perf.peak)
         if self.on_device:
             flag = self.ctx.comm.all_reduce(nonfinite.float(), "max")  # every rank's, still on the device
             self.optimizer.found_inf = flag  # the fused kernel skips the update where it is 1
             self._apply(True)
-            return StepOutcome(None, None, losses, grad_norm, samples, nonfinite=flag)
+            return StepOutcome(None, None, losses, grad_norm, samples, nonfinite=flag, **perf)
         bad, stop = self.ctx.comm.any(nonfinite, self.ctx.stop_requested)
         self._apply(not bad)
-        return StepOutcome(not bad, stop, losses, grad_norm, samples)
+        return StepOutcome(not bad, stop, losses, grad_norm, samples, **perf)
+
+    def _fetch(self, next_batch: Callable[[], Any]) -> Any:
+        """The next batch (its wait timed and its tokens counted when measured)."""
+        return next_batch() if self.perf is None else self.perf.fetch(next_batch)
 
     def _accumulate(self, next_batch: Callable[[], Any], forward: ForwardFn, step: int) -> tuple[dict, int]:
         """Plain accumulation: each micro-batch's losses on its own rows. Returns ``(losses, samples)``."""
@@ -154,13 +169,17 @@ class TrainStep:
         total = torch.zeros((), device=self.ctx.device)
         samples = 0
         for micro in range(self.grad_accum):
-            batch = next_batch()
-            with _sync_gradients(self.model, micro == self.grad_accum - 1), autocast(self.precision, self.ctx.device):
-                loss, parts = forward(self.model, batch)
-                if micro == 0 and self.ctx.inject_nonfinite(step):
-                    loss = loss * float("nan")
-                loss = loss / self.grad_accum
-            self._backward(loss)
+            batch = self._fetch(next_batch)
+            with meter_context(self.perf, batch):
+                with (
+                    _sync_gradients(self.model, micro == self.grad_accum - 1),
+                    autocast(self.precision, self.ctx.device),
+                ):
+                    loss, parts = forward(self.model, batch)
+                    if micro == 0 and self.ctx.inject_nonfinite(step):
+                        loss = loss * float("nan")
+                    loss = loss / self.grad_accum
+                self._backward(loss)
             total += loss.detach().float()
             for k, v in parts.items():
                 losses[k] = losses.get(k, 0) + v.detach().float() / self.grad_accum
@@ -170,8 +189,13 @@ class TrainStep:
 
     def _two_passes(self, next_batch: Callable[[], Any], fwd: WholeBatchForward, step: int) -> tuple[dict, int]:
         """Whole-batch accumulation (:mod:`mmkit.train.whole_batch`). Returns ``(losses, samples)``."""
+        k = self.grad_accum
+        batches = [self._fetch(next_batch) for _ in range(k)]
+        with meter_context(self.perf, *batches):
+            return self._two_passes_of(batches, fwd, step)
+
+    def _two_passes_of(self, batches: list, fwd: WholeBatchForward, step: int) -> tuple[dict, int]:
         k, device = self.grad_accum, self.ctx.device
-        batches = [next_batch() for _ in range(k)]
         rows, states = embed_all(self.model, batches, fwd, lambda: autocast(self.precision, device), device)
         cached = whole_batch_gradients(fwd, rows, k)
         losses: dict[str, Tensor] = dict(cached.values)

@@ -74,8 +74,11 @@ from mmkit.tokenizers import (
 from mmkit.train import (
     PRECISIONS,
     CheckpointConfig,
+    LogConfig,
     MetricsLogger,
     OptimConfig,
+    PerfConfig,
+    PerfMeter,
     full_parameters,
     full_state_dict,
     loop_options,
@@ -91,6 +94,7 @@ from mmkit.utils import (
     InputError,
     at_least,
     choice,
+    config_to_dict,
     fraction,
     load_strict,
     positive,
@@ -154,6 +158,8 @@ class TokenizerTrainConfig:
     image_every: int = at_least(1, 500)
     max_nonfinite: int = at_least(1, 5)
     progress: bool = True
+    log: LogConfig = field(default_factory=LogConfig)  # Weights & Biases (log.wandb) beside metrics.jsonl
+    perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
 
 FROZEN = ("seed", "model", "optim.grad_accum", *(f"data.{k}" for k in ("dataset", "images", "image_size",
@@ -228,9 +234,10 @@ class TokenizerRecipe:
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
             components={"data": self.stream, "codes": self.codes}, frozen=frozen_fields(cfg),
+            perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, patch_size=2 ** (m.num_groups - 1)),  # a token's pixels
         )  # fmt: skip
         self.resumed = self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main)
+        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
 
     def new_model(self) -> DiscreteVAE:
         m = self.cfg.model

@@ -85,6 +85,7 @@ from mmkit.eval import (
     accuracy,
     auroc,
     f1_score,
+    find_tokenizer,
     finetune_task,
     matthews_corrcoef,
     mean_per_class_recall,
@@ -98,8 +99,11 @@ from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.train import (
     PRECISIONS,
     CheckpointConfig,
+    LogConfig,
     MetricsLogger,
     OptimConfig,
+    PerfConfig,
+    PerfMeter,
     autocast,
     full_state_dict,
     loop_options,
@@ -116,8 +120,10 @@ from mmkit.utils import (
     at_least,
     check_config_json,
     choice,
+    config_to_dict,
     fraction,
     positive,
+    resolve_checkpoint,
     set_sample_limit,
 )
 from mmkit.utils import load_config as load_recipe_config
@@ -129,7 +135,7 @@ METRICS = ("accuracy", "f1", "matthews", "mcc", "auroc", "pearson", "spearman", 
 class FinetuneConfig:
     run_dir: str = "runs/finetune"
     seed: int = 0
-    init_from: str | None = None  # pretraining export or transformers directory; None: random init
+    init_from: str | None = None  # pretraining export, transformers directory or hub name; None: random init
     preset: str = choice("tiny", "full")
     model: dict[str, Any] = field(default_factory=dict)
     modality: str = choice("image", "text", "multimodal")
@@ -170,6 +176,8 @@ class FinetuneConfig:
     metric: str = choice(*METRICS)
     max_nonfinite: int = at_least(1, 5)
     progress: bool = True
+    log: LogConfig = field(default_factory=LogConfig)  # Weights & Biases (log.wandb) beside metrics.jsonl
+    perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
 
 FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "num_classes", "head_hidden", "task",
@@ -283,7 +291,8 @@ class FinetuneRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         set_sample_limit(cfg.max_sample_bytes)  # before the loader workers fork: they read with it
-        check_config_json(cfg.init_from)  # a value of the wrong type is one line, before any model code reads it
+        self.init_path = resolve_checkpoint(cfg.init_from) if cfg.init_from else None  # a path, or a hub name
+        check_config_json(self.init_path)  # a value of the wrong type is one line, before any model code reads it
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.report_sources: dict[str, Any] = {}  # named task: report and predict splits other than val
@@ -303,9 +312,11 @@ class FinetuneRecipe:
         self.step, self.state = prepare_training(
             ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
             components={"data": self.stream, "progress": self.progress}, frozen=FROZEN,
+            perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, self.raw_model.model.config.image.patch_size),
         )  # fmt: skip
         self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False)
+        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False, log=cfg.log,
+                                     config=config_to_dict(cfg))  # fmt: skip
         self.classifier_info = {"num_classes": cfg.num_classes or len(classes), "modality": cfg.modality,
                                 "problem_type": cfg.problem_type, "hidden_dim": cfg.head_hidden,
                                 "classes": [str(c) for c in classes], "metric": cfg.metric}  # fmt: skip
@@ -326,7 +337,7 @@ class FinetuneRecipe:
                     f"{self.tokenizer.vocab_size}: set tokenizer= to the tokenizer the tower was trained with"
                 )
         torch.manual_seed(cfg.seed)  # the same new head on every rank
-        model = flava_model_for_classification(num_classes, cfg.modality, base, checkpoint=cfg.init_from,
+        model = flava_model_for_classification(num_classes, cfg.modality, base, checkpoint=self.init_path,
                                                problem_type=cfg.problem_type, hidden_dim=cfg.head_hidden,
                                                **overrides)  # fmt: skip
         reports = [str(r) for r in init_towers(model.model)] if base is not None else []
@@ -374,11 +385,13 @@ class FinetuneRecipe:
         cfg = self.cfg
         if cfg.tokenizer:
             return TextTokenizer.from_pretrained(cfg.tokenizer, max_length=cfg.max_length)
-        if cfg.init_from and (Path(cfg.init_from) / "tokenizer").exists():
-            return TextTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer", max_length=cfg.max_length)
+        found = find_tokenizer(str(self.init_path)) if self.init_path else None  # tokenizer/, else beside config
+        if found is not None:
+            return TextTokenizer.from_pretrained(found, max_length=cfg.max_length)
         if cfg.init_from:  # the checkpoint's text embeddings only fit the tokenizer it was trained with
             raise InputError(
-                f"init_from {cfg.init_from} has no tokenizer/ folder: set `tokenizer` to the vocab.txt or "
+                f"init_from {cfg.init_from} has no tokenizer/ folder nor vocab.txt/tokenizer.json: set `tokenizer` to "
+                "the vocab.txt or "
                 "tokenizer.json it was trained with"
             )
         # random initialisation: any vocabulary will do; learn one from the training text (saved in the run)
@@ -608,8 +621,8 @@ class FinetuneRecipe:
         return written
 
     def _log(self, step: int, record: dict[str, float], outcome) -> None:
-        self.metrics.log(step, {"loss": record["loss/total"], "lr": self.step.scheduler.get_last_lr()[0],
-                                "samples_per_s": record["samples_per_s"]})  # fmt: skip
+        perf = {k: v for k, v in record.items() if k.startswith("perf/")}
+        self.metrics.log(step, {"loss": record["loss/total"], "lr": self.step.scheduler.get_last_lr()[0], **perf})
 
     def _on_eval(self, step: int) -> None:
         p = self.progress

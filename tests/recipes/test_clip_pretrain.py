@@ -212,3 +212,68 @@ def test_accumulated_micro_batches_log_the_big_batch_contrastive_loss(tmp_path, 
         assert abs(big - accum) <= 1e-5, logged
     assert abs(logged["flava_big"][0] - logged["flava_accum"][0]) <= 1e-5, logged
     assert logged["clip_per_micro"][0] < logged["clip_big"][0] - 0.5, logged  # about ln 8 against ln 32 at first
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of a ``.wandb`` file: a 7-byte header, then 32 KiB blocks of chunks (4-byte
+    checksum, 2-byte length, 1-byte type: 1 full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, parts, out = path.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        parts += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            out.append(wandb_internal_pb2.Record.FromString(parts))
+            parts = b""
+    return out
+
+
+def _wandb_history(run_dir: Path) -> tuple[str, list[dict]]:
+    """The id and logged rows of the W&B run written offline last in ``run_dir``."""
+    (offline,) = sorted((run_dir / "wandb").glob("offline-run-*"))[-1:]
+    rows = []
+    for record in _wandb_records(next(offline.glob("run-*.wandb"))):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return offline.name.rsplit("-", 1)[1], rows
+
+
+def test_wandb_offline_holds_the_runs_metrics_and_a_resume_continues_its_run(tmp_path, pairs, monkeypatch):
+    """log.wandb=true with WANDB_MODE=offline; every train record says where the time went."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run, main = tmp_path / "clip", load_recipe("recipes/clip/pretrain.py").main
+    extra = ("distributed=none", "log.wandb=true", "perf.peak_tflops=1")
+    assert main(_args(pairs, run, "clip", 3, *extra)) == 0
+    train = _records(run, "train")
+    for r in train:
+        assert {"perf/samples_per_s", "perf/tokens_per_s", "perf/tflops_per_device", "perf/mfu"} <= set(r)
+        assert 0.0 <= r["perf/data_wait"] <= 1.0 and r["perf/tflops_per_device"] > 0
+        assert r["perf/mfu"] == pytest.approx(r["perf/tflops_per_device"] / 1.0)
+    assert "perf/mfu" in (run / "summary.txt").read_text()
+    run_id, rows = _wandb_history(run)
+    assert (run / "wandb_run_id").read_text().strip() == run_id
+    logged = [row for row in rows if "train/loss/total" in row]
+    assert [row["_step"] for row in logged] == [r["step"] for r in train]
+    assert logged[-1]["train/loss/total"] == pytest.approx(train[-1]["loss/total"])
+    assert logged[-1]["train/perf/mfu"] == pytest.approx(train[-1]["perf/mfu"])
+    assert main(_args(pairs, run, "clip", 4, *extra)) == 0  # resumes from step 3: the same W&B run
+    resumed_id, rows = _wandb_history(run)
+    assert resumed_id == run_id == (run / "wandb_run_id").read_text().strip()
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
+    assert [row["_step"] for row in rows if "train/loss/total" in row] == [4]
+
+
+def test_log_wandb_without_the_library_is_one_error_line(tmp_path, pairs, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    assert load_recipe("recipes/clip/pretrain.py").main(_args(pairs, tmp_path / "r", "clip", 3, "log.wandb=true")) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and 'pip install -e ".[wandb]"' in err[0]
+    assert not (tmp_path / "r").exists()  # stopped when the config was read, before the run began
