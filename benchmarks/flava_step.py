@@ -164,12 +164,10 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 5, device=None, dtype=torch.fl
 
 
 def count_flops(step: Callable[[], None]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    """The FLOPs of ``step()``, counted as the training runtime counts them (:func:`mmkit.train.perf.count_flops`)."""
+    from mmkit.train.perf import count_flops as runtime_count
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
+    return runtime_count(step)
 
 
 def build(cfg: FLAVAConfig):
@@ -223,21 +221,14 @@ def profile_table(step: Callable[[], None], rows: int = 12, cuda: bool = False) 
     return table + "\n" + "\n".join(lines)
 
 
-#: dense bf16 tensor-core peak (FLOP/s) by a substring of ``torch.cuda.get_device_name`` (first match wins)
-BF16_PEAKS = (
-    ("H200", "H200", 989e12),
-    ("H100 NVL", "H100 NVL", 835e12),
-    ("H100 PCIe", "H100 PCIe", 756e12),
-    ("H100", "H100 SXM", 989e12),
-    ("A100", "A100", 312e12),
-)
-
-
 def card_peak(device_name: str) -> tuple[str, float] | None:
-    """``(card, dense bf16 FLOP/s)`` of a CUDA device name, or None for a card not in :data:`BF16_PEAKS`."""
-    for key, card, peak in BF16_PEAKS:
-        if key in device_name:
-            return card, peak
+    """``(card, dense bf16 FLOP/s)`` of a CUDA device name from the runtime's table
+    (:data:`mmkit.train.perf.PEAK_TFLOPS`, which ``perf/mfu`` uses too), or None for a card not in it."""
+    from mmkit.train.perf import PEAK_TFLOPS
+
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name and "bf16" in peaks:
+            return ("H100 SXM" if key == "H100" else key), peaks["bf16"] * 1e12
     return None
 
 
