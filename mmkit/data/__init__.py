@@ -1,9 +1,6 @@
 """Data: sources in users' formats, image transforms, collators, deterministic sharded loading,
 source mixing with exact resume, a recipe's training and held-out sources (streamed or indexed), and
-the built-in "shapes" dataset.
-
-``FLAVADataset`` and ``FLAVABatch`` are the former names of :class:`SampleDataset` and :class:`Batch`
-(kept as aliases: the classes serve every model)."""
+the built-in "shapes" dataset."""
 
 from mmkit.data.builtin import ShapesPaths, recipe_data_paths, shapes_dataset
 from mmkit.data.collators import (
@@ -58,9 +55,6 @@ from mmkit.data.vqa_answers import (
     vqa_soft_scores,
 )
 
-FLAVADataset = SampleDataset
-FLAVABatch = Batch
-
 __all__ = [
     "TASKS",
     "Batch",
@@ -70,8 +64,6 @@ __all__ = [
     "ContrastivePairCollator",
     "DataQualityError",
     "EncodedImages",
-    "FLAVABatch",
-    "FLAVADataset",
     "HeldOutRecords",
     "ImageCollator",
     "ImageFolder",

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from mmkit.data.collators import Batch
 from mmkit.data.formats import read_token_ids
+from mmkit.data.seeding import mix_seed
 from mmkit.data.sources import Record, Source, decode_image, decode_text
 from mmkit.data.transforms import ImageTransform
 from mmkit.utils.errors import InputError, StateError
@@ -47,16 +48,6 @@ class Skipped:
     source: str
     key: str
     reason: str
-
-
-def _mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64-style), stable across processes and runs."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x ^= (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 def _source_id(name: str) -> int:
@@ -119,7 +110,7 @@ class SampleDataset(Dataset):
             if self.kind in ("pair", "image"):
                 g = None
                 if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
-                    g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source.name), epoch, index))
+                    g = torch.Generator().manual_seed(mix_seed(self.seed, _source_id(self.source.name), epoch, index))
                 if hasattr(self.image_transform, "from_record"):  # may keep a JPEG encoded for the device
                     sample.update(self.image_transform.from_record(record, g))
                 else:
@@ -249,7 +240,7 @@ class CollateWithSkips:
         if not good:
             return None, skipped
         epoch, batch = good[0]["__batch__"]
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, _source_id(self.source_name), epoch, batch, 1))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, _source_id(self.source_name), epoch, batch, 1))
         return self.collator(good, generator=g), skipped
 
 
@@ -286,7 +277,7 @@ def make_loader(
         persistent_workers=False,
         # its own generator: starting an iterator draws the workers' base seed from it, never from the
         # global RNG, so a resumed run's model randomness (e.g. Gumbel noise) is not shifted by it
-        generator=torch.Generator().manual_seed(_mix_seed(seed, rank, 7)),
+        generator=torch.Generator().manual_seed(mix_seed(seed, rank, 7)),
     )
 
 

@@ -35,7 +35,6 @@ from mmkit.data.formats import (
     sample_counts,
     sample_problem,
 )
-from mmkit.data.formats import read_token_ids as read_token_ids  # its home before mmkit.data.formats
 from mmkit.data.tar_index import TEXT_EXTS, CompactIndex, scan_shard
 from mmkit.utils.bounded import line_spans, over_limit, parse_json, read_sample, read_text_file, regular_file
 from mmkit.utils.errors import DataKeyError, InputError, MissingError

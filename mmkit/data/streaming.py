@@ -63,6 +63,7 @@ from mmkit.data.formats import (
     read_local,
     sample_counts,
 )
+from mmkit.data.seeding import mix_seed
 from mmkit.data.shard_reading import iter_lines, iter_samples
 from mmkit.data.sources import Record, Source
 from mmkit.data.tar_index import META_BYTES
@@ -373,7 +374,7 @@ def _window_positions(state: SlotState) -> list[tuple[int, int]]:
 
 
 def window_permutation(seed: int, state: SlotState, epoch: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(_mix(seed, state.slot, state.num_slots, epoch, state.window))
+    g = torch.Generator().manual_seed(mix_seed(seed, state.slot, state.num_slots, epoch, state.window))
     return torch.randperm(n, generator=g).tolist()
 
 
@@ -421,15 +422,6 @@ def plan_elastic(states: Sequence[SlotState], num_shards: int, seed: int, num_sl
             if mine:
                 state.queue.append([epoch, mine])
     return new
-
-
-def _mix(*parts: int) -> int:
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x ^= (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 # ------------------------------------------------------------------------------------------
@@ -496,7 +488,7 @@ class SlotReader:
         """The size of an epoch's first window: random in the upper half of ``[1, buffer_size]`` (seeded),
         so the window boundaries, and with them which samples can share a batch, move from epoch to
         epoch; a buffer at least twice a slot's share of an epoch still shuffles that share whole."""
-        g = torch.Generator().manual_seed(_mix(self.seed, self.state.slot, self.state.num_slots, epoch, 17))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.state.slot, self.state.num_slots, epoch, 17))
         return self.buffer_size - int(torch.randint((self.buffer_size + 1) // 2, (1,), generator=g))
 
     def __iter__(self) -> Iterator[tuple[int, int, int, Record]]:
@@ -717,7 +709,7 @@ class StreamingLoader:
                             persistent_workers=False,
                             # its own generator: starting an iterator must not draw from the global RNG
                             # (a resumed run's model randomness would shift)
-                            generator=torch.Generator().manual_seed(_mix(ds.seed, ds.rank, 7)))  # fmt: skip
+                            generator=torch.Generator().manual_seed(mix_seed(ds.seed, ds.rank, 7)))  # fmt: skip
         for item in loader:
             self.states[item.slot] = SlotState.from_dict(item.state)
             self.next_local = (item.slot - ds.rank * ds.workers + 1) % ds.workers
