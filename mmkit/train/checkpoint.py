@@ -150,7 +150,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 def _load_failure(e: BaseException) -> str:
     """One line for a failed ``torch.load(weights_only=True)`` (torch's own message is a paragraph of
-    advice around the one line that says what was refused; the advice to load with ``weights_only=False``
+    advice around the one line that says what was refused; the advice to turn ``weights_only`` off
     is left out: :func:`mmkit.utils.weights.torch_load_failure`)."""
     return torch_load_failure(e)
 

@@ -166,7 +166,7 @@ def _first_line(e: BaseException) -> str:
 def torch_load_failure(e: BaseException) -> str:
     """One line for a failed ``torch.load(weights_only=True)``: what the file asked for that was refused (a
     pickle naming a global such as ``posix.system``), or why it could not be read (a truncated archive).
-    Torch's own message surrounds that line with advice to load the file with ``weights_only=False``, the one
+    Torch's own message surrounds that line with advice to load the file with ``weights_only`` off, the one
     thing not to do with a file that asks for code: that advice is left out."""
     import pickle
 
