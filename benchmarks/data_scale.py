@@ -82,7 +82,7 @@ CHILD = r"""
 import json, resource, sys, time
 mode, listing, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import torch
-from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, LoaderOptions, TarShards, make_loader
 from mmkit.data.streaming import make_stream_loader
 paths = json.load(open(listing))
 collate = lambda samples, generator=None: len(samples)
@@ -91,9 +91,9 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 if mode == "index":
     ds = SampleDataset(TarShards(paths), "image", transform)
-    loader = make_loader(ds, collate, batch)
+    loader = make_loader(ds, collate, LoaderOptions(batch))
 else:
-    loader = make_stream_loader(paths, "image", collate, batch, image_transform=transform)
+    loader = make_stream_loader(paths, "image", collate, LoaderOptions(batch), image_transform=transform)
 n, skipped = next(iter(loader))
 elapsed = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -105,16 +105,16 @@ import json, os, sys, time
 mode, listing, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import torch
 torch.set_num_threads(1)
-from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, TarShards, make_loader
+from mmkit.data import SampleDataset, ImageTransform, ImageTransformConfig, LoaderOptions, TarShards, make_loader
 from mmkit.data.streaming import make_stream_loader
 paths = json.load(open(listing))
 collate = lambda samples, generator=None: len(samples)
 transform = ImageTransform(ImageTransformConfig(224, 112, fast=mode != "index" and mode != "stream",
                                                       decode="device" if mode == "jpeg-device" else "worker"))
 if mode == "index":
-    loader = make_loader(SampleDataset(TarShards(paths), "image", transform), collate, 50)
+    loader = make_loader(SampleDataset(TarShards(paths), "image", transform), collate, LoaderOptions(50))
 else:
-    loader = make_stream_loader(paths, "image", collate, 50, image_transform=transform)
+    loader = make_stream_loader(paths, "image", collate, LoaderOptions(50), image_transform=transform)
 it = iter(loader)
 next(it)
 start, cpu0, done = time.perf_counter(), time.process_time(), 0
@@ -131,14 +131,15 @@ FINISH = r"""
 import json, sys, time
 listing = sys.argv[1]
 import torch
-from mmkit.data import ImageTransform, ImageTransformConfig, ImageCollator
+from mmkit.data import ImageTransform, ImageTransformConfig, ImageCollator, LoaderOptions
 from mmkit.data.streaming import make_stream_loader
 from mmkit.masking import BlockMaskGenerator
 paths = json.load(open(listing))
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.set_num_threads(1)  # as the other CPU measurements (two threads on 2 busy cores ran 25x slower)
 transform = ImageTransform(ImageTransformConfig(224, 112, fast=True, decode="device"))
-loader = make_stream_loader(paths, "image", ImageCollator(BlockMaskGenerator.flava(14)), 256, image_transform=transform)
+loader = make_stream_loader(paths, "image", ImageCollator(BlockMaskGenerator.flava(14)), LoaderOptions(256),
+                            image_transform=transform)
 batches = [next(iter(loader)) for _ in range(1)][0]
 batch = batches[0] if isinstance(batches, tuple) else batches
 def once():

@@ -22,6 +22,7 @@ import torch
 from mmkit.data import (
     ImageTransform,
     ImageTransformConfig,
+    LoaderOptions,
     PairCollator,
     SampleDataset,
     TarShards,
@@ -39,7 +40,7 @@ def pipeline(paths, tokenizer: TextTokenizer, size: int, codebook_size: int, bat
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
     transform = ImageTransform(ImageTransformConfig(image_size=size, codebook_image_size=codebook_size))
     ds = SampleDataset(TarShards(paths), "pair", image_transform=transform, tokenizer=tokenizer)
-    return make_loader(ds, PairCollator(blocks, tokens), batch_size, num_workers=workers, seed=0)
+    return make_loader(ds, PairCollator(blocks, tokens), LoaderOptions(batch_size, num_workers=workers))
 
 
 def rate(loader, batches: int) -> tuple[float, list]:

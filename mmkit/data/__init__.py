@@ -17,10 +17,12 @@ from mmkit.data.loader import (
     DataQualityError,
     MixedBatches,
     SampleDataset,
+    SampleMaker,
     ShardedBatchSampler,
     Skipped,
     make_loader,
 )
+from mmkit.data.loader_options import LoaderOptions
 from mmkit.data.sources import (
     ImageFolder,
     Manifest,
@@ -72,11 +74,13 @@ __all__ = [
     "LabeledPairs",
     "LabeledRows",
     "LabeledText",
+    "LoaderOptions",
     "Manifest",
     "MixedBatches",
     "PairCollator",
     "Record",
     "SampleDataset",
+    "SampleMaker",
     "ShapesPaths",
     "ShapesTask",
     "ShardedBatchSampler",

@@ -28,6 +28,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmkit.data.write_shards import add_member
 from mmkit.utils.errors import InputError
 from mmkit.utils.run_lock import file_lock
 
@@ -134,13 +135,6 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # deterministic bytes
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _write_shards(path_fmt: str, n: int, per_shard: int, seed: int, with_text: bool) -> list[Path]:
     rng = random.Random(seed)
     paths = []
@@ -151,9 +145,9 @@ def _write_shards(path_fmt: str, n: int, per_shard: int, seed: int, with_text: b
             for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
                 image, caption = make_example(rng)
                 key = f"{i:07d}"
-                _add(tar, f"{key}.png", _png(image))
+                add_member(tar, f"{key}.png", _png(image))
                 if with_text:
-                    _add(tar, f"{key}.txt", caption.encode())
+                    add_member(tar, f"{key}.txt", caption.encode())
         os.replace(tmp, path)  # a crash mid-write never leaves a half shard under the final name
         paths.append(path)
     return paths

@@ -5,15 +5,15 @@
   is the member's extension, so ``abc.tokens.npy`` is the ``.tokens.npy`` member of ``abc``
   (:func:`split_member_name`). A sample's image is its member with the first extension of
   :data:`IMAGE_EXTENSIONS` present (:func:`image_member`).
-* **Token cache.** ``python -m mmkit.tokenizers.cache`` adds to each sample a ``<key>.tokens.npy``
+* **Token cache.** ``python -m mmkit.data.token_cache`` adds to each sample a ``<key>.tokens.npy``
   member (the ``(h, w)`` token grid of its image as a ``.npy`` array, int16 when the ids fit, else
   int32; :func:`token_ids_to_bytes` / :func:`read_token_ids`) and puts first in the shard a
   ``__tokenizer__.json`` member (:data:`TOKENIZER_META`) recording which tokenizer, input size,
   grid, vocabulary and crop made them (:func:`token_cache_meta`). :class:`~mmkit.data.TarShards`
   reads both; the CLI writes them.
 
-They live in ``mmkit.data``, the lower package: ``mmkit.tokenizers`` (the CLI that writes the
-cache) imports them from here, never the other way round.
+They live here, beside their reader and their writer (:mod:`mmkit.data.token_cache`, which runs the
+image tokenizer of ``mmkit.tokenizers``): the tokenizers need nothing of ``mmkit.data``.
 """
 
 from __future__ import annotations

@@ -27,9 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from mmkit.data.collators import Batch
+from mmkit.data.decoding import decode_image, decode_text
 from mmkit.data.formats import read_token_ids
+from mmkit.data.loader_options import LoaderOptions
+from mmkit.data.records import Record
 from mmkit.data.seeding import mix_seed
-from mmkit.data.sources import Record, Source, decode_image, decode_text
+from mmkit.data.sources import Source
 from mmkit.data.transforms import ImageTransform
 from mmkit.utils.errors import InputError, StateError
 
@@ -54,17 +57,74 @@ def _source_id(name: str) -> int:
     return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
 
 
-class SampleDataset(Dataset):
-    """Samples of one kind from a source.
+class SampleMaker:
+    """Turns records of one stream into samples of one kind (what :class:`SampleDataset` does for an
+    indexed source, and what a streamed source's workers do with each record they read).
 
     Args:
-        source: where records come from.
+        name: the source's name (skip reports; with the seed it seeds each sample's random crop).
         kind: ``"pair"`` (image + caption), ``"image"`` or ``"text"``.
         image_transform: for ``pair`` / ``image`` (default :class:`ImageTransform`).
         tokenizer: a :class:`~mmkit.tokenizers.TextTokenizer`, for ``pair`` / ``text``.
         seed: base seed of the per-sample randomness (random crops).
-        image_tokens: read the cached tokenizer ids of each image (``python -m mmkit.tokenizers.cache``)
+        image_tokens: read the cached tokenizer ids of each image (``python -m mmkit.data.token_cache``)
             into ``image_tokens`` instead of making the tokenizer input; a sample without them is skipped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        image_transform: Callable | None = None,
+        tokenizer=None,
+        seed: int = 0,
+        image_tokens: bool = False,
+    ) -> None:
+        if kind not in KINDS:
+            raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind in ("pair", "text") and tokenizer is None:
+            raise InputError(f"a {kind!r} dataset needs a tokenizer")
+        self.name, self.kind, self.tokenizer, self.seed = name, kind, tokenizer, seed
+        self.image_tokens = image_tokens
+        self.image_transform = image_transform or ImageTransform()
+
+    def make_sample(
+        self, record: Record, batch_id: tuple[int, int], epoch: int, index: int
+    ) -> dict[str, Any] | Skipped:
+        """Decode and transform one record; its random crop is seeded by ``(seed, name, epoch, index)``
+        and ``batch_id`` seeds its batch's collator. A record that cannot be used is a :class:`Skipped`."""
+        try:
+            if record.meta.get("error"):
+                raise InputError(record.meta["error"])
+            sample: dict[str, Any] = {"__batch__": batch_id, "__key__": record.key}
+            if self.kind in ("pair", "image"):
+                g = None
+                if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
+                    g = torch.Generator().manual_seed(mix_seed(self.seed, _source_id(self.name), epoch, index))
+                if hasattr(self.image_transform, "from_record"):  # may keep a JPEG encoded for the device
+                    sample.update(self.image_transform.from_record(record, g))
+                else:
+                    sample.update(self.image_transform(decode_image(record), g))
+                if self.image_tokens:
+                    if "tokens_bytes" not in record.meta:
+                        raise InputError("no cached image tokens (run python -m mmkit.data.token_cache)")
+                    sample["image_tokens"] = read_token_ids(record.meta["tokens_bytes"])
+                if record.label is not None:
+                    sample["label"] = torch.tensor(record.label)
+            if self.kind in ("pair", "text"):
+                enc = self.tokenizer.encode(decode_text(record))
+                sample["input_ids"], sample["word_ids"] = enc.input_ids, enc.word_ids
+            return sample
+        except (ValueError, OSError) as e:
+            return Skipped(self.name, record.key, str(e))
+
+
+class SampleDataset(SampleMaker, Dataset):
+    """Samples of one kind from a source (a :class:`SampleMaker` named after it).
+
+    Args:
+        source: where records come from.
+        kind, image_transform, tokenizer, seed, image_tokens: as :class:`SampleMaker`'s.
 
     Indexed by the ``(epoch, batch, index)`` triples :class:`ShardedBatchSampler` yields; returns a
     sample dict (``image``, ``codebook_image``, ``input_ids``, ``word_ids``, ``label``) or a :class:`Skipped`.
@@ -79,13 +139,8 @@ class SampleDataset(Dataset):
         seed: int = 0,
         image_tokens: bool = False,
     ) -> None:
-        if kind not in KINDS:
-            raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
-        if kind in ("pair", "text") and tokenizer is None:
-            raise InputError(f"a {kind!r} dataset needs a tokenizer")
-        self.source, self.kind, self.tokenizer, self.seed = source, kind, tokenizer, seed
-        self.image_tokens = image_tokens
-        self.image_transform = image_transform or ImageTransform()
+        super().__init__(source.name, kind, image_transform, tokenizer, seed, image_tokens)
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.source)
@@ -97,36 +152,6 @@ class SampleDataset(Dataset):
         except (ValueError, OSError) as e:
             return Skipped(self.source.name, f"#{index}", str(e))
         return self.make_sample(record, (epoch, batch), epoch, index)
-
-    def make_sample(
-        self, record: Record, batch_id: tuple[int, int], epoch: int, index: int
-    ) -> dict[str, Any] | Skipped:
-        """Decode and transform one record; its random crop is seeded by ``(seed, source, epoch, index)``
-        and ``batch_id`` seeds its batch's collator. A record that cannot be used is a :class:`Skipped`."""
-        try:
-            if record.meta.get("error"):
-                raise InputError(record.meta["error"])
-            sample: dict[str, Any] = {"__batch__": batch_id, "__key__": record.key}
-            if self.kind in ("pair", "image"):
-                g = None
-                if getattr(getattr(self.image_transform, "config", None), "random_crop", True):
-                    g = torch.Generator().manual_seed(mix_seed(self.seed, _source_id(self.source.name), epoch, index))
-                if hasattr(self.image_transform, "from_record"):  # may keep a JPEG encoded for the device
-                    sample.update(self.image_transform.from_record(record, g))
-                else:
-                    sample.update(self.image_transform(decode_image(record), g))
-                if self.image_tokens:
-                    if "tokens_bytes" not in record.meta:
-                        raise InputError("no cached image tokens (run python -m mmkit.tokenizers.cache)")
-                    sample["image_tokens"] = read_token_ids(record.meta["tokens_bytes"])
-                if record.label is not None:
-                    sample["label"] = torch.tensor(record.label)
-            if self.kind in ("pair", "text"):
-                enc = self.tokenizer.encode(decode_text(record))
-                sample["input_ids"], sample["word_ids"] = enc.input_ids, enc.word_ids
-            return sample
-        except (ValueError, OSError) as e:
-            return Skipped(self.source.name, record.key, str(e))
 
     # StatefulDataLoader: a stateful dataset is never "fast-forwarded" by re-reading data;
     # all position state lives in the sampler.
@@ -247,37 +272,40 @@ class CollateWithSkips:
 def make_loader(
     dataset: SampleDataset,
     collator: Callable,
-    batch_size: int,
+    options: LoaderOptions,
     *,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    num_workers: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
     drop_last: bool = True,
-    pin_memory: bool = False,
-    prefetch_factor: int | None = None,
 ):
     """A ``torchdata`` ``StatefulDataLoader`` over ``dataset`` yielding ``(Batch | None, skipped)``.
+
+    Args:
+        dataset: the samples.
+        collator: a :mod:`mmkit.data.collators` collator (called with ``generator=``).
+        options: batch size, rank, workers, seed (:class:`~mmkit.data.loader_options.LoaderOptions`).
+        shuffle: permute each epoch (False: source order).
+        repeat: go on epoch after epoch (False: stop after one, e.g. an evaluation pass).
+        drop_last: drop the last incomplete batch of an epoch.
 
     Its ``state_dict()`` holds the position (epoch, batch); load it into a loader built the
     same way to continue exactly where it stopped.
     """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    sampler = ShardedBatchSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, repeat, drop_last)
+    o = options
+    sampler = ShardedBatchSampler(len(dataset), o.batch_size, o.rank, o.world_size, o.seed, shuffle, repeat, drop_last)
     return StatefulDataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=CollateWithSkips(collator, seed, dataset.source.name),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor if num_workers else None,
+        collate_fn=CollateWithSkips(collator, o.seed, dataset.source.name),
+        num_workers=o.num_workers,
+        pin_memory=o.pin_memory,
+        prefetch_factor=o.prefetch_factor if o.num_workers else None,
         persistent_workers=False,
         # its own generator: starting an iterator draws the workers' base seed from it, never from the
         # global RNG, so a resumed run's model randomness (e.g. Gumbel noise) is not shifted by it
-        generator=torch.Generator().manual_seed(mix_seed(seed, rank, 7)),
+        generator=torch.Generator().manual_seed(mix_seed(o.seed, o.rank, 7)),
     )
 
 
@@ -387,6 +415,16 @@ class MixedBatches:
                 f"latest: {'; '.join(self.examples[name][-3:])}"
             )
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes now (the end of a run) rather than whenever the garbage collector
+        finds their iterators: a worker left for the collector is joined at an arbitrary later moment of the
+        process, seconds each; the stream starts again from its state on the next ``next``."""
+        iters, self._iters = self._iters, {}
+        for it in iters.values():
+            shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator; in-process: none
+            if shutdown is not None:
+                shutdown()
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per source: records seen, skipped and the latest skipped keys with reasons."""
         return {n: {"seen": self.seen[n], "skipped": self.skipped[n], "examples": self.examples[n]} for n in self.names}
@@ -415,7 +453,7 @@ class MixedBatches:
         """Continue from the data states of *every* rank of a run with another number of ranks.
 
         Each source's loader redistributes the rest of its begun epochs (streamed sources only:
-        :meth:`mmkit.data.streaming.StreamingLoader.load_elastic`); the source draw continues from the
+        :meth:`mmkit.data.streaming.loader.StreamingLoader.load_elastic`); the source draw continues from the
         saved generator (the same on every rank); the seen/skipped counts are the old ranks' totals
         shared out evenly, so ``max_bad_fraction`` keeps its meaning.
         """

@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 
 from mmkit.data.formats import TOKENIZER_META, TOKENS_EXT, image_member, sample_problem, split_member_name
-from mmkit.data.sources import Record
+from mmkit.data.records import Record
 from mmkit.utils.bounded import line_spans, member_problem, over_limit, sample_limit
 
 

@@ -166,7 +166,8 @@ class LabeledPairs(Source):
         labels: class names in id order, or None (see :func:`parse_labels`).
         answers_column: VQA mode: a list of human answers (or an ``{answer: score}`` dict) per row;
             the target is a soft-score vector over ``answer_vocab`` (:func:`vqa_soft_scores`).
-        answer_vocab: the answer classes; None: the ``answer_vocab_size`` most frequent answers here.
+        answer_vocab: the answer classes, or how many of the most frequent answers here become the classes
+            (None or empty: 3,129, the usual VQA v2 vocabulary size).
         allow_outside_root: read image paths outside ``root`` too (absolute, or climbing out with ``..``);
             otherwise such a row is a skipped record naming it. Images are read through
             :func:`~mmkit.utils.bounded.read_sample` (regular files, at most ``max_sample_bytes``).
@@ -182,8 +183,7 @@ class LabeledPairs(Source):
         label_column: str = "label",
         labels: Sequence[str] | None = None,
         answers_column: str | None = None,
-        answer_vocab: Sequence[str] | None = None,
-        answer_vocab_size: int = 3129,
+        answer_vocab: Sequence[str] | int | None = 3129,
         root: str | Path | None = None,
         name: str = "labeled-pairs",
         allow_outside_root: bool = False,
@@ -194,11 +194,11 @@ class LabeledPairs(Source):
         label_col = answers_column or label_column
         rows = read_table(self.path, required=(image_column, text_column, label_col))
         if answers_column:
-            self.classes = (
-                tuple(answer_vocab)
-                if answer_vocab
-                else build_answer_vocab((r[answers_column] for r in rows), answer_vocab_size)
-            )
+            if isinstance(answer_vocab, int) or not answer_vocab:
+                size = answer_vocab if isinstance(answer_vocab, int) else 3129
+                self.classes = build_answer_vocab((r[answers_column] for r in rows), size)
+            else:
+                self.classes = tuple(answer_vocab)
             targets = [vqa_soft_scores(r[answers_column], self.classes) for r in rows]
             self.unanswerable = sum(1 for t in targets if not any(t))  # no answer in the vocabulary
         else:

@@ -10,19 +10,15 @@ a local path or any URL the training data may come from.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mmkit.data.loader import SampleDataset, make_loader
+from mmkit.data.loader_options import LoaderOptions
+from mmkit.data.shard_reading import iter_samples
 from mmkit.data.sources import Record, Source, TarShards, TextLines
-from mmkit.data.streaming import (
-    is_url,
-    iter_samples,
-    make_stream_loader,
-    open_shard,
-    read_token_info,
-    resolve_shards,
-)
+from mmkit.data.streaming import is_url, make_stream_loader, open_shard, read_token_info, resolve_shards
 from mmkit.utils.errors import InputError
 
 __all__ = ["HeldOutRecords", "TrainingSource", "heldout_source"]
@@ -87,7 +83,7 @@ class TrainingSource:
         return getattr(self.source, "token_info", None)
 
     def cached_ids(self, random_crop: bool = False) -> dict | None:
-        """The tokenizer record of this source's cached image ids (``python -m mmkit.tokenizers.cache``), or None.
+        """The tokenizer record of this source's cached image ids (``python -m mmkit.data.token_cache``), or None.
 
         Raises:
             InputError: with ``random_crop``: the ids were made from a centre crop.
@@ -121,27 +117,29 @@ class TrainingSource:
     def loader(
         self,
         collator: Callable,
-        batch_size: int,
+        options: LoaderOptions,
         *,
         tokenizer: Any = None,
         image_transform: Callable | None = None,
         image_tokens: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        num_workers: int = 0,
-        shuffle_buffer: int = 1000,
     ):
-        """A loader of this source's batches (the ``tokenizer`` is used for ``pair`` / ``text`` kinds only)."""
+        """A loader of this source's batches.
+
+        Args:
+            collator: a :mod:`mmkit.data.collators` collator (called with ``generator=``).
+            options: the run's :class:`~mmkit.data.loader_options.LoaderOptions` (a streamed source reads
+                remote shards with this source's own ``storage_options``).
+            tokenizer: used for the ``pair`` / ``text`` kinds only.
+            image_transform, image_tokens: as :class:`~mmkit.data.loader.SampleMaker`'s.
+        """
         tok = tokenizer if self.kind in ("pair", "text") else None
-        common = dict(rank=rank, world_size=world_size, seed=seed, num_workers=num_workers)
         if self.shards is not None:
-            return make_stream_loader(self.shards, self.kind, collator, batch_size, name=self.name, tokenizer=tok,
-                                      image_transform=image_transform, image_tokens=image_tokens,
-                                      buffer_size=shuffle_buffer, storage_options=self.storage_options,
-                                      **common)  # fmt: skip
+            options = dataclasses.replace(options, storage_options=self.storage_options)
+            return make_stream_loader(self.shards, self.kind, collator, options, name=self.name, tokenizer=tok,
+                                      image_transform=image_transform, image_tokens=image_tokens)  # fmt: skip
+        seed = options.seed
         dataset = SampleDataset(self.source, self.kind, image_transform, tok, seed=seed, image_tokens=image_tokens)
-        return make_loader(dataset, collator, batch_size, **common)
+        return make_loader(dataset, collator, options)
 
 
 class HeldOutRecords(Source):

@@ -144,7 +144,7 @@ class ImageTransform:
         """A :class:`~mmkit.data.sources.Record`'s image -> the sample's image fields. With
         ``decode="device"`` a complete JPEG is not decoded here: the sample carries the file (``"jpeg"``),
         its crop box (``"crop_box"``) and all-zero ``uint8`` placeholders for the pixels."""
-        from mmkit.data.sources import decode_image, peek_jpeg
+        from mmkit.data.decoding import decode_image, peek_jpeg
 
         cfg = self.config
         size = peek_jpeg(record) if cfg.decode == "device" else None

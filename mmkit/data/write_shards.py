@@ -24,7 +24,10 @@ from mmkit.data.sources import ImageFolder, Manifest, Source, TarShards, decode_
 from mmkit.utils.errors import InputError, run_cli
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Append a regular file ``name`` holding ``data`` to ``tar``, with a fixed modification time (0),
+    owner and mode, so that the same samples always make the same shard bytes. Every shard mmkit writes
+    (this command, the built-in dataset, the token cache, the benchmark layouts) is written through it."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0
@@ -80,11 +83,11 @@ def _problem(record, verify: bool) -> str | None:
 def _add_record(tar: tarfile.TarFile, key: str, record) -> None:
     """The image (its own extension when it is an image one, else ``.png``), the caption and the label."""
     ext = Path(record.key).suffix.lower() or ".png"
-    _add(tar, key + (ext if ext in IMAGE_EXTENSIONS else ".png"), record.image)
+    add_member(tar, key + (ext if ext in IMAGE_EXTENSIONS else ".png"), record.image)
     if record.text is not None:
-        _add(tar, key + ".txt", record.text.encode("utf-8"))
+        add_member(tar, key + ".txt", record.text.encode("utf-8"))
     if record.label is not None:
-        _add(tar, key + ".cls", str(record.label).encode())
+        add_member(tar, key + ".cls", str(record.label).encode())
 
 
 def write_shards(

@@ -3,7 +3,7 @@
 FLAVA's demo trains masked-image modelling on the ids of a tokenizer that knows its pictures (a random
 one's ids carry almost nothing). :func:`make_builtin_tokenizer` makes it on first use: the dVAE recipe
 run in a child process, then the built-in shards rewritten with its ids cached
-(``python -m mmkit.tokenizers.cache``), so pretraining reads the ids instead of running the tokenizer
+(``python -m mmkit.data.token_cache``), so pretraining reads the ids instead of running the tokenizer
 in the step.
 """
 
@@ -57,7 +57,7 @@ def make_builtin_tokenizer(
     Raises:
         StateError: the training failed (its stderr's end in the message).
     """
-    from mmkit.tokenizers.cache import main as cache_ids
+    from mmkit.data.token_cache import main as cache_ids
 
     root = Path(paths.root).parent / f"{Path(paths.root).name}-dvae"
     spec = f"{config.name} {hashlib.sha256(config.read_bytes()).hexdigest()[:16]}"

@@ -1,9 +1,9 @@
 """Tokenizers: the DALL-E dVAE image tokenizer (MIM targets), a trainable dVAE, and WordPiece text tokenization.
 
-Layering: importing ``mmkit.tokenizers`` loads nothing of ``mmkit.data`` (the dVAE's input map
-:func:`dalle_preprocess`, re-exported here, lives in :mod:`mmkit.utils.pixels`). Only the token-cache
-command, ``python -m mmkit.tokenizers.cache``, reads data shards through ``mmkit.data``; ``mmkit.data``
-never imports ``mmkit.tokenizers``.
+Layering: the tokenizers need nothing of the data pipeline, and importing ``mmkit.tokenizers`` loads none
+of it (the dVAE's input map :func:`dalle_preprocess`, re-exported here, lives in :mod:`mmkit.utils.pixels`).
+The data side builds on them: the token-cache command that writes each image's ids into its shard runs the
+image tokenizer from there.
 """
 
 from mmkit.tokenizers.dalle import (

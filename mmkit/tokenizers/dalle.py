@@ -165,7 +165,7 @@ class ImageTokenizer(nn.Module):
 
         Always computed in the tokenizer's own dtype with autocast off: the ids are training
         targets, and a bf16 pass under the training loop's autocast could flip near-tied argmaxes,
-        so in-loop ids would differ from ids cached by ``python -m mmkit.tokenizers.cache``.
+        so in-loop ids would differ from ids cached by ``python -m mmkit.data.token_cache``.
         """
         dtype = next(self.encoder.parameters()).dtype
         pixels = pixels.to(dtype)
@@ -204,7 +204,7 @@ def tokenizer_fingerprint(encoder: nn.Module) -> str:
 
 
 def check_cached_ids(cached: dict[str, dict], tokenizer: nn.Module | None, image_size: int, grid: int) -> None:
-    """Refuse cached image-token ids (``python -m mmkit.tokenizers.cache``) that another tokenizer, input
+    """Refuse cached image-token ids (``python -m mmkit.data.token_cache``) that another tokenizer, input
     size or patch grid made.
 
     Args:
@@ -230,7 +230,7 @@ def check_cached_ids(cached: dict[str, dict], tokenizer: nn.Module | None, image
         if any(problems):
             raise InputError(
                 f"the cached token ids in {name} do not fit this run: {'; '.join(p for p in problems if p)}. "
-                "Re-run python -m mmkit.tokenizers.cache with the configured tokenizer, "
+                "Re-run python -m mmkit.data.token_cache with the configured tokenizer, "
                 "or set data.cached_tokens=false"
             )
 

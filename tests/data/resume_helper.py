@@ -13,6 +13,7 @@ from mmkit.data import (
     ImageCollator,
     ImageTransform,
     ImageTransformConfig,
+    LoaderOptions,
     MixedBatches,
     PairCollator,
     SampleDataset,
@@ -40,7 +41,8 @@ def build(root: Path, tokenizer: TextTokenizer, rank: int, world: int, workers: 
     loaders = {}
     for name, (kind, source, collator) in specs.items():
         ds = SampleDataset(source, kind, image_transform=transform, tokenizer=tokenizer, seed=7)
-        loader = make_loader(ds, collator, batch_size=4, rank=rank, world_size=world, seed=11, num_workers=workers)
+        options = LoaderOptions(4, rank=rank, world_size=world, seed=11, num_workers=workers)
+        loader = make_loader(ds, collator, options)
         loaders[name] = (loader, probs[name])
     return MixedBatches(loaders, seed=5)
 

@@ -78,31 +78,31 @@ def test_mixing_follows_the_probabilities(small_shapes, tokenizer):
 
 
 def test_bad_records_are_counted_and_too_many_stop_the_run(shards, tokenizer):
-    from mmkit.data import PairCollator, SampleDataset, TarShards, make_loader
+    from mmkit.data import LoaderOptions, PairCollator, SampleDataset, TarShards, make_loader
     from mmkit.masking import BlockMaskGenerator, TokenMasker
 
     tokens = TokenMasker(tokenizer.vocab_size, tokenizer.mask_token_id, tokenizer.special_token_ids)
     collator = PairCollator(BlockMaskGenerator(grid_size=14), tokens)
     ds = SampleDataset(TarShards(shards), "pair", tokenizer=tokenizer)
-    loader = make_loader(ds, collator, batch_size=12, shuffle=False)
+    loader = make_loader(ds, collator, LoaderOptions(12), shuffle=False)
     lenient = MixedBatches({"pairs": (loader, 1.0)}, max_bad_fraction=0.5, min_samples=1)
     batch = next(lenient)
     assert len(batch) == 8  # the sample without a caption is a skipped record too, as when streamed
     stats = lenient.stats()["pairs"]
     assert stats["seen"] == 12 and stats["skipped"] == 4 and len(stats["examples"]) >= 3
-    strict = MixedBatches({"pairs": (make_loader(ds, collator, batch_size=12, shuffle=False), 1.0)},
+    strict = MixedBatches({"pairs": (make_loader(ds, collator, LoaderOptions(12), shuffle=False), 1.0)},
                           max_bad_fraction=0.1, min_samples=1)  # fmt: skip
     with pytest.raises(DataQualityError, match=r"4 of 12 records could not be used .*pairs-001.tar:100"):
         next(strict)
 
 
 def _image_stream(source, batch_size, **kw):
-    from mmkit.data import ImageCollator, SampleDataset, make_loader
+    from mmkit.data import ImageCollator, LoaderOptions, SampleDataset, make_loader
     from mmkit.data.transforms import ImageTransform, ImageTransformConfig
     from mmkit.masking import BlockMaskGenerator
 
     ds = SampleDataset(source, "image", ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=0)))
-    loader = make_loader(ds, ImageCollator(BlockMaskGenerator.flava(4)), batch_size=batch_size, shuffle=False)
+    loader = make_loader(ds, ImageCollator(BlockMaskGenerator.flava(4)), LoaderOptions(batch_size), shuffle=False)
     return MixedBatches({"broken": (loader, 1.0)}, max_bad_fraction=1.0, **kw)
 
 

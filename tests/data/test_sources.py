@@ -161,7 +161,7 @@ def test_transparency_is_composited_on_white(mode):
 def test_decompression_bombs_are_refused_before_decoding(monkeypatch):
     from PIL import Image, ImageFile
 
-    from mmkit.data import sources
+    from mmkit.data import decoding, sources
 
     def no_decoding(self):
         raise AssertionError("pixels were decoded")
@@ -178,7 +178,7 @@ def test_decompression_bombs_are_refused_before_decoding(monkeypatch):
         decode_image(Record(key="b", image=big))
     with pytest.raises(ValueError, match=r"400000000 pixels.*the limit here is 89,478,485"):
         decode_image(Record(key="b", image=huge))
-    monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 1_000_000)  # the module default is read at each call
+    monkeypatch.setattr(decoding, "MAX_IMAGE_PIXELS", 1_000_000)  # the module default is read at each call
     with pytest.raises(ValueError, match=r"limit of 1,000,000"):
         decode_image(Record(key="b", image=small))
     monkeypatch.undo()
@@ -188,11 +188,11 @@ def test_decompression_bombs_are_refused_before_decoding(monkeypatch):
 def test_bomb_is_a_skipped_record_in_the_dataset(tmp_path, monkeypatch):
     from PIL import Image
 
-    from mmkit.data import sources
+    from mmkit.data import decoding
 
     (tmp_path / "ok.png").write_bytes(png_bytes(0)[0])
     (tmp_path / "bomb.png").write_bytes(_png(Image.new("1", (3000, 3000))))
-    monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 1_000_000)
+    monkeypatch.setattr(decoding, "MAX_IMAGE_PIXELS", 1_000_000)
     out = _resolve(SampleDataset(ImageFolder(tmp_path), "image"))
     skipped = [s for s in out if isinstance(s, Skipped)]
     assert len(skipped) == 1 and skipped[0].key == "bomb.png" and "3000x3000" in skipped[0].reason
@@ -330,6 +330,7 @@ def test_samples_lost_to_a_truncated_shard_count_against_max_bad_fraction(tmp_pa
         DataQualityError,
         ImageTransform,
         ImageTransformConfig,
+        LoaderOptions,
         MixedBatches,
         SampleDataset,
         make_loader,
@@ -344,7 +345,7 @@ def test_samples_lost_to_a_truncated_shard_count_against_max_bad_fraction(tmp_pa
 
     def build(max_bad):
         ds = SampleDataset(TarShards(cut, require_text=False), "image", ImageTransform(ImageTransformConfig(8, 0)))
-        loader = make_loader(ds, lambda samples, generator=None: list(samples), 1)
+        loader = make_loader(ds, lambda samples, generator=None: list(samples), LoaderOptions(1))
         return MixedBatches({"images": (loader, 1.0)}, max_bad_fraction=max_bad, min_samples=1)
 
     mixed = build(0.9)

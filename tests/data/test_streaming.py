@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from mmkit.data import LoaderOptions
 from mmkit.data.streaming import (
     Piece,
     SlotReader,
@@ -58,9 +59,9 @@ def keys_of(samples, generator=None):
 def _loader(paths, rank=0, world=1, workers=0, batch=4, buffer=8, seed=3):
     from mmkit.data import ImageTransform, ImageTransformConfig
 
-    return make_stream_loader([str(p) for p in paths], "image", keys_of, batch, name="pairs", seed=seed,
-                              image_transform=ImageTransform(ImageTransformConfig(8, 0)), rank=rank,
-                              world_size=world, num_workers=workers, buffer_size=buffer)  # fmt: skip
+    options = LoaderOptions(batch, rank=rank, world_size=world, seed=seed, num_workers=workers, shuffle_buffer=buffer)
+    return make_stream_loader([str(p) for p in paths], "image", keys_of, options, name="pairs",
+                              image_transform=ImageTransform(ImageTransformConfig(8, 0)))  # fmt: skip
 
 
 def _take(it, n):
@@ -253,7 +254,8 @@ def test_text_files_stream_one_sample_per_line(tmp_path, tokenizer):
     (tmp_path / "a.txt").write_bytes(b"two red circles\n\nthree blue squares\nbad \xff line\n" * 3)
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"shape number {i}"}) for i in range(7)))
     files = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
-    loader = make_stream_loader(files, "text", keys_of, 4, name="text", tokenizer=tokenizer, buffer_size=3, seed=2)
+    options = LoaderOptions(4, seed=2, shuffle_buffer=3)
+    loader = make_stream_loader(files, "text", keys_of, options, name="text", tokenizer=tokenizer)
     it = iter(loader)
     got, skipped = [], []
     for _ in range(4):  # 16 lines = one epoch
@@ -293,7 +295,8 @@ def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
     transform = ImageTransform(ImageTransformConfig(8, 0))
     indexed = SampleDataset(TarShards(pattern), "image", transform)
     assert len(indexed) == 8
-    loader = make_stream_loader(pattern, "pair", keys_of, 8, image_transform=transform, tokenizer=_WordCount())
+    loader = make_stream_loader(pattern, "pair", keys_of, LoaderOptions(8), image_transform=transform,
+                                tokenizer=_WordCount())  # fmt: skip
     batch, skipped = next(iter(loader))
     assert not skipped and sorted(k for _, k in batch) == sorted(indexed.source[i].key for i in range(8))
 

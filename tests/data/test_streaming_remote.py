@@ -32,12 +32,13 @@ def s3(local):
 
 
 def _loader(patterns, storage_options=None, rank=0, world=1, workers=2):
-    from mmkit.data import ImageTransform, ImageTransformConfig
+    from mmkit.data import ImageTransform, ImageTransformConfig, LoaderOptions
     from mmkit.data.streaming import make_stream_loader
 
-    return make_stream_loader(patterns, "image", keys_of, 4, seed=3, rank=rank, world_size=world, num_workers=workers,
-                              image_transform=ImageTransform(ImageTransformConfig(8, 0)), buffer_size=8,
-                              storage_options=storage_options)  # fmt: skip
+    options = LoaderOptions(4, rank=rank, world_size=world, seed=3, num_workers=workers, shuffle_buffer=8,
+                            storage_options=storage_options)  # fmt: skip
+    return make_stream_loader(patterns, "image", keys_of, options,
+                              image_transform=ImageTransform(ImageTransformConfig(8, 0)))  # fmt: skip
 
 
 def test_local_http_and_s3_give_identical_batches(local, http_root, s3):

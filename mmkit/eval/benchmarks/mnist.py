@@ -56,11 +56,11 @@ def read_idx_header(f, path: Path, ndim: int) -> tuple[int, ...]:
 
 def _check_image_size(path: Path, rows: int, cols: int) -> None:
     """The images an IDX header declares must be decodable images: at least one pixel, within the pixel
-    bound of decoded images (:data:`mmkit.data.sources.MAX_IMAGE_PIXELS`) and the per-sample byte limit
+    bound of decoded images (:data:`mmkit.data.decoding.MAX_IMAGE_PIXELS`) and the per-sample byte limit
     (``max_sample_bytes``), checked before a pixel is read."""
-    from mmkit.data import sources
+    from mmkit.data import decoding
 
-    pixels, limit = rows * cols, sources.MAX_IMAGE_PIXELS
+    pixels, limit = rows * cols, decoding.MAX_IMAGE_PIXELS
     if pixels == 0:
         raise BenchmarkFormatError(path, f"IDX images of {rows}x{cols} hold no pixel")
     if pixels > limit:

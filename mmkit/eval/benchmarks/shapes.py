@@ -19,7 +19,6 @@ The training split comes from the built-in training pairs, the test split from t
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -27,16 +26,11 @@ from pathlib import Path
 from mmkit.data import shapes_dataset
 from mmkit.data.sources import decode_text
 from mmkit.data.tasks import TASKS, ShapesTask
+from mmkit.data.write_shards import add_member
 from mmkit.utils.errors import run_cli
 
 TEMPLATES = ("a picture of {c} shapes.", "{c} objects", "{c}")
 COUNT_NAMES = ("one", "two", "three")  # the count task's classes 1, 2, 3
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, data=None, val: int = 0) -> Path:
@@ -68,8 +62,8 @@ def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, 
                 folder = out / "shapes-color" / split / TASKS["color"][rec.label]
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{key}.png").write_bytes(rec.image)
-                _add(tar, f"{key}.png", rec.image)
-                _add(tar, f"{key}.cls", str(counted.label).encode())
+                add_member(tar, f"{key}.png", rec.image)
+                add_member(tar, f"{key}.cls", str(counted.label).encode())
                 (out / "shapes-captions" / "images" / f"{key}.png").write_bytes(rec.image)
                 text = decode_text(rec)
                 sentences = [text, f"a picture of {text}", f"an image that shows {text}"]

@@ -11,8 +11,8 @@ import torch
 from mmkit.data import ImageTransform, ImageTransformConfig, TarShards
 from mmkit.data.loader import SampleDataset
 from mmkit.data.sources import decode_image
+from mmkit.data.token_cache import main as cache_main
 from mmkit.tokenizers import DalleDecoder, DalleEncoder, DiscreteVAE, ImageTokenizer, save_dvae, tokenizer_fingerprint
-from mmkit.tokenizers.cache import main as cache_main
 from tests.data.conftest import shards  # noqa: F401 (fixture)
 
 SIZES = dict(hidden_size=8, vocab_size=40, num_groups=3, blocks_per_group=1)

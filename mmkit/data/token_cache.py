@@ -1,6 +1,6 @@
 """Pay for image tokenization once: write each sample's dVAE token ids into its shard.
 
-    python -m mmkit.tokenizers.cache --shards 'data/pairs-{000000..000099}.tar' \\
+    python -m mmkit.data.token_cache --shards 'data/pairs-{000000..000099}.tar' \\
         --tokenizer runs/dvae-shapes/final --out data/pairs-tokens/
 
 Each output shard holds every member of its input shard, in order, plus ``<key>.tokens.npy`` (the
@@ -24,7 +24,6 @@ are made again.)
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from mmkit.data.decoding import decode_image
 from mmkit.data.formats import (
     TOKENIZER_META,
     TOKENS_EXT,
@@ -42,8 +42,10 @@ from mmkit.data.formats import (
     token_cache_meta,
     token_ids_to_bytes,
 )
-from mmkit.data.sources import Record, decode_image, expand_paths
+from mmkit.data.records import Record
+from mmkit.data.sources import expand_paths
 from mmkit.data.transforms import ImageTransform, ImageTransformConfig
+from mmkit.data.write_shards import add_member
 from mmkit.tokenizers.dalle import ImageTokenizer, dalle_encoder_from_checkpoint, tokenizer_fingerprint
 from mmkit.utils.errors import InputError, run_cli
 
@@ -54,12 +56,6 @@ def tokenizer_meta(tokenizer: ImageTokenizer, image_size: int) -> dict:
     """What ``__tokenizer__.json`` records (and pretraining compares), for this tokenizer at this input size."""
     grid = image_size // tokenizer.encoder.downsample
     return token_cache_meta(tokenizer_fingerprint(tokenizer.encoder), image_size, grid, tokenizer.vocab_size)
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 @torch.no_grad()
@@ -105,12 +101,12 @@ def cache_shard(
             progress.update(len(keys[start : start + batch_size]))
     tmp = dst.with_name(dst.name + ".tmp")
     with tarfile.open(tmp, "w") as out_tar:
-        _add(out_tar, TOKENIZER_META, json.dumps(tokenizer_meta(tokenizer, image_size)).encode())
+        add_member(out_tar, TOKENIZER_META, json.dumps(tokenizer_meta(tokenizer, image_size)).encode())
         for key, ms in groups.items():
             for m in ms:
-                _add(out_tar, m.name, data[m.name])
+                add_member(out_tar, m.name, data[m.name])
             if key in ids:
-                _add(out_tar, key + TOKENS_EXT, token_ids_to_bytes(ids[key]))
+                add_member(out_tar, key + TOKENS_EXT, token_ids_to_bytes(ids[key]))
     os.replace(tmp, dst)
     return {"samples": len(groups), "tokenized": len(ids), "unreadable": unreadable}
 
