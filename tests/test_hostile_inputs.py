@@ -514,7 +514,7 @@ def test_the_pretraining_skeleton_sets_the_limit_before_its_loaders(monkeypatch)
     assert seen == [1234]
 
 
-@pytest.mark.parametrize("loader", ["load_flava_model", "flava_model_from_hf", "load_dual_encoder"])
+@pytest.mark.parametrize("loader", ["load_flava", "load", "load_dual_encoder"])
 def test_the_library_loaders_check_config_json_themselves(loader, tmp_path):
     """Called directly (not through a recipe), a loader names a config value of the wrong type in one line."""
     import mmkit.models as models

@@ -1,7 +1,7 @@
 """The encoders to evaluate, from any checkpoint mmkit reads, with their tokenizer and image transform.
 
-``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads (a pretraining export
-``<run>/final``, a finetune export ``<run>/best``, a transformers FLAVA directory) or
+``checkpoint`` is anything :func:`mmkit.models.load` reads: what :func:`mmkit.models.load_flava` reads (a
+pretraining export ``<run>/final``, a finetune export ``<run>/best``, a transformers FLAVA directory) or
 :func:`mmkit.models.load_dual_encoder` reads (a CLIP/SigLIP export, a transformers ``CLIPModel`` /
 ``SiglipModel`` directory), each also by Hugging Face hub name (``facebook/flava-full[@revision]``,
 :func:`mmkit.utils.hub.resolve_checkpoint`); None builds a randomly initialised model (the baseline). The tokenizer is
@@ -19,8 +19,7 @@ import torch
 
 from mmkit.data import ImageTransform, ImageTransformConfig
 from mmkit.data.transforms import CLIP_MEAN, CLIP_STD
-from mmkit.models import FLAVAConfig, flava_model, load_dual_encoder, load_flava_model
-from mmkit.models.clip_hf import is_dual_encoder_checkpoint
+from mmkit.models import DualEncoderModel, FLAVAConfig, flava_model, load
 from mmkit.tokenizers import TextTokenizer
 from mmkit.utils.bounded import parse_json, read_text_file
 from mmkit.utils.config_json import check_config_json
@@ -62,12 +61,12 @@ def load_encoders(
         raise InputError("model_config is for a randomly initialised model; a checkpoint brings its own")
     checkpoint = str(resolve_checkpoint(checkpoint)) if checkpoint else None  # a path, or a hub name
     check_config_json(checkpoint)  # a value of the wrong type is one line here, not a traceback in a loader
-    if checkpoint and is_dual_encoder_checkpoint(checkpoint):
-        model = load_dual_encoder(checkpoint, device=device)
-        log(f"loaded {type(model.config).__name__.removesuffix('Config')} from {checkpoint}")
-    elif checkpoint:
-        model = load_flava_model(checkpoint, device=device)
-        log(str(model.load_report))
+    if checkpoint:
+        model = load(checkpoint, device=device)
+        if isinstance(model, DualEncoderModel):
+            log(f"loaded {type(model.config).__name__.removesuffix('Config')} from {checkpoint}")
+        else:
+            log(str(model.load_report))
     else:
         config = FLAVAConfig.tiny()
         if model_config:

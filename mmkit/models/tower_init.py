@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.models.clip_hf import dual_encoder_config, load_dual_encoder
+from mmkit.models.dual_encoder_load import dual_encoder_config, load_dual_encoder
 from mmkit.models.flava import FLAVAConfig, FLAVAModel
 from mmkit.utils.weights import LoadReport, load_strict
 

@@ -8,7 +8,7 @@ query, key and value).
 
 This module is only the engine, generic and model-free. The maps themselves live beside the
 modules whose names they describe, low enough for every package that reads such checkpoints:
-:mod:`mmkit.models.flava_hf` (FLAVA in transformers' layout) and
+:mod:`mmkit.models.flava_keys` (FLAVA in transformers' layout), :mod:`mmkit.models.clip_keys` (CLIP, SigLIP) and
 :mod:`mmkit.tokenizers.dalle_keys` (the DALL-E encoder, original and transformers layouts).
 """
 

@@ -13,10 +13,10 @@ On your own data:
     python recipes/flava/evaluate.py checkpoint=CKPT tasks=retrieval pairs=pairs.jsonl
     python recipes/flava/evaluate.py checkpoint=CKPT tasks=linear_probe train_images=train/ images=val/
 
-``checkpoint`` is anything :func:`mmkit.models.load_flava_model` reads: a pretraining export
-(``<run>/final``), a finetune export (``<run>/best``, its encoders) or a transformers FLAVA directory;
-or anything :func:`mmkit.models.load_dual_encoder` reads: a CLIP/SigLIP export of
-``recipes/clip/pretrain.py`` or a transformers ``CLIPModel`` / ``SiglipModel`` directory. The
+``checkpoint`` is anything :func:`mmkit.models.load` reads: what :func:`mmkit.models.load_flava` reads (a
+pretraining export ``<run>/final``, a finetune export ``<run>/best``, its encoders, or a transformers FLAVA
+directory) or :func:`mmkit.models.load_dual_encoder` reads (a CLIP/SigLIP export of
+``recipes/clip/pretrain.py`` or a transformers ``CLIPModel`` / ``SiglipModel`` directory). The
 encoders are loaded strictly (a checkpoint that does not fit the config is an error). The
 tokenizer is ``tokenizer`` if set, else ``<checkpoint>/tokenizer``, else the checkpoint directory
 itself when it holds ``tokenizer.json`` or ``vocab.txt``. Without ``checkpoint`` the model is

@@ -20,9 +20,9 @@ from mmkit.models import (
     CLIPConfig,
     export_config,
     flava_model_for_classification,
-    flava_model_from_hf,
+    load,
     load_dual_encoder,
-    load_flava_model,
+    load_flava,
 )
 from mmkit.models.clip import clip_model
 from mmkit.models.fit_check import group_names
@@ -70,7 +70,7 @@ def test_group_names_is_compact():
 def test_an_mmkit_export_with_fewer_layers_in_its_config_is_refused(export, tmp_path):
     layers = json.loads((export / "config.json").read_text())["image"]["num_layers"]
     cut = _edited(export, tmp_path / "cut", lambda c: c["image"].update(num_layers=layers - 1))
-    message = _refused(load_flava_model, cut)
+    message = _refused(load_flava, cut)
     assert f"config.json says image.num_layers={layers - 1} but the weights hold {layers} image layers" in message
     assert f"in the checkpoint, not in the model: image_encoder.encoder.layers.{layers - 1}.* (12 tensors)" in message
     assert "mim_head" not in message  # the heads a FLAVAModel leaves out are not the problem
@@ -80,7 +80,7 @@ def test_an_mmkit_export_with_fewer_layers_in_its_config_is_refused(export, tmp_
 
 
 def test_a_pretraining_export_still_loads_with_its_heads_reported_once(export):
-    model = load_flava_model(export)
+    model = load_flava(export)
     unused = model.load_report.unused
     assert unused and len(unused) == len(set(unused))
     assert {k.split(".")[0] for k in unused} >= {"mim_head", "mlm_head", "itm_head", "image_tokenizer"}
@@ -91,7 +91,7 @@ def test_a_pretraining_export_still_loads_with_its_heads_reported_once(export):
 def test_a_transformers_flava_directory_with_fewer_layers_is_refused(tmp_path):
     torch.manual_seed(0)
     transformers.FlavaForPreTraining(hf_tiny_config()).save_pretrained(tmp_path / "hf")
-    assert load_flava_model(tmp_path / "hf").load_report.unused  # fits as saved: heads and codebook unused
+    assert load_flava(tmp_path / "hf").load_report.unused  # fits as saved: heads and codebook unused
 
     def cut(cfg: dict) -> None:
         for key in ("image_config", "image_config_dict"):
@@ -99,8 +99,8 @@ def test_a_transformers_flava_directory_with_fewer_layers_is_refused(tmp_path):
                 cfg[key]["num_hidden_layers"] = 1
 
     directory = _edited(tmp_path / "hf", tmp_path / "cut", cut)
-    for load in (load_flava_model, flava_model_from_hf):
-        message = _refused(load, directory)
+    for loader in (load_flava, load):
+        message = _refused(loader, directory)
         assert "config.json says image_config.num_hidden_layers=1 but the weights hold 2 image layers" in message
         assert "image_encoder.encoder.layers.1.* (12 tensors)" in message
 
@@ -149,9 +149,9 @@ def test_shapes_come_from_every_file_layout(tmp_path):
     for directory in ("sharded", "bin"):
         want = {k: v.shape for k, v in read_weights(tmp_path / directory).items()}
         assert read_weight_shapes(tmp_path / directory) == want
-        load_flava_model(tmp_path / directory)
+        load_flava(tmp_path / directory)
     cut = _edited(tmp_path / "sharded", tmp_path / "cut", lambda c: c["text_config"].update(num_hidden_layers=1))
-    assert "text_config.num_hidden_layers=1 but the weights hold 2 text layers" in _refused(load_flava_model, cut)
+    assert "text_config.num_hidden_layers=1 but the weights hold 2 text layers" in _refused(load_flava, cut)
 
 
 _CAPPED_LOAD = """
@@ -165,7 +165,7 @@ cap = size + 2**30  # what the imports took, plus 1 GiB: far below the 17 GB the
 resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
 out = {}
 try:
-    mmkit.models.load_flava_model(sys.argv[1])
+    mmkit.models.load_flava(sys.argv[1])
 except CheckpointMismatchError as e:
     out["refused"] = str(e)
 try:  # the cap bites: a tensor of a 65536-wide layer's size cannot be allocated under it

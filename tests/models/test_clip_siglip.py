@@ -8,6 +8,7 @@ have exactly transformers' parameter counts.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -19,13 +20,11 @@ from mmkit.models import (
     clip_config_from_hf,
     clip_from_hf,
     clip_model,
-    clip_model_from_hf,
     clip_to_hf,
     load_dual_encoder,
     save_dual_encoder_hf,
     siglip_from_hf,
     siglip_model,
-    siglip_model_from_hf,
     siglip_to_hf,
 )
 from mmkit.utils import CheckpointMismatchError
@@ -72,7 +71,7 @@ def test_clip_matches_transformers(tmp_path, eos):
     """eos 2 is the legacy config rule: pool at the largest id (OpenAI's EOT is the top id)."""
     hf = hf_clip(eos)
     hf.save_pretrained(tmp_path)
-    ours = clip_model_from_hf(tmp_path).eval()
+    ours = load_dual_encoder(tmp_path).eval()
     assert ours.config.text.eos_token_id == (None if eos == 2 else eos)
     b = batch(eos=99)
     with torch.no_grad():
@@ -89,7 +88,7 @@ def test_clip_matches_transformers(tmp_path, eos):
 def test_siglip_matches_transformers(tmp_path):
     hf = hf_siglip()
     hf.save_pretrained(tmp_path)
-    ours = siglip_model_from_hf(tmp_path).eval()
+    ours = load_dual_encoder(tmp_path).eval()
     for b in (batch(eos=1), {**batch(eos=1), "attention_mask": None}):
         with torch.no_grad():
             ref = hf(**{k: v for k, v in b.items() if v is not None})
@@ -168,8 +167,10 @@ def test_converters_are_strict(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"text_model.embeddings.token_embedding.weight|word_embeddings"):
         clip_from_hf(hf.state_dict(), cfg.replace(text={"vocab_size": 101}))
     hf.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'clip' checkpoint, not 'siglip'"):
-        siglip_model_from_hf(tmp_path)
+    assert type(load_dual_encoder(tmp_path).config) is CLIPConfig  # the directory says which model it holds
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "flava"}))
+    with pytest.raises(ValueError, match="neither a CLIP nor a SigLIP model .*use mmkit.models.load_flava"):
+        load_dual_encoder(tmp_path)
 
 
 def test_configs_default_to_the_released_models():

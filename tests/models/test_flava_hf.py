@@ -8,14 +8,13 @@ import torch
 
 from mmkit.models import (
     FLAVAConfig,
-    config_from_hf,
-    config_to_hf,
+    flava_config_from_hf,
+    flava_config_to_hf,
     flava_from_hf,
     flava_model,
-    flava_model_from_hf,
     flava_to_hf,
-    load_hf_checkpoint,
-    save_hf_checkpoint,
+    load_flava,
+    save_flava_hf,
 )
 from mmkit.utils import CheckpointMismatchError
 from tests.conftest import hf_tiny_config, randomize_
@@ -58,7 +57,7 @@ def test_unknown_and_missing_keys_are_listed(hf_flava):
         flava_from_hf(sd)
     sd = dict(hf_flava.state_dict())
     del sd["multimodal_model.pooler.dense.weight"]
-    cfg = config_from_hf(hf_flava.config.to_dict())
+    cfg = flava_config_from_hf(hf_flava.config.to_dict())
     with pytest.raises(CheckpointMismatchError, match="lacks.*\n.*multimodal_model.pooler.dense.weight"):
         flava_from_hf(sd, cfg)
     with pytest.raises(CheckpointMismatchError, match="no transformers name.*\n.*heads.foo"):
@@ -75,9 +74,9 @@ def test_config_round_trip_and_transformers_accepts_ours():
     from transformers import FlavaConfig, FlavaModel
 
     cfg = FLAVAConfig.tiny(image={"activation": "gelu_tanh"})
-    assert config_from_hf(config_to_hf(cfg)) == cfg
+    assert flava_config_from_hf(flava_config_to_hf(cfg)) == cfg
     with torch.device("meta"):
-        hf = FlavaModel(FlavaConfig(**config_to_hf(cfg)))
+        hf = FlavaModel(FlavaConfig(**flava_config_to_hf(cfg)))
         ours = flava_model(cfg)
     shapes = {k: v.shape for k, v in flava_to_hf(ours.state_dict()).items()}
     assert shapes == {k: v.shape for k, v in hf.state_dict().items()}
@@ -86,10 +85,10 @@ def test_config_round_trip_and_transformers_accepts_ours():
 def test_legacy_config_dict_fields_win():
     hf = hf_tiny_config().to_dict()
     hf["text_config_dict"] = {"num_hidden_layers": 5}
-    assert config_from_hf(hf).text.num_layers == 5
+    assert flava_config_from_hf(hf).text.num_layers == 5
     hf["image_config"]["hidden_act"] = "tanh"
     with pytest.raises(ValueError, match="image_config.hidden_act='tanh' is not supported"):
-        config_from_hf(hf)
+        flava_config_from_hf(hf)
 
 
 @pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin"])
@@ -104,7 +103,7 @@ def test_loads_a_transformers_directory(tmp_path, hf_flava, images, text_batch, 
         hf_flava.config.to_json_file(tmp_path / "config.json")
         torch.save(hf_flava.state_dict(), tmp_path / "pytorch_model.bin")
     ids, mask = text_batch
-    model = flava_model_from_hf(tmp_path).eval()
+    model = load_flava(tmp_path).eval()
     with torch.no_grad():
         ref = hf_flava(pixel_values=images, input_ids=ids, attention_mask=mask)
         out = model(pixel_values=images, input_ids=ids, attention_mask=mask)
@@ -118,7 +117,7 @@ def test_loads_a_pretraining_directory_and_names_what_it_skips(tmp_path, images,
     hf = randomize_(FlavaForPreTraining(hf_tiny_config())).eval()
     hf.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING):
-        model = flava_model_from_hf(tmp_path, attention_backend="math").eval()
+        model = load_flava(tmp_path, attention_backend="math").eval()
     assert "image_codebook" in caplog.text and "mim_head" in caplog.text
     with torch.no_grad():
         ref = hf.flava.image_model(pixel_values=images).last_hidden_state
@@ -133,7 +132,7 @@ def test_export_loads_in_transformers(tmp_path, images, text_batch):
 
     torch.manual_seed(0)
     ours = randomize_(flava_model(FLAVAConfig.tiny(text={"vocab_size": 120}))).eval()
-    save_hf_checkpoint(ours, tmp_path / "export")
+    save_flava_hf(ours, tmp_path / "export")
     hf = FlavaModel.from_pretrained(tmp_path / "export").eval()
     ids, mask = text_batch
     with torch.no_grad():
@@ -144,19 +143,19 @@ def test_export_loads_in_transformers(tmp_path, images, text_batch):
 
 def test_directory_errors_name_the_problem(tmp_path, hf_flava):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_hf_checkpoint(tmp_path / "nope")
+        load_flava(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
-        load_hf_checkpoint(tmp_path)
+        load_flava(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(hf_flava.config.to_dict()))
     with pytest.raises(FileNotFoundError, match="no weights in .*model.safetensors"):
-        load_hf_checkpoint(tmp_path)
+        load_flava(tmp_path)
     # weights of another size than config.json says
     hf_flava.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["text_config"]["vocab_size"] = 99
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match=r"word_embeddings.weight: checkpoint \(120, 32\) vs model \(99"):
-        flava_model_from_hf(tmp_path)
+        load_flava(tmp_path)
 
 
 # -- FlavaForPreTraining: heads, logit_scale, codebook ------------------------------------------
@@ -174,7 +173,7 @@ def test_pretraining_round_trip_and_tied_biases(hf_pretraining):
     from mmkit.models import flava_pretraining_from_hf, flava_pretraining_to_hf
 
     sd = hf_pretraining.state_dict()
-    ours = flava_pretraining_from_hf(sd, config_from_hf(hf_pretraining.config.to_dict()))
+    ours = flava_pretraining_from_hf(sd, flava_config_from_hf(hf_pretraining.config.to_dict()))
     assert "itm_head.classifier.weight" in ours and "model.logit_scale" in ours
     assert "image_tokenizer.encoder.group_1.block_1.res_path.conv_1.weight" in ours
     back = flava_pretraining_to_hf(ours)
@@ -193,25 +192,23 @@ def test_pretraining_round_trip_and_tied_biases(hf_pretraining):
 def test_pretraining_directory_and_export(tmp_path, hf_pretraining):
     from transformers import FlavaForPreTraining
 
-    from mmkit.models import flava_model_for_pretraining_from_hf
-
     hf_pretraining.save_pretrained(tmp_path / "hf")
-    ours = flava_model_for_pretraining_from_hf(tmp_path / "hf").eval()
+    ours = load_flava(tmp_path / "hf", pretraining=True).eval()
     assert ours.config.codebook.vocab_size == 64 and ours.config.codebook.image_size == 32
-    save_hf_checkpoint(ours, tmp_path / "export")
+    save_flava_hf(ours, tmp_path / "export")
     back = FlavaForPreTraining.from_pretrained(tmp_path / "export").eval()
     for k, v in hf_pretraining.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
-    with pytest.raises(CheckpointMismatchError, match="lacks"):
-        hf_pretraining.flava.save_pretrained(tmp_path / "base_only")
-        flava_model_for_pretraining_from_hf(tmp_path / "base_only")
+    hf_pretraining.flava.save_pretrained(tmp_path / "base_only")
+    with pytest.raises(CheckpointMismatchError, match="FLAVAForPreTraining .*missing from the checkpoint: .*itm_head"):
+        load_flava(tmp_path / "base_only", pretraining=True)
 
 
 def test_config_carries_codebook_and_loss_weights():
     hf = hf_tiny_config(mim_weight=0.5, global_backprop_contrastive=False).to_dict()
-    cfg = config_from_hf(hf)
+    cfg = flava_config_from_hf(hf)
     assert cfg.pretraining.weights.mim == 0.5 and not cfg.pretraining.contrastive_gather_with_grad
     assert (cfg.codebook.hidden_size, cfg.codebook.vocab_size, cfg.codebook.image_size) == (8, 64, 32)
     hf["image_config"]["vocab_size"] = 100
     with pytest.raises(ValueError, match="image_config.vocab_size=100 differs from image_codebook_config"):
-        config_from_hf(hf)
+        flava_config_from_hf(hf)

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from mmkit.models import FLAVAConfig, config_from_hf, flava_from_hf, flava_model
+from mmkit.models import FLAVAConfig, flava_config_from_hf, flava_from_hf, flava_model
 from tests.conftest import available_backends, hf_tiny_config
 
 ATOL = 1e-5
 
 
 def _ours(hf, backend):
-    cfg = config_from_hf(hf.config.to_dict()).replace(attention_backend=backend)
+    cfg = flava_config_from_hf(hf.config.to_dict()).replace(attention_backend=backend)
     model = flava_model(cfg).eval()
     model.load_state_dict(flava_from_hf(hf.state_dict(), cfg))
     return model
@@ -166,5 +166,5 @@ def test_config_overrides_are_strict():
 
 
 def test_hf_config_is_what_we_test_against():
-    cfg = config_from_hf(hf_tiny_config().to_dict())
+    cfg = flava_config_from_hf(hf_tiny_config().to_dict())
     assert cfg.image.image_size == 32 and cfg.text.vocab_size == 120 and cfg.multimodal.num_layers == 1

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmkit.models import FLAVAConfig, flava_model
-from mmkit.models.flava_hf import config_to_hf, hf_unsupported
+from mmkit.models import FLAVAConfig, flava_config_to_hf, flava_hf_unsupported, flava_model
 from mmkit.models.tower_init import init_towers, resolve_tower_configs
 from mmkit.utils import CheckpointMismatchError
 from tests.conftest import randomize_
@@ -44,9 +43,9 @@ def test_flava_image_from_a_clip_tower_equals_the_tower_before_any_step(tmp_path
     torch.testing.assert_close(ours.last_hidden_state[:, 0], ref.pooler_output, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.pre_norm_hidden_state, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
     # transformers' FLAVA has no input LayerNorm: its export is refused, naming why
-    assert "image.input_norm=True" in hf_unsupported(model.config)
+    assert "image.input_norm=True" in flava_hf_unsupported(model.config)
     with pytest.raises(ValueError, match="cannot express image.input_norm=True"):
-        config_to_hf(model.config)
+        flava_config_to_hf(model.config)
 
 
 def test_flava_text_from_a_clip_tower_reports_the_causal_change(tmp_path):

@@ -114,7 +114,7 @@ def test_a_transformers_directory_with_its_vocabulary_is_evaluated_like_its_conv
     gives the same retrieval numbers as its converted mmkit export evaluated with the same vocabulary."""
     from transformers import FlavaForPreTraining
 
-    from mmkit.models import flava_model_for_pretraining_from_hf
+    from mmkit.models import load_flava
     from mmkit.tokenizers import train_wordpiece
     from tests.conftest import hf_tiny_config, randomize_
 
@@ -126,7 +126,7 @@ def test_a_transformers_directory_with_its_vocabulary_is_evaluated_like_its_conv
     hf = randomize_(FlavaForPreTraining(config)).eval()
     hf.save_pretrained(tmp_path / "hf")
     tok.save(tmp_path / "hf")  # vocab.txt beside the weights, as on the hub
-    converted = flava_model_for_pretraining_from_hf(tmp_path / "hf")
+    converted = load_flava(tmp_path / "hf", pretraining=True)
     export = make_mmkit_export(tmp_path / "mm", ["unused"])
     from safetensors.torch import save_file
 

@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmkit.models import CLIPConfig, FLAVAConfig, clip_model, flava_model, load_flava_model, save_hf_checkpoint
-from mmkit.models.clip_hf import save_dual_encoder_hf
+from mmkit.models import (
+    CLIPConfig,
+    FLAVAConfig,
+    clip_model,
+    flava_model,
+    load,
+    load_flava,
+    save_dual_encoder_hf,
+    save_flava_hf,
+)
 from mmkit.utils import InputError, MissingError
 from mmkit.utils.hub import resolve_checkpoint
 from tests.conftest import load_recipe, randomize_
@@ -42,7 +50,7 @@ def _cache_snapshot(cache: Path, repo_id: str, source: Path, commit: str, ref: s
 
 def _flava_dir(directory: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    return save_hf_checkpoint(randomize_(flava_model(FLAVAConfig.tiny()), seed=seed), directory)
+    return save_flava_hf(randomize_(flava_model(FLAVAConfig.tiny()), seed=seed), directory)
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -63,14 +71,12 @@ def hub(tmp_path, monkeypatch):
 
 
 def test_a_hub_name_loads_its_cached_snapshot_like_the_directory(hub):
-    from mmkit.models import flava_model_from_hf
-
     _, first, second = hub
     assert resolve_checkpoint("org/flava-tiny") == first
-    by_name, by_path = load_flava_model("org/flava-tiny"), load_flava_model(first)
+    by_name, by_path = load_flava("org/flava-tiny"), load_flava(first)
     assert by_name.load_report.kind == "transformers" and _same(by_name, by_path)
-    assert _same(flava_model_from_hf("org/flava-tiny"), by_path)
-    assert not _same(by_path, load_flava_model(second))  # the two snapshots differ: the next test means something
+    assert _same(load("org/flava-tiny"), by_path)  # the loader of any family, by what the snapshot holds
+    assert not _same(by_path, load_flava(second))  # the two snapshots differ: the next test means something
 
 
 def test_a_revision_selects_its_snapshot(hub):
@@ -78,13 +84,13 @@ def test_a_revision_selects_its_snapshot(hub):
     assert resolve_checkpoint("org/flava-tiny@v2") == second
     assert resolve_checkpoint("org/flava-tiny@" + "b" * 40) == second
     assert resolve_checkpoint("org/flava-tiny@main") == first
-    assert _same(load_flava_model("org/flava-tiny@v2"), load_flava_model(second))
+    assert _same(load_flava("org/flava-tiny@v2"), load_flava(second))
 
 
 def test_a_local_directory_wins_over_the_cache(hub, tmp_path):
     local = _flava_dir(tmp_path / "org" / "flava-tiny", 2)  # relative to the cwd: ./org/flava-tiny
     assert resolve_checkpoint("org/flava-tiny") == Path("org/flava-tiny")
-    assert _same(load_flava_model("org/flava-tiny"), load_flava_model(local))
+    assert _same(load_flava("org/flava-tiny"), load_flava(local))
 
 
 def test_names_missing_offline_and_paths_that_do_not_exist_are_one_line(hub, monkeypatch):
@@ -92,7 +98,7 @@ def test_names_missing_offline_and_paths_that_do_not_exist_are_one_line(hub, mon
 
     with pytest.raises(MissingError, match=r"^org/other@v9 is not a local path and is not in the Hugging Face cache "
                                            r"\(HF_HUB_OFFLINE=1\): ") as err:  # fmt: skip
-        load_flava_model("org/other@v9")
+        load_flava("org/other@v9")
     assert "\n" not in str(err.value)
     with pytest.raises(MissingError, match="^org/flava-tiny@v3 is not a local path"):  # a ref the cache lacks
         resolve_checkpoint("org/flava-tiny@v3")
@@ -103,7 +109,7 @@ def test_names_missing_offline_and_paths_that_do_not_exist_are_one_line(hub, mon
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     for path in ("runs/demo/final", "./flava", "../flava", "~/nowhere-mmkit", "/nowhere/flava"):
         with pytest.raises(MissingError, match="does not exist"):
-            load_flava_model(path)
+            load_flava(path)
     for bad in ("org/na me", "org/-x", "a--b/c", "org/x@", "org/x@a..b"):
         with pytest.raises(InputError, match="neither an existing path nor a hub name"):
             resolve_checkpoint(bad)
