@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from mmkit.encoders.builders import flava_image_encoder
+from mmkit.encoders.builders import vit_encoder
 
 
 def step_time(p: float, args) -> float:
     torch.manual_seed(0)
-    enc = flava_image_encoder(image_size=224, patch_size=16, hidden_size=args.width, num_layers=args.layers,
+    enc = vit_encoder(image_size=224, patch_size=16, hidden_size=args.width, num_layers=args.layers,
                               num_heads=args.width // 64, mlp_dim=4 * args.width, patch_dropout=p).train()  # fmt: skip
     x = torch.randn(args.batch, 3, 224, 224)
     times = []

@@ -1,6 +1,6 @@
 """Reusable encoders built from :mod:`mmkit.layers`, with their builders and configs."""
 
-from mmkit.encoders.builders import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
+from mmkit.encoders.builders import flava_multimodal_encoder, flava_text_encoder, vit_encoder
 from mmkit.encoders.configs import ImageEncoderConfig, MultimodalEncoderConfig, TextEncoderConfig, TransformerConfig
 from mmkit.encoders.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
 
@@ -12,7 +12,7 @@ __all__ = [
     "TextEncoder",
     "TextEncoderConfig",
     "TransformerConfig",
-    "flava_image_encoder",
     "flava_multimodal_encoder",
     "flava_text_encoder",
+    "vit_encoder",
 ]

@@ -1,14 +1,15 @@
-"""Builders for the FLAVA encoders (Singh et al., CVPR 2022, arXiv 2112.04482, Table A.1).
+"""Builders for the encoders: the ViT (:func:`vit_encoder`, FLAVA's, CLIP's and SigLIP's image encoder), the
+text encoder and FLAVA's fusion encoder (Singh et al., CVPR 2022, arXiv 2112.04482, Table A.1).
 
 Each builder takes an optional config and keyword overrides of its fields, e.g.
-``flava_image_encoder(num_layers=4, hidden_size=256, num_heads=4, mlp_dim=1024)``;
-with no arguments it returns the released size. Unknown keywords raise, naming the
-nearest valid field.
+``vit_encoder(num_layers=4, hidden_size=256, num_heads=4, mlp_dim=1024)``;
+with no arguments it returns the released FLAVA size. Unknown keywords raise, naming the
+nearest valid field. Each initialises what it built by the encoder's own ``reset_parameters()``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -16,10 +17,12 @@ from mmkit.encoders.configs import ImageEncoderConfig, MultimodalEncoderConfig, 
 from mmkit.encoders.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
 from mmkit.layers.attention import AttentionBackend
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
-from mmkit.layers.init import init_std_for, init_tokens, init_weights
+from mmkit.layers.init import init_std_for
 from mmkit.layers.pooler import AttentionPool, Pooler, TokenPool
-from mmkit.layers.transformer import TransformerEncoder, transformer_encoder
+from mmkit.layers.transformer import AttentionOptions, TransformerEncoder, transformer_encoder
 from mmkit.utils.config import replace_config
+
+_Built = TypeVar("_Built", ImageEncoder, TextEncoder, MultimodalEncoder)
 
 
 def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend, causal: bool = False) -> TransformerEncoder:
@@ -31,11 +34,8 @@ def _stack(cfg: TransformerConfig, attention_backend: AttentionBackend, causal: 
         activation=cfg.activation,
         norm_eps=cfg.norm_eps,
         dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        qkv_bias=cfg.qkv_bias,
-        attention_backend=attention_backend,
-        causal=causal,
         input_norm=cfg.input_norm,
+        attention=AttentionOptions(cfg.qkv_bias, cfg.attention_dropout, attention_backend, causal),
     )
 
 
@@ -50,16 +50,14 @@ def _pooler(cfg: ImageEncoderConfig | TextEncoderConfig, with_pooler: bool) -> n
     return TokenPool(kind, getattr(cfg, "eos_token_id", None))
 
 
-def _finish(module, width: int, init_std: float | None, zero_tokens: bool):
-    """Initialise a built encoder: linears, convs, embeddings and norms (:func:`init_weights`), then its
-    learned tokens and position tables (:func:`init_tokens`), with the std of its width."""
-    std = init_std_for(width, init_std)
-    module.apply(lambda m: init_weights(m, std=std))
-    init_tokens(module, std, zero=zero_tokens)
-    return module
+def _finish(encoder: _Built, width: int, init_std: float | None, zero_tokens: bool) -> _Built:
+    """Give a built encoder its initialisation rule (the std of its width, zero or drawn tokens) and apply it."""
+    encoder.init_std, encoder.zero_init_tokens = init_std_for(width, init_std), zero_tokens
+    encoder.reset_parameters()
+    return encoder
 
 
-def flava_image_encoder(
+def vit_encoder(
     config: ImageEncoderConfig | None = None,
     *,
     with_pooler: bool = True,
@@ -68,10 +66,11 @@ def flava_image_encoder(
     zero_init_tokens: bool = True,
     **overrides: Any,
 ) -> ImageEncoder:
-    """FLAVA's ViT image encoder (ViT-B/16 at 224² by default; 86.4M parameters with pooler).
+    """A ViT image encoder: FLAVA's by default (ViT-B/16 at 224²; 86.4M parameters with pooler), CLIP's and
+    SigLIP's with their config's options (input norm, bias-free patches, no CLS token, their pooler).
 
     Args:
-        config: sizes; defaults to :class:`ImageEncoderConfig` (the released sizes).
+        config: sizes; defaults to :class:`ImageEncoderConfig` (FLAVA's released sizes).
         with_pooler: add the pooler ``config.pooler`` names (``tanh(dense(CLS))`` for FLAVA).
         attention_backend: ``"sdpa" | "xformers" | "math" | "auto"``.
         init_std: std of the weight initialisation; None: ``0.02 * sqrt(768 / hidden_size)``

@@ -7,7 +7,8 @@ Every encoder shares one interface:
   layer's hidden states;
 * ``width``: the output feature size;
 * ``set_grad_checkpointing(enable)``: per-layer activation checkpointing;
-* ``no_weight_decay()``: parameter names that should take no weight decay.
+* ``no_weight_decay()``: parameter names that should take no weight decay;
+* ``reset_parameters()``: the builders' initialisation (also after ``to_empty`` on a meta-built model).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.layers.embeddings import PatchEmbedding, TextEmbedding
-from mmkit.layers.init import no_weight_decay_names
+from mmkit.layers.init import REFERENCE_STD, init_module, no_weight_decay_names
 from mmkit.layers.pooler import AttentionPool, TokenPool
 from mmkit.layers.transformer import EncoderOutput, TransformerEncoder
 from mmkit.utils.errors import InputError
@@ -26,6 +27,16 @@ class _Encoder(nn.Module):
     """Common plumbing: the transformer stack lives in ``self.encoder``."""
 
     encoder: TransformerEncoder
+    #: std of the weights' initialisation (the builders set it from the width, ``init_std_for``)
+    init_std: float = REFERENCE_STD
+    #: start the learned tokens and position tables at 0 (FLAVA) rather than drawing them (CLIP, SigLIP)
+    zero_init_tokens: bool = True
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise every parameter by the builders' rule: :func:`~mmkit.layers.init.init_module` with
+        ``init_std`` and ``zero_init_tokens``. Works on FSDP2's sharded parameters (each rank its shard)."""
+        init_module(self, self.init_std, self.zero_init_tokens)
 
     @property
     def width(self) -> int:
@@ -129,6 +140,13 @@ class TextEncoder(_Encoder):
         self.embeddings = embeddings
         self.encoder = encoder
         self.pooler = pooler
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The builders' initialisation (:meth:`_Encoder.reset_parameters`) and the position-id buffer,
+        which is in no state dict and which ``to_empty`` leaves unset."""
+        super().reset_parameters()
+        self.embeddings.reset_buffers()
 
     def forward(
         self,

@@ -168,8 +168,7 @@ def image_features(
     batch_size: int = 128,
     num_workers: int = 0,
     max_bad_fraction: float = 0.01,
-    progress: bool = True,
-    desc: str = "image features",
+    progress: bool | str = True,
 ) -> ImageFeatures:
     """Pooled features and contrastive embeddings of every image of ``dataset`` (see the module docstring).
 
@@ -181,7 +180,8 @@ def image_features(
         model_id: the model's digest (:func:`model_digest`; computed when None and a cache is given).
         batch_size, num_workers: images per forward pass; decoding processes.
         max_bad_fraction: the share of unreadable images tolerated (each named in ``skipped``).
-        progress: a progress bar on stderr.
+        progress: a progress bar on stderr, labelled ``"image features"``, or labelled with this string;
+            False: none.
 
     Raises:
         ValueError: more than ``max_bad_fraction`` of the images could not be read, naming some.
@@ -198,8 +198,9 @@ def image_features(
                 [tuple(c) for c in meta["captions"]] if meta.get("captions") is not None else None,
                 [tuple(s) for s in meta["skipped"]],
             )  # fmt: skip
+    desc = progress if isinstance(progress, str) else "image features"
     rows, features, embeddings, skipped = _encode_images(model, dataset, transform, batch_size, num_workers,
-                                                         max_bad_fraction, progress, desc)  # fmt: skip
+                                                         max_bad_fraction, progress is not False, desc)  # fmt: skip
     samples = [s for _, s in rows]
     labels = _labels(dataset, samples) if dataset.kind == "classification" else None
     captions = [s.captions for s in samples] if dataset.kind == "retrieval" else None

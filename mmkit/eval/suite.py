@@ -93,9 +93,10 @@ class SuiteContext:
             self.model_id = model_digest(self.model)
 
     def images(self, dataset: BenchmarkSet, desc: str):
+        bar = desc if self.progress else False
         return image_features(self.model, dataset, self.transform, transform_id=self.transform_id, cache=self.cache,
                               model_id=self.model_id, batch_size=self.batch_size, num_workers=self.num_workers,
-                              max_bad_fraction=self.max_bad_fraction, progress=self.progress, desc=desc)  # fmt: skip
+                              max_bad_fraction=self.max_bad_fraction, progress=bar)  # fmt: skip
 
     def texts(self, texts: list[str], desc: str) -> torch.Tensor:
         if self.tokenizer is None:

@@ -47,7 +47,8 @@ def init_weights(module: nn.Module, std: float = REFERENCE_STD) -> None:
 
     Linear and conv weights ~ normal(0, ``std``), biases 0; embeddings ~ normal(0, ``std``) with the
     padding row zeroed; LayerNorm weight 1, bias 0. (Plain normal, as transformers' ``_init_weights``
-    draws; ``trunc_normal_``'s default cut at +-2 is 100 stds away at 0.02 anyway.)
+    draws; ``trunc_normal_``'s default cut at +-2 is 100 stds away at 0.02 anyway.) Works on FSDP2's
+    sharded ``DTensor`` parameters too: each rank fills its shard.
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
         nn.init.normal_(module.weight, std=std)
@@ -57,12 +58,36 @@ def init_weights(module: nn.Module, std: float = REFERENCE_STD) -> None:
         nn.init.normal_(module.weight, std=std)
         if module.padding_idx is not None:
             with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
+                zero_row(module.weight, module.padding_idx)
     elif isinstance(module, nn.LayerNorm):
         if module.weight is not None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def zero_row(weight: torch.Tensor, row: int) -> None:
+    """``weight[row] = 0`` for a ``(N, D)`` table, also when it is an FSDP2 parameter sharded along its rows
+    (``Shard(0)`` on a 1-D mesh: rank ``r`` holds rows ``[r * ceil(N / world), ...)``, as ``torch.chunk``
+    splits them), where an indexed write would miss the shard."""
+    if type(weight).__name__ != "DTensor":  # torch.distributed may be absent from the build: no import
+        weight[row].zero_()
+        return
+    from torch.distributed.tensor import Shard
+
+    if len(weight.placements) != 1 or weight.placements[0] != Shard(0):
+        raise InputError(f"a padding row can be zeroed only in a row-sharded table, not {weight.placements}")
+    local = weight.to_local()
+    start = weight.device_mesh.get_local_rank() * math.ceil(weight.shape[0] / weight.device_mesh.size())
+    if start <= row < start + local.shape[0]:
+        local[row - start].zero_()
+
+
+def init_module(module: nn.Module, std: float, zero_tokens: bool) -> None:
+    """Initialise every sub-module of ``module`` by :func:`init_weights` (in ``module.apply``'s order), then its
+    learned tokens and position tables by :func:`init_tokens`: an encoder's whole rule, at the std of its width."""
+    module.apply(lambda m: init_weights(m, std=std))
+    init_tokens(module, std, zero=zero_tokens)
 
 
 #: Learned tokens and position tables: a module's parameters with these names (see :func:`init_tokens`).

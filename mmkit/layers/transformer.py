@@ -124,6 +124,23 @@ class TransformerEncoder(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class AttentionOptions:
+    """How every self-attention of a stack is built (:func:`transformer_encoder`).
+
+    Attributes:
+        qkv_bias: bias on the QKV projection.
+        dropout: dropout on the attention probabilities (training only).
+        backend: ``"sdpa" | "xformers" | "math" | "auto"``, see :mod:`mmkit.layers.attention`.
+        causal: each token attends to itself and the tokens before it only.
+    """
+
+    qkv_bias: bool = True
+    dropout: float = 0.0
+    backend: AttentionBackend = "sdpa"
+    causal: bool = False
+
+
 def transformer_encoder(
     *,
     dim: int,
@@ -133,32 +150,29 @@ def transformer_encoder(
     activation: str = "gelu",
     norm_eps: float = 1e-12,
     dropout: float = 0.0,
-    attention_dropout: float = 0.0,
-    qkv_bias: bool = True,
-    attention_backend: AttentionBackend = "sdpa",
-    causal: bool = False,
     input_norm: bool = False,
+    attention: AttentionOptions = AttentionOptions(),
 ) -> TransformerEncoder:
-    """Build a pre-norm :class:`TransformerEncoder` of ``num_layers`` identical blocks.
+    """Build a pre-norm :class:`TransformerEncoder` of ``num_layers`` identical blocks, ``(B, N, D) -> (B, N, D)``.
 
     Args:
         dim: width ``D``. num_layers: depth. num_heads: attention heads.
         mlp_dim: MLP inner width. activation: MLP activation name.
         norm_eps: LayerNorm epsilon for every norm (FLAVA uses 1e-12).
-        dropout: residual-branch dropout. attention_dropout: dropout on attention probabilities.
-        qkv_bias: bias on the QKV projection. attention_backend: see :mod:`mmkit.layers.attention`.
-        causal: causal self-attention in every layer. input_norm: a LayerNorm before the first layer.
+        dropout: residual-branch dropout (after the attention's output projection and in the MLP).
+        input_norm: a LayerNorm before the first layer.
+        attention: QKV bias, attention dropout, backend and causality (:class:`AttentionOptions`).
     """
     layers = [
         TransformerLayer(
             attention=MultiHeadSelfAttention(
                 dim,
                 num_heads,
-                qkv_bias=qkv_bias,
-                attention_dropout=attention_dropout,
+                qkv_bias=attention.qkv_bias,
+                attention_dropout=attention.dropout,
                 proj_dropout=dropout,
-                backend=attention_backend,
-                causal=causal,
+                backend=attention.backend,
+                causal=attention.causal,
             ),
             mlp=MLP(dim, mlp_dim, activation=activation, dropout=dropout),
             norm1=nn.LayerNorm(dim, eps=norm_eps),

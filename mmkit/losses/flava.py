@@ -1,23 +1,20 @@
 """FLAVA's pretraining loss: a weighted sum of its six objectives (paper §3.2-3.3, all weights 1.0).
 
-:class:`FLAVALossWeights` lives here, beside :data:`OBJECTIVES` and the loss that consumes it,
-although :class:`~mmkit.models.FLAVAConfig` holds one (``pretraining.weights``): ``mmkit.losses``
-imports nothing from mmkit, so ``mmkit.models`` may build on it, while moving the weights up to
-the model config would make this module import ``mmkit.models`` (a cycle) or repeat the
-objective names.
+:class:`FLAVALossWeights` lives here, beside the loss that consumes it, although
+:class:`~mmkit.models.FLAVAConfig` holds one (``pretraining.weights``): ``mmkit.losses`` imports nothing
+from mmkit, so ``mmkit.models`` may build on it. Its fields are the config's keys, one per objective of
+the table in :mod:`mmkit.models.flava_objectives` (which names them, orders them and says what each
+computes); nothing here spells a name again (:data:`OBJECTIVES` is read off the fields).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.utils.errors import InputError
-
-#: objective names, in the order losses are reported
-OBJECTIVES = ("global_contrastive", "itm", "mmm_image", "mmm_text", "mim", "mlm")
 
 
 @dataclass
@@ -58,6 +55,10 @@ class FLAVALossWeights:
     def as_dict(self) -> dict[str, float]:
         """``{objective: weight}`` over FLAVA's objectives and the added ones."""
         return {**{k: float(getattr(self, k)) for k in OBJECTIVES}, **{k: float(v) for k, v in self.extra.items()}}
+
+
+#: FLAVA's own objectives: the names of :class:`FLAVALossWeights`' weight fields
+OBJECTIVES = tuple(f.name for f in fields(FLAVALossWeights) if f.name != "extra")
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,52 +41,26 @@ from mmkit.heads import (
     select_budget,
     select_masked,
 )
-from mmkit.layers.init import init_std_for, init_weights, no_weight_decay_names
+from mmkit.layers.init import no_weight_decay_names
 from mmkit.layers.transformer import EncoderOutput
-from mmkit.losses import ContrastiveLoss, FLAVAPretrainingLoss, masked_cross_entropy
+from mmkit.losses import ContrastiveLoss, ContrastiveOutput, FLAVAPretrainingLoss, masked_cross_entropy
 from mmkit.models.contrastive import EmbeddingGrads, gradient_term
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
-from mmkit.models.flava_objectives import CONTRASTIVE, FLAVA_OBJECTIVES, Objective, Views
+from mmkit.models.flava_objectives import (
+    CONTRASTIVE,
+    FLAVA_OBJECTIVES,
+    FLAVAPretrainingOutput,
+    MaskedPrediction,
+    Objective,
+    PretrainingInputs,
+    Views,
+    head_build_order,
+    reporting_order,
+)
 from mmkit.tokenizers import DalleEncoder, ImageTokenizer, dalle_encoder_from_checkpoint
 from mmkit.utils.config import replace_config
 from mmkit.utils.errors import InputError
-
-
-@dataclass
-class FLAVAPretrainingOutput:
-    """What :meth:`FLAVAForPreTraining.forward` returns.
-
-    Attributes:
-        loss: scalar, the weighted sum of ``losses``.
-        losses: each computed objective's (unweighted) loss, by name: ``global_contrastive``,
-            ``itm``, ``mmm_image``, ``mmm_text``, ``mim``, ``mlm``.
-        logits: ``mim`` / ``mmm_image`` ``(M_img, V_img)`` and ``mlm`` / ``mmm_text``
-            ``(M_txt, V_txt)`` at masked positions only (with static shapes: ``(K, V)`` for a budget
-            of ``K`` positions, the masked ones first); ``itm`` ``(B, 2)``;
-            ``contrastive_image`` / ``contrastive_text`` ``(n, N)`` scaled similarities (every row;
-            rows of ITM negatives are labelled ``ignore_index``).
-        labels: the target of each ``logits`` entry (same keys; ``(M,)``/``(K,)`` or ``(B,)``/``(n,)``),
-            ``ignore_index`` where a row does not count.
-        overflow: with static shapes, per masked objective, how many masked positions did not fit
-            the budget (a 0-d device tensor; 0 means the loss equals the default path's).
-        kind: ``"pair"``, ``"image"`` or ``"text"``.
-        image_embedding, text_embedding: ``(B, P)`` contrastive embeddings of a paired batch.
-        contrastive_rows: in the two passes of whole-batch accumulation, what a paired batch gives the global
-            contrastive loss over the whole accumulated batch (:meth:`FLAVAForPreTraining.whole_batch_loss`):
-            ``image`` / ``text`` ``(B, P)`` and ``matched`` bool ``(B,)``; empty otherwise.
-        gradient_term: given ``embedding_grads``, the scalar whose gradient is that loss's through this batch.
-    """
-
-    loss: Tensor
-    losses: dict[str, Tensor] = field(default_factory=dict)
-    logits: dict[str, Tensor] = field(default_factory=dict)
-    labels: dict[str, Tensor] = field(default_factory=dict)
-    overflow: dict[str, Tensor] = field(default_factory=dict)
-    kind: str = "pair"
-    image_embedding: Tensor | None = None
-    text_embedding: Tensor | None = None
-    contrastive_rows: dict[str, Tensor] = field(default_factory=dict)
-    gradient_term: Tensor | None = None
+from mmkit.utils.weights import load_strict
 
 
 class FLAVAForPreTraining(nn.Module):
@@ -132,7 +105,8 @@ class FLAVAForPreTraining(nn.Module):
         self.loss_fn = FLAVAPretrainingLoss(opts.weights)
         self.static_shapes = False
         #: the loss whose chance level is ``ln(batch)`` (a health check's reference)
-        self.chance_loss = "global_contrastive"
+        self.chance_loss = CONTRASTIVE
+        self.report_order = reporting_order(self.objectives)
         self.budgets = {"image": DEFAULT_BUDGETS["image"], "text": DEFAULT_BUDGETS["text"]}
 
     def set_static_shapes(self, enabled: bool = True, image_budget: float | None = None,
@@ -163,6 +137,34 @@ class FLAVAForPreTraining(nn.Module):
                 self.budgets[name] = value
         self.static_shapes = enabled
         return self
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as :func:`flava_model_for_pretraining` does: the model (:meth:`FLAVAModel.reset_parameters`),
+        the frozen codebook (its ``codebook.checkpoint``'s weights, or drawn as ``DalleEncoder`` draws them), then
+        each head in :attr:`Objective.head_order` (:meth:`Objective.init_head`). On plain tensors and FSDP2's
+        sharded ones alike (each rank fills its shard); after ``to_empty`` this is :func:`materialize_flava`."""
+        self.model.reset_parameters()
+        if self.image_tokenizer is not None:
+            checkpoint = self.config.codebook.checkpoint
+            if checkpoint:
+                source = dalle_encoder_from_checkpoint(checkpoint)
+                load_strict(self.image_tokenizer.encoder, source.state_dict(), checkpoint, target="codebook")
+            else:
+                for module in self.image_tokenizer.encoder.modules():
+                    if isinstance(module, nn.Conv2d):
+                        module.reset_parameters()
+        for objective in head_build_order(self.objectives):
+            objective.init_head(self.head(objective.name), self.config)
+
+    def shard_units(self) -> list[nn.Module]:
+        """The repeated transformer layers of the three encoders, in order (:meth:`FLAVAModel.shard_units`):
+        each a unit of activation checkpointing and FSDP sharding. The heads and the tokenizer are none."""
+        return self.model.shard_units()
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """The losses that gather embeddings across ranks (and carry ``rows_per_rank``): the global contrastive."""
+        return [self.contrastive]
 
     def set_cross_rank(self, enabled: bool) -> None:
         """Score the contrastive loss against every rank's batch (training) or this rank's only
@@ -201,107 +203,96 @@ class FLAVAForPreTraining(nn.Module):
             )
         return image_token_ids
 
-    def _pixel_targets(self, pixel_values: Tensor) -> Tensor:
+    def head(self, name: str) -> nn.Module:
+        """The head of objective ``name`` (the module ``<name>_head``)."""
+        return self.get_submodule(f"{name}_head")
+
+    def pixel_targets(self, pixel_values: Tensor) -> Tensor:
+        """Pixel MIM's targets: each patch's pixels ``(B, Np, p*p*C)`` (normalised per patch with ``pixel_norm``)."""
         patch = self.model.image_encoder.embeddings.patch_size
         return patchify(pixel_values.float(), patch[0] if isinstance(patch, tuple) else patch, self.pixel_norm)
 
-    def _masked_regression(
-        self, head: nn.Module, hidden: Tensor, targets: Tensor, mask: Tensor, name: str, out: FLAVAPretrainingOutput
-    ) -> None:
+    def regress_masked(
+        self, head: nn.Module, hidden: Tensor, targets: Tensor, mask: Tensor, side: str
+    ) -> MaskedPrediction:
         """Pixel MIM: predict the (normalised) pixels of masked patches only; mean squared error.
 
-        ``hidden (B, Np, D)``, ``targets (B, Np, p*p*C)``, ``mask`` bool ``(B, Np)``. Static shapes:
-        a budget of ``K`` patches, the padding weighted 0; logits and labels ``(K, p*p*C)``."""
+        ``hidden (B, Np, D)``, ``targets (B, Np, p*p*C)``, ``mask`` bool ``(B, Np)``, ``side`` the budget's
+        (``"image"``). Static shapes: a budget of ``K`` patches, the padding weighted 0; logits and labels
+        ``(K, p*p*C)``; otherwise ``(M, p*p*C)`` at the ``M`` masked patches."""
         mask = mask.bool()
         if self.static_shapes and self.training:
-            index, out.overflow[name] = budget_indices(mask.reshape(-1), self._budget(name, mask.numel()))
+            index, overflow = budget_indices(mask.reshape(-1), self._budget(side, mask.numel()))
             pred = head(hidden.reshape(-1, hidden.shape[-1])[index])
             y = targets.reshape(-1, targets.shape[-1])[index]
             weight = mask.reshape(-1)[index].float()
             squared = ((pred.float() - y) ** 2).sum(-1)
-            out.logits[name], out.labels[name] = pred, y
-            out.losses[name] = (squared * weight).sum() / (weight.sum() * y.shape[-1]).clamp_min(1)
-            return
+            loss = (squared * weight).sum() / (weight.sum() * y.shape[-1]).clamp_min(1)
+            return MaskedPrediction(pred, y, loss, overflow)
         pred = head(hidden[mask])
         y = targets[mask]
-        out.logits[name], out.labels[name] = pred, y
-        out.losses[name] = torch.nn.functional.mse_loss(pred.float(), y) if len(y) else pred.sum() * 0.0
+        return MaskedPrediction(pred, y, torch.nn.functional.mse_loss(pred.float(), y) if len(y) else pred.sum() * 0.0)
 
-    def _masked_prediction(
-        self, head: nn.Module, hidden: Tensor, labels: Tensor, name: str, out: FLAVAPretrainingOutput
-    ) -> None:
+    def predict_masked(self, head: nn.Module, hidden: Tensor, labels: Tensor, side: str) -> MaskedPrediction:
         """Cross-entropy of ``head`` at the labelled positions of ``hidden (B, N, D)``, ``labels (B, N)``:
-        exactly those (``(M, V)`` logits), or with static shapes a budget of ``K`` (``(K, V)``)."""
+        exactly those (``(M, V)`` logits), or with static shapes the ``side``'s budget of ``K`` (``(K, V)``)."""
+        overflow = None
         if self.static_shapes and self.training:
-            budget = self._budget(name, labels.numel())
-            h, y, out.overflow[name] = select_budget(hidden, labels, budget, self.ignore_index)
+            h, y, overflow = select_budget(hidden, labels, self._budget(side, labels.numel()), self.ignore_index)
         else:
             h, y = select_masked(hidden, labels, self.ignore_index)
         logits = head(h)
-        out.logits[name], out.labels[name] = logits, y
-        out.losses[name] = masked_cross_entropy(logits, y, self.ignore_index)
+        return MaskedPrediction(logits, y, masked_cross_entropy(logits, y, self.ignore_index), overflow)
 
-    def _budget(self, name: str, num_positions: int) -> int:
-        return prediction_budget(num_positions, self.budgets["image" if name in ("mim", "mmm_image") else "text"])
+    def score_contrastive(
+        self, image: Tensor, text: Tensor, matched: Tensor | None, logit_scale: Tensor | None = None
+    ) -> ContrastiveOutput:
+        """The global contrastive loss of embeddings ``image`` / ``text`` ``(n, P)``, gathered across ranks:
+        rows of the ``matched`` pairs (bool ``(n,)``; None: all) count, and with ``contrastive_matched_only``
+        only they are columns. ``logit_scale`` defaults to the model's."""
+        columns = matched if self.config.pretraining.contrastive_matched_only else None
+        scale = self.model.logit_scale if logit_scale is None else logit_scale
+        return self.contrastive(image, text, scale, row_mask=matched, column_mask=columns)
+
+    def _budget(self, side: str, num_positions: int) -> int:
+        return prediction_budget(num_positions, self.budgets[side])
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
         self,
-        pixel_values: Tensor | None = None,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-        patch_mask: Tensor | None = None,
-        masked_input_ids: Tensor | None = None,
-        mlm_labels: Tensor | None = None,
-        codebook_pixel_values: Tensor | None = None,
-        image_token_ids: Tensor | None = None,
-        itm_labels: Tensor | None = None,
+        batch: PretrainingInputs | None = None,
         *,
         embed_only: bool = False,
         embedding_grads: EmbeddingGrads | None = None,
+        **inputs: Tensor | None,
     ) -> FLAVAPretrainingOutput:
         """Compute the objectives of one batch; which ones depends on the inputs given.
 
         Args:
-            pixel_values: ``(B, 3, H, W)`` encoder pixels (normalised).
-            input_ids: ``(B, L)`` unmasked text (paired batches: captions after ITM swaps).
-            attention_mask: ``(B, L)``, 1 = real token.
-            token_type_ids: optional ``(B, L)``.
-            patch_mask: bool ``(B, Np)``, True = masked patch (MIM / MMM image).
-            masked_input_ids: ``(B, L)`` text after MLM masking.
-            mlm_labels: ``(B, L)`` original ids at masked tokens, ``ignore_index`` elsewhere.
-            codebook_pixel_values: ``(B, 3, h, w)`` tokenizer input (``h = 8 * grid``), or
-            image_token_ids: ``(B, Np)`` precomputed tokenizer ids.
-            itm_labels: ``(B,)`` 1 = matched pair, 0 = swapped caption. None = all matched, no ITM loss.
+            batch: the batch as one :class:`~mmkit.models.flava_objectives.PretrainingInputs` (its fields and
+                shapes: ``pixel_values`` ``(B, 3, H, W)``, ``input_ids`` ``(B, L)``, bool ``patch_mask``
+                ``(B, Np)``, ...), or
+            **inputs: the same fields as keywords (``model(**batch.model_inputs())``); an unknown name raises.
             embed_only, embedding_grads: the first and second pass of whole-batch accumulation
                 (:meth:`_whole_batch_pass`).
 
         Returns:
-            :class:`FLAVAPretrainingOutput`.
+            :class:`FLAVAPretrainingOutput`, its ``losses`` in the objectives' reporting order.
         """
-        if pixel_values is not None and input_ids is not None:
-            kind = "pair"
-        elif pixel_values is not None:
-            kind = "image"
-        elif input_ids is not None or masked_input_ids is not None:
-            kind = "text"
-        else:
-            raise InputError("a pretraining batch needs pixel_values, input_ids or both")
-        views = Views(kind, FLAVAPretrainingOutput(loss=torch.zeros(()), kind=kind), pixel_values, input_ids,
-                      attention_mask, token_type_ids, patch_mask, masked_input_ids, mlm_labels, codebook_pixel_values,
-                      image_token_ids, itm_labels)  # fmt: skip
-        if kind == "pair" and itm_labels is not None:
-            matched = itm_labels.reshape(-1) != 0
-            views.matched = matched | ~matched.any()  # no matched pair at all: use every pair
+        if batch is not None and (inputs or not isinstance(batch, PretrainingInputs)):
+            raise InputError(f"pass one PretrainingInputs or its tensors as keywords (pixel_values=..., ...), not both "
+                             f"nor a {type(batch).__name__}")  # fmt: skip
+        views = Views.of_batch(batch if batch is not None else PretrainingInputs.of(inputs))
         active = self._objectives_for(views)
         if embed_only or embedding_grads is not None:
             return self._whole_batch_pass(views, active, embedding_grads)
         self._encode(views, active)
         for objective in active:
             objective.compute(self, views)
-        views.out.loss = self.loss_fn(views.out.losses)
-        return views.out
+        out = views.out
+        out.loss = self.loss_fn(out.losses)
+        out.losses = {name: out.losses[name] for name in self.report_order if name in out.losses}
+        return out
 
     def _objectives_for(self, views: Views) -> list[Objective]:
         """The objectives with a weight that train on this batch's kind and have its inputs, checked."""
@@ -353,9 +344,7 @@ class FLAVAForPreTraining(nn.Module):
     def whole_batch_loss(self, rows: dict[str, Tensor], params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The global contrastive loss over ``rows`` (``image`` / ``text`` ``(n, P)``, ``matched`` bool ``(n,)``) with
         ``params`` (:meth:`loss_parameters`' values), gathered across ranks: ``(weight * loss, {name: loss})``."""
-        matched = rows["matched"]
-        columns = matched if self.config.pretraining.contrastive_matched_only else None
-        c = self.contrastive(rows["image"], rows["text"], params["logit_scale"], row_mask=matched, column_mask=columns)
+        c = self.score_contrastive(rows["image"], rows["text"], rows["matched"], params["logit_scale"])
         return self.weights.get(CONTRASTIVE) * c.loss, {CONTRASTIVE: c.loss}
 
     def _encode(self, views: Views, active: list[Objective], replay: bool = False, clean_only: bool = False) -> None:
@@ -464,7 +453,7 @@ def random_codebook(cfg: FLAVAConfig) -> bool:
     """Whether ``cfg`` trains masked-image objectives on a randomly initialised tokenizer it did not
     explicitly allow (:attr:`CodebookConfig.allow_random`)."""
     cb, opts = cfg.codebook, cfg.pretraining
-    masked_image = opts.weights.active("mim") or opts.weights.active("mmm_image")
+    masked_image = any(opts.weights.active(o.name) for o in FLAVA_OBJECTIVES if o.side == "image")
     return cb.enabled and opts.mim_target == "tokens" and masked_image and not cb.checkpoint and not cb.allow_random
 
 
@@ -552,8 +541,8 @@ def flava_model_for_pretraining(
         objectives: the objective table (:data:`~mmkit.models.FLAVA_OBJECTIVES`, plus any of your own:
             each added one's head is built from the config and its weight read from
             ``pretraining.weights.extra``).
-        **overrides: :class:`FLAVAConfig` fields, e.g. ``pretraining={"weights": {"itm": 0.0}}``
-            or ``**{"codebook.enabled": False}``.
+        **overrides: :class:`FLAVAConfig` fields, e.g. ``**{"pretraining.weights.itm": 0.0}``
+            or ``codebook={"enabled": False}``.
     """
     cfg = replace_config(config or FLAVAConfig(), overrides)
     grid = cfg.image.image_size // cfg.image.patch_size
@@ -583,17 +572,8 @@ def flava_model_for_pretraining(
         if vocab != cb.vocab_size:
             cfg = replace_config(cfg, {"codebook.vocab_size": vocab})
     heads = {}
-    for objective in sorted((o for o in objectives if o.head is not None), key=_head_order):
-        head = objective.head(cfg)
-        width = objective.head_width(cfg) if objective.head_width else cfg.multimodal.hidden_size
-        std = init_std_for(width, cfg.init_std)
-        head.apply(lambda m, std=std: init_weights(m, std=std))
-        heads[objective.head_name] = head
+    for objective in head_build_order(objectives):  # each built and drawn in turn: the released random stream
+        heads[objective.head_name] = head = objective.head(cfg)
+        objective.init_head(head, cfg)
     model.config = cfg
     return FLAVAForPreTraining(model, heads, image_tokenizer=image_tokenizer, config=cfg, objectives=objectives)
-
-
-def _head_order(objective: Objective) -> int:
-    """FLAVA's heads are built (and their weights drawn) in the released order; added ones after."""
-    order = ("mim", "mlm", "mmm_image", "mmm_text", "itm")
-    return order.index(objective.name) if objective.name in order else len(order)

@@ -4,7 +4,7 @@ training keeps CLS plus the chosen patches in order (checked against running tho
 import pytest
 import torch
 
-from mmkit.encoders.builders import flava_image_encoder
+from mmkit.encoders.builders import vit_encoder
 from mmkit.encoders.encoders import drop_patches
 
 SIZES = dict(image_size=32, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
@@ -12,9 +12,9 @@ SIZES = dict(image_size=32, patch_size=8, hidden_size=16, num_layers=2, num_head
 
 def _encoders(p):
     torch.manual_seed(0)
-    plain = flava_image_encoder(**SIZES)
+    plain = vit_encoder(**SIZES)
     torch.manual_seed(0)
-    dropped = flava_image_encoder(**SIZES, patch_dropout=p)
+    dropped = vit_encoder(**SIZES, patch_dropout=p)
     dropped.load_state_dict(plain.state_dict())
     return plain, dropped
 
@@ -52,4 +52,4 @@ def test_patch_dropout_is_not_applied_with_a_patch_mask_and_is_range_checked():
     x, mask = torch.randn(1, 3, 32, 32), torch.zeros(1, 16, dtype=torch.bool)
     assert half(x, mask).last_hidden_state.shape == (1, 17, 16)
     with pytest.raises(ValueError, match=r"patch_dropout must be in \[0, 1\)"):
-        flava_image_encoder(**SIZES, patch_dropout=1.0)
+        vit_encoder(**SIZES, patch_dropout=1.0)

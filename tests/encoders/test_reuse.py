@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmkit.encoders import ImageEncoderConfig, flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
+from mmkit.encoders import ImageEncoderConfig, flava_multimodal_encoder, flava_text_encoder, vit_encoder
 
 
 class DualEncoder(nn.Module):
     def __init__(self):
         super().__init__()
         size = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
-        self.image = flava_image_encoder(**size, image_size=16, patch_size=4, with_pooler=False)
+        self.image = vit_encoder(**size, image_size=16, patch_size=4, with_pooler=False)
         self.text = flava_text_encoder(**size, vocab_size=50, max_positions=16, with_pooler=False)
         self.image_proj, self.text_proj = nn.Linear(32, 16), nn.Linear(32, 16)
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
@@ -41,7 +41,7 @@ def test_dual_encoder_from_builders_learns():
 
 
 def test_encoder_interface():
-    enc = flava_image_encoder(
+    enc = vit_encoder(
         ImageEncoderConfig(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=16, patch_size=8)
     )
     assert enc.width == 16
@@ -58,3 +58,26 @@ def test_encoder_interface():
         fusion(torch.randn(2, 4, 8))
     with pytest.raises(ValueError, match="unknown config key 'num_layer'"):
         flava_text_encoder(num_layer=2)
+
+
+def test_an_encoder_resets_itself_by_its_builders_rule():
+    """What a builder applies is the encoder's own ``reset_parameters()``: after garbage (as ``to_empty`` leaves
+    it) the same constants and the builder's std come back, the padding row and the position ids too."""
+    small = dict(hidden_size=64, num_layers=1, num_heads=2, mlp_dim=128)
+    for enc, zero in ((vit_encoder(**small, image_size=16, patch_size=8), True),
+                      (flava_text_encoder(**small, vocab_size=300, zero_init_tokens=False), False)):  # fmt: skip
+        built = {k: v.clone() for k, v in enc.state_dict().items()}
+        with torch.no_grad():
+            for t in (*enc.parameters(), *enc.buffers()):
+                t.fill_(7)
+        enc.reset_parameters()
+        assert enc.zero_init_tokens is zero and enc.init_std == pytest.approx(0.02 * (768 / 64) ** 0.5)
+        for name, value in enc.state_dict().items():
+            a = built[name]
+            if a.numel() > 1 and a.is_floating_point() and a.std() > 0:
+                assert value.std().item() == pytest.approx(a.std().item(), rel=0.25), name
+            else:
+                assert torch.equal(value, a), name
+    assert torch.all(enc.embeddings.word_embeddings.weight[0] == 0)  # the padding row
+    ids = enc.embeddings.position_ids
+    assert torch.equal(ids, torch.arange(ids.shape[1]).unsqueeze(0))

@@ -3,11 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from mmkit.layers import MLP, Pooler, get_activation, transformer_encoder
+from mmkit.layers.transformer import AttentionOptions
 
 
 def _encoder(**kw):
     torch.manual_seed(0)
-    args = dict(dim=16, num_layers=3, num_heads=2, mlp_dim=40, attention_backend="math")
+    args = dict(dim=16, num_layers=3, num_heads=2, mlp_dim=40, attention=AttentionOptions(backend="math"))
     return transformer_encoder(**{**args, **kw})
 
 
@@ -60,7 +61,7 @@ def test_grad_checkpointing_gives_same_values_and_gradients():
 
 
 def test_dropout_is_active_only_in_training():
-    enc = _encoder(dropout=0.5, attention_dropout=0.5)
+    enc = _encoder(dropout=0.5, attention=AttentionOptions(dropout=0.5, backend="math"))
     x = torch.randn(2, 5, 16)
     enc.eval()
     torch.testing.assert_close(enc(x).last_hidden_state, enc(x).last_hidden_state)

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from mmkit.encoders import flava_image_encoder, flava_text_encoder
+from mmkit.encoders import flava_text_encoder, vit_encoder
 from mmkit.losses import ContrastiveLoss, gather_batches, gather_padded
 
 
@@ -44,7 +44,7 @@ class _DualEncoder(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         size = dict(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, with_pooler=False)
-        self.image = flava_image_encoder(**size, image_size=16, patch_size=8, use_mask_token=False)
+        self.image = vit_encoder(**size, image_size=16, patch_size=8, use_mask_token=False)
         self.text = flava_text_encoder(**size, vocab_size=40, max_positions=8)
         self.proj_i, self.proj_t = nn.Linear(16, 8), nn.Linear(16, 8)
         self.logit_scale = nn.Parameter(torch.tensor(1.5))

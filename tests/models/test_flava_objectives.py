@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmkit.models import FLAVA_OBJECTIVES, FLAVAConfig, Objective, flava_model_for_pretraining, hf_unsupported
+from mmkit.losses import OBJECTIVES
+from mmkit.models import FLAVA_OBJECTIVES, FLAVAConfig, Objective, flava_hf_unsupported, flava_model_for_pretraining
+from mmkit.models.flava_objectives import PretrainingInputs, head_build_order, reporting_order, trains_on
 
 B, L = 4, 7
 
@@ -82,7 +84,7 @@ def test_the_same_six_give_the_same_losses_and_heads_as_before_adding_one():
 def test_mistakes_are_named():
     with pytest.raises(ValueError, match=r"objective 'toy' has no weight: set pretraining.weights.extra.toy"):
         flava_model_for_pretraining(_config(), objectives=(*FLAVA_OBJECTIVES, TOY))
-    with pytest.raises(ValueError, match="unknown views, kinds or masks"):
+    with pytest.raises(ValueError, match="unknown views, kinds, masks or side"):
         Objective("bad", _toy, needs={"fusion"})
     with pytest.raises(ValueError, match="names FLAVA's own objectives"):
         _config(mim=1.0)
@@ -94,5 +96,50 @@ def test_mistakes_are_named():
     with pytest.raises(ValueError, match=r"no objective with a weight above 0 trains on image batches"):
         only_fusion(pixel_values=batch["pixel_values"], patch_mask=batch["patch_mask"])
     # transformers' FLAVA has no head for an added objective: the exporter says so from the config alone
-    assert any("toy" in item for item in hf_unsupported(_config(toy=1.0)))
-    assert hf_unsupported(_config()) == []
+    assert any("toy" in item for item in flava_hf_unsupported(_config(toy=1.0)))
+    assert flava_hf_unsupported(_config()) == []
+
+
+def test_the_table_names_orders_and_sides_the_objectives():
+    """The table is where FLAVA's objectives are named: the weights' fields are its names, the losses come in
+    its reporting order, the heads are built in its head order, and the masked ones predict their side."""
+    assert {o.name for o in FLAVA_OBJECTIVES} == set(OBJECTIVES)
+    assert reporting_order(FLAVA_OBJECTIVES) == list(OBJECTIVES)  # the weights' order, the logs' order
+    assert [o.name for o in head_build_order((*FLAVA_OBJECTIVES, TOY))] == [
+        "mim", "mlm", "mmm_image", "mmm_text", "itm", "toy"
+    ]  # fmt: skip
+    assert {o.name: o.side for o in FLAVA_OBJECTIVES if o.side} == {
+        "mim": "image", "mmm_image": "image", "mlm": "text", "mmm_text": "text"
+    }  # fmt: skip
+    weights = FLAVAConfig.tiny(**{"pretraining.weights.mlm": 0.0}).pretraining.weights
+    assert trains_on("image", weights) and not trains_on("text", weights)
+    torch.manual_seed(0)
+    model = flava_model_for_pretraining(_config(toy=1.0), objectives=(*FLAVA_OBJECTIVES, TOY)).eval()
+    model.config.pretraining.unimodal_losses_on_pairs = True
+    out = model(**_batch(torch.Generator().manual_seed(1)))
+    assert list(out.losses) == [*OBJECTIVES, "toy"]
+
+
+def test_a_batch_is_one_value_or_its_keywords():
+    torch.manual_seed(0)
+    model = flava_model_for_pretraining(_config()).eval()
+    batch = _batch(torch.Generator().manual_seed(1))
+    a, b = model(**batch), model(PretrainingInputs(**batch))
+    assert a.kind == b.kind == "pair" and a.losses.keys() == b.losses.keys()
+    for k, v in a.losses.items():
+        torch.testing.assert_close(b.losses[k], v, msg=k)
+    with pytest.raises(ValueError, match=r"unknown pretraining inputs \['pixels'\]"):
+        model(pixels=batch["pixel_values"])
+    with pytest.raises(ValueError, match="not both"):
+        model(PretrainingInputs(**batch), input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="nor a Tensor"):
+        model(batch["pixel_values"])
+    with pytest.raises(ValueError, match="needs pixel_values, input_ids or both"):
+        model(PretrainingInputs())
+
+
+def test_the_runtime_sees_the_layers_and_the_gathering_loss():
+    model = flava_model_for_pretraining(_config())
+    units = model.shard_units()
+    assert units == model.model.shard_units() and len(units) == 2 + 2 + 1  # the tiny encoders' layers
+    assert model.gathering_losses() == [model.contrastive]

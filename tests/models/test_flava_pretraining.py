@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmkit.models import FLAVAConfig, config_from_hf, flava_model_for_pretraining, flava_pretraining_from_hf
+from mmkit.models import FLAVAConfig, flava_config_from_hf, flava_model_for_pretraining, flava_pretraining_from_hf
 from tests.conftest import hf_tiny_config, randomize_
 
 B, L = 6, 9
@@ -16,7 +16,7 @@ def pair():
 
     torch.manual_seed(0)
     hf = randomize_(FlavaForPreTraining(hf_tiny_config())).eval()
-    cfg = config_from_hf(hf.config.to_dict())
+    cfg = flava_config_from_hf(hf.config.to_dict())
     ours = flava_model_for_pretraining(cfg).eval()
     ours.load_state_dict(flava_pretraining_from_hf(hf.state_dict(), cfg))
     return hf, ours

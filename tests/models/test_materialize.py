@@ -78,7 +78,7 @@ def test_materialised_tiny_model_follows_the_builders_rules(tmp_path):
 
 def test_initialize_refuses_another_model():
     with pytest.raises(ValueError, match="takes a FLAVAModel or FLAVAForPreTraining"):
-        initialize_flava(torch.nn.Linear(2, 2), FLAVAConfig.tiny())
+        initialize_flava(torch.nn.Linear(2, 2))
 
 
 def _shard_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
