@@ -33,7 +33,7 @@ import torch
 
 from mmkit.models import CLIPConfig, FLAVAConfig, dual_encoder_for_pretraining, flava_model_for_pretraining
 from mmkit.pretrain import whole_batch_forward
-from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, TrainStep
+from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, StepOptions, TrainStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flava_step import _LIBC, PeakRSS, make_batches
@@ -87,7 +87,7 @@ def variant(name: str, model: str, size: str, batch: int, accum: int, device: to
     k, rows = (1, batch * accum) if name == "big" else (accum, batch)
     ctx = RunContext(DistInfo(device=device), Collectives(device, 1), "/tmp", CheckpointConfig())
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
-    step = TrainStep(ctx, net, optimizer, schedule, precision=dtype, grad_accum=k, max_grad_norm=1.0, scaler=scaler)
+    step = TrainStep(ctx, net, optimizer, schedule, StepOptions(dtype, grad_accum=k, max_grad_norm=1.0), scaler=scaler)
 
     def plain(m, b):
         out = m(**b.model_inputs())

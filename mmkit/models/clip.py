@@ -26,8 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
-from mmkit.encoders import flava_image_encoder as build_image_encoder
+from mmkit.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig, vit_encoder
 from mmkit.encoders import flava_text_encoder as build_text_encoder
 from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
@@ -362,6 +361,15 @@ class DualEncoderModel(ContrastiveTowers, nn.Module):
         self.image_encoder.set_grad_checkpointing(enable)
         self.text_encoder.set_grad_checkpointing(enable)
 
+    # -- what the training runtime asks (mmkit.train.Parallelizable) -------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """The transformer layers of both encoders: each a unit of activation checkpointing and FSDP2 sharding."""
+        return [*self.image_encoder.encoder.layers, *self.text_encoder.encoder.layers]
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """None: the dual encoder holds no loss (:class:`DualEncoderForPreTraining` holds it)."""
+        return []
+
 
 def _projection(enabled: bool, width: int, dim: int, bias: bool, init_std: float | None) -> nn.Module:
     if not enabled:
@@ -377,7 +385,7 @@ def dual_encoder_model(config: DualEncoderConfig, **overrides: Any) -> DualEncod
     backend, std = cfg.attention_backend, cfg.init_std
     model = DualEncoderModel(
         # CLIP and SigLIP draw their class token, position table and probe (no zeros, unlike FLAVA)
-        build_image_encoder(cfg.image, attention_backend=backend, init_std=std, zero_init_tokens=False),
+        vit_encoder(cfg.image, attention_backend=backend, init_std=std, zero_init_tokens=False),
         build_text_encoder(cfg.text, attention_backend=backend, init_std=std, zero_init_tokens=False),
         _projection(cfg.image_projection, cfg.image.hidden_size, cfg.projection_dim, cfg.projection_bias, std),
         _projection(cfg.text_projection, cfg.text.hidden_size, cfg.projection_dim, cfg.projection_bias, std),
@@ -454,6 +462,15 @@ class DualEncoderForPreTraining(nn.Module):
     def set_cross_rank(self, enabled: bool) -> None:
         """Score against every rank's batch (training) or this rank's only (evaluation on identical data)."""
         self.contrastive.cross_rank = enabled
+
+    def shard_units(self) -> list[nn.Module]:
+        """The dual encoder's transformer layers (:meth:`DualEncoderModel.shard_units`)."""
+        return self.model.shard_units()
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """CLIP's softmax loss, which gathers the embeddings across ranks; none for SigLIP's sigmoid loss (it
+        passes the texts around the ranks)."""
+        return [self.contrastive] if isinstance(self.contrastive, ContrastiveLoss) else []
 
     def loss_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters the loss reads: ``logit_scale`` (and SigLIP's ``logit_bias``)."""

@@ -30,9 +30,9 @@ from mmkit.encoders import (
     MultimodalEncoderConfig,
     TextEncoder,
     TextEncoderConfig,
-    flava_image_encoder,
     flava_multimodal_encoder,
     flava_text_encoder,
+    vit_encoder,
 )
 from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.transformer import EncoderOutput
@@ -182,6 +182,8 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         projection_dim: contrastive embedding width ``P``.
         logit_scale_init: initial value of the learnable ``logit_scale``.
         logit_scale_max: the clamp's upper bound, kept for the training loop.
+        init_std: the projections' initialisation std; None: by their input width
+            (:func:`~mmkit.layers.init.init_std_for`).
 
     Build it with :func:`flava_model`.
     """
@@ -194,6 +196,7 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         projection_dim: int = 768,
         logit_scale_init: float = 2.6592,
         logit_scale_max: float = math.log(100.0),
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -207,6 +210,20 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         # shape (1,) rather than a scalar: FSDP2 cannot shard 0-d parameters (transformers stores a scalar)
         self.logit_scale = nn.Parameter(torch.full((1,), float(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
+        self.logit_scale_init, self.init_std = float(logit_scale_init), init_std
+
+    @torch.no_grad()
+    def reset_parameters(self, encoders: bool = True) -> None:
+        """Initialise as :func:`flava_model` does: each encoder by its own ``reset_parameters()`` (unless
+        ``encoders`` is False), then the four projections (:func:`~mmkit.layers.init.init_weights` with their
+        input width's std) and ``logit_scale``. Works on FSDP2's sharded parameters (each rank its shard)."""
+        if encoders:
+            for encoder in (self.image_encoder, self.text_encoder, self.multimodal_encoder):
+                encoder.reset_parameters()
+        for proj in (self.image_projection, self.text_projection, self.image_to_mm_projection,
+                     self.text_to_mm_projection):  # fmt: skip
+            init_weights(proj, std=init_std_for(proj.in_features, self.init_std))
+        self.logit_scale.fill_(self.logit_scale_init)
 
     # -- unimodal -----------------------------------------------------------------
     def encode_image(
@@ -310,6 +327,16 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         for enc in (self.image_encoder, self.text_encoder, self.multimodal_encoder):
             enc.set_grad_checkpointing(enable)
 
+    # -- what the training runtime asks (mmkit.train.Parallelizable) -------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """The transformer layers of the three encoders: each a unit of activation checkpointing and FSDP2 sharding."""
+        encoders = (self.image_encoder, self.text_encoder, self.multimodal_encoder)
+        return [layer for enc in encoders for layer in enc.encoder.layers]
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """None: the encoders hold no loss (:class:`~mmkit.models.FLAVAForPreTraining` holds the contrastive one)."""
+        return []
+
 
 def flava_model(config: FLAVAConfig | None = None, **overrides: Any) -> FLAVAModel:
     """Build FLAVA (Singh et al., CVPR 2022). With no arguments: the released sizes (≈241.4M parameters).
@@ -329,19 +356,14 @@ def flava_model(config: FLAVAConfig | None = None, **overrides: Any) -> FLAVAMod
     cfg = replace_config(config or FLAVAConfig(), overrides)
     backend = cfg.attention_backend
     model = FLAVAModel(
-        flava_image_encoder(cfg.image, attention_backend=backend, init_std=cfg.init_std),
+        vit_encoder(cfg.image, attention_backend=backend, init_std=cfg.init_std),
         flava_text_encoder(cfg.text, attention_backend=backend, init_std=cfg.init_std),
         flava_multimodal_encoder(cfg.multimodal, attention_backend=backend, init_std=cfg.init_std),
         projection_dim=cfg.projection_dim,
         logit_scale_init=cfg.logit_scale_init,
         logit_scale_max=cfg.logit_scale_max,
+        init_std=cfg.init_std,
     )
-    for proj in (
-        model.image_projection,
-        model.text_projection,
-        model.image_to_mm_projection,
-        model.text_to_mm_projection,
-    ):
-        init_weights(proj, std=init_std_for(proj.in_features, cfg.init_std))
+    model.reset_parameters(encoders=False)  # the encoder builders initialised theirs
     model.config = cfg
     return model

@@ -7,7 +7,7 @@ final LayerNorm. ``problem_type`` picks the loss: ``single_label`` (cross-entrop
 ``regression`` (mean squared error, one output, e.g. STS-B).
 
 ``checkpoint=`` reads an mmkit pretraining export or a transformers FLAVA directory with
-:func:`mmkit.models.flava_load.load_flava_weights`, after checking that its tensors fit the config
+:func:`mmkit.models.flava_load.read_flava_weights`, after checking that its tensors fit the config
 (:func:`mmkit.models.flava_load.check_flava_fits`), and loads it with :func:`mmkit.utils.weights.load_strict`.
 """
 
@@ -28,7 +28,7 @@ from mmkit.layers.init import init_std_for, init_weights
 from mmkit.layers.mlp import get_activation
 from mmkit.models.fit_check import check_fits, meta_shapes
 from mmkit.models.flava import FLAVAConfig, FLAVAModel, flava_model
-from mmkit.models.flava_load import check_flava_fits, inspect_flava_checkpoint, load_flava_weights
+from mmkit.models.flava_load import check_flava_fits, inspect_flava_checkpoint, read_flava_weights
 from mmkit.utils.config_json import read_config_json
 from mmkit.utils.errors import InputError, MissingError
 from mmkit.utils.hub import resolve_checkpoint
@@ -140,6 +140,15 @@ class FLAVAForClassification(nn.Module):
                 loss = F.mse_loss(logits, labels.float())
         return ClassificationOutput(logits=logits, loss=loss, features=feats)
 
+    # -- what the training runtime asks (mmkit.train.Parallelizable) -------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """The FLAVA encoders' transformer layers (:meth:`FLAVAModel.shard_units`)."""
+        return self.model.shard_units()
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """None: the classification loss is per sample."""
+        return []
+
 
 def _checkpoint_image_size(shapes: Mapping[str, torch.Size], cfg: FLAVAConfig) -> int | None:
     """The (square) image size the checkpoint's position embeddings ``(1, 1 + N, D)`` were trained at, or None."""
@@ -168,7 +177,7 @@ def _checked_weights(
     origin = "the given config" if config is not None else "config.json"
     origin += f" with {', '.join(sorted(overrides))}" if overrides else ""
     check_flava_fits(found, at, origin=origin, target="FLAVA encoders")
-    state, _, kind = load_flava_weights(checkpoint)
+    state, _, kind = read_flava_weights(checkpoint)
     return state, cfg, at, kind
 
 

@@ -6,7 +6,7 @@ model's config, data mix, collators and export; ``recipes/flava/pretrain.py`` an
 
 from mmkit.pretrain.builtin import make_builtin_tokenizer
 from mmkit.pretrain.config import RESUMABLE, PairDataConfig, PretrainOptimConfig, RunConfig, frozen_fields, whole_batch
-from mmkit.pretrain.recipe import PretrainRecipe, whole_batch_forward
+from mmkit.pretrain.recipe import DataPaths, PretrainRecipe, RecipeData, whole_batch_forward
 
-__all__ = ["RESUMABLE", "PairDataConfig", "PretrainOptimConfig", "PretrainRecipe", "RunConfig", "frozen_fields",
-           "make_builtin_tokenizer", "whole_batch", "whole_batch_forward"]  # fmt: skip
+__all__ = ["RESUMABLE", "DataPaths", "PairDataConfig", "PretrainOptimConfig", "PretrainRecipe", "RecipeData",
+           "RunConfig", "frozen_fields", "make_builtin_tokenizer", "whole_batch", "whole_batch_forward"]  # fmt: skip

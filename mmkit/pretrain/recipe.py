@@ -2,19 +2,25 @@
 
 A recipe subclasses :class:`PretrainRecipe` and provides what is its model's own:
 
-* :meth:`~PretrainRecipe.model_config` (from ``cfg`` and the run's tokenizer),
-* :meth:`~PretrainRecipe.image_transform` and :meth:`~PretrainRecipe.loaders` (its sources and their mix),
-* :meth:`~PretrainRecipe.build_model` (the pretraining module on ``ctx.device``),
-* :meth:`~PretrainRecipe.eval_collators` (how held-out pairs become batches),
+* :meth:`~PretrainRecipe.model_config` (from ``cfg``, the run's tokenizer and the :class:`DataPaths`),
+* :meth:`~PretrainRecipe.image_transform` and :meth:`~PretrainRecipe.loaders` (its sources and their mix, and
+  how held-out pairs become batches: one :class:`RecipeData`),
+* :meth:`~PretrainRecipe.build_model` (the pretraining module on ``ctx.device``, checked against the
+  :class:`RecipeData`),
 * :meth:`~PretrainRecipe.exported_config`, :meth:`~PretrainRecipe.exported_state` and
   :meth:`~PretrainRecipe.hf_exporter` (what it exports; the files, the tokenizer, the plot and the
   summary are written here).
+
+Each hook returns what it makes and :meth:`~PretrainRecipe.setup` hands it to the hooks that need it, top to
+bottom: ``data_paths() -> paths``, ``model_config(paths)``, ``image_transform()``, ``loaders(paths) -> data``,
+``build_model(data)``.
 
 The skeleton does the rest the same way for every model: holding the run directory, the tokenizer,
 one start line per data source (:class:`~mmkit.data.TrainingSource`), parallelising (DDP / FSDP2,
 activation checkpointing, ``torch.compile``), the optimiser and exact resume (``mmkit.train``), the
 training loop, logging, held-out evaluation (losses, image<->text retrieval, tower health) and the
-export tail. A pretraining model must return an output with ``loss``, ``losses``,
+export tail. A pretraining model implements :class:`~mmkit.train.Parallelizable` (its ``gathering_losses``
+are sized here to the per-rank batch), must return an output with ``loss``, ``losses``,
 ``image_embedding`` and ``text_embedding``, keep its dual encoder in ``.model`` (with
 ``logit_scale`` and ``clamp_logit_scale``), have ``set_cross_rank(enabled)`` and may name in
 ``chance_loss`` the loss whose chance level is ``ln(batch)`` (the health check's reference). For
@@ -30,15 +36,15 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mmkit.data import MixedBatches, SampleDataset, TrainingSource, heldout_source, recipe_data_paths
+from mmkit.data import LoaderOptions, MixedBatches, SampleDataset, TrainingSource, heldout_source, recipe_data_paths
 from mmkit.eval import HealthMonitor, retrieval_recall
-from mmkit.losses import ContrastiveLoss
 from mmkit.models import EmbeddingGrads
 from mmkit.pretrain.config import RunConfig, frozen_fields, whole_batch
 from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
@@ -54,6 +60,7 @@ from mmkit.train import (
     plot_run,
     prepare_training,
     read_scalar,
+    require_parallelizable,
     start_run,
     summarize_run,
     train_loop,
@@ -61,16 +68,46 @@ from mmkit.train import (
 )
 from mmkit.utils import InputError, config_to_dict, load_strict, set_sample_limit
 
-__all__ = ["PretrainRecipe", "whole_batch_forward"]
+__all__ = ["DataPaths", "PretrainRecipe", "RecipeData", "whole_batch_forward"]
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The run's data files (:meth:`PretrainRecipe.data_paths`): tar shard patterns, URLs or text files.
+    A recipe may subclass it to carry a file that belongs with its data (FLAVA: the built-in image tokenizer)."""
+
+    train_pairs: list
+    val_pairs: list
+    images: list = field(default_factory=list)  # image-only shards
+    text: list = field(default_factory=list)  # text-only files (and the tokenizer's training text)
+
+
+@dataclass
+class RecipeData:
+    """What :meth:`PretrainRecipe.loaders` makes.
+
+    Args:
+        loaders: ``{source name: (loader, probability)}`` for :class:`~mmkit.data.MixedBatches`.
+        eval_collators: the collators held-out pairs are scored through (the first makes paired batches).
+        cached_tokens: ``{source name: what its cached image-tokenizer ids were made with}`` for the sources read
+            with them (:meth:`~mmkit.data.TrainingSource.cached_ids`): the model's tokenizer is checked against
+            them in :meth:`PretrainRecipe.build_model`.
+    """
+
+    loaders: dict[str, tuple[Any, float]]
+    eval_collators: list[Callable]
+    cached_tokens: dict[str, dict] = field(default_factory=dict)
 
 
 class PretrainRecipe:
     """The shared skeleton of a pretraining recipe (see the module docs for what a subclass provides).
 
-    Attributes set by :meth:`setup`: ``ctx`` (the run context), ``run_dir``, ``paths`` (``(train pairs,
-    val pairs, images, text)``), ``tokenizer``, ``model_cfg``, ``transform``, ``sources`` (name ->
-    :class:`~mmkit.data.TrainingSource`), ``stream``, ``raw_model`` / ``model`` (before and after
-    parallelising), ``step``, ``state``, ``resumed``, ``metrics``, ``health``.
+    Attributes set by :meth:`setup`, in this order: ``ctx`` (the run context), ``run_dir``, ``paths``
+    (:class:`DataPaths`), ``tokenizer``, ``model_cfg``, ``transform``, ``loader_options``
+    (:class:`~mmkit.data.LoaderOptions`), ``sources`` (name ->
+    :class:`~mmkit.data.TrainingSource`, filled by :meth:`source`), ``data`` (:class:`RecipeData`), ``stream``,
+    ``raw_model`` / ``model`` (before and after parallelising), ``step``, ``state``, ``resumed``, ``metrics``,
+    ``health``. A hook may read those set before it is called; what one hook makes for another it returns.
     """
 
     #: the progress bar's label
@@ -82,12 +119,12 @@ class PretrainRecipe:
         self.cfg = cfg
 
     # -- what a recipe provides ------------------------------------------------------------------
-    def data_paths(self) -> tuple[list, list, list, list]:
-        """``(train pairs, val pairs, images, text)``: the built-in set's files or the configured patterns."""
+    def data_paths(self) -> DataPaths:
+        """The built-in set's files or the configured patterns."""
         d = self.cfg.data
-        return recipe_data_paths(d.dataset, d.train_pairs, d.val_pairs, getattr(d, "images", []), d.text)
+        return DataPaths(*recipe_data_paths(d.dataset, d.train_pairs, d.val_pairs, getattr(d, "images", []), d.text))
 
-    def model_config(self) -> Any:
+    def model_config(self, paths: DataPaths) -> Any:
         """The model's config (``self.tokenizer`` is set: its vocabulary belongs in it)."""
         raise NotImplementedError
 
@@ -95,14 +132,15 @@ class PretrainRecipe:
         """The image transform of training and held-out samples (``self.model_cfg`` is set)."""
         raise NotImplementedError
 
-    def loaders(self) -> dict[str, tuple[Any, float]]:
-        """``{source name: (loader, probability)}`` for :class:`~mmkit.data.MixedBatches`; make each
-        source with :meth:`source` and its loader with :meth:`source_loader`."""
+    def loaders(self, paths: DataPaths) -> RecipeData:
+        """The training loaders and their mix, and the held-out collators; make each source with :meth:`source`
+        and its loader with :meth:`source_loader`."""
         raise NotImplementedError
 
-    def build_model(self) -> nn.Module:
-        """The pretraining model on ``self.ctx.device`` (the RNG is seeded alike on every rank); with
-        ``meta_init`` it is called under ``torch.device("meta")`` and must leave the model there."""
+    def build_model(self, data: RecipeData) -> nn.Module:
+        """The pretraining model on ``self.ctx.device`` (the RNG is seeded alike on every rank), checked against
+        ``data`` where it must agree (cached tokenizer ids); with ``meta_init`` it is called under
+        ``torch.device("meta")`` and must leave the model there."""
         raise NotImplementedError
 
     def materialize(self, model: nn.Module) -> None:
@@ -110,10 +148,6 @@ class PretrainRecipe:
         storage on ``self.ctx.device`` and its initial values. A recipe that supports ``meta_init``
         overrides this."""
         raise InputError(f"meta_init=true: {type(self).__name__} cannot build its model on the meta device")
-
-    def eval_collators(self) -> list[Callable]:
-        """The collators held-out pairs are scored through (the first makes paired batches)."""
-        raise NotImplementedError
 
     def exported_config(self) -> dict[str, Any]:
         """``final/config.json``: what rebuilds the exported model."""
@@ -157,19 +191,21 @@ class PretrainRecipe:
         set_sample_limit(d.max_sample_bytes)  # before any loader worker forks: they read with it
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
-        self.paths = self.data_paths()
-        self.tokenizer: TextTokenizer = tokenizer_for_run(d.tokenizer, self.paths[3], d.vocab_size, d.max_length,
+        self.paths = paths = self.data_paths()
+        self.tokenizer: TextTokenizer = tokenizer_for_run(d.tokenizer, paths.text, d.vocab_size, d.max_length,
                                                           self.run_dir, is_main=ctx.is_main, barrier=ctx.comm.barrier,
                                                           storage_options=d.storage_options or None)  # fmt: skip
-        self.model_cfg = self.model_config()
+        self.model_cfg = self.model_config(paths)
         self.transform = self.image_transform()
         self.sources: dict[str, TrainingSource] = {}
-        self.stream = MixedBatches(self.loaders(), seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
-        self.val_dataset = self._heldout()
+        self.loader_options = LoaderOptions.from_config(d, ctx.info, cfg.seed)  # made once, read by every loader
+        self.data = data = self.loaders(paths)
+        self.stream = MixedBatches(data.loaders, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+        self.val_dataset = self._heldout(paths.val_pairs)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
-            self.raw_model = self.build_model()
-        for loss in (m for m in self.raw_model.modules() if isinstance(m, ContrastiveLoss)):
+            self.raw_model = self.build_model(data)
+        for loss in require_parallelizable(self.raw_model, "a pretraining model").gathering_losses():
             loss.rows_per_rank = d.batch_size * accum  # gathered padded: no host sync; compiles into a step on N ranks
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
                                  cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
@@ -201,21 +237,18 @@ class PretrainRecipe:
         return source
 
     def source_loader(self, source: TrainingSource, collate: Callable, transform=None, image_tokens: bool = False):
-        """``source``'s loader with this run's batch size, workers, seed, rank and tokenizer."""
-        d, info = self.cfg.data, self.ctx.info
-        return source.loader(collate, d.batch_size, tokenizer=self.tokenizer,
-                             image_transform=transform or self.transform, image_tokens=image_tokens, rank=info.rank,
-                             world_size=info.world_size, seed=self.cfg.seed, num_workers=d.num_workers,
-                             shuffle_buffer=d.shuffle_buffer)  # fmt: skip
+        """``source``'s loader with this run's loader options (batch size, workers, seed, rank) and tokenizer."""
+        return source.loader(collate, self.loader_options, tokenizer=self.tokenizer,
+                             image_transform=transform or self.transform, image_tokens=image_tokens)  # fmt: skip
 
-    def _heldout(self) -> SampleDataset:
+    def _heldout(self, val_pairs: list) -> SampleDataset:
         """The held-out pairs (the first ``eval_samples``; behind a URL read once), told in one line."""
         d, n = self.cfg.data, self.cfg.eval_samples
-        source = heldout_source(self.paths[1], n, d.storage_options or None, name="val")
+        source = heldout_source(val_pairs, n, d.storage_options or None, name="val")
         shards = len(source.paths)
         self.ctx.print(f"data val: {shards} tar shard{'s' * (shards != 1)}, the first {min(n, len(source))} "
-                       f"samples held out for evaluation, from {', '.join(map(str, self.paths[1][:2]))}"
-                       f"{' ...' if len(self.paths[1]) > 2 else ''}")  # fmt: skip
+                       f"samples held out for evaluation, from {', '.join(map(str, val_pairs[:2]))}"
+                       f"{' ...' if len(val_pairs) > 2 else ''}")  # fmt: skip
         return SampleDataset(source, "pair", self.transform, self.tokenizer, seed=1)
 
     # -- training ----------------------------------------------------------------------------------
@@ -223,9 +256,8 @@ class PretrainRecipe:
         cfg = self.cfg
         if not self.resumed and cfg.eval_at_start:
             self.metrics.log(0, self.evaluate(), split="eval")
-        done = train_loop(self.ctx, self.state, self.train_step, on_log=self.log, desc=self.desc,
-                          on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"),
-                          **loop_options(cfg))  # fmt: skip
+        done = train_loop(self.ctx, self.state, self.train_step, loop_options(cfg, self.desc), on_log=self.log,
+                          on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"))  # fmt: skip
         if done:
             self.metrics.log(self.state.step, self.evaluate(), split="eval")
             self.export()
@@ -276,7 +308,7 @@ class PretrainRecipe:
         counts: dict[str, int] = {}
         images, texts, skipped = [], [], []
         for samples in self._heldout_batches(skipped):
-            for collate in self.eval_collators():
+            for collate in self.data.eval_collators:
                 batch = self.transform.finish(collate(samples).to(self.ctx.device))
                 with autocast(self.cfg.precision, self.ctx.device):
                     out = model(**batch.model_inputs())

@@ -204,6 +204,16 @@ class DiscreteVAE(nn.Module):
         one_hot = F.one_hot(ids, self.vocab_size).permute(0, 3, 1, 2).to(self.decoder.input.weight.dtype)
         return logit_laplace_mean_pixels(self.decoder(one_hot))
 
+    # -- what the training runtime asks (mmkit.train.Parallelizable) -------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """None: a convolution stack without repeated transformer layers (one FSDP2 unit, no per-layer
+        checkpointing)."""
+        return []
+
+    def gathering_losses(self) -> list[nn.Module]:
+        """None: the reconstruction loss is per sample."""
+        return []
+
 
 def codebook_usage(ids: Tensor, vocab_size: int) -> dict[str, float]:
     """How the codebook is used by a set of code ids.

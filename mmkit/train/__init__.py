@@ -11,6 +11,8 @@
 * :mod:`~mmkit.train.loop`: :func:`prepare_training`, :class:`TrainState` (checkpointed components),
   :func:`train_loop`.
 * :mod:`~mmkit.train.checkpoint` and :mod:`~mmkit.train.resume`: atomic DCP checkpoints, resume rules.
+* :mod:`~mmkit.train.protocols`: :class:`Parallelizable`, what a trained model tells the runtime (its shard
+  units and its gathering losses) instead of the runtime guessing from names.
 * :mod:`~mmkit.train.distributed` (setup, DDP/FSDP2 wrapping), :mod:`~mmkit.train.optim` (AdamW
   groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, W&B through
   :mod:`~mmkit.train.wandb_sink`, plots), :mod:`~mmkit.train.perf` (where the time goes: FLOPs, MFU, data wait),
@@ -33,6 +35,7 @@ from mmkit.train.distributed import (
     COMPILE_MODES,
     CompileMode,
     DistInfo,
+    checkpoint_units,
     full_parameters,
     full_state_dict,
     parallelize,
@@ -42,6 +45,7 @@ from mmkit.train.distributed import (
 from mmkit.train.loop import (
     Counters,
     LogWindow,
+    LoopOptions,
     NonFiniteError,
     TrainState,
     loop_options,
@@ -60,10 +64,12 @@ from mmkit.train.optim import (
     warmup_cosine_scheduler,
 )
 from mmkit.train.perf import PerfConfig, PerfMeter, count_flops, peak_flops
+from mmkit.train.protocols import Parallelizable, require_parallelizable
 from mmkit.train.resume import ResumeError, SchedulerState, check_resume_config
 from mmkit.train.step import (
     PRECISIONS,
     GradNormProbe,
+    StepOptions,
     StepOutcome,
     TrainStep,
     autocast,
@@ -87,9 +93,11 @@ __all__ = [
     "GradNormProbe",
     "LogConfig",
     "LogWindow",
+    "LoopOptions",
     "MetricsLogger",
     "NonFiniteError",
     "OptimConfig",
+    "Parallelizable",
     "PerfConfig",
     "PerfMeter",
     "RNGState",
@@ -98,6 +106,7 @@ __all__ = [
     "RunDirInUseError",
     "RunDirLock",
     "SchedulerState",
+    "StepOptions",
     "StepOutcome",
     "TrainState",
     "TrainStep",
@@ -106,6 +115,7 @@ __all__ = [
     "autocast",
     "build_optimizer",
     "check_resume_config",
+    "checkpoint_units",
     "count_flops",
     "debug_enabled",
     "full_parameters",
@@ -121,6 +131,7 @@ __all__ = [
     "read_metrics",
     "read_scalar",
     "recipe_arg_parser",
+    "require_parallelizable",
     "rng_state",
     "run_cli",
     "run_recipe",

@@ -50,6 +50,9 @@ def run_training(recipe: Any) -> int:
         if ctx is not None:
             ctx.comm.barrier()
     finally:
+        stream = getattr(recipe, "stream", None)
+        if stream is not None and hasattr(stream, "close"):  # loader workers stop now, not when collected
+            stream.close()
         metrics = getattr(recipe, "metrics", None)
         if metrics is not None:  # flushes and closes TensorBoard and W&B (log.wandb)
             metrics.close()

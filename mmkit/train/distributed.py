@@ -19,6 +19,7 @@ process without a process group.
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from mmkit.train.protocols import require_parallelizable
 from mmkit.utils.errors import InputError
 
 #: what ``parallelize(compile=...)`` compiles: nothing, each transformer layer, or the whole forward
@@ -91,17 +94,21 @@ def parallelize(
     """Wrap ``model`` for training.
 
     Args:
-        strategy: ``"ddp"``, ``"fsdp"`` (FSDP2: each transformer layer and the root sharded; the root
+        model: a module implementing :class:`~mmkit.train.Parallelizable` (its ``shard_units`` and
+            ``gathering_losses`` are what the options below act on; an :class:`InputError` names them when
+            missing).
+        strategy: ``"ddp"``, ``"fsdp"`` (FSDP2: each shard unit and the root sharded; the root
             alone with ``compile="step"``), or ``"none"``. Ignored (no wrapper) with one process.
-        activation_checkpointing: per-layer, via the encoders' ``set_grad_checkpointing``.
-        compile: ``"none"``; ``"layers"``: ``torch.compile`` each transformer layer; ``"step"``: the
+        activation_checkpointing: each shard unit's activations recomputed in backward
+            (:func:`checkpoint_units`).
+        compile: ``"none"``; ``"layers"``: ``torch.compile`` each shard unit; ``"step"``: the
             whole forward with its losses, one graph per batch kind (``fullgraph=True``, static
             shapes, so a graph break or a data-dependent shape is an error rather than a silent
             slowdown, and the backward is compiled with it); a model with ``set_static_shapes``
             (FLAVA's masked objectives) is switched to its static-shape path first. The module is
             compiled in place, so parameter and state-dict names do not change. Under FSDP2 the
-            model is then one sharded unit (see the module's docstring); a contrastive loss on several
-            processes needs ``rows_per_rank`` set (its gather then compiles into the step).
+            model is then one sharded unit (see the module's docstring); on several processes each of
+            ``gathering_losses`` needs ``rows_per_rank`` set (its gather then compiles into the step).
             ``True`` / ``False`` mean ``"layers"`` / ``"none"``.
         bf16_params: FSDP2 mixed precision (bf16 compute, fp32 reductions).
         find_unused_parameters: DDP only. FLAVA needs it (an image batch never touches the text
@@ -110,13 +117,12 @@ def parallelize(
         compile_options: more ``torch.compile`` arguments (``backend``, ``mode``, ``options``).
     """
     compile = _check_options(strategy, compile)
-    inner = getattr(model, "model", model)
-    if activation_checkpointing and hasattr(inner, "set_grad_checkpointing"):
-        inner.set_grad_checkpointing(True)
-    layers = [m for m in model.modules() if type(m).__name__ == "TransformerLayer"]
+    units = require_parallelizable(model).shard_units()
+    if activation_checkpointing:
+        checkpoint_units(units)
     sharded = info.world_size > 1 and strategy == "fsdp"
-    if _compile(model, compile, layers, info.world_size, sharded, dict(compile_options or {})):
-        layers = []  # the compiled step under FSDP2: one unit
+    if _compile(model, compile, units, info.world_size, sharded, dict(compile_options or {})):
+        units = []  # the compiled step under FSDP2: one unit
     if info.world_size == 1 or strategy == "none":
         return model
     if strategy == "ddp":
@@ -125,20 +131,40 @@ def parallelize(
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
         )
-    return _fully_shard(model, layers, bf16_params)
+    return _fully_shard(model, units, bf16_params)
+
+
+def checkpoint_units(units: list[nn.Module]) -> None:
+    """Activation checkpointing: each unit's forward runs under ``torch.utils.checkpoint`` (non-reentrant, the
+    RNG state preserved, so dropout replays) while gradients are enabled, and its activations are recomputed
+    in backward. The units are changed in place (no wrapper module: parameter names stay); a unit already
+    checkpointed is left as it is. Inside FSDP2's hooks and ``torch.compile`` alike."""
+    for unit in units:
+        if getattr(unit.forward, "__func__", None) is not _checkpointed_forward:
+            unit.forward = types.MethodType(_checkpointed_forward, unit)  # bound: a deep copy rebinds to the copy
+
+
+def _checkpointed_forward(unit: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``unit``'s own forward, checkpointed while gradients are enabled."""
+    forward = type(unit).forward
+    if torch.is_grad_enabled():
+        return checkpoint(forward, unit, *args, use_reentrant=False, **kwargs)
+    return forward(unit, *args, **kwargs)
 
 
 def _compile(
-    model: nn.Module, mode: CompileMode, layers: list[nn.Module], world_size: int, sharded: bool, options: dict
+    model: nn.Module, mode: CompileMode, units: list[nn.Module], world_size: int, sharded: bool, options: dict
 ) -> bool:
-    """Compile ``model`` in place as ``mode`` says; True where FSDP2 must then shard it as one unit."""
+    """Compile ``model`` (a :class:`~mmkit.train.Parallelizable`) in place as ``mode`` says; True where FSDP2
+    must then shard it as one unit."""
     if mode == "layers":
-        for layer in layers:
-            layer.compile(**options)
+        for unit in units:
+            unit.compile(**options)
     if mode != "step":
         return False
-    modules = model.named_modules() if world_size > 1 else ()
-    unbounded = [name or "the model" for name, m in modules if getattr(m, "rows_per_rank", 0) is None]
+    names = {id(m): name or "the model" for name, m in model.named_modules()}
+    losses = model.gathering_losses() if world_size > 1 else []
+    unbounded = [names.get(id(loss), type(loss).__name__) for loss in losses if loss.rows_per_rank is None]
     if unbounded:
         raise InputError(
             f"compile='step' on {world_size} processes: set rows_per_rank (the per-rank batch size) on "
@@ -154,8 +180,8 @@ def _compile(
     return sharded
 
 
-def _fully_shard(model: nn.Module, layers: list[nn.Module], bf16_params: bool) -> nn.Module:
-    """FSDP2: each of ``layers`` (none: the model is one unit), then the root; frozen modules (the
+def _fully_shard(model: nn.Module, units: list[nn.Module], bf16_params: bool) -> nn.Module:
+    """FSDP2: each of ``units`` (none: the model is one unit), then the root; frozen modules (the
     image tokenizer) stay whole on every rank: sharding them would only add an all-gather per step,
     and they have no gradients or optimiser state to save memory on."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -163,8 +189,8 @@ def _fully_shard(model: nn.Module, layers: list[nn.Module], bf16_params: bool) -
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
     frozen = {p for p in model.parameters() if not p.requires_grad}
-    for layer in layers:
-        fully_shard(layer, **kwargs)
+    for unit in units:
+        fully_shard(unit, **kwargs)
     fully_shard(model, ignored_params=frozen or None, **kwargs)
     return model
 

@@ -31,7 +31,7 @@ from mmkit.train.context import RunContext
 from mmkit.train.optim import OptimConfig, build_optimizer
 from mmkit.train.perf import PerfMeter
 from mmkit.train.resume import SchedulerState, resume
-from mmkit.train.step import StepOutcome, TrainStep, make_grad_scaler
+from mmkit.train.step import StepOptions, StepOutcome, TrainStep, make_grad_scaler
 from mmkit.utils import config_to_dict
 from mmkit.utils.errors import StateError
 
@@ -128,10 +128,10 @@ def prepare_training(
     the scaler and the RNG states. Call ``state.resume()`` next."""
     optimizer, scheduler = build_optimizer(raw_model, optim)
     scaler = make_grad_scaler(precision, ctx.device)
-    step = TrainStep(ctx, model, optimizer, scheduler, params=raw_model.parameters(), precision=precision,
-                     grad_accum=optim.grad_accum, max_grad_norm=optim.max_grad_norm, scaler=scaler,
-                     after_update=after_update)  # fmt: skip
-    step.perf = perf if perf is not None else PerfMeter(ctx.device, precision)
+    options = StepOptions(precision, optim.grad_accum, optim.max_grad_norm)
+    perf = perf if perf is not None else PerfMeter(ctx.device, precision)
+    step = TrainStep(ctx, model, optimizer, scheduler, options, params=raw_model.parameters(), scaler=scaler,
+                     after_update=after_update, perf=perf)  # fmt: skip
     everything = {"scheduler": SchedulerState(scheduler), **components, "rng": RNGState()}
     if scaler is not None:
         everything["grad_scaler"] = scaler
@@ -213,60 +213,81 @@ def progress_bar(ctx: RunContext, total: int, initial: int, desc: str, enabled: 
                 mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
 
 
-def loop_options(cfg: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LoopOptions:
+    """When :func:`train_loop` logs, evaluates, checkpoints and stops.
+
+    Args:
+        total_steps: the last step.
+        checkpoint_every: steps between checkpoints (the last step saves too).
+        max_nonfinite: non-finite steps in a row that stop the run (:class:`NonFiniteError`).
+        log_every: steps between log records (the last step logs too).
+        eval_every: steps between evaluations before the last (None or 0: never).
+        progress: a progress bar on rank 0.
+        desc: the progress bar's label.
+        decide_every: with the decision on the device, the most steps between reads of their flags.
+    """
+
+    total_steps: int
+    checkpoint_every: int
+    max_nonfinite: int
+    log_every: int
+    eval_every: int | None = None
+    progress: bool = True
+    desc: str = "train"
+    decide_every: int = 10
+
+
+def loop_options(cfg: Any, desc: str = "train") -> LoopOptions:
     """:func:`train_loop`'s settings from a recipe config in the shared vocabulary: ``optim.total_steps``,
-    ``checkpoint.every``, ``max_nonfinite``, ``log_every``, ``eval_every``, ``progress``."""
-    return dict(total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every,
-                max_nonfinite=cfg.max_nonfinite, log_every=cfg.log_every, eval_every=cfg.eval_every,
-                progress=cfg.progress)  # fmt: skip
+    ``checkpoint.every``, ``max_nonfinite``, ``log_every``, ``eval_every``, ``progress``; ``desc`` labels the
+    progress bar."""
+    return LoopOptions(total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every,
+                       max_nonfinite=cfg.max_nonfinite, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                       progress=cfg.progress, desc=desc)  # fmt: skip
 
 
 def train_loop(
     ctx: RunContext,
     state: TrainState,
     step_fn: Callable[[int], StepOutcome],
+    options: LoopOptions,
     *,
-    total_steps: int,
-    checkpoint_every: int,
-    max_nonfinite: int,
-    log_every: int,
     on_log: Callable[[int, dict[str, float], StepOutcome], None],
-    eval_every: int | None = None,
     on_eval: Callable[[int], None] | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    decide_every: int = 10,
 ) -> bool:
-    """Run steps ``state.step + 1 .. total_steps``; returns True when all ran, False after a stop.
+    """Run steps ``state.step + 1 .. options.total_steps``; returns True when all ran, False after a stop.
 
     Order after each step: count it, check the streak bound, log (every ``log_every`` and the last),
-    evaluate (every ``eval_every`` before the last), checkpoint (every ``checkpoint_every`` and the
-    last, deferred while non-finite), the kill fault, then the agreed stop (which saves first). Steps
-    decided on the device (:attr:`StepOutcome.nonfinite`) are counted and checked, and a stop agreed, at
-    the next step that logs, evaluates, checkpoints or is a multiple of ``decide_every`` (one read).
+    evaluate (every ``eval_every`` before the last, through ``on_eval``), checkpoint (every
+    ``checkpoint_every`` and the last, deferred while non-finite), the kill fault, then the agreed stop
+    (which saves first). Steps decided on the device (:attr:`StepOutcome.nonfinite`) are counted and
+    checked, and a stop agreed, at the next step that logs, evaluates, checkpoints or is a multiple of
+    ``decide_every`` (one read). ``on_log(step, record, outcome)`` receives each log record.
 
     Raises:
         NonFiniteError: ``max_nonfinite`` non-finite steps in a row.
     """
-    bar = progress_bar(ctx, total_steps, state.step, desc, progress)
+    o, total = options, options.total_steps
+    bar = progress_bar(ctx, total, state.step, o.desc, o.progress)
     window, pending, undecided = LogWindow(), False, []
     try:
-        while state.step < total_steps:
+        while state.step < total:
             outcome = step_fn(state.step + 1)
             state.counters.step += 1
             step, stop = state.step, outcome.stop
             window.add(outcome)
-            evaluate = on_eval is not None and eval_every and step % eval_every == 0 and step < total_steps
-            pending = pending or step % checkpoint_every == 0 or step == total_steps
+            evaluate = on_eval is not None and o.eval_every and step % o.eval_every == 0 and step < total
+            pending = pending or step % o.checkpoint_every == 0 or step == total
             if outcome.finite is not None:
-                _check_streak(ctx, state, max_nonfinite, outcome.finite, step)
+                _check_streak(ctx, state, o.max_nonfinite, outcome.finite, step)
             else:
                 undecided.append((step, outcome.nonfinite))
-                if pending or evaluate or step % log_every == 0 or step % decide_every == 0:
-                    stop = _decide(ctx, state, max_nonfinite, undecided)
+                if pending or evaluate or step % o.log_every == 0 or step % o.decide_every == 0:
+                    stop = _decide(ctx, state, o.max_nonfinite, undecided)
             if bar is not None:
                 bar.update(1)
-            if step % log_every == 0 or step == total_steps:
+            if step % o.log_every == 0 or step == total:
                 on_log(step, window.read(ctx.info.world_size), outcome)
             with window.pause():
                 if evaluate:
@@ -343,4 +364,4 @@ def memory_mib(device: torch.device) -> float:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (FSDP2 and plain models are returned as they are)."""
-    return model.module if hasattr(model, "module") else model
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

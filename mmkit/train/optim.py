@@ -19,11 +19,12 @@ def adamw_param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]
     so they have no optimiser state either.
 
     Args:
-        model: the (possibly wrapped) model; names are matched after stripping wrapper prefixes.
+        model: the model, plain or DDP-wrapped (FSDP2 and ``torch.compile`` keep it in place); names are
+            matched after stripping the wrappers' prefixes.
         weight_decay: decay of the first group.
-        no_decay: names without decay (default: ``model.no_weight_decay()``).
+        no_decay: names without decay (default: the unwrapped model's ``no_weight_decay()``, where it has one).
     """
-    inner = getattr(model, "module", model)
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if no_decay is None:
         no_decay = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else set()
     decay, rest = [], []

@@ -92,7 +92,10 @@ class SchedulerState:
         s.base_lrs = list(self.base_lrs)
         for group, base in zip(s.optimizer.param_groups, self.base_lrs, strict=True):
             group["initial_lr"] = base
-        lrs = s.get_lr() if hasattr(s, "lr_lambdas") else s._last_lr  # LambdaLR: recompute at last_epoch
+        if isinstance(s, torch.optim.lr_scheduler.LambdaLR):  # recomputed at last_epoch from the configured bases
+            lrs = [base * rate(s.last_epoch) for base, rate in zip(s.base_lrs, s.lr_lambdas, strict=True)]
+        else:
+            lrs = s._last_lr
         for group, lr in zip(s.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         s._last_lr = list(lrs)

@@ -24,6 +24,7 @@ per-step decision, learnt a few steps later.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -85,25 +86,39 @@ class StepOutcome:
     peak_flops: float | None = None  # this device's dense peak FLOP/s (None: unknown)
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How a :class:`TrainStep` runs.
+
+    Args:
+        precision: ``fp32`` | ``bf16`` | ``fp16``.
+        grad_accum: micro-batches per step (>= 1).
+        max_grad_norm: clip threshold (None: no clipping, the norm is still measured).
+        on_device: decide the non-finite skip on the device (no host read; see the module docs).
+            Default: where it can, i.e. a fused optimiser and no scaler.
+    """
+
+    precision: str = "fp32"
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    on_device: bool | None = None
+
+
 class TrainStep:
     """Gradient accumulation, autocast, gradient scaling, clipping and the agreed non-finite skip.
 
     Args:
         ctx: the run context (collectives, stop request, fault hooks).
         model: the (wrapped) model the forward runs on.
-        optimizer, scheduler: stepped once per call (the scheduler also on skipped steps).
+        optimizer, scheduler: stepped once per call (the scheduler also on skipped steps: the schedule
+            follows the step count).
+        options: precision, accumulation, clipping and where the skip is decided (:class:`StepOptions`).
         params: parameters to clip (default: the model's trainable ones).
-        precision: ``fp32`` | ``bf16`` | ``fp16``.
-        grad_accum: micro-batches per step (>= 1).
-        max_grad_norm: clip threshold (None: no clipping, the norm is still measured).
         scaler: the ``GradScaler`` (``fp16``; see :func:`make_grad_scaler`).
         after_update: called after each applied update (e.g. clamping ``logit_scale``); with the decision
             on the device, after every step (a skipped step left the parameters as they were).
-        on_device: decide the non-finite skip on the device (no host read; see the module docs).
-            Default: where it can, i.e. a fused optimiser and no scaler.
-
-    Attribute ``perf``: a :class:`~mmkit.train.perf.PerfMeter` (set by :func:`~mmkit.train.prepare_training`)
-    that times the batch waits and counts tokens and FLOPs into each :class:`StepOutcome`; None: not measured.
+        perf: a :class:`~mmkit.train.perf.PerfMeter` that times the batch waits and counts tokens and FLOPs
+            into each :class:`StepOutcome` (attribute ``perf``); None: not measured.
     """
 
     def __init__(
@@ -112,29 +127,28 @@ class TrainStep:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
+        options: StepOptions = StepOptions(),  # frozen: one shared default is safe
         *,
         params: Iterable[nn.Parameter] | None = None,
-        precision: str = "fp32",
-        grad_accum: int = 1,
-        max_grad_norm: float | None = None,
         scaler: torch.amp.GradScaler | None = None,
         after_update: Callable[[], None] | None = None,
-        on_device: bool | None = None,
+        perf: PerfMeter | None = None,
     ) -> None:
-        if grad_accum < 1:
-            raise InputError(f"grad_accum must be >= 1, got {grad_accum}")
-        if precision == "fp16" and scaler is None:
+        if options.grad_accum < 1:
+            raise InputError(f"grad_accum must be >= 1, got {options.grad_accum}")
+        if options.precision == "fp16" and scaler is None:
             raise InputError("precision fp16 needs a GradScaler (make_grad_scaler)")
         can = scaler is None and bool(optimizer.defaults.get("fused"))
-        if on_device and not can:
+        if options.on_device and not can:
             raise InputError("the non-finite skip can be decided on the device only with a fused optimiser "
                              "(optim.fused=true) and no GradScaler (precision fp32 or bf16)")  # fmt: skip
-        self.on_device = can if on_device is None else on_device
+        self.on_device = can if options.on_device is None else options.on_device
         self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        self.precision, self.grad_accum, self.max_grad_norm = precision, grad_accum, max_grad_norm
-        self.scaler, self.after_update = scaler, after_update
-        self.perf: PerfMeter | None = None
+        self.options = options
+        self.precision, self.grad_accum = options.precision, options.grad_accum
+        self.max_grad_norm = options.max_grad_norm
+        self.scaler, self.after_update, self.perf = scaler, after_update, perf
 
     def __call__(self, next_batch: Callable[[], Any], forward: ForwardFn | WholeBatchForward, step: int) -> StepOutcome:
         """Run step ``step`` (1-based): ``forward(model, batch)`` returns ``(loss, {name: loss})``. A
@@ -242,7 +256,24 @@ class TrainStep:
         elif self.scaler is not None:
             backoff(self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if finite:
+            self.scheduler.step()
+        else:
+            advance_past_skip(self.scheduler)
+
+
+def advance_past_skip(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Advance ``scheduler`` past a skipped update: the learning rate follows the step count, skipped steps
+    included (so that it is the same function of the step on every rank, in every run and after a resume).
+    Torch warns when a schedule's first advance comes before any optimiser update; here that is a first
+    step skipped on purpose (non-finite, or an fp16 overflow), so that one warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SCHEDULE_FIRST, category=UserWarning)
+        scheduler.step()
+
+
+#: torch's warning about a schedule advanced before the optimiser's first update
+_SCHEDULE_FIRST = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
 
 
 def batch_size(batch: Any) -> int:

@@ -55,7 +55,7 @@ from mmkit.models import (
     export_config,
     save_dual_encoder_hf,
 )
-from mmkit.pretrain import PairDataConfig, PretrainOptimConfig, PretrainRecipe, RunConfig
+from mmkit.pretrain import DataPaths, PairDataConfig, PretrainOptimConfig, PretrainRecipe, RecipeData, RunConfig
 from mmkit.train import read_scalar, run_recipe
 from mmkit.utils import at_least, choice
 from mmkit.utils import load_config as load_recipe_config
@@ -103,7 +103,7 @@ class ClipPretrainRecipe(PretrainRecipe):
     def desc(self) -> str:
         return f"pretrain {self.cfg.model_type}"
 
-    def model_config(self) -> DualEncoderConfig:
+    def model_config(self, paths: DataPaths) -> DualEncoderConfig:
         tok = self.tokenizer
         return model_config(self.cfg).for_tokenizer(tok.vocab_size, tok.token_id("[SEP]"), self.cfg.data.max_length)
 
@@ -112,16 +112,14 @@ class ClipPretrainRecipe(PretrainRecipe):
         return ImageTransform(ImageTransformConfig(self.model_cfg.image.image_size, 0, random_crop=d.random_crop,
                                                    decode=d.image_decode))  # fmt: skip
 
-    def loaders(self) -> dict[str, tuple[Any, float]]:
+    def loaders(self, paths: DataPaths) -> RecipeData:
         length = self.model_cfg.text_length or self.train_text_length  # SigLIP's pooler needs one length
-        self.collate = ContrastivePairCollator(self.tokenizer.pad_token_id, length)
-        return {"pairs": (self.source_loader(self.source(self.paths[0], "pair", "pairs"), self.collate), 1.0)}
+        collate = ContrastivePairCollator(self.tokenizer.pad_token_id, length)
+        pairs = self.source_loader(self.source(paths.train_pairs, "pair", "pairs"), collate)
+        return RecipeData({"pairs": (pairs, 1.0)}, eval_collators=[collate])
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, data: RecipeData) -> torch.nn.Module:
         return dual_encoder_for_pretraining(self.model_cfg).to(self.ctx.device)
-
-    def eval_collators(self) -> list:
-        return [self.collate]
 
     def log_extra(self, record: dict[str, float]) -> None:
         bias = self.raw_model.model.logit_bias

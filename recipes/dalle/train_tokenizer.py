@@ -52,6 +52,7 @@ from mmkit.data import (
     ImageFolder,
     ImageTransform,
     ImageTransformConfig,
+    LoaderOptions,
     MixedBatches,
     SampleDataset,
     Source,
@@ -255,15 +256,14 @@ class TokenizerRecipe:
             train = d.images
             val = image_source(d.val_images, "val") if d.val_images else None
         tcfg = ImageTransformConfig(d.image_size, d.image_size, random_crop=d.random_crop)
-        common = dict(rank=info.rank, world_size=info.world_size, seed=cfg.seed, num_workers=d.num_workers)
+        options = LoaderOptions.from_config(d, info, cfg.seed)
         folder = len(train) == 1 and "://" not in train[0] and Path(train[0]).is_dir()
         if d.streaming and not folder:
-            loader = make_stream_loader(train, "image", stack_pixels, d.batch_size, name="images",
-                                        image_transform=ImageTransform(tcfg), buffer_size=d.shuffle_buffer,
-                                        storage_options=d.storage_options or None, **common)  # fmt: skip
+            loader = make_stream_loader(train, "image", stack_pixels, options, name="images",
+                                        image_transform=ImageTransform(tcfg))  # fmt: skip
         else:
             dataset = SampleDataset(image_source(train, "images"), "image", ImageTransform(tcfg), seed=cfg.seed)
-            loader = make_loader(dataset, stack_pixels, d.batch_size, **common)
+            loader = make_loader(dataset, stack_pixels, options)
         self.stream = MixedBatches({"images": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
         return val
 
@@ -314,7 +314,7 @@ class TokenizerRecipe:
             self.save_grid(0)
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(self._next_batch, self._forward_at(step - 1), step),
-            on_log=self._log, on_eval=self._on_eval, desc="dvae", **loop_options(cfg),
+            loop_options(cfg, "dvae"), on_log=self._log, on_eval=self._on_eval,
         )  # fmt: skip
         if not done:
             return {}

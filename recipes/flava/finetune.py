@@ -74,6 +74,7 @@ from mmkit.data import (
     ImageTransformConfig,
     LabeledPairs,
     LabeledText,
+    LoaderOptions,
     MixedBatches,
     ShapesTask,
     make_loader,
@@ -360,16 +361,15 @@ class FinetuneRecipe:
                 f"the training split has fewer samples ({len(self.train_ds)}) than one batch per rank "
                 f"({cfg.batch_size} x {info.world_size} ranks): lower batch_size"
             )
-        loader = make_loader(self.train_ds, collate, cfg.batch_size, rank=info.rank, world_size=info.world_size,
-                             seed=cfg.seed, num_workers=cfg.num_workers)  # fmt: skip
+        options = LoaderOptions.from_config(cfg, info, cfg.seed)
+        loader = make_loader(self.train_ds, collate, options)
         self.stream = MixedBatches({"train": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction)
-        self.val_loader = make_loader(self.val_ds, collate, cfg.batch_size, shuffle=False, repeat=False,
-                                      drop_last=False, num_workers=cfg.num_workers)  # fmt: skip
+        once = dict(shuffle=False, repeat=False, drop_last=False)  # every rank scores the whole split
+        self.val_loader = make_loader(self.val_ds, collate, options.unsharded(), **once)
         self.report_loaders = {}
         for split, source in self.report_sources.items():
             ds = ClassificationDataset(source, cfg.modality, transform, self.tokenizer)
-            loader = make_loader(ds, collate, cfg.batch_size, shuffle=False, repeat=False, drop_last=False,
-                                 num_workers=cfg.num_workers)  # fmt: skip
+            loader = make_loader(ds, collate, options.unsharded(), **once)
             self.report_loaders[split] = (loader, len(ds))
 
     def _derive_schedule(self) -> None:
@@ -471,8 +471,9 @@ class FinetuneRecipe:
         if cfg.answer_vocab:
             vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
         kw = dict(image_column=cfg.image_column, text_column=cfg.text_column, label_column=cfg.label_column,
-                  answers_column=cfg.answers_column, answer_vocab_size=cfg.answer_vocab_size)  # fmt: skip
-        train = LabeledPairs(cfg.train_path, answer_vocab=vocab, allow_outside_root=cfg.allow_outside_root, **kw)
+                  answers_column=cfg.answers_column)  # fmt: skip
+        train = LabeledPairs(cfg.train_path, answer_vocab=vocab or cfg.answer_vocab_size,
+                             allow_outside_root=cfg.allow_outside_root, **kw)  # fmt: skip
         return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes,
                                    allow_outside_root=cfg.allow_outside_root, **kw)  # fmt: skip
 
@@ -572,7 +573,7 @@ class FinetuneRecipe:
         next_batch = lambda: {k: v.to(device) for k, v in next(self.stream).items()}  # noqa: E731
         done = train_loop(
             self.ctx, self.state, lambda step: self.step(next_batch, _forward, step),
-            on_log=self._log, on_eval=self._on_eval, desc=f"finetune {cfg.task}", **loop_options(cfg),
+            loop_options(cfg, f"finetune {cfg.task}"), on_log=self._log, on_eval=self._on_eval,
         )  # fmt: skip
         if not done:
             return {}

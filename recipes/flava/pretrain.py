@@ -34,7 +34,7 @@ Features and the config keys that control them:
   micro-batch drawing its own source. ``optim.contrastive_per_micro_batch=true``: contrastive per micro-batch too.
 * image tokenizer (MIM targets): ``model.codebook.checkpoint`` = a dVAE trained with
   ``recipes/dalle/train_tokenizer.py`` (its vocabulary and input size then set the codebook's) or a
-  DALL-E encoder; shards with cached ids (``python -m mmkit.tokenizers.cache``) are used
+  DALL-E encoder; shards with cached ids (``python -m mmkit.data.token_cache``) are used
   automatically (``data.cached_tokens``), checked against the configured tokenizer, size and crop;
   ``model.pretraining.mim_target`` = ``tokens`` | ``pixels`` (normalised-pixel regression, no tokenizer).
   A randomly initialised tokenizer (``tokens`` without a checkpoint) is refused at start: its ids carry
@@ -71,18 +71,21 @@ from mmkit.models import (
     RANDOM_CODEBOOK,
     FLAVAConfig,
     FLAVAForPreTraining,
+    flava_hf_unsupported,
     flava_model_for_pretraining,
-    hf_unsupported,
     init_towers,
     materialize_flava,
     random_codebook,
     resolve_codebook_config,
     resolve_tower_configs,
+    trains_on,
 )
 from mmkit.pretrain import (
+    DataPaths,
     PairDataConfig,
     PretrainOptimConfig,
     PretrainRecipe,
+    RecipeData,
     RunConfig,
     frozen_fields,
     make_builtin_tokenizer,
@@ -148,7 +151,7 @@ def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
             "pretraining.mim_target", "model.pretraining.mim_target")  # fmt: skip
         raise ConfigError(f"invalid config: model.codebook: {problem}, or model.codebook.allow_random=true to train "
                           "on it anyway")  # fmt: skip
-    unsupported = hf_unsupported(mcfg)
+    unsupported = flava_hf_unsupported(mcfg)
     if unsupported:  # said before training, not discovered at export
         print(f"note: no final/hf at the end: transformers' FLAVA cannot express {', '.join(unsupported)}",
               file=sys.stderr)  # fmt: skip
@@ -182,25 +185,26 @@ def builtin_tokenizer(paths, steps: int | None = None) -> tuple[Path, list[Path]
     return make_builtin_tokenizer(paths, dalle / "train_tokenizer.py", dalle / "configs/shapes_tiny.yaml", steps)
 
 
+@dataclass(frozen=True)
+class FLAVADataPaths(DataPaths):
+    codebook: Path | None = None  # the built-in image tokenizer (model.codebook.checkpoint=builtin), made with the data
+
+
 class FLAVAPretrainRecipe(PretrainRecipe):
     """setup -> train (evaluate, checkpoints) -> export (:class:`~mmkit.pretrain.PretrainRecipe`)."""
 
-    def __init__(self, cfg: PretrainConfig) -> None:
-        super().__init__(cfg)
-        self.cached_tokens: dict[str, dict] = {}
+    def data_paths(self) -> FLAVADataPaths:
+        """With ``model.codebook.checkpoint=builtin``: that tokenizer and the built-in shards holding its ids."""
+        paths, mcfg = super().data_paths(), model_config(self.cfg)
+        if mcfg.codebook.checkpoint != BUILTIN_TOKENIZER or mcfg.pretraining.mim_target != "tokens":
+            return FLAVADataPaths(paths.train_pairs, paths.val_pairs, paths.images, paths.text)
+        codebook, pairs, images = builtin_tokenizer(shapes_dataset())
+        if self.cfg.data.dataset == "shapes" and self.cfg.data.cached_tokens:
+            paths = replace(paths, train_pairs=pairs, images=images)
+        return FLAVADataPaths(paths.train_pairs, paths.val_pairs, paths.images, paths.text, codebook)
 
-    def data_paths(self) -> tuple[list, list, list, list]:
-        """With the built-in tokenizer (``model.codebook.checkpoint=builtin``) the built-in shards holding its ids."""
-        paths = super().data_paths()
-        self.codebook, mcfg = None, model_config(self.cfg)
-        if mcfg.codebook.checkpoint == BUILTIN_TOKENIZER and mcfg.pretraining.mim_target == "tokens":
-            self.codebook, pairs, images = builtin_tokenizer(shapes_dataset())
-            if self.cfg.data.dataset == "shapes" and self.cfg.data.cached_tokens:
-                paths = (pairs, paths[1], images, paths[3])
-        return paths
-
-    def model_config(self) -> FLAVAConfig:
-        return model_config(self.cfg, self.tokenizer.vocab_size, self.codebook)
+    def model_config(self, paths: FLAVADataPaths) -> FLAVAConfig:
+        return model_config(self.cfg, self.tokenizer.vocab_size, paths.codebook)
 
     def image_transform(self) -> ImageTransform:
         d, mcfg = self.cfg.data, self.model_cfg
@@ -209,34 +213,42 @@ class FLAVAPretrainRecipe(PretrainRecipe):
             codebook_image_size=0 if pixels else mcfg.codebook.image_size, random_crop=d.random_crop,
             fast=d.fast_images, decode=d.image_decode))  # fmt: skip
 
-    def loaders(self) -> dict[str, tuple[Any, float]]:
+    def loaders(self, paths: DataPaths) -> RecipeData:
         d, mcfg, tok = self.cfg.data, self.model_cfg, self.tokenizer
-        self.block_masker = BlockMaskGenerator.flava(mcfg.image.image_size // mcfg.image.patch_size)
-        self.token_masker = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
-        train_pairs, _, images, text = self.paths
-        pairs = PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, self.train_text_length)
-        out = {"pairs": (self._image_loader(self.source(train_pairs, "pair", "pairs"), pairs), d.pair_prob)}
-        if images and d.image_prob > 0:
-            source = self.source(images, "image", "images")
-            out["images"] = (self._image_loader(source, ImageCollator(self.block_masker)), d.image_prob)
-        if text and d.text_prob > 0:
-            collate = TextCollator(self.token_masker, self.train_text_length)
-            out["text"] = (self.source_loader(self.source(text, "text", "text"), collate), d.text_prob)
-        return out
+        blocks = BlockMaskGenerator.flava(mcfg.image.image_size // mcfg.image.patch_size)
+        tokens = TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id)
+        pairs = PairCollator(blocks, tokens, d.itm_negative_prob, self.train_text_length)
+        image_sources = [(paths.train_pairs, "pair", "pairs", pairs, d.pair_prob)]
+        if paths.images and d.image_prob > 0:
+            image_sources.append((paths.images, "image", "images", ImageCollator(blocks), d.image_prob))
+        loaders, cached = {}, {}
+        for patterns, kind, name, collate, prob in image_sources:
+            loader, cached[name] = self._image_loader(self.source(patterns, kind, name), collate)
+            loaders[name] = (loader, prob)
+        if paths.text and d.text_prob > 0:
+            collate = TextCollator(tokens, self.train_text_length)
+            loaders["text"] = (self.source_loader(self.source(paths.text, "text", "text"), collate), d.text_prob)
+        cached = {name: info for name, info in cached.items() if info is not None}
+        return RecipeData(loaders, self._eval_collators(blocks, tokens), cached)
 
-    def _image_loader(self, source: TrainingSource, collate):
-        """Cached tokenizer ids are used when the shards carry them (``data.cached_tokens``); the encoder
-        image then needs no tokenizer input. They are checked against the model once it exists."""
+    def _image_loader(self, source: TrainingSource, collate) -> tuple[Any, dict | None]:
+        """``(loader, cached ids' settings or None)``: the shards' cached tokenizer ids where ``data.cached_tokens``."""
         d = self.cfg.data
         wanted = d.cached_tokens and self.model_cfg.pretraining.mim_target == "tokens"
         info = source.cached_ids(d.random_crop) if wanted else None
         if info is None:
-            return self.source_loader(source, collate)
-        self.cached_tokens[source.name] = info
+            return self.source_loader(source, collate), None
         transform = ImageTransform(replace(self.transform.config, codebook_image_size=0))
-        return self.source_loader(source, collate, transform, image_tokens=True)
+        return self.source_loader(source, collate, transform, image_tokens=True), info
 
-    def build_model(self) -> FLAVAForPreTraining:
+    def _eval_collators(self, blocks: BlockMaskGenerator, tokens: TokenMasker) -> list:
+        """Pairs through every objective; image-only and text-only batches for MIM and MLM when they train."""
+        d, weights = self.cfg.data, self.model_cfg.pretraining.weights
+        out = [PairCollator(blocks, tokens, d.itm_negative_prob, seed=1)]
+        out += [ImageCollator(blocks, seed=2)] if trains_on("image", weights) else []
+        return out + ([TextCollator(tokens, seed=3)] if trains_on("text", weights) else [])
+
+    def build_model(self, data: RecipeData) -> FLAVAForPreTraining:
         model, mcfg = flava_model_for_pretraining(self.model_cfg), self.model_cfg
         if mcfg.text.init_from and mcfg.text.vocab_size != self.tokenizer.vocab_size:
             raise InputError(
@@ -248,9 +260,9 @@ class FLAVAPretrainRecipe(PretrainRecipe):
             (self.run_dir / "tower_report.txt").write_text("\n".join(map(str, reports)) + "\n")
             print("\n".join(map(str, reports)), flush=True)
         grid = mcfg.image.image_size // mcfg.image.patch_size
-        check_cached_ids(self.cached_tokens, model.image_tokenizer, mcfg.codebook.image_size, grid)
-        if self.cached_tokens:
-            self.ctx.print(f"cached tokenizer ids in {', '.join(self.cached_tokens)}: the codebook is skipped there")
+        check_cached_ids(data.cached_tokens, model.image_tokenizer, mcfg.codebook.image_size, grid)
+        if data.cached_tokens:
+            self.ctx.print(f"cached tokenizer ids in {', '.join(data.cached_tokens)}: the codebook is skipped there")
         cfg, weights = self.cfg, mcfg.pretraining.weights.as_dict()  # not under FSDP2 hooks or a compiled step
         self.grad_norms = GradNormProbe(cfg.grad_norms_every, weights, enabled=cfg.distributed != "fsdp"
                                         and cfg.compile == "none")  # fmt: skip
@@ -258,16 +270,6 @@ class FLAVAPretrainRecipe(PretrainRecipe):
 
     def materialize(self, model: FLAVAForPreTraining) -> None:
         materialize_flava(model, self.ctx.device)
-
-    def eval_collators(self) -> list:
-        """Pairs through every objective; image-only and text-only batches for MIM and MLM when they train."""
-        d, weights = self.cfg.data, self.model_cfg.pretraining.weights
-        out = [PairCollator(self.block_masker, self.token_masker, d.itm_negative_prob, seed=1)]
-        if weights.active("mim"):
-            out.append(ImageCollator(self.block_masker, seed=2))
-        if weights.active("mlm"):
-            out.append(TextCollator(self.token_masker, seed=3))
-        return out
 
     # -- each objective's gradient norm on the first paired batch of every grad_norms_every-th step ------
     def train_step(self, step: int):
@@ -285,9 +287,9 @@ class FLAVAPretrainRecipe(PretrainRecipe):
 
     def hf_exporter(self):
         """Where transformers' FLAVA can express the model (not CLIP towers' input LayerNorm, for example)."""
-        from mmkit.models import save_hf_checkpoint
+        from mmkit.models import save_flava_hf
 
-        return None if hf_unsupported(self.model_cfg) else (flava_model_for_pretraining, save_hf_checkpoint)
+        return None if flava_hf_unsupported(self.model_cfg) else (flava_model_for_pretraining, save_flava_hf)
 
 
 def main(argv: list[str] | None = None) -> int:

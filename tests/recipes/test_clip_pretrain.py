@@ -111,7 +111,7 @@ def test_bad_model_settings_are_one_clear_error(tmp_path):
 def test_flava_pretraining_starts_from_the_clip_export(tmp_path, pairs):
     """model.image.init_from = a CLIP export: the report names FLAVA's new image weights, the transformers
     export is skipped (it has no place for CLIP's input LayerNorm) and the mmkit export loads."""
-    from mmkit.models import load_flava_model
+    from mmkit.models import load_flava
 
     clip_run = tmp_path / "clip"
     assert load_recipe("recipes/clip/pretrain.py").main(_args(pairs, clip_run, "clip", 2, "distributed=none")) == 0
@@ -127,7 +127,7 @@ def test_flava_pretraining_starts_from_the_clip_export(tmp_path, pairs):
     assert "FLAVA image encoder from the clip image tower" in report
     assert "new: image_encoder.embeddings.mask_token" in report and "new: image_encoder.pooler.dense.weight" in report
     assert not (flava_run / "final" / "hf").exists() and (flava_run / "final" / "model.safetensors").exists()
-    flava = load_flava_model(flava_run / "final")
+    flava = load_flava(flava_run / "final")
     assert flava.config.image.input_norm and flava.config.image.activation == "quick_gelu"
 
 

@@ -117,13 +117,14 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
     made = tmp_path / "data" / "shapes-v1-dvae"
     assert "making the built-in image tokenizer" in out.err and (made / "DONE").is_file()
     assert first.model_cfg.codebook.checkpoint == str(made / "final") and first.model_cfg.codebook.vocab_size == 512
-    assert set(first.cached_tokens) == {"pairs", "images"} and "cached tokenizer ids in pairs, images" in out.out
-    assert [p.parent for p in first.paths[0]] == [made / "pairs"] * 2
+    assert set(first.data.cached_tokens) == {"pairs", "images"} and "cached tokenizer ids in pairs, images" in out.out
+    assert [p.parent for p in first.paths.train_pairs] == [made / "pairs"] * 2
+    assert first.paths.codebook == made / "final"  # the built-in tokenizer travels with its data
     stamp = (made / "final" / "encoder.safetensors").stat().st_mtime_ns
     second = run("b")
     assert "making the built-in image tokenizer" not in capsys.readouterr().err
     assert (made / "final" / "encoder.safetensors").stat().st_mtime_ns == stamp
-    assert set(second.cached_tokens) == {"pairs", "images"}
+    assert set(second.data.cached_tokens) == {"pairs", "images"}
     with pytest.raises(ConfigError, match=r"checkpoint=builtin is the tokenizer of the built-in shapes pictures"):
         recipe.load_config(DEMO, ["data.dataset=files", "data.train_pairs=[x.tar]"])
 

@@ -20,8 +20,8 @@ def _recipe():
 def setup(tmp_path_factory):
     """The built-in data, a small trained-size dVAE (random weights) and the pair/image shards cached with it."""
     from mmkit.data import shapes_dataset
+    from mmkit.data.token_cache import main as cache_main
     from mmkit.tokenizers import DalleDecoder, DalleEncoder, DiscreteVAE, save_dvae
-    from mmkit.tokenizers.cache import main as cache_main
 
     root = tmp_path_factory.mktemp("targets")
     data = shapes_dataset(root / "data")
@@ -60,7 +60,7 @@ def test_cached_ids_give_the_losses_of_the_tokenizer_in_the_loop(setup, tmp_path
     ckpt = f"model.codebook.checkpoint={tok}"
     loop, a = _run(recipe, tmp_path / "loop", data, data.train_pairs, ckpt)
     cached, b = _run(recipe, tmp_path / "cached", data, sorted((root / "cached").glob("*.tar")), ckpt)
-    assert loop.cached_tokens == {} and set(cached.cached_tokens) == {"pairs"}
+    assert loop.data.cached_tokens == {} and set(cached.data.cached_tokens) == {"pairs"}
     assert loop.model_cfg.codebook.vocab_size == 48 and loop.raw_model.mim_head.decoder.out_features == 48
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, TrainStep, parallelize
+from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, StepOptions, TrainStep, parallelize
 from tests.models.test_flava_compile import B, _batches, _model
 
 WORLD = 2
@@ -36,7 +36,7 @@ def _run(rank: int, strategy: str, compile: str, tmp: str) -> dict:
     opt = torch.optim.SGD(params, lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     ctx = RunContext(DistInfo(rank, WORLD), Collectives(torch.device("cpu"), WORLD), tmp, CheckpointConfig())
-    step = TrainStep(ctx, wrapped, opt, sched, grad_accum=3)
+    step = TrainStep(ctx, wrapped, opt, sched, StepOptions(grad_accum=3))
     steps = []
     for seed in (rank, rank + 10):  # every rank its own data; the second step on other masks and negatives
         queue = iter(_batches(seed).values())

@@ -18,9 +18,11 @@ from mmkit.train import (
     CheckpointManager,
     Collectives,
     DistInfo,
+    LoopOptions,
     NonFiniteError,
     OptimConfig,
     RunContext,
+    StepOptions,
     TrainStep,
     prepare_training,
     train_loop,
@@ -59,8 +61,8 @@ def test_a_whole_flava_step_decided_on_the_device_reads_nothing_on_the_host(tmp_
         model = flava_model(True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        step = TrainStep(_ctx(tmp_path), model, optimizer, scheduler, grad_accum=3, max_grad_norm=1.0,
-                         on_device=on_device)  # fmt: skip
+        options = StepOptions(grad_accum=3, max_grad_norm=1.0, on_device=on_device)
+        step = TrainStep(_ctx(tmp_path), model, optimizer, scheduler, options)
         forward = lambda m, b: (lambda o: (o.loss, o.losses))(m(**b))  # noqa: E731
         for seed in (0, 1):  # the first step sets up the optimiser state; the second is measured
             batches = iter(flava_batches(seed).values())
@@ -98,8 +100,9 @@ def _train(tmp_path, on_device, nonfinite_steps=(), stop_at=None, total=12, max_
 
     error = None
     try:
-        train_loop(ctx, state, step_fn, total_steps=total, checkpoint_every=4, max_nonfinite=max_nonfinite,
-                   log_every=5, on_log=on_log, progress=False, decide_every=4)  # fmt: skip
+        options = LoopOptions(total_steps=total, checkpoint_every=4, max_nonfinite=max_nonfinite, log_every=5,
+                              progress=False, decide_every=4)  # fmt: skip
+        train_loop(ctx, state, step_fn, options, on_log=on_log)
     except NonFiniteError as exc:
         error = str(exc)
     saved = [CheckpointManager.step_of(p) for p in sorted((ctx.run_dir / "checkpoints").glob("step_*"))]
@@ -135,7 +138,18 @@ def test_device_decisions_need_a_fused_optimiser_and_no_scaler(tmp_path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     assert not TrainStep(_ctx(tmp_path), model, optimizer, scheduler).on_device
     with pytest.raises(ValueError, match=r"only with a fused optimiser \(optim.fused=true\) and no GradScaler"):
-        TrainStep(_ctx(tmp_path), model, optimizer, scheduler, on_device=True)
+        TrainStep(_ctx(tmp_path), model, optimizer, scheduler, StepOptions(on_device=True))
+
+
+class _Units(nn.Sequential):
+    """A small model the runtime can parallelise (:class:`~mmkit.train.Parallelizable`): its linear layers are
+    the shard units, no loss gathers."""
+
+    def shard_units(self) -> list[nn.Module]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    def gathering_losses(self) -> list[nn.Module]:
+        return []
 
 
 def _ranks_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> None:
@@ -150,12 +164,12 @@ def _ranks_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> Non
         results = {}
         for on_device in (False, True):
             torch.manual_seed(0)
-            model = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 4))
+            model = _Units(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 4))
             wrapped = parallelize(model, DistInfo(rank, 2), strategy)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
             ctx = RunContext(DistInfo(rank, 2), Collectives(torch.device("cpu"), 2), out_dir, None)
-            step = TrainStep(ctx, wrapped, optimizer, scheduler, max_grad_norm=1.0, on_device=on_device)
+            step = TrainStep(ctx, wrapped, optimizer, scheduler, StepOptions(max_grad_norm=1.0, on_device=on_device))
             g = torch.Generator().manual_seed(rank)
             flags = []
             for i in range(1, 5):  # step 2 is non-finite on rank 1 only: both ranks must skip it

@@ -15,6 +15,7 @@ from mmkit.train import (
     PerfConfig,
     PerfMeter,
     RunContext,
+    StepOptions,
     TrainStep,
     warmup_cosine_scheduler,
 )
@@ -51,8 +52,8 @@ def test_flops_are_counted_once_per_shape_and_equal_flop_counter_on_the_model(tm
     model = _Tiny()
     ctx = RunContext(DistInfo(), Collectives(torch.device("cpu"), 1), tmp_path, CheckpointConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step = TrainStep(ctx, model, opt, warmup_cosine_scheduler(opt, 0, 10), grad_accum=2)
-    step.perf = PerfMeter(torch.device("cpu"), "fp32", patch_size=4)
+    perf = PerfMeter(torch.device("cpu"), "fp32", patch_size=4)
+    step = TrainStep(ctx, model, opt, warmup_cosine_scheduler(opt, 0, 10), StepOptions(grad_accum=2), perf=perf)
     oracle = {}
     for length in (5, 7):  # the hand-run oracle: flop_counter on the model's forward and backward
         with FlopCounterMode(display=False) as counter:

@@ -18,6 +18,7 @@ from mmkit.train import (
     ResumeError,
     RunContext,
     SchedulerState,
+    StepOptions,
     TrainState,
     TrainStep,
     check_resume_config,
@@ -49,7 +50,7 @@ def _forward(model, x):
 def _fp16_step(tmp_path, model, scaler):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = warmup_cosine_scheduler(opt, 0, 100)
-    return TrainStep(_ctx(tmp_path), model, opt, sched, precision="fp16", scaler=scaler, max_grad_norm=1.0), opt
+    return TrainStep(_ctx(tmp_path), model, opt, sched, StepOptions("fp16", max_grad_norm=1.0), scaler=scaler), opt
 
 
 def test_fp16_overflow_skips_backs_off_continues_and_the_scale_resumes_exactly(tmp_path):

@@ -26,7 +26,16 @@ from mmkit.models import (
     flava_model_for_pretraining,
 )
 from mmkit.pretrain import whole_batch, whole_batch_forward
-from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, TrainStep, make_grad_scaler, parallelize
+from mmkit.train import (
+    CheckpointConfig,
+    Collectives,
+    DistInfo,
+    RunContext,
+    StepOptions,
+    TrainStep,
+    make_grad_scaler,
+    parallelize,
+)
 from mmkit.train.context import FaultPlan
 from tests.conftest import randomize_
 from tests.models.test_flava_compile import _batches as flava_batches
@@ -98,7 +107,7 @@ def _train(model, wrapped, batches, accum, two_passes, steps=1, ctx=None, precis
     def keep() -> None:  # after the update, before the gradients are zeroed
         grads.append({n: _full(p.grad) for n, p in params if p.grad is not None})
 
-    step = TrainStep(ctx or _ctx(), wrapped, optimizer, schedule, grad_accum=accum, precision=precision,
+    step = TrainStep(ctx or _ctx(), wrapped, optimizer, schedule, StepOptions(precision, grad_accum=accum),
                      scaler=make_grad_scaler(precision, torch.device("cpu")), after_update=keep)  # fmt: skip
     forward = whole_batch_forward(model, _plain) if two_passes else _plain
     queue = iter(batches)
@@ -242,7 +251,7 @@ def test_a_nonfinite_step_is_skipped():
     queue = iter(_data("clip", K, seed=4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step = TrainStep(_ctx(nonfinite=(1,)), model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1),
-                     grad_accum=K)  # fmt: skip
+                     StepOptions(grad_accum=K))  # fmt: skip
     out = step(lambda: next(queue), whole_batch_forward(model, _plain), 1)
     assert out.finite is False
     _close(dict(model.named_parameters()), before, "skipped step")
