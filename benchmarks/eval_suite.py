@@ -93,26 +93,44 @@ def synthetic(n: int, n_test: int, classes: int, dim: int = 768, seed: int = 0):
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a pretraining export (the demo's: runs/demo/final)")
     parser.add_argument("--bench", default=None, help="where the shapes benchmark layouts go (default: a temp dir)")
     parser.add_argument("--probe-n", type=int, default=20000)
     parser.add_argument("--probe-classes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    from mmkit.eval.benchmarks.shapes import write_shapes_benchmarks
+    return parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp())
-    bench = write_shapes_benchmarks(Path(args.bench) if args.bench else tmp / "bench")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+
+def extraction_table(bench: Path, workers: int) -> None:
+    """Section 1: images/s of feature extraction at the tiny and the released size."""
     print("## 1. Feature extraction (decode + transform + image encoder + projection), class-folder layout\n")
     print("| model | image size | batch | images/s |\n|---|---|---|---|")
     for size, n, batch in (("tiny", 300, 128), ("released", 64, 16)):
-        rate = extraction(bench, size, n, batch, args.workers)
+        rate = extraction(bench, size, n, batch, workers)
         print(f"| {size} | {32 if size == 'tiny' else 224}² | {batch} | {rate:.1f} |", flush=True)
 
+
+def _checkpoint_probe(checkpoint: str, bench: Path) -> tuple[str, int, int, int, dict]:
+    """The probe side by side on the checkpoint's features of the shapes colour task: one table row."""
+    from mmkit.eval.benchmarks import open_benchmark
+    from mmkit.eval.features import image_features
+    from mmkit.eval.loading import eval_transform, load_encoders
+
+    model, _ = load_encoders(checkpoint, log=lambda m: None)
+    transform, tid = eval_transform(model, checkpoint)
+    train, test = (
+        image_features(model, open_benchmark("folder", bench / "shapes-color", split), transform, transform_id=tid,
+                       progress=False)
+        for split in ("train", "test")
+    )  # fmt: skip
+    r = probe_side_by_side(train.features, train.labels, test.features, test.labels)
+    return f"demo checkpoint, shapes colour ({train.features.shape[1]}-d)", len(train.keys), len(test.keys), 6, r
+
+
+def probe_table(args: argparse.Namespace, bench: Path) -> None:
+    """Section 2: the probe protocol, torch against scikit-learn, on synthetic and on checkpoint features."""
     print("\n## 2. Linear probe: torch (mmkit: Newton or L-BFGS) vs scikit-learn LogisticRegression(lbfgs),")
     print("same protocol\n")
     print("| features | train / test | classes | mmkit s | sklearn s | speed-up | mmkit acc | sklearn acc | "
@@ -127,21 +145,7 @@ def main() -> None:
     x, y, tx, ty = synthetic(args.probe_n, args.probe_n // 4, args.probe_classes)
     r = probe_side_by_side(x, y, tx, ty)
     rows = [(f"synthetic {x.shape[1]}-d", len(x), len(tx), args.probe_classes, r)]
-    from mmkit.eval.benchmarks import open_benchmark
-    from mmkit.eval.features import image_features
-    from mmkit.eval.loading import eval_transform, load_encoders
-
-    model, _ = load_encoders(args.checkpoint, log=lambda m: None)
-    transform, tid = eval_transform(model, args.checkpoint)
-    train, test = (
-        image_features(model, open_benchmark("folder", bench / "shapes-color", split), transform, transform_id=tid,
-                       progress=False)
-        for split in ("train", "test")
-    )  # fmt: skip
-    r2 = probe_side_by_side(train.features, train.labels, test.features, test.labels)
-    rows.append(
-        (f"demo checkpoint, shapes colour ({train.features.shape[1]}-d)", len(train.keys), len(test.keys), 6, r2)
-    )
+    rows.append(_checkpoint_probe(args.checkpoint, bench))
     for name, n_train, n_test, c, r in rows:
         print(f"| {name} | {n_train:,} / {n_test:,} | {c} | {r['ours_s']:.2f} | {r['sk_s']:.2f} | "
               f"{r['sk_s'] / r['ours_s']:.1f}x | {100 * r['ours_acc']:.2f} | {100 * r['sk_acc']:.2f} | "
@@ -150,6 +154,9 @@ def main() -> None:
         print(f"\n(not in mmkit's times, as scikit-learn's import is not in its: the one-off {first_optimizer_s:.2f} s "
               "torch takes to build its first optimizer, importing torch._dynamo)")  # fmt: skip
 
+
+def suite_reruns(checkpoint: str, bench: Path, out: Path) -> None:
+    """Section 3: the shapes suite on the checkpoint, then again from the feature cache (results in ``out``)."""
     print("\n## 3. The shapes suite on the checkpoint, and again from the feature cache\n")
     import contextlib
     import io
@@ -159,8 +166,7 @@ def main() -> None:
     from finetune_transfer import _load
 
     evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
-    out = tmp / "suite"
-    keys = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={bench}", f"checkpoint={args.checkpoint}",
+    keys = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={bench}", f"checkpoint={checkpoint}",
             f"out={out}", "progress=false"]  # fmt: skip
     times = []
     for _ in range(2):
@@ -182,6 +188,19 @@ def main() -> None:
         )
     )
     print(f"\n{(out / 'results.md').read_text()}")
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.manual_seed(0)
+    from mmkit.eval.benchmarks.shapes import write_shapes_benchmarks
+
+    tmp = Path(tempfile.mkdtemp())
+    bench = write_shapes_benchmarks(Path(args.bench) if args.bench else tmp / "bench")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    extraction_table(bench, args.workers)
+    probe_table(args, bench)
+    suite_reruns(args.checkpoint, bench, tmp / "suite")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

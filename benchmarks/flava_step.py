@@ -40,13 +40,14 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmkit.masking import BlockMaskGenerator, TokenMasker, itm_negatives
-from mmkit.models import FLAVAConfig, config_to_hf, flava_model_for_pretraining, flava_pretraining_from_hf
+from mmkit.models import FLAVAConfig, flava_config_to_hf, flava_model_for_pretraining, flava_pretraining_from_hf
 from mmkit.tokenizers import dalle_preprocess
 
 try:
@@ -174,7 +175,7 @@ def build(cfg: FLAVAConfig):
     from transformers import FlavaConfig, FlavaForPreTraining
 
     torch.manual_seed(0)
-    hf = FlavaForPreTraining(FlavaConfig(**config_to_hf(cfg))).train()
+    hf = FlavaForPreTraining(FlavaConfig(**flava_config_to_hf(cfg))).train()
     ours = flava_model_for_pretraining(cfg).train()
     ours.load_state_dict(flava_pretraining_from_hf(hf.state_dict(), cfg))
     return hf, ours
@@ -236,160 +237,262 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
 
 
-def run(
-    size: str,
-    batches: list[int],
-    text_len: int,
-    steps: int,
-    warmup: int,
-    profile: bool = False,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    backends: tuple[str, ...] = (),
-    compile: tuple[str, ...] = ("none", "step"),
-    compile_mode: str | None = None,
-    dynamic: bool = False,
-    sync_check: bool = False,
-    memory: bool = True,
-    budgets: dict[str, float] | None = None,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-    with_cached: bool = True,
-) -> list[dict[str, Any]]:
-    """Time every model at each batch size of ``batches``; one result dict per batch size (see :func:`report`).
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures, made once from the command line (:meth:`from_args`).
 
     ``compile``: ``none`` (eager mmkit), ``layers`` (each transformer layer compiled), ``step`` (the whole
     step, static shapes); ``compile_mode``: ``torch.compile``'s mode for ``step`` (e.g. ``reduce-overhead``
     for CUDA graphs); ``dynamic``: compile ``step`` with a symbolic batch size (one graph per batch kind
     for the whole sweep instead of one per size); ``sync_check``: after timing, run one more step of the
-    first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (CUDA only); ``budgets``:
-    ``{"image": f, "text": f}`` fractions for the static-shape objectives (default: the model's);
-    ``on_result``: called with each batch size's result as soon as it is measured; ``with_cached``: also time
-    each mmkit variant on precomputed tokenizer ids.
+    first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (CUDA only); ``image_budget``
+    and ``text_budget``: fractions for the static-shape objectives (None: the model's); ``with_cached``: also
+    time each mmkit variant on precomputed tokenizer ids.
     """
-    cfg = FLAVAConfig.tiny() if size == "tiny" else FLAVAConfig()
-    cfg = cfg.replace(**{"codebook.allow_random": True})  # speed only: a random tokenizer costs what a trained one does
-    hf, ours = build(cfg)
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    hf, ours = hf.to(dev), ours.to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
+    size: str = "tiny"
+    batches: tuple[int, ...] = (32,)
+    text_len: int = 32
+    steps: int = 20
+    warmup: int = 1
+    profile: bool = False
+    device: str = "cpu"
+    dtype: str = "fp32"
+    backends: tuple[str, ...] = ()
+    compile: tuple[str, ...] = ("none", "step")
+    compile_mode: str | None = None
+    dynamic: bool = False
+    sync_check: bool = False
+    memory: bool = True
+    image_budget: float | None = None
+    text_budget: float | None = None
+    with_cached: bool = True
 
-    def optimizer(model):
-        # fused: one kernel over all parameters (every model gets the same optimiser)
-        return torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1, fused=True
+    @property
+    def budgets(self) -> dict[str, float]:
+        """``{"image": f, "text": f}``, only the budgets that were given."""
+        return {k: v for k, v in (("image", self.image_budget), ("text", self.text_budget)) if v}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, size: str) -> Settings:
+        """The settings of ``size`` (tiny or full) from :func:`parse_args`' result, with the size's defaults."""
+        full = size == "full"
+        return cls(
+            size=size,
+            batches=tuple(int(b) for b in args.batches.split(",") if b) or (args.batch or (2 if full else 32),),
+            text_len=args.text_len or (40 if full else 32),
+            steps=args.steps or (3 if full else 20),
+            warmup=args.warmup,
+            profile=args.profile,
+            device=args.device,
+            dtype=args.dtype,
+            backends=tuple(b for b in args.backends.split(",") if b),
+            compile=compile_modes(args.compile),
+            compile_mode=args.compile_mode,
+            dynamic=args.dynamic,
+            sync_check=args.sync_check,
+            memory=not args.no_memory,
+            image_budget=args.image_budget,
+            text_budget=args.text_budget,
+            with_cached=not args.no_cached,
         )
 
-    models: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {"mmkit": (ours, optimizer(ours))}
-    for backend in backends:  # the same weights under another attention backend, each with its own optimiser
+
+@dataclass
+class Bench:
+    """The models of one run on their device: transformers' with its optimiser, mmkit's eager model (the
+    reference of the compiled variants and the cached ids' tokenizer) and every timed mmkit variant."""
+
+    cfg: FLAVAConfig
+    dev: torch.device
+    hf: torch.nn.Module
+    opt_hf: torch.optim.Optimizer
+    ours: torch.nn.Module
+    models: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
+    autocast: contextlib.AbstractContextManager
+
+    @property
+    def cuda(self) -> bool:
+        """Whether the run is on a CUDA device."""
+        return self.dev.type == "cuda"
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Fused AdamW (one kernel over all parameters): every model gets the same optimiser."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1, fused=True)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _mmkit_variants(ours: torch.nn.Module, s: Settings) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    """mmkit's eager model (unless ``none`` is not in ``s.compile``) and its variants: the same weights under
+    each other attention backend, and each compiled form, every one a copy with its own optimiser."""
+    models = {"mmkit": (ours, _optimizer(ours))}
+    for backend in s.backends:
         model = copy.deepcopy(ours)
         try:
             model.model.set_attention_backend(backend)
         except RuntimeError as exc:  # e.g. xformers installed for another PyTorch: say so, time the rest
             print(f"skipping the {backend} variant: {exc}")
             continue
-        models[f"{backend} attention"] = (model, optimizer(model))
-    for mode in compile:
+        models[f"{backend} attention"] = (model, _optimizer(model))
+    for mode in s.compile:
         if mode == "none":
             continue
         model = copy.deepcopy(ours)
         if mode == "layers":
-            for layer in (m for m in model.modules() if type(m).__name__ == "TransformerLayer"):
+            for layer in model.shard_units():
                 layer.compile()
         else:
-            model.set_static_shapes(True, **{f"{k}_budget": v for k, v in (budgets or {}).items()}).compile(
-                fullgraph=True, dynamic=None if dynamic else False, mode=compile_mode
+            model.set_static_shapes(True, **{f"{k}_budget": v for k, v in s.budgets.items()}).compile(
+                fullgraph=True, dynamic=None if s.dynamic else False, mode=s.compile_mode
             )
-        models[f"compiled {mode}"] = (model, optimizer(model))
-    if "none" not in compile:
+        models[f"compiled {mode}"] = (model, _optimizer(model))
+    if "none" not in s.compile:
         del models["mmkit"]
-    opt_hf = optimizer(hf)
+    return models
 
-    def step_hf(data):
-        def step():
-            for kind, b in data.items():
-                with autocast:
-                    loss = hf(**hf_inputs(kind, b)).loss
-                loss.backward()
-            opt_hf.step()
-            opt_hf.zero_grad(set_to_none=True)
-            sync()
 
-        return step
+def setup(s: Settings) -> Bench:
+    """Both models at ``s.size`` with the same (converted) weights on ``s.device``, and mmkit's variants."""
+    cfg = FLAVAConfig.tiny() if s.size == "tiny" else FLAVAConfig()
+    cfg = cfg.replace(**{"codebook.allow_random": True})  # speed only: a random tokenizer costs what a trained one does
+    hf, ours = build(cfg)
+    dev = torch.device(s.device)
+    hf, ours = hf.to(dev), ours.to(dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if s.dtype == "bf16" else contextlib.nullcontext()
+    models = _mmkit_variants(ours, s)
+    return Bench(cfg, dev, hf, _optimizer(hf), ours, models, autocast)
 
-    def step_ours(data, model, opt, synchronize: bool = True):
-        def step():
-            for b in data.values():
-                with autocast:
-                    loss = model(**b).loss
-                loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if synchronize:
-                sync()
 
-        return step
+def _step_hf(bench: Bench, data: dict[str, dict[str, torch.Tensor]]) -> Callable[[], None]:
+    """One transformers step: forward and backward of each batch kind, then the optimiser's update."""
 
-    peak_rate = matmul_flops_per_s(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
-    card = card_peak(torch.cuda.get_device_name(dev)) if cuda else None
+    def step() -> None:
+        for kind, b in data.items():
+            with bench.autocast:
+                loss = bench.hf(**hf_inputs(kind, b)).loss
+            loss.backward()
+        bench.opt_hf.step()
+        bench.opt_hf.zero_grad(set_to_none=True)
+        _sync(bench.dev)
+
+    return step
+
+
+def _step_ours(bench: Bench, data: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               synchronize: bool = True) -> Callable[[], None]:  # fmt: skip
+    """One step of an mmkit variant: forward and backward of each batch kind, then the optimiser's update."""
+
+    def step() -> None:
+        for b in data.values():
+            with bench.autocast:
+                loss = model(**b).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if synchronize:
+            _sync(bench.dev)
+
+    return step
+
+
+def _batch_data(bench: Bench, s: Settings, batch: int) -> tuple[dict, dict]:
+    """The three batch kinds on the device, and a copy with the image tokenizer's ids precomputed."""
+    made = make_batches(bench.cfg, batch, s.text_len)
+    data = {k: {n: t.to(bench.dev) for n, t in b.items()} for k, b in made.items()}
+    cached = copy.deepcopy(data)
+    with torch.no_grad():
+        for kind in ("pair", "image"):
+            cached[kind]["image_token_ids"] = bench.ours.image_tokenizer(cached[kind].pop("codebook_pixel_values"))
+    if s.dynamic:
+        for b in (*data.values(), *cached.values()):
+            for t in b.values():
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+    return data, cached
+
+
+def _step_variants(bench: Bench, data: dict, cached: dict, with_cached: bool) -> dict[str, Callable[[], None]]:
+    """The timed steps by row name: transformers, then each mmkit variant (and on cached ids)."""
+    variants: dict[str, Callable[[], None]] = {"transformers": _step_hf(bench, data)}
+    for name, (model, opt) in bench.models.items():
+        plain, with_ids = ("mmkit", "mmkit (cached ids)") if name == "mmkit" else (
+            f"mmkit ({name})", f"mmkit ({name}, cached ids)")  # fmt: skip
+        variants[plain] = _step_ours(bench, data, model, opt)
+        if with_cached:
+            variants[with_ids] = _step_ours(bench, cached, model, opt)
+    return variants
+
+
+def _count_gflops(bench: Bench, variants: dict[str, Callable[[], None]], result: dict, data: dict) -> float:
+    """Each measured variant's GFLOP per step into ``result``, attention counted in its matmul form (mmkit's
+    math backend = transformers' eager) and compiled variants on their eager (static-shape) path; returns the
+    frozen tokenizer's GFLOP in a step."""
+    for model, _ in bench.models.values():
+        model.model.set_attention_backend("math")
+    with torch.compiler.set_stance("force_eager"):
+        for name, step in variants.items():
+            if "failed" not in result[name]:
+                result[name]["gflop"] = count_flops(step) / 1e9
+    for name, (model, _) in bench.models.items():
+        model.model.set_attention_backend(
+            name.split()[0] if name.endswith(" attention") else bench.cfg.attention_backend
+        )
+    codebook_inputs = [data[k]["codebook_pixel_values"] for k in ("pair", "image")]
+    return count_flops(lambda: [bench.ours.image_tokenizer(x) for x in codebook_inputs]) / 1e9
+
+
+def _rates(result: dict, batch: int, peak_rate: float, card: tuple[str, float] | None, tokenizer_gflop: float) -> None:
+    """Samples/s, the fraction of the matmul rate, the MFU (on a known card) and the tokenizer's share."""
+    for name, r in result.items():
+        if "failed" in r:
+            continue
+        r["samples_per_s"] = 3 * batch / r["step_s"]
+        r["matmul_fraction"] = r["gflop"] * 1e9 / r["step_s"] / peak_rate
+        if card is not None:
+            r["mfu"] = r["gflop"] * 1e9 / r["step_s"] / card[1]
+        r["tokenizer_gflop"] = 0.0 if "cached" in name else tokenizer_gflop
+
+
+def _print_profiles(bench: Bench, s: Settings, batch: int, variants: dict, result: dict) -> None:
+    for name in ("transformers", *(n for n in variants if n.startswith("mmkit") and "cached" not in n)):
+        if "failed" not in result[name]:
+            print(f"\nprofile of one {name} step ({s.size}, batch {batch}):")
+            print(profile_table(variants[name], cuda=bench.cuda))
+
+
+def _measure_batch(bench: Bench, s: Settings, batch: int, peak_rate: float,
+                   card: tuple[str, float] | None) -> dict[str, Any]:  # fmt: skip
+    """Every variant timed at one batch size (see :func:`report`); the compiled variants are checked against
+    the eager model, and the sync check run, on the first batch size."""
+    data, cached = _batch_data(bench, s, batch)
+    variants = _step_variants(bench, data, cached, s.with_cached)
+    first = batch == s.batches[0]
+    if first:
+        _check_compiled(bench.models, bench.ours, data, bench.autocast)
+    result = _measure(variants, s.steps, s.warmup, bench.cuda, bench.dev, s.memory)
+    # on the first batch, its graphs warm
+    extra = {"sync_check": _sync_check(bench, data, s.dtype)} if first and s.sync_check else {}
+    _rates(result, batch, peak_rate, card, _count_gflops(bench, variants, result, data))
+    if s.profile:
+        _print_profiles(bench, s, batch, variants, result)
+    return dict(size=s.size, batch=batch, text_len=s.text_len, matmul_gflops=peak_rate / 1e9,
+                card=card[0] if card else None, card_peak_tflops=card[1] / 1e12 if card else None,
+                models=result, **extra)  # fmt: skip
+
+
+def run(s: Settings, on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Time every model at each batch size of ``s.batches``; one result dict per batch size (see :func:`report`),
+    each also passed to ``on_result`` as soon as it is measured."""
+    bench = setup(s)
+    peak_rate = matmul_flops_per_s(device=bench.dev, dtype=torch.bfloat16 if s.dtype == "bf16" else torch.float32)
+    card = card_peak(torch.cuda.get_device_name(bench.dev)) if bench.cuda else None
     results = []
-    for batch in batches:
-        data = {k: {n: t.to(dev) for n, t in b.items()} for k, b in make_batches(cfg, batch, text_len).items()}
-        cached = copy.deepcopy(data)
-        with torch.no_grad():
-            for kind in ("pair", "image"):
-                cached[kind]["image_token_ids"] = ours.image_tokenizer(cached[kind].pop("codebook_pixel_values"))
-        if dynamic:
-            for b in (*data.values(), *cached.values()):
-                for t in b.values():
-                    torch._dynamo.maybe_mark_dynamic(t, 0)
-        variants: dict[str, Callable[[], None]] = {"transformers": step_hf(data)}
-        for name, (model, opt) in models.items():
-            plain, with_ids = ("mmkit", "mmkit (cached ids)") if name == "mmkit" else (
-                f"mmkit ({name})", f"mmkit ({name}, cached ids)")  # fmt: skip
-            variants[plain] = step_ours(data, model, opt)
-            if with_cached:
-                variants[with_ids] = step_ours(cached, model, opt)
-        first = batch == batches[0]
-        if first:
-            _check_compiled(models, ours, data, autocast)
-        result = _measure(variants, steps, warmup, cuda, dev, memory)
-        if first and sync_check:  # on the first batch, its graphs warm
-            result_extra = {"sync_check": _sync_check(models, step_ours, data, dev, dtype)}
-        else:
-            result_extra = {}
-        # FLOPs: attention counted in its matmul form (mmkit's math backend = transformers' eager); compiled
-        # variants on their eager (static-shape) path
-        for model, _ in models.values():
-            model.model.set_attention_backend("math")
-        with torch.compiler.set_stance("force_eager"):
-            for name, step in variants.items():
-                if "failed" not in result[name]:
-                    result[name]["gflop"] = count_flops(step) / 1e9
-        for name, (model, _) in models.items():
-            model.model.set_attention_backend(name.split()[0] if name.endswith(" attention") else cfg.attention_backend)
-        codebook_inputs = [data[k]["codebook_pixel_values"] for k in ("pair", "image")]
-        tokenizer_gflop = count_flops(lambda: [ours.image_tokenizer(x) for x in codebook_inputs]) / 1e9  # noqa: B023
-        for name, r in result.items():
-            if "failed" in r:
-                continue
-            r["samples_per_s"] = 3 * batch / r["step_s"]
-            r["matmul_fraction"] = r["gflop"] * 1e9 / r["step_s"] / peak_rate
-            if card is not None:
-                r["mfu"] = r["gflop"] * 1e9 / r["step_s"] / card[1]
-            r["tokenizer_gflop"] = 0.0 if "cached" in name else tokenizer_gflop
-        if profile:
-            for name in ("transformers", *(n for n in variants if n.startswith("mmkit") and "cached" not in n)):
-                if "failed" not in result[name]:
-                    print(f"\nprofile of one {name} step ({size}, batch {batch}):")
-                    print(profile_table(variants[name], cuda=cuda))
-        results.append(dict(size=size, batch=batch, text_len=text_len, matmul_gflops=peak_rate / 1e9,
-                            card=card[0] if card else None, card_peak_tflops=card[1] / 1e12 if card else None,
-                            models=result, **result_extra))  # fmt: skip
+    for batch in s.batches:
+        results.append(_measure_batch(bench, s, batch, peak_rate, card))
         if on_result is not None:
             on_result(results[-1])
     return results
@@ -465,7 +568,7 @@ def _measure(variants: dict[str, Callable[[], None]], steps: int, warmup: int, c
     return out
 
 
-def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device, dtype: str) -> list[str]:
+def _sync_check(bench: Bench, data: dict, dtype: str) -> list[str]:
     """Steps of the first compiled variant under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync
     raises): the bare step (forward and backward of the pair, image and text batches, fused AdamW), then
     the same three batches as one non-logging :class:`~mmkit.train.TrainStep` (three micro-batches:
@@ -475,17 +578,18 @@ def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device
     import tempfile
     import traceback
 
-    from mmkit.train import Collectives, DistInfo, RunContext, TrainStep
+    from mmkit.train import Collectives, DistInfo, RunContext, StepOptions, TrainStep
 
-    compiled = [(n, m) for n, m in models.items() if n.startswith("compiled")]
+    dev = bench.dev
+    compiled = [(n, m) for n, m in bench.models.items() if n.startswith("compiled")]
     if dev.type != "cuda" or not compiled:
         return ["skipped (needs CUDA and a compiled variant)"]
     name, (model, opt) = compiled[0]
     ctx = RunContext(DistInfo(device=dev), Collectives(dev, 1), Path(tempfile.mkdtemp()), config=None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     precision = "bf16" if dtype == "bf16" else "fp32"
-    train_step = TrainStep(ctx, model, opt, scheduler, precision=precision, grad_accum=len(data), max_grad_norm=1.0,
-                           on_device=True)  # fmt: skip
+    options = StepOptions(precision, grad_accum=len(data), max_grad_norm=1.0, on_device=True)
+    train_step = TrainStep(ctx, model, opt, scheduler, options)
     batches = itertools.cycle(data.values())
 
     def forward(m, b):
@@ -493,7 +597,7 @@ def _sync_check(models: dict, step_ours: Callable, data: dict, dev: torch.device
         return out.loss, out.losses
 
     checks = {
-        "step (forward + backward of 3 kinds, fused AdamW)": step_ours(data, model, opt, synchronize=False),
+        "step (forward + backward of 3 kinds, fused AdamW)": _step_ours(bench, data, model, opt, synchronize=False),
         "TrainStep (3 micro-batches, clip, finite check)": lambda: train_step(lambda: next(batches), forward, 1),
     }
     verdicts = []
@@ -565,7 +669,7 @@ def report_best(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "full", "both"], default="tiny")
     parser.add_argument("--batch", type=int, default=None, help="samples per source (default: tiny 32, full 2)")
@@ -606,20 +710,39 @@ def main() -> None:
     parser.add_argument("--text-budget", type=float, default=None, help="static-shape MLM/MMM budget (fraction)")
     parser.add_argument("--no-cached", action="store_true", help="skip the mmkit variants on cached tokenizer ids")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")
-    args = parser.parse_args()  # fmt: skip
-    compile_modes = tuple(m for m in args.compile.split(",") if m)
-    bad = set(compile_modes) - {"none", "layers", "step"}
-    if bad or not compile_modes:
+    return parser
+
+
+def compile_modes(text: str) -> tuple[str, ...]:
+    """The ``--compile`` list as a tuple (``"none,step"`` -> ``("none", "step")``)."""
+    return tuple(m for m in text.split(",") if m)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--compile`` checked."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    modes = compile_modes(args.compile)
+    if set(modes) - {"none", "layers", "step"} or not modes:
         parser.error(f"--compile takes none, layers and/or step, got {args.compile!r}")
+    return args
+
+
+def _print_machine(device: str) -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs"
     )
-    if args.device.startswith("cuda"):
-        name = torch.cuda.get_device_name(args.device)
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
         card = card_peak(name)
         print(f"device: {name}" + (f" ({card[0]}, dense bf16 peak {card[1] / 1e12:.0f} TFLOP/s)" if card else
                                    " (no bf16 peak known for this card: no MFU column)"))  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    _print_machine(args.device)
     everything = []
 
     def show(result: dict[str, Any]) -> None:
@@ -633,15 +756,7 @@ def main() -> None:
                 json.dump(everything, f, indent=1)
 
     for size in ("tiny", "full") if args.size == "both" else (args.size,):
-        full = size == "full"
-        batches = [int(b) for b in args.batches.split(",") if b] or [args.batch or (2 if full else 32)]
-        text_len = args.text_len or (40 if full else 32)
-        steps = args.steps or (3 if full else 20)
-        backends = tuple(b for b in args.backends.split(",") if b)
-        budgets = {k: v for k, v in (("image", args.image_budget), ("text", args.text_budget)) if v}
-        results = run(size, batches, text_len, steps, args.warmup, args.profile, args.device, args.dtype, backends,
-                      compile_modes, args.compile_mode, args.dynamic, args.sync_check, not args.no_memory, budgets,
-                      on_result=show, with_cached=not args.no_cached)  # fmt: skip
+        results = run(Settings.from_args(args, size), on_result=show)
         if len(results) > 1:
             print()
             print(report_best(results))

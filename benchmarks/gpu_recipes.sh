@@ -13,7 +13,7 @@ python3 -c "import torch; print(torch.cuda.get_device_name())" | tee "$OUT/recip
     data.num_workers=6 ) 2>&1 | quiet | tail -4 | tee -a "$OUT/recipes.txt"
 cp /tmp/dvae/recon_step*.png "$OUT/" 2>/dev/null
 # 2. cache its ids for the built-in training pairs
-( time timeout 120 python3 -m mmkit.tokenizers.cache --shards "$MMKIT_DATA/shapes-v1/train-pairs-*.tar" \
+( time timeout 120 python3 -m mmkit.data.token_cache --shards "$MMKIT_DATA/shapes-v1/train-pairs-*.tar" \
     --tokenizer /tmp/dvae/final --out /tmp/cached ) 2>&1 | quiet | tail -4 | tee -a "$OUT/recipes.txt"
 # 3. pretraining (medium, bf16) with the tokenizer in the loop vs its cached ids: same losses, samples/s
 for kind in loop cached; do

@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from mmkit.utils.errors import InputError, StateError
@@ -180,10 +181,9 @@ def _xformers_attention(
         buf = torch.zeros(b, h, n, n_pad, dtype=q.dtype, device=q.device)
         bias = buf[..., :n]
         bias.masked_fill_(~allowed_keys(keep, n, causal, q.device), float("-inf"))
-    out = xops.memory_efficient_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p
-    )
-    return out.transpose(1, 2)
+    q, k, v = (rearrange(t, "b h n dh -> b n h dh") for t in (q, k, v))  # xformers' layout
+    out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)
+    return rearrange(out, "b n h dh -> b h n dh")
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -237,10 +237,11 @@ class MultiHeadSelfAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}{causal}"
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, n, d = x.shape
+        """The fused projection split into ``q, k, v``, each ``(B, H, N, Dh)``."""
+        _, _, d = x.shape
         if d != self.dim:
             raise InputError(f"expected input width {self.dim}, got {d} (input shape {tuple(x.shape)})")
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = rearrange(self.qkv(x), "b n (three h dh) -> three b h n dh", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         return q, k, v
 
@@ -254,7 +255,7 @@ class MultiHeadSelfAttention(nn.Module):
         Returns:
             ``(B, N, D)``.
         """
-        b, n, d = x.shape
+        b, n, _ = x.shape
         q, k, v = self._qkv(x)
         keep = None if attention_mask is None else _check_mask(attention_mask, b, n)
         dropout_p = self.attention_dropout if self.training else 0.0
@@ -279,7 +280,7 @@ class MultiHeadSelfAttention(nn.Module):
         else:
             out, _ = math_attention(q, k, v, keep, dropout_p, causal=self.causal)
 
-        out = out.transpose(1, 2).reshape(b, n, d)
+        out = rearrange(out, "b h n dh -> b n (h dh)")  # the heads merged back
         return self.proj_dropout(self.out_proj(out))
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from mmkit.utils.errors import InputError
@@ -29,10 +30,9 @@ def interpolate_position_embeddings(pos: Tensor, old_grid: tuple[int, int], new_
     """
     if old_grid == new_grid:
         return pos
-    d = pos.shape[-1]
-    grid = pos.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    grid = rearrange(pos, "1 (gh gw) d -> 1 d gh gw", gh=old_grid[0], gw=old_grid[1])
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d)
+    return rearrange(grid, "1 d gh gw -> 1 (gh gw) d")
 
 
 class PatchEmbedding(nn.Module):
@@ -116,12 +116,12 @@ class PatchEmbedding(nn.Module):
         if h % self.patch_size[0] or w % self.patch_size[1]:
             raise InputError(f"image size ({h}, {w}) is not a multiple of the patch size {self.patch_size}")
         grid = (h // self.patch_size[0], w // self.patch_size[1])
-        x = self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, Np, D)
+        x = rearrange(self.proj(pixel_values), "b d gh gw -> b (gh gw) d")  # the patches, row-major
         b, n, _ = x.shape
         if patch_mask is not None:
             if self.mask_token is None:
                 raise InputError("patch_mask was given but this embedding has no mask token (use_mask_token=False)")
-            patch_mask = patch_mask.reshape(patch_mask.shape[0], -1)
+            patch_mask = rearrange(patch_mask, "b ... -> b (...)")  # (B, Np) or (B, Gh, Gw) -> (B, Np)
             if patch_mask.shape != (b, n):
                 raise InputError(f"patch_mask must hold (B, Np) = ({b}, {n}) entries, got {tuple(patch_mask.shape)}")
             x = torch.where(patch_mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)
@@ -180,6 +180,13 @@ class TextEmbedding(nn.Module):
         self.pad_token_id = pad_token_id
         self.max_positions = max_positions
         self.register_buffer("position_ids", torch.arange(max_positions).unsqueeze(0), persistent=False)
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Set ``position_ids`` ``(1, max_positions)`` to ``0..max_positions-1`` on its device (a buffer in no
+        state dict: ``to_empty`` leaves it unset)."""
+        ids = self.position_ids
+        ids.copy_(torch.arange(ids.shape[1], device=ids.device).unsqueeze(0))
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None
