@@ -55,12 +55,17 @@ def build(model: str, size: str) -> torch.nn.Module:
     enc = dict(hidden_size=width, num_layers=layers, num_heads=max(2, width // 64), mlp_dim=4 * width)
     torch.manual_seed(0)
     if model == "clip":
-        cfg = CLIPConfig.tiny(image=dict(enc, image_size=image, patch_size=patch), text=dict(enc, vocab_size=30522),
-                              projection_dim=width)  # fmt: skip
+        cfg = CLIPConfig.tiny(
+            image=dict(enc, image_size=image, patch_size=patch), text=dict(enc, vocab_size=30522), projection_dim=width
+        )
         return dual_encoder_for_pretraining(cfg).train()
-    cfg = FLAVAConfig.tiny(image=dict(enc, image_size=image, patch_size=patch), text=enc,
-                           multimodal=dict(enc, num_layers=max(1, layers // 2)), projection_dim=width,
-                           codebook={"enabled": False, "vocab_size": 8192})  # fmt: skip
+    cfg = FLAVAConfig.tiny(
+        image=dict(enc, image_size=image, patch_size=patch),
+        text=enc,
+        multimodal=dict(enc, num_layers=max(1, layers // 2)),
+        projection_dim=width,
+        codebook={"enabled": False, "vocab_size": 8192},
+    )
     return flava_model_for_pretraining(cfg).train()
 
 
@@ -146,21 +151,29 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, {args.dtype}; B={args.batch}, "
-          f"K={args.accum} (K*B={args.batch * args.accum}); median of {args.steps} steps")  # fmt: skip
-    print("| model | size (width x layers, image) | variant | contrastive batch | step s | peak MiB | time / big "
-          "| memory / big |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, {args.dtype}; B={args.batch}, "
+        f"K={args.accum} (K*B={args.batch * args.accum}); median of {args.steps} steps"
+    )
+    print(
+        "| model | size (width x layers, image) | variant | contrastive batch | step s | peak MiB | time / big "
+        "| memory / big |\n|---|---|---|---|---|---|---|---|"
+    )
     for model in args.models.split(","):
         for size in args.sizes.split(","):
-            steps = {v: variant(v, model, size, args.batch, args.accum, device, args.dtype)
-                     for v in ("big", "whole", "split")}  # fmt: skip
+            steps = {
+                v: variant(v, model, size, args.batch, args.accum, device, args.dtype)
+                for v in ("big", "whole", "split")
+            }
             result = measure(steps, args.steps, device)
             width, layers, image, *_ = SIZES[size]
             big_t, big_m = result["big"]
             for v, (t, m) in result.items():
                 seen = args.batch * (1 if v == "split" else args.accum)
-                print(f"| {model} | {size} ({width}x{layers}, {image}²) | {v} | {seen} | {t:.3f} | {m:.0f} | "
-                      f"{t / big_t:.2f} | {m / big_m:.2f} |")  # fmt: skip
+                print(
+                    f"| {model} | {size} ({width}x{layers}, {image}²) | {v} | {seen} | {t:.3f} | {m:.0f} | "
+                    f"{t / big_t:.2f} | {m / big_m:.2f} |"
+                )
             del steps
 
 

@@ -181,8 +181,11 @@ def main() -> None:
         listing.write_text(json.dumps(all_paths[: n // PER_SHARD]))
         got = {mode: _child(CHILD, mode, str(listing), "32") for mode in ("index", "stream")}
         rows.append((n, got))
-        print(f"{n:>9,} samples: index {got['index']['seconds']:.2f} s / {got['index']['rss_mib']:.0f} MiB, "
-              f"stream {got['stream']['seconds']:.2f} s / {got['stream']['rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+        print(
+            f"{n:>9,} samples: index {got['index']['seconds']:.2f} s / {got['index']['rss_mib']:.0f} MiB, "
+            f"stream {got['stream']['seconds']:.2f} s / {got['stream']['rss_mib']:.0f} MiB",
+            flush=True,
+        )
     big = write_shards(root / "big", 2 * PER_SHARD, image_side=256)
     listing = root / "listing-big.json"
     listing.write_text(json.dumps(big))
@@ -191,8 +194,11 @@ def main() -> None:
     jpegs.write_text(json.dumps(write_shards(root / "jpeg", 2 * PER_SHARD, image_side=256, fmt="jpeg")))
     for mode in ("jpeg-fast", "jpeg-device"):
         speed[mode] = _child(THROUGHPUT, mode, str(jpegs), str(args.throughput_samples))
-    finish = _child(FINISH, str(jpegs))
+    _report(rows, speed, _child(FINISH, str(jpegs)))
 
+
+def _report(rows: list[tuple[int, dict]], speed: dict[str, dict], finish: dict) -> None:
+    """The three tables: start-up by set size, samples/s by read mode, the device decode's share."""
     print("\n| samples | index: first batch s | index: RSS MiB | streaming: first batch s | streaming: RSS MiB |")
     print("|---|---|---|---|---|")
     for n, got in rows:
@@ -200,14 +206,20 @@ def main() -> None:
         print(f"| {n:,} | {i['seconds']:.2f} | {i['rss_mib']:.0f} | {s['seconds']:.2f} | {s['rss_mib']:.0f} |")
     first, last = rows[0][1], rows[-1][1]
     for mode in ("index", "stream"):
-        print(f"{mode}: first batch x{last[mode]['seconds'] / first[mode]['seconds']:.2f}, "
-              f"RSS x{max(last[mode]['rss_mib'], 1) / max(first[mode]['rss_mib'], 1):.2f} "
-              f"from {rows[0][0]:,} to {rows[-1][0]:,} samples")  # fmt: skip
+        print(
+            f"{mode}: first batch x{last[mode]['seconds'] / first[mode]['seconds']:.2f}, "
+            f"RSS x{max(last[mode]['rss_mib'], 1) / max(first[mode]['rss_mib'], 1):.2f} "
+            f"from {rows[0][0]:,} to {rows[-1][0]:,} samples"
+        )
     print("\n| one process, 224² + 112² per sample | samples/s | CPU ms per sample |")
     print("|---|---|---|")
-    names = {"index": "index mode", "stream": "streaming", "fast": "streaming, fast_images",
-             "jpeg-fast": "JPEG shards, streaming, fast_images",
-             "jpeg-device": "JPEG shards, decode on the device"}  # fmt: skip
+    names = {
+        "index": "index mode",
+        "stream": "streaming",
+        "fast": "streaming, fast_images",
+        "jpeg-fast": "JPEG shards, streaming, fast_images",
+        "jpeg-device": "JPEG shards, decode on the device",
+    }
     for mode, r in speed.items():
         print(f"| {names[mode]} | {r['samples_per_s']:.0f} | {r['cpu_ms_per_sample']:.2f} |")
     base = speed["index"]["cpu_ms_per_sample"]
@@ -216,9 +228,11 @@ def main() -> None:
         f"streaming + fast_images x{base / speed['fast']['cpu_ms_per_sample']:.2f} lower"
     )
     ratio = speed["jpeg-fast"]["cpu_ms_per_sample"] / speed["jpeg-device"]["cpu_ms_per_sample"]
-    print(f"JPEG shards: worker CPU per sample with decode on the device x{ratio:.1f} "
-          f"lower; the device's share (decode, crop, resize, normalise; batches of 256) is "
-          f"{finish['ms_per_sample']:.3f} ms per sample on {finish['device']}")  # fmt: skip
+    print(
+        f"JPEG shards: worker CPU per sample with decode on the device x{ratio:.1f} "
+        f"lower; the device's share (decode, crop, resize, normalise; batches of 256) is "
+        f"{finish['ms_per_sample']:.3f} ms per sample on {finish['device']}"
+    )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,10 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     step = statistics.median(times[2:])
     print()
-    print(f"tiny model, paired step on these batches: {args.batch_size / step:.0f} samples/s "
-          f"({1000 * step:.0f} ms per batch of {args.batch_size})")  # fmt: skip
+    print(
+        f"tiny model, paired step on these batches: {args.batch_size / step:.0f} samples/s "
+        f"({1000 * step:.0f} ms per batch of {args.batch_size})"
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,15 @@ def probe_side_by_side(x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: t
     # and scikit-learn at mmkit's chosen C: the same objective, so the same test accuracy
     clf = LogisticRegression(C=ours.c, max_iter=300).fit(((x - mean) / std).numpy(), y.numpy())
     at_ours = float(np.mean(clf.predict(((tx - mean) / std).numpy()) == ty.numpy()))
-    return {"ours_s": ours_s, "ours_acc": ours_acc, "ours_c": ours.c, "sk_s": time.perf_counter() - start,
-            "sk_acc": sk_acc, "sk_c": sk_c, "sk_at_ours": at_ours}  # fmt: skip
+    return {
+        "ours_s": ours_s,
+        "ours_acc": ours_acc,
+        "ours_c": ours.c,
+        "sk_s": time.perf_counter() - start,
+        "sk_acc": sk_acc,
+        "sk_c": sk_c,
+        "sk_at_ours": at_ours,
+    }
 
 
 def synthetic(n: int, n_test: int, classes: int, dim: int = 768, seed: int = 0):
@@ -121,10 +128,11 @@ def _checkpoint_probe(checkpoint: str, bench: Path) -> tuple[str, int, int, int,
     model, _ = load_encoders(checkpoint, log=lambda m: None)
     transform, tid = eval_transform(model, checkpoint)
     train, test = (
-        image_features(model, open_benchmark("folder", bench / "shapes-color", split), transform, transform_id=tid,
-                       progress=False)
+        image_features(
+            model, open_benchmark("folder", bench / "shapes-color", split), transform, transform_id=tid, progress=False
+        )
         for split in ("train", "test")
-    )  # fmt: skip
+    )
     r = probe_side_by_side(train.features, train.labels, test.features, test.labels)
     return f"demo checkpoint, shapes colour ({train.features.shape[1]}-d)", len(train.keys), len(test.keys), 6, r
 
@@ -133,8 +141,10 @@ def probe_table(args: argparse.Namespace, bench: Path) -> None:
     """Section 2: the probe protocol, torch against scikit-learn, on synthetic and on checkpoint features."""
     print("\n## 2. Linear probe: torch (mmkit: Newton or L-BFGS) vs scikit-learn LogisticRegression(lbfgs),")
     print("same protocol\n")
-    print("| features | train / test | classes | mmkit s | sklearn s | speed-up | mmkit acc | sklearn acc | "
-          "C (mmkit / sklearn) | sklearn acc at mmkit's C |")  # fmt: skip
+    print(
+        "| features | train / test | classes | mmkit s | sklearn s | speed-up | mmkit acc | sklearn acc | "
+        "C (mmkit / sklearn) | sklearn acc at mmkit's C |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     import warnings
 
@@ -147,12 +157,17 @@ def probe_table(args: argparse.Namespace, bench: Path) -> None:
     rows = [(f"synthetic {x.shape[1]}-d", len(x), len(tx), args.probe_classes, r)]
     rows.append(_checkpoint_probe(args.checkpoint, bench))
     for name, n_train, n_test, c, r in rows:
-        print(f"| {name} | {n_train:,} / {n_test:,} | {c} | {r['ours_s']:.2f} | {r['sk_s']:.2f} | "
-              f"{r['sk_s'] / r['ours_s']:.1f}x | {100 * r['ours_acc']:.2f} | {100 * r['sk_acc']:.2f} | "
-              f"{r['ours_c']:.3g} / {r['sk_c']:.3g} | {100 * r['sk_at_ours']:.2f} |", flush=True)  # fmt: skip
+        print(
+            f"| {name} | {n_train:,} / {n_test:,} | {c} | {r['ours_s']:.2f} | {r['sk_s']:.2f} | "
+            f"{r['sk_s'] / r['ours_s']:.1f}x | {100 * r['ours_acc']:.2f} | {100 * r['sk_acc']:.2f} | "
+            f"{r['ours_c']:.3g} / {r['sk_c']:.3g} | {100 * r['sk_at_ours']:.2f} |",
+            flush=True,
+        )
     if first_optimizer_s > 0.05:
-        print(f"\n(not in mmkit's times, as scikit-learn's import is not in its: the one-off {first_optimizer_s:.2f} s "
-              "torch takes to build its first optimizer, importing torch._dynamo)")  # fmt: skip
+        print(
+            f"\n(not in mmkit's times, as scikit-learn's import is not in its: the one-off {first_optimizer_s:.2f} s "
+            "torch takes to build its first optimizer, importing torch._dynamo)"
+        )
 
 
 def suite_reruns(checkpoint: str, bench: Path, out: Path) -> None:
@@ -166,8 +181,13 @@ def suite_reruns(checkpoint: str, bench: Path, out: Path) -> None:
     from finetune_transfer import _load
 
     evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
-    keys = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={bench}", f"checkpoint={checkpoint}",
-            f"out={out}", "progress=false"]  # fmt: skip
+    keys = [
+        f"suite={REPO / 'suites/shapes.yaml'}",
+        f"data_root={bench}",
+        f"checkpoint={checkpoint}",
+        f"out={out}",
+        "progress=false",
+    ]
     times = []
     for _ in range(2):
         (out / "results.json").unlink(missing_ok=True)

@@ -36,11 +36,18 @@ H100_BF16_DENSE = 989.4e12  # FLOP/s, H100 SXM, dense bf16 (NVIDIA's datasheet; 
 #: The released splits' sizes (docs/EVALUATION.md, "The layouts"): training, then every split scored at
 #: each evaluation (the selection split and any other report split).
 RELEASED = {
-    "glue:cola": (8_551, (1_043,)), "glue:sst2": (67_349, (872,)), "glue:mrpc": (3_668, (408,)),
-    "glue:qqp": (363_846, (40_430,)), "glue:stsb": (5_749, (1_500,)), "glue:mnli": (392_702, (9_815, 9_832)),
-    "glue:qnli": (104_743, (5_463,)), "glue:rte": (2_490, (277,)), "vqav2": (443_757, (214_354,)),
-    "snli_ve": (529_527, (17_858, 17_901)), "hateful_memes": (8_500, (500, 1_000)),
-}  # fmt: skip
+    "glue:cola": (8_551, (1_043,)),
+    "glue:sst2": (67_349, (872,)),
+    "glue:mrpc": (3_668, (408,)),
+    "glue:qqp": (363_846, (40_430,)),
+    "glue:stsb": (5_749, (1_500,)),
+    "glue:mnli": (392_702, (9_815, 9_832)),
+    "glue:qnli": (104_743, (5_463,)),
+    "glue:rte": (2_490, (277,)),
+    "vqav2": (443_757, (214_354,)),
+    "snli_ve": (529_527, (17_858, 17_901)),
+    "hateful_memes": (8_500, (500, 1_000)),
+}
 
 
 def measured(checkpoint: str | None, data: Path, out: Path) -> dict:
@@ -81,8 +88,10 @@ def flops_per_sample(modality: str, text_len: int, image_size: int | None, class
     batch = 2  # per-sample counts are exact multiples; 2 keeps every shape honest
     inputs = {}
     if modality != "image":
-        inputs.update(input_ids=torch.zeros(batch, text_len, dtype=torch.long, device="meta"),
-                      attention_mask=torch.ones(batch, text_len, dtype=torch.long, device="meta"))  # fmt: skip
+        inputs.update(
+            input_ids=torch.zeros(batch, text_len, dtype=torch.long, device="meta"),
+            attention_mask=torch.ones(batch, text_len, dtype=torch.long, device="meta"),
+        )
     if modality != "text":
         size = image_size or 224
         inputs["pixel_values"] = torch.zeros(batch, 3, size, size, device="meta")
@@ -117,9 +126,19 @@ def projection(mfus: list[float]) -> list[dict]:
         train_flops, eval_flops = cache[key]
         trained, scored = steps * cfg.batch_size, evaluations * sum(n_evals)
         total = trained * train_flops + scored * eval_flops
-        rows.append({"task": name, "steps": steps, "trained": trained, "evaluations": evaluations, "scored": scored,
-                     "train_gflop": train_flops / 1e9, "eval_gflop": eval_flops / 1e9, "pflop": total / 1e15,
-                     "hours": {m: total / (H100_BF16_DENSE * m) / 3600 for m in mfus}})  # fmt: skip
+        rows.append(
+            {
+                "task": name,
+                "steps": steps,
+                "trained": trained,
+                "evaluations": evaluations,
+                "scored": scored,
+                "train_gflop": train_flops / 1e9,
+                "eval_gflop": eval_flops / 1e9,
+                "pflop": total / 1e15,
+                "hours": {m: total / (H100_BF16_DENSE * m) / 3600 for m in mfus},
+            }
+        )
     return rows
 
 
@@ -138,17 +157,20 @@ def main() -> None:
             run = measured(args.checkpoint, Path(args.data), out)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        print(f"\n### Measured: suites/shapes_finetune.yaml from {args.checkpoint or 'random init'}, "
-              f"tiny size, this CPU\n")  # fmt: skip
+        print(
+            f"\n### Measured: suites/shapes_finetune.yaml from {args.checkpoint or 'random init'}, "
+            f"tiny size, this CPU\n"
+        )
         print("| task | steps (x 32) | training split | scored samples | seconds | headline metric (best step) |")
         print("|---|---|---|---|---|---|")
         tasks = {name: r for name, r in run["results"].items() if not name.startswith("_")}
         for name, r in tasks.items():
             metric = r["metric"]  # the headline, as the suite records it
-            print(f"| {name} | {r['steps']} | {r['train_samples']:,} | {r['samples']:,} | {r['seconds']:.1f} | "
-                  f"{metric} {100 * r[metric]:.2f} |")  # fmt: skip
-        print(f"\nWhole suite: {run['total']:.0f} s (tasks: "
-              f"{sum(r['seconds'] for r in tasks.values()):.0f} s)")  # fmt: skip
+            print(
+                f"| {name} | {r['steps']} | {r['train_samples']:,} | {r['samples']:,} | {r['seconds']:.1f} | "
+                f"{metric} {100 * r[metric]:.2f} |"
+            )
+        print(f"\nWhole suite: {run['total']:.0f} s (tasks: {sum(r['seconds'] for r in tasks.values()):.0f} s)")
     rows = projection(args.mfu)
     print("\n### Projected: the shipped recipes at the released size, one H100 (bf16 dense peak 989.4 TFLOP/s)\n")
     mfu_cols = " | ".join(f"hours at {100 * m:g}% MFU" for m in args.mfu)
@@ -156,8 +178,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|" + "---|" * len(args.mfu))
     for r in rows:
         hours = " | ".join(f"{r['hours'][m]:.2f}" for m in args.mfu)
-        print(f"| {r['task']} | {r['steps']:,} | {r['trained']:,} | {r['scored']:,} | "
-              f"{r['train_gflop']:.1f}, {r['eval_gflop']:.1f} | {r['pflop']:,.0f} | {hours} |")  # fmt: skip
+        print(
+            f"| {r['task']} | {r['steps']:,} | {r['trained']:,} | {r['scored']:,} | "
+            f"{r['train_gflop']:.1f}, {r['eval_gflop']:.1f} | {r['pflop']:,.0f} | {hours} |"
+        )
     totals = " | ".join(f"**{sum(r['hours'][m] for r in rows):.1f}**" for m in args.mfu)
     print(f"| all 11 | | | | | {sum(r['pflop'] for r in rows):,.0f} | {totals} |")
 

@@ -59,8 +59,14 @@ def main() -> None:
         for init in ("pretrained", "random"):
             for lr in args.lrs.split(","):
                 run = out / f"{task.split()[0].replace(':', '-')}-{'reg-' if 'regression' in task else ''}{init}-{lr}"
-                overrides = [*extra, f"run_dir={run}", f"optim.total_steps={args.steps}", f"optim.lr={lr}",
-                             "checkpoint.resume=none", "checkpoint.every=100000"]  # fmt: skip
+                overrides = [
+                    *extra,
+                    f"run_dir={run}",
+                    f"optim.total_steps={args.steps}",
+                    f"optim.lr={lr}",
+                    "checkpoint.resume=none",
+                    "checkpoint.every=100000",
+                ]
                 if init == "pretrained":  # the configs say init_from: null, i.e. random init
                     overrides.append(f"init_from={args.checkpoint}")
                 cfg = finetune.load_config(str(REPO / "recipes/flava/configs" / config), overrides)
@@ -72,6 +78,11 @@ def main() -> None:
                 print(f"{task:34s} {init:10s} lr {lr:6s} {cfg.metric} {result['best']:.4f}", flush=True)
         best = {init: max((v, lr) for (i, lr), v in scores.items() if i == init) for init in ("pretrained", "random")}
         rows.append((task, cfg.metric, best["pretrained"], best["random"]))
+    _report(args, rows, _probe(args, evaluate, out))
+
+
+def _probe(args, evaluate, out: Path) -> dict:
+    """Linear probes of the checkpoint and of a random model of its sizes: ``{init: results}``."""
     probes = {}
     for init, ckpt in (("pretrained", args.checkpoint), ("random", None)):
         tasks = ",".join(f"linear_probe:{t}" for t in filter(None, args.probes.split(",")))
@@ -84,6 +95,11 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluate.evaluate(evaluate.load_config(None, keys))
         probes[init] = json.loads(path.read_text())
+    return probes
+
+
+def _report(args, rows: list, probes: dict) -> None:
+    """The finetuning table (pretrained vs random init) and the probe table."""
     print(f"\n## finetuning, {args.steps} steps, best over lr in {{{args.lrs}}}: pretrained vs random init\n")
     print("| task | metric | from the checkpoint (lr) | from random init (lr) | difference |")
     print("|---|---|---|---|---|")

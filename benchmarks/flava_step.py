@@ -209,16 +209,21 @@ def profile_table(step: Callable[[], None], rows: int = 12, cuda: bool = False) 
     table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=64)
     if not cuda:
         return table
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-               and not getattr(e, "is_user_annotation", False)]  # fmt: skip
+    kernels = [
+        e
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
     busy = sum(e.self_device_time_total for e in kernels)
     families: dict[str, float] = {}
     for e in kernels:
         family = next((name for name, pattern in KERNEL_FAMILIES if pattern.search(e.key)), "other")
         families[family] = families.get(family, 0.0) + e.self_device_time_total
     lines = [f"step wall {wall_us / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms ({busy / wall_us:.0%})"]
-    lines += [f"  {name}: {t / 1e3:.1f} ms ({t / max(busy, 1e-9):.0%} of busy)"
-              for name, t in sorted(families.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    lines += [
+        f"  {name}: {t / 1e3:.1f} ms ({t / max(busy, 1e-9):.0%} of busy)"
+        for name, t in sorted(families.items(), key=lambda kv: -kv[1])
+    ]
     return table + "\n" + "\n".join(lines)
 
 
@@ -383,8 +388,9 @@ def _step_hf(bench: Bench, data: dict[str, dict[str, torch.Tensor]]) -> Callable
     return step
 
 
-def _step_ours(bench: Bench, data: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
-               synchronize: bool = True) -> Callable[[], None]:  # fmt: skip
+def _step_ours(
+    bench: Bench, data: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, synchronize: bool = True
+) -> Callable[[], None]:
     """One step of an mmkit variant: forward and backward of each batch kind, then the optimiser's update."""
 
     def step() -> None:
@@ -419,8 +425,9 @@ def _step_variants(bench: Bench, data: dict, cached: dict, with_cached: bool) ->
     """The timed steps by row name: transformers, then each mmkit variant (and on cached ids)."""
     variants: dict[str, Callable[[], None]] = {"transformers": _step_hf(bench, data)}
     for name, (model, opt) in bench.models.items():
-        plain, with_ids = ("mmkit", "mmkit (cached ids)") if name == "mmkit" else (
-            f"mmkit ({name})", f"mmkit ({name}, cached ids)")  # fmt: skip
+        plain, with_ids = (
+            ("mmkit", "mmkit (cached ids)") if name == "mmkit" else (f"mmkit ({name})", f"mmkit ({name}, cached ids)")
+        )
         variants[plain] = _step_ours(bench, data, model, opt)
         if with_cached:
             variants[with_ids] = _step_ours(bench, cached, model, opt)
@@ -464,8 +471,9 @@ def _print_profiles(bench: Bench, s: Settings, batch: int, variants: dict, resul
             print(profile_table(variants[name], cuda=bench.cuda))
 
 
-def _measure_batch(bench: Bench, s: Settings, batch: int, peak_rate: float,
-                   card: tuple[str, float] | None) -> dict[str, Any]:  # fmt: skip
+def _measure_batch(
+    bench: Bench, s: Settings, batch: int, peak_rate: float, card: tuple[str, float] | None
+) -> dict[str, Any]:
     """Every variant timed at one batch size (see :func:`report`); the compiled variants are checked against
     the eager model, and the sync check run, on the first batch size."""
     data, cached = _batch_data(bench, s, batch)
@@ -479,9 +487,16 @@ def _measure_batch(bench: Bench, s: Settings, batch: int, peak_rate: float,
     _rates(result, batch, peak_rate, card, _count_gflops(bench, variants, result, data))
     if s.profile:
         _print_profiles(bench, s, batch, variants, result)
-    return dict(size=s.size, batch=batch, text_len=s.text_len, matmul_gflops=peak_rate / 1e9,
-                card=card[0] if card else None, card_peak_tflops=card[1] / 1e12 if card else None,
-                models=result, **extra)  # fmt: skip
+    return dict(
+        size=s.size,
+        batch=batch,
+        text_len=s.text_len,
+        matmul_gflops=peak_rate / 1e9,
+        card=card[0] if card else None,
+        card_peak_tflops=card[1] / 1e12 if card else None,
+        models=result,
+        **extra,
+    )
 
 
 def run(s: Settings, on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -510,12 +525,15 @@ def _check_compiled(models: dict, eager: torch.nn.Module, data: dict, autocast) 
                 ref, out = eager(**b), model(**b)  # with grad: the compiled forward is the training graph
             diffs += [float((out.losses[k] - v).abs()) for k, v in ref.losses.items()]
             overflow += sum(int(v) for v in out.overflow.values())
-        print(f"{name}: max |loss - eager loss| over the objectives of the three kinds {max(diffs):.2e}, "
-              f"masked positions beyond the budget {overflow}")  # fmt: skip
+        print(
+            f"{name}: max |loss - eager loss| over the objectives of the three kinds {max(diffs):.2e}, "
+            f"masked positions beyond the budget {overflow}"
+        )
 
 
-def _measure(variants: dict[str, Callable[[], None]], steps: int, warmup: int, cuda: bool, dev: torch.device,
-             memory: bool) -> dict[str, dict[str, float]]:  # fmt: skip
+def _measure(
+    variants: dict[str, Callable[[], None]], steps: int, warmup: int, cuda: bool, dev: torch.device, memory: bool
+) -> dict[str, dict[str, float]]:
     """Median step time and peak step memory of each variant, run alternately; a variant that runs out of
     CUDA memory is dropped (reported as OOM)."""
     failed: dict[str, str] = {}
@@ -661,9 +679,12 @@ def report_best(results: list[dict[str, Any]]) -> str:
                 best[name] = (r["samples_per_s"], result["batch"], r)
     ref = best.get("transformers", (float("nan"),))[0]
     card = results[0]["card"]
-    lines = ["## each model at its own best batch size", "",
-             "| model | best batch | samples/s | x transformers (at its best) |" + (" MFU |" if card else ""),
-             "|---|---|---|---|" + ("---|" if card else "")]  # fmt: skip
+    lines = [
+        "## each model at its own best batch size",
+        "",
+        "| model | best batch | samples/s | x transformers (at its best) |" + (" MFU |" if card else ""),
+        "|---|---|---|---|" + ("---|" if card else ""),
+    ]
     for name, (rate, batch, r) in best.items():
         lines.append(f"| {name} | {batch} | {_num(rate)} | {rate / ref:.2f} |" + (f" {r['mfu']:.1%} |" if card else ""))
     return "\n".join(lines)
@@ -736,8 +757,14 @@ def _print_machine(device: str) -> None:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
         card = card_peak(name)
-        print(f"device: {name}" + (f" ({card[0]}, dense bf16 peak {card[1] / 1e12:.0f} TFLOP/s)" if card else
-                                   " (no bf16 peak known for this card: no MFU column)"))  # fmt: skip
+        print(
+            f"device: {name}"
+            + (
+                f" ({card[0]}, dense bf16 peak {card[1] / 1e12:.0f} TFLOP/s)"
+                if card
+                else " (no bf16 peak known for this card: no MFU column)"
+            )
+        )
 
 
 def main() -> None:

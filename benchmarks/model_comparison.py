@@ -84,9 +84,22 @@ TASKS = ("color", "count", "shape")
 def pretrain(name: str, run: Path, steps: int, seed: int) -> tuple[dict, float]:
     """Run one recipe on 2 ranks; returns its last held-out evaluation and the wall time."""
     script, config, extra = MODELS[name]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / script),
-           "--config", str(REPO / config), f"run_dir={run}", f"optim.total_steps={steps}", "progress=false",
-           "checkpoint.resume=none", f"seed={seed}", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / script),
+        "--config",
+        str(REPO / config),
+        f"run_dir={run}",
+        f"optim.total_steps={steps}",
+        "progress=false",
+        "checkpoint.resume=none",
+        f"seed={seed}",
+        *extra,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ)
     if done.returncode:
@@ -106,8 +119,14 @@ def finetune_best(finetune, name: str, export: Path, task: str, out: Path, steps
     config, extra, side = FINETUNE[task]
     best = float("-inf")
     for lr in lrs:
-        keys = [*extra, f"run_dir={out / f'{task.split()[0]}-{lr}'}", f"optim.total_steps={steps}",
-                f"optim.lr={lr}", "checkpoint.resume=none", "checkpoint.every=100000"]  # fmt: skip
+        keys = [
+            *extra,
+            f"run_dir={out / f'{task.split()[0]}-{lr}'}",
+            f"optim.total_steps={steps}",
+            f"optim.lr={lr}",
+            "checkpoint.resume=none",
+            "checkpoint.every=100000",
+        ]
         if name.startswith("flava"):
             keys.append(f"init_from={export}")
         else:  # the dual encoder's tower in FLAVA's encoder
@@ -128,16 +147,20 @@ def measure(name: str, seed: int, args, out: Path) -> dict:
     evaluate = _load("flava_evaluate_recipe", REPO / "recipes/flava/evaluate.py")
     run = out / f"{name.replace('/', '-')}-seed{seed}"
     last, seconds = pretrain(name, run, args.steps, seed)
-    record = {"seconds": seconds, "i2t_r1": last["retrieval/image_to_text_r1"],
-              "t2i_r1": last["retrieval/text_to_image_r1"]}  # fmt: skip
+    record = {
+        "seconds": seconds,
+        "i2t_r1": last["retrieval/image_to_text_r1"],
+        "t2i_r1": last["retrieval/text_to_image_r1"],
+    }
     if not args.pretrain_only:
         scores = zero_shot_and_probe(evaluate, run / "final", run / "eval.json")
         record.update({f"{kind}:{t}": scores[f"{kind}:{t}"] for kind in ("zero_shot", "linear_probe") for t in TASKS})
         for task, (_, _, side) in FINETUNE.items():
             if side == "multimodal" and not name.startswith("flava"):
                 continue  # no pretrained fusion encoder
-            record[f"finetune:{task}"] = finetune_best(finetune, name, run / "final", task, run / "finetune",
-                                                       args.finetune_steps, args.lrs.split(","))  # fmt: skip
+            record[f"finetune:{task}"] = finetune_best(
+                finetune, name, run / "final", task, run / "finetune", args.finetune_steps, args.lrs.split(",")
+            )
     return record
 
 
@@ -154,14 +177,22 @@ def _cell(values: list[float], digits: int = 3) -> str:
 def report(results: dict, models: list[str], seeds: list[int], steps: int) -> None:
     """Two Markdown tables (pretraining, retrieval and zero-shot; probes and finetuning): mean (min-max)."""
     rows = {m: [results[f"{m}@{s}"] for s in seeds if f"{m}@{s}" in results] for m in models}
-    print(f"\n## {steps} pretraining steps, batch 64 x 2 ranks, tiny models, built-in data, seeds "
-          f"{','.join(map(str, seeds))}: mean (min-max)")  # fmt: skip
+    print(
+        f"\n## {steps} pretraining steps, batch 64 x 2 ranks, tiny models, built-in data, seeds "
+        f"{','.join(map(str, seeds))}: mean (min-max)"
+    )
     tables = (
-        [("pretrain s", "seconds"), ("R@1 i->t", "i2t_r1"), ("R@1 t->i", "t2i_r1"),
-         *((f"zero-shot {t}", f"zero_shot:{t}") for t in TASKS)],
-        [*((f"probe {t}", f"linear_probe:{t}") for t in TASKS),
-         *((f"finetune {t}", f"finetune:{t}") for t in FINETUNE)],
-    )  # fmt: skip
+        [
+            ("pretrain s", "seconds"),
+            ("R@1 i->t", "i2t_r1"),
+            ("R@1 t->i", "t2i_r1"),
+            *((f"zero-shot {t}", f"zero_shot:{t}") for t in TASKS),
+        ],
+        [
+            *((f"probe {t}", f"linear_probe:{t}") for t in TASKS),
+            *((f"finetune {t}", f"finetune:{t}") for t in FINETUNE),
+        ],
+    )
     for columns in tables:
         columns = [(h, k) for h, k in columns if any(k in r for rs in rows.values() for r in rs)]
         if not columns:

@@ -19,8 +19,15 @@ from mmkit.encoders.builders import vit_encoder
 
 def step_time(p: float, args) -> float:
     torch.manual_seed(0)
-    enc = vit_encoder(image_size=224, patch_size=16, hidden_size=args.width, num_layers=args.layers,
-                              num_heads=args.width // 64, mlp_dim=4 * args.width, patch_dropout=p).train()  # fmt: skip
+    enc = vit_encoder(
+        image_size=224,
+        patch_size=16,
+        hidden_size=args.width,
+        num_layers=args.layers,
+        num_heads=args.width // 64,
+        mlp_dim=4 * args.width,
+        patch_dropout=p,
+    ).train()
     x = torch.randn(args.batch, 3, 224, 224)
     times = []
     for _ in range(args.steps + 1):
@@ -38,8 +45,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     full, half = step_time(0.0, args), step_time(0.5, args)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ViT width {args.width}, "
-          f"{args.layers} layers, batch {args.batch}, 224² / 16² patches; median of {args.steps} steps")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, ViT width {args.width}, "
+        f"{args.layers} layers, batch {args.batch}, 224² / 16² patches; median of {args.steps} steps"
+    )
     print("| patch dropout | step s (fwd + bwd) |")
     print("|---|---|")
     print(f"| 0% | {full:.3f} |")

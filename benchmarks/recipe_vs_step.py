@@ -44,8 +44,9 @@ def step_samples_per_s(sweep: Path, batch: int, model: str) -> float:
 
 def best_batch(sweep: Path, model: str) -> int:
     """The batch size at which ``model`` reached its highest samples/s in the sweep."""
-    results = [(e["models"][model]["samples_per_s"], e["batch"]) for e in json.loads(sweep.read_text())
-               if model in e["models"]]  # fmt: skip
+    results = [
+        (e["models"][model]["samples_per_s"], e["batch"]) for e in json.loads(sweep.read_text()) if model in e["models"]
+    ]
     if not results:
         raise SystemExit(f"{sweep} has no {model!r} result")
     return max(results)[1]
@@ -67,8 +68,10 @@ def main() -> None:
         parser.error("--run and --batch are needed (or --best-batch)")
     recipe, records = recipe_samples_per_s(args.run, args.skip)
     step = step_samples_per_s(args.sweep, args.batch, args.model)
-    print(f"batch {args.batch}: recipe {recipe:,.1f} samples/s (median of {records} log records) vs step "
-          f"({args.model}) {step:,.1f} samples/s: ratio {recipe / step:.2f}")  # fmt: skip
+    print(
+        f"batch {args.batch}: recipe {recipe:,.1f} samples/s (median of {records} log records) vs step "
+        f"({args.model}) {step:,.1f} samples/s: ratio {recipe / step:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,10 @@ def main() -> None:
     shards = write_shards(out, args.samples, args.side, "jpg")
     (out / "text.txt").write_text("".join(f"a purple square number {i}\n" for i in range(args.samples)))
     write_vocab(out / "tokenizer" / "vocab.txt", args.vocab)
-    print(f"{len(shards)} shards of {PER_SHARD} {args.side}² JPEG pairs, text.txt, tokenizer/vocab.txt "
-          f"({args.vocab} ids) in {out}")  # fmt: skip
+    print(
+        f"{len(shards)} shards of {PER_SHARD} {args.side}² JPEG pairs, text.txt, tokenizer/vocab.txt "
+        f"({args.vocab} ids) in {out}"
+    )
 
 
 if __name__ == "__main__":

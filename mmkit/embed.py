@@ -44,8 +44,13 @@ KINDS = ("image", "text", "both")
 Item = tuple[str, bytes | None, str | None, str | None]  # (key, image bytes, text, error)
 
 
-def iter_records(source: str, image_column: str = "image", text_column: str | None = None,
-                 storage_options: dict | None = None, allow_outside_root: bool = False) -> Iterator[Item]:  # fmt: skip
+def iter_records(
+    source: str,
+    image_column: str = "image",
+    text_column: str | None = None,
+    storage_options: dict | None = None,
+    allow_outside_root: bool = False,
+) -> Iterator[Item]:
     """``(key, image bytes, text, error)`` of every sample of ``source`` in order (see the module docstring);
     a manifest's image paths stay inside its folder unless ``allow_outside_root``."""
     from mmkit.data.sources import Manifest, decode_text
@@ -184,8 +189,9 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
     from mmkit.eval.loading import eval_transform, load_encoders
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    model, tokenizer = load_encoders(args.checkpoint, tokenizer=args.tokenizer, device=device,
-                                     log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    model, tokenizer = load_encoders(
+        args.checkpoint, tokenizer=args.tokenizer, device=device, log=lambda m: print(m, file=sys.stderr)
+    )
     transform, transform_id = eval_transform(model, args.checkpoint)
     options = parse_json(args.storage_options, "--storage-options") if args.storage_options else None
     if options is not None and not isinstance(options, dict):
@@ -203,9 +209,15 @@ def embed(args: argparse.Namespace) -> dict[str, Any]:
     if kind in ("text", "both") and tokenizer is None:
         raise InputError("text embeddings need a tokenizer: pass --tokenizer or use a checkpoint exported with one")
     out = Path(args.out)
-    meta = {"checkpoint": str(args.checkpoint), "model_digest": model_digest(model), "source": args.source,
-            "kind": kind, "shard_size": args.shard_size, "transform": transform_id,
-            "dtype": "float16" if args.half else "float32"}  # fmt: skip
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "model_digest": model_digest(model),
+        "source": args.source,
+        "kind": kind,
+        "shard_size": args.shard_size,
+        "transform": transform_id,
+        "dtype": "float16" if args.half else "float32",
+    }
     hold = RunDirLock.acquire(out)  # one writer per output folder: a second copy stops naming the first
     try:
         done = _resume_point(out, meta)
@@ -270,8 +282,7 @@ def _write_embeddings(
 
     kind = meta["kind"]
     writer = ShardWriter(out, args.shard_size, done, args.half)
-    loader = DataLoader(items, batch_size=args.batch_size, num_workers=args.num_workers,
-                        collate_fn=lambda batch: batch)  # fmt: skip
+    loader = DataLoader(items, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=lambda batch: batch)
     start = seen = done * args.shard_size
     bar = tqdm(desc="embed", initial=start, unit="sample", file=sys.stderr, dynamic_ncols=True)
     with torch.no_grad():
@@ -307,8 +318,9 @@ def read_embeddings(out: str | Path, kind: str = "image") -> tuple[list[str], np
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmkit.embed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m mmkit.embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--checkpoint", help="an mmkit export, transformers directory or hub name (default: random tiny model)"
     )
@@ -324,10 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-options", help="fsspec options for remote shards, as JSON")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--half", action="store_true", help="store float16")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="read manifest image paths that are absolute or climb out of its folder")  # fmt: skip
-    parser.add_argument("--max-sample-bytes", type=int, default=MAX_SAMPLE_BYTES,
-                        help="largest sample (image, tar member) read; larger ones are named skips")  # fmt: skip
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read manifest image paths that are absolute or climb out of its folder",
+    )
+    parser.add_argument(
+        "--max-sample-bytes",
+        type=int,
+        default=MAX_SAMPLE_BYTES,
+        help="largest sample (image, tar member) read; larger ones are named skips",
+    )
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.batch_size < 1 or args.max_sample_bytes < 1:
         parser.error("--shard-size, --batch-size and --max-sample-bytes must be >= 1")

@@ -176,13 +176,23 @@ def export_onnx(checkpoint: str, out: str | Path, *, tokenizer: str | None = Non
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1, max=pad_to or max_length)
     with torch.no_grad():
         pixels = torch.randn(_EXAMPLE_BATCH, 3, size, size)
-        _onnx_export(ImageEmbedding(model), (pixels,), out / "image_encoder.onnx",
-                     ["pixel_values", "image_embedding"], {"pixel_values": {0: batch}})  # fmt: skip
+        _onnx_export(
+            ImageEmbedding(model),
+            (pixels,),
+            out / "image_encoder.onnx",
+            ["pixel_values", "image_embedding"],
+            {"pixel_values": {0: batch}},
+        )
         ids = torch.full((_EXAMPLE_BATCH, _EXAMPLE_LENGTH), pad_id, dtype=torch.long)
         mask = torch.ones_like(ids)
         dims = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
-        _onnx_export(TextEmbedding(model, pad_to, pad_id), (ids, mask), out / "text_encoder.onnx",
-                     ["input_ids", "attention_mask", "text_embedding"], dims)  # fmt: skip
+        _onnx_export(
+            TextEmbedding(model, pad_to, pad_id),
+            (ids, mask),
+            out / "text_encoder.onnx",
+            ["input_ids", "attention_mask", "text_embedding"],
+            dims,
+        )
     tokenizer_dir = copy_tokenizer(find_tokenizer(checkpoint, tokenizer), out)
     if tokenizer_dir is None:
         log(f"warning: no tokenizer beside {checkpoint}; pass --tokenizer to ship one with the export")
@@ -195,8 +205,9 @@ def export_onnx(checkpoint: str, out: str | Path, *, tokenizer: str | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mmkit.export onnx --checkpoint CKPT --out DIR``; a user error is one ``error:`` line."""
-    parser = argparse.ArgumentParser(prog="python -m mmkit.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m mmkit.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="format", required=True)
     onnx = sub.add_parser("onnx", help="image_encoder.onnx + text_encoder.onnx + preprocessing.json")
     onnx.add_argument("--checkpoint", required=True, help="an mmkit export, transformers directory or hub name")

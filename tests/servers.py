@@ -61,8 +61,9 @@ def s3_server(files: Mapping[str, Path | bytes] | None = None) -> Iterator[dict[
     saved = {k: os.environ.get(k) for k in S3_ENV}
     os.environ.update(S3_ENV)
     try:
-        with serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                     f"http://127.0.0.1:{port}/"):  # fmt: skip
+        with serving(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/"
+        ):
             options = {"endpoint_url": f"http://127.0.0.1:{port}"}
             _upload(options, files or {})
             yield options

@@ -25,8 +25,23 @@ def pairs(tmp_path_factory):
 
 def _run(out, data, export, *extra):
     shards = str(data.val_pairs[0]).replace("-0000.tar", "-{0000..0001}.tar")
-    return main(["--checkpoint", str(export), "--source", shards, "--out", str(out), "--shard-size", "4",
-                 "--batch-size", "3", "--num-workers", "0", *extra])  # fmt: skip
+    return main(
+        [
+            "--checkpoint",
+            str(export),
+            "--source",
+            shards,
+            "--out",
+            str(out),
+            "--shard-size",
+            "4",
+            "--batch-size",
+            "3",
+            "--num-workers",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def test_embeddings_equal_the_models_and_resume_after_the_last_complete_shard(pairs, tmp_path):

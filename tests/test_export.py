@@ -51,7 +51,10 @@ def test_onnx_encoders_match_mmkit(tmp_path, kind, capsys):
     meta = json.loads((out / "preprocessing.json").read_text())
     transform = eval_transform(model, str(ckpt))[0].config
     assert (meta["image"]["image_size"], meta["image"]["mean"], meta["image"]["std"]) == (
-        transform.image_size, list(transform.mean), list(transform.std))  # fmt: skip
+        transform.image_size,
+        list(transform.mean),
+        list(transform.std),
+    )
     if kind == "siglip":
         assert meta["image"]["mean"] == meta["image"]["std"] == [0.5] * 3  # its preprocessor_config.json
     assert (out / "tokenizer" / "tokenizer.json").is_file() and not (out / "tokenizer" / "model.safetensors").exists()

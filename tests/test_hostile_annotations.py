@@ -19,30 +19,43 @@ from mmkit.utils.errors import InputError  # noqa: E402
 
 #: JSON values of every kind a field might hold, nested a little
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
     | st.sampled_from(["../../etc/passwd", "/etc/passwd", "img/1.png", "a/../../x.png", "1", ""]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
-)  # fmt: skip
+)
 PATHS = st.sampled_from(["../../etc/passwd", "/etc/passwd", "img/1.png", "a/../../x.png", "..", "", "."]) | st.text(
     max_size=8
 )
 #: records of the right shape but hostile values (paths out of the root, labels out of range)
 SHAPED = st.one_of(
-    st.fixed_dictionaries({"id": VALUES, "img": PATHS, "text": st.text(max_size=8),
-                           "label": st.sampled_from([0, 1, 2, -1, True])}),
-    st.fixed_dictionaries({"Flickr30K_ID": PATHS | st.integers(), "sentence2": st.text(max_size=8),
-                           "gold_label": st.sampled_from(["entailment", "neutral", "contradiction", "-", ""])}),
-).map(json.dumps)  # fmt: skip
+    st.fixed_dictionaries(
+        {"id": VALUES, "img": PATHS, "text": st.text(max_size=8), "label": st.sampled_from([0, 1, 2, -1, True])}
+    ),
+    st.fixed_dictionaries(
+        {
+            "Flickr30K_ID": PATHS | st.integers(),
+            "sentence2": st.text(max_size=8),
+            "gold_label": st.sampled_from(["entailment", "neutral", "contradiction", "-", ""]),
+        }
+    ),
+).map(json.dumps)
 #: one line: a record of the right shape, a JSON object mixing the real field names with others, or
 #: something that is not an object
 LINES = st.one_of(
     SHAPED,
-    st.dictionaries(st.sampled_from(["id", "img", "text", "label", "Flickr30K_ID", "sentence2", "gold_label",
-                                     "pairID", "x"]), VALUES, max_size=6).map(json.dumps),
+    st.dictionaries(
+        st.sampled_from(["id", "img", "text", "label", "Flickr30K_ID", "sentence2", "gold_label", "pairID", "x"]),
+        VALUES,
+        max_size=6,
+    ).map(json.dumps),
     VALUES.map(json.dumps),
     st.text(max_size=20),
-)  # fmt: skip
+)
 
 
 def _inside(root: Path, image: object) -> bool:

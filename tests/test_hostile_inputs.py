@@ -117,12 +117,15 @@ def test_a_suite_value_of_the_wrong_type_is_one_line(entry, fragment, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written anywhere
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b"tasks:\n  - {name: caf\xe9, kind: zero_shot, layout: wds, path: p}\n", "s.yaml:2 is not UTF-8"),
-    (b"tasks: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests too deeply to read"),
-    (b"tasks: []\n", "the suite lists no tasks"),
-    (b"root: [a]\ntasks: []\n", "root must be a folder name"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"tasks:\n  - {name: caf\xe9, kind: zero_shot, layout: wds, path: p}\n", "s.yaml:2 is not UTF-8"),
+        (b"tasks: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests too deeply to read"),
+        (b"tasks: []\n", "the suite lists no tasks"),
+        (b"root: [a]\ntasks: []\n", "root must be a folder name"),
+    ],
+)
 def test_a_broken_suite_file_is_one_line(content, fragment, tmp_path, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_bytes(content)
@@ -138,8 +141,12 @@ def test_a_planted_lock_file_is_refused_and_its_target_untouched(plant, tmp_path
     out.mkdir()
     victim.write_text('{"another run": "results"}')
     lock = out / LOCK_NAME
-    {"symlink": lambda: lock.symlink_to(victim), "fifo": lambda: os.mkfifo(lock),
-     "hardlink": lambda: os.link(victim, lock), "folder": lock.mkdir}[plant]()  # fmt: skip
+    {
+        "symlink": lambda: lock.symlink_to(victim),
+        "fifo": lambda: os.mkfifo(lock),
+        "hardlink": lambda: os.link(victim, lock),
+        "folder": lock.mkdir,
+    }[plant]()
     with pytest.raises(StateError, match=r"\.mmkit-run\.lock"):
         RunDirLock.acquire(out)
     suite = tmp_path / "s.yaml"
@@ -180,8 +187,10 @@ def test_coco_and_karpathy_names_stay_inside_their_folders(tree):
     assert all(s.image is None for s in samples[1:])
     assert "outside the dataset root" in samples[1].error and "outside the dataset root" in samples[2].error
     assert "FIFO" in samples[3].error and "character device" in samples[4].error
-    split = [{"filename": "secret.png", "filepath": "..", "split": "test", "sentences": [{"raw": "x"}]},
-             {"filename": "ok.png", "filepath": ".", "split": "test", "sentences": [{"raw": "y"}]}]  # fmt: skip
+    split = [
+        {"filename": "secret.png", "filepath": "..", "split": "test", "sentences": [{"raw": "x"}]},
+        {"filename": "ok.png", "filepath": ".", "split": "test", "sentences": [{"raw": "y"}]},
+    ]
     (tree / "karpathy.json").write_text(json.dumps({"images": split}))
     first, second = open_benchmark("karpathy", tree, "test", annotations="karpathy.json")
     assert first.image is None and "outside the dataset root" in first.error and second.image == png()
@@ -190,10 +199,14 @@ def test_coco_and_karpathy_names_stay_inside_their_folders(tree):
 def test_finetuning_annotations_stay_inside_the_root(tree):
     from mmkit.eval.benchmarks.vl_tasks import read_hateful_memes, read_snli_ve
 
-    lines = [{"id": 1, "img": "ok.png", "text": "t", "label": 1}, {"id": 2, "img": "../secret.png", "text": "t",
-             "label": 0}, {"id": 3, "img": "/etc/hostname", "text": "t", "label": 0},
-             {"id": 4, "img": "ok.png", "text": 5, "label": 0}, {"id": 5, "img": "ok.png", "text": "t", "label": "1"},
-             {"id": 6, "img": "fifo.png", "text": "t", "label": 1}]  # fmt: skip
+    lines = [
+        {"id": 1, "img": "ok.png", "text": "t", "label": 1},
+        {"id": 2, "img": "../secret.png", "text": "t", "label": 0},
+        {"id": 3, "img": "/etc/hostname", "text": "t", "label": 0},
+        {"id": 4, "img": "ok.png", "text": 5, "label": 0},
+        {"id": 5, "img": "ok.png", "text": "t", "label": "1"},
+        {"id": 6, "img": "fifo.png", "text": "t", "label": 1},
+    ]
     (tree / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "1" * 5000 + "\n" + "[" * 100_000)
     rows = read_hateful_memes(tree, "train")
     assert len(rows) == 2 and len(rows.skipped) == 6
@@ -202,9 +215,11 @@ def test_finetuning_annotations_stay_inside_the_root(tree):
     assert "label is str, not int" in shown and "not valid JSON" in shown and "nested too deeply" in shown
     with pytest.raises(OSError, match="FIFO"):  # read when the loader reaches it: a named skip there
         rows[1]
-    snli = [{"Flickr30K_ID": "../../secret", "sentence2": "s", "gold_label": "neutral"},
-            {"Flickr30K_ID": {"a": 1}, "sentence2": "s", "gold_label": "neutral"},
-            {"Flickr30K_ID": "ok", "sentence2": "s", "gold_label": "neutral"}]  # fmt: skip
+    snli = [
+        {"Flickr30K_ID": "../../secret", "sentence2": "s", "gold_label": "neutral"},
+        {"Flickr30K_ID": {"a": 1}, "sentence2": "s", "gold_label": "neutral"},
+        {"Flickr30K_ID": "ok", "sentence2": "s", "gold_label": "neutral"},
+    ]
     (tree / "snli_ve_dev.jsonl").write_text("".join(json.dumps(x) + "\n" for x in snli))
     rows = read_snli_ve(tree, "dev", images=tree)
     shown = " | ".join(rows.skipped)
@@ -215,12 +230,18 @@ def test_vqa_fields_of_the_wrong_type_are_named_skips(tmp_path):
     from mmkit.eval.benchmarks.vl_tasks import read_vqav2
 
     good = {"question_id": 1, "image_id": 1, "question": "what?"}
-    questions = [good, {"question_id": [2], "image_id": 1, "question": "q"},
-                 {"question_id": 3, "image_id": "abc", "question": "q"},
-                 {"question_id": 4, "image_id": 1, "question": 7}]  # fmt: skip
+    questions = [
+        good,
+        {"question_id": [2], "image_id": 1, "question": "q"},
+        {"question_id": 3, "image_id": "abc", "question": "q"},
+        {"question_id": 4, "image_id": 1, "question": 7},
+    ]
     answers = {"answers": [{"answer": "yes"}] * 10, "multiple_choice_answer": "yes"}
-    annotations = [{"question_id": 1, **answers}, {"question_id": 3, **answers},
-                   {"question_id": 4, "answers": "yes", "multiple_choice_answer": "yes"}]  # fmt: skip
+    annotations = [
+        {"question_id": 1, **answers},
+        {"question_id": 3, **answers},
+        {"question_id": 4, "answers": "yes", "multiple_choice_answer": "yes"},
+    ]
     for sub in ("train2014", "val2014"):
         (tmp_path / f"v2_OpenEnded_mscoco_{sub}_questions.json").write_text(json.dumps({"questions": questions}))
         (tmp_path / f"v2_mscoco_{sub}_annotations.json").write_text(json.dumps({"annotations": annotations}))
@@ -265,9 +286,12 @@ def test_a_sparse_tar_member_is_a_named_skip_in_every_reader(tmp_path):
     wds = tmp_path / "wds"
     (wds / "test").mkdir(parents=True)
     (wds / "test" / "0.tar").write_bytes(
-        sparse_member("a.png", png(), 8 << 30) + plain_member("a.cls", b"0") + plain_member("b.png", png())
-        + plain_member("b.cls", b"1") + b"\0" * 1024
-    )  # fmt: skip
+        sparse_member("a.png", png(), 8 << 30)
+        + plain_member("a.cls", b"0")
+        + plain_member("b.png", png())
+        + plain_member("b.cls", b"1")
+        + b"\0" * 1024
+    )
     a, b = open_benchmark("wds", wds, "test")
     assert a.image is None and "over the per-sample limit" in a.error and b.label == 1
 
@@ -299,8 +323,10 @@ def test_parquet_columns_of_the_wrong_type_are_named(tmp_path, capsys):
     one_error_line(capsys.readouterr().err, "image column 'image' holds int64")
     glue = tmp_path / "rte"
     glue.mkdir()
-    pq.write_table(pa.table({"sentence1": ["a", "b"], "sentence2": [3, None], "label": [0, 1]}),
-                   glue / "validation-00000-of-00001.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"sentence1": ["a", "b"], "sentence2": [3, None], "label": [0, 1]}),
+        glue / "validation-00000-of-00001.parquet",
+    )
     with pytest.raises(InputError, match="sentence2 is int, not a string"):  # every row skipped: named
         read_glue("rte", glue, "dev")
 
@@ -358,14 +384,26 @@ def test_an_error_in_a_loader_worker_is_the_same_one_line(tmp_path, capsys):
     messages = []
     for workers in (0, 2):
         with pytest.raises(Exception) as e:
-            image_features(_Decoder(), open_benchmark("wds", wds, "test"), lambda im: {"image": torch.zeros(3, 2, 2)},
-                           transform_id="t", num_workers=workers, progress=False)  # fmt: skip
+            image_features(
+                _Decoder(),
+                open_benchmark("wds", wds, "test"),
+                lambda im: {"image": torch.zeros(3, 2, 2)},
+                transform_id="t",
+                num_workers=workers,
+                progress=False,
+            )
         messages.append(user_error_message(e.value))
     assert messages[0] == messages[1] and "a.cls is not a class number" in messages[0], messages
 
     def failing():
-        return image_features(_Decoder(), open_benchmark("wds", wds, "test"), lambda im: {},
-                              transform_id="t", num_workers=2, progress=False)  # fmt: skip
+        return image_features(
+            _Decoder(),
+            open_benchmark("wds", wds, "test"),
+            lambda im: {},
+            transform_id="t",
+            num_workers=2,
+            progress=False,
+        )
 
     assert run_cli(failing) == 2
     one_error_line(capsys.readouterr().err, "a.cls is not a class number")
@@ -393,10 +431,17 @@ def test_a_skipped_sample_is_named_in_the_log_and_in_results(tmp_path, capsys):
     anns = [{"image_id": i, "caption": "a red square"} for i in range(31)]
     (root / "c.json").write_text(json.dumps({"images": images, "annotations": anns}))
     suite = tmp_path / "s.yaml"
-    suite.write_text(f"tasks:\n  - {{name: c, kind: retrieval, layout: coco, path: {root}, annotations: c.json, "
-                     "images: ., split: val}\n")  # fmt: skip
-    args = (f"suite={suite}", f"out={tmp_path / 'out'}", f"checkpoint={export}", "max_bad_fraction=0.1",
-            "progress=false")  # fmt: skip
+    suite.write_text(
+        f"tasks:\n  - {{name: c, kind: retrieval, layout: coco, path: {root}, annotations: c.json, "
+        "images: ., split: val}\n"
+    )
+    args = (
+        f"suite={suite}",
+        f"out={tmp_path / 'out'}",
+        f"checkpoint={export}",
+        "max_bad_fraction=0.1",
+        "progress=false",
+    )
     assert run_recipe("recipes/flava/evaluate.py", *args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())["c"]
     assert results["skipped"] == 1 and "gone.png" in results["skipped_examples"][0]
@@ -464,8 +509,9 @@ def test_hostile_files_take_bounded_memory_and_never_hang(tmp_path):
     os.symlink("/dev/zero", d / "zero.png")
     with open(d / "big.png", "wb") as f:
         f.truncate(8 << 30)  # a sparse file: 8 GB by stat, nothing on disk
-    (d / "m.jsonl").write_text("".join(json.dumps({"image": n, "caption": "c"}) + "\n"
-                                       for n in ("zero.png", "fifo.png", "big.png")))  # fmt: skip
+    (d / "m.jsonl").write_text(
+        "".join(json.dumps({"image": n, "caption": "c"}) + "\n" for n in ("zero.png", "fifo.png", "big.png"))
+    )
     (d / "locked").mkdir()
     os.mkfifo(d / "locked" / ".mmkit-run.lock")
     (d / "mnist").mkdir()
@@ -475,8 +521,9 @@ def test_hostile_files_take_bounded_memory_and_never_hang(tmp_path):
         f.write(b"x")
         f.truncate(512 << 20)  # one line of 512 MiB (mostly a hole): found without holding it
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _BOUNDED, str(d)], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=REPO)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _BOUNDED, str(d)], capture_output=True, text=True, timeout=120, env=env, cwd=REPO
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("ok ") == 13, done.stdout
 
@@ -519,8 +566,9 @@ def test_the_library_loaders_check_config_json_themselves(loader, tmp_path):
     """Called directly (not through a recipe), a loader names a config value of the wrong type in one line."""
     import mmkit.models as models
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "mmkit_model": "clip",
-                                                      "vision_config": {"hidden_size": "768"}}))  # fmt: skip
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "clip", "mmkit_model": "clip", "vision_config": {"hidden_size": "768"}})
+    )
     with pytest.raises(InputError) as e:
         getattr(models, loader)(tmp_path)
     assert "\n" not in str(e.value) and "vision_config.hidden_size must be a number, got '768'" in str(e.value)

@@ -280,8 +280,18 @@ def test_decided_directions(src, dst):
     assert not sites, f"mmkit.{src} must not import mmkit.{dst}: {', '.join(sites)}"
 
 
-@pytest.mark.parametrize("package", ["mmkit.models", "mmkit.encoders", "mmkit.tokenizers", "mmkit.layers",
-                                     "mmkit.losses", "mmkit.heads", "mmkit.masking"])  # fmt: skip
+@pytest.mark.parametrize(
+    "package",
+    [
+        "mmkit.models",
+        "mmkit.encoders",
+        "mmkit.tokenizers",
+        "mmkit.layers",
+        "mmkit.losses",
+        "mmkit.heads",
+        "mmkit.masking",
+    ],
+)
 def test_the_model_packages_load_nothing_of_the_data_pipeline(package):
     """Whoever reuses the encoders or the models gets no data loaders, sources or collators with them:
     checked in a fresh interpreter, so whatever the package imports at any depth counts."""

@@ -124,8 +124,9 @@ def _encoded(samples: Sequence[Sample]) -> EncodedImages | None:
     rows = [i for i, s in enumerate(samples) if "jpeg" in s]
     if not rows:
         return None
-    return EncodedImages([samples[i]["jpeg"] for i in rows], torch.tensor(rows),
-                         torch.stack([samples[i]["crop_box"] for i in rows]))  # fmt: skip
+    return EncodedImages(
+        [samples[i]["jpeg"] for i in rows], torch.tensor(rows), torch.stack([samples[i]["crop_box"] for i in rows])
+    )
 
 
 def _stack(samples: Sequence[Sample], key: str, what: str) -> Tensor:
@@ -176,8 +177,10 @@ class _ImagePart:
         elif all("codebook_image" in s for s in samples):
             out["codebook_pixel_values"] = _stack(samples, "codebook_image", what)
         elif any("codebook_image" in s or "image_tokens" in s for s in samples):
-            raise DataKeyError(f"{what}: some samples have tokenizer inputs or ids and some do not; every sample needs "
-                           "the same: 'codebook_image' (tokenizer input) or 'image_tokens'")  # fmt: skip
+            raise DataKeyError(
+                f"{what}: some samples have tokenizer inputs or ids and some do not; every sample needs "
+                "the same: 'codebook_image' (tokenizer input) or 'image_tokens'"
+            )
         # neither: pixel-regression MIM (the targets are the encoder pixels themselves)
         out["patch_mask"] = self.block_masker.batch(len(samples), generator=g)
         out["encoded_images"] = _encoded(samples)
@@ -197,8 +200,10 @@ class _TextPart:
         masker = self.token_masker
         ids, mask = pad_sequences([s["input_ids"] for s in texts], masker.pad_token_id)
         if self.max_length is not None and ids.shape[1] > self.max_length:
-            raise InputError(f"a caption has {ids.shape[1]} tokens, more than max_length={self.max_length}; "
-                             "truncate it in the tokenizer")  # fmt: skip
+            raise InputError(
+                f"a caption has {ids.shape[1]} tokens, more than max_length={self.max_length}; "
+                "truncate it in the tokenizer"
+            )
         word_ids = None
         if self.whole_word:
             if not all("word_ids" in s for s in texts):
@@ -207,8 +212,12 @@ class _TextPart:
         masked, labels = masker(ids, mask, word_ids, generator=g)
         out = {"input_ids": ids, "attention_mask": mask, "masked_input_ids": masked, "mlm_labels": labels}
         extra = 0 if self.max_length is None else self.max_length - ids.shape[1]
-        fills = {"input_ids": masker.pad_token_id, "attention_mask": 0, "masked_input_ids": masker.pad_token_id,
-                 "mlm_labels": masker.ignore_index}  # fmt: skip
+        fills = {
+            "input_ids": masker.pad_token_id,
+            "attention_mask": 0,
+            "masked_input_ids": masker.pad_token_id,
+            "mlm_labels": masker.ignore_index,
+        }
         return {k: F.pad(v, (0, extra), value=fills[k]) for k, v in out.items()} if extra else out
 
 
@@ -309,5 +318,9 @@ class ContrastivePairCollator(_Seeded):
         if not samples:
             raise InputError("cannot collate an empty list of samples")
         ids, mask = pad_sequences([s["input_ids"] for s in samples], self.pad_token_id, self.max_length)
-        return Batch(pixel_values=_stack(samples, "image", "pair batch"), input_ids=ids, attention_mask=mask,
-                          encoded_images=_encoded(samples))  # fmt: skip
+        return Batch(
+            pixel_values=_stack(samples, "image", "pair batch"),
+            input_ids=ids,
+            attention_mask=mask,
+            encoded_images=_encoded(samples),
+        )

@@ -466,8 +466,10 @@ class MixedBatches:
             )
         for state in states:
             if set(state["loaders"]) != set(self.names) or state["seed"] != self.seed:
-                raise InputError(f"data state has sources {sorted(state['loaders'])} and seed {state['seed']}, this "
-                                 f"run has {sorted(self.names)} and seed {self.seed}")  # fmt: skip
+                raise InputError(
+                    f"data state has sources {sorted(state['loaders'])} and seed {state['seed']}, this "
+                    f"run has {sorted(self.names)} and seed {self.seed}"
+                )
         self._generator.set_state(states[0]["generator"])
         for n, loader in self.loaders.items():
             loader.load_elastic([state["loaders"][n] for state in states])

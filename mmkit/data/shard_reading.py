@@ -108,8 +108,14 @@ class _CountingReader:
         return data
 
 
-def _record(shard: str, key: str, members: dict[str, bytes | None], caption_field: str, require_text: bool,
-            too_large: str | None = None) -> Record:  # fmt: skip
+def _record(
+    shard: str,
+    key: str,
+    members: dict[str, bytes | None],
+    caption_field: str,
+    require_text: bool,
+    too_large: str | None = None,
+) -> Record:
     record = Record(key=f"{shard}:{key}")
     problem = too_large or sample_problem(members, require_text)  # the rule of indexed shards too
     if problem is not None:

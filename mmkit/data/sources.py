@@ -215,8 +215,10 @@ class TarShards(Source):
                 logger.warning(
                     "%s is truncated (%s): indexed the %d samples before the cut, the rest of the shard is lost; "
                     "copy or write it again",
-                    path, cut, kept,
-                )  # fmt: skip
+                    path,
+                    cut,
+                    kept,
+                )
             metas.append(meta)
         self._index.freeze()
         all_tokens = len(self._index) > len(self._errors) and self._index.all_have_tokens()
@@ -343,8 +345,12 @@ def _image_files(root: Path) -> list[Path]:
             if p.suffix.lower() in IMAGE_EXTENSIONS:
                 (found if p.is_file() else odd).append(p)
     if odd:  # a FIFO would block a reader forever, a device never ends: named, never read
-        logger.warning("skipped %d image name(s) that are not regular files (FIFOs, devices, sockets, folders or "
-                       "broken links): %s", len(odd), ", ".join(map(str, sorted(odd)[:5])))  # fmt: skip
+        logger.warning(
+            "skipped %d image name(s) that are not regular files (FIFOs, devices, sockets, folders or "
+            "broken links): %s",
+            len(odd),
+            ", ".join(map(str, sorted(odd)[:5])),
+        )
     return sorted(found)
 
 

@@ -192,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in cache_shard(shard, dst, tokenizer, image_size, args.batch_size, bar).items():
                 totals[k] += v
             _write_sidecar(dst, record)
-    print(f"{len(shards)} shards -> {out}: {json.dumps(totals)}; tokenizer {meta['fingerprint']}, "
-          f"{image_size}px -> {meta['grid'][0]}x{meta['grid'][1]} tokens")  # fmt: skip
+    print(
+        f"{len(shards)} shards -> {out}: {json.dumps(totals)}; tokenizer {meta['fingerprint']}, "
+        f"{image_size}px -> {meta['grid'][0]}x{meta['grid'][1]} tokens"
+    )
     return 0
 
 

@@ -135,8 +135,16 @@ class TrainingSource:
         tok = tokenizer if self.kind in ("pair", "text") else None
         if self.shards is not None:
             options = dataclasses.replace(options, storage_options=self.storage_options)
-            return make_stream_loader(self.shards, self.kind, collator, options, name=self.name, tokenizer=tok,
-                                      image_transform=image_transform, image_tokens=image_tokens)  # fmt: skip
+            return make_stream_loader(
+                self.shards,
+                self.kind,
+                collator,
+                options,
+                name=self.name,
+                tokenizer=tok,
+                image_transform=image_transform,
+                image_tokens=image_tokens,
+            )
         seed = options.seed
         dataset = SampleDataset(self.source, self.kind, image_transform, tok, seed=seed, image_tokens=image_tokens)
         return make_loader(dataset, collator, options)

@@ -32,12 +32,45 @@ from typing import Any
 
 from mmkit.utils.errors import InputError
 
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
-                "!")  # fmt: skip
+_PUNCTUATION = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")  # the script's "(?!<=\d)(\.)(?!\d)": its first group is a no-op lookahead
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+_NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = frozenset(("a", "an", "the"))
 # The evaluation script's contraction table, as "spelling>replacement" pairs.
 _CONTRACTIONS = dict(

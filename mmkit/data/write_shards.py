@@ -165,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--labels", action="store_true", help="first-level subfolders are classes")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="read manifest image paths that are absolute or climb out of its folder")  # fmt: skip
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read manifest image paths that are absolute or climb out of its folder",
+    )
     args = parser.parse_args(argv)
     if args.inspect:
         print(inspect(args.inspect))
@@ -180,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"--out: {e}")
     if args.manifest:
-        source: Source = Manifest(args.manifest, args.image_column, args.caption_column,
-                                  allow_outside_root=args.allow_outside_root)  # fmt: skip
+        source: Source = Manifest(
+            args.manifest, args.image_column, args.caption_column, allow_outside_root=args.allow_outside_root
+        )
     else:
         source = ImageFolder(args.folder, labels=args.labels)
     paths, problems = write_shards(source, args.out, args.per_shard)

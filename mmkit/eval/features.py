@@ -192,20 +192,17 @@ def image_features(
         key = _digest(["image", FEATURES_VERSION, model_id, dataset.fingerprint(), transform_id])
         hit = cache.get(key)
         if hit is not None:
-            tensors, meta = hit
-            return ImageFeatures(
-                meta["keys"], tensors["features"], tensors["embeddings"], tensors.get("labels"),
-                [tuple(c) for c in meta["captions"]] if meta.get("captions") is not None else None,
-                [tuple(s) for s in meta["skipped"]],
-            )  # fmt: skip
+            return _cached_features(*hit)
     desc = progress if isinstance(progress, str) else "image features"
-    rows, features, embeddings, skipped = _encode_images(model, dataset, transform, batch_size, num_workers,
-                                                         max_bad_fraction, progress is not False, desc)  # fmt: skip
+    rows, features, embeddings, skipped = _encode_images(
+        model, dataset, transform, batch_size, num_workers, max_bad_fraction, progress is not False, desc
+    )
     samples = [s for _, s in rows]
     labels = _labels(dataset, samples) if dataset.kind == "classification" else None
     captions = [s.captions for s in samples] if dataset.kind == "retrieval" else None
-    result = ImageFeatures([s.key for s in samples], features, embeddings, labels, captions,
-                           [(k, why) for _, k, why in sorted(skipped)])  # fmt: skip
+    result = ImageFeatures(
+        [s.key for s in samples], features, embeddings, labels, captions, [(k, why) for _, k, why in sorted(skipped)]
+    )
     if cache is not None:
         tensors = {"features": features, "embeddings": embeddings}
         if labels is not None:
@@ -213,6 +210,15 @@ def image_features(
         meta = {"keys": result.keys, "captions": captions, "skipped": result.skipped, "set": dataset.describe()}
         cache.put(key, tensors, meta)
     return result
+
+
+def _cached_features(tensors: dict[str, Tensor], meta: dict[str, Any]) -> ImageFeatures:
+    """:class:`ImageFeatures` from a cache entry written by :func:`image_features`."""
+    captions = [tuple(c) for c in meta["captions"]] if meta.get("captions") is not None else None
+    skipped = [tuple(s) for s in meta["skipped"]]
+    return ImageFeatures(
+        meta["keys"], tensors["features"], tensors["embeddings"], tensors.get("labels"), captions, skipped
+    )
 
 
 def _labels(dataset: BenchmarkSet, samples: list[Sample]) -> Tensor:
@@ -230,8 +236,9 @@ def _encode_images(model, dataset, transform, batch_size, num_workers, max_bad_f
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    loader = DataLoader(_Decoded(dataset, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)  # fmt: skip
+    loader = DataLoader(
+        _Decoded(dataset, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
     bar = tqdm(total=dataset.size(), desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     rows: list[tuple[int, Sample]] = []
     feats, embs, skipped = [], [], []

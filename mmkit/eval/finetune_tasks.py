@@ -86,11 +86,22 @@ class FinetuneTask:
 
 
 #: FLAVA's published numbers (Singh et al. 2022, Table 4; docs/FLAVA.md "Published results").
-_GLUE_PAPER = {"cola": ("matthews", 50.65), "sst2": ("accuracy", 90.94), "mrpc": ("accuracy", 84.16),
-               "qqp": ("accuracy", 88.74), "stsb": ("pearson", 85.67), "mnli": ("accuracy_matched", 80.33),
-               "qnli": ("accuracy", 87.31), "rte": ("accuracy", 57.76)}  # fmt: skip
-_GLUE_METRICS = {"cola": ("matthews",), "mrpc": ("accuracy", "f1"), "qqp": ("accuracy", "f1"),
-                 "stsb": ("pearson", "spearman")}  # fmt: skip
+_GLUE_PAPER = {
+    "cola": ("matthews", 50.65),
+    "sst2": ("accuracy", 90.94),
+    "mrpc": ("accuracy", 84.16),
+    "qqp": ("accuracy", 88.74),
+    "stsb": ("pearson", 85.67),
+    "mnli": ("accuracy_matched", 80.33),
+    "qnli": ("accuracy", 87.31),
+    "rte": ("accuracy", 57.76),
+}
+_GLUE_METRICS = {
+    "cola": ("matthews",),
+    "mrpc": ("accuracy", "f1"),
+    "qqp": ("accuracy", "f1"),
+    "stsb": ("pearson", "spearman"),
+}
 
 
 def _glue_task(name: str) -> FinetuneTask:
@@ -100,15 +111,22 @@ def _glue_task(name: str) -> FinetuneTask:
     mnli = name == "mnli"
     metric, value = _GLUE_PAPER[name]
     return FinetuneTask(
-        name=f"glue:{name}", modality="text", problem_type="regression" if name == "stsb" else "single_label",
-        metrics=_GLUE_METRICS.get(name, ("accuracy",)), train="train", select="dev_matched" if mnli else "dev",
+        name=f"glue:{name}",
+        modality="text",
+        problem_type="regression" if name == "stsb" else "single_label",
+        metrics=_GLUE_METRICS.get(name, ("accuracy",)),
+        train="train",
+        select="dev_matched" if mnli else "dev",
         report={"matched": "dev_matched", "mismatched": "dev_mismatched"} if mnli else {"": "dev"},
-        reader=reader, paper={metric: value}, group="glue",
-    )  # fmt: skip
+        reader=reader,
+        paper={metric: value},
+        group="glue",
+    )
 
 
-def _snli_ve(path: str | Path, split: str, images: str | None = None, classes: Any = None,
-             allow_outside_root: bool = False) -> LabeledRows:  # fmt: skip
+def _snli_ve(
+    path: str | Path, split: str, images: str | None = None, classes: Any = None, allow_outside_root: bool = False
+) -> LabeledRows:
     return read_snli_ve(path, split, images, allow_outside_root)
 
 
@@ -118,15 +136,45 @@ def _hateful_memes(path: str | Path, split: str, classes: Any = None, allow_outs
 
 FINETUNE_TASKS: dict[str, FinetuneTask] = {
     **{f"glue:{n}": _glue_task(n) for n in GLUE},
-    "vqav2": FinetuneTask("vqav2", "multimodal", "multi_label", ("vqa_accuracy",), "train", "val", {"": "val"},
-                          read_vqav2, ("images", "answer_vocab_size"), {"vqa_accuracy": 72.49},
-                          predicts=("test-dev", "test"), results_file=vqa_results),
-    "snli_ve": FinetuneTask("snli_ve", "multimodal", "single_label", ("accuracy",), "train", "dev", {"": "test"},
-                            _snli_ve, ("images", "allow_outside_root"), {"accuracy": 78.89}),
-    "hateful_memes": FinetuneTask("hateful_memes", "multimodal", "single_label", ("auroc", "accuracy"), "train",
-                                  "dev_seen", {"": "test_seen"}, _hateful_memes, ("allow_outside_root",),
-                                  {"auroc": 76.09}),
-}  # fmt: skip
+    "vqav2": FinetuneTask(
+        "vqav2",
+        "multimodal",
+        "multi_label",
+        ("vqa_accuracy",),
+        "train",
+        "val",
+        {"": "val"},
+        read_vqav2,
+        ("images", "answer_vocab_size"),
+        {"vqa_accuracy": 72.49},
+        predicts=("test-dev", "test"),
+        results_file=vqa_results,
+    ),
+    "snli_ve": FinetuneTask(
+        "snli_ve",
+        "multimodal",
+        "single_label",
+        ("accuracy",),
+        "train",
+        "dev",
+        {"": "test"},
+        _snli_ve,
+        ("images", "allow_outside_root"),
+        {"accuracy": 78.89},
+    ),
+    "hateful_memes": FinetuneTask(
+        "hateful_memes",
+        "multimodal",
+        "single_label",
+        ("auroc", "accuracy"),
+        "train",
+        "dev_seen",
+        {"": "test_seen"},
+        _hateful_memes,
+        ("allow_outside_root",),
+        {"auroc": 76.09},
+    ),
+}
 
 
 def finetune_task(name: str) -> FinetuneTask:
@@ -136,8 +184,15 @@ def finetune_task(name: str) -> FinetuneTask:
     return FINETUNE_TASKS[name]
 
 
-def open_task_split(task: FinetuneTask, path: str | Path, split: str, *, max_bad_fraction: float = 0.01,
-                    classes: Any = None, **keys: Any) -> LabeledRows:  # fmt: skip
+def open_task_split(
+    task: FinetuneTask,
+    path: str | Path,
+    split: str,
+    *,
+    max_bad_fraction: float = 0.01,
+    classes: Any = None,
+    **keys: Any,
+) -> LabeledRows:
     """Read one split of ``task`` under ``path``; the rows the reader skipped are bounded by ``max_bad_fraction``.
 
     Args:

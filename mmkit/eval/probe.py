@@ -118,8 +118,14 @@ def _fit_lbfgs(
     w0, b0 = init if init is not None else (x.new_zeros(num_classes, x.shape[1]), x.new_zeros(num_classes))
     w = w0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=tol, tolerance_change=1e-10)  # fmt: skip
+    opt = torch.optim.LBFGS(
+        [w, b],
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=tol,
+        tolerance_change=1e-10,
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -244,8 +250,9 @@ def fit_linear_probe(
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     n = len(x)
     w, b = fit_logistic((x - mean) / std, y, classes, l2_of(c, n), max_iter, fits[c])
-    return ProbeResult(c, l2_of(c, n), sweep[c], w, b, mean, std, dict(sorted(sweep.items())),
-                       "train_holdout" if carved else "val", n)  # fmt: skip
+    return ProbeResult(
+        c, l2_of(c, n), sweep[c], w, b, mean, std, dict(sorted(sweep.items())), "train_holdout" if carved else "val", n
+    )
 
 
 def l2_of(c: float, n: int) -> float:

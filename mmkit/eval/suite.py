@@ -94,15 +94,31 @@ class SuiteContext:
 
     def images(self, dataset: BenchmarkSet, desc: str):
         bar = desc if self.progress else False
-        return image_features(self.model, dataset, self.transform, transform_id=self.transform_id, cache=self.cache,
-                              model_id=self.model_id, batch_size=self.batch_size, num_workers=self.num_workers,
-                              max_bad_fraction=self.max_bad_fraction, progress=bar)  # fmt: skip
+        return image_features(
+            self.model,
+            dataset,
+            self.transform,
+            transform_id=self.transform_id,
+            cache=self.cache,
+            model_id=self.model_id,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            max_bad_fraction=self.max_bad_fraction,
+            progress=bar,
+        )
 
     def texts(self, texts: list[str], desc: str) -> torch.Tensor:
         if self.tokenizer is None:
             raise InputError("text tasks need a tokenizer: set tokenizer= or use a checkpoint exported with one")
-        return text_embeddings(self.model, self.tokenizer, texts, cache=self.cache, model_id=self.model_id,
-                               progress=self.progress, desc=desc)  # fmt: skip
+        return text_embeddings(
+            self.model,
+            self.tokenizer,
+            texts,
+            cache=self.cache,
+            model_id=self.model_id,
+            progress=self.progress,
+            desc=desc,
+        )
 
 
 def _read_templates(task: SuiteTask) -> list[str] | None:
@@ -145,8 +161,12 @@ def class_prompts(task: SuiteTask, dataset: BenchmarkSet) -> tuple[list[str], li
             )
         names, names_from = list(clip.classnames), f"CLIP ({task.prompts or task.name})"
     own = _read_templates(task)
-    choices = ((own, "the entry"), (clip.templates if clip else None, f"CLIP ({task.prompts or task.name})"),
-               (dataset.templates, "the dataset"), (DEFAULT_TEMPLATES, "mmkit's default"))  # fmt: skip
+    choices = (
+        (own, "the entry"),
+        (clip.templates if clip else None, f"CLIP ({task.prompts or task.name})"),
+        (dataset.templates, "the dataset"),
+        (DEFAULT_TEMPLATES, "mmkit's default"),
+    )
     templates, templates_from = next((list(t), f) for t, f in choices if t)
     return names, [clean_template(x) for x in templates], f"names from {names_from}; templates from {templates_from}"
 
@@ -154,8 +174,10 @@ def class_prompts(task: SuiteTask, dataset: BenchmarkSet) -> tuple[list[str], li
 def _class_metrics(preds: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, float]:
     """Top-1 accuracy and mean per-class recall of ``(N,)`` predicted class ids."""
     preds, labels = preds.cpu(), labels.cpu()
-    return {"accuracy": preds.eq(labels).float().mean().item(),
-            "mean_per_class_recall": mean_per_class_recall(preds, labels, classes)}  # fmt: skip
+    return {
+        "accuracy": preds.eq(labels).float().mean().item(),
+        "mean_per_class_recall": mean_per_class_recall(preds, labels, classes),
+    }
 
 
 def zero_shot(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
@@ -169,8 +191,14 @@ def zero_shot(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     emb = ctx.texts(prompts, f"{task.name} prompts").reshape(len(names), len(templates), -1)
     classes = torch.nn.functional.normalize(emb.mean(1), dim=-1)
     preds = (feats.embeddings @ classes.T).argmax(1)
-    return {**_class_metrics(preds, feats.labels, len(names)), "samples": len(feats.keys), **_skips(feats),
-            "classes": len(names), "templates": len(templates), "prompts": origin}  # fmt: skip
+    return {
+        **_class_metrics(preds, feats.labels, len(names)),
+        "samples": len(feats.keys),
+        **_skips(feats),
+        "classes": len(names),
+        "templates": len(templates),
+        "prompts": origin,
+    }
 
 
 def validation_split(task: SuiteTask, test: BenchmarkSet) -> BenchmarkSet | None:
@@ -212,14 +240,26 @@ def linear_probe(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
     val = ctx.images(val_ds, f"{task.name} [{val_ds.split}]") if val_ds else None
     classes = len(train_ds.classnames) if train_ds.classnames else None
     device = next(ctx.model.parameters()).device  # solved where the model runs (a GPU when there is one)
-    probe = fit_linear_probe(train.features.to(device), train.labels.to(device),
-                             val.features.to(device) if val else None, val.labels.to(device) if val else None,
-                             seed=ctx.seed, num_classes=classes)  # fmt: skip
+    probe = fit_linear_probe(
+        train.features.to(device),
+        train.labels.to(device),
+        val.features.to(device) if val else None,
+        val.labels.to(device) if val else None,
+        seed=ctx.seed,
+        num_classes=classes,
+    )
     preds = probe.predict(test.features.to(device))
     metrics = _class_metrics(preds, test.labels, classes or int(preds.max()) + 1)
-    return {**metrics, "samples": len(test.keys), "train_samples": probe.train_samples,
-            "selected_on": probe.selected_on, "val_split": val_ds.split if val_ds else None, "C": probe.c,
-            "l2": probe.l2, **_skips(train, test, val)}  # fmt: skip
+    return {
+        **metrics,
+        "samples": len(test.keys),
+        "train_samples": probe.train_samples,
+        "selected_on": probe.selected_on,
+        "val_split": val_ds.split if val_ds else None,
+        "C": probe.c,
+        "l2": probe.l2,
+        **_skips(train, test, val),
+    }
 
 
 def retrieval(task: SuiteTask, ctx: SuiteContext) -> dict[str, Any]:
@@ -252,10 +292,16 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, checkpoint: str | None = None,
-              weights: str | None = None, log: Callable[[str], None] = print,
-              runners: dict[str, Callable[[SuiteTask, SuiteContext], dict[str, Any]]] | None = None,
-              ) -> dict[str, Any]:  # fmt: skip
+def run_suite(
+    tasks: list[SuiteTask],
+    ctx: SuiteContext,
+    out: str | Path,
+    *,
+    checkpoint: str | None = None,
+    weights: str | None = None,
+    log: Callable[[str], None] = print,
+    runners: dict[str, Callable[[SuiteTask, SuiteContext], dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """Run every task not yet in ``<out>/results.json``; write it after each task and ``results.md`` at the end.
 
     Args:
@@ -286,22 +332,26 @@ def run_suite(tasks: list[SuiteTask], ctx: SuiteContext, out: str | Path, *, che
         if task.name in results:
             log(f"{task.name}: done already ({path}, the same weights)")
             continue
-        start = time.perf_counter()
-        metrics = runners[task.kind](task, ctx)
-        seconds = time.perf_counter() - start
-        shown = _metrics_shown(task)[0]
-        results[task.name] = {"kind": task.kind, "split": _split_of(task), "metric": shown, **metrics,
-                              "seconds": round(seconds, 3)}  # fmt: skip
+        results[task.name] = _run_task(task, ctx, runners[task.kind], log)
         _write_json(path, results)
-        log(
-            f"{task.name}: {task.kind} {shown} {metrics[shown]:.4f} on {metrics['samples']:,} samples ({seconds:.1f} s)"
-        )
-        if metrics.get("skipped"):
-            named = "; ".join(metrics.get("skipped_examples", []))
-            log(f"{task.name}: {metrics['skipped']} sample(s) skipped, the first: {named}")
     (out / "results.md").write_text(results_table(tasks, results, checkpoint))
     print(f"wrote {path} and {out / 'results.md'}", file=sys.stderr)
     return results
+
+
+def _run_task(
+    task: SuiteTask, ctx: SuiteContext, runner: Callable[[SuiteTask, SuiteContext], dict[str, Any]], log
+) -> dict[str, Any]:
+    """One task's results record (kind, split, headline metric, metrics, seconds), told in a line or two."""
+    start = time.perf_counter()
+    metrics = runner(task, ctx)
+    seconds = time.perf_counter() - start
+    shown = _metrics_shown(task)[0]
+    log(f"{task.name}: {task.kind} {shown} {metrics[shown]:.4f} on {metrics['samples']:,} samples ({seconds:.1f} s)")
+    if metrics.get("skipped"):
+        named = "; ".join(metrics.get("skipped_examples", []))
+        log(f"{task.name}: {metrics['skipped']} sample(s) skipped, the first: {named}")
+    return {"kind": task.kind, "split": _split_of(task), "metric": shown, **metrics, "seconds": round(seconds, 3)}
 
 
 def _previous_results(out: Path, checkpoint: str | None, weights: str | None, log: Callable[[str], None]) -> dict:
@@ -397,10 +447,13 @@ def results_table(tasks: list[SuiteTask], results: dict[str, Any], checkpoint: s
     paper's number beside it (and how the paper's differs, where it does), and the averages the paper gives
     (vision: linear probes; NLP: GLUE; multimodal: the finetuned three), each over headline metrics."""
     weights = results.get("_weights")
-    lines = [f"# Evaluation of {checkpoint or 'a randomly initialised model'}", "",
-             *([f"Weights digest (SHA-256): `{weights}`", ""] if weights else []),
-             "| task | kind | split | metric | mmkit | FLAVA paper | samples | notes |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Evaluation of {checkpoint or 'a randomly initialised model'}",
+        "",
+        *([f"Weights digest (SHA-256): `{weights}`", ""] if weights else []),
+        "| task | kind | split | metric | mmkit | FLAVA paper | samples | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     groups: dict[str, list[tuple[float, float | None]]] = {"vision": [], "glue": [], "multimodal": []}
     for task in tasks:
         r = results.get(task.name)
@@ -410,14 +463,19 @@ def results_table(tasks: list[SuiteTask], results: dict[str, Any], checkpoint: s
         paper, shown = _paper(task), _metrics_shown(task)
         for i, m in enumerate(shown):
             value, note = paper.get(m), _row_notes(task, r) if i == 0 else ""
-            lines.append(f"| {task.name} | {task.kind} | {_split_of(task, m)} | {m} | {_pct(r.get(m))} | "
-                         f"{'' if value is None else f'{value:.2f}'} | {r['samples']:,} | {note} |")  # fmt: skip
+            lines.append(
+                f"| {task.name} | {task.kind} | {_split_of(task, m)} | {m} | {_pct(r.get(m))} | "
+                f"{'' if value is None else f'{value:.2f}'} | {r['samples']:,} | {note} |"
+            )
         group = _group(task)
         if group is not None:
             groups[group].append((r[shown[0]], paper.get(shown[0])))
-    lines += ["", "The first row of each task is its headline metric (the one its literature reports), which the "
-              "averages use. A note marked **paper:** says where the paper's number is on another split or "
-              "protocol than mmkit's (docs/EVALUATION.md)."]  # fmt: skip
+    lines += [
+        "",
+        "The first row of each task is its headline metric (the one its literature reports), which the "
+        "averages use. A note marked **paper:** says where the paper's number is on another split or "
+        "protocol than mmkit's (docs/EVALUATION.md).",
+    ]
     return "\n".join(lines + _averages(groups)) + "\n"
 
 
@@ -446,9 +504,11 @@ def _averages(groups: dict[str, list[tuple[float, float | None]]]) -> list[str]:
     """The report's average lines, each beside the paper's over the same tasks and over its whole group."""
     lines = []
     # (group, label, the paper's average over its whole group and that group's size)
-    averages = (("vision", "Vision average (linear probes", PAPER_VISION_AVERAGE, 22),
-                ("glue", "NLP average (GLUE", PAPER_NLP_AVERAGE, 8),
-                ("multimodal", "Multimodal average (finetuned", None, None))  # fmt: skip
+    averages = (
+        ("vision", "Vision average (linear probes", PAPER_VISION_AVERAGE, 22),
+        ("glue", "NLP average (GLUE", PAPER_NLP_AVERAGE, 8),
+        ("multimodal", "Multimodal average (finetuned", None, None),
+    )
     for group, label, published, size in averages:
         scores = groups[group]
         if not scores:
@@ -457,8 +517,12 @@ def _averages(groups: dict[str, list[tuple[float, float | None]]]) -> list[str]:
         notes = [f"the paper's on the same {len(papers)}: {statistics.fmean(papers):.2f}"] if papers else []
         if published is not None:  # the whole group run: its own average is the paper's
             notes = [n for n in notes if len(papers) != size] + [f"the paper's over its {size} tasks: {published:.2f}"]
-        lines += ["", f"{label}, {len(scores)} task(s)): **{100 * statistics.fmean(v for v, _ in scores):.2f}**"
-                  + "".join(f" — {n}" if i == 0 else f"; {n}" for i, n in enumerate(notes)) + "."]  # fmt: skip
+        lines += [
+            "",
+            f"{label}, {len(scores)} task(s)): **{100 * statistics.fmean(v for v, _ in scores):.2f}**"
+            + "".join(f" — {n}" if i == 0 else f"; {n}" for i, n in enumerate(notes))
+            + ".",
+        ]
     return lines
 
 

@@ -64,8 +64,9 @@ def _read_yaml(path: Path) -> Any:
         raise InputError(f"suite file {path} holds a value that cannot be read: {str(e).split(';')[0]}") from None
 
 
-def load_suite(path: str | Path, data_root: str | None = None,
-               finetune_keys: set[str] | None = None) -> list[SuiteTask]:  # fmt: skip
+def load_suite(
+    path: str | Path, data_root: str | None = None, finetune_keys: set[str] | None = None
+) -> list[SuiteTask]:
     """Read and check a suite file; every problem is reported at once, naming the task and the key.
 
     Args:
@@ -98,8 +99,20 @@ def load_suite(path: str | Path, data_root: str | None = None,
     return tasks
 
 
-_COMMON = {"name", "kind", "layout", "path", "split", "train_split", "templates", "paper", "val_split", "metric",
-           "prompts", "paper_note"}  # fmt: skip
+_COMMON = {
+    "name",
+    "kind",
+    "layout",
+    "path",
+    "split",
+    "train_split",
+    "templates",
+    "paper",
+    "val_split",
+    "metric",
+    "prompts",
+    "paper_note",
+}
 #: the optional keys every entry may set that hold one string (checked when the file is read)
 _STRINGS = ("split", "train_split", "val_split", "metric", "prompts", "paper_note")
 
@@ -126,13 +139,15 @@ def _common_problems(entry: dict, where: str) -> list[str]:
     number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
     if paper is not None and not number(paper):
         if not isinstance(paper, dict) or not all(isinstance(k, str) and number(v) for k, v in paper.items()):
-            problems.append(f"{where}: paper must be a number or a mapping of metric names to numbers (percent), "
-                            f"got {paper!r:.80}")  # fmt: skip
+            problems.append(
+                f"{where}: paper must be a number or a mapping of metric names to numbers (percent), got {paper!r:.80}"
+            )
     return problems
 
 
-def _suite_task(entry: Any, where: str, root: Path, finetune_keys: set[str] | None,
-                problems: list[str]) -> SuiteTask | None:  # fmt: skip
+def _suite_task(
+    entry: Any, where: str, root: Path, finetune_keys: set[str] | None, problems: list[str]
+) -> SuiteTask | None:
     """One entry as a :class:`SuiteTask`, or None with its problems appended."""
     from mmkit.eval.benchmarks import LAYOUTS
 
@@ -159,8 +174,11 @@ def _suite_task(entry: Any, where: str, root: Path, finetune_keys: set[str] | No
     if unknown:
         valid = ", ".join(sorted(_COMMON | set(layout_keys(entry["layout"]))))
         problems.append(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {valid})")
-    problems += [f"{where}: {k} must be a string, got {entry[k]!r:.80}" for k in _STRINGS
-                 if entry.get(k) is not None and not isinstance(entry[k], str)]  # fmt: skip
+    problems += [
+        f"{where}: {k} must be a string, got {entry[k]!r:.80}"
+        for k in _STRINGS
+        if entry.get(k) is not None and not isinstance(entry[k], str)
+    ]
     problems += _layout_key_problems(entry["layout"], {k: v for k, v in keys.items() if k not in unknown}, where)
     t = entry.get("templates")
     if t is not None and not isinstance(t, str) and not (isinstance(t, list) and all(isinstance(x, str) for x in t)):
@@ -170,13 +188,23 @@ def _suite_task(entry: Any, where: str, root: Path, finetune_keys: set[str] | No
     if bad:
         return None
     opts = {k: entry.get(k) for k in ("val_split", "metric", "prompts", "paper_note")}
-    return SuiteTask(entry["name"], entry["kind"], entry["layout"], p, str(entry.get("split", "test")),
-                     str(entry.get("train_split", "train")), entry.get("templates"), entry.get("paper"),
-                     keys, **opts)  # fmt: skip
+    return SuiteTask(
+        entry["name"],
+        entry["kind"],
+        entry["layout"],
+        p,
+        str(entry.get("split", "test")),
+        str(entry.get("train_split", "train")),
+        entry.get("templates"),
+        entry.get("paper"),
+        keys,
+        **opts,
+    )
 
 
-def _finetune_task(entry: dict, where: str, path: str, finetune_keys: set[str] | None,
-                   problems: list[str]) -> SuiteTask | None:  # fmt: skip
+def _finetune_task(
+    entry: dict, where: str, path: str, finetune_keys: set[str] | None, problems: list[str]
+) -> SuiteTask | None:
     """A ``kind: finetune`` entry as a :class:`SuiteTask` (its keys are the finetuning recipe's, checked
     for their types when the recipe's config is made), or None with its problems appended."""
     from mmkit.eval.finetune_tasks import FINETUNE_TASKS
@@ -185,15 +213,17 @@ def _finetune_task(entry: dict, where: str, path: str, finetune_keys: set[str] |
     keys = {k: v for k, v in entry.items() if k not in ("name", "kind", "task", "path", "paper", "paper_note")}
     unknown = sorted(set(keys) - finetune_keys) if finetune_keys is not None else []
     if unknown:
-        problems.append(f"{where}: unknown finetune key(s) {', '.join(unknown)} (valid: "
-                        f"{', '.join(sorted(finetune_keys or ()))})")  # fmt: skip
+        problems.append(
+            f"{where}: unknown finetune key(s) {', '.join(unknown)} (valid: {', '.join(sorted(finetune_keys or ()))})"
+        )
     note = entry.get("paper_note")
     if note is not None and not isinstance(note, str):
         problems.append(f"{where}: paper_note must be a string, got {note!r:.80}")
     if not known:
         return None
-    return SuiteTask(entry["name"], "finetune", "", path, paper=entry.get("paper"), keys=keys,
-                     task=entry["task"], paper_note=note)  # fmt: skip
+    return SuiteTask(
+        entry["name"], "finetune", "", path, paper=entry.get("paper"), keys=keys, task=entry["task"], paper_note=note
+    )
 
 
 def _layout_key_problems(layout: str, keys: dict[str, Any], where: str) -> list[str]:

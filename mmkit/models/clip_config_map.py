@@ -39,21 +39,59 @@ _ACTIVATION_TO_HF["silu"] = "silu"
 # transformers' defaults, for keys a hand-written config.json leaves out
 _HF_DEFAULTS = {
     "clip": (
-        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-             image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0),
-        dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-             max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0,
-             eos_token_id=49407),
+        dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_channels=3,
+            image_size=224,
+            patch_size=32,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            attention_dropout=0.0,
+        ),
+        dict(
+            vocab_size=49408,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            attention_dropout=0.0,
+            eos_token_id=49407,
+        ),
     ),
     "siglip": (
-        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-             image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
-             attention_dropout=0.0, vision_use_head=True),
-        dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-             max_position_embeddings=64, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0,
-             projection_size=None),
+        dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_channels=3,
+            image_size=224,
+            patch_size=16,
+            hidden_act="gelu_pytorch_tanh",
+            layer_norm_eps=1e-6,
+            attention_dropout=0.0,
+            vision_use_head=True,
+        ),
+        dict(
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=64,
+            hidden_act="gelu_pytorch_tanh",
+            layer_norm_eps=1e-6,
+            attention_dropout=0.0,
+            projection_size=None,
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def _activation(name: str, where: str) -> str:
@@ -151,11 +189,21 @@ def _tower_to_hf(cfg: Any) -> dict[str, Any]:
 
 def clip_config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
     """:class:`CLIPConfig` -> a transformers ``CLIPConfig`` dict."""
-    vision = dict(_tower_to_hf(cfg.image), image_size=cfg.image.image_size, patch_size=cfg.image.patch_size,
-                  num_channels=cfg.image.num_channels, projection_dim=cfg.projection_dim)  # fmt: skip
+    vision = dict(
+        _tower_to_hf(cfg.image),
+        image_size=cfg.image.image_size,
+        patch_size=cfg.image.patch_size,
+        num_channels=cfg.image.num_channels,
+        projection_dim=cfg.projection_dim,
+    )
     eos = 2 if cfg.text.eos_token_id is None else cfg.text.eos_token_id
-    text = dict(_tower_to_hf(cfg.text), vocab_size=cfg.text.vocab_size, projection_dim=cfg.projection_dim,
-                max_position_embeddings=cfg.text.max_positions, eos_token_id=eos)  # fmt: skip
+    text = dict(
+        _tower_to_hf(cfg.text),
+        vocab_size=cfg.text.vocab_size,
+        projection_dim=cfg.projection_dim,
+        max_position_embeddings=cfg.text.max_positions,
+        eos_token_id=eos,
+    )
     return dict(
         architectures=["CLIPModel"],
         model_type="clip",
@@ -168,10 +216,19 @@ def clip_config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
 
 def siglip_config_to_hf(cfg: SigLIPConfig) -> dict[str, Any]:
     """:class:`SigLIPConfig` -> a transformers ``SiglipConfig`` dict."""
-    vision = dict(_tower_to_hf(cfg.image), image_size=cfg.image.image_size, patch_size=cfg.image.patch_size,
-                  num_channels=cfg.image.num_channels, vision_use_head=True)  # fmt: skip
-    text = dict(_tower_to_hf(cfg.text), vocab_size=cfg.text.vocab_size,
-                max_position_embeddings=cfg.text.max_positions, projection_size=cfg.projection_dim)  # fmt: skip
+    vision = dict(
+        _tower_to_hf(cfg.image),
+        image_size=cfg.image.image_size,
+        patch_size=cfg.image.patch_size,
+        num_channels=cfg.image.num_channels,
+        vision_use_head=True,
+    )
+    text = dict(
+        _tower_to_hf(cfg.text),
+        vocab_size=cfg.text.vocab_size,
+        max_position_embeddings=cfg.text.max_positions,
+        projection_size=cfg.projection_dim,
+    )
     return dict(architectures=["SiglipModel"], model_type="siglip", vision_config=vision, text_config=text)
 
 

@@ -125,8 +125,9 @@ def config_fields(
                 continue
             prefix = f"{side}_encoder"
             measure = _layers(prefix) if names is None else _dim([f"{prefix}.{n}" for n in names], axis)
-            out.append(ConfigField(label(f"{side}.{field}"), getattr(section, field), noun.replace("{side}", side),
-                                   measure))  # fmt: skip
+            out.append(
+                ConfigField(label(f"{side}.{field}"), getattr(section, field), noun.replace("{side}", side), measure)
+            )
     if projection and hasattr(config, "projection_dim"):
         measure = _dim(["image_projection.weight", "text_projection.weight"], 0)
         out.append(ConfigField(label("projection_dim"), config.projection_dim, "{n}-wide projections", measure))
@@ -134,8 +135,11 @@ def config_fields(
 
 
 #: mmkit field names that transformers spells otherwise (in every sub-config)
-HF_FIELDS = {"num_layers": "num_hidden_layers", "mlp_dim": "intermediate_size",
-             "max_positions": "max_position_embeddings"}  # fmt: skip
+HF_FIELDS = {
+    "num_layers": "num_hidden_layers",
+    "mlp_dim": "intermediate_size",
+    "max_positions": "max_position_embeddings",
+}
 
 
 def hf_label(sections: Mapping[str, str], top: Mapping[str, str] | None = None) -> Callable[[str], str]:
@@ -244,8 +248,11 @@ def check_fits(
     if wrong:
         k = wrong[0]
         example = f"{k}: checkpoint {tuple(found[k])} vs model {tuple(expected[k])}"
-        parts.append(f"shape mismatch: {example}" if len(wrong) == 1 else
-                     f"shape mismatch: {group_names(wrong)} (e.g. {example})")  # fmt: skip
+        parts.append(
+            f"shape mismatch: {example}"
+            if len(wrong) == 1
+            else f"shape mismatch: {group_names(wrong)} (e.g. {example})"
+        )
     raise CheckpointMismatchError(
         f"checkpoint {source} does not fit the {target} that {origin} describes: " + "; ".join(parts)
     )

@@ -220,8 +220,12 @@ class FLAVAModel(ContrastiveTowers, nn.Module):
         if encoders:
             for encoder in (self.image_encoder, self.text_encoder, self.multimodal_encoder):
                 encoder.reset_parameters()
-        for proj in (self.image_projection, self.text_projection, self.image_to_mm_projection,
-                     self.text_to_mm_projection):  # fmt: skip
+        for proj in (
+            self.image_projection,
+            self.text_projection,
+            self.image_to_mm_projection,
+            self.text_to_mm_projection,
+        ):
             init_weights(proj, std=init_std_for(proj.in_features, self.init_std))
         self.logit_scale.fill_(self.logit_scale_init)
 

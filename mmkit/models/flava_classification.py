@@ -219,8 +219,9 @@ def flava_model_for_classification(
         cfg = load_cfg = (config or FLAVAConfig()).replace(**overrides)
     base = flava_model(load_cfg)
     width = {"image": cfg.image.hidden_size, "text": cfg.text.hidden_size, "multimodal": cfg.multimodal.hidden_size}
-    head = ClassificationHead(width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim,
-                              dropout=dropout)  # fmt: skip
+    head = ClassificationHead(
+        width[modality], 1 if problem_type == "regression" else num_classes, hidden_dim, dropout=dropout
+    )
     std = init_std_for(width[modality], cfg.init_std)
     head.apply(lambda m: init_weights(m, std=std))
     model = FLAVAForClassification(base, head, modality, problem_type)
@@ -272,8 +273,13 @@ def load_classifier(path: str | Path) -> FLAVAForClassification:
         kwargs = {"problem_type": info["problem_type"], "hidden_dim": info["hidden_dim"]}
         return flava_model_for_classification(info["num_classes"], info["modality"], cfg, **kwargs)
 
-    check_fits(meta_shapes(build), read_weight_shapes(path / "model.safetensors"), source=str(path),
-               target="classifier", origin="config.json and classifier.json")  # fmt: skip
+    check_fits(
+        meta_shapes(build),
+        read_weight_shapes(path / "model.safetensors"),
+        source=str(path),
+        target="classifier",
+        origin="config.json and classifier.json",
+    )
     model = build()
     state = read_weights(path / "model.safetensors")
     model.load_report = load_strict(model, state, str(path), target="classifier", kind="mmkit")

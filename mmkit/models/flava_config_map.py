@@ -144,8 +144,15 @@ def flava_hf_unsupported(config: FLAVAConfig) -> list[str]:
     """What of ``config`` transformers' FLAVA cannot express: encoder options (a FLAVA started from
     CLIP/SigLIP towers has some) and objectives added to FLAVA's six (their heads); empty when the
     config converts."""
-    defaults = {"input_norm": False, "patch_bias": True, "use_cls_token": True, "pooler": "tanh", "causal": False,
-                "embedding_norm": True, "pad_token_id": 0}  # fmt: skip
+    defaults = {
+        "input_norm": False,
+        "patch_bias": True,
+        "use_cls_token": True,
+        "pooler": "tanh",
+        "causal": False,
+        "embedding_norm": True,
+        "pad_token_id": 0,
+    }
     found = []
     for name in ("image", "text", "multimodal"):
         sub = getattr(config, name)

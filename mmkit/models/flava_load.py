@@ -161,8 +161,15 @@ def check_flava_fits(
         CheckpointMismatchError: one line naming the tensors and the config fields that disagree.
     """
     fields = config_fields(config, _SIDES, _field_label(checkpoint, origin))
-    return check_fits(meta_shapes(lambda: flava_model(config)), checkpoint.found, source=str(checkpoint.path),
-                      target=target, may_be_unused=is_flava_head, fields=fields, origin=origin)  # fmt: skip
+    return check_fits(
+        meta_shapes(lambda: flava_model(config)),
+        checkpoint.found,
+        source=str(checkpoint.path),
+        target=target,
+        may_be_unused=is_flava_head,
+        fields=fields,
+        origin=origin,
+    )
 
 
 def _field_label(checkpoint: FlavaCheckpoint, origin: str) -> Any:

@@ -109,8 +109,9 @@ class FLAVAForPreTraining(nn.Module):
         self.report_order = reporting_order(self.objectives)
         self.budgets = {"image": DEFAULT_BUDGETS["image"], "text": DEFAULT_BUDGETS["text"]}
 
-    def set_static_shapes(self, enabled: bool = True, image_budget: float | None = None,
-                          text_budget: float | None = None) -> FLAVAForPreTraining:  # fmt: skip
+    def set_static_shapes(
+        self, enabled: bool = True, image_budget: float | None = None, text_budget: float | None = None
+    ) -> FLAVAForPreTraining:
         """Predict a fixed budget of positions per masked objective, so that every shape of a step
         depends on the batch shapes only and ``torch.compile(fullgraph=True)`` takes it whole. In
         training mode only: in eval mode (held-out scoring) the exact masked positions are predicted.
@@ -280,8 +281,10 @@ class FLAVAForPreTraining(nn.Module):
             :class:`FLAVAPretrainingOutput`, its ``losses`` in the objectives' reporting order.
         """
         if batch is not None and (inputs or not isinstance(batch, PretrainingInputs)):
-            raise InputError(f"pass one PretrainingInputs or its tensors as keywords (pixel_values=..., ...), not both "
-                             f"nor a {type(batch).__name__}")  # fmt: skip
+            raise InputError(
+                f"pass one PretrainingInputs or its tensors as keywords (pixel_values=..., ...), not both "
+                f"nor a {type(batch).__name__}"
+            )
         views = Views.of_batch(batch if batch is not None else PretrainingInputs.of(inputs))
         active = self._objectives_for(views)
         if embed_only or embedding_grads is not None:
@@ -300,15 +303,18 @@ class FLAVAForPreTraining(nn.Module):
         runs = [o for o in self.objectives if o.runs_on(views.kind, on_pairs) and self.weights.active(o.name)]
         if not runs:
             trains = [o.name for o in self.objectives if o.runs_on(views.kind, on_pairs)]
-            raise InputError(f"no objective with a weight above 0 trains on {views.kind} batches (those that do: "
-                             f"{', '.join(trains) or 'none'})")  # fmt: skip
+            raise InputError(
+                f"no objective with a weight above 0 trains on {views.kind} batches (those that do: "
+                f"{', '.join(trains) or 'none'})"
+            )
         active = [o for o in runs if all(getattr(views, k) is not None for k in o.skip_without)]
         masking = {side: [o.name for o in active if side in o.masks] for side in ("image", "text")}
         if masking["image"]:
             views.patch_mask = self._require_mask(views.patch_mask, ", ".join(masking["image"]))
         if masking["text"] and (views.masked_input_ids is None or views.mlm_labels is None):
-            raise InputError(f"{', '.join(masking['text'])}: needs masked_input_ids and mlm_labels; the collators "
-                             "make them")  # fmt: skip
+            raise InputError(
+                f"{', '.join(masking['text'])}: needs masked_input_ids and mlm_labels; the collators make them"
+            )
         return active
 
     def _whole_batch_pass(
@@ -556,8 +562,9 @@ def flava_model_for_pretraining(
             cb = cfg.codebook
         else:
             if random_codebook(cfg):
-                warnings.warn(RANDOM_CODEBOOK + " (codebook.allow_random=True silences this)",
-                              RandomCodebookWarning, stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    RANDOM_CODEBOOK + " (codebook.allow_random=True silences this)", RandomCodebookWarning, stacklevel=2
+                )
             encoder = DalleEncoder(cb.hidden_size, cb.vocab_size, cb.num_groups, cb.blocks_per_group)
         image_tokenizer = ImageTokenizer(encoder, channels_last=cb.channels_last)
     if image_tokenizer is not None:

@@ -8,5 +8,16 @@ from mmkit.pretrain.builtin import make_builtin_tokenizer
 from mmkit.pretrain.config import RESUMABLE, PairDataConfig, PretrainOptimConfig, RunConfig, frozen_fields, whole_batch
 from mmkit.pretrain.recipe import DataPaths, PretrainRecipe, RecipeData, whole_batch_forward
 
-__all__ = ["RESUMABLE", "DataPaths", "PairDataConfig", "PretrainOptimConfig", "PretrainRecipe", "RecipeData",
-           "RunConfig", "frozen_fields", "make_builtin_tokenizer", "whole_batch", "whole_batch_forward"]  # fmt: skip
+__all__ = [
+    "RESUMABLE",
+    "DataPaths",
+    "PairDataConfig",
+    "PretrainOptimConfig",
+    "PretrainRecipe",
+    "RecipeData",
+    "RunConfig",
+    "frozen_fields",
+    "make_builtin_tokenizer",
+    "whole_batch",
+    "whole_batch_forward",
+]

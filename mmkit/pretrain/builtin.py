@@ -22,19 +22,45 @@ from mmkit.utils import StateError, file_lock
 __all__ = ["TORCHRUN_VARIABLES", "make_builtin_tokenizer"]
 
 #: the launcher's variables, kept from the child so that it runs as one process of its own
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # fmt: skip
+TORCHRUN_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+)
 
 
 def _train_command(paths, root: Path, script: Path, config: Path, steps: int | None) -> list[str]:
     pictures = json.dumps([str(p) for p in (*paths.train_pairs, *paths.images)])  # what data.dataset=shapes reads
-    cmd = [sys.executable, str(script), "--config", str(config), f"run_dir={root / 'run'}", "distributed=none",
-           "progress=false", "checkpoint.resume=none", "data.dataset=files", f"data.images={pictures}",
-           f"data.val_images={json.dumps([str(p) for p in paths.val_pairs])}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(script),
+        "--config",
+        str(config),
+        f"run_dir={root / 'run'}",
+        "distributed=none",
+        "progress=false",
+        "checkpoint.resume=none",
+        "data.dataset=files",
+        f"data.images={pictures}",
+        f"data.val_images={json.dumps([str(p) for p in paths.val_pairs])}",
+    ]
     if steps is not None:
-        cmd += [f"optim.total_steps={steps}", f"objective.temperature_steps={steps}", "optim.warmup_steps=1",
-                f"objective.kl_warmup_steps={steps}", f"checkpoint.every={steps}", f"eval_every={steps}",
-                f"image_every={steps}"]  # fmt: skip
+        cmd += [
+            f"optim.total_steps={steps}",
+            f"objective.temperature_steps={steps}",
+            "optim.warmup_steps=1",
+            f"objective.kl_warmup_steps={steps}",
+            f"checkpoint.every={steps}",
+            f"eval_every={steps}",
+            f"image_every={steps}",
+        ]
     return cmd
 
 
@@ -75,14 +101,25 @@ def make_builtin_tokenizer(
         print(f"making the built-in image tokenizer (once, in {root}): {config.name}", file=sys.stderr, flush=True)
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
         env.update(OMP_NUM_THREADS=str(os.cpu_count() or 1))
-        run = subprocess.run(_train_command(paths, root, script, config, steps), env=env, capture_output=True,
-                             text=True)  # fmt: skip
+        run = subprocess.run(
+            _train_command(paths, root, script, config, steps), env=env, capture_output=True, text=True
+        )
         if run.returncode:
             raise StateError(f"training the built-in image tokenizer failed:\n{run.stderr[-3000:]}")
         shutil.rmtree(root / "final", ignore_errors=True)  # a half-made one from an interrupted first use
         os.replace(root / "run" / "final", root / "final")
         for name, shards in (("pairs", paths.train_pairs), ("images", paths.images)):
-            cache_ids(["--shards", *map(str, shards), "--tokenizer", str(root / "final"), "--out", str(root / name),
-                       "--device", "cpu"])  # fmt: skip
+            cache_ids(
+                [
+                    "--shards",
+                    *map(str, shards),
+                    "--tokenizer",
+                    str(root / "final"),
+                    "--out",
+                    str(root / name),
+                    "--device",
+                    "cpu",
+                ]
+            )
         done.write_text(spec)
     return listing()

@@ -60,9 +60,25 @@ class PairDataConfig:
 
 
 #: top-level settings a resume may change (everything else a recipe's config holds is frozen)
-RESUMABLE = ("run_dir", "optim", "checkpoint", "distributed", "precision", "activation_checkpointing", "compile",
-             "meta_init", "log_every", "eval_every", "eval_samples", "eval_at_start", "health", "max_nonfinite",
-             "progress", "log", "perf")  # fmt: skip
+RESUMABLE = (
+    "run_dir",
+    "optim",
+    "checkpoint",
+    "distributed",
+    "precision",
+    "activation_checkpointing",
+    "compile",
+    "meta_init",
+    "log_every",
+    "eval_every",
+    "eval_samples",
+    "eval_at_start",
+    "health",
+    "max_nonfinite",
+    "progress",
+    "log",
+    "perf",
+)
 #: data settings that change how data is read, not what is read
 DATA_RESUMABLE = ("max_bad_fraction", "max_sample_bytes", "storage_options")
 

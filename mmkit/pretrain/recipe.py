@@ -192,9 +192,16 @@ class PretrainRecipe:
         self.ctx = ctx = start_run(cfg, cfg.run_dir, cfg.seed)
         self.run_dir = ctx.run_dir
         self.paths = paths = self.data_paths()
-        self.tokenizer: TextTokenizer = tokenizer_for_run(d.tokenizer, paths.text, d.vocab_size, d.max_length,
-                                                          self.run_dir, is_main=ctx.is_main, barrier=ctx.comm.barrier,
-                                                          storage_options=d.storage_options or None)  # fmt: skip
+        self.tokenizer: TextTokenizer = tokenizer_for_run(
+            d.tokenizer,
+            paths.text,
+            d.vocab_size,
+            d.max_length,
+            self.run_dir,
+            is_main=ctx.is_main,
+            barrier=ctx.comm.barrier,
+            storage_options=d.storage_options or None,
+        )
         self.model_cfg = self.model_config(paths)
         self.transform = self.image_transform()
         self.sources: dict[str, TrainingSource] = {}
@@ -207,17 +214,29 @@ class PretrainRecipe:
             self.raw_model = self.build_model(data)
         for loss in require_parallelizable(self.raw_model, "a pretraining model").gathering_losses():
             loss.rows_per_rank = d.batch_size * accum  # gathered padded: no host sync; compiles into a step on N ranks
-        self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, cfg.activation_checkpointing,
-                                 cfg.compile, bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
-                                 **self.parallel_options)  # fmt: skip
+        self.model = parallelize(
+            self.raw_model,
+            ctx.info,
+            cfg.distributed,
+            cfg.activation_checkpointing,
+            cfg.compile,
+            bf16_params=cfg.precision == "bf16" and cfg.distributed == "fsdp",
+            **self.parallel_options,
+        )
         if cfg.meta_init:
             self.materialize(self.raw_model)
         self.step, self.state = prepare_training(
-            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
-            components={"data": self.stream}, frozen=frozen_fields(cfg),
+            ctx,
+            self.model,
+            self.raw_model,
+            optim=cfg.optim,
+            precision=cfg.precision,
+            checkpoint=cfg.checkpoint,
+            components={"data": self.stream},
+            frozen=frozen_fields(cfg),
             after_update=self.raw_model.model.clamp_logit_scale,
             perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, patch_size=self.model_cfg.image.patch_size),
-        )  # fmt: skip
+        )
         self.train_forward = self.whole_batch_forward() if accum > 1 else self.forward
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
@@ -238,17 +257,24 @@ class PretrainRecipe:
 
     def source_loader(self, source: TrainingSource, collate: Callable, transform=None, image_tokens: bool = False):
         """``source``'s loader with this run's loader options (batch size, workers, seed, rank) and tokenizer."""
-        return source.loader(collate, self.loader_options, tokenizer=self.tokenizer,
-                             image_transform=transform or self.transform, image_tokens=image_tokens)  # fmt: skip
+        return source.loader(
+            collate,
+            self.loader_options,
+            tokenizer=self.tokenizer,
+            image_transform=transform or self.transform,
+            image_tokens=image_tokens,
+        )
 
     def _heldout(self, val_pairs: list) -> SampleDataset:
         """The held-out pairs (the first ``eval_samples``; behind a URL read once), told in one line."""
         d, n = self.cfg.data, self.cfg.eval_samples
         source = heldout_source(val_pairs, n, d.storage_options or None, name="val")
         shards = len(source.paths)
-        self.ctx.print(f"data val: {shards} tar shard{'s' * (shards != 1)}, the first {min(n, len(source))} "
-                       f"samples held out for evaluation, from {', '.join(map(str, val_pairs[:2]))}"
-                       f"{' ...' if len(val_pairs) > 2 else ''}")  # fmt: skip
+        self.ctx.print(
+            f"data val: {shards} tar shard{'s' * (shards != 1)}, the first {min(n, len(source))} "
+            f"samples held out for evaluation, from {', '.join(map(str, val_pairs[:2]))}"
+            f"{' ...' if len(val_pairs) > 2 else ''}"
+        )
         return SampleDataset(source, "pair", self.transform, self.tokenizer, seed=1)
 
     # -- training ----------------------------------------------------------------------------------
@@ -256,8 +282,14 @@ class PretrainRecipe:
         cfg = self.cfg
         if not self.resumed and cfg.eval_at_start:
             self.metrics.log(0, self.evaluate(), split="eval")
-        done = train_loop(self.ctx, self.state, self.train_step, loop_options(cfg, self.desc), on_log=self.log,
-                          on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"))  # fmt: skip
+        done = train_loop(
+            self.ctx,
+            self.state,
+            self.train_step,
+            loop_options(cfg, self.desc),
+            on_log=self.log,
+            on_eval=lambda step: self.metrics.log(step, self.evaluate(), split="eval"),
+        )
         if done:
             self.metrics.log(self.state.step, self.evaluate(), split="eval")
             self.export()
@@ -270,9 +302,12 @@ class PretrainRecipe:
         return self.transform.finish(next(self.stream).to(self.ctx.device))
 
     def log(self, step: int, record: dict[str, float], outcome) -> None:
-        record.update(lr=self.step.scheduler.get_last_lr()[0], memory_mib=memory_mib(self.ctx.device),
-                      logit_scale=read_scalar(self.raw_model.model.logit_scale),
-                      nonfinite_total=self.state.counters.nonfinite_total)  # fmt: skip
+        record.update(
+            lr=self.step.scheduler.get_last_lr()[0],
+            memory_mib=memory_mib(self.ctx.device),
+            logit_scale=read_scalar(self.raw_model.model.logit_scale),
+            nonfinite_total=self.state.counters.nonfinite_total,
+        )
         self.log_extra(record)
         self.metrics.log(step, record)
 

@@ -223,10 +223,12 @@ def check_cached_ids(cached: dict[str, dict], tokenizer: nn.Module | None, image
         problems = [
             f"tokenizer {info.get('fingerprint')} != configured {mine}" if info.get("fingerprint") != mine else None,
             f"input size {info.get('image_size')} != codebook.image_size {image_size}"
-            if info.get("image_size") != image_size else None,
+            if info.get("image_size") != image_size
+            else None,
             f"token grid {info.get('grid')} != patch grid {[grid, grid]}"
-            if list(info.get("grid", [])) != [grid, grid] else None,
-        ]  # fmt: skip
+            if list(info.get("grid", [])) != [grid, grid]
+            else None,
+        ]
         if any(problems):
             raise InputError(
                 f"the cached token ids in {name} do not fit this run: {'; '.join(p for p in problems if p)}. "

@@ -289,8 +289,9 @@ def load_dvae(directory: str | Path) -> tuple[DiscreteVAE, dict]:
     """Read what :func:`save_dvae` wrote; returns ``(model, config)``."""
     directory = Path(directory)
     if not (directory / DVAE_CONFIG).is_file():
-        raise MissingError(f"{directory} is not a saved dVAE (no {DVAE_CONFIG}); train one with "
-                                "recipes/dalle/train_tokenizer.py")  # fmt: skip
+        raise MissingError(
+            f"{directory} is not a saved dVAE (no {DVAE_CONFIG}); train one with recipes/dalle/train_tokenizer.py"
+        )
     cfg = json.loads((directory / DVAE_CONFIG).read_text())
     sizes = {k: cfg[k] for k in ("hidden_size", "vocab_size", "num_groups", "blocks_per_group")}
     encoder = DalleEncoder(**sizes)

@@ -99,8 +99,16 @@ class TrainState:
 
     def resume(self) -> bool:
         """Apply ``checkpoint.resume``; True when a checkpoint was loaded. Writes ``config.yaml``."""
-        meta = resume(self.manager, self.config.resume, self.model, self.optimizer, self.components,
-                      self.ctx.config, self.frozen, log=self.ctx.print)  # fmt: skip
+        meta = resume(
+            self.manager,
+            self.config.resume,
+            self.model,
+            self.optimizer,
+            self.components,
+            self.ctx.config,
+            self.frozen,
+            log=self.ctx.print,
+        )
         self.ctx.write_config()
         return meta is not None
 
@@ -130,8 +138,17 @@ def prepare_training(
     scaler = make_grad_scaler(precision, ctx.device)
     options = StepOptions(precision, optim.grad_accum, optim.max_grad_norm)
     perf = perf if perf is not None else PerfMeter(ctx.device, precision)
-    step = TrainStep(ctx, model, optimizer, scheduler, options, params=raw_model.parameters(), scaler=scaler,
-                     after_update=after_update, perf=perf)  # fmt: skip
+    step = TrainStep(
+        ctx,
+        model,
+        optimizer,
+        scheduler,
+        options,
+        params=raw_model.parameters(),
+        scaler=scaler,
+        after_update=after_update,
+        perf=perf,
+    )
     everything = {"scheduler": SchedulerState(scheduler), **components, "rng": RNGState()}
     if scaler is not None:
         everything["grad_scaler"] = scaler
@@ -194,10 +211,12 @@ class LogWindow:
         ``perf/mfu`` (those against the device's peak, when known) and ``perf/data_wait`` (the share of the
         time this rank waited for batches)."""
         elapsed = max(time.perf_counter() - self.start - self.paused, 1e-9)
-        out = {"perf/samples_per_s": self.samples * world_size / elapsed,
-               "perf/tokens_per_s": self.tokens * world_size / elapsed,
-               "perf/tflops_per_device": self.flops / elapsed / 1e12,
-               "perf/data_wait": min(self.wait / elapsed, 1.0)}  # fmt: skip
+        out = {
+            "perf/samples_per_s": self.samples * world_size / elapsed,
+            "perf/tokens_per_s": self.tokens * world_size / elapsed,
+            "perf/tflops_per_device": self.flops / elapsed / 1e12,
+            "perf/data_wait": min(self.wait / elapsed, 1.0),
+        }
         if self.peak:
             out["perf/mfu"] = self.flops / elapsed / self.peak
         return out
@@ -209,8 +228,9 @@ def progress_bar(ctx: RunContext, total: int, initial: int, desc: str, enabled: 
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
+    return tqdm(
+        total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0
+    )
 
 
 @dataclass(frozen=True)
@@ -242,9 +262,15 @@ def loop_options(cfg: Any, desc: str = "train") -> LoopOptions:
     """:func:`train_loop`'s settings from a recipe config in the shared vocabulary: ``optim.total_steps``,
     ``checkpoint.every``, ``max_nonfinite``, ``log_every``, ``eval_every``, ``progress``; ``desc`` labels the
     progress bar."""
-    return LoopOptions(total_steps=cfg.optim.total_steps, checkpoint_every=cfg.checkpoint.every,
-                       max_nonfinite=cfg.max_nonfinite, log_every=cfg.log_every, eval_every=cfg.eval_every,
-                       progress=cfg.progress, desc=desc)  # fmt: skip
+    return LoopOptions(
+        total_steps=cfg.optim.total_steps,
+        checkpoint_every=cfg.checkpoint.every,
+        max_nonfinite=cfg.max_nonfinite,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        progress=cfg.progress,
+        desc=desc,
+    )
 
 
 def train_loop(

@@ -140,18 +140,7 @@ def resume(
             logger.warning("checkpoint %s cannot be loaded (%s); trying %s", path, failed, older)
             log(f"WARNING: checkpoint {path} cannot be loaded ({failed}); falling back to {older}")
             continue
-        retired = ckpt.retire_after(meta["step"])
-        if retired:
-            log(f"resumed from an older step: set aside {', '.join(p.name for p in retired)} (*.abandoned)")
-        for line in changes:
-            log(f"config changed since the checkpoint: {line}")
-        if meta.get("elastic_workers") and not meta.get("elastic_from"):
-            log("elastic resume: the data workers changed since the checkpoint; the rest of every begun data "
-                "epoch is dealt to the new workers")  # fmt: skip
-        if meta.get("elastic_from"):
-            log(f"elastic resume: the checkpoint was written by {meta['elastic_from']} rank(s), this run has "
-                f"{ckpt.comm.world_size}; the rest of every begun data epoch is dealt to the new ranks")  # fmt: skip
-        log(f"resumed from {path} at step {meta['step']}")
+        _report_resume(ckpt, path, meta, changes, log)
         return meta
     if candidates:  # never start "fresh" from weights a failed load may have half-written
         raise CheckpointError(
@@ -159,3 +148,23 @@ def resume(
             "move them aside or set checkpoint.resume=none to start over"
         )
     return None
+
+
+def _report_resume(ckpt: CheckpointManager, path: Path, meta: dict[str, Any], changes: list[str], log) -> None:
+    """Set aside checkpoints newer than the one resumed and say what the resume changed."""
+    retired = ckpt.retire_after(meta["step"])
+    if retired:
+        log(f"resumed from an older step: set aside {', '.join(p.name for p in retired)} (*.abandoned)")
+    for line in changes:
+        log(f"config changed since the checkpoint: {line}")
+    if meta.get("elastic_workers") and not meta.get("elastic_from"):
+        log(
+            "elastic resume: the data workers changed since the checkpoint; the rest of every begun data "
+            "epoch is dealt to the new workers"
+        )
+    if meta.get("elastic_from"):
+        log(
+            f"elastic resume: the checkpoint was written by {meta['elastic_from']} rank(s), this run has "
+            f"{ckpt.comm.world_size}; the rest of every begun data epoch is dealt to the new ranks"
+        )
+    log(f"resumed from {path} at step {meta['step']}")

@@ -140,8 +140,10 @@ class TrainStep:
             raise InputError("precision fp16 needs a GradScaler (make_grad_scaler)")
         can = scaler is None and bool(optimizer.defaults.get("fused"))
         if options.on_device and not can:
-            raise InputError("the non-finite skip can be decided on the device only with a fused optimiser "
-                             "(optim.fused=true) and no GradScaler (precision fp32 or bf16)")  # fmt: skip
+            raise InputError(
+                "the non-finite skip can be decided on the device only with a fused optimiser "
+                "(optim.fused=true) and no GradScaler (precision fp32 or bf16)"
+            )
         self.on_device = can if options.on_device is None else options.on_device
         self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]

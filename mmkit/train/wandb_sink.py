@@ -47,8 +47,15 @@ class WandbSink:
         wandb = require_wandb()
         id_file = run_dir / ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        self.run = wandb.init(project=project, entity=entity, name=name or run_dir.resolve().name, id=run_id,
-                              resume="allow", dir=str(run_dir), config=config or {})  # fmt: skip
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            name=name or run_dir.resolve().name,
+            id=run_id,
+            resume="allow",
+            dir=str(run_dir),
+            config=config or {},
+        )
         if not id_file.is_file():
             id_file.write_text(run_id + "\n")
         self.run_id = run_id

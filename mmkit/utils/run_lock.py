@@ -71,8 +71,9 @@ class RunDirLock:
             ) from None
         previous = _read(handle)
         if previous:
-            logger.warning("taking over run directory %s from %s, which is no longer running", run_dir,
-                           _describe(previous))  # fmt: skip
+            logger.warning(
+                "taking over run directory %s from %s, which is no longer running", run_dir, _describe(previous)
+            )
         handle.seek(0)
         handle.truncate()
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -153,8 +153,10 @@ class UnreadableWeights(InputError):
     never advises loading it another way."""
 
     def __init__(self, path: str | Path, why: str) -> None:
-        super().__init__(f"{path} cannot be trusted or read: {why}; it was not loaded (use a checkpoint written "
-                         "by mmkit, transformers or torch.save of a state dict)")  # fmt: skip
+        super().__init__(
+            f"{path} cannot be trusted or read: {why}; it was not loaded (use a checkpoint written "
+            "by mmkit, transformers or torch.save of a state dict)"
+        )
         self.path = str(path)
 
 
@@ -256,8 +258,11 @@ def load_strict(
     """
     allowed_new = may_be_new if callable(may_be_new) else set(may_be_new).__contains__
     own = module.state_dict()
-    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]  # fmt: skip
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     absent = sorted(set(own) - set(state))
     missing = [k for k in absent if not allowed_new(k)]
     unexpected = sorted(set(state) - set(own))

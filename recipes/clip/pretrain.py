@@ -109,8 +109,9 @@ class ClipPretrainRecipe(PretrainRecipe):
 
     def image_transform(self) -> ImageTransform:
         d = self.cfg.data
-        return ImageTransform(ImageTransformConfig(self.model_cfg.image.image_size, 0, random_crop=d.random_crop,
-                                                   decode=d.image_decode))  # fmt: skip
+        return ImageTransform(
+            ImageTransformConfig(self.model_cfg.image.image_size, 0, random_crop=d.random_crop, decode=d.image_decode)
+        )
 
     def loaders(self, paths: DataPaths) -> RecipeData:
         length = self.model_cfg.text_length or self.train_text_length  # SigLIP's pooler needs one length

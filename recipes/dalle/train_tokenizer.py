@@ -163,8 +163,24 @@ class TokenizerTrainConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
 
-FROZEN = ("seed", "model", "optim.grad_accum", *(f"data.{k}" for k in ("dataset", "images", "image_size",
-          "random_crop", "batch_size", "num_workers", "streaming", "shuffle_buffer")))  # fmt: skip
+FROZEN = (
+    "seed",
+    "model",
+    "optim.grad_accum",
+    *(
+        f"data.{k}"
+        for k in (
+            "dataset",
+            "images",
+            "image_size",
+            "random_crop",
+            "batch_size",
+            "num_workers",
+            "streaming",
+            "shuffle_buffer",
+        )
+    ),
+)
 
 
 def frozen_fields(cfg) -> tuple[str, ...]:
@@ -233,17 +249,27 @@ class TokenizerRecipe:
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed, find_unused_parameters=False)
         self.codes = CodeCounts(torch.zeros(m.vocab_size, dtype=torch.long, device=ctx.device))
         self.step, self.state = prepare_training(
-            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
-            components={"data": self.stream, "codes": self.codes}, frozen=frozen_fields(cfg),
+            ctx,
+            self.model,
+            self.raw_model,
+            optim=cfg.optim,
+            precision=cfg.precision,
+            checkpoint=cfg.checkpoint,
+            components={"data": self.stream, "codes": self.codes},
+            frozen=frozen_fields(cfg),
             perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, patch_size=2 ** (m.num_groups - 1)),  # a token's pixels
-        )  # fmt: skip
+        )
         self.resumed = self.state.resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
 
     def new_model(self) -> DiscreteVAE:
         m = self.cfg.model
-        sizes = dict(hidden_size=m.hidden_size, vocab_size=m.vocab_size, num_groups=m.num_groups,
-                     blocks_per_group=m.blocks_per_group)  # fmt: skip
+        sizes = dict(
+            hidden_size=m.hidden_size,
+            vocab_size=m.vocab_size,
+            num_groups=m.num_groups,
+            blocks_per_group=m.blocks_per_group,
+        )
         return DiscreteVAE(DalleEncoder(**sizes), DalleDecoder(**sizes, init_size=m.init_size))
 
     def _setup_data(self) -> Source | None:
@@ -259,8 +285,9 @@ class TokenizerRecipe:
         options = LoaderOptions.from_config(d, info, cfg.seed)
         folder = len(train) == 1 and "://" not in train[0] and Path(train[0]).is_dir()
         if d.streaming and not folder:
-            loader = make_stream_loader(train, "image", stack_pixels, options, name="images",
-                                        image_transform=ImageTransform(tcfg))  # fmt: skip
+            loader = make_stream_loader(
+                train, "image", stack_pixels, options, name="images", image_transform=ImageTransform(tcfg)
+            )
         else:
             dataset = SampleDataset(image_source(train, "images"), "image", ImageTransform(tcfg), seed=cfg.seed)
             loader = make_loader(dataset, stack_pixels, options)
@@ -313,9 +340,13 @@ class TokenizerRecipe:
             self.metrics.log(0, self.evaluate(), split="eval")
             self.save_grid(0)
         done = train_loop(
-            self.ctx, self.state, lambda step: self.step(self._next_batch, self._forward_at(step - 1), step),
-            loop_options(cfg, "dvae"), on_log=self._log, on_eval=self._on_eval,
-        )  # fmt: skip
+            self.ctx,
+            self.state,
+            lambda step: self.step(self._next_batch, self._forward_at(step - 1), step),
+            loop_options(cfg, "dvae"),
+            on_log=self._log,
+            on_eval=self._on_eval,
+        )
         if not done:
             return {}
         final = self.evaluate()
@@ -341,8 +372,14 @@ class TokenizerRecipe:
         beta = kl_weight_schedule(index, o.kl_weight, o.kl_warmup_steps)
 
         def forward(model, x: torch.Tensor):
-            out = model(x, temperature=tau, kl_weight=beta, straight_through=o.straight_through,
-                        recon_loss=o.recon_loss, pixel_sigma=o.pixel_sigma)  # fmt: skip
+            out = model(
+                x,
+                temperature=tau,
+                kl_weight=beta,
+                straight_through=o.straight_through,
+                recon_loss=o.recon_loss,
+                pixel_sigma=o.pixel_sigma,
+            )
             self.codes.counts += torch.bincount(out.ids.flatten(), minlength=self.codes.counts.numel())
             self.last = (x, out.ids.detach(), tau, beta)
             subpixels, tokens = x[0].numel(), out.ids[0].numel()
@@ -356,10 +393,16 @@ class TokenizerRecipe:
         with torch.no_grad(), full_parameters(self.model):
             mse = ((self.raw_model.decode_ids(ids) - _to_unit(x)) ** 2).mean().item()
         usage = codebook_usage(torch.repeat_interleave(torch.arange(counts.numel()), counts), counts.numel())
-        record.update({"loss/recon_mse": mse, "temperature": tau, "kl_weight": beta,
-                       "lr": self.step.scheduler.get_last_lr()[0],
-                       "data/skipped_total": sum(self.stream.skipped.values()),
-                       **{f"usage/{k}": v for k, v in usage.items()}})  # fmt: skip
+        record.update(
+            {
+                "loss/recon_mse": mse,
+                "temperature": tau,
+                "kl_weight": beta,
+                "lr": self.step.scheduler.get_last_lr()[0],
+                "data/skipped_total": sum(self.stream.skipped.values()),
+                **{f"usage/{k}": v for k, v in usage.items()},
+            }
+        )
         self.metrics.log(step, record)
         self.codes.counts.zero_()
 

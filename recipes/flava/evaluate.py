@@ -177,8 +177,13 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
 
 def load_model(cfg: EvalConfig, device: torch.device) -> tuple[FLAVAModel | DualEncoderModel, TextTokenizer | None]:
     """The encoders (strictly loaded, eval mode) and their tokenizer (:func:`mmkit.eval.loading.load_encoders`)."""
-    return load_encoders(cfg.checkpoint, tokenizer=cfg.tokenizer, model_config=cfg.model_config, device=device,
-                         log=lambda m: print(m, flush=True))  # fmt: skip
+    return load_encoders(
+        cfg.checkpoint,
+        tokenizer=cfg.tokenizer,
+        model_config=cfg.model_config,
+        device=device,
+        log=lambda m: print(m, flush=True),
+    )
 
 
 class Evaluation:
@@ -239,8 +244,11 @@ class Evaluation:
         classes = class_embeddings(names, self.embed_texts, prompts)
         img = self.model.project_image(feats)
         preds = zero_shot_logits(img, classes).argmax(1)
-        return {task: (preds == labels).float().mean().item(), f"{task}/chance": 1 / len(names),
-                f"{task}/mean_per_class_recall": mean_per_class_recall(preds, labels, len(names))}  # fmt: skip
+        return {
+            task: (preds == labels).float().mean().item(),
+            f"{task}/chance": 1 / len(names),
+            f"{task}/mean_per_class_recall": mean_per_class_recall(preds, labels, len(names)),
+        }
 
     def retrieval(self, task: str, name: str) -> dict[str, float]:
         p = self.cfg.pairs
@@ -276,8 +284,11 @@ class Evaluation:
         probe = fit_linear_probe(x, y, seed=self.cfg.seed, num_classes=classes)  # the suite's probe (mmkit.eval.probe)
         xt, yt = self.image_features(test, self.cfg.samples)
         preds = probe.predict(xt)
-        return {task: (preds == yt).float().mean().item(), f"{task}/C": probe.c,
-                f"{task}/mean_per_class_recall": mean_per_class_recall(preds, yt, classes)}  # fmt: skip
+        return {
+            task: (preds == yt).float().mean().item(),
+            f"{task}/C": probe.c,
+            f"{task}/mean_per_class_recall": mean_per_class_recall(preds, yt, classes),
+        }
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -318,13 +329,29 @@ def evaluate_suite(cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
         model, tokenizer = load_model(cfg, device)
         transform, transform_id = eval_transform(model, cfg.checkpoint)
         cache = FeatureCache(cfg.cache or Path(cfg.out) / "features")
-        ctx = SuiteContext(model, tokenizer, transform, transform_id, cache, batch_size=cfg.batch_size,
-                           num_workers=cfg.num_workers, max_bad_fraction=cfg.max_bad_fraction, progress=cfg.progress,
-                           seed=cfg.seed)  # fmt: skip
+        ctx = SuiteContext(
+            model,
+            tokenizer,
+            transform,
+            transform_id,
+            cache,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            max_bad_fraction=cfg.max_bad_fraction,
+            progress=cfg.progress,
+            seed=cfg.seed,
+        )
     hold = RunDirLock.acquire(cfg.out)  # one suite run per out folder: a second stops naming the first
     try:
-        results = run_suite(tasks, ctx, cfg.out, checkpoint=cfg.checkpoint, weights=weights,
-                            log=lambda m: print(m, flush=True), runners={"finetune": FinetuneRunner(cfg)})  # fmt: skip
+        results = run_suite(
+            tasks,
+            ctx,
+            cfg.out,
+            checkpoint=cfg.checkpoint,
+            weights=weights,
+            log=lambda m: print(m, flush=True),
+            runners={"finetune": FinetuneRunner(cfg)},
+        )
     finally:
         hold.release()
     print((Path(cfg.out) / "results.md").read_text())
@@ -365,8 +392,13 @@ class FinetuneRunner:
 
     def overrides(self, task) -> list[str]:
         cfg, run_dir = self.cfg, Path(self.cfg.out) / "runs" / check_name(task.name, "a suite task's name")
-        out = [f"task={task.task}", f"path={task.path}", f"run_dir={run_dir}", f"seed={cfg.seed}",
-               f"progress={str(cfg.progress).lower()}"]  # fmt: skip
+        out = [
+            f"task={task.task}",
+            f"path={task.path}",
+            f"run_dir={run_dir}",
+            f"seed={cfg.seed}",
+            f"progress={str(cfg.progress).lower()}",
+        ]
         out += [f"init_from={cfg.checkpoint}"] if cfg.checkpoint else []
         out += [f"tokenizer={cfg.tokenizer}"] if cfg.tokenizer else []
         out += [f"max_sample_bytes={cfg.max_sample_bytes}", f"allow_outside_root={str(cfg.allow_outside_root).lower()}"]
@@ -384,11 +416,16 @@ class FinetuneRunner:
         results = json.loads((recipe.run_dir / "results.json").read_text())
         spec = finetune_task(task.task)
         sizes = {spec.select: len(recipe.val_ds), **{s: n for s, (_, n) in recipe.report_loaders.items()}}
-        return {**results["metrics"], "samples": sum(sizes[s] for s in spec.report.values()),
-                "train_samples": len(recipe.train_ds), "best_step": results["best_step"],
-                "steps": recipe.cfg.optim.total_steps, **_finetune_skips(results),
-                "run_dir": str(recipe.run_dir),
-                **({"predictions": results["predictions"]} if results["predictions"] else {})}  # fmt: skip
+        return {
+            **results["metrics"],
+            "samples": sum(sizes[s] for s in spec.report.values()),
+            "train_samples": len(recipe.train_ds),
+            "best_step": results["best_step"],
+            "steps": recipe.cfg.optim.total_steps,
+            **_finetune_skips(results),
+            "run_dir": str(recipe.run_dir),
+            **({"predictions": results["predictions"]} if results["predictions"] else {}),
+        }
 
 
 def _finetune_skips(results: dict[str, Any]) -> dict[str, Any]:

@@ -181,11 +181,38 @@ class FinetuneConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
 
-FROZEN = ("seed", "init_from", "preset", "model", "modality", "problem_type", "num_classes", "head_hidden", "task",
-          "path", "images", "predict", "epochs", "warmup_fraction",
-          "train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
-          "answers_column", "answer_vocab", "answer_vocab_size", "tokenizer", "image_size", "max_length",
-          "batch_size", "num_workers", "optim.grad_accum", "metric")  # fmt: skip
+FROZEN = (
+    "seed",
+    "init_from",
+    "preset",
+    "model",
+    "modality",
+    "problem_type",
+    "num_classes",
+    "head_hidden",
+    "task",
+    "path",
+    "images",
+    "predict",
+    "epochs",
+    "warmup_fraction",
+    "train_path",
+    "val_path",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "image_column",
+    "answers_column",
+    "answer_vocab",
+    "answer_vocab_size",
+    "tokenizer",
+    "image_size",
+    "max_length",
+    "batch_size",
+    "num_workers",
+    "optim.grad_accum",
+    "metric",
+)
 
 
 def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
@@ -194,11 +221,15 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     if cfg.task in FINETUNE_TASKS:
         return _named_task_config(cfg)
     if cfg.predict:
-        raise InputError(f"predict= is for a named task's unlabelled splits (e.g. task=vqav2 predict=[test-dev]), "
-                         f"not task={cfg.task}")  # fmt: skip
+        raise InputError(
+            f"predict= is for a named task's unlabelled splits (e.g. task=vqav2 predict=[test-dev]), "
+            f"not task={cfg.task}"
+        )
     if ":" in cfg.task and not cfg.task.startswith("shapes:"):
-        raise InputError(f"unknown task {cfg.task!r}: choose shapes:<name>, folder, text, pairs or one of "
-                         f"{', '.join(FINETUNE_TASKS)}")  # fmt: skip
+        raise InputError(
+            f"unknown task {cfg.task!r}: choose shapes:<name>, folder, text, pairs or one of "
+            f"{', '.join(FINETUNE_TASKS)}"
+        )
     if (cfg.metric in ("pearson", "spearman")) != (cfg.problem_type == "regression"):
         raise InputError(
             f"metric {cfg.metric!r} does not fit problem_type {cfg.problem_type!r}: regression takes "
@@ -212,8 +243,16 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
 
 
 #: What a named benchmark task decides itself: its files' columns (and its encoder, problem type, metric).
-NAMED_TASK_OWNS = ("train_path", "val_path", "text_column", "text_pair_column", "label_column", "image_column",
-                   "answers_column", "answer_vocab")  # fmt: skip
+NAMED_TASK_OWNS = (
+    "train_path",
+    "val_path",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "image_column",
+    "answers_column",
+    "answer_vocab",
+)
 
 
 def _named_task_config(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -273,9 +312,14 @@ class Progress:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # evaluated splits: "key: why" of unreadable records
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [list(h) for h in self.history], "best": self.best, "start": self.start,
-                "reported": dict(self.reported), "predictions": dict(self.predictions),
-                "skipped": dict(self.skipped)}  # fmt: skip
+        return {
+            "history": [list(h) for h in self.history],
+            "best": self.best,
+            "start": self.start,
+            "reported": dict(self.reported),
+            "predictions": dict(self.predictions),
+            "skipped": dict(self.skipped),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [tuple(h) for h in state["history"]]
@@ -305,22 +349,36 @@ class FinetuneRecipe:
         self.raw_model = self._model(cfg.num_classes or len(classes)).to(ctx.device)
         positions = self.raw_model.model.config.text.max_positions
         if self.tokenizer is not None and cfg.max_length > positions:
-            raise InputError(f"max_length {cfg.max_length} exceeds the text encoder's {positions} positions: "
-                             f"set max_length={positions} or less")  # fmt: skip
+            raise InputError(
+                f"max_length {cfg.max_length} exceeds the text encoder's {positions} positions: "
+                f"set max_length={positions} or less"
+            )
         self._setup_data(train, val)
         self._derive_schedule()
         self.model = parallelize(self.raw_model, ctx.info, cfg.distributed)
         self.step, self.state = prepare_training(
-            ctx, self.model, self.raw_model, optim=cfg.optim, precision=cfg.precision, checkpoint=cfg.checkpoint,
-            components={"data": self.stream, "progress": self.progress}, frozen=FROZEN,
+            ctx,
+            self.model,
+            self.raw_model,
+            optim=cfg.optim,
+            precision=cfg.precision,
+            checkpoint=cfg.checkpoint,
+            components={"data": self.stream, "progress": self.progress},
+            frozen=FROZEN,
             perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, self.raw_model.model.config.image.patch_size),
-        )  # fmt: skip
+        )
         self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False, log=cfg.log,
-                                     config=config_to_dict(cfg))  # fmt: skip
-        self.classifier_info = {"num_classes": cfg.num_classes or len(classes), "modality": cfg.modality,
-                                "problem_type": cfg.problem_type, "hidden_dim": cfg.head_hidden,
-                                "classes": [str(c) for c in classes], "metric": cfg.metric}  # fmt: skip
+        self.metrics = MetricsLogger(
+            self.run_dir, enabled=ctx.is_main, tensorboard=False, log=cfg.log, config=config_to_dict(cfg)
+        )
+        self.classifier_info = {
+            "num_classes": cfg.num_classes or len(classes),
+            "modality": cfg.modality,
+            "problem_type": cfg.problem_type,
+            "hidden_dim": cfg.head_hidden,
+            "classes": [str(c) for c in classes],
+            "metric": cfg.metric,
+        }
 
     def _model(self, num_classes: int):
         cfg = self.cfg
@@ -338,9 +396,15 @@ class FinetuneRecipe:
                     f"{self.tokenizer.vocab_size}: set tokenizer= to the tokenizer the tower was trained with"
                 )
         torch.manual_seed(cfg.seed)  # the same new head on every rank
-        model = flava_model_for_classification(num_classes, cfg.modality, base, checkpoint=self.init_path,
-                                               problem_type=cfg.problem_type, hidden_dim=cfg.head_hidden,
-                                               **overrides)  # fmt: skip
+        model = flava_model_for_classification(
+            num_classes,
+            cfg.modality,
+            base,
+            checkpoint=self.init_path,
+            problem_type=cfg.problem_type,
+            hidden_dim=cfg.head_hidden,
+            **overrides,
+        )
         reports = [str(r) for r in init_towers(model.model)] if base is not None else []
         if self.ctx.is_main and (model.load_report is not None or reports):
             text = "\n".join([str(model.load_report)] * (model.load_report is not None) + reports)
@@ -443,8 +507,9 @@ class FinetuneRecipe:
 
         def split(name: str, classes: Any = None):
             if name not in opened:
-                opened[name] = open_task_split(task, cfg.path, name, max_bad_fraction=cfg.max_bad_fraction,
-                                               classes=classes, **keys)  # fmt: skip
+                opened[name] = open_task_split(
+                    task, cfg.path, name, max_bad_fraction=cfg.max_bad_fraction, classes=classes, **keys
+                )
             return opened[name]
 
         train = split(task.train)
@@ -461,8 +526,12 @@ class FinetuneRecipe:
     def _labeled_sources(self):
         cfg, regression = self.cfg, self.cfg.problem_type == "regression"
         if cfg.task == "text":
-            kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, text_pair_column=cfg.text_pair_column,
-                      regression=regression)  # fmt: skip
+            kw = dict(
+                text_column=cfg.text_column,
+                label_column=cfg.label_column,
+                text_pair_column=cfg.text_pair_column,
+                regression=regression,
+            )
             train = LabeledText(cfg.train_path, **kw)
             return train, LabeledText(cfg.val_path, labels=train.classes, **kw)
         if cfg.task != "pairs":
@@ -470,12 +539,22 @@ class FinetuneRecipe:
         vocab = None
         if cfg.answer_vocab:
             vocab = [a for a in Path(cfg.answer_vocab).read_text(encoding="utf-8").splitlines() if a.strip()]
-        kw = dict(image_column=cfg.image_column, text_column=cfg.text_column, label_column=cfg.label_column,
-                  answers_column=cfg.answers_column)  # fmt: skip
-        train = LabeledPairs(cfg.train_path, answer_vocab=vocab or cfg.answer_vocab_size,
-                             allow_outside_root=cfg.allow_outside_root, **kw)  # fmt: skip
-        return train, LabeledPairs(cfg.val_path, labels=train.classes, answer_vocab=train.classes,
-                                   allow_outside_root=cfg.allow_outside_root, **kw)  # fmt: skip
+        kw = dict(
+            image_column=cfg.image_column,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            answers_column=cfg.answers_column,
+        )
+        train = LabeledPairs(
+            cfg.train_path, answer_vocab=vocab or cfg.answer_vocab_size, allow_outside_root=cfg.allow_outside_root, **kw
+        )
+        return train, LabeledPairs(
+            cfg.val_path,
+            labels=train.classes,
+            answer_vocab=train.classes,
+            allow_outside_root=cfg.allow_outside_root,
+            **kw,
+        )
 
     def _predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Logits, labels and the :class:`~mmkit.data.Skipped` records (``#<index>`` keys) left out, over
@@ -572,21 +651,38 @@ class FinetuneRecipe:
         device = self.ctx.device
         next_batch = lambda: {k: v.to(device) for k, v in next(self.stream).items()}  # noqa: E731
         done = train_loop(
-            self.ctx, self.state, lambda step: self.step(next_batch, _forward, step),
-            loop_options(cfg, f"finetune {cfg.task}"), on_log=self._log, on_eval=self._on_eval,
-        )  # fmt: skip
+            self.ctx,
+            self.state,
+            lambda step: self.step(next_batch, _forward, step),
+            loop_options(cfg, f"finetune {cfg.task}"),
+            on_log=self._log,
+            on_eval=self._on_eval,
+        )
         if not done:
             return {}
         if not p.history or p.history[-1][0] != self.state.step:
             self._on_eval(self.state.step)
         skipped, named = self._skipped()
-        results = {"task": cfg.task, "metric": cfg.metric, "start": p.start, "best_step": p.best[0],
-                   "best": p.best[1], "final": p.history[-1][1], "metrics": p.reported,
-                   "skipped": skipped, "skipped_records": named, "history": p.history,
-                   "init_from": cfg.init_from, "predictions": self._write_predictions()}  # fmt: skip
+        results = {
+            "task": cfg.task,
+            "metric": cfg.metric,
+            "start": p.start,
+            "best_step": p.best[0],
+            "best": p.best[1],
+            "final": p.history[-1][1],
+            "metrics": p.reported,
+            "skipped": skipped,
+            "skipped_records": named,
+            "history": p.history,
+            "init_from": cfg.init_from,
+            "predictions": self._write_predictions(),
+        }
         if self.ctx.is_main and any(skipped.values()):
-            print("records skipped: " + "; ".join(f"{split} {n} (e.g. {', '.join(named[split][:2])})"
-                                                  for split, n in skipped.items() if n), flush=True)  # fmt: skip
+            print(
+                "records skipped: "
+                + "; ".join(f"{split} {n} (e.g. {', '.join(named[split][:2])})" for split, n in skipped.items() if n),
+                flush=True,
+            )
         if self.ctx.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({k: v for k, v in results.items() if k != "history"}), flush=True)

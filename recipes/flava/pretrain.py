@@ -133,11 +133,16 @@ FROZEN = frozen_fields(PretrainConfig())
 def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
     """YAML file, then ``key=value`` overrides; unknown keys and bad values raise, naming them."""
     cfg = load_recipe_config(PretrainConfig, path, overrides)
-    towers = [f"model.{side}.init_from" for side in ("image", "text")
-              if cfg.model.get(f"{side}.init_from") or (cfg.model.get(side) or {}).get("init_from")]  # fmt: skip
+    towers = [
+        f"model.{side}.init_from"
+        for side in ("image", "text")
+        if cfg.model.get(f"{side}.init_from") or (cfg.model.get(side) or {}).get("init_from")
+    ]
     if cfg.meta_init and towers:  # said before the towers are read
-        raise ConfigError(f"invalid config: meta_init=true cannot start encoders from towers ({', '.join(towers)}): "
-                          "towers are copied into a whole model; set meta_init=false")  # fmt: skip
+        raise ConfigError(
+            f"invalid config: meta_init=true cannot start encoders from towers ({', '.join(towers)}): "
+            "towers are copied into a whole model; set meta_init=false"
+        )
     mcfg = model_config(cfg)  # validates the model overrides now, not after the data is built
     builtin = mcfg.codebook.checkpoint == BUILTIN_TOKENIZER and mcfg.pretraining.mim_target == "tokens"
     if builtin and cfg.data.dataset != "shapes":
@@ -148,13 +153,17 @@ def load_config(path: str | None, overrides: list[str]) -> PretrainConfig:
         )
     if random_codebook(mcfg):
         problem = RANDOM_CODEBOOK.replace("codebook.checkpoint", "model.codebook.checkpoint").replace(
-            "pretraining.mim_target", "model.pretraining.mim_target")  # fmt: skip
-        raise ConfigError(f"invalid config: model.codebook: {problem}, or model.codebook.allow_random=true to train "
-                          "on it anyway")  # fmt: skip
+            "pretraining.mim_target", "model.pretraining.mim_target"
+        )
+        raise ConfigError(
+            f"invalid config: model.codebook: {problem}, or model.codebook.allow_random=true to train on it anyway"
+        )
     unsupported = flava_hf_unsupported(mcfg)
     if unsupported:  # said before training, not discovered at export
-        print(f"note: no final/hf at the end: transformers' FLAVA cannot express {', '.join(unsupported)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: no final/hf at the end: transformers' FLAVA cannot express {', '.join(unsupported)}",
+            file=sys.stderr,
+        )
     return cfg
 
 
@@ -209,9 +218,15 @@ class FLAVAPretrainRecipe(PretrainRecipe):
     def image_transform(self) -> ImageTransform:
         d, mcfg = self.cfg.data, self.model_cfg
         pixels = mcfg.pretraining.mim_target == "pixels"  # pixel-regression MIM needs no tokenizer input
-        return ImageTransform(ImageTransformConfig(image_size=mcfg.image.image_size,
-            codebook_image_size=0 if pixels else mcfg.codebook.image_size, random_crop=d.random_crop,
-            fast=d.fast_images, decode=d.image_decode))  # fmt: skip
+        return ImageTransform(
+            ImageTransformConfig(
+                image_size=mcfg.image.image_size,
+                codebook_image_size=0 if pixels else mcfg.codebook.image_size,
+                random_crop=d.random_crop,
+                fast=d.fast_images,
+                decode=d.image_decode,
+            )
+        )
 
     def loaders(self, paths: DataPaths) -> RecipeData:
         d, mcfg, tok = self.cfg.data, self.model_cfg, self.tokenizer
@@ -264,8 +279,9 @@ class FLAVAPretrainRecipe(PretrainRecipe):
         if data.cached_tokens:
             self.ctx.print(f"cached tokenizer ids in {', '.join(data.cached_tokens)}: the codebook is skipped there")
         cfg, weights = self.cfg, mcfg.pretraining.weights.as_dict()  # not under FSDP2 hooks or a compiled step
-        self.grad_norms = GradNormProbe(cfg.grad_norms_every, weights, enabled=cfg.distributed != "fsdp"
-                                        and cfg.compile == "none")  # fmt: skip
+        self.grad_norms = GradNormProbe(
+            cfg.grad_norms_every, weights, enabled=cfg.distributed != "fsdp" and cfg.compile == "none"
+        )
         return model if self.cfg.meta_init else model.to(self.ctx.device)
 
     def materialize(self, model: FLAVAForPreTraining) -> None:

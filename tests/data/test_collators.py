@@ -109,8 +109,10 @@ def test_a_fixed_text_length_pads_the_masks_an_unpadded_batch_draws():
     blocks = BlockMaskGenerator(grid_size=4, num_masking_patches=6, min_block=2)
     tokens = TokenMasker(30522, MASK, special_token_ids=[CLS, SEP], mask_prob=0.3)
     samples = _samples()
-    for free, fixed in ((PairCollator(blocks, tokens, 0.5, seed=3), PairCollator(blocks, tokens, 0.5, 11, seed=3)),
-                        (TextCollator(tokens, seed=3), TextCollator(tokens, 11, seed=3))):  # fmt: skip
+    for free, fixed in (
+        (PairCollator(blocks, tokens, 0.5, seed=3), PairCollator(blocks, tokens, 0.5, 11, seed=3)),
+        (TextCollator(tokens, seed=3), TextCollator(tokens, 11, seed=3)),
+    ):
         a, b = free(samples), fixed(samples)
         length = a.masked_input_ids.shape[1]
         assert length < 11 and b.masked_input_ids.shape == b.mlm_labels.shape == b.attention_mask.shape == (6, 11)

@@ -48,8 +48,11 @@ def _batch(records, tokenizer, decode: str, random_crop: bool = False):
     transform = ImageTransform(cfg)
     ds = SampleDataset(_Records(records), "pair", transform, tokenizer, seed=3)
     tok = tokenizer
-    collate = PairCollator(BlockMaskGenerator.flava(4), TokenMasker(tok.vocab_size, tok.mask_token_id,
-                           tok.special_token_ids, tok.pad_token_id), itm_negative_prob=0.0)  # fmt: skip
+    collate = PairCollator(
+        BlockMaskGenerator.flava(4),
+        TokenMasker(tok.vocab_size, tok.mask_token_id, tok.special_token_ids, tok.pad_token_id),
+        itm_negative_prob=0.0,
+    )
     samples = [ds[i] for i in range(len(records))]
     if not all(isinstance(x, dict) for x in samples):
         return transform, None, samples

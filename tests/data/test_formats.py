@@ -51,8 +51,13 @@ def test_tar_shards_read_what_the_format_writes(tmp_path):
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, format="PNG")
     meta = token_cache_meta("0123456789abcdef", 16, 2, 40)
-    assert meta == {"fingerprint": "0123456789abcdef", "image_size": 16, "grid": [2, 2], "vocab_size": 40,
-                    "crop": "center"}  # fmt: skip
+    assert meta == {
+        "fingerprint": "0123456789abcdef",
+        "image_size": 16,
+        "grid": [2, 2],
+        "vocab_size": 40,
+        "crop": "center",
+    }
     path = tmp_path / "shard.tar"
     with tarfile.open(path, "w") as tar:
         _add(tar, TOKENIZER_META, json.dumps(meta).encode())

@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def small_shapes(tmp_path_factory):
-    return shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=96, num_val=16, num_images=48, num_text=64,
-                          per_shard=40)  # fmt: skip
+    return shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), num_train=96, num_val=16, num_images=48, num_text=64, per_shard=40
+    )
 
 
 def _same(a: list[dict], b: list[dict]) -> None:
@@ -40,8 +41,19 @@ def test_resume_in_a_fresh_process_gives_the_same_batches(tmp_path, small_shapes
         interrupted = build(small_shapes.root, tokenizer, rank, world, workers)
         take(interrupted, n)
         torch.save(interrupted.state_dict(), tmp_path / "state.pt")
-        cmd = [sys.executable, "-m", "tests.data.resume_helper", str(tmp_path / "state.pt"), str(tmp_path / "next.pt"),
-               str(small_shapes.root), str(tok_dir), str(rank), str(world), str(workers), str(m)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.data.resume_helper",
+            str(tmp_path / "state.pt"),
+            str(tmp_path / "next.pt"),
+            str(small_shapes.root),
+            str(tok_dir),
+            str(rank),
+            str(world),
+            str(workers),
+            str(m),
+        ]
         subprocess.run(cmd, check=True, cwd=REPO, timeout=300)
         resumed = torch.load(tmp_path / "next.pt", weights_only=False)
         _same(resumed, reference[n:])
@@ -90,8 +102,11 @@ def test_bad_records_are_counted_and_too_many_stop_the_run(shards, tokenizer):
     assert len(batch) == 8  # the sample without a caption is a skipped record too, as when streamed
     stats = lenient.stats()["pairs"]
     assert stats["seen"] == 12 and stats["skipped"] == 4 and len(stats["examples"]) >= 3
-    strict = MixedBatches({"pairs": (make_loader(ds, collator, LoaderOptions(12), shuffle=False), 1.0)},
-                          max_bad_fraction=0.1, min_samples=1)  # fmt: skip
+    strict = MixedBatches(
+        {"pairs": (make_loader(ds, collator, LoaderOptions(12), shuffle=False), 1.0)},
+        max_bad_fraction=0.1,
+        min_samples=1,
+    )
     with pytest.raises(DataQualityError, match=r"4 of 12 records could not be used .*pairs-001.tar:100"):
         next(strict)
 

@@ -102,8 +102,9 @@ def test_random_crop_is_deterministic_per_sample(shards):
     from mmkit.data import ImageTransform, ImageTransformConfig
 
     src = TarShards(shards[0])
-    transform = ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True,
-                                                         scale=(0.3, 0.6)))  # fmt: skip
+    transform = ImageTransform(
+        ImageTransformConfig(image_size=32, codebook_image_size=32, random_crop=True, scale=(0.3, 0.6))
+    )
     ds = SampleDataset(src, "image", image_transform=transform, seed=3)
     a, b, c = ds[(0, 0, 2)], ds[(0, 5, 2)], ds[(1, 0, 2)]
     assert torch.equal(a["image"], b["image"])  # same epoch and index: same crop

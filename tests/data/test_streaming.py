@@ -60,8 +60,14 @@ def _loader(paths, rank=0, world=1, workers=0, batch=4, buffer=8, seed=3):
     from mmkit.data import ImageTransform, ImageTransformConfig
 
     options = LoaderOptions(batch, rank=rank, world_size=world, seed=seed, num_workers=workers, shuffle_buffer=buffer)
-    return make_stream_loader([str(p) for p in paths], "image", keys_of, options, name="pairs",
-                              image_transform=ImageTransform(ImageTransformConfig(8, 0)))  # fmt: skip
+    return make_stream_loader(
+        [str(p) for p in paths],
+        "image",
+        keys_of,
+        options,
+        name="pairs",
+        image_transform=ImageTransform(ImageTransformConfig(8, 0)),
+    )
 
 
 def _take(it, n):
@@ -222,8 +228,9 @@ def test_a_truncated_shard_reports_its_lost_samples(tmp_path):
 
 def test_sizes_files_of_webdataset_and_img2dataset(tmp_path):
     write_shards(tmp_path / "a", [3, 4])
-    (tmp_path / "a" / "_info.json").write_text(json.dumps({"shardlist": [
-        {"url": "pairs-0000.tar", "nsamples": 3}, {"url": "pairs-0001.tar", "nsamples": 4}]}))  # fmt: skip
+    (tmp_path / "a" / "_info.json").write_text(
+        json.dumps({"shardlist": [{"url": "pairs-0000.tar", "nsamples": 3}, {"url": "pairs-0001.tar", "nsamples": 4}]})
+    )
     assert [s.samples for s in resolve_shards(str(tmp_path / "a" / "pairs-{0000..0001}.tar"))] == [3, 4]
     write_shards(tmp_path / "b", [2, 5], prefix="0000")
     for name, n in (("0000-0000", 2), ("0000-0001", 5)):
@@ -281,8 +288,16 @@ def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
         with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
             for i in range(n):
                 key = f"{shard:05d}{i:04d}"
-                meta = {"url": f"http://x/{key}.jpg", "caption": f"a green box {key}", "key": key, "status": "success",
-                        "width": 40, "height": 30, "original_width": 400, "original_height": 300}  # fmt: skip
+                meta = {
+                    "url": f"http://x/{key}.jpg",
+                    "caption": f"a green box {key}",
+                    "key": key,
+                    "status": "success",
+                    "width": 40,
+                    "height": 30,
+                    "original_width": 400,
+                    "original_height": 300,
+                }
                 add(tar, f"{key}.jpg", buf.getvalue())
                 add(tar, f"{key}.txt", meta["caption"].encode())
                 add(tar, f"{key}.json", json.dumps(meta).encode())
@@ -295,8 +310,9 @@ def test_img2dataset_layout_as_the_tool_writes_it(tmp_path):
     transform = ImageTransform(ImageTransformConfig(8, 0))
     indexed = SampleDataset(TarShards(pattern), "image", transform)
     assert len(indexed) == 8
-    loader = make_stream_loader(pattern, "pair", keys_of, LoaderOptions(8), image_transform=transform,
-                                tokenizer=_WordCount())  # fmt: skip
+    loader = make_stream_loader(
+        pattern, "pair", keys_of, LoaderOptions(8), image_transform=transform, tokenizer=_WordCount()
+    )
     batch, skipped = next(iter(loader))
     assert not skipped and sorted(k for _, k in batch) == sorted(indexed.source[i].key for i in range(8))
 

@@ -35,10 +35,12 @@ def _loader(patterns, storage_options=None, rank=0, world=1, workers=2):
     from mmkit.data import ImageTransform, ImageTransformConfig, LoaderOptions
     from mmkit.data.streaming import make_stream_loader
 
-    options = LoaderOptions(4, rank=rank, world_size=world, seed=3, num_workers=workers, shuffle_buffer=8,
-                            storage_options=storage_options)  # fmt: skip
-    return make_stream_loader(patterns, "image", keys_of, options,
-                              image_transform=ImageTransform(ImageTransformConfig(8, 0)))  # fmt: skip
+    options = LoaderOptions(
+        4, rank=rank, world_size=world, seed=3, num_workers=workers, shuffle_buffer=8, storage_options=storage_options
+    )
+    return make_stream_loader(
+        patterns, "image", keys_of, options, image_transform=ImageTransform(ImageTransformConfig(8, 0))
+    )
 
 
 def test_local_http_and_s3_give_identical_batches(local, http_root, s3):

@@ -12,8 +12,7 @@ def _odd_shard(path):
     """Members out of order (a, b split), a sample without caption (c), a key that comes back (d)."""
     png = {k: png_bytes(i)[0] for i, k in enumerate("abcde")}
     with tarfile.open(path, "w") as tar:
-        for name in ("a.png", "b.png", "a.txt", "b.txt", "c.png", "d.png", "d.txt", "e.png", "e.txt", "d.png",
-                     "d.txt"):  # fmt: skip
+        for name in ("a.png", "b.png", "a.txt", "b.txt", "c.png", "d.png", "d.txt", "e.png", "e.txt", "d.png", "d.txt"):
             key, ext = name.split(".")
             add(tar, name, png[key] if ext == "png" else f"caption {key}".encode())
     return path
@@ -21,8 +20,9 @@ def _odd_shard(path):
 
 def _view(records):
     """Each sample's key and why it is skipped, or its image and caption bytes when it is usable."""
-    return [(r.key, r.meta["error"]) if r.meta.get("error") else (r.key, r.image, r.meta.get("text_bytes"))
-            for r in records]  # fmt: skip
+    return [
+        (r.key, r.meta["error"]) if r.meta.get("error") else (r.key, r.image, r.meta.get("text_bytes")) for r in records
+    ]
 
 
 def test_index_and_stream_read_the_same_samples_and_skips(tmp_path):

@@ -16,7 +16,11 @@ from mmkit.data.tasks import (
 
 def test_parse_first_group():
     assert parse_first_group("two small red circles to the left of a big blue square") == {
-        "count": "2", "size": "small", "color": "red", "shape": "circle"}  # fmt: skip
+        "count": "2",
+        "size": "small",
+        "color": "red",
+        "shape": "circle",
+    }
     with pytest.raises(ValueError, match="not a shapes caption"):
         parse_first_group("a cat on a mat")
 

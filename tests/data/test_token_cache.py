@@ -41,8 +41,13 @@ def test_cache_writes_the_tokenizer_ids_beside_each_sample(shards, dvae_dir, tmp
     tok = ImageTokenizer(encoder)
     src, cached = TarShards(shards[0]), TarShards(out / shards[0].name)
     info = cached.token_info
-    assert info == {"fingerprint": tokenizer_fingerprint(encoder), "image_size": 16, "grid": [4, 4],
-                    "vocab_size": 40, "crop": "center"}  # fmt: skip
+    assert info == {
+        "fingerprint": tokenizer_fingerprint(encoder),
+        "image_size": 16,
+        "grid": [4, 4],
+        "vocab_size": 40,
+        "crop": "center",
+    }
     # the oracle: the tokenizer on the centre crop's tokenizer input, computed here
     transform = ImageTransform(ImageTransformConfig(image_size=32, codebook_image_size=16))
     ds = SampleDataset(cached, "image", ImageTransform(ImageTransformConfig(32, 0)), image_tokens=True)

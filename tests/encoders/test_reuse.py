@@ -64,8 +64,10 @@ def test_an_encoder_resets_itself_by_its_builders_rule():
     """What a builder applies is the encoder's own ``reset_parameters()``: after garbage (as ``to_empty`` leaves
     it) the same constants and the builder's std come back, the padding row and the position ids too."""
     small = dict(hidden_size=64, num_layers=1, num_heads=2, mlp_dim=128)
-    for enc, zero in ((vit_encoder(**small, image_size=16, patch_size=8), True),
-                      (flava_text_encoder(**small, vocab_size=300, zero_init_tokens=False), False)):  # fmt: skip
+    for enc, zero in (
+        (vit_encoder(**small, image_size=16, patch_size=8), True),
+        (flava_text_encoder(**small, vocab_size=300, zero_init_tokens=False), False),
+    ):
         built = {k: v.clone() for k, v in enc.state_dict().items()}
         with torch.no_grad():
             for t in (*enc.parameters(), *enc.buffers()):

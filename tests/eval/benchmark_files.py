@@ -61,8 +61,11 @@ def cifar_python(root: Path, hundred: bool = False, per_batch: int = 3) -> Path:
     names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for b, name in enumerate(names):
         data = np.stack([pixels(100 * b + i) for i in range(per_batch)])
-        batch = {b"batch_label": f"batch {b}".encode(), b"data": data,
-                 b"filenames": [f"img_{b}_{i}.png".encode() for i in range(per_batch)]}  # fmt: skip
+        batch = {
+            b"batch_label": f"batch {b}".encode(),
+            b"data": data,
+            b"filenames": [f"img_{b}_{i}.png".encode() for i in range(per_batch)],
+        }
         if hundred:
             batch[b"fine_labels"] = [(7 * b + i) % 100 for i in range(per_batch)]
             batch[b"coarse_labels"] = [i % 20 for i in range(per_batch)]
@@ -70,8 +73,10 @@ def cifar_python(root: Path, hundred: bool = False, per_batch: int = 3) -> Path:
             batch[b"labels"] = [(b + i) % 10 for i in range(per_batch)]
         (d / name).write_bytes(pickle.dumps(batch, protocol=2))
     if hundred:
-        meta = {b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
-                b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}  # fmt: skip
+        meta = {
+            b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+        }
         (d / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     else:
         meta = {b"label_names": [n.encode() for n in CIFAR10], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
@@ -88,8 +93,10 @@ def mnist(root: Path, n_train: int = 5, n_test: int = 4, gz: bool = True) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, arr in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                          ("labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))):  # fmt: skip
+        for kind, arr in (
+            ("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+            ("labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8)),
+        ):
             raw = idx(arr)
             name = f"{prefix}-{kind}"
             if gz:
@@ -126,10 +133,17 @@ def karpathy(root: Path, dataset: str = "flickr30k", n_test: int = 3, per_image:
         split = "test" if i < n_test else ("train" if i == n_test else "val")
         name = f"{1000 + i}.jpg"
         (folder / name).write_bytes(png(i))
-        sentences = [{"tokens": ["a", "b"], "raw": f"photo {i} sentence {j}.", "imgid": i, "sentid": 5 * i + j}
-                     for j in range(per_image)]  # fmt: skip
-        entry = {"sentids": [s["sentid"] for s in sentences], "imgid": i, "sentences": sentences, "split": split,
-                 "filename": name}  # fmt: skip
+        sentences = [
+            {"tokens": ["a", "b"], "raw": f"photo {i} sentence {j}.", "imgid": i, "sentid": 5 * i + j}
+            for j in range(per_image)
+        ]
+        entry = {
+            "sentids": [s["sentid"] for s in sentences],
+            "imgid": i,
+            "sentences": sentences,
+            "split": split,
+            "filename": name,
+        }
         if dataset == "coco":
             entry["filepath"] = "val2014"
             entry["cocoid"] = i
@@ -145,12 +159,16 @@ def parquet(path: Path, n: int = 6, retrieval: bool = False, classes=("cat", "do
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = pa.array([{"bytes": png(i), "path": f"img_{i}.png"} for i in range(n)],
-                     type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # fmt: skip
+    image = pa.array(
+        [{"bytes": png(i), "path": f"img_{i}.png"} for i in range(n)],
+        type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
     if retrieval:
         target = pa.array([[f"row {i} caption {j}" for j in range(2)] for i in range(n)], type=pa.list_(pa.string()))
-        features = {"image": {"_type": "Image"}, "caption": {"feature": {"dtype": "string", "_type": "Value"},
-                                                               "_type": "Sequence"}}  # fmt: skip
+        features = {
+            "image": {"_type": "Image"},
+            "caption": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "Sequence"},
+        }
         table = pa.table({"image": image, "caption": target})
     else:
         target = pa.array([i % len(classes) for i in range(n)], type=pa.int64())

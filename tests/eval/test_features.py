@@ -38,8 +38,9 @@ def setup(tmp_path):
 
 
 def _extract(model, transform, data, cache, transform_id="t", **kw):
-    return image_features(model, data, transform, transform_id=transform_id, cache=cache, batch_size=5,
-                          progress=False, **kw)  # fmt: skip
+    return image_features(
+        model, data, transform, transform_id=transform_id, cache=cache, batch_size=5, progress=False, **kw
+    )
 
 
 def test_a_hit_runs_no_forward_pass_and_a_change_misses(setup, tmp_path):

@@ -24,9 +24,13 @@ from tests.eval import vqa_reference
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune-files")
-    return {"glue_data": ff.glue_data(root / "glue_data"), "hub": ff.glue_parquet(root / "glue"),
-            "vqa": ff.vqav2(root / "vqa"), "snli": ff.snli_ve(root / "snli-ve"),
-            "memes": ff.hateful_memes(root / "hateful_memes")}  # fmt: skip
+    return {
+        "glue_data": ff.glue_data(root / "glue_data"),
+        "hub": ff.glue_parquet(root / "glue"),
+        "vqa": ff.vqav2(root / "vqa"),
+        "snli": ff.snli_ve(root / "snli-ve"),
+        "memes": ff.hateful_memes(root / "hateful_memes"),
+    }
 
 
 def _rows(source):
@@ -88,12 +92,32 @@ def test_a_file_of_another_glue_task_or_split_is_one_error(files):
 
 @pytest.mark.parametrize(
     "answer, normal",
-    [("Two dogs.", "2 dogs"), ("the cat", "cat"), ("An apple", "apple"), ("a", ""), ("yes!", "yes"), ("Yes?", "yes"),
-     ("dont", "don't"), ("isnt it", "isn't it"), ("it's", "it's"), ("whats up", "what's up"), ("1,000", "1000"),
-     ("red, white", "red white"), ("t-shirt", "t shirt"), ("2.5", "2.5"), ("mr. smith", "mr smith"), ("None", "0"),
-     ("ten", "10"), ("eleven", "eleven"), (" left\n side\t", "left side"), ("(red)", "red"), ("yes/no", "yes no"),
-     ("somebody'd", "somebodyd"), ("Im", "im")],
-)  # fmt: skip
+    [
+        ("Two dogs.", "2 dogs"),
+        ("the cat", "cat"),
+        ("An apple", "apple"),
+        ("a", ""),
+        ("yes!", "yes"),
+        ("Yes?", "yes"),
+        ("dont", "don't"),
+        ("isnt it", "isn't it"),
+        ("it's", "it's"),
+        ("whats up", "what's up"),
+        ("1,000", "1000"),
+        ("red, white", "red white"),
+        ("t-shirt", "t shirt"),
+        ("2.5", "2.5"),
+        ("mr. smith", "mr smith"),
+        ("None", "0"),
+        ("ten", "10"),
+        ("eleven", "eleven"),
+        (" left\n side\t", "left side"),
+        ("(red)", "red"),
+        ("yes/no", "yes no"),
+        ("somebody'd", "somebodyd"),
+        ("Im", "im"),
+    ],
+)
 def test_vqa_answer_normalisation_follows_the_official_rules(answer, normal):
     """Cases from the VQA evaluation's documented rules (punctuation, periods not before a digit, number
     words, articles, contractions; the script's table quirks kept: capitalised keys never match)."""
@@ -117,9 +141,16 @@ def test_vqa_soft_scores_equal_the_official_leave_one_out_accuracy():
 #: Ten identical answers that normalisation would change: the official evaluation compares them raw.
 UNANIMOUS = ["t-shirt", "Two", "1,000", "Yes!", "The dog", "Dont", "mr. smith", "None"]
 #: Spellings the mixed questions draw their ten answers from (several normalise to the same answer).
-POOLS = [["t-shirt", "t shirt", "T-Shirt", "shirt"], ["Two", "2", "two", "3", "2 "], ["1,000", "1000", "100", "1 000"],
-         ["yes", "Yes!", "yes.", "no", "No"], ["the dog", "dog", "A dog", "dogs"], ["dont know", "don't know", "no"],
-         ["mr. smith", "mr smith", "Smith"], ["none", "0", "zero", "1"]]  # fmt: skip
+POOLS = [
+    ["t-shirt", "t shirt", "T-Shirt", "shirt"],
+    ["Two", "2", "two", "3", "2 "],
+    ["1,000", "1000", "100", "1 000"],
+    ["yes", "Yes!", "yes.", "no", "No"],
+    ["the dog", "dog", "A dog", "dogs"],
+    ["dont know", "don't know", "no"],
+    ["mr. smith", "mr smith", "Smith"],
+    ["none", "0", "zero", "1"],
+]
 
 
 def _vqa_questions() -> dict[int, list[str]]:
@@ -148,8 +179,10 @@ def test_vqa_official_accuracy_equals_the_published_rules_question_by_question()
     official = vqa_official_accuracy(predicted, questions)
     reference = [vqa_reference.question_accuracy(predicted[q], given) for q, given in questions.items()]
     assert official == pytest.approx(sum(reference) / len(reference), abs=1e-6)
-    always_normalised = [vqa_answer_score([normalize_answer(a) for a in given].count(predicted[q]), len(given))
-                         for q, given in questions.items()]  # fmt: skip
+    always_normalised = [
+        vqa_answer_score([normalize_answer(a) for a in given].count(predicted[q]), len(given))
+        for q, given in questions.items()
+    ]
     assert sum(always_normalised) / len(questions) - official > 0.4  # the 8 unanimous questions: 1 there, 0 here
     with pytest.raises(InputError, match="1 question\\(s\\) without an answer"):
         vqa_official_accuracy({q: a for q, a in predicted.items() if q != 99}, questions)
@@ -193,8 +226,12 @@ def test_vqav2_questions_annotations_and_images(files, tmp_path):
         "in v2_OpenEnded_mscoco_val2014_questions.json"
     ]
     (copy / "val2014").mkdir()
-    ds = ClassificationDataset(open_task_split(task, copy, "val", classes=train.classes, max_bad_fraction=0.2),
-                               "multimodal", lambda im: {"image": torch.zeros(3)}, None)  # fmt: skip
+    ds = ClassificationDataset(
+        open_task_split(task, copy, "val", classes=train.classes, max_bad_fraction=0.2),
+        "multimodal",
+        lambda im: {"image": torch.zeros(3)},
+        None,
+    )
     skipped = ds[(0, 0, 0)]
     assert isinstance(skipped, Skipped) and "cannot read image" in skipped.reason and "COCO_val2014_" in skipped.reason
     # the annotations where the questions belong: one error naming what was expected

@@ -37,8 +37,15 @@ def test_imagenet_from_folders_gets_clips_curated_names_and_80_templates(tmp_pat
     assert origin == "names from CLIP (imagenet); templates from CLIP (imagenet)"
     # the entry's own files win: a mapping file's first names, a templates list
     (root / "mine.txt").write_text("".join(f"n{i:08d} name{i}, other\n" for i in range(1000)))
-    own = SuiteTask("imagenet", "zero_shot", "folder", str(root), split="val", templates=["a {} here"],
-                    keys={"classnames": "mine.txt"})  # fmt: skip
+    own = SuiteTask(
+        "imagenet",
+        "zero_shot",
+        "folder",
+        str(root),
+        split="val",
+        templates=["a {} here"],
+        keys={"classnames": "mine.txt"},
+    )
     names, templates, origin = class_prompts(own, own.open())
     assert names[:2] == ["name0", "name1"] and templates == ["a {} here"]
     assert origin == "names from the entry's classnames; templates from the entry"
@@ -97,14 +104,25 @@ def test_results_md_says_split_metric_selection_and_where_the_paper_differs(tmp_
         "  - {name: vqa, kind: finetune, task: vqav2, path: v}\n"
     )
     tasks = load_suite(suite)
-    results = {"_weights": "ab" * 32,
-               "pets": {"accuracy": 0.5, "mean_per_class_recall": 0.4, "samples": 10, "selected_on": "val",
-                        "val_split": "val", "C": 0.316, "train_samples": 30},
-               "vqa": {"vqa_accuracy": 0.6, "samples": 5, "best_step": 20, "steps": 40}}  # fmt: skip
+    results = {
+        "_weights": "ab" * 32,
+        "pets": {
+            "accuracy": 0.5,
+            "mean_per_class_recall": 0.4,
+            "samples": 10,
+            "selected_on": "val",
+            "val_split": "val",
+            "C": 0.316,
+            "train_samples": 30,
+        },
+        "vqa": {"vqa_accuracy": 0.6, "samples": 5, "best_step": 20, "steps": 40},
+    }
     table = results_table(tasks, results, "ckpt")
     assert f"`{'ab' * 32}`" in table
-    assert "| pets | linear_probe | test | mean_per_class_recall | 40.00 | 80.00 | 10 | C=0.316 chosen on val; " \
-           "fit on 30; **paper:** other splits |" in table  # fmt: skip
+    assert (
+        "| pets | linear_probe | test | mean_per_class_recall | 40.00 | 80.00 | 10 | C=0.316 chosen on val; "
+        "fit on 30; **paper:** other splits |" in table
+    )
     assert "| pets | linear_probe | test | accuracy | 50.00 |  | 10 |  |" in table
     assert (
         "| vqa | finetune | val | vqa_accuracy | 60.00 | 72.49 | 5 | best step 20 of 40; **paper:** Table 4 " in table
@@ -114,8 +132,9 @@ def test_results_md_says_split_metric_selection_and_where_the_paper_differs(tmp_
 
 def test_bad_entries_and_an_empty_suite_are_named(tmp_path):
     suite = tmp_path / "s.yaml"
-    suite.write_text("tasks:\n  - {name: a, kind: zero_shot, layout: wds, path: p, templates: 5, metric: top5,"
-                     " val_split: [a]}\n")  # fmt: skip
+    suite.write_text(
+        "tasks:\n  - {name: a, kind: zero_shot, layout: wds, path: p, templates: 5, metric: top5, val_split: [a]}\n"
+    )
     with pytest.raises(ValueError) as e:
         load_suite(suite)
     assert "templates must be a file name or a list of strings, got 5" in str(e.value)

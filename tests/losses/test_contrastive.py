@@ -108,10 +108,11 @@ def _single_process(n, masked=False):
     return out.loss.detach(), {n_: p.grad for n_, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("sizes", "masked", "rows"),
-                         [((4, 4), False, None), ((3, 5), False, None), ((4, 4), True, None), ((3, 5), False, 6),
-                          ((4, 4), True, 5)],
-                         ids=["equal", "unequal", "matched-only", "unequal-padded", "matched-only-padded"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sizes", "masked", "rows"),
+    [((4, 4), False, None), ((3, 5), False, None), ((4, 4), True, None), ((3, 5), False, 6), ((4, 4), True, 5)],
+    ids=["equal", "unequal", "matched-only", "unequal-padded", "matched-only-padded"],
+)
 def test_two_processes_equal_one_process(tmp_path, sizes, masked, rows):
     """Sizes exchanged on the host (``rows_per_rank=None``) or each rank padded to ``rows`` (no host sync)."""
     args = (2, str(tmp_path / "init"), str(tmp_path), sizes, True, masked, rows)

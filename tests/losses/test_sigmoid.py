@@ -51,8 +51,10 @@ def _worker(rank, world, init_file, out_dir, n, compiled=False):
             loss_fn = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
         loss = loss_fn(x, y, scale, bias)
         loss.backward()
-        torch.save({"loss": loss.detach(), "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+        torch.save(
+            {"loss": loss.detach(), "x": x.grad, "y": y.grad, "scale": scale.grad, "bias": bias.grad},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -107,10 +107,14 @@ def test_a_transformers_flava_directory_with_fewer_layers_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_a_transformers_clip_or_siglip_directory_with_fewer_layers_is_refused(kind, tmp_path):
-    config_cls, model_cls = {"clip": (transformers.CLIPConfig, transformers.CLIPModel),
-                             "siglip": (transformers.SiglipConfig, transformers.SiglipModel)}[kind]  # fmt: skip
-    cfg = config_cls(vision_config=dict(TOWER, image_size=32, patch_size=8),
-                     text_config=dict(TOWER, vocab_size=100, max_position_embeddings=16))  # fmt: skip
+    config_cls, model_cls = {
+        "clip": (transformers.CLIPConfig, transformers.CLIPModel),
+        "siglip": (transformers.SiglipConfig, transformers.SiglipModel),
+    }[kind]
+    cfg = config_cls(
+        vision_config=dict(TOWER, image_size=32, patch_size=8),
+        text_config=dict(TOWER, vocab_size=100, max_position_embeddings=16),
+    )
     model = model_cls(cfg)
     model.save_pretrained(tmp_path / "hf")
     load_dual_encoder(tmp_path / "hf")  # fits as saved
@@ -179,8 +183,9 @@ print(json.dumps(out))
 
 def test_a_huge_config_is_refused_before_allocating(export, tmp_path):
     huge = _edited(export, tmp_path / "huge", lambda c: c["image"].update(hidden_size=65536))
-    run = subprocess.run([sys.executable, "-c", _CAPPED_LOAD, str(huge)], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _CAPPED_LOAD, str(huge)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["allocated"] is False  # the address-space cap is real

@@ -118,8 +118,10 @@ def test_state_dicts_round_trip_bit_identical():
 
 
 def test_saved_directories_load_in_transformers(tmp_path):
-    for build, cls in ((lambda: clip_model(CLIPConfig.tiny()), transformers.CLIPModel),
-                       (lambda: siglip_model(SigLIPConfig.tiny()), transformers.SiglipModel)):  # fmt: skip
+    for build, cls in (
+        (lambda: clip_model(CLIPConfig.tiny()), transformers.CLIPModel),
+        (lambda: siglip_model(SigLIPConfig.tiny()), transformers.SiglipModel),
+    ):
         ours = randomize_(build(), seed=3).eval()
         path = save_dual_encoder_hf(ours, tmp_path / cls.__name__)
         theirs = cls.from_pretrained(path).eval()

@@ -30,14 +30,19 @@ def _batches(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
         return dict(input_ids=ids, attention_mask=mask, masked_input_ids=masked, mlm_labels=labels)
 
     def image():
-        return dict(pixel_values=torch.randn(B, 3, 32, 32, generator=g),
-                    codebook_pixel_values=torch.rand(B, 3, 32, 32, generator=g) * 0.8 + 0.1,
-                    patch_mask=BlockMaskGenerator.flava(4).batch(B, generator=g))  # fmt: skip
+        return dict(
+            pixel_values=torch.randn(B, 3, 32, 32, generator=g),
+            codebook_pixel_values=torch.rand(B, 3, 32, 32, generator=g) * 0.8 + 0.1,
+            patch_mask=BlockMaskGenerator.flava(4).batch(B, generator=g),
+        )
 
     text_only = text()
     del text_only["input_ids"]
-    return {"pair": {**image(), **text(), "itm_labels": torch.tensor([1, 0, 1, 1])}, "image": image(),
-            "text": text_only}  # fmt: skip
+    return {
+        "pair": {**image(), **text(), "itm_labels": torch.tensor([1, 0, 1, 1])},
+        "image": image(),
+        "text": text_only,
+    }
 
 
 def _model(static: bool = False, **pretraining):

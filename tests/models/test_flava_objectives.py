@@ -106,11 +106,19 @@ def test_the_table_names_orders_and_sides_the_objectives():
     assert {o.name for o in FLAVA_OBJECTIVES} == set(OBJECTIVES)
     assert reporting_order(FLAVA_OBJECTIVES) == list(OBJECTIVES)  # the weights' order, the logs' order
     assert [o.name for o in head_build_order((*FLAVA_OBJECTIVES, TOY))] == [
-        "mim", "mlm", "mmm_image", "mmm_text", "itm", "toy"
-    ]  # fmt: skip
+        "mim",
+        "mlm",
+        "mmm_image",
+        "mmm_text",
+        "itm",
+        "toy",
+    ]
     assert {o.name: o.side for o in FLAVA_OBJECTIVES if o.side} == {
-        "mim": "image", "mmm_image": "image", "mlm": "text", "mmm_text": "text"
-    }  # fmt: skip
+        "mim": "image",
+        "mmm_image": "image",
+        "mlm": "text",
+        "mmm_text": "text",
+    }
     weights = FLAVAConfig.tiny(**{"pretraining.weights.mlm": 0.0}).pretraining.weights
     assert trains_on("image", weights) and not trains_on("text", weights)
     torch.manual_seed(0)

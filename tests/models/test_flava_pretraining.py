@@ -169,15 +169,21 @@ def test_errors_name_the_missing_input(batch):
     with pytest.raises(ValueError, match="needs masked_input_ids and mlm_labels"):
         model(input_ids=batch["input_ids"])
     with pytest.raises(ValueError, match="image targets have 9 tokens per image but the ViT has 16"):
-        model(pixel_values=batch["pixel_values"], patch_mask=batch["patch_mask"],
-              image_token_ids=torch.zeros(B, 9, dtype=torch.long))  # fmt: skip
+        model(
+            pixel_values=batch["pixel_values"],
+            patch_mask=batch["patch_mask"],
+            image_token_ids=torch.zeros(B, 9, dtype=torch.long),
+        )
     with pytest.raises(ValueError, match="tokenizer grid 7 .* differs from the ViT patch grid 4"):
         flava_model_for_pretraining(cfg, codebook={"image_size": 56})
     no_tok = flava_model_for_pretraining(cfg, codebook={"enabled": False})
     assert no_tok.image_tokenizer is None
     with pytest.raises(ValueError, match="has no image tokenizer"):
-        no_tok(pixel_values=batch["pixel_values"], patch_mask=batch["patch_mask"],
-               codebook_pixel_values=batch["codebook_pixel_values"])  # fmt: skip
+        no_tok(
+            pixel_values=batch["pixel_values"],
+            patch_mask=batch["patch_mask"],
+            codebook_pixel_values=batch["codebook_pixel_values"],
+        )
 
 
 def test_tokenizer_is_frozen_and_out_of_the_optimizer():

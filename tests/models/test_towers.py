@@ -55,8 +55,12 @@ def test_flava_text_from_a_clip_tower_reports_the_causal_change(tmp_path):
     assert any("bidirectional" in c for c in report.notes)
     cfg = model.config.text
     assert (cfg.vocab_size, cfg.max_positions, cfg.type_vocab_size, cfg.embedding_norm, cfg.causal) == (
-        100, 16, 0, False, False,
-    )  # fmt: skip
+        100,
+        16,
+        0,
+        False,
+        False,
+    )
     ids = torch.randint(3, 90, (2, 9))
     with torch.no_grad():  # the embeddings are the tower's exactly (attention differs: bidirectional)
         torch.testing.assert_close(

@@ -28,12 +28,26 @@ def pairs(tmp_path_factory):
 
 
 def _args(data, run_dir, model_type, steps, *extra):
-    return ["--config", str(REPO / "recipes/clip/configs/demo.yaml"), f"run_dir={run_dir}", f"model_type={model_type}",
-            "data.dataset=files", f"data.train_pairs={[str(p) for p in data.train_pairs]}",
-            f"data.val_pairs={[str(p) for p in data.val_pairs]}", f"data.text={[str(p) for p in data.text]}",
-            "data.vocab_size=300", "data.batch_size=8", f"optim.total_steps={steps}", "optim.warmup_steps=2",
-            "checkpoint.every=3", "log_every=1", "eval_every=1000", "eval_samples=32", "progress=false",
-            *extra]  # fmt: skip
+    return [
+        "--config",
+        str(REPO / "recipes/clip/configs/demo.yaml"),
+        f"run_dir={run_dir}",
+        f"model_type={model_type}",
+        "data.dataset=files",
+        f"data.train_pairs={[str(p) for p in data.train_pairs]}",
+        f"data.val_pairs={[str(p) for p in data.val_pairs]}",
+        f"data.text={[str(p) for p in data.text]}",
+        "data.vocab_size=300",
+        "data.batch_size=8",
+        f"optim.total_steps={steps}",
+        "optim.warmup_steps=2",
+        "checkpoint.every=3",
+        "log_every=1",
+        "eval_every=1000",
+        "eval_samples=32",
+        "progress=false",
+        *extra,
+    ]
 
 
 def _records(run_dir, split):
@@ -59,8 +73,19 @@ def test_clip_export_is_read_by_transformers_and_the_evaluation_recipe(tmp_path,
     # the evaluation recipe's retrieval over the same held-out pairs as the recipe's last evaluation
     out = tmp_path / "eval.json"
     evaluate = load_recipe("recipes/flava/evaluate.py")
-    assert evaluate.main([f"checkpoint={final}", "tasks=retrieval", f"pairs={pairs.val_pairs[0]}", "samples=32",
-                          f"out={out}", "device=cpu"]) == 0  # fmt: skip
+    assert (
+        evaluate.main(
+            [
+                f"checkpoint={final}",
+                "tasks=retrieval",
+                f"pairs={pairs.val_pairs[0]}",
+                "samples=32",
+                f"out={out}",
+                "device=cpu",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     last = _records(run, "eval")[-1]
     for direction in ("image_to_text", "text_to_image"):  # one near-tie may flip between paddings
@@ -69,11 +94,28 @@ def test_clip_export_is_read_by_transformers_and_the_evaluation_recipe(tmp_path,
 
 def _run(data, run_dir, steps, env=None, check=True):
     """SigLIP on 2 DDP ranks, its loss over 2 accumulated micro-batches (two passes) with patch dropout."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
-           *_args(data, run_dir, "siglip", steps, "distributed=ddp", "data.num_workers=1", "data.batch_size=4",
-                  "optim.grad_accum=2", "model.image.patch_dropout=0.5")]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=600, check=check)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(RECIPE),
+        *_args(
+            data,
+            run_dir,
+            "siglip",
+            steps,
+            "distributed=ddp",
+            "data.num_workers=1",
+            "data.batch_size=4",
+            "optim.grad_accum=2",
+            "model.image.patch_dropout=0.5",
+        ),
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, check=check
+    )
 
 
 @pytest.mark.slow
@@ -116,12 +158,23 @@ def test_flava_pretraining_starts_from_the_clip_export(tmp_path, pairs):
     clip_run = tmp_path / "clip"
     assert load_recipe("recipes/clip/pretrain.py").main(_args(pairs, clip_run, "clip", 2, "distributed=none")) == 0
     flava_run = tmp_path / "flava"
-    args = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={flava_run}", "distributed=none",
-            "data.dataset=files", f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
-            f"data.val_pairs={[str(p) for p in pairs.val_pairs]}", f"data.text={[str(p) for p in pairs.text]}",
-            f"data.tokenizer={clip_run / 'final' / 'tokenizer'}", "data.batch_size=8", "optim.total_steps=2",
-            "eval_samples=16", "progress=false", f"model.image.init_from={clip_run / 'final'}",
-            "model.pretraining.mim_target=pixels"]  # fmt: skip
+    args = [
+        "--config",
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        f"run_dir={flava_run}",
+        "distributed=none",
+        "data.dataset=files",
+        f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
+        f"data.val_pairs={[str(p) for p in pairs.val_pairs]}",
+        f"data.text={[str(p) for p in pairs.text]}",
+        f"data.tokenizer={clip_run / 'final' / 'tokenizer'}",
+        "data.batch_size=8",
+        "optim.total_steps=2",
+        "eval_samples=16",
+        "progress=false",
+        f"model.image.init_from={clip_run / 'final'}",
+        "model.pretraining.mim_target=pixels",
+    ]
     assert load_recipe("recipes/flava/pretrain.py").main(args) == 0
     report = (flava_run / "tower_report.txt").read_text()
     assert "FLAVA image encoder from the clip image tower" in report
@@ -158,8 +211,17 @@ def test_jpeg_shards_decoded_on_the_device_train_like_worker_decoding(tmp_path, 
     losses = {}
     for decode in ("worker", "device"):
         run = tmp_path / decode
-        args = _args(pairs, run, "clip", 2, "distributed=none", f"data.train_pairs=[{train}]",
-                     f"data.val_pairs=[{val}]", f"data.image_decode={decode}", "eval_at_start=false")  # fmt: skip
+        args = _args(
+            pairs,
+            run,
+            "clip",
+            2,
+            "distributed=none",
+            f"data.train_pairs=[{train}]",
+            f"data.val_pairs=[{val}]",
+            f"data.image_decode={decode}",
+            "eval_at_start=false",
+        )
         assert load_recipe("recipes/clip/pretrain.py").main(args) == 0
         losses[decode] = [r["loss/contrastive"] for r in _records(run, "train")]
     assert losses["worker"][0] == pytest.approx(losses["device"][0], rel=2e-3)
@@ -171,12 +233,26 @@ def test_flava_contrastive_only_evaluates_without_the_switched_off_batch_kinds(t
     evaluation used to run image-only and text-only batches too, which train nothing then, and stopped."""
     run = tmp_path / "flava"
     off = [f"model.pretraining.weights.{k}=0.0" for k in ("mim", "mlm", "mmm_image", "mmm_text", "itm")]
-    args = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run}", "distributed=none",
-            "data.dataset=files", f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
-            f"data.val_pairs={[str(p) for p in pairs.val_pairs]}", f"data.text={[str(p) for p in pairs.text]}",
-            "data.batch_size=8", "optim.total_steps=2", "eval_samples=16", "progress=false", "data.pair_prob=1.0",
-            "data.image_prob=0.0", "data.text_prob=0.0", "data.itm_negative_prob=0.0", *off,
-            "model.codebook.checkpoint=null"]  # fmt: skip
+    args = [
+        "--config",
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        f"run_dir={run}",
+        "distributed=none",
+        "data.dataset=files",
+        f"data.train_pairs={[str(p) for p in pairs.train_pairs]}",
+        f"data.val_pairs={[str(p) for p in pairs.val_pairs]}",
+        f"data.text={[str(p) for p in pairs.text]}",
+        "data.batch_size=8",
+        "optim.total_steps=2",
+        "eval_samples=16",
+        "progress=false",
+        "data.pair_prob=1.0",
+        "data.image_prob=0.0",
+        "data.text_prob=0.0",
+        "data.itm_negative_prob=0.0",
+        *off,
+        "model.codebook.checkpoint=null",
+    ]
     assert load_recipe("recipes/flava/pretrain.py").main(args) == 0
     first = _records(run, "eval")[0]
     assert "loss/global_contrastive" in first and "loss/mim" not in first and "loss/mlm" not in first
@@ -188,8 +264,14 @@ def test_accumulated_micro_batches_log_the_big_batch_contrastive_loss(tmp_path, 
     step 1 (FLAVA's masked objectives then draw other masks); optim.contrastive_per_micro_batch=true keeps each
     micro-batch's loss on its own 8 pairs (chance ln 8, not ln 32)."""
     recipes = {m: load_recipe(f"recipes/{m}/pretrain.py") for m in ("clip", "flava")}
-    flava = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), "model.pretraining.mim_target=pixels",
-             "data.image_prob=0", "data.text_prob=0", "data.itm_negative_prob=0"]  # fmt: skip
+    flava = [
+        "--config",
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        "model.pretraining.mim_target=pixels",
+        "data.image_prob=0",
+        "data.text_prob=0",
+        "data.itm_negative_prob=0",
+    ]
     runs = {
         "big": ["data.batch_size=32"],
         "accum": ["data.batch_size=8", "optim.grad_accum=4"],
@@ -201,8 +283,15 @@ def test_accumulated_micro_batches_log_the_big_batch_contrastive_loss(tmp_path, 
             if name == "per_micro" and model == "flava":
                 continue
             run = tmp_path / f"{model}_{name}"
-            args = _args(pairs, run, "clip", 1 if name == "per_micro" else steps, "distributed=none",
-                         "eval_at_start=false", *keys)  # fmt: skip
+            args = _args(
+                pairs,
+                run,
+                "clip",
+                1 if name == "per_micro" else steps,
+                "distributed=none",
+                "eval_at_start=false",
+                *keys,
+            )
             if model == "flava":
                 args = [a for a in args[2:] if not a.startswith("model_type=")] + flava
             assert recipes[model].main(args) == 0

@@ -57,10 +57,22 @@ def test_user_data_zero_shot_retrieval_and_linear_probe(data, capsys):
     from mmkit.tokenizers import TextTokenizer
 
     out = data / "eval.json"
-    (data / "eval.yaml").write_text(f"checkpoint: {data / 'ckpt'}\ntasks: zero_shot,retrieval,linear_probe\n"
-                                    f"images: {data / 'val'}\ntrain_images: {data / 'train'}\n")  # fmt: skip
-    assert _recipe().main(["--config", str(data / "eval.yaml"), f"pairs={data / 'pairs.jsonl'}",
-                           f"templates={data / 'templates.txt'}", f"out={out}"]) == 0  # fmt: skip
+    (data / "eval.yaml").write_text(
+        f"checkpoint: {data / 'ckpt'}\ntasks: zero_shot,retrieval,linear_probe\n"
+        f"images: {data / 'val'}\ntrain_images: {data / 'train'}\n"
+    )
+    assert (
+        _recipe().main(
+            [
+                "--config",
+                str(data / "eval.yaml"),
+                f"pairs={data / 'pairs.jsonl'}",
+                f"templates={data / 'templates.txt'}",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     assert "retrieval/image_to_text_r10" in got and "retrieval/text_to_image_r1" in capsys.readouterr().out
 

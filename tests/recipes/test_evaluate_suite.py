@@ -35,8 +35,14 @@ def _evaluate(*keys):
 def test_the_shapes_suite_on_an_mmkit_export(bench, tmp_path, capsys):
     root, export = bench
     out = tmp_path / "eval"
-    args = [f"suite={REPO / 'suites/shapes.yaml'}", f"data_root={root}", f"checkpoint={export}", f"out={out}",
-            "progress=false", "batch_size=16"]  # fmt: skip
+    args = [
+        f"suite={REPO / 'suites/shapes.yaml'}",
+        f"data_root={root}",
+        f"checkpoint={export}",
+        f"out={out}",
+        "progress=false",
+        "batch_size=16",
+    ]
     assert _evaluate(*args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["_checkpoint"] == str(export)
@@ -93,9 +99,13 @@ def test_a_transformers_directory_with_the_papers_numbers_beside(bench, tmp_path
     root, export = bench
     tok = TextTokenizer.from_pretrained(export / "tokenizer")
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    config = FlavaConfig(image_config=dict(small, image_size=32, patch_size=8),
-                         text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
-                         multimodal_config=dict(small), projection_dim=24, hidden_size=32)  # fmt: skip
+    config = FlavaConfig(
+        image_config=dict(small, image_size=32, patch_size=8),
+        text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
+        multimodal_config=dict(small),
+        projection_dim=24,
+        hidden_size=32,
+    )
     torch.manual_seed(0)
     FlavaModel(config).save_pretrained(tmp_path / "hf")
     suite = tmp_path / "paper.yaml"
@@ -106,8 +116,17 @@ def test_a_transformers_directory_with_the_papers_numbers_beside(bench, tmp_path
         " images: images}\n"
     )
     out = tmp_path / "eval"
-    assert _evaluate(f"suite={suite}", f"data_root={root}", f"checkpoint={tmp_path / 'hf'}",
-                     f"tokenizer={export / 'tokenizer'}", f"out={out}", "progress=false") == 0  # fmt: skip
+    assert (
+        _evaluate(
+            f"suite={suite}",
+            f"data_root={root}",
+            f"checkpoint={tmp_path / 'hf'}",
+            f"tokenizer={export / 'tokenizer'}",
+            f"out={out}",
+            "progress=false",
+        )
+        == 0
+    )
     table = (out / "results.md").read_text()
     assert "| imagenet | linear_probe | test | accuracy |" in table and "| 75.54 |" in table
     assert "| coco | retrieval | test | image_to_text_r1 |" in table and "| 42.74 |" in table and "| 38.38 |" in table
@@ -117,15 +136,19 @@ def test_a_transformers_directory_with_the_papers_numbers_beside(bench, tmp_path
 def test_bad_suites_and_data_are_one_line_errors(bench, tmp_path, capsys):
     root, export = bench
     suite = tmp_path / "bad.yaml"
-    suite.write_text("tasks:\n  - {name: x, kind: zero_shots, layout: folders, path: p}\n"
-                     "  - {name: y, kind: retrieval, layout: coco, path: p, image_column: image}\n")  # fmt: skip
+    suite.write_text(
+        "tasks:\n  - {name: x, kind: zero_shots, layout: folders, path: p}\n"
+        "  - {name: y, kind: retrieval, layout: coco, path: p, image_column: image}\n"
+    )
     assert _evaluate(f"suite={suite}", f"out={tmp_path / 'o'}", f"checkpoint={export}") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
     assert "tasks[0] (x): kind 'zero_shots' is not one of zero_shot, linear_probe, retrieval, finetune" in err
     assert "layout 'folders' is not one of" in err and "tasks[1] (y): unknown key(s) image_column" in err
-    suite.write_text(f"tasks:\n  - {{name: c, kind: retrieval, layout: karpathy, path: {root / 'shapes-captions'},"
-                     " annotations: missing.json}\n")  # fmt: skip
+    suite.write_text(
+        f"tasks:\n  - {{name: c, kind: retrieval, layout: karpathy, path: {root / 'shapes-captions'},"
+        " annotations: missing.json}\n"
+    )
     assert _evaluate(f"suite={suite}", f"out={tmp_path / 'o'}", f"checkpoint={export}", "progress=false") == 2
     assert "annotation file" in capsys.readouterr().err
 
@@ -139,15 +162,26 @@ def test_results_follow_the_weights_and_a_probe_without_val_carves_one(bench, tm
     data = tmp_path / "bench"
     shutil.copytree(root / "shapes-count", data / "shapes-count", ignore=shutil.ignore_patterns("val"))
     suite = tmp_path / "s.yaml"
-    suite.write_text("tasks:\n  - {name: count-probe, kind: linear_probe, layout: wds, path: shapes-count}\n"
-                     "  - {name: count, kind: zero_shot, layout: wds, path: shapes-count}\n")  # fmt: skip
+    suite.write_text(
+        "tasks:\n  - {name: count-probe, kind: linear_probe, layout: wds, path: shapes-count}\n"
+        "  - {name: count, kind: zero_shot, layout: wds, path: shapes-count}\n"
+    )
     ckpt = tmp_path / "ckpt"
     shutil.copytree(export, ckpt)
     out, fresh = tmp_path / "eval", tmp_path / "fresh"
 
     def run(target):
-        assert _evaluate(f"suite={suite}", f"data_root={data}", f"checkpoint={ckpt}", f"out={target}",
-                         "progress=false", "batch_size=32") == 0  # fmt: skip
+        assert (
+            _evaluate(
+                f"suite={suite}",
+                f"data_root={data}",
+                f"checkpoint={ckpt}",
+                f"out={target}",
+                "progress=false",
+                "batch_size=32",
+            )
+            == 0
+        )
         return json.loads((target / "results.json").read_text())
 
     first = run(out)
@@ -157,8 +191,10 @@ def test_results_follow_the_weights_and_a_probe_without_val_carves_one(bench, tm
 
     g = torch.Generator().manual_seed(1)
     state = load_file(ckpt / "model.safetensors")
-    save_file({k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-               for k, v in state.items()}, ckpt / "model.safetensors")  # new weights, same path  # fmt: skip
+    save_file(
+        {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in state.items()},
+        ckpt / "model.safetensors",
+    )  # new weights, same path
     capsys.readouterr()
     again = run(out)
     assert "done already" not in capsys.readouterr().out

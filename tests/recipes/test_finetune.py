@@ -26,10 +26,21 @@ def test_image_classification_on_a_folder(tmp_path, monkeypatch):
                 (tmp_path / split / cls / f"{i}.png").write_bytes(png_bytes(i + (100 if cls == "b" else 0))[0])
     recipe = _recipe()
     run = tmp_path / "run"
-    recipe.main(["--config", str(REPO / "recipes/flava/configs/finetune_shapes_color.yaml"), f"run_dir={run}",
-                 "task=folder", f"train_path={tmp_path / 'train'}", f"val_path={tmp_path / 'val'}",
-                 "optim.total_steps=4", "eval_every=2", "batch_size=4", "head_hidden=8",
-                 "optim.warmup_steps=1"])  # fmt: skip
+    recipe.main(
+        [
+            "--config",
+            str(REPO / "recipes/flava/configs/finetune_shapes_color.yaml"),
+            f"run_dir={run}",
+            "task=folder",
+            f"train_path={tmp_path / 'train'}",
+            f"val_path={tmp_path / 'val'}",
+            "optim.total_steps=4",
+            "eval_every=2",
+            "batch_size=4",
+            "head_hidden=8",
+            "optim.warmup_steps=1",
+        ]
+    )
     results = json.loads((run / "results.json").read_text())
     assert results["metric"] == "accuracy" and [s for s, _ in results["history"]] == [2, 4]
     assert results["best"] == max(v for _, v in results["history"])
@@ -102,9 +113,20 @@ def test_sentence_pair_classification_glue_style(tmp_path):
                 a, b = rng.choice(COLORS), rng.choice(COLORS)
                 w.writerow([f"the ball is {a}", f"a {b} ball", "entailment" if a == b else "contradiction"])
     recipe = _recipe()
-    r, _ = _train_and_check_best(recipe, tmp_path / "run", [
-        "task=text", "modality=text", f"train_path={tmp_path / 'train.csv'}", f"val_path={tmp_path / 'val.csv'}",
-        "text_column=premise", "text_pair_column=hypothesis", "label_column=gold", "metric=mcc"])  # fmt: skip
+    r, _ = _train_and_check_best(
+        recipe,
+        tmp_path / "run",
+        [
+            "task=text",
+            "modality=text",
+            f"train_path={tmp_path / 'train.csv'}",
+            f"val_path={tmp_path / 'val.csv'}",
+            "text_column=premise",
+            "text_pair_column=hypothesis",
+            "label_column=gold",
+            "metric=mcc",
+        ],
+    )
     assert r.classifier_info["classes"] == ["contradiction", "entailment"]  # string labels: sorted classes
     sample = r.train_ds[0]
     assert set(sample["token_type_ids"].tolist()) == {0, 1}  # [CLS] a [SEP] = 0, b [SEP] = 1
@@ -122,10 +144,20 @@ def test_regression_sts_style(tmp_path):
             rows.append({"sentence": " ".join(["big"] * k) + " box", "score": f"{k / 2:.1f}"})
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
     recipe = _recipe()
-    r, results = _train_and_check_best(recipe, tmp_path / "run", [
-        "task=text", "modality=text", "problem_type=regression", "metric=spearman", "text_column=sentence",
-        "label_column=score", f"train_path={tmp_path / 'train.jsonl'}",
-        f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    r, results = _train_and_check_best(
+        recipe,
+        tmp_path / "run",
+        [
+            "task=text",
+            "modality=text",
+            "problem_type=regression",
+            "metric=spearman",
+            "text_column=sentence",
+            "label_column=score",
+            f"train_path={tmp_path / 'train.jsonl'}",
+            f"val_path={tmp_path / 'val.jsonl'}",
+        ],
+    )
     assert r.raw_model.head.fc2.out_features == 1 and results["metric"] == "spearman"
     with pytest.raises(ValueError, match="does not fit problem_type"):
         recipe.load_config(None, ["problem_type=regression", "metric=accuracy"])
@@ -143,8 +175,14 @@ def _pair_manifest(tmp_path, n_train=12, n_val=6):
             (tmp_path / "img" / f"{split}{i}.png").write_bytes(data)
             color = caption.split()[2]
             answers = [color] * 7 + ["purple"] * 3 if i % 2 else [color] * 2 + ["blue"] * 8
-            rows.append({"img": f"img/{split}{i}.png", "question": "what colour is the first shape?",
-                         "answers": answers, "label": "match" if i % 3 else "nomatch"})  # fmt: skip
+            rows.append(
+                {
+                    "img": f"img/{split}{i}.png",
+                    "question": "what colour is the first shape?",
+                    "answers": answers,
+                    "label": "match" if i % 3 else "nomatch",
+                }
+            )
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
 
 
@@ -156,11 +194,24 @@ def test_vqa_soft_scores_from_a_checkpoint_at_a_higher_resolution(tmp_path):
     vocab = tmp_path / "answers.txt"
     vocab.write_text("red\nblue\ngreen\nyellow\npurple\n")
     recipe = _recipe()
-    r, _ = _train_and_check_best(recipe, tmp_path / "run", [
-        "task=pairs", "modality=multimodal", "problem_type=multi_label", "metric=vqa_accuracy",
-        f"init_from={ckpt}", "image_size=48", "image_column=img", "text_column=question",
-        "answers_column=answers", f"answer_vocab={vocab}", f"train_path={tmp_path / 'train.jsonl'}",
-        f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    r, _ = _train_and_check_best(
+        recipe,
+        tmp_path / "run",
+        [
+            "task=pairs",
+            "modality=multimodal",
+            "problem_type=multi_label",
+            "metric=vqa_accuracy",
+            f"init_from={ckpt}",
+            "image_size=48",
+            "image_column=img",
+            "text_column=question",
+            "answers_column=answers",
+            f"answer_vocab={vocab}",
+            f"train_path={tmp_path / 'train.jsonl'}",
+            f"val_path={tmp_path / 'val.jsonl'}",
+        ],
+    )
     assert r.classifier_info["classes"] == ["red", "blue", "green", "yellow", "purple"]
     assert r.raw_model.model.image_encoder.embeddings.grid_size == (6, 6)
     assert "resampled from 4x4 to 6x6" in (tmp_path / "run" / "load_report.txt").read_text()
@@ -174,10 +225,20 @@ def test_vqa_soft_scores_from_a_checkpoint_at_a_higher_resolution(tmp_path):
 def test_multimodal_binary_classification_hateful_memes_style(tmp_path):
     _pair_manifest(tmp_path)
     recipe = _recipe()
-    r, results = _train_and_check_best(recipe, tmp_path / "run", [
-        "task=pairs", "modality=multimodal", "metric=auroc", "image_column=img", "text_column=question",
-        "precision=bf16",
-        f"train_path={tmp_path / 'train.jsonl'}", f"val_path={tmp_path / 'val.jsonl'}"])  # fmt: skip
+    r, results = _train_and_check_best(
+        recipe,
+        tmp_path / "run",
+        [
+            "task=pairs",
+            "modality=multimodal",
+            "metric=auroc",
+            "image_column=img",
+            "text_column=question",
+            "precision=bf16",
+            f"train_path={tmp_path / 'train.jsonl'}",
+            f"val_path={tmp_path / 'val.jsonl'}",
+        ],
+    )
     assert r.classifier_info["classes"] == ["match", "nomatch"] and results["metric"] == "auroc"
     from mmkit.train import autocast
 
@@ -206,11 +267,23 @@ def _launch(root, run, nproc, batch, steps, env=None, check=True, *extra):
     import subprocess
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = [*launcher, str(RECIPE), f"run_dir={run}", "task=folder", f"train_path={root / 'train'}",
-           f"val_path={root / 'val'}", f"optim.total_steps={steps}", f"batch_size={batch}", "head_hidden=8",
-           "optim.warmup_steps=1", "optim.lr=1e-3", *extra]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                         timeout=300, check=False)  # fmt: skip
+    cmd = [
+        *launcher,
+        str(RECIPE),
+        f"run_dir={run}",
+        "task=folder",
+        f"train_path={root / 'train'}",
+        f"val_path={root / 'val'}",
+        f"optim.total_steps={steps}",
+        f"batch_size={batch}",
+        "head_hidden=8",
+        "optim.warmup_steps=1",
+        "optim.lr=1e-3",
+        *extra,
+    ]
+    out = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, check=False
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -271,5 +344,9 @@ def test_every_shipped_finetune_config_loads():
     configs = sorted((REPO / "recipes/flava/configs").glob("finetune_*.yaml"))
     assert len(configs) >= 4
     kinds = {(c.modality, c.problem_type) for c in (recipe.load_config(str(p), []) for p in configs)}
-    assert {("image", "single_label"), ("text", "single_label"), ("multimodal", "single_label"),
-            ("image", "regression")} <= kinds  # fmt: skip
+    assert {
+        ("image", "single_label"),
+        ("text", "single_label"),
+        ("multimodal", "single_label"),
+        ("image", "regression"),
+    } <= kinds

@@ -18,9 +18,19 @@ from tests.eval.vqa_reference import results_file_accuracy
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = "{steps: 2, eval_every: 2, batch_size: 4, max_length: 32, head_hidden: 8, warmup_steps: 1, image_size: null}"
-TASKS = {"mnli": "glue:mnli", "cola": "glue:cola", "mrpc": "glue:mrpc", "qqp": "glue:qqp", "sst2": "glue:sst2",
-         "qnli": "glue:qnli", "rte": "glue:rte", "stsb": "glue:stsb", "vqav2": "vqav2", "snli_ve": "snli_ve",
-         "hateful_memes": "hateful_memes"}  # fmt: skip
+TASKS = {
+    "mnli": "glue:mnli",
+    "cola": "glue:cola",
+    "mrpc": "glue:mrpc",
+    "qqp": "glue:qqp",
+    "sst2": "glue:sst2",
+    "qnli": "glue:qnli",
+    "rte": "glue:rte",
+    "stsb": "glue:stsb",
+    "vqav2": "vqav2",
+    "snli_ve": "snli_ve",
+    "hateful_memes": "hateful_memes",
+}
 PATHS = {"vqav2": "vqav2", "snli_ve": "snli-ve", "hateful_memes": "hateful_memes"}
 
 
@@ -37,8 +47,10 @@ def data(tmp_path_factory):
 
 def _suite(path: Path, names) -> Path:
     lines = ["small: &small " + SMALL, "tasks:"]
-    lines += [f"  - {{<<: *small, name: {n}, kind: finetune, task: '{TASKS[n]}', path: {PATHS.get(n, 'glue_data')}}}"
-              for n in names]  # fmt: skip
+    lines += [
+        f"  - {{<<: *small, name: {n}, kind: finetune, task: '{TASKS[n]}', path: {PATHS.get(n, 'glue_data')}}}"
+        for n in names
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -50,21 +62,49 @@ def _evaluate(*keys):
 def test_the_eleven_tasks_on_an_mmkit_export(data, tmp_path, capsys):
     root, export = data
     out = tmp_path / "eval"
-    args = [f"suite={_suite(tmp_path / 's.yaml', TASKS)}", f"data_root={root}", f"checkpoint={export}", f"out={out}",
-            "progress=false"]  # fmt: skip
+    args = [
+        f"suite={_suite(tmp_path / 's.yaml', TASKS)}",
+        f"data_root={root}",
+        f"checkpoint={export}",
+        f"out={out}",
+        "progress=false",
+    ]
     assert _evaluate(*args) == 0
     results = json.loads((out / "results.json").read_text())
     recall = {"mean_per_class_recall"}  # every single-label task reports it beside its metrics
-    names = {"mnli": {"accuracy_matched", "accuracy_mismatched", "mean_per_class_recall_matched",
-                      "mean_per_class_recall_mismatched"}, "cola": {"matthews", *recall},
-             "mrpc": {"accuracy", "f1", *recall}, "qqp": {"accuracy", "f1", *recall}, "sst2": {"accuracy", *recall},
-             "qnli": {"accuracy", *recall}, "rte": {"accuracy", *recall}, "stsb": {"pearson", "spearman"},
-             "vqav2": {"vqa_accuracy"}, "snli_ve": {"accuracy", *recall},
-             "hateful_memes": {"auroc", "accuracy", *recall}}  # fmt: skip
+    names = {
+        "mnli": {
+            "accuracy_matched",
+            "accuracy_mismatched",
+            "mean_per_class_recall_matched",
+            "mean_per_class_recall_mismatched",
+        },
+        "cola": {"matthews", *recall},
+        "mrpc": {"accuracy", "f1", *recall},
+        "qqp": {"accuracy", "f1", *recall},
+        "sst2": {"accuracy", *recall},
+        "qnli": {"accuracy", *recall},
+        "rte": {"accuracy", *recall},
+        "stsb": {"pearson", "spearman"},
+        "vqav2": {"vqa_accuracy"},
+        "snli_ve": {"accuracy", *recall},
+        "hateful_memes": {"auroc", "accuracy", *recall},
+    }
     for name, metrics in names.items():
         r = results[name]
-        other = {"kind", "split", "metric", "samples", "train_samples", "best_step", "steps", "skipped",
-                 "skipped_examples", "run_dir", "seconds"}  # fmt: skip
+        other = {
+            "kind",
+            "split",
+            "metric",
+            "samples",
+            "train_samples",
+            "best_step",
+            "steps",
+            "skipped",
+            "skipped_examples",
+            "run_dir",
+            "seconds",
+        }
         assert set(r) - other - ({"predictions"} if name == "vqav2" else set()) == metrics
         assert all(-1 <= r[m] <= 1 for m in metrics) and r["steps"] == 2, name
         assert r["metric"] == next(iter(finetune_task(TASKS[name]).paper))  # the headline: the paper's metric
@@ -94,14 +134,26 @@ def test_a_transformers_directory_and_bad_input(data, tmp_path, capsys, monkeypa
     root, export = data
     tok = TextTokenizer.from_pretrained(export / "tokenizer")
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    config = FlavaConfig(image_config=dict(small, image_size=32, patch_size=8),
-                         text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
-                         multimodal_config=dict(small), projection_dim=24, hidden_size=32)  # fmt: skip
+    config = FlavaConfig(
+        image_config=dict(small, image_size=32, patch_size=8),
+        text_config=dict(small, vocab_size=tok.vocab_size, max_position_embeddings=40),
+        multimodal_config=dict(small),
+        projection_dim=24,
+        hidden_size=32,
+    )
     FlavaModel(config).save_pretrained(tmp_path / "hf")
     out = tmp_path / "eval"
-    assert _evaluate(f"suite={_suite(tmp_path / 's.yaml', ['rte', 'snli_ve'])}", f"data_root={root}",
-                     f"checkpoint={tmp_path / 'hf'}", f"tokenizer={export / 'tokenizer'}", f"out={out}",
-                     "progress=false") == 0  # fmt: skip
+    assert (
+        _evaluate(
+            f"suite={_suite(tmp_path / 's.yaml', ['rte', 'snli_ve'])}",
+            f"data_root={root}",
+            f"checkpoint={tmp_path / 'hf'}",
+            f"tokenizer={export / 'tokenizer'}",
+            f"out={out}",
+            "progress=false",
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["rte"]["accuracy"] <= 1 and 0 <= results["snli_ve"]["accuracy"] <= 1
     assert "| rte | finetune | dev | accuracy |" in (out / "results.md").read_text()
@@ -137,8 +189,9 @@ def test_an_entrys_step_counts_replace_the_recipes_shares(tmp_path):
     from mmkit.eval.suite import SuiteTask
 
     evaluate, finetune = load_recipe("recipes/flava/evaluate.py"), load_recipe("recipes/flava/finetune.py")
-    runner = evaluate.FinetuneRunner(evaluate.load_config(None, [f"suite={_suite(tmp_path / 's.yaml', ['rte'])}",
-                                                                 f"out={tmp_path / 'o'}"]))  # fmt: skip
+    runner = evaluate.FinetuneRunner(
+        evaluate.load_config(None, [f"suite={_suite(tmp_path / 's.yaml', ['rte'])}", f"out={tmp_path / 'o'}"])
+    )
     shipped = REPO / "recipes/flava/configs/paper/glue_rte.yaml"
     task = SuiteTask(
         "rte", "finetune", "", str(tmp_path), keys={"steps": 7, "warmup_steps": 3, "lr": 0.5}, task="glue:rte"
@@ -146,8 +199,9 @@ def test_an_entrys_step_counts_replace_the_recipes_shares(tmp_path):
     cfg = finetune.load_config(str(shipped), runner.overrides(task))
     assert (cfg.epochs, cfg.warmup_fraction) == (None, None)
     assert (cfg.optim.total_steps, cfg.optim.warmup_steps, cfg.optim.lr) == (7, 3, 0.5)
-    untouched = finetune.load_config(str(shipped), runner.overrides(SuiteTask("rte", "finetune", "", str(tmp_path),
-                                                                              task="glue:rte")))  # fmt: skip
+    untouched = finetune.load_config(
+        str(shipped), runner.overrides(SuiteTask("rte", "finetune", "", str(tmp_path), task="glue:rte"))
+    )
     assert (untouched.epochs, untouched.warmup_fraction, untouched.optim.betas) == (10, 0.06, (0.9, 0.98))
 
 
@@ -158,8 +212,10 @@ def test_a_named_task_sets_its_encoder_and_metrics_and_refuses_keys_it_decides()
     cfg = finetune.load_config(None, ["task=glue:stsb", "path=x"])
     assert (cfg.modality, cfg.problem_type, cfg.metric) == ("text", "regression", "pearson")
     assert finetune.load_config(None, ["task=hateful_memes", "path=x"]).metric == "auroc"
-    expected = (r"task glue:cola reads its own files and sets its encoder and metrics: remove text_column, "
-                r"modality=multimodal \(it is text\), metric=auroc \(it reports matthews\)")  # fmt: skip
+    expected = (
+        r"task glue:cola reads its own files and sets its encoder and metrics: remove text_column, "
+        r"modality=multimodal \(it is text\), metric=auroc \(it reports matthews\)"
+    )
     with pytest.raises(ValueError, match=expected):
         finetune.load_config(None, ["task=glue:cola", "path=x", "text_column=s", "modality=multimodal", "metric=auroc"])
     with pytest.raises(ValueError, match="task vqav2 reads its released files: set path="):
@@ -173,8 +229,17 @@ def test_a_missing_image_is_a_named_skip_within_the_bound(data, tmp_path, capsys
     memes = shutil.copytree(root / "hateful_memes", tmp_path / "memes")
     gone = json.loads((memes / "dev_seen.jsonl").read_text().splitlines()[2])["img"]
     (memes / gone).unlink()
-    keys = ["task=hateful_memes", f"path={memes}", f"init_from={export}", "optim.total_steps=2", "eval_every=2",
-            "batch_size=4", "head_hidden=8", "optim.warmup_steps=1", "progress=false"]  # fmt: skip
+    keys = [
+        "task=hateful_memes",
+        f"path={memes}",
+        f"init_from={export}",
+        "optim.total_steps=2",
+        "eval_every=2",
+        "batch_size=4",
+        "head_hidden=8",
+        "optim.warmup_steps=1",
+        "progress=false",
+    ]
     capsys.readouterr()
     assert run_recipe("recipes/flava/finetune.py", f"run_dir={tmp_path / 'a'}", "max_bad_fraction=0.2", *keys) == 0
     out = capsys.readouterr().out
@@ -203,9 +268,23 @@ def test_vqa_val_accuracy_is_the_official_evaluations_not_the_normalised_score(d
         a["answers"] = [{"answer": x, "answer_confidence": "yes", "answer_id": j + 1} for j, x in enumerate(given)]
     afile.write_text(json.dumps(released))
     run = tmp_path / "run"
-    assert run_recipe("recipes/flava/finetune.py", "task=vqav2", f"path={vqa}", f"init_from={export}", f"run_dir={run}",
-                      "answer_vocab_size=1", "optim.total_steps=2", "eval_every=2", "batch_size=4", "head_hidden=8",
-                      "optim.warmup_steps=1", "progress=false") == 0  # fmt: skip
+    assert (
+        run_recipe(
+            "recipes/flava/finetune.py",
+            "task=vqav2",
+            f"path={vqa}",
+            f"init_from={export}",
+            f"run_dir={run}",
+            "answer_vocab_size=1",
+            "optim.total_steps=2",
+            "eval_every=2",
+            "batch_size=4",
+            "head_hidden=8",
+            "optim.warmup_steps=1",
+            "progress=false",
+        )
+        == 0
+    )
     results = json.loads((run / "results.json").read_text())
     val = json.loads((run / "predictions" / "vqav2_val.json").read_text())
     assert results["predictions"] == {"val": str(run / "predictions" / "vqav2_val.json")}
@@ -232,9 +311,24 @@ def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp
     questions = json.loads((vqa / "v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())["questions"]
     (vqa / "test2015" / f"COCO_test2015_{questions[-1]['image_id']:012d}.jpg").unlink()  # its two questions
     run = tmp_path / "run"
-    assert run_recipe("recipes/flava/finetune.py", "task=vqav2", f"path={vqa}", f"init_from={export}", f"run_dir={run}",
-                      "predict=[test-dev]", "optim.total_steps=4", "eval_every=2", "batch_size=4", "head_hidden=8",
-                      "optim.warmup_steps=1", "max_bad_fraction=0.3", "progress=false") == 0  # fmt: skip
+    assert (
+        run_recipe(
+            "recipes/flava/finetune.py",
+            "task=vqav2",
+            f"path={vqa}",
+            f"init_from={export}",
+            f"run_dir={run}",
+            "predict=[test-dev]",
+            "optim.total_steps=4",
+            "eval_every=2",
+            "batch_size=4",
+            "head_hidden=8",
+            "optim.warmup_steps=1",
+            "max_bad_fraction=0.3",
+            "progress=false",
+        )
+        == 0
+    )
     assert "test-dev: 2 of 8 records skipped, answered with class 0" in capsys.readouterr().out
     answers = json.loads((run / "predictions" / "vqav2_test-dev.json").read_text())
     assert [a["question_id"] for a in answers] == [q["question_id"] for q in questions]
@@ -251,8 +345,10 @@ def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp
             assert a["answer"] == model.classes[logits.argmax(-1).item()], i
     assert [a["answer"] for a in answers[-2:]] == [model.classes[0]] * 2
     results = json.loads((run / "results.json").read_text())
-    assert results["predictions"] == {"val": str(run / "predictions" / "vqav2_val.json"),
-                                      "test-dev": str(run / "predictions" / "vqav2_test-dev.json")}  # fmt: skip
+    assert results["predictions"] == {
+        "val": str(run / "predictions" / "vqav2_val.json"),
+        "test-dev": str(run / "predictions" / "vqav2_test-dev.json"),
+    }
     val = json.loads((run / "predictions" / "vqav2_val.json").read_text())
     annotations = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
     assert sorted(a["question_id"] for a in val) == sorted(a["question_id"] for a in annotations) and len(val) == 8
@@ -261,8 +357,9 @@ def test_vqa_test_dev_answers_are_the_best_steps_in_the_servers_format(data, tmp
     assert results["best"] == results["metrics"]["vqa_accuracy"]  # the step is selected on the same number
     # the miniature val set holds unanimous unnormalised answers ("Red" x 10), which the official rules
     # compare raw: the vocabulary's "red" scores 0 there
-    assert any(len({x["answer"] for x in a["answers"]}) == 1 and a["answers"][0]["answer"][0].isupper()
-               for a in annotations)  # fmt: skip
+    assert any(
+        len({x["answer"] for x in a["answers"]}) == 1 and a["answers"][0]["answer"][0].isupper() for a in annotations
+    )
     finetune = load_recipe("recipes/flava/finetune.py")
     with pytest.raises(ValueError, match=r"remove predict=val \(it writes results for test-dev, test\)"):
         finetune.load_config(None, ["task=vqav2", "path=x", "predict=[val]"])

@@ -45,8 +45,9 @@ def _tiny():
     torch.manual_seed(0)
     model = flava_model_for_pretraining(FLAVAConfig.tiny(text={"vocab_size": 100}, codebook={"vocab_size": 32}))
     opt = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3)
-    model(input_ids=None, masked_input_ids=torch.randint(5, 100, (2, 6)),
-          mlm_labels=torch.randint(5, 100, (2, 6))).loss.backward()  # fmt: skip
+    model(
+        input_ids=None, masked_input_ids=torch.randint(5, 100, (2, 6)), mlm_labels=torch.randint(5, 100, (2, 6))
+    ).loss.backward()
     opt.step()
     return model, opt
 
@@ -88,13 +89,30 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
 def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2, extra=()):
     """The demo config, tiny and short, streamed, on ``nproc`` ranks (DDP: with 2 data workers each)."""
     env = {**os.environ, "MMKIT_DATA": str(data_dir), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(RECIPE),
-           "--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run_dir}",
-           f"distributed={strategy}", f"optim.total_steps={steps}", "optim.warmup_steps=2", "checkpoint.every=3",
-           "log_every=1", "eval_every=1000", "eval_samples=32", "data.batch_size=8",
-           "model.pretraining.mim_target=pixels",
-           f"data.num_workers={2 if strategy == 'ddp' else 0}", "data.streaming=true", "progress=false",
-           *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(RECIPE),
+        "--config",
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        f"run_dir={run_dir}",
+        f"distributed={strategy}",
+        f"optim.total_steps={steps}",
+        "optim.warmup_steps=2",
+        "checkpoint.every=3",
+        "log_every=1",
+        "eval_every=1000",
+        "eval_samples=32",
+        "data.batch_size=8",
+        "model.pretraining.mim_target=pixels",
+        f"data.num_workers={2 if strategy == 'ddp' else 0}",
+        "data.streaming=true",
+        "progress=false",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=check)
 
 
@@ -156,10 +174,23 @@ def test_held_out_pairs_that_are_all_corrupt_are_a_clear_error(tmp_path):
             add(tar, f"{i:03d}.txt", b"a red circle")
     recipe = _recipe_module()
     train, text = json.dumps([str(p) for p in data.train_pairs]), json.dumps([str(p) for p in data.text])
-    cfg = recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), [
-        f"run_dir={tmp_path / 'run'}", "data.dataset=files", f"data.train_pairs={train}", f"data.text={text}",
-        f"data.val_pairs={json.dumps([str(val)])}", "data.image_prob=0", "data.batch_size=2", "data.num_workers=0",
-        "eval_samples=4", "progress=false", "distributed=none", "model.pretraining.mim_target=pixels"])  # fmt: skip
+    cfg = recipe.load_config(
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        [
+            f"run_dir={tmp_path / 'run'}",
+            "data.dataset=files",
+            f"data.train_pairs={train}",
+            f"data.text={text}",
+            f"data.val_pairs={json.dumps([str(val)])}",
+            "data.image_prob=0",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "eval_samples=4",
+            "progress=false",
+            "distributed=none",
+            "model.pretraining.mim_target=pixels",
+        ],
+    )
     r = recipe.FLAVAPretrainRecipe(cfg)
     expected = r"none of the first 4 held-out pairs of source 'val' \(.*val-000.tar\) could be read \(4 skipped\)"
     try:
@@ -181,8 +212,9 @@ def test_the_readme_object_storage_config_loads(tmp_path):
 
     sizes = dict(hidden_size=8, vocab_size=48, num_groups=4, blocks_per_group=1)
     tok = save_dvae(DiscreteVAE(DalleEncoder(**sizes), DalleDecoder(**sizes, init_size=8)), tmp_path / "tok", 112)
-    cfg = load_recipe("recipes/flava/pretrain.py").load_config(str(tmp_path / "my_s3.yaml"),
-                                                               [f"model.codebook.checkpoint={tok}"])  # fmt: skip
+    cfg = load_recipe("recipes/flava/pretrain.py").load_config(
+        str(tmp_path / "my_s3.yaml"), [f"model.codebook.checkpoint={tok}"]
+    )
     assert cfg.data.streaming and cfg.data.train_pairs[0].startswith("s3://") and cfg.preset == "full"
 
 

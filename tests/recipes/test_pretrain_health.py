@@ -21,8 +21,9 @@ DEMO = str(REPO / "recipes/flava/configs/demo.yaml")
 def small_shapes(tmp_path_factory):
     from mmkit.data import shapes_dataset
 
-    return shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=2048, num_val=128, num_images=256,
-                          num_text=1024, per_shard=1024)  # fmt: skip
+    return shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), num_train=2048, num_val=128, num_images=256, num_text=1024, per_shard=1024
+    )
 
 
 def _train(data, run_dir: Path, extra: list[str]) -> dict:
@@ -30,12 +31,29 @@ def _train(data, run_dir: Path, extra: list[str]) -> dict:
 
     recipe = load_recipe("recipes/flava/pretrain.py")
     paths = {k: json.dumps([str(p) for p in getattr(data, k)]) for k in ("train_pairs", "val_pairs", "images", "text")}
-    cfg = recipe.load_config(DEMO, [
-        f"run_dir={run_dir}", "data.dataset=files", *(f"data.{k}={v}" for k, v in paths.items()),
-        "data.batch_size=32", "data.num_workers=0", "data.vocab_size=300", "eval_samples=128", "eval_every=1000",
-        "eval_at_start=false", "optim.total_steps=100", "optim.warmup_steps=10", "log_every=50",
-        "checkpoint.every=1000", "progress=false", "distributed=none", "health.stuck_after=100",
-        "model.pretraining.mim_target=pixels", *extra])  # fmt: skip
+    cfg = recipe.load_config(
+        DEMO,
+        [
+            f"run_dir={run_dir}",
+            "data.dataset=files",
+            *(f"data.{k}={v}" for k, v in paths.items()),
+            "data.batch_size=32",
+            "data.num_workers=0",
+            "data.vocab_size=300",
+            "eval_samples=128",
+            "eval_every=1000",
+            "eval_at_start=false",
+            "optim.total_steps=100",
+            "optim.warmup_steps=10",
+            "log_every=50",
+            "checkpoint.every=1000",
+            "progress=false",
+            "distributed=none",
+            "health.stuck_after=100",
+            "model.pretraining.mim_target=pixels",
+            *extra,
+        ],
+    )
     _setup_and_train(recipe, cfg)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [e for e in evals if e["split"] == "eval"][-1]
@@ -99,17 +117,29 @@ def test_the_builtin_tokenizer_is_made_once_and_its_cached_ids_are_used(tmp_path
     import mmkit.data.builtin
     from mmkit.data import shapes_dataset
 
-    small = shapes_dataset(tmp_path / "data" / "shapes-v1", num_train=96, num_val=32, num_images=32, num_text=96,
-                           per_shard=48)  # fmt: skip
+    small = shapes_dataset(
+        tmp_path / "data" / "shapes-v1", num_train=96, num_val=32, num_images=32, num_text=96, per_shard=48
+    )
     monkeypatch.setattr(mmkit.data, "shapes_dataset", lambda *a, **k: small)
     monkeypatch.setattr(mmkit.data.builtin, "shapes_dataset", lambda *a, **k: small)
     recipe = load_recipe("recipes/flava/pretrain.py")
     monkeypatch.setattr(recipe, "builtin_tokenizer", functools.partial(recipe.builtin_tokenizer, steps=3))
 
     def run(name):
-        cfg = recipe.load_config(DEMO, [f"run_dir={tmp_path / name}", "data.batch_size=8", "data.num_workers=0",
-                                        "data.vocab_size=200", "optim.total_steps=3", "eval_samples=16",
-                                        "progress=false", "distributed=none", "checkpoint.every=100"])  # fmt: skip
+        cfg = recipe.load_config(
+            DEMO,
+            [
+                f"run_dir={tmp_path / name}",
+                "data.batch_size=8",
+                "data.num_workers=0",
+                "data.vocab_size=200",
+                "optim.total_steps=3",
+                "eval_samples=16",
+                "progress=false",
+                "distributed=none",
+                "checkpoint.every=100",
+            ],
+        )
         return _setup_and_train(recipe, cfg)
 
     first = run("a")

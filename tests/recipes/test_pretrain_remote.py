@@ -20,8 +20,9 @@ s3fs = pytest.importorskip("s3fs", reason="S3 streaming needs s3fs (pip install 
 def data(tmp_path_factory):
     from mmkit.data import shapes_dataset
 
-    return shapes_dataset(tmp_path_factory.mktemp("remote") / "shapes", num_train=32, num_val=16, num_images=16,
-                          num_text=48, per_shard=16)  # fmt: skip
+    return shapes_dataset(
+        tmp_path_factory.mktemp("remote") / "shapes", num_train=32, num_val=16, num_images=16, num_text=48, per_shard=16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,31 @@ def _run(tmp_path, name, base, data, storage_options=None, streaming=True):
 
     recipe = load_recipe("recipes/flava/pretrain.py")
     where = [f"{base}/{n}" for n in ("{train-pairs-0000,train-pairs-0001}.tar",)]
-    args = [f"run_dir={tmp_path / name}", "preset=tiny", "data.dataset=files", f"data.train_pairs={json.dumps(where)}",
-            f"data.val_pairs={json.dumps([f'{base}/{n}' for n in _names(data.val_pairs)])}",
-            f"data.images={json.dumps([f'{base}/{n}' for n in _names(data.images)])}",
-            f"data.text={json.dumps([f'{base}/text.txt'])}", "data.vocab_size=200", "data.batch_size=4",
-            "data.num_workers=0", f"data.streaming={str(streaming).lower()}", "data.shuffle_buffer=8",
-            f"data.storage_options={json.dumps(storage_options or {})}", "model.pretraining.mim_target=pixels",
-            "optim.total_steps=3", "optim.warmup_steps=1", "log_every=1", "eval_every=100", "eval_samples=8",
-            "eval_at_start=false", "checkpoint.every=100", "progress=false", "distributed=none"]  # fmt: skip
+    args = [
+        f"run_dir={tmp_path / name}",
+        "preset=tiny",
+        "data.dataset=files",
+        f"data.train_pairs={json.dumps(where)}",
+        f"data.val_pairs={json.dumps([f'{base}/{n}' for n in _names(data.val_pairs)])}",
+        f"data.images={json.dumps([f'{base}/{n}' for n in _names(data.images)])}",
+        f"data.text={json.dumps([f'{base}/text.txt'])}",
+        "data.vocab_size=200",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"data.streaming={str(streaming).lower()}",
+        "data.shuffle_buffer=8",
+        f"data.storage_options={json.dumps(storage_options or {})}",
+        "model.pretraining.mim_target=pixels",
+        "optim.total_steps=3",
+        "optim.warmup_steps=1",
+        "log_every=1",
+        "eval_every=100",
+        "eval_samples=8",
+        "eval_at_start=false",
+        "checkpoint.every=100",
+        "progress=false",
+        "distributed=none",
+    ]
     r = recipe.FLAVAPretrainRecipe(recipe.load_config(None, args))
     run_training(r)
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -80,6 +98,9 @@ def test_every_source_behind_http_and_s3_trains_as_from_disk(tmp_path, data, htt
 
 
 def test_a_url_in_index_mode_is_refused_saying_to_stream_it(tmp_path, data, http_root):
-    with pytest.raises(ValueError, match=r"is a URL, and index mode \(data.streaming=false\) reads local files only: "
-                                         r"set data.streaming=true to stream it"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"is a URL, and index mode \(data.streaming=false\) reads local files only: "
+        r"set data.streaming=true to stream it",
+    ):
         _run(tmp_path, "indexed", http_root, data, streaming=False)

@@ -36,13 +36,29 @@ def _run(recipe, run_dir, data, train_pairs, *extra):
     from mmkit.train import run_training
 
     # a random tokenizer allowed: these tests compare targets and losses, not what is learned
-    args = [f"run_dir={run_dir}", "data.dataset=files", f"data.train_pairs={json.dumps([str(p) for p in train_pairs])}",
-            f"data.val_pairs={json.dumps([str(p) for p in data.val_pairs])}",
-            f"data.text={json.dumps([str(p) for p in data.text])}", "data.image_prob=0", "data.text_prob=0.3",
-            "data.pair_prob=0.7", "data.batch_size=8", "data.num_workers=0", "optim.total_steps=5",
-            "optim.warmup_steps=1", "log_every=1", "eval_samples=16", "checkpoint.every=100", "progress=false",
-            "data.streaming=true", "model.pretraining.mim_target=tokens", "model.codebook.checkpoint=null",
-            "model.codebook.allow_random=true", *extra]  # fmt: skip
+    args = [
+        f"run_dir={run_dir}",
+        "data.dataset=files",
+        f"data.train_pairs={json.dumps([str(p) for p in train_pairs])}",
+        f"data.val_pairs={json.dumps([str(p) for p in data.val_pairs])}",
+        f"data.text={json.dumps([str(p) for p in data.text])}",
+        "data.image_prob=0",
+        "data.text_prob=0.3",
+        "data.pair_prob=0.7",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "optim.total_steps=5",
+        "optim.warmup_steps=1",
+        "log_every=1",
+        "eval_samples=16",
+        "checkpoint.every=100",
+        "progress=false",
+        "data.streaming=true",
+        "model.pretraining.mim_target=tokens",
+        "model.codebook.checkpoint=null",
+        "model.codebook.allow_random=true",
+        *extra,
+    ]
     r = recipe.FLAVAPretrainRecipe(recipe.load_config(str(REPO / "recipes/flava/configs/demo.yaml"), args))
     run_training(r)
     losses = {}

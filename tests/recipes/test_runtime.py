@@ -16,9 +16,17 @@ from tests.conftest import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "recipes/flava/pretrain.py"
-TINY = ["optim.warmup_steps=2", "log_every=1", "eval_every=1000", "eval_samples=16", "data.batch_size=8",
-        "data.num_workers=0", "progress=false", "eval_at_start=false",
-        "model.pretraining.mim_target=pixels"]  # fmt: skip
+TINY = [
+    "optim.warmup_steps=2",
+    "log_every=1",
+    "eval_every=1000",
+    "eval_samples=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "progress=false",
+    "eval_at_start=false",
+    "model.pretraining.mim_target=pixels",
+]
 
 
 def _env(tmp_path, **extra):
@@ -26,10 +34,18 @@ def _env(tmp_path, **extra):
 
 
 def _pretrain(tmp_path, run, *overrides, env=None, check=True):
-    cmd = [sys.executable, str(PRETRAIN), "--config", str(REPO / "recipes/flava/configs/demo.yaml"),
-           f"run_dir={run}", *TINY, *overrides]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path, **(env or {})), capture_output=True, text=True,
-                         timeout=600, check=False)  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(PRETRAIN),
+        "--config",
+        str(REPO / "recipes/flava/configs/demo.yaml"),
+        f"run_dir={run}",
+        *TINY,
+        *overrides,
+    ]
+    out = subprocess.run(
+        cmd, cwd=REPO, env=_env(tmp_path, **(env or {})), capture_output=True, text=True, timeout=600, check=False
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -44,16 +60,19 @@ def _train_losses(run):
     return {r["step"]: r for r in rows if r["split"] == "train"}
 
 
-@pytest.mark.parametrize("recipe", ["recipes/flava/pretrain.py", "recipes/flava/finetune.py",
-                                    "recipes/dalle/train_tokenizer.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe", ["recipes/flava/pretrain.py", "recipes/flava/finetune.py", "recipes/dalle/train_tokenizer.py"]
+)
 def test_bad_values_fail_at_load_naming_the_key(recipe):
     module = load_recipe(recipe)
     steps = "optim.total_steps"
     batch = "data.batch_size" if "finetune" not in recipe else "batch_size"
-    for override, message in ((f"{steps}=abc", f"{steps}: expected an integer, got 'abc'"),
-                              (f"{batch}=0", f"{batch}: must be >= 1, got 0"),
-                              ("checkpoint.every=0", "checkpoint.every: must be > 0, got 0"),
-                              ("optim.grad_accum=0", "optim.grad_accum: must be >= 1, got 0")):  # fmt: skip
+    for override, message in (
+        (f"{steps}=abc", f"{steps}: expected an integer, got 'abc'"),
+        (f"{batch}=0", f"{batch}: must be >= 1, got 0"),
+        ("checkpoint.every=0", "checkpoint.every: must be > 0, got 0"),
+        ("optim.grad_accum=0", "optim.grad_accum: must be >= 1, got 0"),
+    ):
         with pytest.raises(ValueError, match=re.escape(message)):
             module.load_config(None, [override])
 
@@ -62,14 +81,26 @@ def test_cli_errors_are_one_line_and_a_yaml_list_is_refused(tmp_path):
     bad = tmp_path / "list.yaml"
     bad.write_text("- a\n- b\n")
     for args in (["optim.total_steps=abc", "data.batch_size=0"], ["--config", str(bad)]):
-        out = subprocess.run([sys.executable, str(PRETRAIN), *args], cwd=REPO, capture_output=True, text=True,
-                             timeout=120, env=_env(tmp_path))  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, str(PRETRAIN), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(tmp_path),
+        )
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]
         assert len(lines) == 1, out.stderr
     assert "optim.total_steps: expected an integer" in lines[0] or "must be a mapping" in lines[0]
-    out = subprocess.run([sys.executable, str(PRETRAIN), "--config", str(bad)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env=_env(tmp_path, MMKIT_DEBUG="1"))  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(PRETRAIN), "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(tmp_path, MMKIT_DEBUG="1"),
+    )
     assert "Traceback" in out.stderr  # --debug / MMKIT_DEBUG shows it
 
 
@@ -85,8 +116,9 @@ def test_resume_rules_through_the_recipe(tmp_path):
     assert out.returncode == 2 and "data.batch_size: checkpoint 8, config 4" in out.stderr
     # an explicit resume from step 2 with a new lr: the lr applies, steps 4 is set aside for good
     older = f"checkpoint.resume={run}/checkpoints/step_00000002"
-    out = _pretrain(tmp_path, run, "optim.total_steps=5", "optim.lr=0.01", older,
-                    env={"MMKIT_FAULT_KILL_AT_STEP": "3"}, check=False)  # fmt: skip
+    out = _pretrain(
+        tmp_path, run, "optim.total_steps=5", "optim.lr=0.01", older, env={"MMKIT_FAULT_KILL_AT_STEP": "3"}, check=False
+    )
     assert out.returncode != 0 and "optim.lr: 0.002 -> 0.01" in out.stdout, out.stdout
     assert "set aside step_00000004" in out.stdout
     log = _train_losses(run)
@@ -131,27 +163,60 @@ def test_truncated_or_poisoned_newest_checkpoint_falls_back(tmp_path):
 def _torchrun(nproc, *args, env, nnodes=None, node_rank=None, port=None):
     launch = ["--standalone", f"--nproc_per_node={nproc}"]
     if nnodes:
-        launch = [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--nproc_per_node=1", "--rdzv_backend=c10d",
-                  f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=mmkit-test"]  # fmt: skip
+        launch = [
+            f"--nnodes={nnodes}",
+            f"--node_rank={node_rank}",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=mmkit-test",
+        ]
     return [sys.executable, "-m", "torch.distributed.run", *launch, *args]
 
 
 @pytest.mark.slow
 def test_every_collective_is_on_the_process_groups_device(tmp_path):
     record = tmp_path / "collectives.jsonl"
-    env = _env(tmp_path, MMKIT_RECORD_COLLECTIVES=str(record),
-               PYTHONPATH=f"{REPO / 'tests/recipes/collective_probe'}:{os.environ.get('PYTHONPATH', '')}")  # fmt: skip
+    env = _env(
+        tmp_path,
+        MMKIT_RECORD_COLLECTIVES=str(record),
+        PYTHONPATH=f"{REPO / 'tests/recipes/collective_probe'}:{os.environ.get('PYTHONPATH', '')}",
+    )
     runs = {
-        "recipes/flava/pretrain.py": ["--config", "recipes/flava/configs/demo.yaml", *TINY, "optim.total_steps=3",
-                                      "checkpoint.every=2", "eval_every=2"],
-        "recipes/flava/finetune.py": ["--config", "recipes/flava/configs/finetune_shapes_color.yaml",
-                                      "optim.total_steps=3", "batch_size=4", "head_hidden=8", "eval_every=2",
-                                      "checkpoint.every=2", "progress=false"],
-        "recipes/dalle/train_tokenizer.py": ["data.image_size=16", "model.hidden_size=8", "model.vocab_size=32",
-                                             "model.num_groups=3", "model.init_size=8", "data.batch_size=8",
-                                             "data.num_workers=0", "optim.total_steps=3", "log_every=1",
-                                             "eval_every=2", "eval_samples=16", "checkpoint.every=2", "progress=false"],
-    }  # fmt: skip
+        "recipes/flava/pretrain.py": [
+            "--config",
+            "recipes/flava/configs/demo.yaml",
+            *TINY,
+            "optim.total_steps=3",
+            "checkpoint.every=2",
+            "eval_every=2",
+        ],
+        "recipes/flava/finetune.py": [
+            "--config",
+            "recipes/flava/configs/finetune_shapes_color.yaml",
+            "optim.total_steps=3",
+            "batch_size=4",
+            "head_hidden=8",
+            "eval_every=2",
+            "checkpoint.every=2",
+            "progress=false",
+        ],
+        "recipes/dalle/train_tokenizer.py": [
+            "data.image_size=16",
+            "model.hidden_size=8",
+            "model.vocab_size=32",
+            "model.num_groups=3",
+            "model.init_size=8",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "optim.total_steps=3",
+            "log_every=1",
+            "eval_every=2",
+            "eval_samples=16",
+            "checkpoint.every=2",
+            "progress=false",
+        ],
+    }
     for recipe, args in runs.items():
         cmd = _torchrun(2, recipe, f"run_dir={tmp_path / Path(recipe).stem}", *args, env=env)
         out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -171,18 +236,38 @@ def test_every_collective_is_on_the_process_groups_device(tmp_path):
 def test_two_nodes_on_localhost_equal_one_node_with_two_processes(tmp_path):
     import socket
 
-    args = [str(PRETRAIN), "--config", "recipes/flava/configs/demo.yaml", *TINY, "optim.total_steps=4",
-            "checkpoint.every=100"]  # fmt: skip
+    args = [
+        str(PRETRAIN),
+        "--config",
+        "recipes/flava/configs/demo.yaml",
+        *TINY,
+        "optim.total_steps=4",
+        "checkpoint.every=100",
+    ]
     env = _env(tmp_path)
-    one = subprocess.run(_torchrun(2, *args, f"run_dir={tmp_path / 'one'}", env=env), cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    one = subprocess.run(
+        _torchrun(2, *args, f"run_dir={tmp_path / 'one'}", env=env),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    nodes = [subprocess.Popen(_torchrun(1, *args, f"run_dir={tmp_path / 'two'}", env=env, nnodes=2, node_rank=i,
-                                        port=port), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            _torchrun(1, *args, f"run_dir={tmp_path / 'two'}", env=env, nnodes=2, node_rank=i, port=port),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     for p in nodes:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]

@@ -41,8 +41,15 @@ def start(tmp_path: Path, hold: bool, *overrides: str) -> subprocess.Popen:
     for name, body in (("srun", SRUN), ("scontrol", SCONTROL)):
         (stubs / name).write_text(body)
         (stubs / name).chmod(0o755)
-    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STUB_DIR=str(tmp_path), SLURM_JOB_ID="42",
-               SLURM_JOB_NODELIST="node-[a-b]", SLURM_NNODES="2", STUB_HOLD="1" if hold else "")  # fmt: skip
+    env = dict(
+        os.environ,
+        PATH=f"{stubs}:{os.environ['PATH']}",
+        STUB_DIR=str(tmp_path),
+        SLURM_JOB_ID="42",
+        SLURM_JOB_NODELIST="node-[a-b]",
+        SLURM_NNODES="2",
+        STUB_HOLD="1" if hold else "",
+    )
     return subprocess.Popen(["bash", str(SCRIPT), *overrides], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -59,7 +66,11 @@ def test_torchrun_line_parses_with_torchrun_and_the_recipe(tmp_path):
 
     parsed = get_args_parser().parse_args(torchrun)
     assert (parsed.nnodes, parsed.rdzv_backend, parsed.rdzv_endpoint, parsed.rdzv_id) == (
-        "2", "c10d", "node-a:29500", "42")  # fmt: skip
+        "2",
+        "c10d",
+        "node-a:29500",
+        "42",
+    )
     assert parsed.training_script == "recipes/flava/pretrain.py"
     rest = parsed.training_script_args
     assert rest[:2] == ["--config", "recipes/flava/configs/flava_full.yaml"]

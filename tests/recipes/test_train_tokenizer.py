@@ -14,11 +14,23 @@ from tests.conftest import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "dalle" / "train_tokenizer.py"
-TINY = ["model.hidden_size=8", "model.vocab_size=64", "model.num_groups=3", "model.init_size=16",
-        "data.image_size=16", "data.batch_size=16", "data.num_workers=0", "optim.warmup_steps=5",
-        "optim.lr=3e-3", "objective.recon_loss=gaussian",
-        "objective.temperature_steps=60", "objective.kl_warmup_steps=20", "log_every=10", "eval_samples=64",
-        "progress=false"]  # fmt: skip
+TINY = [
+    "model.hidden_size=8",
+    "model.vocab_size=64",
+    "model.num_groups=3",
+    "model.init_size=16",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "optim.warmup_steps=5",
+    "optim.lr=3e-3",
+    "objective.recon_loss=gaussian",
+    "objective.temperature_steps=60",
+    "objective.kl_warmup_steps=20",
+    "log_every=10",
+    "eval_samples=64",
+    "progress=false",
+]
 
 
 def _recipe():
@@ -27,8 +39,15 @@ def _recipe():
 
 def _run(run_dir, data_dir, steps, *extra, env=None, check=True):
     cmd = [sys.executable, str(RECIPE), f"run_dir={run_dir}", f"optim.total_steps={steps}", *TINY, *extra]
-    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "MMKIT_DATA": str(data_dir), **(env or {})},
-                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    out = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "MMKIT_DATA": str(data_dir), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -89,7 +108,10 @@ def test_learns_exports_and_resumes_exactly(tmp_path, builtin_data):
     assert train[60]["kl_weight"] == pytest.approx(6.6)
     assert {"usage/perplexity", "usage/dead", "usage/used", "loss/kl_per_token"} <= set(train[10])
     assert sorted(p.name for p in (tmp_path / "ref").glob("recon_step*.png")) == [
-        "recon_step00000000.png", "recon_step00000030.png", "recon_step00000060.png"]  # fmt: skip
+        "recon_step00000000.png",
+        "recon_step00000030.png",
+        "recon_step00000060.png",
+    ]
     model, cfg = load_dvae(tmp_path / "ref" / "final")
     assert cfg["image_size"] == 16 and model.vocab_size == 64
 
@@ -109,11 +131,29 @@ def test_learns_exports_and_resumes_exactly(tmp_path, builtin_data):
 def _launch(run_dir, data_dir, strategy, *extra, env=None, check=True, nproc=2):
     """``nproc`` gloo processes under torchrun."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = [*launcher, str(RECIPE), f"run_dir={run_dir}", f"distributed={strategy}", "optim.total_steps=12", *TINY,
-           "data.batch_size=8", "log_every=2", "eval_every=6", "image_every=6", "checkpoint.every=4",
-           *extra]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "MMKIT_DATA": str(data_dir), **(env or {})},
-                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    cmd = [
+        *launcher,
+        str(RECIPE),
+        f"run_dir={run_dir}",
+        f"distributed={strategy}",
+        "optim.total_steps=12",
+        *TINY,
+        "data.batch_size=8",
+        "log_every=2",
+        "eval_every=6",
+        "image_every=6",
+        "checkpoint.every=4",
+        *extra,
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "MMKIT_DATA": str(data_dir), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -176,15 +216,30 @@ def test_streamed_data_resumes_with_another_number_of_workers(tmp_path, builtin_
     """One process killed with 2 data workers resumes with 0 (the main process): the begun epoch's rest
     is dealt to the new worker layout and the run completes; indexed data keeps the worker count frozen."""
     data = builtin_data
-    args = ("optim.total_steps=12", "data.batch_size=8", "log_every=2", "eval_every=6", "image_every=6",
-            "checkpoint.every=4")  # fmt: skip
-    crashed = _run(tmp_path / "run", data, 12, *args, "data.num_workers=2", env={"MMKIT_FAULT_KILL_AT_STEP": "6"},
-                   check=False)  # fmt: skip
+    args = (
+        "optim.total_steps=12",
+        "data.batch_size=8",
+        "log_every=2",
+        "eval_every=6",
+        "image_every=6",
+        "checkpoint.every=4",
+    )
+    crashed = _run(
+        tmp_path / "run", data, 12, *args, "data.num_workers=2", env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False
+    )
     assert crashed.returncode != 0
     resumed = _run(tmp_path / "run", data, 12, *args, "data.num_workers=0")
     assert "elastic resume: the data workers changed since the checkpoint" in resumed.stdout
     assert "data.num_workers" in resumed.stdout and (tmp_path / "run" / "final" / "encoder.safetensors").exists()
-    _run(tmp_path / "idx", data, 12, *args, "data.streaming=false", "data.num_workers=2",
-         env={"MMKIT_FAULT_KILL_AT_STEP": "6"}, check=False)  # fmt: skip
+    _run(
+        tmp_path / "idx",
+        data,
+        12,
+        *args,
+        "data.streaming=false",
+        "data.num_workers=2",
+        env={"MMKIT_FAULT_KILL_AT_STEP": "6"},
+        check=False,
+    )
     refused = _run(tmp_path / "idx", data, 12, *args, "data.streaming=false", "data.num_workers=0", check=False)
     assert refused.returncode == 2 and "data.num_workers: checkpoint 2, config 0" in refused.stderr

@@ -3,8 +3,31 @@ import pytest
 from mmkit.tokenizers import TextTokenizer, train_wordpiece
 from mmkit.tokenizers.train import main as train_main
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "##s", "big", "blue", "square",
-         "the", "of", "left", "to", ",", ".", "un", "##known", "c", "##af", "##e"]  # fmt: skip
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "red",
+    "circle",
+    "##s",
+    "big",
+    "blue",
+    "square",
+    "the",
+    "of",
+    "left",
+    "to",
+    ",",
+    ".",
+    "un",
+    "##known",
+    "c",
+    "##af",
+    "##e",
+]
 TEXTS = ["A big red circle.", "two BLUE squares to the left of circles", "unknown, café", ""]
 
 
@@ -35,8 +58,21 @@ def test_word_ids_group_word_pieces():
 def test_train_cli_round_trip(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(["two small red circles", "a big blue square above three triangles"] * 20))
-    assert train_main(["--files", str(tmp_path / "*.txt"), "--out", str(tmp_path / "tok"), "--vocab-size", "120",
-                       "--min-frequency", "1"]) == 0  # fmt: skip
+    assert (
+        train_main(
+            [
+                "--files",
+                str(tmp_path / "*.txt"),
+                "--out",
+                str(tmp_path / "tok"),
+                "--vocab-size",
+                "120",
+                "--min-frequency",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "WordPiece vocabulary" in capsys.readouterr().out
     a = TextTokenizer.from_pretrained(tmp_path / "tok")
     b = TextTokenizer.from_vocab(tmp_path / "tok" / "vocab.txt")
@@ -74,14 +110,26 @@ def test_training_is_the_same_in_every_process(tmp_path):
     import sys
 
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(f"{a} {b} squares {c}" for a in ("one", "two", "three") for b in ("red", "blue")
-                                for c in ("left", "right", "above")) * 3)  # fmt: skip
-    code = ("import sys; from mmkit.tokenizers import train_wordpiece; "
-            "train_wordpiece([sys.argv[1]], 60, min_frequency=1).save(sys.argv[2])")  # fmt: skip
+    corpus.write_text(
+        "\n".join(
+            f"{a} {b} squares {c}"
+            for a in ("one", "two", "three")
+            for b in ("red", "blue")
+            for c in ("left", "right", "above")
+        )
+        * 3
+    )
+    code = (
+        "import sys; from mmkit.tokenizers import train_wordpiece; "
+        "train_wordpiece([sys.argv[1]], 60, min_frequency=1).save(sys.argv[2])"
+    )
     outs = []
     for i, seed in enumerate(("1", "2", "3")):
         out = tmp_path / f"tok{i}"
-        subprocess.run([sys.executable, "-c", code, str(corpus), str(out)], check=True,
-                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", code, str(corpus), str(out)],
+            check=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+        )
         outs.append((out / "tokenizer.json").read_text())
     assert outs[0] == outs[1] == outs[2]

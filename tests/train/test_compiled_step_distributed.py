@@ -43,8 +43,13 @@ def _run(rank: int, strategy: str, compile: str, tmp: str) -> dict:
         with torch._dynamo.config.patch(error_on_recompile=seed != rank):
             out = step(lambda q=queue: next(q), lambda m, b: (lambda o: (o.loss, o.losses))(m(**b)), len(steps) + 1)
         assert out.finite and not out.stop
-        steps.append({"losses": {k: v.detach().clone() for k, v in out.losses.items()}, "grad_norm": out.grad_norm,
-                      "params": {n: _full(p) for n, p in model.trainable_parameters()}})  # fmt: skip
+        steps.append(
+            {
+                "losses": {k: v.detach().clone() for k, v in out.losses.items()},
+                "grad_norm": out.grad_norm,
+                "params": {n: _full(p) for n, p in model.trainable_parameters()},
+            }
+        )
     units = sum(type(m).__name__.startswith("FSDP") for m in model.modules())
     return {"steps": steps, "fsdp_units": units, "compiled_forward": "forward" in vars(model)}
 

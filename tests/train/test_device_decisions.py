@@ -35,8 +35,20 @@ from tests.models.test_flava_compile import _model as flava_model
 class HostReads(TorchFunctionMode):
     """Records the tensor calls that hand a value to the host (each a device sync on CUDA)."""
 
-    NAMES = frozenset({"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy",
-                       "cpu", "_local_scalar_dense"})  # fmt: skip
+    NAMES = frozenset(
+        {
+            "item",
+            "tolist",
+            "__bool__",
+            "__float__",
+            "__int__",
+            "__index__",
+            "nonzero",
+            "numpy",
+            "cpu",
+            "_local_scalar_dense",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,8 +93,9 @@ def _train(tmp_path, on_device, nonfinite_steps=(), stop_at=None, total=12, max_
     model = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 4))
     optim = OptimConfig(lr=1e-2, warmup_steps=0, total_steps=total, fused=True)
     checkpoint = CheckpointConfig(every=4, keep=100)
-    step, state = prepare_training(ctx, model, model, optim=optim, precision="fp32", checkpoint=checkpoint,
-                                   components={}, frozen=())  # fmt: skip
+    step, state = prepare_training(
+        ctx, model, model, optim=optim, precision="fp32", checkpoint=checkpoint, components={}, frozen=()
+    )
     assert step.on_device  # fused AdamW and no scaler: decided on the device unless told otherwise
     step.on_device = on_device
     g = torch.Generator().manual_seed(1)
@@ -100,8 +113,14 @@ def _train(tmp_path, on_device, nonfinite_steps=(), stop_at=None, total=12, max_
 
     error = None
     try:
-        options = LoopOptions(total_steps=total, checkpoint_every=4, max_nonfinite=max_nonfinite, log_every=5,
-                              progress=False, decide_every=4)  # fmt: skip
+        options = LoopOptions(
+            total_steps=total,
+            checkpoint_every=4,
+            max_nonfinite=max_nonfinite,
+            log_every=5,
+            progress=False,
+            decide_every=4,
+        )
         train_loop(ctx, state, step_fn, options, on_log=on_log)
     except NonFiniteError as exc:
         error = str(exc)
@@ -176,8 +195,10 @@ def _ranks_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> Non
                 poison = float("nan") if (rank, i) == (1, 2) else 1.0
                 out = step(lambda g=g: torch.randn(8, 4, generator=g), lambda m, x, p=poison: (m(x).sum() * p, {}), i)
                 flags.append(out.finite if out.finite is not None else not bool(out.nonfinite))
-            params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-                      for n, p in model.named_parameters()}  # fmt: skip
+            params = {
+                n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                for n, p in model.named_parameters()
+            }
             results[on_device] = {"finite": flags, "params": params}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:

@@ -68,9 +68,11 @@ def _data(kind: str, n: int, seed: int) -> list[_Batch]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        batch = _Batch(pixel_values=torch.randn(B, 3, 32, 32, generator=g),
-                       input_ids=torch.randint(5, 100, (B, L), generator=g),
-                       attention_mask=torch.ones(B, L, dtype=torch.long))  # fmt: skip
+        batch = _Batch(
+            pixel_values=torch.randn(B, 3, 32, 32, generator=g),
+            input_ids=torch.randint(5, 100, (B, L), generator=g),
+            attention_mask=torch.ones(B, L, dtype=torch.long),
+        )
         if kind == "flava":
             batch["itm_labels"] = torch.tensor([1, 0, 1])
         out.append(batch)
@@ -91,8 +93,13 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def _ctx(rank: int = 0, world: int = 1, nonfinite=()) -> RunContext:
-    return RunContext(DistInfo(rank, world), Collectives(torch.device("cpu"), world), "/tmp", CheckpointConfig(),
-                      FaultPlan(None, frozenset(nonfinite)))  # fmt: skip
+    return RunContext(
+        DistInfo(rank, world),
+        Collectives(torch.device("cpu"), world),
+        "/tmp",
+        CheckpointConfig(),
+        FaultPlan(None, frozenset(nonfinite)),
+    )
 
 
 def _train(model, wrapped, batches, accum, two_passes, steps=1, ctx=None, precision="fp32"):
@@ -107,8 +114,15 @@ def _train(model, wrapped, batches, accum, two_passes, steps=1, ctx=None, precis
     def keep() -> None:  # after the update, before the gradients are zeroed
         grads.append({n: _full(p.grad) for n, p in params if p.grad is not None})
 
-    step = TrainStep(ctx or _ctx(), wrapped, optimizer, schedule, StepOptions(precision, grad_accum=accum),
-                     scaler=make_grad_scaler(precision, torch.device("cpu")), after_update=keep)  # fmt: skip
+    step = TrainStep(
+        ctx or _ctx(),
+        wrapped,
+        optimizer,
+        schedule,
+        StepOptions(precision, grad_accum=accum),
+        scaler=make_grad_scaler(precision, torch.device("cpu")),
+        after_update=keep,
+    )
     forward = whole_batch_forward(model, _plain) if two_passes else _plain
     queue = iter(batches)
     outs = [step(lambda: next(queue), forward, i + 1) for i in range(steps)]
@@ -206,8 +220,9 @@ def test_flava_per_sample_objectives_accumulate_as_before():
     """Every objective on: ITM, MMM keep their per-micro-batch losses and gradients (plain accumulation with
     the contrastive weight 0), and the contrastive one adds the whole-batch gradient (two passes, alone)."""
     data = [_Batch(flava_batches(seed)["pair"]) for seed in range(K)]
-    both, alone, rest = (flava_model(False, weights=w) for w in ({}, ONLY_CONTRASTIVE["weights"],
-                                                                  {"global_contrastive": 0.0}))  # fmt: skip
+    both, alone, rest = (
+        flava_model(False, weights=w) for w in ({}, ONLY_CONTRASTIVE["weights"], {"global_contrastive": 0.0})
+    )
     [losses], [grads], _ = _train(both, both, data, K, two_passes=True)
     [c_losses], [c_grads], _ = _train(alone, alone, data, K, two_passes=True)
     [r_losses], [r_grads], _ = _train(rest, rest, data, K, two_passes=False)
@@ -250,8 +265,13 @@ def test_a_nonfinite_step_is_skipped():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     queue = iter(_data("clip", K, seed=4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step = TrainStep(_ctx(nonfinite=(1,)), model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1),
-                     StepOptions(grad_accum=K))  # fmt: skip
+    step = TrainStep(
+        _ctx(nonfinite=(1,)),
+        model,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1),
+        StepOptions(grad_accum=K),
+    )
     out = step(lambda: next(queue), whole_batch_forward(model, _plain), 1)
     assert out.finite is False
     _close(dict(model.named_parameters()), before, "skipped step")

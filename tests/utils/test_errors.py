@@ -69,8 +69,9 @@ def test_a_bug_inside_a_recipe_prints_its_traceback(tmp_path):
         sys.exit(recipe.main([]))
     """)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MMKIT_DEBUG": "0"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
-                         timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 1, out.stderr
     assert "Traceback" in out.stderr and "KeyError: 'a bug, not a config value'" in out.stderr
     assert "error: " not in out.stderr.splitlines()[-1]

@@ -96,8 +96,11 @@ def test_a_local_directory_wins_over_the_cache(hub, tmp_path):
 def test_names_missing_offline_and_paths_that_do_not_exist_are_one_line(hub, monkeypatch):
     import huggingface_hub
 
-    with pytest.raises(MissingError, match=r"^org/other@v9 is not a local path and is not in the Hugging Face cache "
-                                           r"\(HF_HUB_OFFLINE=1\): ") as err:  # fmt: skip
+    with pytest.raises(
+        MissingError,
+        match=r"^org/other@v9 is not a local path and is not in the Hugging Face cache "
+        r"\(HF_HUB_OFFLINE=1\): ",
+    ) as err:
         load_flava("org/other@v9")
     assert "\n" not in str(err.value)
     with pytest.raises(MissingError, match="^org/flava-tiny@v3 is not a local path"):  # a ref the cache lacks
@@ -156,9 +159,20 @@ def test_finetune_starts_from_a_hub_name(hub, tmp_path):
             for i in range(2):
                 (tmp_path / split / cls / f"{i}.png").write_bytes(png_bytes(i + (100 if cls == "b" else 0))[0])
     run = tmp_path / "run"
-    argv = [f"run_dir={run}", "init_from=org/flava-tiny@v2", "modality=image", "task=folder",
-            f"train_path={tmp_path / 'train'}", f"val_path={tmp_path / 'val'}", "optim.total_steps=1",
-            "eval_every=1", "batch_size=4", "head_hidden=8", "optim.warmup_steps=0", "progress=false"]  # fmt: skip
+    argv = [
+        f"run_dir={run}",
+        "init_from=org/flava-tiny@v2",
+        "modality=image",
+        "task=folder",
+        f"train_path={tmp_path / 'train'}",
+        f"val_path={tmp_path / 'val'}",
+        "optim.total_steps=1",
+        "eval_every=1",
+        "batch_size=4",
+        "head_hidden=8",
+        "optim.warmup_steps=0",
+        "progress=false",
+    ]
     assert load_recipe("recipes/flava/finetune.py").main(argv) == 0
     report = (run / "load_report.txt").read_text()
     first = report.splitlines()[0]  # the v2 snapshot's encoders, every one loaded; only the head is new

@@ -107,12 +107,17 @@ class StreamingLoader:
         ds = self.dataset
         ds.resume, ds.rotation = dict(self.states), self.next_local
         o = ds.loading
-        loader = DataLoader(ds, batch_size=None, num_workers=o.num_workers, pin_memory=o.pin_memory,
-                            prefetch_factor=o.prefetch_factor if o.num_workers else None,
-                            persistent_workers=False,
-                            # its own generator: starting an iterator must not draw from the global RNG
-                            # (a resumed run's model randomness would shift)
-                            generator=torch.Generator().manual_seed(mix_seed(ds.seed, ds.rank, 7)))  # fmt: skip
+        loader = DataLoader(
+            ds,
+            batch_size=None,
+            num_workers=o.num_workers,
+            pin_memory=o.pin_memory,
+            prefetch_factor=o.prefetch_factor if o.num_workers else None,
+            persistent_workers=False,
+            # its own generator: starting an iterator must not draw from the global RNG
+            # (a resumed run's model randomness would shift)
+            generator=torch.Generator().manual_seed(mix_seed(ds.seed, ds.rank, 7)),
+        )
         for item in loader:
             self.states[item.slot] = SlotState.from_dict(item.state)
             self.next_local = (item.slot - ds.rank * ds.workers + 1) % ds.workers

@@ -41,10 +41,15 @@ class Piece:
     def split(self, parts: int) -> list[Piece]:
         """``parts`` pieces that together hold exactly this one's samples."""
         return [
-            Piece(self.shard, self.start, self.stride * parts, self.phase + self.stride * i,
-                  [q for q in self.skip if q % (self.stride * parts) == self.phase + self.stride * i])
+            Piece(
+                self.shard,
+                self.start,
+                self.stride * parts,
+                self.phase + self.stride * i,
+                [q for q in self.skip if q % (self.stride * parts) == self.phase + self.stride * i],
+            )
             for i in range(parts)
-        ]  # fmt: skip
+        ]
 
     def to_list(self) -> list[Any]:
         return [self.shard, self.start, self.stride, self.phase, list(self.skip)]

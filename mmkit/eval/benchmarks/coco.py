@@ -103,8 +103,14 @@ class CocoCaptions(_Captioned):
 
     layout = "coco"
 
-    def __init__(self, path: str | Path, split: str = "val", annotations: str | None = None,
-                 images: str | None = None, allow_outside_root: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        split: str = "val",
+        annotations: str | None = None,
+        images: str | None = None,
+        allow_outside_root: bool = False,
+    ) -> None:
         super().__init__(path, split, allow_outside_root)
         root = Path(path)
         ann = root / (annotations or f"annotations/captions_{split}2017.json")
@@ -134,8 +140,14 @@ class KarpathySplit(_Captioned):
 
     layout = "karpathy"
 
-    def __init__(self, path: str | Path, split: str = "test", annotations: str = "dataset_coco.json",
-                 images: str | None = None, allow_outside_root: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        split: str = "test",
+        annotations: str = "dataset_coco.json",
+        images: str | None = None,
+        allow_outside_root: bool = False,
+    ) -> None:
         super().__init__(path, split, allow_outside_root)
         root = Path(path)
         ann = root / annotations

@@ -37,23 +37,47 @@ class GlueTask:
 
 GLUE: dict[str, GlueTask] = {
     "cola": GlueTask("CoLA", "cola", ("3", None, "1"), ("sentence", None), ("unacceptable", "acceptable"), ("0", "1")),
-    "sst2": GlueTask("SST-2", "sst2", ("sentence", None, "label"), ("sentence", None), ("negative", "positive"),
-                     ("0", "1")),
-    "mrpc": GlueTask("MRPC", "mrpc", ("#1 String", "#2 String", "Quality"), ("sentence1", "sentence2"),
-                     ("not_equivalent", "equivalent"), ("0", "1")),
-    "qqp": GlueTask("QQP", "qqp", ("question1", "question2", "is_duplicate"), ("question1", "question2"),
-                    ("not_duplicate", "duplicate"), ("0", "1")),
+    "sst2": GlueTask(
+        "SST-2", "sst2", ("sentence", None, "label"), ("sentence", None), ("negative", "positive"), ("0", "1")
+    ),
+    "mrpc": GlueTask(
+        "MRPC",
+        "mrpc",
+        ("#1 String", "#2 String", "Quality"),
+        ("sentence1", "sentence2"),
+        ("not_equivalent", "equivalent"),
+        ("0", "1"),
+    ),
+    "qqp": GlueTask(
+        "QQP",
+        "qqp",
+        ("question1", "question2", "is_duplicate"),
+        ("question1", "question2"),
+        ("not_duplicate", "duplicate"),
+        ("0", "1"),
+    ),
     "stsb": GlueTask("STS-B", "stsb", ("sentence1", "sentence2", "score"), ("sentence1", "sentence2"), None),
-    "mnli": GlueTask("MNLI", "mnli", ("sentence1", "sentence2", "gold_label"), ("premise", "hypothesis"),
-                     ("entailment", "neutral", "contradiction")),
-    "qnli": GlueTask("QNLI", "qnli", ("question", "sentence", "label"), ("question", "sentence"),
-                     ("entailment", "not_entailment")),
-    "rte": GlueTask("RTE", "rte", ("sentence1", "sentence2", "label"), ("sentence1", "sentence2"),
-                    ("entailment", "not_entailment")),
-}  # fmt: skip
+    "mnli": GlueTask(
+        "MNLI",
+        "mnli",
+        ("sentence1", "sentence2", "gold_label"),
+        ("premise", "hypothesis"),
+        ("entailment", "neutral", "contradiction"),
+    ),
+    "qnli": GlueTask(
+        "QNLI", "qnli", ("question", "sentence", "label"), ("question", "sentence"), ("entailment", "not_entailment")
+    ),
+    "rte": GlueTask(
+        "RTE", "rte", ("sentence1", "sentence2", "label"), ("sentence1", "sentence2"), ("entailment", "not_entailment")
+    ),
+}
 #: The hub's split names for GLUE's.
-HUB_SPLITS = {"train": "train", "dev": "validation", "dev_matched": "validation_matched",
-              "dev_mismatched": "validation_mismatched"}  # fmt: skip
+HUB_SPLITS = {
+    "train": "train",
+    "dev": "validation",
+    "dev_matched": "validation_matched",
+    "dev_mismatched": "validation_mismatched",
+}
 
 
 def read_glue(name: str, path: str | Path, split: str) -> LabeledRows:
@@ -98,8 +122,11 @@ def _label(task: GlueTask, raw: str) -> int | float:
 
 def _whose_header(fields: list[str]) -> str | None:
     """The GLUE task whose TSV header ``fields`` is, if any (the one naming most of its columns)."""
-    fits = [(sum(1 for c in t.tsv_columns if c), t.folder) for t in GLUE.values() if not t.tsv_columns[0].isdigit()
-            and all(c in fields for c in t.tsv_columns if c is not None)]  # fmt: skip
+    fits = [
+        (sum(1 for c in t.tsv_columns if c), t.folder)
+        for t in GLUE.values()
+        if not t.tsv_columns[0].isdigit() and all(c in fields for c in t.tsv_columns if c is not None)
+    ]
     return max(fits)[1] if fits else None
 
 

@@ -64,8 +64,11 @@ def _check_image_size(path: Path, rows: int, cols: int) -> None:
     if pixels == 0:
         raise BenchmarkFormatError(path, f"IDX images of {rows}x{cols} hold no pixel")
     if pixels > limit:
-        raise BenchmarkFormatError(path, f"IDX images of {rows}x{cols} ({pixels:,} pixels) are over the limit of "
-                                   f"{limit:,} pixels of decoded images: refused before reading")  # fmt: skip
+        raise BenchmarkFormatError(
+            path,
+            f"IDX images of {rows}x{cols} ({pixels:,} pixels) are over the limit of "
+            f"{limit:,} pixels of decoded images: refused before reading",
+        )
     problem = over_limit(f"an IDX image of {rows}x{cols}", pixels)
     if problem:
         raise BenchmarkFormatError(path, problem)

@@ -49,8 +49,14 @@ class ParquetSet(BenchmarkSet):
     layout = "parquet"
     validation_splits = ("validation", "valid", "val")
 
-    def __init__(self, path: str | Path, split: str = "test", image_column: str = "image",
-                 label_column: str | None = None, text_column: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        split: str = "test",
+        image_column: str = "image",
+        label_column: str | None = None,
+        text_column: str | None = None,
+    ) -> None:
         import pyarrow.parquet as pq
 
         super().__init__(path, split)

@@ -46,8 +46,11 @@ def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, 
     if (out / "DONE").is_file() and (out / "DONE").read_text() == f"{train} {test} {val}":
         return out
     paths = data or shapes_dataset()
-    splits = {"train": (paths.train_pairs, 0, train), "val": (paths.train_pairs, train, val),
-              "test": (paths.val_pairs, 0, test)}  # fmt: skip
+    splits = {
+        "train": (paths.train_pairs, 0, train),
+        "val": (paths.train_pairs, train, val),
+        "test": (paths.val_pairs, 0, test),
+    }
     captions: list[dict] = []
     (out / "shapes-captions" / "images").mkdir(parents=True, exist_ok=True)
     (out / "shapes-count").mkdir(parents=True, exist_ok=True)
@@ -67,8 +70,14 @@ def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, 
                 (out / "shapes-captions" / "images" / f"{key}.png").write_bytes(rec.image)
                 text = decode_text(rec)
                 sentences = [text, f"a picture of {text}", f"an image that shows {text}"]
-                captions.append({"filename": f"{key}.png", "split": split, "imgid": len(captions),
-                                 "sentences": [{"raw": s, "tokens": s.split()} for s in sentences]})  # fmt: skip
+                captions.append(
+                    {
+                        "filename": f"{key}.png",
+                        "split": split,
+                        "imgid": len(captions),
+                        "sentences": [{"raw": s, "tokens": s.split()} for s in sentences],
+                    }
+                )
         (out / "shapes-count" / split).mkdir(exist_ok=True)
         (out / "shapes-count" / f"{split}.tmp").replace(out / "shapes-count" / split / "0.tar")
         (out / "shapes-count" / split / "nshards.txt").write_text("1\n")
@@ -80,8 +89,11 @@ def write_shapes_benchmarks(out: str | Path, train: int = 600, test: int = 300, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmkit.eval.benchmarks.shapes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m mmkit.eval.benchmarks.shapes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--test", type=int, default=300)

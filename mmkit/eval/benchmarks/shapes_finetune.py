@@ -86,8 +86,13 @@ def glue_rows(task: str, split: str, n: int) -> list[tuple[str, str | None, str]
             pair = (caption, other, samples[(k + 1) % n][1])[kind]
             rows.append((caption, pair, ("entailment", "contradiction", "neutral")[kind]))
         elif task == "qnli":
-            rows.append((f"is it {first['color']}?" if same else f"is it {other.split()[2]}?", caption,
-                         "entailment" if same else "not_entailment"))  # fmt: skip
+            rows.append(
+                (
+                    f"is it {first['color']}?" if same else f"is it {other.split()[2]}?",
+                    caption,
+                    "entailment" if same else "not_entailment",
+                )
+            )
         elif task == "rte":
             rows.append((caption, caption if same else other, "entailment" if same else "not_entailment"))
     return rows
@@ -99,32 +104,56 @@ def _tsv_lines(task: str, split: str, rows) -> list[str]:
     if task == "sst2":
         return ["sentence\tlabel", *[f"{t}\t{y}" for t, _, y in rows]]
     if task == "mrpc":
-        return ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
-                *[f"{y}\t{100 + i}\t{200 + i}\t{t}\t{p}" for i, (t, p, y) in enumerate(rows)]]  # fmt: skip
+        return [
+            "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+            *[f"{y}\t{100 + i}\t{200 + i}\t{t}\t{p}" for i, (t, p, y) in enumerate(rows)],
+        ]
     if task == "qqp":
-        return ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
-                *[f"{i}\t{2 * i}\t{2 * i + 1}\t{t}\t{p}\t{y}" for i, (t, p, y) in enumerate(rows)]]  # fmt: skip
+        return [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            *[f"{i}\t{2 * i}\t{2 * i + 1}\t{t}\t{p}\t{y}" for i, (t, p, y) in enumerate(rows)],
+        ]
     if task == "stsb":
-        return ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-                *[f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{t}\t{p}\t{y}"
-                  for i, (t, p, y) in enumerate(rows)]]  # fmt: skip
+        return [
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            *[
+                f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{t}\t{p}\t{y}"
+                for i, (t, p, y) in enumerate(rows)
+            ],
+        ]
     if task == "mnli":
         head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
         head += "sentence2_parse\tsentence1\tsentence2"
         if split == "train":
-            return [head + "\tlabel1\tgold_label",
-                    *[f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{t}\t{p}\t{y}\t{y}"
-                      for i, (t, p, y) in enumerate(rows)]]  # fmt: skip
-        return [head + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label",
-                *[f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{t}\t{p}\t{y}\t{y}\t{y}\t{y}\t{y}\t{y}"
-                  for i, (t, p, y) in enumerate(rows)]]  # fmt: skip
+            return [
+                head + "\tlabel1\tgold_label",
+                *[
+                    f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{t}\t{p}\t{y}\t{y}"
+                    for i, (t, p, y) in enumerate(rows)
+                ],
+            ]
+        return [
+            head + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label",
+            *[
+                f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{t}\t{p}\t{y}\t{y}\t{y}\t{y}\t{y}\t{y}"
+                for i, (t, p, y) in enumerate(rows)
+            ],
+        ]
     if task == "qnli":
         return ["index\tquestion\tsentence\tlabel", *[f"{i}\t{t}\t{p}\t{y}" for i, (t, p, y) in enumerate(rows)]]
     return ["index\tsentence1\tsentence2\tlabel", *[f"{i}\t{t}\t{p}\t{y}" for i, (t, p, y) in enumerate(rows)]]
 
 
-FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B", "mnli": "MNLI",
-           "qnli": "QNLI", "rte": "RTE"}  # fmt: skip
+FOLDERS = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "qqp": "QQP",
+    "stsb": "STS-B",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+}
 
 
 def glue_splits(task: str) -> tuple[str, ...]:
@@ -144,14 +173,22 @@ def glue_data(root: Path, n_train: int = 24, n_dev: int = 12, tasks=tuple(FOLDER
     return root
 
 
-HUB = {"cola": ("sentence", None, ["unacceptable", "acceptable"]), "sst2": ("sentence", None, ["negative", "positive"]),
-       "mrpc": ("sentence1", "sentence2", ["not_equivalent", "equivalent"]),
-       "qqp": ("question1", "question2", ["not_duplicate", "duplicate"]), "stsb": ("sentence1", "sentence2", None),
-       "mnli": ("premise", "hypothesis", ["entailment", "neutral", "contradiction"]),
-       "qnli": ("question", "sentence", ["entailment", "not_entailment"]),
-       "rte": ("sentence1", "sentence2", ["entailment", "not_entailment"])}  # fmt: skip
-HUB_SPLIT = {"train": "train", "dev": "validation", "dev_matched": "validation_matched",
-             "dev_mismatched": "validation_mismatched"}  # fmt: skip
+HUB = {
+    "cola": ("sentence", None, ["unacceptable", "acceptable"]),
+    "sst2": ("sentence", None, ["negative", "positive"]),
+    "mrpc": ("sentence1", "sentence2", ["not_equivalent", "equivalent"]),
+    "qqp": ("question1", "question2", ["not_duplicate", "duplicate"]),
+    "stsb": ("sentence1", "sentence2", None),
+    "mnli": ("premise", "hypothesis", ["entailment", "neutral", "contradiction"]),
+    "qnli": ("question", "sentence", ["entailment", "not_entailment"]),
+    "rte": ("sentence1", "sentence2", ["entailment", "not_entailment"]),
+}
+HUB_SPLIT = {
+    "train": "train",
+    "dev": "validation",
+    "dev_matched": "validation_matched",
+    "dev_mismatched": "validation_mismatched",
+}
 
 
 def glue_parquet(root: Path, n_train: int = 24, n_dev: int = 12, tasks=tuple(FOLDERS)) -> Path:
@@ -208,20 +245,49 @@ def vqav2(root: Path, n_train: int = 12, n_val: int = 6) -> Path:
         for k, (png, _, first) in enumerate(picked):
             image_id = {"train2014": 1, "val2014": 500_000, "test-dev2015": 900_000}[split] + k
             (root / folder / f"COCO_{folder}_{image_id:012d}.jpg").write_bytes(jpeg(png))
-            for j, (q, a, qtype) in enumerate((("What color is the first shape?", first["color"], "what color is the"),
-                                               ("What shape is first?", first["shape"], "what"))):  # fmt: skip
+            for j, (q, a, qtype) in enumerate(
+                (
+                    ("What color is the first shape?", first["color"], "what color is the"),
+                    ("What shape is first?", first["shape"], "what"),
+                )
+            ):
                 qid = image_id * 10 + j
                 questions.append({"image_id": image_id, "question": q, "question_id": qid})
-                annotations.append({"question_type": qtype, "multiple_choice_answer": a, "answers": _vqa_answers(a, k),
-                                    "image_id": image_id, "answer_type": "other", "question_id": qid})  # fmt: skip
+                annotations.append(
+                    {
+                        "question_type": qtype,
+                        "multiple_choice_answer": a,
+                        "answers": _vqa_answers(a, k),
+                        "image_id": image_id,
+                        "answer_type": "other",
+                        "question_id": qid,
+                    }
+                )
         info = {"description": "miniature VQA v2", "version": "2.0"}
-        (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps(
-            {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": split,
-             "questions": questions}))  # fmt: skip
+        (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(
+            json.dumps(
+                {
+                    "info": info,
+                    "task_type": "Open-Ended",
+                    "data_type": "mscoco",
+                    "license": {},
+                    "data_subtype": split,
+                    "questions": questions,
+                }
+            )
+        )
         if split != "test-dev2015":  # the test splits' answers stay on the server
-            (root / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps(
-                {"info": info, "license": {}, "data_type": "mscoco", "data_subtype": split,
-                 "annotations": annotations}))  # fmt: skip
+            (root / f"v2_mscoco_{split}_annotations.json").write_text(
+                json.dumps(
+                    {
+                        "info": info,
+                        "license": {},
+                        "data_type": "mscoco",
+                        "data_subtype": split,
+                        "annotations": annotations,
+                    }
+                )
+            )
     return root
 
 
@@ -240,10 +306,21 @@ def snli_ve(root: Path, n: int = 12, n_eval: int | None = None) -> Path:
             (images / f"{flickr_id}.jpg").write_bytes(jpeg(png))
             label = ("entailment", "contradiction", "neutral")[k % 3]
             hypothesis = (caption, _swap_color(caption, rng), samples[(k + 1) % count][1])[k % 3]
-            lines.append(json.dumps({"annotator_labels": [label], "captionID": f"{flickr_id}.jpg#0",
-                                     "gold_label": label, "pairID": f"{flickr_id}.jpg#0r1{label[0]}",
-                                     "sentence1": caption, "sentence2": hypothesis, "Flickr30K_ID": flickr_id,
-                                     "sentence1_parse": "(ROOT)", "sentence2_parse": "(ROOT)"}))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "annotator_labels": [label],
+                        "captionID": f"{flickr_id}.jpg#0",
+                        "gold_label": label,
+                        "pairID": f"{flickr_id}.jpg#0r1{label[0]}",
+                        "sentence1": caption,
+                        "sentence2": hypothesis,
+                        "Flickr30K_ID": flickr_id,
+                        "sentence1_parse": "(ROOT)",
+                        "sentence2_parse": "(ROOT)",
+                    }
+                )
+            )
         (root / f"snli_ve_{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -282,8 +359,11 @@ def write_finetune_benchmarks(out: str | Path, train: int = 200, dev: int = 100)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmkit.eval.benchmarks.shapes_finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m mmkit.eval.benchmarks.shapes_finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=200, help="samples per training split (default 200)")
     parser.add_argument("--dev", type=int, default=100, help="samples per evaluation split (default 100)")

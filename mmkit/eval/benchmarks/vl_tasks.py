@@ -50,8 +50,14 @@ class VQARows(LabeledRows):
             scores are all training needs).
     """
 
-    def __init__(self, rows: Sequence[tuple], classes: Sequence[str], name: str, skipped: Sequence[str] = (),
-                 human_answers: dict[int, tuple[str, ...]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rows: Sequence[tuple],
+        classes: Sequence[str],
+        name: str,
+        skipped: Sequence[str] = (),
+        human_answers: dict[int, tuple[str, ...]] | None = None,
+    ) -> None:
         super().__init__(rows, classes, name, skipped)
         self.human_answers = human_answers
 
@@ -83,14 +89,18 @@ def _load_json(file: Path, fields: tuple[str, ...], what: str) -> dict[str, Any]
 
 def _vqa_files(path: Path, split: str) -> tuple[Path, Path]:
     if split not in VQA_SPLITS:
-        raise InputError(f"VQA v2 has no labelled split {split!r}: choose train or val (test-dev and test: "
-                         "predictions only)")  # fmt: skip
+        raise InputError(
+            f"VQA v2 has no labelled split {split!r}: choose train or val (test-dev and test: predictions only)"
+        )
     sub = VQA_SPLITS[split]
     names = (f"v2_OpenEnded_mscoco_{sub}_questions.json", f"v2_mscoco_{sub}_annotations.json")
     found = []
     for name in names:
-        where = [d / name for d in (path, path / "questions", path / "annotations", path / "Questions",
-                                    path / "Annotations") if (d / name).is_file()]  # fmt: skip
+        where = [
+            d / name
+            for d in (path, path / "questions", path / "annotations", path / "Questions", path / "Annotations")
+            if (d / name).is_file()
+        ]
         if not where:
             raise MissingError(f"VQA v2 {split}: no {name} under {path} (or its questions/ and annotations/)")
         found.append(where[0])
@@ -126,8 +136,9 @@ def _annotation_ok(a: Any) -> bool:
     return isinstance(mc, str) and all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in answers)
 
 
-def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[int, dict]] | None = None
-                     ) -> tuple[str, ...]:  # fmt: skip
+def vqa_answer_vocab(
+    path: str | Path, size: int = 3129, read: dict[str, dict[int, dict]] | None = None
+) -> tuple[str, ...]:
     """The ``size`` most frequent normalised ``multiple_choice_answer`` s over VQA v2's train and val
     annotations (ties by name); ``read``: annotations by question id of a split already in memory (the
     files are hundreds of MB: each is parsed once)."""
@@ -141,16 +152,22 @@ def vqa_answer_vocab(path: str | Path, size: int = 3129, read: dict[str, dict[in
     return tuple(sorted(counts, key=lambda a: (-counts[a], a))[:size])
 
 
-def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
-               classes: tuple[str, ...] | None = None, answer_vocab_size: int = 3129) -> VQARows:  # fmt: skip
+def read_vqav2(
+    path: str | Path,
+    split: str,
+    images: str | Path | None = None,
+    classes: tuple[str, ...] | None = None,
+    answer_vocab_size: int = 3129,
+) -> VQARows:
     """One VQA v2 split: rows ``(q<question_id>, question, None, image path, {class id: soft score})`` over
     ``classes`` (default :func:`vqa_answer_vocab`). Questions whose answers all fall outside the vocabulary
     are kept (their target is all zeros, as in training on the usual 3,129 answers). The val split keeps its
     human answers (:attr:`VQARows.human_answers`), train does not."""
     path = Path(path)
     if split in VQA_TEST_SPLITS:
-        return _vqa_questions_only(path, split, Path(images) if images else path,
-                                   classes or vqa_answer_vocab(path, answer_vocab_size))  # fmt: skip
+        return _vqa_questions_only(
+            path, split, Path(images) if images else path, classes or vqa_answer_vocab(path, answer_vocab_size)
+        )
     questions, by_id, qfile, afile = _vqa_annotations(path, split)
     vocab = classes or vqa_answer_vocab(path, answer_vocab_size, read={split: by_id})
     sub, root = VQA_SPLITS[split], Path(images) if images else path
@@ -161,8 +178,10 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
     shared: dict[str, str] = {}  # one string object per distinct answer (most answers repeat: "yes", "2")
     for q in questions:
         if not _question_ok(q):
-            skipped.append(f"{qfile.name}: a question without an integer question_id and image_id and a string "
-                           f"question ({q!r:.80})")  # fmt: skip
+            skipped.append(
+                f"{qfile.name}: a question without an integer question_id and image_id and a string "
+                f"question ({q!r:.80})"
+            )
             continue
         qid, ann = q["question_id"], by_id.get(q["question_id"])
         if ann is None:
@@ -172,8 +191,11 @@ def read_vqav2(path: str | Path, split: str, images: str | Path | None = None,
         rows.append((f"q{qid}", q["question"], None, str(image), vqa_sparse_scores(ann["answers"], index)))
         if human is not None:
             human[qid] = tuple(shared.setdefault(a["answer"], a["answer"]) for a in ann["answers"])
-    skipped += [f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
-                for qid in by_id if qid not in asked]  # fmt: skip
+    skipped += [
+        f"{afile.name}: annotation of question {qid} has no question in {qfile.name}"
+        for qid in by_id
+        if qid not in asked
+    ]
     return VQARows(rows, vocab, f"vqav2 {split}", skipped, human)
 
 
@@ -189,8 +211,10 @@ def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ..
     rows, skipped = [], []
     for q in data["questions"]:
         if not _question_ok(q):
-            skipped.append(f"{qfile.name}: a question without an integer question_id and image_id and a string "
-                           f"question ({q!r:.80})")  # fmt: skip
+            skipped.append(
+                f"{qfile.name}: a question without an integer question_id and image_id and a string "
+                f"question ({q!r:.80})"
+            )
             continue
         image = root / "test2015" / f"COCO_test2015_{q['image_id']:012d}.jpg"
         rows.append((f"q{q['question_id']}", q["question"], None, str(image), {}))
@@ -199,8 +223,12 @@ def _vqa_questions_only(path: Path, split: str, root: Path, vocab: tuple[str, ..
 
 def _question_ok(q: Any) -> bool:
     """Whether a VQA question has an integer ``question_id`` and ``image_id`` and a string ``question``."""
-    return (isinstance(q, dict) and _qid(q.get("question_id")) and _qid(q.get("image_id"))
-            and isinstance(q.get("question"), str))  # fmt: skip
+    return (
+        isinstance(q, dict)
+        and _qid(q.get("question_id"))
+        and _qid(q.get("image_id"))
+        and isinstance(q.get("question"), str)
+    )
 
 
 def vqa_results(rows: LabeledRows, predicted: list[int]) -> list[dict[str, Any]]:
@@ -231,8 +259,11 @@ def _jsonl(file: Path, fields: dict[str, tuple[type, ...]], what: str) -> tuple[
         if missing and not rows and not skipped:
             found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
             raise BenchmarkFormatError(file, f"is not {what}: its lines need {', '.join(fields)} (found {found})")
-        wrong = [f"{f} is {type(obj[f]).__name__}, not {' or '.join(t.__name__ for t in kinds)}"
-                 for f, kinds in fields.items() if f not in missing and not _is(obj[f], kinds)]  # fmt: skip
+        wrong = [
+            f"{f} is {type(obj[f]).__name__}, not {' or '.join(t.__name__ for t in kinds)}"
+            for f, kinds in fields.items()
+            if f not in missing and not _is(obj[f], kinds)
+        ]
         if missing or wrong:
             skipped.append(f"{file.name}:{n}: " + "; ".join([f"no {', '.join(missing)}"] * bool(missing) + wrong))
             continue
@@ -253,8 +284,9 @@ def _is(value: Any, kinds: tuple[type, ...]) -> bool:
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
-def read_snli_ve(path: str | Path, split: str, images: str | Path | None = None,
-                 allow_outside_root: bool = False) -> LabeledRows:  # fmt: skip
+def read_snli_ve(
+    path: str | Path, split: str, images: str | Path | None = None, allow_outside_root: bool = False
+) -> LabeledRows:
     """One SNLI-VE split (``train``, ``dev``, ``test``): rows ``(pairID, hypothesis, None, image, class)``;
     an image id that would name a file outside ``images`` is a named skip unless ``allow_outside_root``."""
     if split not in ("train", "dev", "test"):
