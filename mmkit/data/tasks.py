@@ -110,7 +110,21 @@ def parse_labels(
     return [index[str(r)] for r in raw], tuple(str(c) for c in labels)
 
 
-class LabeledText(Source):
+class _Rows(Source):
+    """A source over rows held in memory (``self._rows``), each row's target last."""
+
+    _rows: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def labels(self) -> list[Any]:
+        """Every row's target, in order (no record or image is read)."""
+        return [row[-1] for row in self._rows]
+
+
+class LabeledText(_Rows):
     """Text classification / regression / sentence pairs from CSV or JSONL.
 
     Args:
@@ -142,20 +156,12 @@ class LabeledText(Source):
         ]
         self._check_not_empty(str(self.path))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def labels(self) -> list[Any]:
-        """Every row's target, in order (no record is read)."""
-        return [row[-1] for row in self._rows]
-
     def __getitem__(self, i: int) -> Record:
         text, pair, label = self._rows[i]
         return Record(key=f"{self.path.name}:{i}", text=text, label=label, meta={"text_pair": pair})
 
 
-class LabeledPairs(Source):
+class LabeledPairs(_Rows):
     """Image + text + label from a JSONL/CSV manifest: multimodal classification (entailment,
     hateful-memes-style binary) or VQA as classification over a fixed answer vocabulary.
 
@@ -206,14 +212,6 @@ class LabeledPairs(Source):
         self._rows = [(str(r[image_column]), str(r[text_column]), y) for r, y in zip(rows, targets, strict=True)]
         self._check_not_empty(str(self.path))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def labels(self) -> list[Any]:
-        """Every row's target, in order (no record is read)."""
-        return [row[-1] for row in self._rows]
-
     def __getitem__(self, i: int) -> Record:
         image_path, text, label = self._rows[i]
         try:
@@ -225,7 +223,7 @@ class LabeledPairs(Source):
         return Record(key=image_path, image=data, text=text, label=label)
 
 
-class LabeledRows(Source):
+class LabeledRows(_Rows):
     """Labelled samples already read from a benchmark's own files (GLUE, VQA v2, SNLI-VE, Hateful Memes:
     :mod:`mmkit.eval.finetune_tasks`); images stay on disk until a sample is read.
 
@@ -256,14 +254,6 @@ class LabeledRows(Source):
         if not self._rows:
             why = f" ({len(self.skipped)} skipped, e.g. {self.skipped[0]})" if self.skipped else ""
             raise InputError(f"{name}: no usable record{why}")
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def labels(self) -> list[Any]:
-        """Every row's target, in order (no image is read)."""
-        return [row[-1] for row in self._rows]
 
     @property
     def keys(self) -> list[str]:

@@ -181,6 +181,19 @@ class FinetuneConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)  # the device peak perf/mfu is measured against
 
 
+#: What a named benchmark task decides itself: its files' columns (and its encoder, problem type, metric).
+NAMED_TASK_OWNS = (
+    "train_path",
+    "val_path",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "image_column",
+    "answers_column",
+    "answer_vocab",
+)
+
+
 FROZEN = (
     "seed",
     "init_from",
@@ -196,14 +209,7 @@ FROZEN = (
     "predict",
     "epochs",
     "warmup_fraction",
-    "train_path",
-    "val_path",
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "image_column",
-    "answers_column",
-    "answer_vocab",
+    *NAMED_TASK_OWNS,
     "answer_vocab_size",
     "tokenizer",
     "image_size",
@@ -240,19 +246,6 @@ def load_config(path: str | None, overrides: list[str]) -> FinetuneConfig:
     ):
         raise InputError("VQA needs answers_column (soft targets), metric=vqa_accuracy and problem_type=multi_label")
     return cfg
-
-
-#: What a named benchmark task decides itself: its files' columns (and its encoder, problem type, metric).
-NAMED_TASK_OWNS = (
-    "train_path",
-    "val_path",
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "image_column",
-    "answers_column",
-    "answer_vocab",
-)
 
 
 def _named_task_config(cfg: FinetuneConfig) -> FinetuneConfig:

@@ -113,7 +113,9 @@ def _run(run_dir, data_dir, strategy, steps, extra_env=None, check=True, nproc=2
         "progress=false",
         *extra,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=check)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert not check or out.returncode == 0, f"exit {out.returncode}; stderr ends:\n{out.stderr[-3000:]}"
+    return out
 
 
 def _losses(run_dir):
