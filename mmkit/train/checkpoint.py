@@ -31,6 +31,7 @@ file and what it tried to load.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -39,7 +40,8 @@ import pickle
 import random
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,6 +132,20 @@ class SafeFileSystemReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _single_process() -> bool:
+    """No process group: DCP then reads and writes as one process (``no_dist``)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+@contextlib.contextmanager
+def _one_process_is_meant() -> Iterator[None]:
+    """DCP warns on every save and load without a process group that it "assumes" one process, even when
+    told ``no_dist=True``; a single-process run means exactly that, so the warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -306,7 +322,8 @@ class CheckpointManager:
         error: BaseException | None = None
         try:
             model_sd, optim_sd = get_state_dict(model, optimizer)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            with _one_process_is_meant():
+                dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=_single_process())
             per_rank = {name: c.state_dict() for name, c in (components or {}).items()}
             torch.save(per_rank, tmp / f"rank{self.rank}.pt")
             for f in tmp.iterdir():
@@ -448,14 +465,16 @@ class CheckpointManager:
         stored = SafeFileSystemReader(path).read_metadata().state_dict_metadata  # its own one-line errors
         model_sd, optim_sd = get_state_dict(model, optimizer)
         model_state = {"model": model_sd}  # weights strictly: every one must be in the checkpoint
-        dcp.load(model_state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+        single, reader = _single_process(), SafeFileSystemReader(path)
+        with _one_process_is_meant():
+            dcp.load(model_state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=single)
         set_model_state_dict(model, model_state["model"])
         # Optimiser state partially: a parameter that never had a gradient before the save (an
         # unused pooler, or the image side when only text batches came so far) has no state.
         optim_state = {"optim": optim_sd}
-        dcp.load(
-            optim_state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True)
-        )
+        partial = SafeLoadPlanner(allow_partial_load=True)
+        with _one_process_is_meant():
+            dcp.load(optim_state, storage_reader=SafeFileSystemReader(path), planner=partial, no_dist=single)
         set_optimizer_state_dict(model, optimizer, optim_state["optim"], options=StateDictOptions(strict=False))
         # get_state_dict gave every parameter a fresh state; those without a saved one must have
         # none, or Adam's step count (and so its bias correction) would differ from the original run.

@@ -11,6 +11,9 @@ import torch
 from mmkit.layers.init import init_std_for
 from mmkit.models import CLIPConfig, FLAVAConfig, clip_model, flava_model, flava_model_for_pretraining
 
+# these tests read statistics of parameters (which require grad) as Python floats, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
+
 
 def _std_matches(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Two draws of the same zero-mean normal: stds within 6 standard errors of each other."""

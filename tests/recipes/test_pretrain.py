@@ -63,8 +63,8 @@ def test_checkpoint_round_trip_keep_and_interrupted_save(tmp_path, monkeypatch):
     # a crash in the middle of the next save
     real_save = ckpt_mod.dcp.save
 
-    def crashing_save(state, checkpoint_id):
-        real_save(state, checkpoint_id=checkpoint_id)
+    def crashing_save(state, checkpoint_id, **options):
+        real_save(state, checkpoint_id=checkpoint_id, **options)
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod.dcp, "save", crashing_save)
