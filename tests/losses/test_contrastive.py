@@ -70,32 +70,59 @@ def _keep(n):
     return keep
 
 
-def _worker(rank, world, init_file, out_dir, sizes, with_grad, masked=False, rows=None):
+#: every two-process run of this file, ``{name: (sizes, gather_with_grad, matched only, rows_per_rank)}``: one
+#: process group runs them all (a spawn costs seconds; the cases do not share state: each builds its model)
+CASES = {
+    "equal": ((4, 4), True, False, None),
+    "unequal": ((3, 5), True, False, None),
+    "matched-only": ((4, 4), True, True, None),
+    "unequal-padded": ((3, 5), True, False, 6),
+    "matched-only-padded": ((4, 4), True, True, 5),
+    "local-host": ((4, 4), False, False, None),
+    "local-padded": ((4, 4), False, False, 4),
+}
+
+
+def _case(rank, world, sizes, with_grad, masked, rows):
+    """One step of one case on this rank; the whole batch's mean loss and rank 0's gradients."""
+    pixels, ids = _data(sum(sizes))
+    start = sum(sizes[:rank])
+    sl = slice(start, start + sizes[rank])
+    model = _DualEncoder()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    i, t = ddp(pixels[sl], ids[sl])
+    keep = _keep(sum(sizes))[sl] if masked else None  # the column mask is gathered like the embeddings
+    loss_fn = ContrastiveLoss(gather_with_grad=with_grad, rows_per_rank=rows)
+    out = loss_fn(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
+    if rows is not None:  # padded to rows per rank: the padding columns are -inf
+        assert out.logits_per_image.shape == (sizes[rank], world * rows)
+        padding = torch.tensor([j % rows >= sizes[j // rows] for j in range(world * rows)])
+        assert torch.isinf(out.logits_per_text[:, padding]).all() and padding.sum() == world * rows - sum(sizes)
+    # sum over this rank's rows, so that summing ranks gives the whole batch's sum for any split
+    (out.loss * sizes[rank] * world / sum(sizes)).backward()  # DDP averages: x world / N -> mean
+    loss = out.loss.detach() * sizes[rank]
+    dist.all_reduce(loss)
+    return {"loss": loss / sum(sizes), "grads": {n: p.grad for n, p in model.named_parameters()}}
+
+
+def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        pixels, ids = _data(sum(sizes))
-        start = sum(sizes[:rank])
-        sl = slice(start, start + sizes[rank])
-        model = _DualEncoder()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        i, t = ddp(pixels[sl], ids[sl])
-        keep = _keep(sum(sizes))[sl] if masked else None  # the column mask is gathered like the embeddings
-        loss_fn = ContrastiveLoss(gather_with_grad=with_grad, rows_per_rank=rows)
-        out = loss_fn(i, t, model.logit_scale, row_mask=keep, column_mask=keep)
-        if rows is not None:  # padded to rows per rank: the padding columns are -inf
-            assert out.logits_per_image.shape == (sizes[rank], world * rows)
-            padding = torch.tensor([j % rows >= sizes[j // rows] for j in range(world * rows)])
-            assert torch.isinf(out.logits_per_text[:, padding]).all() and padding.sum() == world * rows - sum(sizes)
-        # sum over this rank's rows, so that summing ranks gives the whole batch's sum for any split
-        (out.loss * sizes[rank] * world / sum(sizes)).backward()  # DDP averages: x world / N -> mean
-        loss = out.loss.detach() * sizes[rank]
-        dist.all_reduce(loss)
-        if rank == 0:
-            grads = {n: p.grad for n, p in model.named_parameters()}
-            torch.save({"loss": loss / sum(sizes), "grads": grads}, os.path.join(out_dir, f"dist{rows}.pt"))
-        dist.barrier()
+        for name, case in CASES.items():
+            result = _case(rank, world, *case)
+            if rank == 0:
+                torch.save(result, os.path.join(out_dir, f"{name}.pt"))
+            dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """``{case name: {"loss", "grads"}}`` of every case of :data:`CASES`, from one spawn of two processes."""
+    out = tmp_path_factory.mktemp("contrastive_dist")
+    mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    return {name: torch.load(out / f"{name}.pt") for name in CASES}
 
 
 def _single_process(n, masked=False):
@@ -108,16 +135,11 @@ def _single_process(n, masked=False):
     return out.loss.detach(), {n_: p.grad for n_, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(
-    ("sizes", "masked", "rows"),
-    [((4, 4), False, None), ((3, 5), False, None), ((4, 4), True, None), ((3, 5), False, 6), ((4, 4), True, 5)],
-    ids=["equal", "unequal", "matched-only", "unequal-padded", "matched-only-padded"],
-)
-def test_two_processes_equal_one_process(tmp_path, sizes, masked, rows):
+@pytest.mark.parametrize("case", ["equal", "unequal", "matched-only", "unequal-padded", "matched-only-padded"])
+def test_two_processes_equal_one_process(two_process_runs, case):
     """Sizes exchanged on the host (``rows_per_rank=None``) or each rank padded to ``rows`` (no host sync)."""
-    args = (2, str(tmp_path / "init"), str(tmp_path), sizes, True, masked, rows)
-    mp.spawn(_worker, args=args, nprocs=2, join=True)
-    result = torch.load(tmp_path / f"dist{rows}.pt")
+    sizes, _, masked, _ = CASES[case]
+    result = two_process_runs[case]
     loss, grads = _single_process(sum(sizes), masked)
     torch.testing.assert_close(result["loss"], loss, atol=1e-5, rtol=1e-5)
     assert {n for n in grads if n.startswith("image.")} and {n for n in grads if n.startswith("text.")}
@@ -125,12 +147,9 @@ def test_two_processes_equal_one_process(tmp_path, sizes, masked, rows):
         torch.testing.assert_close(result["grads"][name], g, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_local_only_gradients_differ(tmp_path):
+def test_local_only_gradients_differ(two_process_runs):
     """Without gradient through the gather, the encoders' gradients are not the whole batch's (either gather)."""
-    for rows in (None, 4):
-        args = (2, str(tmp_path / f"init{rows}"), str(tmp_path), (4, 4), False, False, rows)
-        mp.spawn(_worker, args=args, nprocs=2, join=True)
-    host, padded = torch.load(tmp_path / "distNone.pt"), torch.load(tmp_path / "dist4.pt")
+    host, padded = two_process_runs["local-host"], two_process_runs["local-padded"]
     _, grads = _single_process(8)
     name = "image.embeddings.proj.weight"
     assert not torch.allclose(host["grads"][name], grads[name], atol=1e-5)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,18 +128,39 @@ def _losses(run_dir):
     return per_step
 
 
+def _crash(run_dir, data_dir, strategy):
+    """An 8-step run killed (SIGKILL) at step 5: one checkpoint, of step 3."""
+    crashed = _run(run_dir, data_dir, strategy, 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
+    assert crashed.returncode != 0
+    ckpts = sorted(p.name for p in (Path(run_dir) / "checkpoints").iterdir())
+    assert ckpts == ["step_00000003"], ckpts
+
+
+@pytest.fixture(scope="module")
+def fsdp_crashed(tmp_path_factory, builtin_data):
+    """One FSDP2 run killed at step 5, for the resumes on two and on three ranks (each resumes a copy: a run
+    directory moved elsewhere resumes, its run_dir being a setting a resume may change)."""
+    run = tmp_path_factory.mktemp("fsdp_crashed") / "run"
+    _crash(run, builtin_data, "fsdp")
+    return run
+
+
+def _crashed_copy(request, strategy, run_dir, data_dir):
+    if strategy == "fsdp":
+        shutil.copytree(request.getfixturevalue("fsdp_crashed"), run_dir)
+    else:
+        _crash(run_dir, data_dir, strategy)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, strategy, builtin_data):
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, strategy, builtin_data, request):
     from safetensors.torch import load_file
 
     data = builtin_data
     ref = _run(tmp_path / "ref", data, strategy, 8)
     assert "Traceback" not in ref.stderr, ref.stderr[-3000:]
-    crashed = _run(tmp_path / "res", data, strategy, 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
-    assert crashed.returncode != 0
-    ckpts = sorted(p.name for p in (tmp_path / "res" / "checkpoints").iterdir())
-    assert ckpts == ["step_00000003"], ckpts
+    _crashed_copy(request, strategy, tmp_path / "res", data)
     _run(tmp_path / "res", data, strategy, 8)
     a, b = _losses(tmp_path / "ref"), _losses(tmp_path / "res")
     assert sorted(a) == sorted(b) == list(range(1, 9))
@@ -221,12 +243,11 @@ def test_the_readme_object_storage_config_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path, builtin_data):
+def test_fsdp_run_killed_on_two_ranks_resumes_on_three(tmp_path, builtin_data, fsdp_crashed):
     """FSDP2 reshards the model and optimiser through DCP; the streamed data of the begun epoch is dealt
     to the three new ranks (exactly once: tests/data/test_streaming.py)."""
     data = builtin_data
-    crashed = _run(tmp_path / "run", data, "fsdp", 8, {"MMKIT_FAULT_KILL_AT_STEP": "5"}, check=False)
-    assert crashed.returncode != 0
+    shutil.copytree(fsdp_crashed, tmp_path / "run")
     resumed = _run(tmp_path / "run", data, "fsdp", 8, nproc=3)
     assert "elastic resume: the checkpoint was written by 2 rank(s), this run has 3" in resumed.stdout
     assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout

@@ -1,4 +1,5 @@
-"""``compile="step"`` on two processes (gloo): DDP and FSDP2 steps of the compiled FLAVA equal the eager ones.
+"""``compile="step"`` and activation checkpointing on two processes (gloo): DDP and FSDP2 steps of the compiled
+FLAVA, and of FLAVA with its shard units checkpointed, equal the eager ones.
 
 Each rank runs the same :class:`~mmkit.train.TrainStep` (three micro-batches: a pair, an image and a text
 batch, so gradient sync is skipped on two of them) eagerly and compiled, then a second step on other
@@ -26,11 +27,19 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
 
-def _run(rank: int, strategy: str, compile: str, tmp: str) -> dict:
+def _run(rank: int, strategy: str, mode: str, tmp: str) -> dict:
+    """``mode``: ``none`` (eager), ``step`` (compiled) or ``checkpointed`` (eager, activation checkpointing)."""
     model = _model(False)
     model.contrastive.rows_per_rank = B
-    options = {"backend": "aot_eager"}
-    wrapped = parallelize(model, DistInfo(rank, WORLD), strategy, compile=compile, compile_options=options)
+    options, compile = {"backend": "aot_eager"}, "step" if mode == "step" else "none"
+    wrapped = parallelize(
+        model,
+        DistInfo(rank, WORLD),
+        strategy,
+        activation_checkpointing=mode == "checkpointed",
+        compile=compile,
+        compile_options=options,
+    )
     model.set_static_shapes(True)  # the eager run predicts the same budgets of positions
     params = [p for _, p in model.trainable_parameters()]
     opt = torch.optim.SGD(params, lr=1.0)
@@ -57,10 +66,22 @@ def _run(rank: int, strategy: str, compile: str, tmp: str) -> dict:
 def _worker(rank: int, init_file: str, out_dir: str, strategy: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        runs = {mode: _run(rank, strategy, mode, out_dir) for mode in ("none", "step")}
+        runs = {mode: _run(rank, strategy, mode, out_dir) for mode in ("none", "step", "checkpointed")}
         torch.save(runs, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def _assert_same_steps(reference: list[dict], steps: list[dict], where: str) -> None:
+    """Equal per-objective losses, gradient norms and updated parameters, step by step."""
+    for i, (ref, out) in enumerate(zip(reference, steps, strict=True)):
+        at = f"{where} step {i + 1}"
+        assert out["losses"].keys() == ref["losses"].keys() and "global_contrastive" in ref["losses"], at
+        for name, loss in ref["losses"].items():
+            torch.testing.assert_close(out["losses"][name], loss, atol=1e-5, rtol=1e-5, msg=f"{at} {name}")
+        torch.testing.assert_close(out["grad_norm"], ref["grad_norm"], atol=1e-5, rtol=1e-5, msg=at)
+        for name, p in ref["params"].items():  # SGD at lr 1: equal parameters are equal gradients
+            torch.testing.assert_close(out["params"][name], p, atol=1e-5, rtol=1e-5, msg=f"{at} {name}")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -69,14 +90,8 @@ def test_compiled_step_equals_eager_on_two_processes(tmp_path, strategy):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for rank, runs in enumerate(ranks):
         eager, compiled = runs["none"], runs["step"]
-        for i, (ref, out) in enumerate(zip(eager["steps"], compiled["steps"], strict=True)):
-            where = f"rank {rank} step {i + 1}"
-            assert out["losses"].keys() == ref["losses"].keys() and "global_contrastive" in ref["losses"], where
-            for name, loss in ref["losses"].items():
-                torch.testing.assert_close(out["losses"][name], loss, atol=1e-5, rtol=1e-5, msg=f"{where} {name}")
-            torch.testing.assert_close(out["grad_norm"], ref["grad_norm"], atol=1e-5, rtol=1e-5, msg=where)
-            for name, p in ref["params"].items():  # SGD at lr 1: equal parameters are equal gradients
-                torch.testing.assert_close(out["params"][name], p, atol=1e-5, rtol=1e-5, msg=f"{where} {name}")
+        for mode in ("step", "checkpointed"):  # compiled, and with activation checkpointing: the eager step
+            _assert_same_steps(eager["steps"], runs[mode]["steps"], f"rank {rank} {mode}")
         if strategy == "fsdp":  # per-layer units eagerly; one unit, hooks outside the compiled forward
             assert eager["fsdp_units"] > 1 and compiled["fsdp_units"] == 1 and compiled["compiled_forward"]
     # the ranks saw different data, yet hold the same parameters: the gradients were averaged
