@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_recipe
+from tests.conftest import load_recipe, run_recipe_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "recipes/flava/pretrain.py"
@@ -34,18 +34,20 @@ def _env(tmp_path, **extra):
 
 
 def _pretrain(tmp_path, run, *overrides, env=None, check=True):
-    cmd = [
-        sys.executable,
-        str(PRETRAIN),
-        "--config",
-        str(REPO / "recipes/flava/configs/demo.yaml"),
-        f"run_dir={run}",
-        *TINY,
-        *overrides,
-    ]
-    out = subprocess.run(
-        cmd, cwd=REPO, env=_env(tmp_path, **(env or {})), capture_output=True, text=True, timeout=600, check=False
-    )
+    """The pretraining CLI on the built-in set; in this process unless the run kills itself."""
+    args = ["--config", str(REPO / "recipes/flava/configs/demo.yaml"), f"run_dir={run}", *TINY, *overrides]
+    if "MMKIT_FAULT_KILL_AT_STEP" in (env or {}):
+        out = subprocess.run(
+            [sys.executable, str(PRETRAIN), *args],
+            cwd=REPO,
+            env=_env(tmp_path, **env),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    else:
+        out = run_recipe_in_process("recipes/flava/pretrain.py", args, _env(tmp_path, **(env or {})))
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out

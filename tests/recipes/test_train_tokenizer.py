@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import load_recipe
+from tests.conftest import load_recipe, run_recipe_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "dalle" / "train_tokenizer.py"
@@ -38,16 +38,21 @@ def _recipe():
 
 
 def _run(run_dir, data_dir, steps, *extra, env=None, check=True):
-    cmd = [sys.executable, str(RECIPE), f"run_dir={run_dir}", f"optim.total_steps={steps}", *TINY, *extra]
-    out = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env={**os.environ, "MMKIT_DATA": str(data_dir), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    """One process of the recipe; in this one unless the run kills itself."""
+    args = [f"run_dir={run_dir}", f"optim.total_steps={steps}", *TINY, *extra]
+    env = {"MMKIT_DATA": str(data_dir), **(env or {})}
+    if "MMKIT_FAULT_KILL_AT_STEP" in env:
+        out = subprocess.run(
+            [sys.executable, str(RECIPE), *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    else:
+        out = run_recipe_in_process("recipes/dalle/train_tokenizer.py", args, env)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
