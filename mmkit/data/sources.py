@@ -136,13 +136,24 @@ class _FileCache:
         self._files: dict[Path, Any] = {}
 
     def read(self, path: Path, offset: int, size: int) -> bytes:
-        if self._pid != os.getpid():
-            self._pid, self._files = os.getpid(), {}
+        if self._pid != os.getpid():  # a forked worker: its copies of the parent's handles are not its own
+            self.close()
+            self._pid = os.getpid()
         f = self._files.get(path)
         if f is None:
             f = self._files[path] = open(path, "rb")
         f.seek(offset)
         return f.read(size)
+
+    def close(self) -> None:
+        """Close every handle held (reading again reopens them)."""
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+    def __del__(self) -> None:
+        """A source dropped with handles open closes them now (not the collector, with a ResourceWarning each)."""
+        self.close()
 
     def __getstate__(self) -> dict:
         return {"_pid": -1, "_files": {}}
