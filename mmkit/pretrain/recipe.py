@@ -88,14 +88,16 @@ class RecipeData:
 
     Args:
         loaders: ``{source name: (loader, probability)}`` for :class:`~mmkit.data.MixedBatches`.
-        eval_collators: the collators held-out pairs are scored through (the first makes paired batches).
+        eval_collators: makes the collators held-out pairs are scored through (the first makes paired batches),
+            called afresh for every held-out batch: each evaluation masks and pairs the same samples alike, so
+            evaluations at different steps score the same inputs.
         cached_tokens: ``{source name: what its cached image-tokenizer ids were made with}`` for the sources read
             with them (:meth:`~mmkit.data.TrainingSource.cached_ids`): the model's tokenizer is checked against
             them in :meth:`PretrainRecipe.build_model`.
     """
 
     loaders: dict[str, tuple[Any, float]]
-    eval_collators: list[Callable]
+    eval_collators: Callable[[], list[Callable]]
     cached_tokens: dict[str, dict] = field(default_factory=dict)
 
 
@@ -343,7 +345,7 @@ class PretrainRecipe:
         counts: dict[str, int] = {}
         images, texts, skipped = [], [], []
         for samples in self._heldout_batches(skipped):
-            for collate in self.data.eval_collators:
+            for collate in self.data.eval_collators():
                 batch = self.transform.finish(collate(samples).to(self.ctx.device))
                 with autocast(self.cfg.precision, self.ctx.device):
                     out = model(**batch.model_inputs())

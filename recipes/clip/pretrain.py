@@ -117,7 +117,7 @@ class ClipPretrainRecipe(PretrainRecipe):
         length = self.model_cfg.text_length or self.train_text_length  # SigLIP's pooler needs one length
         collate = ContrastivePairCollator(self.tokenizer.pad_token_id, length)
         pairs = self.source_loader(self.source(paths.train_pairs, "pair", "pairs"), collate)
-        return RecipeData({"pairs": (pairs, 1.0)}, eval_collators=[collate])
+        return RecipeData({"pairs": (pairs, 1.0)}, eval_collators=lambda: [collate])
 
     def build_model(self, data: RecipeData) -> torch.nn.Module:
         return dual_encoder_for_pretraining(self.model_cfg).to(self.ctx.device)

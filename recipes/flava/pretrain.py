@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -244,7 +245,7 @@ class FLAVAPretrainRecipe(PretrainRecipe):
             collate = TextCollator(tokens, self.train_text_length)
             loaders["text"] = (self.source_loader(self.source(paths.text, "text", "text"), collate), d.text_prob)
         cached = {name: info for name, info in cached.items() if info is not None}
-        return RecipeData(loaders, self._eval_collators(blocks, tokens), cached)
+        return RecipeData(loaders, partial(self._eval_collators, blocks, tokens), cached)
 
     def _image_loader(self, source: TrainingSource, collate) -> tuple[Any, dict | None]:
         """``(loader, cached ids' settings or None)``: the shards' cached tokenizer ids where ``data.cached_tokens``."""

@@ -54,9 +54,13 @@ def _train(data, run_dir: Path, extra: list[str]) -> dict:
             *extra,
         ],
     )
-    _setup_and_train(recipe, cfg)
+    trained = _setup_and_train(recipe, cfg)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [e for e in evals if e["split"] == "eval"][-1]
+    last = [e for e in evals if e["split"] == "eval"][-1]
+    # the same weights score the same: each evaluation masks and pairs the held-out samples alike
+    again = trained.evaluate()
+    assert {k: again[k] for k in last if k in again} == pytest.approx({k: last[k] for k in last if k in again})
+    return last
 
 
 @pytest.mark.slow
