@@ -59,5 +59,5 @@ if __name__ == "__main__":
     state_in, batches_out, root, tok_dir, rank, world, workers, m = sys.argv[1:]
     tokenizer = TextTokenizer.from_pretrained(tok_dir, max_length=24)
     mixed = build(Path(root), tokenizer, int(rank), int(world), int(workers))
-    mixed.load_state_dict(torch.load(state_in, weights_only=False))
+    mixed.load_state_dict(torch.load(state_in, weights_only=True))
     torch.save(take(mixed, int(m)), batches_out)

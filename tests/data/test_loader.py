@@ -55,7 +55,7 @@ def test_resume_in_a_fresh_process_gives_the_same_batches(tmp_path, small_shapes
             str(m),
         ]
         subprocess.run(cmd, check=True, cwd=REPO, timeout=300)
-        resumed = torch.load(tmp_path / "next.pt", weights_only=False)
+        resumed = torch.load(tmp_path / "next.pt", weights_only=True)
         _same(resumed, reference[n:])
         assert {b["source"] for b in reference} == {"pairs", "images", "text"}
         per_rank.append(reference)

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from mmkit.encoders import flava_text_encoder, vit_encoder
 from mmkit.losses import ContrastiveLoss, gather_batches, gather_padded
+from tests.conftest import spawn_ranks
 
 
 def test_matches_hand_computation_and_row_mask():
@@ -121,7 +121,7 @@ def _worker(rank, world, init_file, out_dir):
 def two_process_runs(tmp_path_factory):
     """``{case name: {"loss", "grads"}}`` of every case of :data:`CASES`, from one spawn of two processes."""
     out = tmp_path_factory.mktemp("contrastive_dist")
-    mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    spawn_ranks(_worker, (2, str(out / "init"), str(out)), 2)
     return {name: torch.load(out / f"{name}.pt") for name in CASES}
 
 

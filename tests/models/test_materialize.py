@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from mmkit.models import FLAVAConfig, flava_model_for_pretraining, initialize_flava, materialize_flava
 from mmkit.tokenizers import DalleEncoder
+from tests.conftest import spawn_ranks
 
 ALLOW_RANDOM = {"codebook.allow_random": True}
 
@@ -110,9 +111,8 @@ def _shard_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_fsdp2_shards_are_materialised_alone_by_the_same_rules(tmp_path):
     """Sharded on meta, each of two ranks gives storage to its shard only; gathered, the model follows
     the builders' rules (the padding row of the sharded word table zeroed too)."""
-    import torch.multiprocessing as mp
 
-    mp.spawn(_shard_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_shard_worker, (2, str(tmp_path / "init"), str(tmp_path)), 2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     built = flava_model_for_pretraining(FLAVAConfig.tiny(), **ALLOW_RANDOM)

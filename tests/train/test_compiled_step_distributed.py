@@ -15,9 +15,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmkit.train import CheckpointConfig, Collectives, DistInfo, RunContext, StepOptions, TrainStep, parallelize
+from tests.conftest import spawn_ranks
 from tests.models.test_flava_compile import B, _batches, _model
 
 WORLD = 2
@@ -86,8 +86,8 @@ def _assert_same_steps(reference: list[dict], steps: list[dict], where: str) -> 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_compiled_step_equals_eager_on_two_processes(tmp_path, strategy):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), strategy), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    spawn_ranks(_worker, (str(tmp_path / "init"), str(tmp_path), strategy), WORLD)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for rank, runs in enumerate(ranks):
         eager, compiled = runs["none"], runs["step"]
         for mode in ("step", "checkpointed"):  # compiled, and with activation checkpointing: the eager step

@@ -28,6 +28,7 @@ from mmkit.train import (
     train_loop,
 )
 from mmkit.train.context import FaultPlan
+from tests.conftest import spawn_ranks
 from tests.models.test_flava_compile import _batches as flava_batches
 from tests.models.test_flava_compile import _model as flava_model
 
@@ -209,10 +210,9 @@ def _ranks_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> Non
 def test_ranks_agree_on_the_device_and_skip_the_same_updates(tmp_path, strategy):
     """A step non-finite on one rank only is skipped on both, through the device all-reduce under DDP and
     FSDP2 (the fused kernel's ``found_inf`` on sharded parameters too), as with the host decision."""
-    import torch.multiprocessing as mp
 
-    mp.spawn(_ranks_worker, args=(str(tmp_path / "init"), str(tmp_path), strategy), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    spawn_ranks(_ranks_worker, (str(tmp_path / "init"), str(tmp_path), strategy), 2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for results in ranks:
         assert results[False]["finite"] == results[True]["finite"] == [True, False, True, True]
         for name, p in results[False]["params"].items():

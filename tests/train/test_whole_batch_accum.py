@@ -16,7 +16,6 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmkit.models import (
     CLIPConfig,
@@ -37,7 +36,7 @@ from mmkit.train import (
     parallelize,
 )
 from mmkit.train.context import FaultPlan
-from tests.conftest import randomize_
+from tests.conftest import randomize_, spawn_ranks
 from tests.models.test_flava_compile import _batches as flava_batches
 from tests.models.test_flava_compile import _model as flava_model
 
@@ -212,7 +211,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_accumulated_step_equals_the_big_batch_step_on_two_ranks(tmp_path):
     """DDP and FSDP2 on 2 gloo ranks, every rank its own data, gathered with gradient."""
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (str(tmp_path / "init"), str(tmp_path)), 2)
     assert all((tmp_path / f"rank{r}.pt").exists() for r in range(2))
 
 
