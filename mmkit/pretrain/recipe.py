@@ -51,6 +51,7 @@ from mmkit.tokenizers import TextTokenizer, tokenizer_for_run
 from mmkit.train import (
     MetricsLogger,
     PerfMeter,
+    TrainingRecipe,
     WholeBatchForward,
     autocast,
     full_state_dict,
@@ -101,7 +102,7 @@ class RecipeData:
     cached_tokens: dict[str, dict] = field(default_factory=dict)
 
 
-class PretrainRecipe:
+class PretrainRecipe(TrainingRecipe):
     """The shared skeleton of a pretraining recipe (see the module docs for what a subclass provides).
 
     Attributes set by :meth:`setup`, in this order: ``ctx`` (the run context), ``run_dir``, ``paths``
@@ -209,7 +210,7 @@ class PretrainRecipe:
         self.sources: dict[str, TrainingSource] = {}
         self.loader_options = LoaderOptions.from_config(d, ctx.info, cfg.seed)  # made once, read by every loader
         self.data = data = self.loaders(paths)
-        self.stream = MixedBatches(data.loaders, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+        self.stream = ctx.closing(MixedBatches(data.loaders, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction))
         self.val_dataset = self._heldout(paths.val_pairs)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
@@ -241,7 +242,9 @@ class PretrainRecipe:
         )
         self.train_forward = self.whole_batch_forward() if accum > 1 else self.forward
         self.resumed = self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
+        self.metrics = ctx.closing(
+            MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
+        )
         self.health = HealthMonitor(cfg.health, warn=self.warn, warmup_steps=cfg.optim.warmup_steps)
 
     def warn(self, line: str) -> None:

@@ -16,7 +16,7 @@
 * :mod:`~mmkit.train.distributed` (setup, DDP/FSDP2 wrapping), :mod:`~mmkit.train.optim` (AdamW
   groups, warmup-cosine), :mod:`~mmkit.train.metrics` (JSONL, TensorBoard, W&B through
   :mod:`~mmkit.train.wandb_sink`, plots), :mod:`~mmkit.train.perf` (where the time goes: FLOPs, MFU, data wait),
-  :mod:`~mmkit.train.cli` (the shared command line).
+  :mod:`~mmkit.train.cli` (the shared command line; :class:`TrainingRecipe`, what it runs).
 """
 
 from mmkit.train.checkpoint import (
@@ -28,7 +28,7 @@ from mmkit.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from mmkit.train.cli import debug_enabled, recipe_arg_parser, run_cli, run_recipe, run_training
+from mmkit.train.cli import TrainingRecipe, debug_enabled, recipe_arg_parser, run_cli, run_recipe, run_training
 from mmkit.train.collectives import Collectives
 from mmkit.train.context import RunContext, start_run
 from mmkit.train.distributed import (
@@ -110,6 +110,7 @@ __all__ = [
     "StepOutcome",
     "TrainState",
     "TrainStep",
+    "TrainingRecipe",
     "WholeBatchForward",
     "adamw_param_groups",
     "autocast",

@@ -1,7 +1,8 @@
 """The command line every recipe shares.
 
-``--config FILE`` (YAML) plus ``key=value`` overrides; :func:`run_recipe` builds the recipe, runs
-``setup()`` then ``train()`` and always tears the process group down. A user error (one of
+``--config FILE`` (YAML) plus ``key=value`` overrides; :func:`run_recipe` builds the recipe (a
+:class:`TrainingRecipe`), runs ``setup()`` then ``train()``, and always closes the run and tears the process
+group down. A user error (one of
 :mod:`mmkit.utils.errors`' types: a bad config value, a missing file, a checkpoint that does not fit)
 prints one line, ``error: ...``, and exits with status 2; ``--debug`` or ``MMKIT_DEBUG=1`` shows the
 full traceback instead. Any other exception is a bug and keeps its traceback.
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mmkit.train.context import RunContext
 from mmkit.train.distributed import teardown_distributed
 from mmkit.train.metrics import plot_run, summarize_run
 from mmkit.utils.errors import debug_requested, run_cli
@@ -37,30 +39,41 @@ def debug_enabled(args: argparse.Namespace | None = None) -> bool:
     return debug_requested(bool(getattr(args, "debug", False)))
 
 
-def run_training(recipe: Any) -> int:
-    """``setup()`` then ``train()``, the process group torn down whatever happens; with several
-    processes on one machine each takes its share of the CPU threads."""
+class TrainingRecipe:
+    """What :func:`run_training` runs, and the base of every recipe: ``setup()`` builds the run (starting with
+    :func:`~mmkit.train.start_run`, kept as ``ctx``, and registering with ``ctx.closing`` what must be closed:
+    the batch stream, the metrics logger), ``train()`` trains, ``close()`` ends the run however it ended."""
+
+    ctx: RunContext | None = None
+
+    def setup(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.setup")
+
+    def train(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.train")
+
+    def close(self, completed: bool = False) -> None:
+        """Close what the run registered and release its directory (:meth:`RunContext.close`); when ``completed``
+        (setup and train returned on this rank), first wait for every rank. Safe after a setup that failed part
+        way, and a second time."""
+        if self.ctx is not None:
+            self.ctx.close(wait_for_ranks=completed)
+
+
+def run_training(recipe: TrainingRecipe) -> int:
+    """``setup()`` then ``train()``, then ``close()`` and the process group torn down whatever happens; with
+    several processes on one machine each takes its share of the CPU threads."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    completed = False
     try:
         recipe.setup()
         recipe.train()
-        # Ranks finish at different moments (rank 0 writes the exports); leaving the group only when
-        # all are done keeps a rank from tearing down gloo/NCCL under a peer still talking to it
-        # (seen as a SIGABRT, "terminate called without an active exception", at exit).
-        ctx = getattr(recipe, "ctx", None)
-        if ctx is not None:
-            ctx.comm.barrier()
+        completed = True
     finally:
-        stream = getattr(recipe, "stream", None)
-        if stream is not None and hasattr(stream, "close"):  # loader workers stop now, not when collected
-            stream.close()
-        metrics = getattr(recipe, "metrics", None)
-        if metrics is not None:  # flushes and closes TensorBoard and W&B (log.wandb)
-            metrics.close()
-        ctx = getattr(recipe, "ctx", None)
-        if ctx is not None:
-            ctx.close()
-        teardown_distributed()
+        try:
+            recipe.close(completed)
+        finally:
+            teardown_distributed()
     return 0
 
 
@@ -77,11 +90,13 @@ def run_recipe(recipe_cls: type, load_config: Callable, doc: str | None, argv: l
         return run_training(recipe_cls(load_config(args.config, args.overrides)))
 
     code = run_cli(run, debug_enabled(args))
-    # The recipe is unreferenced now but for its cycles: after a 2-rank FSDP2 demo run, 146 FSDP states and
-    # process groups were still alive here, freed only by this collection. Left to the interpreter's last
-    # collection, a group's gloo threads may reach for the GIL while Python shuts down, and the process
-    # dies of SIGABRT ("terminate called without an active exception") after its work is done: seen in 2
-    # of 40 runs of a test worker (tests/conftest.py: spawn_ranks), none in 30 recipe runs; collected here,
-    # they stop while Python still runs.
-    gc.collect()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the run joined a process group (setup_distributed)
+        # The recipe is unreferenced now but for its cycles: after a 2-rank FSDP2 demo run, 146 FSDP states and
+        # process groups were still alive here, freed only by this collection. Left to the interpreter's last
+        # collection, a group's gloo threads may reach for the GIL while Python shuts down, and the process
+        # dies of SIGABRT ("terminate called without an active exception") after its work is done: seen in 2
+        # of 40 runs of a test worker (tests/conftest.py: spawn_ranks), none in 30 recipe runs; collected
+        # here, they stop while Python still runs. A one-process run has no group to stop, and skips the
+        # collection (0.2-0.5 s in a large process, such as a test session that runs recipes in turn).
+        gc.collect()
     return code

@@ -10,6 +10,8 @@ run directory, installs a SIGTERM handler and returns a :class:`RunContext` hold
   in every checkpoint and compared on resume, see :mod:`mmkit.train.resume`);
 * ``lock``: the run directory's hold (:mod:`mmkit.utils.run_lock`: one writer per directory; a second
   run on a directory in use stops at once naming the holder), released by :meth:`RunContext.close`;
+* what the run must close when it ends, registered with :meth:`RunContext.closing` (loader workers,
+  TensorBoard/W&B sinks) and closed by :meth:`RunContext.close`, the last registered first;
 * the stop request: SIGTERM sets a flag, and :meth:`TrainStep <mmkit.train.step.TrainStep>` turns it
   into a decision every rank agrees on (so all ranks save the same checkpoint and exit together);
 * fault injection used by the resume tests (environment variables, read once):
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -32,6 +35,8 @@ from mmkit.train.collectives import Collectives
 from mmkit.train.distributed import DistInfo, setup_distributed
 from mmkit.utils import config_to_dict
 from mmkit.utils.run_lock import RunDirInUseError, RunDirLock
+
+_Closable = TypeVar("_Closable")
 
 
 @dataclass
@@ -59,11 +64,29 @@ class RunContext:
     faults: FaultPlan = field(default_factory=FaultPlan)
     stop_requested: bool = False
     lock: RunDirLock | None = None
+    closers: ExitStack = field(default_factory=ExitStack, repr=False)
+    closed: bool = field(default=False, init=False)
 
-    def close(self) -> None:
-        """Release the run directory (rank 0's hold); called when the recipe ends, however it ends."""
-        if self.lock is not None:
-            self.lock.release()
+    def closing(self, resource: _Closable) -> _Closable:
+        """``resource`` (anything with a ``close()``), registered to be closed by :meth:`close`."""
+        self.closers.callback(resource.close)
+        return resource
+
+    def close(self, wait_for_ranks: bool = False) -> None:
+        """End the run, however it ended: close what :meth:`closing` registered, the last first, and release the
+        run directory (rank 0's hold). A second call does nothing.
+
+        ``wait_for_ranks`` (the run finished on every rank) first waits for every rank: ranks finish at different
+        moments (rank 0 writes the exports), and a rank that leaves early could tear gloo/NCCL down under a peer
+        still talking to it (seen as a SIGABRT at exit, "terminate called without an active exception"). The
+        registered resources are closed even when that wait fails.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        with self.closers:
+            if wait_for_ranks:
+                self.comm.barrier()
 
     @property
     def device(self) -> torch.device:
@@ -119,6 +142,7 @@ def start_run(config: Any, run_dir: str | Path, seed: int = 0, device: str = "au
     if ctx.is_main:
         try:
             ctx.lock = RunDirLock.acquire(ctx.run_dir)
+            ctx.closers.callback(ctx.lock.release)  # released last, after all the run registers later
         except (RunDirInUseError, OSError) as e:  # in use, or not creatable: every rank stops, none waits
             refusal = e
     if comm.any(refusal is not None)[0]:

@@ -80,6 +80,7 @@ from mmkit.train import (
     OptimConfig,
     PerfConfig,
     PerfMeter,
+    TrainingRecipe,
     full_parameters,
     full_state_dict,
     loop_options,
@@ -228,7 +229,7 @@ class CodeCounts:
         self.counts.copy_(state["counts"])
 
 
-class TokenizerRecipe:
+class TokenizerRecipe(TrainingRecipe):
     def __init__(self, cfg: TokenizerTrainConfig) -> None:
         self.cfg = cfg
 
@@ -260,7 +261,9 @@ class TokenizerRecipe:
             perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, patch_size=2 ** (m.num_groups - 1)),  # a token's pixels
         )
         self.resumed = self.state.resume()
-        self.metrics = MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
+        self.metrics = ctx.closing(
+            MetricsLogger(self.run_dir, enabled=ctx.is_main, log=cfg.log, config=config_to_dict(cfg))
+        )
 
     def new_model(self) -> DiscreteVAE:
         m = self.cfg.model
@@ -291,7 +294,9 @@ class TokenizerRecipe:
         else:
             dataset = SampleDataset(image_source(train, "images"), "image", ImageTransform(tcfg), seed=cfg.seed)
             loader = make_loader(dataset, stack_pixels, options)
-        self.stream = MixedBatches({"images": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+        self.stream = self.ctx.closing(
+            MixedBatches({"images": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+        )
         return val
 
     def _val_pixels(self, source: Source) -> torch.Tensor:

@@ -105,6 +105,7 @@ from mmkit.train import (
     OptimConfig,
     PerfConfig,
     PerfMeter,
+    TrainingRecipe,
     autocast,
     full_state_dict,
     loop_options,
@@ -321,7 +322,7 @@ class Progress:
         self.skipped = dict(state.get("skipped", {}))
 
 
-class FinetuneRecipe:
+class FinetuneRecipe(TrainingRecipe):
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
         self.progress = Progress()
@@ -361,8 +362,8 @@ class FinetuneRecipe:
             perf=PerfMeter(ctx.device, cfg.precision, cfg.perf, self.raw_model.model.config.image.patch_size),
         )
         self.state.resume()
-        self.metrics = MetricsLogger(
-            self.run_dir, enabled=ctx.is_main, tensorboard=False, log=cfg.log, config=config_to_dict(cfg)
+        self.metrics = ctx.closing(
+            MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=False, log=cfg.log, config=config_to_dict(cfg))
         )
         self.classifier_info = {
             "num_classes": cfg.num_classes or len(classes),
@@ -420,7 +421,9 @@ class FinetuneRecipe:
             )
         options = LoaderOptions.from_config(cfg, info, cfg.seed)
         loader = make_loader(self.train_ds, collate, options)
-        self.stream = MixedBatches({"train": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction)
+        self.stream = self.ctx.closing(
+            MixedBatches({"train": (loader, 1.0)}, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction)
+        )
         once = dict(shuffle=False, repeat=False, drop_last=False)  # every rank scores the whole split
         self.val_loader = make_loader(self.val_ds, collate, options.unsharded(), **once)
         self.report_loaders = {}

@@ -94,7 +94,7 @@ def _train_and_check_best(recipe, run, overrides):
         r.model = r.raw_model = load_classifier(Path(r.cfg.run_dir) / "best")
         assert r.evaluate() == pytest.approx(results["best"], abs=1e-6)
     finally:
-        r.ctx.close()  # the run directory's hold
+        r.close()  # the loaders, the logger and the run directory's hold
         teardown_distributed()
     assert results["best"] == max(v for _, v in results["history"])
     return r, results

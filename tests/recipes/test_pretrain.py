@@ -222,7 +222,7 @@ def test_held_out_pairs_that_are_all_corrupt_are_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match=expected + ".*cannot decode image"):
             r.evaluate()
     finally:
-        r.ctx.close()  # the run directory's hold
+        r.close()  # the loaders, the logger and the run directory's hold
         teardown_distributed()
 
 

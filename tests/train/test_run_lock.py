@@ -1,9 +1,10 @@
 """One writer per run directory: a second hold on a held directory is refused naming the holder, a
-hold left by a killed process is taken over with a warning, and a second training run on a directory
-in use stops at once while the first finishes untouched."""
+hold left by a killed process is taken over with a warning, a second training run on a directory
+in use stops at once while the first finishes untouched, and a run gives back what it held however it ends."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -11,11 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
-from mmkit.train import RunDirInUseError, RunDirLock
+from mmkit.train import RunDirInUseError, RunDirLock, TrainingRecipe, run_recipe, run_training, start_run
 from mmkit.utils.run_lock import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,3 +108,73 @@ def test_a_second_training_run_on_a_directory_in_use_stops_and_the_first_finishe
     ]
     assert steps_logged == list(range(1, steps + 1))  # one run's steps, once each
     assert (run / "final" / "model.safetensors").exists() and (run / LOCK_NAME).read_text() == ""
+
+
+class _Recipe(TrainingRecipe):
+    """Starts a run that registers two resources; its training fails when told to."""
+
+    def __init__(self, run_dir: Path, fail: Exception | None, events: list) -> None:
+        self.run_dir, self.fail, self.events = run_dir, fail, events
+
+    def setup(self) -> None:
+        self.ctx = start_run(None, self.run_dir)
+        self.ctx.comm.barrier = lambda: self.events.append("barrier")
+        for name in ("stream", "metrics"):
+            self.ctx.closing(type("Resource", (), {"close": lambda _, n=name: self.events.append(n)})())
+
+    def train(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+
+@pytest.mark.parametrize("fail", [None, RuntimeError("training failed")])
+def test_a_run_closes_what_it_registered_last_first_and_gives_its_directory_back_however_it_ends(tmp_path, fail):
+    """The ranks wait for each other only after a run that finished (a failed rank must not hang its peers);
+    the registered resources close the last first, then the run directory is released."""
+    events = []
+    recipe = _Recipe(tmp_path / "run", fail, events)
+    if fail is None:
+        assert run_training(recipe) == 0
+    else:
+        with pytest.raises(RuntimeError, match="training failed"):
+            run_training(recipe)
+    assert events == (["barrier"] if fail is None else []) + ["metrics", "stream"]
+    RunDirLock.acquire(tmp_path / "run").release()  # free again
+    recipe.close(completed=True)  # a second close does nothing
+    assert events == (["barrier"] if fail is None else []) + ["metrics", "stream"]
+    TrainingRecipe().close()  # a recipe whose setup never started a run has nothing to close
+
+
+class _Cycle(TrainingRecipe):
+    """A recipe that trains nothing and sits in a reference cycle, as FSDP2's hooked modules do."""
+
+    def __init__(self, freed: list) -> None:
+        self.me = self
+        weakref.finalize(self, freed.append, "freed")
+
+    def setup(self) -> None:
+        pass
+
+    def train(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("world", [None, "2"])
+def test_the_cli_frees_a_multi_process_runs_cycles_before_python_exits(monkeypatch, world):
+    """Under torchrun (``WORLD_SIZE`` > 1) the recipe, cycles included, is freed when the CLI returns, so its
+    process groups stop while Python runs (freed at the interpreter's exit, gloo's threads could abort it); a
+    one-process run leaves its cycles to the collector. Automatic collection is off: only the CLI's can free it."""
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    freed = []
+    gc.collect()
+    gc.disable()
+    try:
+        assert run_recipe(lambda cfg: _Cycle(freed), lambda path, overrides: None, None, []) == 0
+        seen = list(freed)
+    finally:
+        gc.enable()
+        gc.collect()
+    assert seen == ([] if world is None else ["freed"])
