@@ -364,8 +364,7 @@ class TokenizerRecipe(TrainingRecipe):
             save_dvae(export, self.run_dir / "final", image_size=cfg.data.image_size)
             plot_run(self.run_dir)
             print(f"final: {final}\nexported {self.run_dir / 'final'}", flush=True)
-        self.ctx.comm.barrier()
-        return final
+        return final  # the ranks wait for rank 0's export in close(completed=True)
 
     def _next_batch(self) -> torch.Tensor:
         return next(self.stream).to(self.ctx.device, memory_format=self.memory_format)
